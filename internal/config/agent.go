@@ -1,0 +1,324 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/dhvisor/dhvisor/internal/graph"
+)
+
+// DefaultAgentPath is where the packaged agent reads its node configuration.
+const DefaultAgentPath = "/etc/dhvisor/agent.yaml"
+
+// Agent is a node's /etc/dhvisor/agent.yaml.
+type Agent struct {
+	Node        string            `yaml:"node"`
+	Roles       []string          `yaml:"roles"`
+	LauncherDir string            `yaml:"launcher_dir"`
+	LogRoot     string            `yaml:"log_root"`
+	StateDir    string            `yaml:"state_dir"`
+	Socket      string            `yaml:"socket"`
+	SocketGroup string            `yaml:"socket_group"`
+	RolesDir    string            `yaml:"roles_dir"`
+	Alert       Alert             `yaml:"alert"`
+	Vars        map[string]string `yaml:"vars"`
+	// Defaults are applied to every service of the node before its own
+	// entry in Services; both may set any service field.
+	Defaults yaml.Node            `yaml:"defaults"`
+	Services map[string]yaml.Node `yaml:"services"`
+}
+
+// Alert is the hook run when a service fails for good or recovers, with
+// MONIT_* environment variables so existing monit alert scripts keep working.
+type Alert struct {
+	Command []string `yaml:"command"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Node is a validated, fully resolved node configuration.
+type Node struct {
+	File     string
+	Agent    Agent
+	Services map[string]*Service
+	// Levels is the node-local start order: each level depends only on
+	// earlier ones. Stop order is the reverse.
+	Levels [][]string
+}
+
+// Names returns the node's services in start order.
+func (n *Node) Names() []string {
+	var out []string
+	for _, lv := range n.Levels {
+		out = append(out, lv...)
+	}
+	return out
+}
+
+// Graph returns the node-local dependency graph.
+func (n *Node) Graph() *graph.Graph {
+	g := graph.New()
+	for name, s := range n.Services {
+		g.Add(name, s.DependsOn...)
+	}
+	return g
+}
+
+// LoadAgent reads, resolves and validates an agent configuration file. Any
+// problem fails the whole load: a node never runs half a configuration.
+func LoadAgent(file string) (*Node, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, Errors{{File: file, Msg: fmt.Sprintf("cannot read: %v", err)}}
+	}
+	return ParseAgent(file, data)
+}
+
+// ParseAgent is LoadAgent on data already read from file.
+func ParseAgent(file string, data []byte) (*Node, error) {
+	org := origins{}
+	src, err := parseYAML(file, data, org)
+	if err != nil {
+		return nil, err
+	}
+	var es Errors
+	var a Agent
+	if !decodeNode(&es, file, src.root, &a, "") {
+		return nil, es
+	}
+	a.applyDefaults(filepath.Dir(file))
+	cat, err := LoadCatalogue(a.RolesDir)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range cat.org {
+		org[k] = v
+	}
+	n := &Node{File: file, Agent: a, Services: map[string]*Service{}}
+	n.resolve(&es, cat, src, org)
+	if len(es) > 0 {
+		return nil, es
+	}
+	return n, nil
+}
+
+func (a *Agent) applyDefaults(dir string) {
+	if a.Node == "" {
+		a.Node, _ = os.Hostname()
+	}
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&a.LauncherDir, "/usr/illumon/latest/bin")
+	def(&a.LogRoot, "/var/log/deephaven")
+	def(&a.StateDir, "/var/lib/dhvisor")
+	def(&a.Socket, "/run/dhvisor/agent.sock")
+	def(&a.SocketGroup, "irisadmin")
+	def(&a.RolesDir, "/etc/dhvisor/roles.d")
+	// Relative paths are relative to the config file, so a self-contained
+	// directory (the demo, a test) works wherever it is.
+	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir} {
+		if !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	if a.Alert.Timeout == 0 {
+		a.Alert.Timeout = Duration(30 * time.Second)
+	}
+}
+
+func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
+	file := src.file
+	rolesNode, rolesKey := mapValue(src.root, "roles")
+	if len(n.Agent.Roles) == 0 && len(n.Agent.Services) == 0 {
+		line := 0
+		if rolesKey != nil {
+			line = rolesKey.Line
+		}
+		es.add(file, line, "roles", "the node has no roles and no services (expected e.g. roles: [single-node]; known roles: %s)", strings.Join(cat.RoleNames(), ", "))
+	}
+	var names []string
+	seen := map[string]bool{}
+	for i, r := range n.Agent.Roles {
+		svcs, err := cat.Expand([]string{r})
+		if err != nil {
+			es.add(file, rolesNode.Content[i].Line, "roles."+strconv.Itoa(i), "%v", err)
+			continue
+		}
+		for _, s := range svcs {
+			if !seen[s] {
+				seen[s] = true
+				names = append(names, s)
+			}
+		}
+	}
+	servicesNode, _ := mapValue(src.root, "services")
+	defaultsNode, _ := mapValue(src.root, "defaults")
+	if defaultsNode != nil {
+		var probe Service
+		decodeNode(es, file, defaultsNode, &probe, "defaults")
+	}
+	for i := 0; servicesNode != nil && i+1 < len(servicesNode.Content); i += 2 {
+		k, v := servicesNode.Content[i], servicesNode.Content[i+1]
+		var probe Service
+		decodeNode(es, file, v, &probe, "services."+k.Value)
+		if !seen[k.Value] {
+			seen[k.Value] = true
+			names = append(names, k.Value)
+		}
+	}
+	if len(*es) > 0 {
+		return
+	}
+	for _, name := range names {
+		over, _ := mapValue(servicesNode, name)
+		merged := merge(merge(cat.services[name], defaultsNode), over)
+		if merged == nil {
+			merged = &yaml.Node{Kind: yaml.MappingNode}
+		}
+		origin := file
+		if k := cat.svcKey[name]; k != nil {
+			origin = fmt.Sprintf("%s:%d", org[k], k.Line)
+		}
+		loc := func(path ...string) (string, int) { return locate(org, merged, file, path...) }
+		s := &Service{}
+		if err := merged.Decode(s); err != nil {
+			f, l := loc()
+			es.add(f, l, "services."+name, "%v", err)
+			continue
+		}
+		s.Name, s.Origin = name, origin
+		if !s.IsEnabled() {
+			continue
+		}
+		s.applyDefaults()
+		n.expand(es, s, loc)
+		s.validate(es, loc)
+		n.Services[name] = s
+	}
+	n.validateNode(es, cat, func(name string, path ...string) (string, int) {
+		over, _ := mapValue(servicesNode, name)
+		return locate(org, merge(cat.services[name], over), file, path...)
+	})
+}
+
+// validateNode checks what involves several services: ports, dependencies, order.
+func (n *Node) validateNode(es *Errors, cat *Catalogue, loc func(name string, path ...string) (string, int)) {
+	type owner struct{ svc, port string }
+	ports := map[int]owner{}
+	for _, name := range sortedKeys(n.Services) {
+		s := n.Services[name]
+		for _, pn := range sortedKeys(s.Ports) {
+			p := s.Ports[pn]
+			if prev, dup := ports[p]; dup {
+				cur := owner{name, pn}
+				f, l := loc(cur.svc, "ports", cur.port)
+				// Blame the side the operator wrote in this node's file, which
+				// is where the fix belongs.
+				if pf, pl := loc(prev.svc, "ports", prev.port); pf == n.File && f != n.File {
+					cur, prev, f, l = prev, cur, pf, pl
+				}
+				es.add(f, l, "services."+cur.svc+".ports."+cur.port, "port %d is also used by %s (ports.%s); two services cannot listen on one port", p, prev.svc, prev.port)
+				continue
+			}
+			ports[p] = owner{name, pn}
+		}
+		for i, d := range s.DependsOn {
+			if _, local := n.Services[d]; !local && !cat.HasService(d) {
+				f, l := loc(name, "depends_on", strconv.Itoa(i))
+				es.add(f, l, "services."+name+".depends_on", "unknown service %q", d)
+			}
+		}
+	}
+	levels, err := n.Graph().Levels()
+	if err != nil {
+		first := strings.Split(strings.TrimPrefix(err.Error(), "dependency cycle: "), " -> ")[0]
+		f, l := loc(first, "depends_on")
+		es.add(f, l, "services."+first+".depends_on", "%v", err)
+		return
+	}
+	n.Levels = levels
+}
+
+// templateData is what a service's command, environment and paths may refer to.
+type templateData struct {
+	Name, User, LauncherDir, LogRoot, LogDir, Node, Ports string
+}
+
+func (n *Node) expand(es *Errors, s *Service, loc func(path ...string) (string, int)) {
+	ports := make([]string, 0, len(s.Ports))
+	for _, p := range s.PortNumbers() {
+		ports = append(ports, strconv.Itoa(p))
+	}
+	data := templateData{Name: s.Name, User: s.User, LauncherDir: n.Agent.LauncherDir, LogRoot: n.Agent.LogRoot, Node: n.Agent.Node, Ports: strings.Join(ports, ",")}
+	funcs := template.FuncMap{
+		"port": func(name string) (int, error) {
+			if p, ok := s.Ports[name]; ok {
+				return p, nil
+			}
+			return 0, fmt.Errorf("service has no port named %q", name)
+		},
+		"var": func(name string) (string, error) {
+			if v, ok := n.Agent.Vars[name]; ok {
+				return v, nil
+			}
+			return "", fmt.Errorf("no variable %q in vars:", name)
+		},
+	}
+	exp := func(text string, path ...string) string {
+		if !strings.Contains(text, "{{") {
+			return text
+		}
+		t, err := template.New("").Funcs(funcs).Option("missingkey=error").Parse(text)
+		var buf bytes.Buffer
+		if err == nil {
+			err = t.Execute(&buf, data)
+		}
+		if err != nil {
+			f, l := loc(path...)
+			es.add(f, l, "services."+s.Name+dotted(path), "template %q: %v", text, cleanTemplateErr(err))
+			return text
+		}
+		return buf.String()
+	}
+	s.LogDir = exp(s.LogDir, "log_dir")
+	data.LogDir = s.LogDir
+	s.WorkDir = exp(s.WorkDir, "workdir")
+	for i := range s.Command {
+		s.Command[i] = exp(s.Command[i], "command", strconv.Itoa(i))
+	}
+	for _, k := range sortedKeys(s.Env) {
+		s.Env[k] = exp(s.Env[k], "env", k)
+	}
+	for i := range s.Checks {
+		c := &s.Checks[i]
+		for j := range c.Command {
+			c.Command[j] = exp(c.Command[j], "checks", strconv.Itoa(i), "command", strconv.Itoa(j))
+		}
+	}
+}
+
+func cleanTemplateErr(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		return msg[i+2:]
+	}
+	return msg
+}
+
+// ServiceNames returns the node's services sorted by name.
+func (n *Node) ServiceNames() []string {
+	out := sortedKeys(n.Services)
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,277 @@
+package config
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// Service is one supervised Deephaven service as the agent runs it: the
+// shipped definition with the node's defaults and overrides applied and its
+// templates expanded.
+type Service struct {
+	Name        string            `yaml:"-"`
+	Description string            `yaml:"description"`
+	Enabled     *bool             `yaml:"enabled"`
+	Runtime     string            `yaml:"runtime"`
+	User        string            `yaml:"user"`
+	Group       string            `yaml:"group"`
+	Command     []string          `yaml:"command"`
+	Env         map[string]string `yaml:"env"`
+	WorkDir     string            `yaml:"workdir"`
+	LogDir      string            `yaml:"log_dir"`
+	Ports       map[string]int    `yaml:"ports"`
+	DependsOn   []string          `yaml:"depends_on"`
+	Checks      []Check           `yaml:"checks"`
+	StartGrace  Duration          `yaml:"start_grace"`
+	StopTimeout Duration          `yaml:"stop_timeout"`
+	Restart     RestartPolicy     `yaml:"restart"`
+	Limits      Limits            `yaml:"limits"`
+
+	// Origin is where the service was defined and last overridden, for
+	// messages about the service as a whole.
+	Origin string `yaml:"-"`
+}
+
+// Check is one health check. Type is process, tcp, http, https, grpc or exec.
+type Check struct {
+	Name          string   `yaml:"name"`
+	Type          string   `yaml:"type"`
+	Host          string   `yaml:"host"`
+	Port          string   `yaml:"port"` // a name from ports: or a number
+	Path          string   `yaml:"path"`
+	ExpectStatus  int      `yaml:"expect_status"`
+	ExpectBody    string   `yaml:"expect_body"`
+	TLS           bool     `yaml:"tls"`
+	TLSSkipVerify bool     `yaml:"tls_skip_verify"`
+	CAFile        string   `yaml:"ca_file"`
+	GRPCService   string   `yaml:"grpc_service"`
+	Command       []string `yaml:"command"`
+	Interval      Duration `yaml:"interval"`
+	Timeout       Duration `yaml:"timeout"`
+	Failures      int      `yaml:"failures"`  // consecutive failures before the service is bad
+	Successes     int      `yaml:"successes"` // consecutive successes before it is good again
+}
+
+// RestartPolicy follows the design: restart at once after a run longer than
+// MinUptime, else back off exponentially with jitter up to BackoffMax; Limit
+// restarts within Window leave the service Failed (not monitored), as monit's
+// "if 5 restarts within 5 cycles then unmonitor" does.
+type RestartPolicy struct {
+	MinUptime          Duration `yaml:"min_uptime"`
+	BackoffInitial     Duration `yaml:"backoff_initial"`
+	BackoffMax         Duration `yaml:"backoff_max"`
+	Limit              int      `yaml:"limit"` // 0: never give up
+	Window             Duration `yaml:"window"`
+	PermanentExitCodes []int    `yaml:"permanent_exit_codes"`
+}
+
+// Limits are monit-style resource tests: over the limit for Cycles samples in
+// a row restarts the service. Zero disables a limit.
+type Limits struct {
+	Memory       ByteSize `yaml:"memory"`
+	MemoryCycles int      `yaml:"memory_cycles"`
+	CPUPercent   float64  `yaml:"cpu_percent"` // 100 = one full core
+	CPUCycles    int      `yaml:"cpu_cycles"`
+	Interval     Duration `yaml:"interval"` // sampling period, also feeds status
+}
+
+// Check types.
+const (
+	CheckProcess = "process"
+	CheckTCP     = "tcp"
+	CheckHTTP    = "http"
+	CheckHTTPS   = "https"
+	CheckGRPC    = "grpc"
+	CheckExec    = "exec"
+)
+
+// RuntimeExec runs services as child processes of the agent.
+const RuntimeExec = "exec"
+
+// IsEnabled reports whether the node should run the service.
+func (s *Service) IsEnabled() bool { return s.Enabled == nil || *s.Enabled }
+
+// PortNumbers returns the service's ports sorted by number.
+func (s *Service) PortNumbers() []int {
+	out := make([]int, 0, len(s.Ports))
+	for _, p := range s.Ports {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// ResolvePort turns a check's port (a name from ports: or a number) into a number.
+func (s *Service) ResolvePort(p string) (int, error) {
+	if n, ok := s.Ports[p]; ok {
+		return n, nil
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("port %q is neither a port name of this service (%s) nor a number 1-65535", p, portNames(s.Ports))
+	}
+	return n, nil
+}
+
+func portNames(m map[string]int) string {
+	if len(m) == 0 {
+		return "it has none"
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return fmt.Sprint(names)
+}
+
+func (s *Service) applyDefaults() {
+	if s.Runtime == "" {
+		s.Runtime = RuntimeExec
+	}
+	setDur(&s.StartGrace, 120*time.Second)
+	setDur(&s.StopTimeout, 30*time.Second)
+	r := &s.Restart
+	setDur(&r.MinUptime, 30*time.Second)
+	setDur(&r.BackoffInitial, time.Second)
+	setDur(&r.BackoffMax, time.Minute)
+	setDur(&r.Window, 5*time.Minute)
+	l := &s.Limits
+	setInt(&l.MemoryCycles, 3)
+	setInt(&l.CPUCycles, 3)
+	setDur(&l.Interval, 5*time.Second)
+	if len(s.Checks) == 0 {
+		s.Checks = []Check{{Type: CheckProcess}}
+	}
+	for i := range s.Checks {
+		c := &s.Checks[i]
+		if c.Name == "" {
+			c.Name = c.Type
+			if c.Port != "" {
+				c.Name += ":" + c.Port
+			}
+		}
+		if c.Host == "" {
+			c.Host = "127.0.0.1"
+		}
+		setDur(&c.Interval, 5*time.Second)
+		setDur(&c.Timeout, 2*time.Second)
+		setInt(&c.Failures, 3)
+		setInt(&c.Successes, 1)
+	}
+}
+
+func setDur(d *Duration, def time.Duration) {
+	if *d == 0 {
+		*d = Duration(def)
+	}
+}
+
+func setInt(i *int, def int) {
+	if *i == 0 {
+		*i = def
+	}
+}
+
+// validate reports problems confined to one service; loc finds the file and
+// line of a field below services.<name>.
+func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
+	bad := func(format string, args []any, path ...string) {
+		f, l := loc(path...)
+		es.add(f, l, "services."+s.Name+dotted(path), format, args...)
+	}
+	if s.Runtime != RuntimeExec {
+		bad("runtime %q is not supported by this agent (expected %q)", []any{s.Runtime}, "runtime")
+	}
+	if len(s.Command) == 0 || s.Command[0] == "" {
+		bad("a command is required (the program and its arguments, e.g. [/usr/illumon/latest/bin/iris, run, %s])", []any{s.Name}, "command")
+	}
+	for name, p := range s.Ports {
+		if p < 1 || p > 65535 {
+			bad("port %d is out of range (expected 1-65535)", []any{p}, "ports", name)
+		}
+	}
+	for _, d := range s.DependsOn {
+		if d == s.Name {
+			bad("a service cannot depend on itself", nil, "depends_on")
+		}
+	}
+	if s.StopTimeout.D() < 100*time.Millisecond {
+		bad("stop_timeout %s is too short (expected at least 100ms)", []any{s.StopTimeout.D()}, "stop_timeout")
+	}
+	r := s.Restart
+	if r.BackoffMax < r.BackoffInitial {
+		bad("backoff_max %s is below backoff_initial %s", []any{r.BackoffMax.D(), r.BackoffInitial.D()}, "restart", "backoff_max")
+	}
+	if r.Limit < 0 {
+		bad("limit %d must be 0 (never give up) or more", []any{r.Limit}, "restart", "limit")
+	}
+	for _, c := range r.PermanentExitCodes {
+		if c < 0 || c > 255 {
+			bad("exit code %d is out of range (expected 0-255)", []any{c}, "restart", "permanent_exit_codes")
+		}
+	}
+	if s.Limits.CPUPercent < 0 {
+		bad("cpu_percent must not be negative", nil, "limits", "cpu_percent")
+	}
+	for i := range s.Checks {
+		s.Checks[i].validate(s, es, func(path ...string) (string, int) {
+			return loc(append([]string{"checks", strconv.Itoa(i)}, path...)...)
+		}, "services."+s.Name+".checks."+strconv.Itoa(i))
+	}
+}
+
+func (c *Check) validate(s *Service, es *Errors, loc func(path ...string) (string, int), field string) {
+	bad := func(format string, args []any, path ...string) {
+		f, l := loc(path...)
+		es.add(f, l, field+dotted(path), format, args...)
+	}
+	needPort := false
+	switch c.Type {
+	case CheckProcess:
+	case CheckTCP, CheckGRPC:
+		needPort = true
+	case CheckHTTP, CheckHTTPS:
+		needPort = true
+		if c.Path == "" {
+			c.Path = "/"
+		}
+		if c.Path[0] != '/' {
+			bad("path %q must start with /", []any{c.Path}, "path")
+		}
+		if c.ExpectStatus != 0 && (c.ExpectStatus < 100 || c.ExpectStatus > 599) {
+			bad("expect_status %d is not an HTTP status", []any{c.ExpectStatus}, "expect_status")
+		}
+	case CheckExec:
+		if len(c.Command) == 0 {
+			bad("an exec check needs a command", nil, "command")
+		}
+	case "":
+		bad("type is required (one of process, tcp, http, https, grpc, exec)", nil)
+	default:
+		bad("unknown check type %q (expected one of process, tcp, http, https, grpc, exec)", []any{c.Type}, "type")
+	}
+	if needPort {
+		if c.Port == "" {
+			bad("a %s check needs a port (a name from ports: or a number)", []any{c.Type}, "port")
+		} else if _, err := s.ResolvePort(c.Port); err != nil {
+			bad("%v", []any{err}, "port")
+		}
+	}
+	if c.Timeout > c.Interval {
+		bad("timeout %s is longer than interval %s", []any{c.Timeout.D(), c.Interval.D()}, "timeout")
+	}
+	if c.Failures < 1 || c.Successes < 1 {
+		bad("failures and successes must be at least 1", nil)
+	}
+}
+
+func dotted(path []string) string {
+	s := ""
+	for _, p := range path {
+		s += "." + p
+	}
+	return s
+}
