@@ -272,7 +272,7 @@ func (n *Node) expand(es *Errors, s *Service, loc func(path ...string) (string, 
 			if v, ok := n.Agent.Vars[name]; ok {
 				return v, nil
 			}
-			return "", fmt.Errorf("no variable %q in vars:", name)
+			return "", fmt.Errorf("no variable %q in the agent's vars", name)
 		},
 	}
 	exp := func(text string, path ...string) string {

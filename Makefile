@@ -1,0 +1,42 @@
+# dhvisor — see README.md. `make demo` and `make test` are the two entry points.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/dhvisor/dhvisor/internal/version.Version=$(VERSION)
+BINS    := bin/dhagent bin/dhctl bin/dh-standin
+STATICCHECK ?= $(shell command -v staticcheck || echo $(HOME)/go/bin/staticcheck)
+
+.PHONY: all build demo demo-stop test lint unit e2e bench proto clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dhagent ./cmd/dhagent
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dhctl ./cmd/dhctl
+	$(GO) build -o bin/dh-standin ./test/standin
+
+demo: build
+	scripts/demo.sh
+
+demo-stop:
+	scripts/demo-stop.sh
+
+# Every test: lint, unit tests with the race detector, end-to-end tests that
+# start real processes.
+test: lint build
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/...
+	$(GO) run ./scripts/bench/restart --samples 60
+
+proto:
+	PATH="$$PATH:$(HOME)/go/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/agentpb/agent.proto
+
+clean:
+	rm -rf bin dist

@@ -1,0 +1,133 @@
+// Package agent wires the node agent together: configuration, supervisor,
+// local API. It is what cmd/dhagent runs.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/dhvisor/dhvisor/agent/api"
+	"github.com/dhvisor/dhvisor/agent/runtime/exec"
+	"github.com/dhvisor/dhvisor/agent/state"
+	"github.com/dhvisor/dhvisor/agent/supervise"
+	"github.com/dhvisor/dhvisor/internal/config"
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+// Agent is one node's agent.
+type Agent struct {
+	file string
+	log  *slog.Logger
+	node *config.Node
+	mgr  *supervise.Manager
+
+	reloadMu sync.Mutex
+}
+
+// New loads and validates the configuration in file.
+func New(file string, log *slog.Logger) (*Agent, error) {
+	node, err := config.LoadAgent(file)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{file: file, log: log, node: node}, nil
+}
+
+// Run supervises until ctx ends. The services keep running afterwards: the
+// next agent adopts them.
+func (a *Agent) Run(ctx context.Context) error {
+	cfg := a.node.Agent
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return err
+	}
+	unlock, err := lockDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	a.mgr = supervise.NewManager(a.node, exec.Runtime{}, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
+	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
+	if err != nil {
+		return fmt.Errorf("local API socket %s: %w", cfg.Socket, err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterAgentServer(srv, api.NewServer(a.mgr, a.Reload))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "config", a.file)
+
+	mgrDone := make(chan error, 1)
+	go func() { mgrDone <- a.mgr.Run(ctx) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		cancel()
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		// Streams of blocking dhctl calls would hold a graceful stop forever.
+		srv.Stop()
+		<-stopped
+	}
+	err = <-mgrDone
+	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
+		return serveErr
+	}
+	a.log.Info("agent stopped; services left running for the next agent")
+	return err
+}
+
+// Reload re-reads the configuration file. An invalid file is refused as a
+// whole and the running configuration stays.
+func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	node, err := config.LoadAgent(a.file)
+	if err != nil {
+		a.log.Error("reload refused; running configuration unchanged", "err", err)
+		return supervise.ReloadResult{}, err
+	}
+	old := a.mgr.Node().Agent
+	if node.Agent.Socket != old.Socket || node.Agent.StateDir != old.StateDir {
+		a.log.Warn("socket and state_dir changes take effect when the agent restarts")
+		node.Agent.Socket, node.Agent.StateDir = old.Socket, old.StateDir
+	}
+	res, err := a.mgr.Reload(ctx, node)
+	if err != nil {
+		return res, err
+	}
+	a.log.Info("configuration reloaded", "added", res.Added, "removed", res.Removed, "changed", res.Changed, "restart_needed", res.RestartNeeded)
+	return res, nil
+}
+
+// lockDir takes an exclusive lock so two agents never supervise the same
+// services (each would start its own copy).
+func lockDir(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, "agent.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another agent holds %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
+}

@@ -1,0 +1,232 @@
+// Package api serves the agent's gRPC API on its local unix socket.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dhvisor/dhvisor/agent/supervise"
+	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/version"
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+// Reloader re-reads the agent's configuration.
+type Reloader func(ctx context.Context) (supervise.ReloadResult, error)
+
+// Server implements the Agent service.
+type Server struct {
+	pb.UnimplementedAgentServer
+	mgr     *supervise.Manager
+	reload  Reloader
+	started time.Time
+}
+
+// NewServer returns the API over mgr.
+func NewServer(mgr *supervise.Manager, reload Reloader) *Server {
+	return &Server{mgr: mgr, reload: reload, started: time.Now()}
+}
+
+// ListenUnix opens the local socket: mode 0660, owned by root and group so
+// that the Deephaven admins can run dhctl without sudo and nobody else can.
+// A socket that still answers means another agent runs: refuse.
+func ListenUnix(path, group string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another agent is answering on %s", path)
+	}
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if group != "" && os.Geteuid() == 0 {
+		if g, err := user.LookupGroup(group); err == nil {
+			gid, _ := strconv.Atoi(g.Gid)
+			_ = os.Chown(path, 0, gid)
+		}
+	}
+	return l, nil
+}
+
+// Status implements pb.AgentServer.
+func (s *Server) Status(_ context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
+	sts, err := s.mgr.Status(req.Services)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	node := s.mgr.Node()
+	resp := &pb.StatusResponse{
+		Node:               node.Agent.Node,
+		AgentVersion:       version.Version,
+		AgentStartedUnixMs: s.started.UnixMilli(),
+		ConfigFile:         node.File,
+		Roles:              node.Agent.Roles,
+	}
+	for _, st := range sts {
+		resp.Services = append(resp.Services, ToProto(st))
+	}
+	return resp, nil
+}
+
+// ToProto converts a service status for the wire.
+func ToProto(st supervise.Status) *pb.ServiceStatus {
+	out := &pb.ServiceStatus{
+		Name:             st.Name,
+		State:            string(st.State),
+		Monitored:        st.Monitored,
+		DesiredRunning:   st.DesiredRunning,
+		Pid:              int32(st.PID),
+		Restarts:         int32(st.Restarts),
+		CpuPercent:       st.CPUPercent,
+		MemoryBytes:      st.RSSBytes,
+		Message:          st.Message,
+		User:             st.User,
+		StateSinceUnixMs: st.Since.UnixMilli(),
+	}
+	if !st.StartedAt.IsZero() && st.PID != 0 {
+		out.StartedUnixMs = st.StartedAt.UnixMilli()
+	}
+	for _, p := range st.Ports {
+		out.Ports = append(out.Ports, int32(p))
+	}
+	if st.LastCheck.Name != "" {
+		out.LastCheck = &pb.CheckResult{Name: st.LastCheck.Name, Ok: st.LastCheck.OK, Message: st.LastCheck.Message, AtUnixMs: st.LastCheck.At.UnixMilli(), DurationUs: st.LastCheck.Duration.Microseconds()}
+	}
+	if e := st.LastExit; e != nil {
+		out.LastExit = &pb.ExitInfo{Code: int32(e.Code), Signal: e.Signal, AtUnixMs: e.At.UnixMilli()}
+	}
+	return out
+}
+
+var actions = map[pb.Action]supervise.Action{
+	pb.Action_ACTION_START:     supervise.Start,
+	pb.Action_ACTION_STOP:      supervise.Stop,
+	pb.Action_ACTION_RESTART:   supervise.Restart,
+	pb.Action_ACTION_MONITOR:   supervise.Monitor,
+	pb.Action_ACTION_UNMONITOR: supervise.Unmonitor,
+}
+
+// Control implements pb.AgentServer.
+func (s *Server) Control(req *pb.ControlRequest, stream grpc.ServerStreamingServer[pb.Progress]) error {
+	act, ok := actions[req.Action]
+	if !ok {
+		return status.Errorf(codes.InvalidArgument, "action: %v is not one of start, stop, restart, monitor, unmonitor", req.Action)
+	}
+	if len(req.Services) == 0 {
+		return status.Error(codes.InvalidArgument, "services: name at least one service, or all")
+	}
+	return s.run(stream, req.Block, req.TimeoutMs, func(ctx context.Context, p func(supervise.Progress)) error {
+		return s.mgr.Control(ctx, act, req.Services, req.Block, p)
+	})
+}
+
+// Up implements pb.AgentServer.
+func (s *Server) Up(req *pb.OrderRequest, stream grpc.ServerStreamingServer[pb.Progress]) error {
+	return s.run(stream, req.Block, req.TimeoutMs, func(ctx context.Context, p func(supervise.Progress)) error {
+		return s.mgr.Up(ctx, req.Block, p)
+	})
+}
+
+// Down implements pb.AgentServer.
+func (s *Server) Down(req *pb.OrderRequest, stream grpc.ServerStreamingServer[pb.Progress]) error {
+	return s.run(stream, req.Block, req.TimeoutMs, func(ctx context.Context, p func(supervise.Progress)) error {
+		return s.mgr.Down(ctx, req.Block, p)
+	})
+}
+
+func (s *Server) run(stream grpc.ServerStreamingServer[pb.Progress], block bool, timeoutMs int64, f func(context.Context, func(supervise.Progress)) error) error {
+	if timeoutMs < 0 {
+		return status.Error(codes.InvalidArgument, "timeout_ms: must not be negative")
+	}
+	ctx := stream.Context()
+	if block {
+		timeout := 10 * time.Minute
+		if timeoutMs > 0 {
+			timeout = time.Duration(timeoutMs) * time.Millisecond
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	progress := make(chan supervise.Progress, 64)
+	done := make(chan error, 1)
+	go func() {
+		done <- f(ctx, func(p supervise.Progress) {
+			select {
+			case progress <- p:
+			case <-ctx.Done():
+			}
+		})
+	}()
+	for {
+		select {
+		case p := <-progress:
+			if err := send(stream, p); err != nil {
+				return err
+			}
+		case err := <-done:
+			// Progress sent just before the end must not be lost.
+			for {
+				select {
+				case p := <-progress:
+					if serr := send(stream, p); serr != nil {
+						return serr
+					}
+				default:
+					return toStatus(err)
+				}
+			}
+		}
+	}
+}
+
+func send(stream grpc.ServerStreamingServer[pb.Progress], p supervise.Progress) error {
+	return stream.Send(&pb.Progress{Service: p.Service, State: string(p.State), Message: p.Message, Done: p.Done, Failed: p.Failed})
+}
+
+// Reload implements pb.AgentServer.
+func (s *Server) Reload(ctx context.Context, _ *pb.ReloadRequest) (*pb.ReloadResponse, error) {
+	res, err := s.reload(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ReloadResponse{Added: res.Added, Removed: res.Removed, Changed: res.Changed, RestartNeeded: res.RestartNeeded}, nil
+}
+
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	var unknown *supervise.UnknownServiceError
+	var cfg config.Errors
+	switch {
+	case errors.As(err, &unknown):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.As(err, &cfg):
+		return status.Error(codes.InvalidArgument, "configuration refused, the running configuration stays:\n"+err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Error(codes.FailedPrecondition, err.Error())
+}

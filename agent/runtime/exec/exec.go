@@ -1,0 +1,358 @@
+// Package exec runs services as child processes of the agent, each in its own
+// process group so that a signal to the agent (or its death) never reaches
+// them and a stop reaches the whole service (a launcher script and its JVM).
+package exec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	osexec "os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/runtime"
+)
+
+// ServiceEnv marks every process the agent starts with its service name, so
+// a process can be found again even if the agent lost its state file.
+const ServiceEnv = "DHVISOR_SERVICE"
+
+// Runtime is the exec runtime.
+type Runtime struct{}
+
+var _ runtime.Runtime = Runtime{}
+
+// Start launches spec's command in a new process group, as spec's user,
+// with stdout and stderr appended to LogDir/<name>.stdout.log.
+func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
+	if len(spec.Command) == 0 {
+		return nil, errors.New("no command")
+	}
+	cred, home, err := credential(spec.User, spec.Group)
+	if err != nil {
+		return nil, err
+	}
+	out, err := openLog(spec, cred)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+
+	cmd := osexec.Command(spec.Command[0], spec.Command[1:]...)
+	cmd.Env = environment(spec, home)
+	cmd.Dir = spec.Dir
+	if cmd.Dir == "" {
+		cmd.Dir = spec.LogDir
+	}
+	if cmd.Dir == "" {
+		cmd.Dir = "/"
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	// No Pdeathsig: services must outlive an agent that is killed or upgraded.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("exec %s: %w", spec.Command[0], unwrapExec(err))
+	}
+	pid := cmd.Process.Pid
+	// The child stays unreaped (a zombie at worst) until watch() reaps it, so
+	// the pid cannot be reused while we read its identity and open its pidfd.
+	p, err := watch(pid, true)
+	// Reaping is ours from here: os/exec must not wait on it too.
+	_ = cmd.Process.Release()
+	if err != nil {
+		_ = unix.Kill(-pid, unix.SIGKILL)
+		var ws unix.WaitStatus
+		_, _ = unix.Wait4(pid, &ws, 0, nil)
+		return nil, err
+	}
+	return p, nil
+}
+
+// Adopt watches a process that an earlier agent started.
+func (Runtime) Adopt(id procfs.Identity) (runtime.Process, error) {
+	p, err := watch(id.PID, false)
+	if err != nil {
+		return nil, err
+	}
+	// Checked after the pidfd is open: the pidfd pins this exact process, so
+	// a match now cannot be a later process that reused the pid.
+	if p.Identity() != id {
+		p.Release()
+		return nil, fmt.Errorf("pid %d is now a different process", id.PID)
+	}
+	return p, nil
+}
+
+// Find scans /proc for the process group leader carrying the service's mark.
+func (Runtime) Find(name string) (procfs.Identity, bool) {
+	want := ServiceEnv + "=" + name
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return procfs.Identity{}, false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := procfs.ReadStat(pid)
+		if err != nil || st.PGID != pid || st.State == 'Z' {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !hasEnv(env, want) {
+			continue
+		}
+		return procfs.Identity{PID: pid, StartTicks: st.StartTicks}, true
+	}
+	return procfs.Identity{}, false
+}
+
+func hasEnv(environ []byte, kv string) bool {
+	for len(environ) > 0 {
+		i := 0
+		for i < len(environ) && environ[i] != 0 {
+			i++
+		}
+		if string(environ[:i]) == kv {
+			return true
+		}
+		if i == len(environ) {
+			break
+		}
+		environ = environ[i+1:]
+	}
+	return false
+}
+
+func credential(userName, groupName string) (*syscall.Credential, string, error) {
+	if userName == "" {
+		home, _ := os.UserHomeDir()
+		return nil, home, nil
+	}
+	u, err := user.Lookup(userName)
+	if err != nil {
+		return nil, "", fmt.Errorf("run user %q: %w", userName, err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	if groupName != "" {
+		g, err := user.LookupGroup(groupName)
+		if err != nil {
+			return nil, "", fmt.Errorf("run group %q: %w", groupName, err)
+		}
+		gid, _ = strconv.ParseUint(g.Gid, 10, 32)
+	}
+	if euid := os.Geteuid(); euid != 0 {
+		if uint64(euid) == uid {
+			return nil, u.HomeDir, nil
+		}
+		return nil, "", fmt.Errorf("cannot run as %q: the agent runs as uid %d, not root", userName, euid)
+	}
+	var groups []uint32
+	if ids, err := u.GroupIds(); err == nil {
+		for _, id := range ids {
+			if g, err := strconv.ParseUint(id, 10, 32); err == nil {
+				groups = append(groups, uint32(g))
+			}
+		}
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, u.HomeDir, nil
+}
+
+func openLog(spec runtime.Spec, cred *syscall.Credential) (*os.File, error) {
+	if spec.LogDir == "" {
+		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	}
+	if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
+		return nil, fmt.Errorf("log directory: %w", err)
+	}
+	name := filepath.Join(spec.LogDir, spec.Name+".stdout.log")
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("log file: %w", err)
+	}
+	if cred != nil {
+		// The service may reopen or rotate its own output file.
+		_ = os.Chown(spec.LogDir, int(cred.Uid), int(cred.Gid))
+		_ = f.Chown(int(cred.Uid), int(cred.Gid))
+	}
+	return f, nil
+}
+
+func environment(spec runtime.Spec, home string) []string {
+	env := map[string]string{
+		"PATH":     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME":     home,
+		ServiceEnv: spec.Name,
+	}
+	if spec.User != "" {
+		env["USER"], env["LOGNAME"] = spec.User, spec.User
+	}
+	for k, v := range spec.Env {
+		env[k] = v
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func unwrapExec(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// process watches one process through a pidfd, which becomes readable when
+// the process exits whether or not it is our child.
+type process struct {
+	id    procfs.Identity
+	pgid  int
+	child bool
+	pidfd int
+
+	wake     *os.File // written to stop the watcher (Release)
+	done     chan struct{}
+	released chan struct{}
+	once     sync.Once
+	exit     runtime.Exit
+}
+
+func watch(pid int, child bool) (*process, error) {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		unix.Close(pidfd)
+		return nil, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		unix.Close(pidfd)
+		return nil, err
+	}
+	p := &process{
+		id:       procfs.Identity{PID: pid, StartTicks: st.StartTicks},
+		pgid:     st.PGID,
+		child:    child,
+		pidfd:    pidfd,
+		wake:     w,
+		done:     make(chan struct{}),
+		released: make(chan struct{}),
+	}
+	go p.wait(r)
+	return p, nil
+}
+
+func (p *process) wait(wake *os.File) {
+	defer wake.Close()
+	defer unix.Close(p.pidfd)
+	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}, {Fd: int32(wake.Fd()), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if fds[1].Revents != 0 {
+			close(p.released)
+			return
+		}
+		if err != nil || fds[0].Revents != 0 {
+			break
+		}
+	}
+	p.exit = runtime.Exit{Code: -1, At: time.Now()}
+	if p.child {
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(p.id.PID, &ws, 0, nil); err == nil {
+			switch {
+			case ws.Exited():
+				p.exit.Code = ws.ExitStatus()
+			case ws.Signaled():
+				p.exit.Signal = unix.SignalName(ws.Signal())
+			}
+		}
+	}
+	// Whatever the main process left behind in its group (a JVM whose
+	// launcher died) would hold the ports the next start needs.
+	if p.pgid == p.id.PID {
+		_ = unix.Kill(-p.pgid, unix.SIGKILL)
+	}
+	close(p.done)
+}
+
+func (p *process) Identity() procfs.Identity { return p.id }
+func (p *process) Done() <-chan struct{}     { return p.done }
+func (p *process) Exit() runtime.Exit        { return p.exit }
+
+func (p *process) Release() {
+	p.once.Do(func() {
+		_, _ = p.wake.Write([]byte{0})
+		select {
+		case <-p.done:
+		case <-p.released:
+		}
+		p.wake.Close()
+	})
+}
+
+// signal sends sig to the process group, or the process alone when it is
+// not a group leader (adopted from elsewhere).
+func (p *process) signal(sig unix.Signal) error {
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	target := p.id.PID
+	if p.pgid == p.id.PID {
+		target = -p.pgid
+	}
+	if err := unix.Kill(target, sig); err != nil && err != unix.ESRCH {
+		return err
+	}
+	return nil
+}
+
+func (p *process) Kill() error { return p.signal(unix.SIGKILL) }
+
+func (p *process) Stop(ctx context.Context, timeout time.Duration) (runtime.Exit, error) {
+	if err := p.signal(unix.SIGTERM); err != nil {
+		return runtime.Exit{}, err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return p.exit, nil
+	case <-ctx.Done():
+		return runtime.Exit{}, ctx.Err()
+	case <-t.C:
+	}
+	if err := p.signal(unix.SIGKILL); err != nil {
+		return runtime.Exit{}, err
+	}
+	select {
+	case <-p.done:
+		return p.exit, nil
+	case <-ctx.Done():
+		return runtime.Exit{}, ctx.Err()
+	}
+}

@@ -1,0 +1,49 @@
+package state
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSaveLoad(t *testing.T) {
+	dir := t.TempDir()
+	s := New(filepath.Join(dir, "sub", "state.json"))
+	got, err := s.Load()
+	if err != nil || len(got) != 0 {
+		t.Fatalf("missing file: %v %v", got, err)
+	}
+	want := map[string]Service{"a": {DesiredRunning: true, Monitored: true, PID: 42, StartTicks: 7, Restarts: 3, StartedAt: time.Unix(100, 0).UTC()}}
+	if err := s.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Load()
+	if err != nil || got["a"].PID != 42 || got["a"].Restarts != 3 || !got["a"].StartedAt.Equal(want["a"].StartedAt) {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	ents, _ := os.ReadDir(filepath.Dir(s.Path()))
+	if len(ents) != 1 {
+		t.Fatalf("temp files left behind: %v", ents)
+	}
+}
+
+func TestCorruptFileMovedAside(t *testing.T) {
+	for name, body := range map[string]string{"truncated json": `{"version":1,"servi`, "future version": `{"version":9,"services":{}}`} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "state.json")
+			if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := New(p).Load()
+			if err == nil || !strings.Contains(err.Error(), "moved to") || len(got) != 0 {
+				t.Fatalf("Load = %v, %v; want empty state and an error", got, err)
+			}
+			if _, err := os.Stat(p); !os.IsNotExist(err) {
+				t.Fatal("corrupt file still in place")
+			}
+		})
+	}
+}

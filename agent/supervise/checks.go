@@ -1,0 +1,248 @@
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/user"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/dhvisor/dhvisor/agent/check"
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+type probeResult struct {
+	index int
+	err   error
+	at    time.Time
+	took  time.Duration
+}
+
+// checkRunner probes a service's checks, each on its own interval, off the
+// supervisor's loop so that a slow probe never delays handling of an exit.
+type checkRunner struct {
+	results chan probeResult
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	probes  []check.Probe
+}
+
+func newProbe(spec *config.Service, c config.Check) (check.Probe, error) {
+	addr := func() string {
+		port, _ := spec.ResolvePort(c.Port) // validated with the config
+		return net.JoinHostPort(c.Host, strconv.Itoa(port))
+	}
+	switch c.Type {
+	case config.CheckTCP:
+		return check.NewTCP(addr()), nil
+	case config.CheckHTTP, config.CheckHTTPS:
+		return check.NewHTTP(check.HTTPOptions{
+			URL:                c.Type + "://" + addr() + c.Path,
+			ExpectStatus:       c.ExpectStatus,
+			ExpectBody:         c.ExpectBody,
+			InsecureSkipVerify: c.TLSSkipVerify,
+			CAFile:             c.CAFile,
+		})
+	case config.CheckGRPC:
+		return check.NewGRPC(check.GRPCOptions{Addr: addr(), Service: c.GRPCService, TLS: c.TLS, InsecureSkipVerify: c.TLSSkipVerify, CAFile: c.CAFile})
+	case config.CheckExec:
+		opts := check.ExecOptions{Argv: c.Command, Env: []string{"DHVISOR_SERVICE=" + spec.Name}}
+		if spec.User != "" {
+			if u, err := user.Lookup(spec.User); err == nil {
+				uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+				gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+				u32, g32 := uint32(uid), uint32(gid)
+				opts.Uid, opts.Gid = &u32, &g32
+			}
+		}
+		return check.NewExec(opts), nil
+	}
+	return nil, nil // process checks are the exit event itself
+}
+
+// startChecks (re)starts probing with the current spec.
+func (s *Supervisor) startChecks() {
+	s.stopChecks()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &checkRunner{results: make(chan probeResult), cancel: cancel}
+	s.hyst = make([]*check.Hysteresis, len(s.spec.Checks))
+	for i, c := range s.spec.Checks {
+		s.hyst[i] = &check.Hysteresis{FailuresToBad: c.Failures, SuccessesToGood: c.Successes}
+		p, err := newProbe(s.spec, c)
+		if err != nil {
+			s.log.Error("cannot build check", "check", c.Name, "err", err)
+			continue
+		}
+		if p == nil {
+			continue
+		}
+		r.probes = append(r.probes, p)
+		r.wg.Add(1)
+		go r.loop(ctx, i, p, c.Interval.D(), c.Timeout.D())
+	}
+	s.checks = r
+	// A service with only a process check is healthy as soon as it runs.
+	s.evaluate(context.Background())
+}
+
+func (s *Supervisor) stopChecks() {
+	if s.checks == nil {
+		return
+	}
+	s.checks.cancel()
+	s.checks.wg.Wait()
+	for _, p := range s.checks.probes {
+		_ = check.Close(p)
+	}
+	s.checks = nil
+}
+
+func (r *checkRunner) loop(ctx context.Context, index int, p check.Probe, interval, timeout time.Duration) {
+	defer r.wg.Done()
+	// The first probe runs at once: a fast service should be OK in
+	// milliseconds, not after a whole interval.
+	t := time.NewTimer(0)
+	defer t.Stop()
+	started := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		start := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		err := p.Probe(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		select {
+		case r.results <- probeResult{index: index, err: err, at: start, took: time.Since(start)}:
+		case <-ctx.Done():
+			return
+		}
+		// Until the first success, probe often so a starting service turns
+		// OK soon after it listens; after that, the configured interval
+		// keeps "N failures" meaning N intervals, as in monit.
+		if err == nil {
+			started = true
+		}
+		next := interval
+		if !started {
+			next = min(interval, 200*time.Millisecond)
+		}
+		t.Reset(next)
+	}
+}
+
+func (s *Supervisor) onCheck(ctx context.Context, r probeResult) {
+	if r.index >= len(s.hyst) || s.proc == nil {
+		return
+	}
+	c := s.spec.Checks[r.index]
+	s.hyst[r.index].Observe(r.err)
+	res := CheckResult{Name: c.Name, OK: r.err == nil, At: r.at, Duration: r.took, Message: "ok"}
+	if r.err != nil {
+		res.Message = r.err.Error()
+	}
+	s.mu.Lock()
+	s.status.LastCheck = res
+	s.mu.Unlock()
+	s.evaluate(ctx)
+}
+
+// evaluate turns the checks' verdicts into the service's state.
+func (s *Supervisor) evaluate(ctx context.Context) {
+	if s.proc == nil || !s.remembered().Monitored {
+		return
+	}
+	healthy, known := true, true
+	var bad string
+	for i, h := range s.hyst {
+		if s.spec.Checks[i].Type == config.CheckProcess {
+			continue
+		}
+		ok, k := h.Healthy()
+		if !k {
+			known = false
+			continue
+		}
+		if !ok {
+			healthy = false
+			if err := h.LastError(); err != nil && bad == "" {
+				bad = fmt.Sprintf("check %s failed %d times: %v", s.spec.Checks[i].Name, h.ConsecutiveFailures(), err)
+			}
+		}
+	}
+	switch {
+	case !healthy:
+		if !s.graceOver && time.Now().Before(s.graceEnd) {
+			s.setState(Initializing, "within start grace period; "+bad)
+			return
+		}
+		s.restartUnhealthy(ctx, ConnFailed, bad)
+	case known:
+		s.graceOver = true
+		if st := s.Status().State; st != OK {
+			s.setState(OK, "")
+		}
+	}
+}
+
+// startSampling measures CPU and memory, for status and for limits.
+func (s *Supervisor) startSampling() {
+	s.stopSampling()
+	s.sampleT = time.NewTicker(s.spec.Limits.Interval.D())
+	// A first reading now, so status shows memory from the start and CPU
+	// from the first tick.
+	if u, err := procfs.TreeUsage(s.proc.Identity().PID); err == nil {
+		s.cpu.Observe(u, time.Now())
+		s.mu.Lock()
+		s.status.RSSBytes = u.RSSBytes
+		s.mu.Unlock()
+	}
+}
+
+func (s *Supervisor) stopSampling() {
+	if s.sampleT != nil {
+		s.sampleT.Stop()
+		s.sampleT = nil
+	}
+}
+
+func (s *Supervisor) setLimits() {
+	l := s.spec.Limits
+	s.memLimit = check.Threshold{Limit: float64(l.Memory), Cycles: l.MemoryCycles}
+	s.cpuLimit = check.Threshold{Limit: l.CPUPercent, Cycles: l.CPUCycles}
+}
+
+func (s *Supervisor) sample(ctx context.Context, now time.Time) {
+	if s.proc == nil {
+		return
+	}
+	u, err := procfs.TreeUsage(s.proc.Identity().PID)
+	if err != nil {
+		return // the exit event follows
+	}
+	pct, ok := s.cpu.Observe(u, now)
+	s.mu.Lock()
+	s.status.RSSBytes = u.RSSBytes
+	if ok {
+		s.status.CPUPercent = pct
+	}
+	s.mu.Unlock()
+	if !s.remembered().Monitored {
+		return
+	}
+	if s.memLimit.Observe(float64(u.RSSBytes)) {
+		s.restartUnhealthy(ctx, ResourceLimit, fmt.Sprintf("memory %s above limit %s for %d checks", config.ByteSize(u.RSSBytes), s.spec.Limits.Memory, s.spec.Limits.MemoryCycles))
+		return
+	}
+	if ok && s.cpuLimit.Observe(pct) {
+		s.restartUnhealthy(ctx, ResourceLimit, fmt.Sprintf("cpu %.0f%% above limit %.0f%% for %d checks", pct, s.spec.Limits.CPUPercent, s.spec.Limits.CPUCycles))
+	}
+}

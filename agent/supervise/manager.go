@@ -1,0 +1,590 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	osexec "os/exec"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/state"
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+// Action is what an operator asks of services.
+type Action int
+
+// The operator's actions.
+const (
+	Start Action = iota + 1
+	Stop
+	Restart
+	Monitor
+	Unmonitor
+)
+
+func (a Action) String() string {
+	return [...]string{"", "start", "stop", "restart", "monitor", "unmonitor"}[a]
+}
+
+// Progress reports one service's way to the goal of a request.
+type Progress struct {
+	Service string
+	State   State
+	Message string
+	Done    bool
+	Failed  bool
+}
+
+// UnknownServiceError names services the node does not run.
+type UnknownServiceError struct {
+	Names []string
+	Known []string
+}
+
+func (e *UnknownServiceError) Error() string {
+	return fmt.Sprintf("unknown service %s (this node runs: %s)", strings.Join(e.Names, ", "), strings.Join(e.Known, ", "))
+}
+
+// Manager supervises all services of a node.
+type Manager struct {
+	rt    runtime.Runtime
+	log   *slog.Logger
+	store *state.Store
+
+	mu     sync.Mutex
+	node   *config.Node
+	sups   map[string]*Supervisor
+	wake   chan struct{} // closed and replaced on every status change
+	ready  bool          // every supervisor loaded: a save is complete
+	saveMu sync.Mutex
+
+	ctx context.Context // the Run context: owns supervisors and background work
+	wg  sync.WaitGroup
+}
+
+// NewManager prepares supervisors for node; nothing runs before Run.
+func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *slog.Logger) *Manager {
+	return &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{})}
+}
+
+// Run re-adopts what is running, starts what should run in dependency order,
+// and supervises until ctx ends. Services keep running after it returns.
+func (m *Manager) Run(ctx context.Context) error {
+	mem, err := m.store.Load()
+	if err != nil {
+		m.log.Error("state file", "err", err)
+	}
+	sups := map[string]*Supervisor{}
+	for _, name := range m.node.Names() {
+		rec, ok := mem[name]
+		if !ok {
+			// A service new to this node runs by default, as monit starts
+			// everything at boot.
+			rec = state.Service{DesiredRunning: true, Monitored: true}
+		}
+		s := newSupervisor(m.node.Services[name], rec, m.rt, m.log, m.hooks())
+		s.adopt()
+		sups[name] = s
+	}
+	m.mu.Lock()
+	m.ctx = ctx
+	m.sups = sups
+	m.ready = true
+	for _, s := range m.sups {
+		m.goRun(s)
+	}
+	m.mu.Unlock()
+	m.save()
+	var pending []string
+	for _, name := range m.node.Names() {
+		if m.sup(name).needsStart() {
+			pending = append(pending, name)
+		}
+	}
+	if len(pending) > 0 {
+		m.log.Info("starting services", "services", pending)
+		m.background(func(ctx context.Context) { _ = m.startOrdered(ctx, pending, false, nil) })
+	}
+	<-ctx.Done()
+	m.wg.Wait()
+	m.save()
+	return nil
+}
+
+func (m *Manager) goRun(s *Supervisor) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		s.run(m.ctx)
+	}()
+}
+
+// background runs f under the Run context, tracked so Run waits for it.
+func (m *Manager) background(f func(ctx context.Context)) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f(m.ctx)
+	}()
+}
+
+func (m *Manager) hooks() hooks {
+	return hooks{
+		changed: m.broadcast,
+		persist: m.save,
+		alert:   m.alert,
+	}
+}
+
+func (m *Manager) broadcast() {
+	m.mu.Lock()
+	close(m.wake)
+	m.wake = make(chan struct{})
+	m.mu.Unlock()
+}
+
+// save writes the remembered state of every service. It runs synchronously
+// because a pid not on disk when the agent dies would mean a second copy.
+func (m *Manager) save() {
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	m.mu.Lock()
+	if !m.ready {
+		// Until every service is loaded, a save would drop the others.
+		m.mu.Unlock()
+		return
+	}
+	recs := make(map[string]state.Service, len(m.sups))
+	for name, s := range m.sups {
+		recs[name] = s.remembered()
+	}
+	m.mu.Unlock()
+	if err := m.store.Save(recs); err != nil {
+		m.log.Error("cannot save state; will retry on the next change", "file", m.store.Path(), "err", err)
+	}
+}
+
+// Node returns the configuration in force.
+func (m *Manager) Node() *config.Node {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.node
+}
+
+// Status returns the named services' status (all when names is empty) in
+// start order.
+func (m *Manager) Status(names []string) ([]Status, error) {
+	sups, err := m.lookup(names)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Status, len(sups))
+	for i, s := range sups {
+		out[i] = s.Status()
+	}
+	return out, nil
+}
+
+// lookup resolves names ("all" or empty: every service) in start order,
+// failing on any unknown name before anything is done.
+func (m *Manager) lookup(names []string) ([]*Supervisor, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	order := m.node.Names()
+	want := map[string]bool{}
+	all := len(names) == 0
+	var unknown []string
+	for _, n := range names {
+		if n == "all" {
+			all = true
+			continue
+		}
+		if _, ok := m.sups[n]; !ok {
+			unknown = append(unknown, strconv.Quote(n))
+			continue
+		}
+		want[n] = true
+	}
+	if len(unknown) > 0 {
+		return nil, &UnknownServiceError{Names: unknown, Known: order}
+	}
+	var out []*Supervisor
+	for _, n := range order {
+		if all || want[n] {
+			out = append(out, m.sups[n])
+		}
+	}
+	return out, nil
+}
+
+func (m *Manager) sup(name string) *Supervisor {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sups[name]
+}
+
+func names(sups []*Supervisor) []string {
+	out := make([]string, len(sups))
+	for i, s := range sups {
+		out[i] = s.name
+	}
+	return out
+}
+
+// Control applies action to services. Start and restart of several services
+// follow dependency order and stop follows its reverse; with block, it
+// returns once every service reached its goal (OK or Stopped).
+func (m *Manager) Control(ctx context.Context, act Action, svc []string, block bool, progress func(Progress)) error {
+	sups, err := m.lookup(svc)
+	if err != nil {
+		return err
+	}
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	switch act {
+	case Start:
+		return m.startOrdered(ctx, names(sups), block, progress)
+	case Stop:
+		return m.stopOrdered(ctx, names(sups), block, progress)
+	case Restart:
+		if len(sups) == 1 {
+			return m.one(ctx, sups[0], actRestart, block, progress)
+		}
+		// Several services: stop dependants first, then start in order, so
+		// nothing runs against a dependency that is going away.
+		if err := m.stopOrdered(ctx, names(sups), true, progress); err != nil {
+			return err
+		}
+		return m.startOrdered(ctx, names(sups), block, progress)
+	case Monitor, Unmonitor:
+		a := actMonitor
+		if act == Unmonitor {
+			a = actUnmonitor
+		}
+		for _, s := range sups {
+			if err := m.one(ctx, s, a, false, progress); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown action %v", act)
+}
+
+func (m *Manager) one(ctx context.Context, s *Supervisor, a action, block bool, progress func(Progress)) error {
+	if err := s.do(ctx, command{act: a}); err != nil {
+		progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error(), Failed: true})
+		return err
+	}
+	if block && (a == actRestart || a == actStart) {
+		return m.waitHealthy(ctx, s, progress)
+	}
+	st := s.Status()
+	progress(Progress{Service: s.name, State: st.State, Message: st.Message, Done: true})
+	return nil
+}
+
+// Up starts every service of the node in dependency order.
+func (m *Manager) Up(ctx context.Context, block bool, progress func(Progress)) error {
+	return m.Control(ctx, Start, nil, block, progress)
+}
+
+// Down stops every service in reverse dependency order.
+func (m *Manager) Down(ctx context.Context, block bool, progress func(Progress)) error {
+	return m.Control(ctx, Stop, nil, block, progress)
+}
+
+// startOrdered starts each service once its local dependencies among the
+// running or to-be-started services are OK (Deephaven's dh_monit up:
+// configuration_server first and waited for, then authentication_server, then
+// the rest), in parallel where the graph allows. Without block it returns
+// after setting the walk going.
+func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	if !block {
+		// The walk outlives the request: it belongs to the agent.
+		m.background(func(bctx context.Context) { _ = m.walkStart(bctx, svc, func(Progress) {}) })
+		for _, n := range svc {
+			progress(Progress{Service: n, State: m.sup(n).Status().State, Message: "start scheduled in dependency order", Done: true})
+		}
+		return nil
+	}
+	return m.walkStart(ctx, svc, progress)
+}
+
+func (m *Manager) walkStart(ctx context.Context, svc []string, progress func(Progress)) error {
+	g := m.Node().Graph()
+	inSet := map[string]bool{}
+	for _, n := range svc {
+		inSet[n] = true
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, name := range svc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := m.sup(name)
+			for _, d := range g.DependsOn(name) {
+				ds := m.sup(d)
+				if !inSet[d] && !ds.Status().DesiredRunning {
+					continue // the operator keeps it stopped: not ours to wait for
+				}
+				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d})
+				if _, err := m.waitFor(ctx, d, func(st Status) (bool, error) {
+					if st.State == Failed {
+						return false, fmt.Errorf("dependency %s failed: %s", d, st.Message)
+					}
+					if !st.DesiredRunning && !inSet[d] {
+						return false, fmt.Errorf("dependency %s was stopped", d)
+					}
+					return st.State == OK, nil
+				}); err != nil {
+					progress(Progress{Service: name, State: s.Status().State, Message: "not started: " + err.Error(), Failed: true})
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("%s: not started: %w", name, err))
+					mu.Unlock()
+					return
+				}
+			}
+			if err := s.do(ctx, command{act: actStart}); err != nil {
+				progress(Progress{Service: name, State: s.Status().State, Message: err.Error(), Failed: true})
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				mu.Unlock()
+				return
+			}
+			progress(Progress{Service: name, State: s.Status().State, Message: "started"})
+			if err := m.waitHealthy(ctx, s, progress); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (m *Manager) waitHealthy(ctx context.Context, s *Supervisor, progress func(Progress)) error {
+	st, err := m.waitFor(ctx, s.name, func(st Status) (bool, error) {
+		switch {
+		case st.State == Failed:
+			return false, errors.New(st.Message)
+		case !st.DesiredRunning:
+			return false, errors.New("stopped while starting")
+		}
+		return st.State == OK, nil
+	})
+	if err != nil {
+		progress(Progress{Service: s.name, State: st.State, Message: err.Error(), Failed: true})
+		return fmt.Errorf("%s: %w", s.name, err)
+	}
+	progress(Progress{Service: s.name, State: OK, Message: "running and healthy", Done: true})
+	return nil
+}
+
+// stopOrdered stops each service once every local service depending on it is
+// stopped: the reverse of the start order.
+func (m *Manager) stopOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
+	if progress == nil {
+		progress = func(Progress) {}
+	}
+	if !block {
+		m.background(func(bctx context.Context) { _ = m.walkStop(bctx, svc, func(Progress) {}) })
+		for _, n := range svc {
+			progress(Progress{Service: n, State: m.sup(n).Status().State, Message: "stop scheduled in reverse dependency order", Done: true})
+		}
+		return nil
+	}
+	return m.walkStop(ctx, svc, progress)
+}
+
+func (m *Manager) walkStop(ctx context.Context, svc []string, progress func(Progress)) error {
+	g := m.Node().Graph()
+	inSet := map[string]bool{}
+	for _, n := range svc {
+		inSet[n] = true
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, name := range svc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := m.sup(name)
+			for _, d := range g.Dependents(name) {
+				if !inSet[d] {
+					continue
+				}
+				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d + " to stop"})
+				if _, err := m.waitFor(ctx, d, func(st Status) (bool, error) { return !st.Running() && !st.DesiredRunning, nil }); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("%s: %w", name, err))
+					mu.Unlock()
+					return
+				}
+			}
+			if err := s.do(ctx, command{act: actStop}); err != nil {
+				progress(Progress{Service: name, State: s.Status().State, Message: err.Error(), Failed: true})
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				mu.Unlock()
+				return
+			}
+			st := s.Status()
+			progress(Progress{Service: name, State: st.State, Message: st.Message, Done: true})
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// waitFor blocks until pred accepts the service's status or fails.
+func (m *Manager) waitFor(ctx context.Context, name string, pred func(Status) (bool, error)) (Status, error) {
+	s := m.sup(name)
+	for {
+		m.mu.Lock()
+		wake := m.wake
+		m.mu.Unlock()
+		st := s.Status()
+		ok, err := pred(st)
+		if err != nil || ok {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-wake:
+		}
+	}
+}
+
+// WaitChange blocks until any service's status changes or ctx ends.
+func (m *Manager) WaitChange(ctx context.Context) {
+	m.mu.Lock()
+	wake := m.wake
+	m.mu.Unlock()
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	}
+}
+
+// ReloadResult says what a reload changed.
+type ReloadResult struct {
+	Added, Removed, Changed, RestartNeeded []string
+}
+
+// Reload switches to a new, already validated configuration: new services
+// are started, removed ones stopped, changed ones take their new checks,
+// limits and policy at once and their new command at their next start.
+func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, error) {
+	var res ReloadResult
+	m.mu.Lock()
+	old := m.node
+	m.mu.Unlock()
+	for _, name := range old.ServiceNames() {
+		if _, ok := node.Services[name]; !ok {
+			res.Removed = append(res.Removed, name)
+		}
+	}
+	for _, name := range node.ServiceNames() {
+		prev, ok := old.Services[name]
+		switch {
+		case !ok:
+			res.Added = append(res.Added, name)
+		case !reflect.DeepEqual(prev, node.Services[name]):
+			res.Changed = append(res.Changed, name)
+			n := node.Services[name]
+			if !reflect.DeepEqual(prev.Command, n.Command) || !reflect.DeepEqual(prev.Env, n.Env) || prev.User != n.User || prev.Group != n.Group || prev.WorkDir != n.WorkDir {
+				res.RestartNeeded = append(res.RestartNeeded, name)
+			}
+		}
+	}
+	// Removed services are stopped while the old graph still orders them.
+	if len(res.Removed) > 0 {
+		if err := m.walkStop(ctx, res.Removed, func(Progress) {}); err != nil {
+			return res, err
+		}
+	}
+	added := map[string]*Supervisor{}
+	for _, name := range res.Added {
+		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, m.rt, m.log, m.hooks())
+		s.adopt()
+		added[name] = s
+	}
+	m.mu.Lock()
+	for _, name := range res.Removed {
+		delete(m.sups, name)
+	}
+	m.node = node
+	for name, s := range added {
+		m.sups[name] = s
+		m.goRun(s)
+	}
+	m.mu.Unlock()
+	for _, name := range res.Changed {
+		if err := m.sup(name).do(ctx, command{act: actUpdate, spec: node.Services[name]}); err != nil {
+			return res, err
+		}
+	}
+	m.save()
+	if len(res.Added) > 0 {
+		var pending []string
+		for _, n := range res.Added {
+			if m.sup(n).needsStart() {
+				pending = append(pending, n)
+			}
+		}
+		m.background(func(ctx context.Context) { _ = m.walkStart(ctx, pending, func(Progress) {}) })
+	}
+	sort.Strings(res.RestartNeeded)
+	return res, nil
+}
+
+// alert runs the configured hook with monit's environment variables, so
+// scripts written for monit's exec action keep working.
+func (m *Manager) alert(st Status, event, description string) {
+	a := m.Node().Agent.Alert
+	if len(a.Command) == 0 {
+		return
+	}
+	host, _ := os.Hostname()
+	env := append(os.Environ(),
+		"MONIT_SERVICE="+st.Name,
+		"MONIT_EVENT="+event,
+		"MONIT_DESCRIPTION="+description,
+		"MONIT_HOST="+host,
+		"MONIT_DATE="+time.Now().Format(time.RFC1123Z),
+		"MONIT_PROCESS_PID="+strconv.Itoa(st.PID),
+		"MONIT_PROCESS_MEMORY="+strconv.FormatUint(st.RSSBytes/1024, 10),
+		"MONIT_PROCESS_CPU_PERCENT="+strconv.FormatFloat(st.CPUPercent, 'f', 1, 64),
+		"DHVISOR_NODE="+m.Node().Agent.Node,
+	)
+	m.background(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, a.Timeout.D())
+		defer cancel()
+		cmd := osexec.CommandContext(ctx, a.Command[0], a.Command[1:]...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			m.log.Error("alert hook failed", "service", st.Name, "err", err, "output", strings.TrimSpace(string(out)))
+			return
+		}
+		m.log.Info("alert hook ran", "service", st.Name, "event", event)
+	})
+}

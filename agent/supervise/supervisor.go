@@ -1,0 +1,471 @@
+// Package supervise keeps each of a node's services in the state the
+// operator asked for: one event-driven loop per service (process exit, check
+// result, timer, command) and a Manager that orders them by dependencies.
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/dhvisor/dhvisor/agent/check"
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/state"
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+type action int
+
+const (
+	actStart action = iota + 1
+	actStop
+	actRestart
+	actMonitor
+	actUnmonitor
+	actUpdate
+)
+
+type command struct {
+	act   action
+	spec  *config.Service // actUpdate
+	reply chan error
+}
+
+// hooks connect a supervisor to its manager.
+type hooks struct {
+	changed func()                                     // status changed: wake waiters
+	persist func()                                     // remembered state changed: save now
+	alert   func(st Status, event, description string) // the service failed for good
+}
+
+// Supervisor runs the loop of one service.
+type Supervisor struct {
+	name  string
+	rt    runtime.Runtime
+	log   *slog.Logger
+	hooks hooks
+	cmds  chan command
+
+	mu     sync.Mutex // guards status and mem; the loop is the only writer
+	status Status
+	mem    state.Service
+
+	// Owned by the loop goroutine.
+	spec      *config.Service
+	proc      runtime.Process
+	graceEnd  time.Time
+	graceOver bool
+	checks    *checkRunner
+	hyst      []*check.Hysteresis
+	restartC  <-chan time.Time
+	restartT  *time.Timer
+	sampleT   *time.Ticker
+	cpu       procfs.CPUMeter
+	memLimit  check.Threshold
+	cpuLimit  check.Threshold
+	jitter    func() float64
+}
+
+func newSupervisor(spec *config.Service, mem state.Service, rt runtime.Runtime, log *slog.Logger, h hooks) *Supervisor {
+	s := &Supervisor{
+		name:   spec.Name,
+		rt:     rt,
+		log:    log.With("service", spec.Name),
+		hooks:  h,
+		cmds:   make(chan command),
+		spec:   spec,
+		mem:    mem,
+		jitter: randomJitter,
+	}
+	s.status = Status{Name: spec.Name, State: Stopped, Since: time.Now(), Monitored: mem.Monitored, DesiredRunning: mem.DesiredRunning, Restarts: mem.Restarts, User: spec.User, Ports: spec.PortNumbers()}
+	s.setLimits()
+	return s
+}
+
+// Status returns a copy of the current status.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *Supervisor) remembered() state.Service {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mem
+}
+
+// do sends a command to the loop and waits for its immediate effect (a
+// process started or stopped), not for the service to become healthy.
+func (s *Supervisor) do(ctx context.Context, c command) error {
+	c.reply = make(chan error, 1)
+	select {
+	case s.cmds <- c:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-c.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// adopt takes over the process an earlier agent left running, if it is
+// still that exact process. Called before run.
+func (s *Supervisor) adopt() {
+	var id procfs.Identity
+	if s.mem.PID != 0 {
+		id = procfs.Identity{PID: s.mem.PID, StartTicks: s.mem.StartTicks}
+	} else if found, ok := s.rt.Find(s.name); ok {
+		// No record (state lost): the process carries our mark, so it is
+		// ours, and starting another copy would fight it for its ports.
+		id = found
+		s.log.Warn("found running process without a state record; adopting it", "pid", id.PID)
+	} else {
+		return
+	}
+	p, err := s.rt.Adopt(id)
+	if err != nil {
+		s.log.Info("process from before the agent restart is gone", "pid", id.PID, "err", err)
+		s.mu.Lock()
+		s.mem.PID, s.mem.StartTicks = 0, 0
+		s.mu.Unlock()
+		return
+	}
+	started := s.mem.StartedAt
+	if st, err := procfs.ReadStat(id.PID); err == nil {
+		if t, err := st.StartTime(); err == nil {
+			started = t
+		}
+	}
+	s.log.Info("re-adopted running process", "pid", id.PID, "started", started)
+	s.setState(Initializing, "re-adopted after agent restart; waiting for checks")
+	s.attach(p, started)
+}
+
+// needsStart reports whether the service should run but has no process.
+func (s *Supervisor) needsStart() bool {
+	m := s.remembered()
+	return m.DesiredRunning && m.Monitored && !m.Failed && s.Status().PID == 0
+}
+
+func (s *Supervisor) run(ctx context.Context) {
+	defer s.shutdown()
+	for {
+		var procDone <-chan struct{}
+		if s.proc != nil {
+			procDone = s.proc.Done()
+		}
+		var results <-chan probeResult
+		if s.checks != nil {
+			results = s.checks.results
+		}
+		var sampleC <-chan time.Time
+		if s.sampleT != nil {
+			sampleC = s.sampleT.C
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-s.cmds:
+			c.reply <- s.handle(ctx, c)
+		case <-procDone:
+			s.onExit(ctx)
+		case r := <-results:
+			s.onCheck(ctx, r)
+		case <-s.restartC:
+			s.restartC = nil
+			s.start(ctx, true)
+		case now := <-sampleC:
+			s.sample(ctx, now)
+		}
+	}
+}
+
+// shutdown leaves the process running: the next agent adopts it.
+func (s *Supervisor) shutdown() {
+	s.stopChecks()
+	s.stopSampling()
+	s.cancelRestart()
+	if s.proc != nil {
+		s.proc.Release()
+	}
+}
+
+func (s *Supervisor) handle(ctx context.Context, c command) error {
+	switch c.act {
+	case actStart:
+		s.remember(func(m *state.Service) {
+			m.DesiredRunning, m.Monitored, m.Failed, m.FailedReason = true, true, false, ""
+			// An operator's start after a failure is a fresh start, as
+			// systemctl reset-failed then start is.
+			m.FastFailures, m.RecentRestarts = 0, nil
+		})
+		if s.proc != nil {
+			s.refresh()
+			return nil
+		}
+		s.cancelRestart()
+		return s.start(ctx, false)
+	case actStop:
+		s.remember(func(m *state.Service) { m.DesiredRunning = false; m.Failed = false })
+		s.cancelRestart()
+		if err := s.stopProcess(ctx, "stopped by operator"); err != nil {
+			return err
+		}
+		s.setState(Stopped, "stopped by operator")
+		return nil
+	case actRestart:
+		s.remember(func(m *state.Service) {
+			m.DesiredRunning, m.Monitored, m.Failed, m.FailedReason = true, true, false, ""
+			m.FastFailures, m.RecentRestarts = 0, nil
+		})
+		s.cancelRestart()
+		if s.proc != nil {
+			s.setState(Restarting, "restart requested by operator")
+			if err := s.stopProcess(ctx, "restart requested by operator"); err != nil {
+				return err
+			}
+		}
+		return s.start(ctx, false)
+	case actMonitor:
+		s.remember(func(m *state.Service) { m.Monitored = true; m.Failed = false })
+		if s.proc != nil {
+			s.startChecks()
+			s.setState(Initializing, "monitoring resumed; waiting for checks")
+			return nil
+		}
+		if s.remembered().DesiredRunning {
+			return s.start(ctx, false)
+		}
+		s.setState(Stopped, "")
+		return nil
+	case actUnmonitor:
+		s.remember(func(m *state.Service) { m.Monitored = false })
+		s.cancelRestart()
+		s.stopChecks()
+		s.setState(NotMonitored, "monitoring disabled by operator")
+		return nil
+	case actUpdate:
+		s.spec = c.spec
+		s.setLimits()
+		s.mu.Lock()
+		s.status.User, s.status.Ports = c.spec.User, c.spec.PortNumbers()
+		s.mu.Unlock()
+		if s.checks != nil {
+			s.startChecks()
+		}
+		s.changed()
+		return nil
+	}
+	return fmt.Errorf("unknown action %d", c.act)
+}
+
+// start launches the process. auto marks a restart by the policy (counted
+// already by scheduleRestart) rather than an operator's request.
+func (s *Supervisor) start(ctx context.Context, auto bool) error {
+	if s.proc != nil {
+		return nil
+	}
+	spec := s.spec
+	p, err := s.rt.Start(ctx, runtime.Spec{Name: spec.Name, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir})
+	if err != nil {
+		s.log.Error("start failed", "err", err)
+		s.setState(ExecFailed, "start failed: "+err.Error())
+		s.scheduleRestart(ctx, 0, ExecFailed, "start failed: "+err.Error())
+		if auto {
+			return nil
+		}
+		return err
+	}
+	s.log.Info("started", "pid", p.Identity().PID)
+	// Initializing first: attach evaluates the checks, and a service with
+	// only a process check is OK at once.
+	s.setState(Initializing, "started; waiting for checks")
+	s.attach(p, time.Now())
+	return nil
+}
+
+// attach makes p the service's process and starts watching it.
+func (s *Supervisor) attach(p runtime.Process, started time.Time) {
+	s.proc = p
+	s.graceEnd = started.Add(s.spec.StartGrace.D())
+	s.graceOver = false
+	id := p.Identity()
+	s.remember(func(m *state.Service) { m.PID, m.StartTicks, m.StartedAt = id.PID, id.StartTicks, started })
+	s.mu.Lock()
+	s.status.PID, s.status.StartedAt = id.PID, started
+	s.status.CPUPercent, s.status.RSSBytes = 0, 0
+	s.mu.Unlock()
+	s.cpu.Reset()
+	s.memLimit.Reset()
+	s.cpuLimit.Reset()
+	if s.remembered().Monitored {
+		s.startChecks()
+	}
+	s.startSampling()
+}
+
+func (s *Supervisor) detach() {
+	s.proc = nil
+	s.stopChecks()
+	s.stopSampling()
+	s.remember(func(m *state.Service) { m.PID, m.StartTicks = 0, 0 })
+	s.mu.Lock()
+	s.status.PID, s.status.CPUPercent, s.status.RSSBytes = 0, 0, 0
+	s.mu.Unlock()
+}
+
+// stopProcess ends the process on purpose: SIGTERM to its group, SIGKILL
+// after stop_timeout.
+func (s *Supervisor) stopProcess(ctx context.Context, why string) error {
+	if s.proc == nil {
+		return nil
+	}
+	s.stopChecks()
+	p := s.proc
+	exit, err := p.Stop(ctx, s.spec.StopTimeout.D())
+	if err != nil {
+		return fmt.Errorf("stop %s: %w", s.name, err)
+	}
+	s.log.Info("stopped", "pid", p.Identity().PID, "why", why, "exit", exitText(exit))
+	s.recordExit(exit)
+	s.detach()
+	return nil
+}
+
+func (s *Supervisor) onExit(ctx context.Context) {
+	p := s.proc
+	exit := p.Exit()
+	uptime := exit.At.Sub(s.Status().StartedAt)
+	s.recordExit(exit)
+	s.detach()
+	m := s.remembered()
+	desc := fmt.Sprintf("%s after %s", exitText(exit), uptime.Round(time.Millisecond))
+	switch {
+	case !m.DesiredRunning:
+		s.setState(Stopped, desc)
+	case !m.Monitored:
+		s.setState(NotMonitored, desc+"; not monitored, so not restarted")
+	case isPermanent(s.spec.Restart, exit.Code):
+		s.fail(fmt.Sprintf("%s: exit code %d is marked permanent, not restarting", desc, exit.Code))
+	default:
+		s.log.Warn("process ended unexpectedly", "pid", p.Identity().PID, "exit", exitText(exit), "uptime", uptime)
+		st := DoesNotExist
+		if uptime < s.spec.Restart.MinUptime.D() {
+			st = ExecFailed
+		}
+		s.scheduleRestart(ctx, uptime, st, desc)
+	}
+}
+
+// scheduleRestart applies the restart policy after an unplanned end.
+func (s *Supervisor) scheduleRestart(ctx context.Context, uptime time.Duration, st State, why string) {
+	m := s.remembered()
+	d := decideRestart(s.spec.Restart, uptime, m.FastFailures, m.RecentRestarts, time.Now(), s.jitter)
+	if d.giveUp {
+		s.fail(fmt.Sprintf("%s; %d restarts within %s", why, len(d.recent), s.spec.Restart.Window.D()))
+		return
+	}
+	s.remember(func(m *state.Service) {
+		m.FastFailures, m.RecentRestarts = d.fastFailures, d.recent
+		m.Restarts++
+	})
+	s.mu.Lock()
+	s.status.Restarts = s.mem.Restarts
+	s.mu.Unlock()
+	if d.delay <= 0 {
+		s.setState(Restarting, why+"; restarting")
+		s.start(ctx, true)
+		return
+	}
+	s.setState(st, fmt.Sprintf("%s; restarting in %s", why, d.delay.Round(time.Millisecond)))
+	s.restartT = time.NewTimer(d.delay)
+	s.restartC = s.restartT.C
+}
+
+func (s *Supervisor) cancelRestart() {
+	if s.restartT != nil {
+		s.restartT.Stop()
+		s.restartT, s.restartC = nil, nil
+	}
+}
+
+// fail gives up on the service: Failed, not monitored, one alert.
+func (s *Supervisor) fail(why string) {
+	s.remember(func(m *state.Service) { m.Failed, m.FailedReason, m.Monitored = true, why, false })
+	s.setState(Failed, why)
+	s.log.Error("service failed; no more restarts until an operator starts it", "why", why)
+	s.hooks.alert(s.Status(), string(Failed), why)
+}
+
+func (s *Supervisor) recordExit(e runtime.Exit) {
+	s.mu.Lock()
+	s.status.LastExit = &e
+	s.mu.Unlock()
+}
+
+// restartUnhealthy replaces a process that is running but failing.
+func (s *Supervisor) restartUnhealthy(ctx context.Context, st State, why string) {
+	if !s.remembered().Monitored {
+		return
+	}
+	s.setState(st, why+"; restarting")
+	s.log.Warn("restarting unhealthy service", "state", st, "why", why)
+	uptime := time.Since(s.Status().StartedAt)
+	if err := s.stopProcess(ctx, why); err != nil {
+		s.log.Error("could not stop unhealthy service", "err", err)
+		return
+	}
+	s.scheduleRestart(ctx, uptime, st, why)
+}
+
+func (s *Supervisor) remember(f func(*state.Service)) {
+	s.mu.Lock()
+	f(&s.mem)
+	s.status.Monitored, s.status.DesiredRunning = s.mem.Monitored, s.mem.DesiredRunning
+	s.mu.Unlock()
+	s.hooks.persist()
+}
+
+func (s *Supervisor) setState(st State, msg string) {
+	s.mu.Lock()
+	if s.status.State != st {
+		s.status.Since = time.Now()
+	}
+	s.status.State, s.status.Message = st, msg
+	s.mu.Unlock()
+	s.changed()
+}
+
+// refresh recomputes the state of a running process from its checks.
+func (s *Supervisor) refresh() {
+	if s.proc == nil {
+		return
+	}
+	if !s.remembered().Monitored {
+		s.setState(NotMonitored, "")
+		return
+	}
+	if s.Status().State == OK {
+		return
+	}
+	s.setState(Initializing, "waiting for checks")
+}
+
+func (s *Supervisor) changed() { s.hooks.changed() }
+
+func exitText(e runtime.Exit) string {
+	switch {
+	case e.Signal != "":
+		return "killed by " + e.Signal
+	case e.Code >= 0:
+		return fmt.Sprintf("exited with code %d", e.Code)
+	}
+	return "exited"
+}

@@ -1,0 +1,158 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+type blockFlags struct {
+	block   bool
+	timeout time.Duration
+}
+
+func (b *blockFlags) add(cmd *cobra.Command, what string) {
+	cmd.Flags().BoolVarP(&b.block, "block", "b", false, "wait until "+what)
+	cmd.Flags().DurationVar(&b.timeout, "timeout", 10*time.Minute, "with --block, give up after this long")
+}
+
+func (b *blockFlags) validate() error {
+	if b.timeout <= 0 {
+		return fail(ExitError, "--timeout %s: expected a positive duration such as 90s or 10m", b.timeout)
+	}
+	return nil
+}
+
+func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Command {
+	var bf blockFlags
+	cmd := &cobra.Command{
+		Use:   name + " SERVICE...|all",
+		Short: short,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return fail(ExitError, "%s: name one or more services, or all", name)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := bf.validate(); err != nil {
+				return err
+			}
+			return o.stream(cmd.Context(), bf, func(ctx context.Context, c pb.AgentClient) (grpc.ServerStreamingClient[pb.Progress], error) {
+				return c.Control(ctx, &pb.ControlRequest{Action: act, Services: args, Block: bf.block, TimeoutMs: bf.timeout.Milliseconds()})
+			})
+		},
+	}
+	if act != pb.Action_ACTION_MONITOR && act != pb.Action_ACTION_UNMONITOR {
+		bf.add(cmd, "each service is OK (start, restart) or stopped (stop)")
+	}
+	return cmd
+}
+
+func (o *options) orderCmd(name, short string) *cobra.Command {
+	var bf blockFlags
+	cmd := &cobra.Command{
+		Use:   name,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bf.validate(); err != nil {
+				return err
+			}
+			return o.stream(cmd.Context(), bf, func(ctx context.Context, c pb.AgentClient) (grpc.ServerStreamingClient[pb.Progress], error) {
+				req := &pb.OrderRequest{Block: bf.block, TimeoutMs: bf.timeout.Milliseconds()}
+				if name == "up" {
+					return c.Up(ctx, req)
+				}
+				return c.Down(ctx, req)
+			})
+		},
+	}
+	bf.add(cmd, "every service is OK (up) or stopped (down)")
+	return cmd
+}
+
+func (o *options) stream(ctx context.Context, bf blockFlags, call func(context.Context, pb.AgentClient) (grpc.ServerStreamingClient[pb.Progress], error)) error {
+	c, closeConn, err := o.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, bf.timeout+30*time.Second)
+	defer cancel()
+	st, err := call(ctx, c)
+	if err != nil {
+		return rpcError(err)
+	}
+	start := time.Now()
+	failed := 0
+	for {
+		p, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return rpcError(err)
+		}
+		printProgress(o.out, p, time.Since(start))
+		if p.Failed {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fail(ExitNotOK, "%d service(s) did not reach their goal", failed)
+	}
+	return nil
+}
+
+func printProgress(w io.Writer, p *pb.Progress, elapsed time.Duration) {
+	mark := "  "
+	switch {
+	case p.Failed:
+		mark = "✗ "
+	case p.Done:
+		mark = "✓ "
+	}
+	fmt.Fprintf(w, "%6.1fs %s%-24s %-16s %s\n", elapsed.Seconds(), mark, p.Service, p.State, p.Message)
+}
+
+func (o *options) reloadCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "reload",
+		Short: "Make the agent re-read its configuration (an invalid one is refused whole)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			c, closeConn, err := o.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			res, err := c.Reload(ctx, &pb.ReloadRequest{})
+			if err != nil {
+				e := rpcError(err)
+				e.(*exitError).code = ExitError
+				return e
+			}
+			fmt.Fprintln(o.out, "configuration reloaded")
+			for _, l := range []struct {
+				label string
+				names []string
+			}{{"added", res.Added}, {"removed", res.Removed}, {"changed", res.Changed}, {"restart to apply", res.RestartNeeded}} {
+				if len(l.names) > 0 {
+					fmt.Fprintf(o.out, "  %-17s %s\n", l.label+":", strings.Join(l.names, ", "))
+				}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,125 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+func (o *options) statusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [SERVICE...]",
+		Short: "Show services: state, pid, uptime, restarts, CPU, memory, last check (monit summary, and more)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			c, closeConn, err := o.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			resp, err := c.Status(ctx, &pb.StatusRequest{Services: args})
+			if err != nil {
+				return rpcError(err)
+			}
+			if asJSON {
+				b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(o.out, string(b))
+			} else {
+				renderStatus(o.out, resp, time.Now(), isTerminal(o.out))
+			}
+			if n := notOK(resp); n > 0 {
+				return &exitError{code: ExitNotOK, err: fmt.Errorf("%d of %d services not OK", n, len(resp.Services))}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse)")
+	return cmd
+}
+
+func notOK(resp *pb.StatusResponse) int {
+	n := 0
+	for _, s := range resp.Services {
+		if s.State != "OK" {
+			n++
+		}
+	}
+	return n
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func stateColor(state string) string {
+	switch state {
+	case "OK":
+		return "\x1b[32m"
+	case "Initializing", "Restarting", "Stopped", "Not monitored":
+		return "\x1b[33m"
+	}
+	return "\x1b[31m"
+}
+
+func renderStatus(w interface{ Write([]byte) (int, error) }, resp *pb.StatusResponse, now time.Time, color bool) {
+	ok := len(resp.Services) - notOK(resp)
+	fmt.Fprintf(w, "Node %s (%s), dhagent %s: %d/%d services OK\n\n", resp.Node, strings.Join(resp.Roles, ", "), resp.AgentVersion, ok, len(resp.Services))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY\tLAST CHECK")
+	for _, s := range resp.Services {
+		state := s.State
+		if color {
+			// Every state gets escape codes of one length, so the columns stay aligned.
+			state = stateColor(s.State) + state + "\x1b[0m"
+		}
+		pid, uptime, cpu := "-", "-", "-"
+		if s.Pid != 0 {
+			pid = fmt.Sprint(s.Pid)
+			cpu = fmt.Sprintf("%.1f%%", s.CpuPercent)
+			if s.StartedUnixMs > 0 {
+				uptime = humanDuration(now.Sub(time.UnixMilli(s.StartedUnixMs)))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, pid, uptime, s.Restarts, cpu, humanBytes(s.MemoryBytes), lastCheck(s.LastCheck, now))
+	}
+	tw.Flush()
+	var notes []string
+	for _, s := range resp.Services {
+		if s.State != "OK" && s.Message != "" {
+			notes = append(notes, fmt.Sprintf("  %s: %s", s.Name, s.Message))
+		}
+	}
+	if len(notes) > 0 {
+		fmt.Fprintf(w, "\n%s\n", strings.Join(notes, "\n"))
+	}
+}
+
+func lastCheck(c *pb.CheckResult, now time.Time) string {
+	if c == nil {
+		return "-"
+	}
+	ago := humanDuration(now.Sub(time.UnixMilli(c.AtUnixMs)))
+	msg := c.Message
+	if len(msg) > 60 {
+		msg = msg[:57] + "..."
+	}
+	return fmt.Sprintf("%s %s (%s ago)", c.Name, msg, ago)
+}

@@ -1,0 +1,76 @@
+// Command standin is a TEST FIXTURE, not part of dhvisor. It plays one of
+// Deephaven's JVM services, which cannot be installed here, so that tests,
+// the demo and the benchmarks (dhvisor's and monit's alike) have a real
+// process to supervise.
+//
+// It serves plain HTTP on each --port: GET /health answers "ok NAME" (or
+// 503), GET / answers JSON naming the process and the port that answered,
+// and POST /fault/<kind>[?arg=ARG] injects a fault at runtime. Faults can
+// also be set by flag or by DH_STANDIN_FAULT=kind[:arg][;kind[:arg]...]:
+//
+//	crash[:CODE|KILL][,DELAY]  exit with CODE (default 1), or SIGKILL itself
+//	exit-at-start[:CODE]       exit before listening (flag/env only)
+//	start-delay:DURATION       wait before listening (flag/env only)
+//	hang                       accept connections, never answer, ignore SIGTERM
+//	unhealthy                  /health answers 503
+//	healthy                    undo unhealthy, stop grow and free its memory,
+//	                           cancel a pending crash
+//	grow:RATE[,MAX]            allocate and touch memory, e.g. 20MiB/s,200MiB
+//
+// SIGTERM or SIGINT closes the ports and exits 0, after --term-delay, unless
+// the process hangs. It is built to start in milliseconds, because the
+// benchmarks spawn it many times.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"time"
+)
+
+// readyFDEnv tells a daemonized child which inherited fd to report
+// readiness on; its presence is also what marks the process as the child.
+const readyFDEnv = "DH_STANDIN_READY_FD"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	started := time.Now()
+	readyFD := os.Getenv(readyFDEnv)
+	// Nothing the service runs should believe it is a daemon child too.
+	os.Unsetenv(readyFDEnv)
+
+	cfg, err := parseConfig(args, os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "standin: %v\n", err)
+		return 2
+	}
+
+	var out io.Writer = os.Stderr
+	if cfg.logFile != "" {
+		f, err := os.OpenFile(cfg.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "standin: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		out = f
+	}
+	// The prefix makes every line say which service and process wrote it,
+	// since several stand-ins often share one log.
+	lg := log.New(out, fmt.Sprintf("standin %s pid %d ", cfg.name, os.Getpid()), log.Lmsgprefix)
+
+	if cfg.daemonize && readyFD == "" {
+		return daemonize(cfg, lg, args)
+	}
+	return newService(cfg, lg, started, readyFD).run()
+}
