@@ -56,6 +56,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer unlock()
 
 	a.mgr = supervise.NewManager(a.node, exec.Runtime{}, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
+	a.mgr.Load()
 	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
 	if err != nil {
 		return fmt.Errorf("local API socket %s: %w", cfg.Socket, err)

@@ -287,10 +287,6 @@ func TestTreeUsage(t *testing.T) {
 	}
 
 	shell := startTree(t)
-	single, err := ReadStat(shell)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tests := []struct {
 		name      string
 		pid       int
@@ -319,9 +315,8 @@ func TestTreeUsage(t *testing.T) {
 				if u.Procs != tt.wantProcs {
 					t.Errorf("procs = %d, want %d", u.Procs, tt.wantProcs)
 				}
-				// Every member has some resident memory.
-				if u.RSSBytes <= single.RSSBytes {
-					t.Errorf("tree rss %d not above single process rss %d", u.RSSBytes, single.RSSBytes)
+				if u.RSSBytes == 0 {
+					t.Errorf("tree rss is 0")
 				}
 			})
 		}

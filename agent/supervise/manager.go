@@ -76,9 +76,10 @@ func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *
 	return &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{})}
 }
 
-// Run re-adopts what is running, starts what should run in dependency order,
-// and supervises until ctx ends. Services keep running after it returns.
-func (m *Manager) Run(ctx context.Context) error {
+// Load reads the state file and re-adopts the processes an earlier agent
+// left running. It must finish before anything asks for status, and before
+// Run starts anything, or a service could be started twice.
+func (m *Manager) Load() {
 	mem, err := m.store.Load()
 	if err != nil {
 		m.log.Error("state file", "err", err)
@@ -96,14 +97,21 @@ func (m *Manager) Run(ctx context.Context) error {
 		sups[name] = s
 	}
 	m.mu.Lock()
-	m.ctx = ctx
 	m.sups = sups
 	m.ready = true
+	m.mu.Unlock()
+	m.save()
+}
+
+// Run starts what should run in dependency order and supervises until ctx
+// ends. Services keep running after it returns. Load must have been called.
+func (m *Manager) Run(ctx context.Context) error {
+	m.mu.Lock()
+	m.ctx = ctx
 	for _, s := range m.sups {
 		m.goRun(s)
 	}
 	m.mu.Unlock()
-	m.save()
 	var pending []string
 	for _, name := range m.node.Names() {
 		if m.sup(name).needsStart() {

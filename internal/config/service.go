@@ -157,7 +157,7 @@ func (s *Service) applyDefaults() {
 			c.Host = "127.0.0.1"
 		}
 		setDur(&c.Interval, 5*time.Second)
-		setDur(&c.Timeout, 2*time.Second)
+		setDur(&c.Timeout, min(2*time.Second, c.Interval.D()))
 		setInt(&c.Failures, 3)
 		setInt(&c.Successes, 1)
 	}

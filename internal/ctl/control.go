@@ -32,7 +32,8 @@ func (b *blockFlags) validate() error {
 }
 
 func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Command {
-	var bf blockFlags
+	bf := blockFlags{timeout: time.Minute}
+	monitorOnly := act == pb.Action_ACTION_MONITOR || act == pb.Action_ACTION_UNMONITOR
 	cmd := &cobra.Command{
 		Use:   name + " SERVICE...|all",
 		Short: short,
@@ -43,15 +44,17 @@ func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Co
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := bf.validate(); err != nil {
-				return err
+			if !monitorOnly {
+				if err := bf.validate(); err != nil {
+					return err
+				}
 			}
 			return o.stream(cmd.Context(), bf, func(ctx context.Context, c pb.AgentClient) (grpc.ServerStreamingClient[pb.Progress], error) {
 				return c.Control(ctx, &pb.ControlRequest{Action: act, Services: args, Block: bf.block, TimeoutMs: bf.timeout.Milliseconds()})
 			})
 		},
 	}
-	if act != pb.Action_ACTION_MONITOR && act != pb.Action_ACTION_UNMONITOR {
+	if !monitorOnly {
 		bf.add(cmd, "each service is OK (start, restart) or stopped (stop)")
 	}
 	return cmd
