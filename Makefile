@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/dhvisor/dhvisor/internal/version.Version=$(VERSION)
 BINS    := bin/dhagent bin/dhctl bin/dh-standin
-STATICCHECK ?= $(shell command -v staticcheck || echo $(HOME)/go/bin/staticcheck)
+STATICCHECK ?= $(shell command -v staticcheck || echo $$(go env GOPATH)/bin/staticcheck)
 
 .PHONY: all build demo demo-stop test lint unit e2e bench proto clean
 
@@ -35,7 +35,7 @@ bench: build
 	$(GO) run ./scripts/bench/restart --samples 60
 
 proto:
-	PATH="$$PATH:$(HOME)/go/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \
+	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/agentpb/agent.proto
 
 clean:

@@ -69,11 +69,16 @@ type Manager struct {
 
 	ctx context.Context // the Run context: owns supervisors and background work
 	wg  sync.WaitGroup
+
+	// alertHook runs when a service fails for good; tests replace it.
+	alertHook func(st Status, event, description string)
 }
 
 // NewManager prepares supervisors for node; nothing runs before Run.
 func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *slog.Logger) *Manager {
-	return &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{})}
+	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{})}
+	m.alertHook = m.alert
+	return m
 }
 
 // Load reads the state file and re-adopts the processes an earlier agent
@@ -149,7 +154,7 @@ func (m *Manager) hooks() hooks {
 	return hooks{
 		changed: m.broadcast,
 		persist: m.save,
-		alert:   m.alert,
+		alert:   func(st Status, event, desc string) { m.alertHook(st, event, desc) },
 	}
 }
 

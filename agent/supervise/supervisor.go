@@ -276,7 +276,6 @@ func (s *Supervisor) start(ctx context.Context, auto bool) error {
 	p, err := s.rt.Start(ctx, runtime.Spec{Name: spec.Name, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir})
 	if err != nil {
 		s.log.Error("start failed", "err", err)
-		s.setState(ExecFailed, "start failed: "+err.Error())
 		s.scheduleRestart(ctx, 0, ExecFailed, "start failed: "+err.Error())
 		if auto {
 			return nil

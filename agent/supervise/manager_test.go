@@ -1,0 +1,250 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/state"
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeRuntime records starts and hands out processes the test ends at will.
+type fakeRuntime struct {
+	mu      sync.Mutex
+	nextPID int
+	starts  []string
+	procs   map[string]*fakeProc
+	failing map[string]error // Start fails for these services
+}
+
+type fakeProc struct {
+	id   procfs.Identity
+	once sync.Once
+	done chan struct{}
+	exit runtime.Exit
+}
+
+func newFakeRuntime() *fakeRuntime {
+	return &fakeRuntime{nextPID: 1000, procs: map[string]*fakeProc{}, failing: map[string]error{}}
+}
+
+func (f *fakeRuntime) Start(_ context.Context, spec runtime.Spec) (runtime.Process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts = append(f.starts, spec.Name)
+	if err := f.failing[spec.Name]; err != nil {
+		return nil, err
+	}
+	f.nextPID++
+	p := &fakeProc{id: procfs.Identity{PID: f.nextPID, StartTicks: 1}, done: make(chan struct{})}
+	f.procs[spec.Name] = p
+	return p, nil
+}
+
+func (f *fakeRuntime) Adopt(id procfs.Identity) (runtime.Process, error) {
+	return nil, errors.New("no such process")
+}
+
+func (f *fakeRuntime) Find(string) (procfs.Identity, bool) { return procfs.Identity{}, false }
+
+func (f *fakeRuntime) proc(name string) *fakeProc {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.procs[name]
+}
+
+func (f *fakeRuntime) startLog() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.starts)
+}
+
+func (p *fakeProc) end(code int) {
+	p.once.Do(func() { p.exit = runtime.Exit{Code: code, At: time.Now()}; close(p.done) })
+}
+func (p *fakeProc) Identity() procfs.Identity { return p.id }
+func (p *fakeProc) Done() <-chan struct{}     { return p.done }
+func (p *fakeProc) Exit() runtime.Exit        { return p.exit }
+func (p *fakeProc) Release()                  {}
+func (p *fakeProc) Kill() error               { p.end(-1); return nil }
+func (p *fakeProc) Stop(context.Context, time.Duration) (runtime.Exit, error) {
+	p.end(0)
+	return p.exit, nil
+}
+
+// testNode builds a node from YAML service definitions; every service gets
+// a placeholder command and the checks default to the process check.
+func testNode(t *testing.T, services string) *config.Node {
+	t.Helper()
+	n, err := config.ParseAgent(filepath.Join(t.TempDir(), "agent.yaml"), []byte("node: t\nroles_dir: none\ndefaults: {command: [x]}\nservices:\n"+services))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+type alertLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func startManager(t *testing.T, node *config.Node, rt runtime.Runtime) (*Manager, *alertLog) {
+	t.Helper()
+	m := NewManager(node, rt, state.New(filepath.Join(t.TempDir(), "state.json")), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	alerts := &alertLog{}
+	m.alertHook = func(st Status, event, desc string) {
+		alerts.mu.Lock()
+		alerts.events = append(alerts.events, st.Name+" "+event)
+		alerts.mu.Unlock()
+	}
+	m.Load()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m, alerts
+}
+
+func waitState(t *testing.T, m *Manager, name string, want State) Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := m.waitFor(ctx, name, func(s Status) (bool, error) { return s.State == want, nil })
+	if err != nil {
+		t.Fatalf("%s: waiting for %s: %v (now %s: %s)", name, want, err, st.State, st.Message)
+	}
+	return st
+}
+
+func TestStartsInDependencyOrder(t *testing.T) {
+	rt := newFakeRuntime()
+	m, _ := startManager(t, testNode(t, `
+  config: {}
+  auth: {depends_on: [config]}
+  web: {depends_on: [auth, config]}
+  tailer: {depends_on: [config]}
+`), rt)
+	for _, s := range []string{"config", "auth", "web", "tailer"} {
+		waitState(t, m, s, OK)
+	}
+	order := rt.startLog()
+	pos := func(s string) int { return slices.Index(order, s) }
+	if pos("config") != 0 || pos("auth") > pos("web") || pos("tailer") < pos("config") {
+		t.Fatalf("start order %v breaks dependencies", order)
+	}
+}
+
+func TestRestartPolicy(t *testing.T) {
+	tests := []struct {
+		name       string
+		svc        string
+		exits      []int // exit codes of successive runs
+		wantState  State
+		wantStarts int
+		wantAlerts int
+	}{
+		{name: "long run restarts at once", svc: "s: {restart: {min_uptime: 1ms}}", exits: []int{1, 1, 1}, wantState: OK, wantStarts: 4},
+		{name: "limit reached fails once", svc: "s: {restart: {min_uptime: 1h, backoff_initial: 1ms, backoff_max: 2ms, limit: 2, window: 1h}}", exits: []int{1, 1, 1}, wantState: Failed, wantStarts: 3, wantAlerts: 1},
+		{name: "permanent exit code", svc: "s: {restart: {permanent_exit_codes: [78]}}", exits: []int{78}, wantState: Failed, wantStarts: 1, wantAlerts: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rt := newFakeRuntime()
+			m, alerts := startManager(t, testNode(t, "  "+tt.svc+"\n"), rt)
+			waitState(t, m, "s", OK)
+			for i, code := range tt.exits {
+				p := rt.proc("s")
+				p.end(code)
+				if i < len(tt.exits)-1 || tt.wantState == OK {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					_, err := m.waitFor(ctx, "s", func(s Status) (bool, error) {
+						return s.State == OK && s.PID != p.id.PID || s.State == Failed, nil
+					})
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			st := waitState(t, m, "s", tt.wantState)
+			time.Sleep(20 * time.Millisecond) // a wrong extra restart would show now
+			if got := len(rt.startLog()); got != tt.wantStarts {
+				t.Errorf("%d starts, want %d", got, tt.wantStarts)
+			}
+			alerts.mu.Lock()
+			if len(alerts.events) != tt.wantAlerts {
+				t.Errorf("alerts %v, want %d", alerts.events, tt.wantAlerts)
+			}
+			alerts.mu.Unlock()
+			if tt.wantState == Failed && (st.Monitored || st.PID != 0) {
+				t.Errorf("Failed service still monitored or running: %+v", st)
+			}
+		})
+	}
+}
+
+func TestOperatorActions(t *testing.T) {
+	rt := newFakeRuntime()
+	m, _ := startManager(t, testNode(t, "  a: {}\n  b: {depends_on: [a]}\n"), rt)
+	waitState(t, m, "b", OK)
+	ctx := context.Background()
+
+	if err := m.Control(ctx, Stop, []string{"all"}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"a", "b"} {
+		if st := waitState(t, m, s, Stopped); st.PID != 0 || st.DesiredRunning {
+			t.Fatalf("%s after stop: %+v", s, st)
+		}
+	}
+
+	err := m.Control(ctx, Start, []string{"a", "nosuch"}, true, nil)
+	var unknown *UnknownServiceError
+	if !errors.As(err, &unknown) || !strings.Contains(err.Error(), `"nosuch"`) {
+		t.Fatalf("unknown name: %v", err)
+	}
+	if st := waitState(t, m, "a", Stopped); st.PID != 0 {
+		t.Fatal("a started although the request named an unknown service")
+	}
+
+	if err := m.Control(ctx, Start, []string{"all"}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Control(ctx, Unmonitor, []string{"a"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	rt.proc("a").end(1)
+	st := waitState(t, m, "a", NotMonitored)
+	time.Sleep(20 * time.Millisecond)
+	if st = m.sup("a").Status(); st.PID != 0 || st.Restarts != 0 {
+		t.Fatalf("unmonitored service was restarted: %+v", st)
+	}
+	if err := m.Control(ctx, Monitor, []string{"a"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "a", OK)
+}
+
+func TestStartFailureIsExecutionFailed(t *testing.T) {
+	rt := newFakeRuntime()
+	rt.failing["a"] = errors.New(`run user "irisadmin": unknown user`)
+	m, _ := startManager(t, testNode(t, "  a: {restart: {backoff_initial: 1h, backoff_max: 1h}}\n"), rt)
+	st := waitState(t, m, "a", ExecFailed)
+	if !strings.Contains(st.Message, "unknown user") || !strings.Contains(st.Message, "restarting in") {
+		t.Fatalf("message %q", st.Message)
+	}
+}

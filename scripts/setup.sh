@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing dhvisor needs on a fresh Debian 12
+# machine (as root): Go tools from the Go module proxy, and Debian packages
+# for the benchmark and `make proto`. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin"
+
+command -v go >/dev/null || { echo "setup: Go 1.26 is required (https://go.dev/dl/)"; exit 1; }
+
+need_apt=()
+command -v monit >/dev/null || need_apt+=(monit)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})"
+  fi
+fi
+
+gobin=$(go env GOPATH)/bin
+[[ -x $gobin/staticcheck ]] || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+[[ -x $gobin/protoc-gen-go ]] || go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+[[ -x $gobin/protoc-gen-go-grpc ]] || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+go mod download
+echo "setup: done"
