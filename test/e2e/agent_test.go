@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -140,8 +142,8 @@ func TestAgentKill9Readopt(t *testing.T) {
 
 	n.killAgent()
 	time.Sleep(300 * time.Millisecond)
-	if got := len(n.servicePIDs()); got != 12 {
-		t.Fatalf("%d services running with the agent dead, want 12", got)
+	if got := n.servicePIDs(); len(got) != 12 {
+		t.Fatalf("%d services running with the agent dead, want 12: %v; status before: %v", len(got), got, before)
 	}
 	n.startAgent()
 	n.eventually(10*time.Second, "all services OK again", n.allOK(12))
@@ -416,5 +418,35 @@ func TestStatusOutput(t *testing.T) {
 	out, _ = n.dhctl("unmonitor", "all")
 	if !strings.Contains(out, "Not monitored") {
 		t.Errorf("unmonitor output:\n%s", out)
+	}
+}
+
+// TestDhctlPassThroughAndSocket: Deephaven's own dhctl subcommands reach
+// Deephaven's tool unchanged, and the agent's socket is not world-writable.
+func TestDhctlPassThroughAndSocket(t *testing.T) {
+	t.Parallel()
+	n := newNode(t, fmt.Sprintf("services:\n  a: {ports: {http: %d}}\n", freePorts(t, 1)[0]))
+	fake := filepath.Join(n.dir, "deephaven-dhctl")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"deephaven dhctl: $*\"\nexit 4\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "dhctl"), "intraday", "truncate", "--namespace", "X")
+	cmd.Env = append(os.Environ(), "DHVISOR_DEEPHAVEN_DHCTL="+fake)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 4 || string(out) != "deephaven dhctl: intraday truncate --namespace X\n" {
+		t.Errorf("pass-through: %v %q; want Deephaven's output and exit status 4", err, out)
+	}
+	cmd = exec.Command(filepath.Join(binDir, "dhctl"), "metadata", "list")
+	cmd.Env = append(os.Environ(), "DHVISOR_DEEPHAVEN_DHCTL="+filepath.Join(n.dir, "absent"))
+	out, _ = cmd.CombinedOutput()
+	if !strings.Contains(string(out), `unknown command "metadata"`) {
+		t.Errorf("without Deephaven's dhctl: %q", out)
+	}
+	st, err := os.Stat(n.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode().Perm(); perm != 0o660 {
+		t.Errorf("socket mode %o, want 660 (root and the admin group only)", perm)
 	}
 }

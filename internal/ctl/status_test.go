@@ -1,0 +1,54 @@
+package ctl
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+func TestRenderStatus(t *testing.T) {
+	now := time.Unix(10_000, 0)
+	resp := &pb.StatusResponse{Node: "n1", Roles: []string{"infra"}, AgentVersion: "1.0", Services: []*pb.ServiceStatus{
+		{Name: "configuration_server", State: "OK", Pid: 42, StartedUnixMs: now.Add(-90 * time.Second).UnixMilli(), Restarts: 2, CpuPercent: 1.5, MemoryBytes: 300 << 20,
+			LastCheck: &pb.CheckResult{Name: "tcp:websocket", Ok: true, Message: "ok", AtUnixMs: now.Add(-time.Second).UnixMilli()}},
+		{Name: "authentication_server", State: "Failed", Message: "exited with code 3; 5 restarts within 5m0s"},
+	}}
+	var b bytes.Buffer
+	renderStatus(&b, resp, now, false)
+	out := b.String()
+	for _, want := range []string{
+		"Node n1 (infra), dhagent 1.0: 1/2 services OK",
+		"configuration_server   OK      42   1m30s   2         1.5%  300.0 MiB  tcp:websocket ok (1s ago)",
+		"authentication_server  Failed  -    -       0         -     -          -",
+		"authentication_server: exited with code 3; 5 restarts within 5m0s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if notOK(resp) != 1 {
+		t.Error("notOK miscounted")
+	}
+}
+
+func TestHumanDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		5 * time.Second: "5s", 90 * time.Second: "1m30s", 3*time.Hour + 5*time.Minute: "3h05m", 50 * time.Hour: "2d02h",
+	} {
+		if got := humanDuration(d); got != want {
+			t.Errorf("humanDuration(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestArgumentErrors(t *testing.T) {
+	for _, args := range [][]string{{"start"}, {"up", "extra"}, {"restart", "x", "--timeout", "-1s"}, {"status", "--bogus"}} {
+		var out, errOut bytes.Buffer
+		if code := Execute(append([]string{"--socket", "/nonexistent.sock"}, args...), &out, &errOut); code != ExitError {
+			t.Errorf("dhctl %v: exit %d, want %d (%s)", args, code, ExitError, errOut.String())
+		}
+	}
+}
