@@ -65,6 +65,7 @@ type Manager struct {
 	sups   map[string]*Supervisor
 	wake   chan struct{} // closed and replaced on every status change
 	ready  bool          // every supervisor loaded: a save is complete
+	dirty  chan struct{} // a save is wanted (capacity 1: requests coalesce)
 	saveMu sync.Mutex
 
 	ctx context.Context // the Run context: owns supervisors and background work
@@ -76,7 +77,7 @@ type Manager struct {
 
 // NewManager prepares supervisors for node; nothing runs before Run.
 func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *slog.Logger) *Manager {
-	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{})}
+	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1)}
 	m.alertHook = m.alert
 	return m
 }
@@ -117,6 +118,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.goRun(s)
 	}
 	m.mu.Unlock()
+	m.background(m.saver)
 	var pending []string
 	for _, name := range m.node.Names() {
 		if m.sup(name).needsStart() {
@@ -153,7 +155,7 @@ func (m *Manager) background(f func(ctx context.Context)) {
 func (m *Manager) hooks() hooks {
 	return hooks{
 		changed: m.broadcast,
-		persist: m.save,
+		persist: m.persist,
 		alert:   func(st Status, event, desc string) { m.alertHook(st, event, desc) },
 	}
 }
@@ -165,8 +167,33 @@ func (m *Manager) broadcast() {
 	m.mu.Unlock()
 }
 
-// save writes the remembered state of every service. It runs synchronously
-// because a pid not on disk when the agent dies would mean a second copy.
+// persist saves the remembered state: at once when now is set (a new pid,
+// which must be on disk before the agent can die with it unrecorded), else
+// soon, off the supervisor's path, so that bookkeeping writes (counters,
+// a pid cleared) never delay a restart.
+func (m *Manager) persist(now bool) {
+	if now {
+		m.save()
+		return
+	}
+	select {
+	case m.dirty <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager) saver(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.dirty:
+			m.save()
+		}
+	}
+}
+
+// save writes the remembered state of every service.
 func (m *Manager) save() {
 	m.saveMu.Lock()
 	defer m.saveMu.Unlock()

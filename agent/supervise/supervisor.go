@@ -37,7 +37,7 @@ type command struct {
 // hooks connect a supervisor to its manager.
 type hooks struct {
 	changed func()                                     // status changed: wake waiters
-	persist func()                                     // remembered state changed: save now
+	persist func(now bool)                             // remembered state changed; now: before going on
 	alert   func(st Status, event, description string) // the service failed for good
 }
 
@@ -296,7 +296,9 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	s.graceEnd = started.Add(s.spec.StartGrace.D())
 	s.graceOver = false
 	id := p.Identity()
-	s.remember(func(m *state.Service) { m.PID, m.StartTicks, m.StartedAt = id.PID, id.StartTicks, started })
+	// A pid must be on disk before anything else happens: an agent killed
+	// now must not start a second copy when it comes back.
+	s.rememberNow(func(m *state.Service) { m.PID, m.StartTicks, m.StartedAt = id.PID, id.StartTicks, started })
 	s.mu.Lock()
 	s.status.PID, s.status.StartedAt = id.PID, started
 	s.status.CPUPercent, s.status.RSSBytes = 0, 0
@@ -424,12 +426,18 @@ func (s *Supervisor) restartUnhealthy(ctx context.Context, st State, why string)
 	s.scheduleRestart(ctx, uptime, st, why)
 }
 
-func (s *Supervisor) remember(f func(*state.Service)) {
+// remember changes what survives an agent restart; it is saved shortly.
+func (s *Supervisor) remember(f func(*state.Service)) { s.update(f, false) }
+
+// rememberNow changes it and saves before returning.
+func (s *Supervisor) rememberNow(f func(*state.Service)) { s.update(f, true) }
+
+func (s *Supervisor) update(f func(*state.Service), now bool) {
 	s.mu.Lock()
 	f(&s.mem)
 	s.status.Monitored, s.status.DesiredRunning = s.mem.Monitored, s.mem.DesiredRunning
 	s.mu.Unlock()
-	s.hooks.persist()
+	s.hooks.persist(now)
 }
 
 func (s *Supervisor) setState(st State, msg string) {
