@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -30,6 +31,7 @@ type Agent struct {
 	SocketGroup string            `yaml:"socket_group"`
 	RolesDir    string            `yaml:"roles_dir"`
 	Alert       Alert             `yaml:"alert"`
+	Gossip      Gossip            `yaml:"gossip"`
 	Vars        map[string]string `yaml:"vars"`
 	// Defaults are applied to every service of the node before its own
 	// entry in Services; both may set any service field.
@@ -43,6 +45,18 @@ type Alert struct {
 	Command []string `yaml:"command"`
 	Timeout Duration `yaml:"timeout"`
 }
+
+// Gossip configures cluster membership. Without bind, the agent runs alone
+// and `dhctl status` shows only its node.
+type Gossip struct {
+	Bind      string   `yaml:"bind"`      // host:port to listen on, e.g. 0.0.0.0:7946
+	Advertise string   `yaml:"advertise"` // host:port peers should use, if not bind
+	Seeds     []string `yaml:"seeds"`     // host:port of other agents; may be down at start
+	KeyFile   string   `yaml:"key_file"`  // base64 AES-256 keys, primary first; empty: no encryption
+}
+
+// Enabled reports whether the node takes part in gossip.
+func (g Gossip) Enabled() bool { return g.Bind != "" }
 
 // Node is a validated, fully resolved node configuration.
 type Node struct {
@@ -127,7 +141,10 @@ func (a *Agent) applyDefaults(dir string) {
 	def(&a.RolesDir, "/etc/dhvisor/roles.d")
 	// Relative paths are relative to the config file, so a self-contained
 	// directory (the demo, a test) works wherever it is.
-	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir} {
+	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir, &a.Gossip.KeyFile} {
+		if *p == "" {
+			continue
+		}
 		if !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -147,6 +164,7 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 		}
 		es.add(file, line, "roles", "the node has no roles and no services (expected e.g. roles: [single-node]; known roles: %s)", strings.Join(cat.RoleNames(), ", "))
 	}
+	n.validateGossip(es, src, org)
 	var names []string
 	seen := map[string]bool{}
 	for i, r := range n.Agent.Roles {
@@ -321,4 +339,32 @@ func (n *Node) ServiceNames() []string {
 	out := sortedKeys(n.Services)
 	sort.Strings(out)
 	return out
+}
+
+func (n *Node) validateGossip(es *Errors, src *source, org origins) {
+	g := n.Agent.Gossip
+	gn, _ := mapValue(src.root, "gossip")
+	at := func(path ...string) int {
+		_, l := locate(org, gn, src.file, path...)
+		return l
+	}
+	hostPort := func(v string, path ...string) {
+		_, port, err := net.SplitHostPort(v)
+		p, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || p < 0 || p > 65535 {
+			es.add(src.file, at(path...), "gossip."+strings.Join(path, "."), "%q is not host:port (e.g. 10.0.0.5:7946)", v)
+		}
+	}
+	if g.Bind != "" {
+		hostPort(g.Bind, "bind")
+	}
+	if g.Advertise != "" {
+		hostPort(g.Advertise, "advertise")
+	}
+	for i, s := range g.Seeds {
+		hostPort(s, "seeds", strconv.Itoa(i))
+	}
+	if !g.Enabled() && (len(g.Seeds) > 0 || g.KeyFile != "" || g.Advertise != "") {
+		es.add(src.file, at(), "gossip.bind", "seeds, advertise and key_file need bind (the address to gossip on)")
+	}
 }

@@ -180,6 +180,11 @@ func TestInvalidConfigs(t *testing.T) {
 			want:  []string{"agent.yaml:3", `no port named "x"`},
 		},
 		{
+			name:  "gossip addresses",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "gossip:\n  bind: 0.0.0.0\n  seeds: [a:1, b:x]\n"},
+			want:  []string{"agent.yaml:7", "gossip.bind", `"0.0.0.0" is not host:port`, "agent.yaml:8", "gossip.seeds.1"},
+		},
+		{
 			name:  "no roles",
 			files: map[string]string{"agent.yaml": "node: x\n"},
 			want:  []string{"the node has no roles"},

@@ -82,6 +82,58 @@ func (Action) EnumDescriptor() ([]byte, []int) {
 	return file_agentpb_agent_proto_rawDescGZIP(), []int{0}
 }
 
+type GossipKeysRequest_Op int32
+
+const (
+	GossipKeysRequest_OP_LIST    GossipKeysRequest_Op = 0
+	GossipKeysRequest_OP_INSTALL GossipKeysRequest_Op = 1
+	GossipKeysRequest_OP_USE     GossipKeysRequest_Op = 2
+	GossipKeysRequest_OP_REMOVE  GossipKeysRequest_Op = 3
+)
+
+// Enum value maps for GossipKeysRequest_Op.
+var (
+	GossipKeysRequest_Op_name = map[int32]string{
+		0: "OP_LIST",
+		1: "OP_INSTALL",
+		2: "OP_USE",
+		3: "OP_REMOVE",
+	}
+	GossipKeysRequest_Op_value = map[string]int32{
+		"OP_LIST":    0,
+		"OP_INSTALL": 1,
+		"OP_USE":     2,
+		"OP_REMOVE":  3,
+	}
+)
+
+func (x GossipKeysRequest_Op) Enum() *GossipKeysRequest_Op {
+	p := new(GossipKeysRequest_Op)
+	*p = x
+	return p
+}
+
+func (x GossipKeysRequest_Op) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GossipKeysRequest_Op) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentpb_agent_proto_enumTypes[1].Descriptor()
+}
+
+func (GossipKeysRequest_Op) Type() protoreflect.EnumType {
+	return &file_agentpb_agent_proto_enumTypes[1]
+}
+
+func (x GossipKeysRequest_Op) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GossipKeysRequest_Op.Descriptor instead.
+func (GossipKeysRequest_Op) EnumDescriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{14, 0}
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Services      []string               `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"` // empty: all
@@ -808,6 +860,423 @@ func (x *ReloadResponse) GetRestartNeeded() []string {
 	return nil
 }
 
+type ClusterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"` // empty: all nodes
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterRequest) Reset() {
+	*x = ClusterRequest{}
+	mi := &file_agentpb_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterRequest) ProtoMessage() {}
+
+func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterRequest.ProtoReflect.Descriptor instead.
+func (*ClusterRequest) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ClusterRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type ClusterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LocalNode     string                 `protobuf:"bytes,1,opt,name=local_node,json=localNode,proto3" json:"local_node,omitempty"`
+	GossipEnabled bool                   `protobuf:"varint,2,opt,name=gossip_enabled,json=gossipEnabled,proto3" json:"gossip_enabled,omitempty"`
+	Nodes         []*NodeInfo            `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterResponse) Reset() {
+	*x = ClusterResponse{}
+	mi := &file_agentpb_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterResponse) ProtoMessage() {}
+
+func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterResponse.ProtoReflect.Descriptor instead.
+func (*ClusterResponse) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ClusterResponse) GetLocalNode() string {
+	if x != nil {
+		return x.LocalNode
+	}
+	return ""
+}
+
+func (x *ClusterResponse) GetGossipEnabled() bool {
+	if x != nil {
+		return x.GossipEnabled
+	}
+	return false
+}
+
+func (x *ClusterResponse) GetNodes() []*NodeInfo {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type NodeInfo struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Addr             string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	State            string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // alive, suspect, dead, left
+	StateSinceUnixMs int64                  `protobuf:"varint,4,opt,name=state_since_unix_ms,json=stateSinceUnixMs,proto3" json:"state_since_unix_ms,omitempty"`
+	Roles            []string               `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	ApiAddr          string                 `protobuf:"bytes,6,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	DeephavenVersion string                 `protobuf:"bytes,7,opt,name=deephaven_version,json=deephavenVersion,proto3" json:"deephaven_version,omitempty"`
+	DhvisorVersion   string                 `protobuf:"bytes,8,opt,name=dhvisor_version,json=dhvisorVersion,proto3" json:"dhvisor_version,omitempty"`
+	Version          uint64                 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`                                     // of the service list
+	LearnedUnixMs    int64                  `protobuf:"varint,10,opt,name=learned_unix_ms,json=learnedUnixMs,proto3" json:"learned_unix_ms,omitempty"` // when the current service list reached this agent
+	Services         []*NodeService         `protobuf:"bytes,11,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *NodeInfo) Reset() {
+	*x = NodeInfo{}
+	mi := &file_agentpb_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeInfo) ProtoMessage() {}
+
+func (x *NodeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
+func (*NodeInfo) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *NodeInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetStateSinceUnixMs() int64 {
+	if x != nil {
+		return x.StateSinceUnixMs
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *NodeInfo) GetApiAddr() string {
+	if x != nil {
+		return x.ApiAddr
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetDeephavenVersion() string {
+	if x != nil {
+		return x.DeephavenVersion
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetDhvisorVersion() string {
+	if x != nil {
+		return x.DhvisorVersion
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetLearnedUnixMs() int64 {
+	if x != nil {
+		return x.LearnedUnixMs
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetServices() []*NodeService {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+// NodeService is the compact service health that travels over gossip.
+type NodeService struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	State          string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"` // "unknown" for a node that is dead or left
+	Pid            int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Restarts       int32                  `protobuf:"varint,4,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	SinceUnixMs    int64                  `protobuf:"varint,5,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"`
+	Message        string                 `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	LastKnownState string                 `protobuf:"bytes,7,opt,name=last_known_state,json=lastKnownState,proto3" json:"last_known_state,omitempty"` // set when state is unknown
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NodeService) Reset() {
+	*x = NodeService{}
+	mi := &file_agentpb_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeService) ProtoMessage() {}
+
+func (x *NodeService) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeService.ProtoReflect.Descriptor instead.
+func (*NodeService) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *NodeService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NodeService) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeService) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *NodeService) GetRestarts() int32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *NodeService) GetSinceUnixMs() int64 {
+	if x != nil {
+		return x.SinceUnixMs
+	}
+	return 0
+}
+
+func (x *NodeService) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *NodeService) GetLastKnownState() string {
+	if x != nil {
+		return x.LastKnownState
+	}
+	return ""
+}
+
+type GossipKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Op            GossipKeysRequest_Op   `protobuf:"varint,1,opt,name=op,proto3,enum=dhvisor.agent.v1.GossipKeysRequest_Op" json:"op,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"` // base64 AES-256 key, for install, use and remove
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeysRequest) Reset() {
+	*x = GossipKeysRequest{}
+	mi := &file_agentpb_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeysRequest) ProtoMessage() {}
+
+func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
+func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GossipKeysRequest) GetOp() GossipKeysRequest_Op {
+	if x != nil {
+		return x.Op
+	}
+	return GossipKeysRequest_OP_LIST
+}
+
+func (x *GossipKeysRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type GossipKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"` // primary first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GossipKeysResponse) Reset() {
+	*x = GossipKeysResponse{}
+	mi := &file_agentpb_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GossipKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GossipKeysResponse) ProtoMessage() {}
+
+func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
+func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GossipKeysResponse) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 var File_agentpb_agent_proto protoreflect.FileDescriptor
 
 const file_agentpb_agent_proto_rawDesc = "" +
@@ -876,20 +1345,63 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\x05added\x18\x01 \x03(\tR\x05added\x12\x18\n" +
 	"\aremoved\x18\x02 \x03(\tR\aremoved\x12\x18\n" +
 	"\achanged\x18\x03 \x03(\tR\achanged\x12%\n" +
-	"\x0erestart_needed\x18\x04 \x03(\tR\rrestartNeeded*\x81\x01\n" +
+	"\x0erestart_needed\x18\x04 \x03(\tR\rrestartNeeded\"$\n" +
+	"\x0eClusterRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x89\x01\n" +
+	"\x0fClusterResponse\x12\x1d\n" +
+	"\n" +
+	"local_node\x18\x01 \x01(\tR\tlocalNode\x12%\n" +
+	"\x0egossip_enabled\x18\x02 \x01(\bR\rgossipEnabled\x120\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x1a.dhvisor.agent.v1.NodeInfoR\x05nodes\"\xfb\x02\n" +
+	"\bNodeInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12-\n" +
+	"\x13state_since_unix_ms\x18\x04 \x01(\x03R\x10stateSinceUnixMs\x12\x14\n" +
+	"\x05roles\x18\x05 \x03(\tR\x05roles\x12\x19\n" +
+	"\bapi_addr\x18\x06 \x01(\tR\aapiAddr\x12+\n" +
+	"\x11deephaven_version\x18\a \x01(\tR\x10deephavenVersion\x12'\n" +
+	"\x0fdhvisor_version\x18\b \x01(\tR\x0edhvisorVersion\x12\x18\n" +
+	"\aversion\x18\t \x01(\x04R\aversion\x12&\n" +
+	"\x0flearned_unix_ms\x18\n" +
+	" \x01(\x03R\rlearnedUnixMs\x129\n" +
+	"\bservices\x18\v \x03(\v2\x1d.dhvisor.agent.v1.NodeServiceR\bservices\"\xcd\x01\n" +
+	"\vNodeService\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x1a\n" +
+	"\brestarts\x18\x04 \x01(\x05R\brestarts\x12\"\n" +
+	"\rsince_unix_ms\x18\x05 \x01(\x03R\vsinceUnixMs\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12(\n" +
+	"\x10last_known_state\x18\a \x01(\tR\x0elastKnownState\"\x9b\x01\n" +
+	"\x11GossipKeysRequest\x126\n" +
+	"\x02op\x18\x01 \x01(\x0e2&.dhvisor.agent.v1.GossipKeysRequest.OpR\x02op\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"<\n" +
+	"\x02Op\x12\v\n" +
+	"\aOP_LIST\x10\x00\x12\x0e\n" +
+	"\n" +
+	"OP_INSTALL\x10\x01\x12\n" +
+	"\n" +
+	"\x06OP_USE\x10\x02\x12\r\n" +
+	"\tOP_REMOVE\x10\x03\"(\n" +
+	"\x12GossipKeysResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys*\x81\x01\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_START\x10\x01\x12\x0f\n" +
 	"\vACTION_STOP\x10\x02\x12\x12\n" +
 	"\x0eACTION_RESTART\x10\x03\x12\x12\n" +
 	"\x0eACTION_MONITOR\x10\x04\x12\x14\n" +
-	"\x10ACTION_UNMONITOR\x10\x052\xf6\x02\n" +
+	"\x10ACTION_UNMONITOR\x10\x052\x9f\x04\n" +
 	"\x05Agent\x12K\n" +
 	"\x06Status\x12\x1f.dhvisor.agent.v1.StatusRequest\x1a .dhvisor.agent.v1.StatusResponse\x12I\n" +
 	"\aControl\x12 .dhvisor.agent.v1.ControlRequest\x1a\x1a.dhvisor.agent.v1.Progress0\x01\x12B\n" +
 	"\x02Up\x12\x1e.dhvisor.agent.v1.OrderRequest\x1a\x1a.dhvisor.agent.v1.Progress0\x01\x12D\n" +
 	"\x04Down\x12\x1e.dhvisor.agent.v1.OrderRequest\x1a\x1a.dhvisor.agent.v1.Progress0\x01\x12K\n" +
-	"\x06Reload\x12\x1f.dhvisor.agent.v1.ReloadRequest\x1a .dhvisor.agent.v1.ReloadResponseB*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
+	"\x06Reload\x12\x1f.dhvisor.agent.v1.ReloadRequest\x1a .dhvisor.agent.v1.ReloadResponse\x12N\n" +
+	"\aCluster\x12 .dhvisor.agent.v1.ClusterRequest\x1a!.dhvisor.agent.v1.ClusterResponse\x12W\n" +
+	"\n" +
+	"GossipKeys\x12#.dhvisor.agent.v1.GossipKeysRequest\x1a$.dhvisor.agent.v1.GossipKeysResponseB*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
 
 var (
 	file_agentpb_agent_proto_rawDescOnce sync.Once
@@ -903,41 +1415,55 @@ func file_agentpb_agent_proto_rawDescGZIP() []byte {
 	return file_agentpb_agent_proto_rawDescData
 }
 
-var file_agentpb_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_agentpb_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_agentpb_agent_proto_goTypes = []any{
-	(Action)(0),            // 0: dhvisor.agent.v1.Action
-	(*StatusRequest)(nil),  // 1: dhvisor.agent.v1.StatusRequest
-	(*StatusResponse)(nil), // 2: dhvisor.agent.v1.StatusResponse
-	(*ServiceStatus)(nil),  // 3: dhvisor.agent.v1.ServiceStatus
-	(*CheckResult)(nil),    // 4: dhvisor.agent.v1.CheckResult
-	(*ExitInfo)(nil),       // 5: dhvisor.agent.v1.ExitInfo
-	(*ControlRequest)(nil), // 6: dhvisor.agent.v1.ControlRequest
-	(*OrderRequest)(nil),   // 7: dhvisor.agent.v1.OrderRequest
-	(*Progress)(nil),       // 8: dhvisor.agent.v1.Progress
-	(*ReloadRequest)(nil),  // 9: dhvisor.agent.v1.ReloadRequest
-	(*ReloadResponse)(nil), // 10: dhvisor.agent.v1.ReloadResponse
+	(Action)(0),                // 0: dhvisor.agent.v1.Action
+	(GossipKeysRequest_Op)(0),  // 1: dhvisor.agent.v1.GossipKeysRequest.Op
+	(*StatusRequest)(nil),      // 2: dhvisor.agent.v1.StatusRequest
+	(*StatusResponse)(nil),     // 3: dhvisor.agent.v1.StatusResponse
+	(*ServiceStatus)(nil),      // 4: dhvisor.agent.v1.ServiceStatus
+	(*CheckResult)(nil),        // 5: dhvisor.agent.v1.CheckResult
+	(*ExitInfo)(nil),           // 6: dhvisor.agent.v1.ExitInfo
+	(*ControlRequest)(nil),     // 7: dhvisor.agent.v1.ControlRequest
+	(*OrderRequest)(nil),       // 8: dhvisor.agent.v1.OrderRequest
+	(*Progress)(nil),           // 9: dhvisor.agent.v1.Progress
+	(*ReloadRequest)(nil),      // 10: dhvisor.agent.v1.ReloadRequest
+	(*ReloadResponse)(nil),     // 11: dhvisor.agent.v1.ReloadResponse
+	(*ClusterRequest)(nil),     // 12: dhvisor.agent.v1.ClusterRequest
+	(*ClusterResponse)(nil),    // 13: dhvisor.agent.v1.ClusterResponse
+	(*NodeInfo)(nil),           // 14: dhvisor.agent.v1.NodeInfo
+	(*NodeService)(nil),        // 15: dhvisor.agent.v1.NodeService
+	(*GossipKeysRequest)(nil),  // 16: dhvisor.agent.v1.GossipKeysRequest
+	(*GossipKeysResponse)(nil), // 17: dhvisor.agent.v1.GossipKeysResponse
 }
 var file_agentpb_agent_proto_depIdxs = []int32{
-	3,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
-	4,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
-	5,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
+	4,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
+	5,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
+	6,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
 	0,  // 3: dhvisor.agent.v1.ControlRequest.action:type_name -> dhvisor.agent.v1.Action
-	1,  // 4: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
-	6,  // 5: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
-	7,  // 6: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
-	7,  // 7: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
-	9,  // 8: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
-	2,  // 9: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
-	8,  // 10: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
-	8,  // 11: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
-	8,  // 12: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
-	10, // 13: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	14, // 4: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
+	15, // 5: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
+	1,  // 6: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
+	2,  // 7: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
+	7,  // 8: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
+	8,  // 9: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
+	8,  // 10: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
+	10, // 11: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
+	12, // 12: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
+	16, // 13: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
+	3,  // 14: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
+	9,  // 15: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
+	9,  // 16: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
+	9,  // 17: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
+	11, // 18: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
+	13, // 19: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
+	17, // 20: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
+	14, // [14:21] is the sub-list for method output_type
+	7,  // [7:14] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_agentpb_agent_proto_init() }
@@ -950,8 +1476,8 @@ func file_agentpb_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentpb_agent_proto_rawDesc), len(file_agentpb_agent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   10,
+			NumEnums:      2,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

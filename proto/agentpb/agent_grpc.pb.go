@@ -22,11 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Status_FullMethodName  = "/dhvisor.agent.v1.Agent/Status"
-	Agent_Control_FullMethodName = "/dhvisor.agent.v1.Agent/Control"
-	Agent_Up_FullMethodName      = "/dhvisor.agent.v1.Agent/Up"
-	Agent_Down_FullMethodName    = "/dhvisor.agent.v1.Agent/Down"
-	Agent_Reload_FullMethodName  = "/dhvisor.agent.v1.Agent/Reload"
+	Agent_Status_FullMethodName     = "/dhvisor.agent.v1.Agent/Status"
+	Agent_Control_FullMethodName    = "/dhvisor.agent.v1.Agent/Control"
+	Agent_Up_FullMethodName         = "/dhvisor.agent.v1.Agent/Up"
+	Agent_Down_FullMethodName       = "/dhvisor.agent.v1.Agent/Down"
+	Agent_Reload_FullMethodName     = "/dhvisor.agent.v1.Agent/Reload"
+	Agent_Cluster_FullMethodName    = "/dhvisor.agent.v1.Agent/Cluster"
+	Agent_GossipKeys_FullMethodName = "/dhvisor.agent.v1.Agent/GossipKeys"
 )
 
 // AgentClient is the client API for Agent service.
@@ -44,6 +46,10 @@ type AgentClient interface {
 	Down(ctx context.Context, in *OrderRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Progress], error)
 	// Reload re-reads the configuration; an invalid one is refused whole.
 	Reload(ctx context.Context, in *ReloadRequest, opts ...grpc.CallOption) (*ReloadResponse, error)
+	// Cluster is this agent's view of every node, learned over gossip.
+	Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterResponse, error)
+	// GossipKeys lists or changes the gossip keyring, cluster-wide.
+	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
 }
 
 type agentClient struct {
@@ -131,6 +137,26 @@ func (c *agentClient) Reload(ctx context.Context, in *ReloadRequest, opts ...grp
 	return out, nil
 }
 
+func (c *agentClient) Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterResponse)
+	err := c.cc.Invoke(ctx, Agent_Cluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GossipKeysResponse)
+	err := c.cc.Invoke(ctx, Agent_GossipKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -146,6 +172,10 @@ type AgentServer interface {
 	Down(*OrderRequest, grpc.ServerStreamingServer[Progress]) error
 	// Reload re-reads the configuration; an invalid one is refused whole.
 	Reload(context.Context, *ReloadRequest) (*ReloadResponse, error)
+	// Cluster is this agent's view of every node, learned over gossip.
+	Cluster(context.Context, *ClusterRequest) (*ClusterResponse, error)
+	// GossipKeys lists or changes the gossip keyring, cluster-wide.
+	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -170,6 +200,12 @@ func (UnimplementedAgentServer) Down(*OrderRequest, grpc.ServerStreamingServer[P
 }
 func (UnimplementedAgentServer) Reload(context.Context, *ReloadRequest) (*ReloadResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reload not implemented")
+}
+func (UnimplementedAgentServer) Cluster(context.Context, *ClusterRequest) (*ClusterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Cluster not implemented")
+}
+func (UnimplementedAgentServer) GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GossipKeys not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -261,6 +297,42 @@ func _Agent_Reload_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Cluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).Cluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_Cluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).Cluster(ctx, req.(*ClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_GossipKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GossipKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).GossipKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_GossipKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).GossipKeys(ctx, req.(*GossipKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -275,6 +347,14 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reload",
 			Handler:    _Agent_Reload_Handler,
+		},
+		{
+			MethodName: "Cluster",
+			Handler:    _Agent_Cluster_Handler,
+		},
+		{
+			MethodName: "GossipKeys",
+			Handler:    _Agent_GossipKeys_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
