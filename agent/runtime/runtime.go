@@ -13,6 +13,7 @@ import (
 // Spec is what a runtime needs to start one service.
 type Spec struct {
 	Name    string
+	Owner   string // the agent the process belongs to (its state directory)
 	Command []string
 	Env     map[string]string
 	Dir     string
@@ -54,8 +55,9 @@ type Runtime interface {
 	// Adopt takes over a process started by an earlier agent. It fails if
 	// that exact process (pid and start time) is no longer alive.
 	Adopt(id procfs.Identity) (Process, error)
-	// Find looks for a running process of the named service that the agent
-	// has no record of (its state file was lost or is stale), so that a
-	// service is never started twice.
-	Find(name string) (procfs.Identity, bool)
+	// Find looks for a running process of the named service, started by
+	// this owner, that the agent has no record of (its state file was lost
+	// or is stale), so that a service is never started twice. Processes of
+	// other agents on the host (tests, benchmarks) are never matched.
+	Find(owner, name string) (procfs.Identity, bool)
 }

@@ -193,24 +193,70 @@ func (s *Supervisor) evaluate(ctx context.Context) {
 	}
 }
 
-// startSampling measures CPU and memory, for status and for limits.
+// startSampling watches CPU and memory on a timer, but only for a service
+// with a limit to enforce: everyone else's usage is read when status is
+// asked for, which keeps an idle agent idle.
 func (s *Supervisor) startSampling() {
 	s.stopSampling()
-	s.sampleT = time.NewTicker(s.spec.Limits.Interval.D())
-	// A first reading now, so status shows memory from the start and CPU
-	// from the first tick.
-	if u, err := procfs.TreeUsage(s.proc.Identity().PID); err == nil {
-		s.cpu.Observe(u, time.Now())
-		s.mu.Lock()
-		s.status.RSSBytes = u.RSSBytes
-		s.mu.Unlock()
+	s.observeUsage(time.Now())
+	l := s.spec.Limits
+	if l.Memory == 0 && l.CPUPercent == 0 {
+		return
 	}
+	s.sampleT = time.NewTicker(l.Interval.D())
+	s.sampling.Store(true)
 }
 
 func (s *Supervisor) stopSampling() {
+	s.sampling.Store(false)
 	if s.sampleT != nil {
 		s.sampleT.Stop()
 		s.sampleT = nil
+	}
+}
+
+// observeUsage reads the process tree's memory and CPU into the status.
+// CPU is the share since the previous reading, or, when that is missing or
+// more than a minute old, the average since the process started (as ps
+// shows it).
+func (s *Supervisor) observeUsage(now time.Time) (procfs.Usage, float64, bool) {
+	s.mu.Lock()
+	pid, started := s.status.PID, s.status.StartedAt
+	s.mu.Unlock()
+	if pid == 0 {
+		return procfs.Usage{}, 0, false
+	}
+	u, err := procfs.TreeUsage(pid)
+	if err != nil {
+		return procfs.Usage{}, 0, false // the exit event follows
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status.PID != pid {
+		return u, 0, false
+	}
+	if now.Sub(s.usageAt) > time.Minute {
+		s.cpu.Reset()
+	}
+	s.usageAt = now
+	pct, ok := s.cpu.Observe(u, now)
+	if !ok {
+		if up := now.Sub(started).Seconds(); up > 0 {
+			pct = float64(u.CPUTicks) / procfs.ClockTicks / up * 100
+		}
+	}
+	s.status.RSSBytes, s.status.CPUPercent = u.RSSBytes, pct
+	return u, pct, ok
+}
+
+// refreshUsage updates memory and CPU for status if no timer does, at most
+// once a second however often status is polled.
+func (s *Supervisor) refreshUsage() {
+	s.mu.Lock()
+	fresh := time.Since(s.usageAt) < time.Second
+	s.mu.Unlock()
+	if !fresh && !s.sampling.Load() {
+		s.observeUsage(time.Now())
 	}
 }
 
@@ -221,21 +267,11 @@ func (s *Supervisor) setLimits() {
 }
 
 func (s *Supervisor) sample(ctx context.Context, now time.Time) {
-	if s.proc == nil {
+	if s.proc == nil || !s.remembered().Monitored {
 		return
 	}
-	u, err := procfs.TreeUsage(s.proc.Identity().PID)
-	if err != nil {
-		return // the exit event follows
-	}
-	pct, ok := s.cpu.Observe(u, now)
-	s.mu.Lock()
-	s.status.RSSBytes = u.RSSBytes
-	if ok {
-		s.status.CPUPercent = pct
-	}
-	s.mu.Unlock()
-	if !s.remembered().Monitored {
+	u, pct, ok := s.observeUsage(now)
+	if u.Procs == 0 {
 		return
 	}
 	if s.memLimit.Observe(float64(u.RSSBytes)) {

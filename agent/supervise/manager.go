@@ -154,6 +154,7 @@ func (m *Manager) background(f func(ctx context.Context)) {
 
 func (m *Manager) hooks() hooks {
 	return hooks{
+		owner:   m.Node().Agent.StateDir,
 		changed: m.broadcast,
 		persist: m.persist,
 		alert:   func(st Status, event, desc string) { m.alertHook(st, event, desc) },
@@ -229,6 +230,7 @@ func (m *Manager) Status(names []string) ([]Status, error) {
 	}
 	out := make([]Status, len(sups))
 	for i, s := range sups {
+		s.refreshUsage()
 		out[i] = s.Status()
 	}
 	return out, nil

@@ -59,7 +59,7 @@ func (f *fakeRuntime) Adopt(id procfs.Identity) (runtime.Process, error) {
 	return nil, errors.New("no such process")
 }
 
-func (f *fakeRuntime) Find(string) (procfs.Identity, bool) { return procfs.Identity{}, false }
+func (f *fakeRuntime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }
 
 func (f *fakeRuntime) proc(name string) *fakeProc {
 	f.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/check"
@@ -36,6 +37,7 @@ type command struct {
 
 // hooks connect a supervisor to its manager.
 type hooks struct {
+	owner   string                                     // the agent's identity on this host
 	changed func()                                     // status changed: wake waiters
 	persist func(now bool)                             // remembered state changed; now: before going on
 	alert   func(st Status, event, description string) // the service failed for good
@@ -44,14 +46,17 @@ type hooks struct {
 // Supervisor runs the loop of one service.
 type Supervisor struct {
 	name  string
+	owner string // this agent, as processes are marked with it
 	rt    runtime.Runtime
 	log   *slog.Logger
 	hooks hooks
 	cmds  chan command
 
-	mu     sync.Mutex // guards status and mem; the loop is the only writer
-	status Status
-	mem    state.Service
+	mu      sync.Mutex // guards status, mem and usage; the loop is the only writer of status and mem
+	status  Status
+	mem     state.Service
+	cpu     procfs.CPUMeter
+	usageAt time.Time
 
 	// Owned by the loop goroutine.
 	spec      *config.Service
@@ -63,7 +68,7 @@ type Supervisor struct {
 	restartC  <-chan time.Time
 	restartT  *time.Timer
 	sampleT   *time.Ticker
-	cpu       procfs.CPUMeter
+	sampling  atomic.Bool // a timer samples usage (the service has limits)
 	memLimit  check.Threshold
 	cpuLimit  check.Threshold
 	jitter    func() float64
@@ -72,6 +77,7 @@ type Supervisor struct {
 func newSupervisor(spec *config.Service, mem state.Service, rt runtime.Runtime, log *slog.Logger, h hooks) *Supervisor {
 	s := &Supervisor{
 		name:   spec.Name,
+		owner:  h.owner,
 		rt:     rt,
 		log:    log.With("service", spec.Name),
 		hooks:  h,
@@ -121,7 +127,7 @@ func (s *Supervisor) adopt() {
 	var id procfs.Identity
 	if s.mem.PID != 0 {
 		id = procfs.Identity{PID: s.mem.PID, StartTicks: s.mem.StartTicks}
-	} else if found, ok := s.rt.Find(s.name); ok {
+	} else if found, ok := s.rt.Find(s.owner, s.name); ok {
 		// No record (state lost): the process carries our mark, so it is
 		// ours, and starting another copy would fight it for its ports.
 		id = found
@@ -273,7 +279,7 @@ func (s *Supervisor) start(ctx context.Context, auto bool) error {
 		return nil
 	}
 	spec := s.spec
-	p, err := s.rt.Start(ctx, runtime.Spec{Name: spec.Name, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir})
+	p, err := s.rt.Start(ctx, runtime.Spec{Name: spec.Name, Owner: s.owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir})
 	if err != nil {
 		s.log.Error("start failed", "err", err)
 		s.scheduleRestart(ctx, 0, ExecFailed, "start failed: "+err.Error())
@@ -303,7 +309,9 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	s.status.PID, s.status.StartedAt = id.PID, started
 	s.status.CPUPercent, s.status.RSSBytes = 0, 0
 	s.mu.Unlock()
+	s.mu.Lock()
 	s.cpu.Reset()
+	s.mu.Unlock()
 	s.memLimit.Reset()
 	s.cpuLimit.Reset()
 	if s.remembered().Monitored {

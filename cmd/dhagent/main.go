@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/dhvisor/dhvisor/agent"
@@ -20,6 +21,14 @@ func main() {
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	level := flag.String("log-level", "info", "log level: debug, info, warn, error")
 	flag.Parse()
+	// The agent waits on events (exits, probes, gossip) and does little
+	// work each time. With one P the Go scheduler stops spinning idle Ps on
+	// every wake-up, which halved idle CPU with 15 services checked every
+	// second (1.0-1.9% to 0.45-0.65% on a 2-core VM). GOMAXPROCS in the
+	// environment still wins.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	if *showVersion {
 		fmt.Println("dhagent", version.Version)
 		return

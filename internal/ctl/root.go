@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -109,7 +110,13 @@ func (o *options) client(ctx context.Context) (pb.AgentClient, func(), error) {
 	if _, err := os.Stat(o.socket); err != nil {
 		return nil, nil, fail(ExitError, "cannot reach the agent: %v (is dhagent running? use --socket or DHVISOR_SOCKET)", err)
 	}
-	conn, err := grpc.NewClient("unix://"+o.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// gRPC's unix:// target wants an absolute path; a relative --socket is
+	// relative to where dhctl runs.
+	abs, err := filepath.Abs(o.socket)
+	if err != nil {
+		return nil, nil, fail(ExitError, "--socket %s: %v", o.socket, err)
+	}
+	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, fail(ExitError, "agent socket %s: %v", o.socket, err)
 	}

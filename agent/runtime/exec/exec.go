@@ -23,9 +23,13 @@ import (
 	"github.com/dhvisor/dhvisor/agent/runtime"
 )
 
-// ServiceEnv marks every process the agent starts with its service name, so
-// a process can be found again even if the agent lost its state file.
-const ServiceEnv = "DHVISOR_SERVICE"
+// ServiceEnv and OwnerEnv mark every process the agent starts with its
+// service name and its agent, so a process can be found again even if the
+// agent lost its state file.
+const (
+	ServiceEnv = "DHVISOR_SERVICE"
+	OwnerEnv   = "DHVISOR_AGENT"
+)
 
 // Runtime is the exec runtime.
 type Runtime struct{}
@@ -94,8 +98,8 @@ func (Runtime) Adopt(id procfs.Identity) (runtime.Process, error) {
 }
 
 // Find scans /proc for the process group leader carrying the service's mark.
-func (Runtime) Find(name string) (procfs.Identity, bool) {
-	want := ServiceEnv + "=" + name
+func (Runtime) Find(owner, name string) (procfs.Identity, bool) {
+	want, wantOwner := ServiceEnv+"="+name, OwnerEnv+"="+owner
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return procfs.Identity{}, false
@@ -110,7 +114,7 @@ func (Runtime) Find(name string) (procfs.Identity, bool) {
 			continue
 		}
 		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
-		if err != nil || !hasEnv(env, want) {
+		if err != nil || !hasEnv(env, want) || !hasEnv(env, wantOwner) {
 			continue
 		}
 		return procfs.Identity{PID: pid, StartTicks: st.StartTicks}, true
@@ -195,6 +199,7 @@ func environment(spec runtime.Spec, home string) []string {
 		"PATH":     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME":     home,
 		ServiceEnv: spec.Name,
+		OwnerEnv:   spec.Owner,
 	}
 	if spec.User != "" {
 		env["USER"], env["LOGNAME"] = spec.User, spec.User

@@ -94,7 +94,7 @@ func TestStopKillsTheGroup(t *testing.T) {
 }
 
 func TestReleaseAndAdopt(t *testing.T) {
-	p, err := Runtime{}.Start(context.Background(), runtime.Spec{Name: "adoptee", Command: []string{"/bin/sleep", "30"}})
+	p, err := Runtime{}.Start(context.Background(), runtime.Spec{Name: "adoptee", Owner: "/var/lib/test-agent", Command: []string{"/bin/sleep", "30"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,12 +104,15 @@ func TestReleaseAndAdopt(t *testing.T) {
 	if !id.Alive() {
 		t.Fatal("process died on release")
 	}
-	found, ok := Runtime{}.Find("adoptee")
+	found, ok := Runtime{}.Find("/var/lib/test-agent", "adoptee")
 	if !ok || found != id {
 		t.Fatalf("Find = %v %v, want %v", found, ok, id)
 	}
-	if _, ok := (Runtime{}).Find("nosuch-service"); ok {
+	if _, ok := (Runtime{}).Find("/var/lib/test-agent", "nosuch-service"); ok {
 		t.Fatal("found a process for an unknown service")
+	}
+	if _, ok := (Runtime{}).Find("/var/lib/other-agent", "adoptee"); ok {
+		t.Fatal("found another agent's process")
 	}
 	q, err := Runtime{}.Adopt(id)
 	if err != nil {

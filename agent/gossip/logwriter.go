@@ -1,0 +1,68 @@
+package gossip
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+)
+
+// logWriter receives memberlist's log lines ("[LEVEL] memberlist: text")
+// and re-emits them through slog at the matching level. It also reads two
+// kinds of lines, because memberlist has no other way to tell us:
+//
+//   - "Suspect NAME has failed, no acks received": this node's probe of NAME
+//     failed directly and indirectly and memberlist now suspects it. That is
+//     the only trace of suspicion memberlist gives (see doc.go).
+//   - decryption failures on incoming traffic: rephrased so an operator
+//     sees at once that some node uses a different gossip key.
+type logWriter struct{ g *Gossip }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level, msg := parseMemberlistLine(line)
+	lg := w.g.log.With("component", "memberlist")
+
+	if name, ok := suspectedNode(msg); ok {
+		w.g.markSuspect(name)
+	}
+	if strings.Contains(strings.ToLower(msg), "no installed keys could decrypt") {
+		lg.Warn("gossip: dropped traffic encrypted with a key this node does not hold (a node with a wrong gossip key is trying to join?)", "detail", msg)
+		return len(p), nil
+	}
+	lg.Log(context.Background(), level, msg)
+	return len(p), nil
+}
+
+// parseMemberlistLine splits memberlist's "[ERR] memberlist: ..." format.
+func parseMemberlistLine(line string) (slog.Level, string) {
+	level := slog.LevelInfo
+	if strings.HasPrefix(line, "[") {
+		if end := strings.IndexByte(line, ']'); end > 0 {
+			switch line[1:end] {
+			case "DEBUG", "TRACE":
+				level = slog.LevelDebug
+			case "INFO":
+				level = slog.LevelInfo
+			case "WARN":
+				level = slog.LevelWarn
+			case "ERR", "ERROR":
+				level = slog.LevelError
+			}
+			line = strings.TrimSpace(line[end+1:])
+		}
+	} else if strings.HasPrefix(line, "Err:") {
+		level = slog.LevelWarn
+	}
+	return level, line
+}
+
+// suspectedNode extracts NAME from "memberlist: Suspect NAME has failed,
+// no acks received" (memberlist's probeNode; stable since 2016).
+func suspectedNode(msg string) (string, bool) {
+	const pre, post = "memberlist: Suspect ", " has failed, no acks received"
+	if !strings.HasPrefix(msg, pre) || !strings.HasSuffix(msg, post) {
+		return "", false
+	}
+	name := msg[len(pre) : len(msg)-len(post)]
+	return name, name != ""
+}
