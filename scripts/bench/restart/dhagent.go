@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentexec "github.com/dhvisor/dhvisor/agent/runtime/exec"
+	"github.com/dhvisor/dhvisor/internal/config"
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+// The bench's restart policy: a process that ran at least min_uptime is
+// restarted at once; limit 0 never gives up. The crash loop only kills
+// processes older than min_uptime, so every restart is an immediate one.
+const (
+	benchMinUptime   = time.Second
+	benchRestartYAML = "restart: {min_uptime: 1s, limit: 0}"
+)
+
+// extraServices are the three services the footprint test adds to the
+// twelve of the single-node role, to supervise fifteen.
+var extraServices = []target{
+	{name: "bench_extra_1", ports: []int{23101}, checkPort: 23101},
+	{name: "bench_extra_2", ports: []int{23102}, checkPort: 23102},
+	{name: "bench_extra_3", ports: []int{23103}, checkPort: 23103},
+}
+
+// agentYAML is a node configuration like scripts/demo.sh writes: the
+// shipped single-node role with stand-ins for the JVMs, run as the current
+// user, with everything in dir. For the footprint test (fast) every check
+// runs each second, resources are sampled each second, and three more
+// services are added.
+func agentYAML(root, dir string, fast bool, catalogue []target) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `node: bench
+roles: [single-node]
+state_dir: %[1]s/state
+socket: %[1]s/agent.sock
+log_root: %[1]s/logs
+roles_dir: %[1]s/roles.d   # absent: only the shipped roles, never the host's
+vars:
+  standin: %[2]s/bin/dh-standin
+defaults:
+  user: ""
+  command: ['{{var "standin"}}', '--name={{.Name}}', '--ports={{.Ports}}']
+  %[3]s
+`, dir, root, benchRestartYAML)
+	if !fast {
+		return b.String()
+	}
+	b.WriteString("  limits: {interval: 1s}\nservices:\n")
+	for _, t := range catalogue {
+		fmt.Fprintf(&b, "  %s:\n    checks: [%s]\n", t.name, fastCheck(t))
+	}
+	for _, t := range extraServices {
+		fmt.Fprintf(&b, "  %s:\n    description: benchmark filler\n    ports: {http: %d}\n    checks: [%s]\n", t.name, t.checkPort, fastCheck(t))
+	}
+	return b.String()
+}
+
+func fastCheck(t target) string {
+	if t.checkPort == 0 {
+		return "{type: process}" // tailer1 listens on nothing; its exit is the event
+	}
+	return fmt.Sprintf("{type: tcp, port: %q, interval: 1s, timeout: 500ms}", fmt.Sprint(t.checkPort))
+}
+
+// loadTargets resolves an agent configuration as dhagent will and returns
+// its services with their ports, in start order.
+func loadTargets(file string) ([]target, error) {
+	node, err := config.LoadAgent(file)
+	if err != nil {
+		return nil, fmt.Errorf("bench agent configuration refused:\n%v", err)
+	}
+	var out []target
+	for _, name := range node.Names() {
+		s := node.Services[name]
+		t := target{name: name, ports: s.PortNumbers()}
+		for _, c := range s.Checks {
+			if c.Port != "" {
+				t.checkPort, _ = s.ResolvePort(c.Port)
+				break
+			}
+		}
+		// A service without a port check but with ports (none in the
+		// shipped roles) is still probed on its first port.
+		if t.checkPort == 0 && len(t.ports) > 0 {
+			t.checkPort = t.ports[0]
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+type agentSup struct {
+	b    *bench
+	dir  string
+	sock string
+	proc *child
+	conn *grpc.ClientConn
+	cli  pb.AgentClient
+	// foreign: dhagent adopted a process it did not start, so `dhctl down`
+	// would stop someone else's service and is skipped.
+	foreign bool
+}
+
+// markedElsewhere lists processes on the host that carry the mark of one of
+// names. A dhagent with no state record adopts such a process as its own,
+// whichever agent started it (an e2e test's, another benchmark's), so the
+// bench must not start one while they exist.
+func markedElsewhere(names []string) []string {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[agentexec.ServiceEnv+"="+n] = true
+	}
+	var out []string
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join(d, "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if want[kv] {
+				if st, err := readStat(pid); err == nil && st.state != 'Z' {
+					out = append(out, fmt.Sprintf("%s (pid %d)", kv, pid))
+				}
+				break
+			}
+		}
+	}
+	return out
+}
+
+// startAgent runs bin/dhagent on the configuration in dir/agent.yaml and
+// brings every service up.
+func startAgent(ctx context.Context, b *bench, dir string, targets []target) (*agentSup, error) {
+	if err := portsFree(targets); err != nil {
+		return nil, err
+	}
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		names[i] = t.name
+	}
+	// Bounded wait: such processes are usually a test that ends soon.
+	var marked []string
+	if err := pollUntil(ctx, 500*time.Millisecond, 90*time.Second, func() (bool, error) {
+		marked = markedElsewhere(names)
+		return len(marked) == 0, nil
+	}); err != nil {
+		return nil, fmt.Errorf("other dhagent services are running on this host and a new dhagent would adopt them as its own: %s", strings.Join(marked, ", "))
+	}
+	a := &agentSup{b: b, dir: dir, sock: filepath.Join(dir, "agent.sock")}
+	var err error
+	a.proc, err = b.reaper.start("dhagent", filepath.Join(dir, "dhagent.log"), b.bin("dhagent"), "--config", filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*agentSup, error) {
+		_ = a.stop()
+		return nil, fmt.Errorf("%w\n(dhagent log %s:)\n%s", err, filepath.Join(dir, "dhagent.log"), tail(filepath.Join(dir, "dhagent.log"), 15))
+	}
+	a.conn, err = grpc.NewClient("unix://"+a.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fail(err)
+	}
+	a.cli = pb.NewAgentClient(a.conn)
+	err = pollUntil(ctx, 20*time.Millisecond, 15*time.Second, func() (bool, error) {
+		if !a.proc.running() {
+			return false, fmt.Errorf("dhagent exited: %s", describe(a.proc.status))
+		}
+		if _, err := os.Stat(a.sock); err != nil {
+			return false, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := a.cli.Status(cctx, &pb.StatusRequest{})
+		return err == nil, err
+	})
+	if err != nil {
+		return fail(fmt.Errorf("dhagent API did not come up: %w", err))
+	}
+	// As `dhctl up --block`: every service started in dependency order
+	// and OK.
+	uctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	stream, err := a.cli.Up(uctx, &pb.OrderRequest{Block: true, TimeoutMs: 60000})
+	if err != nil {
+		return fail(fmt.Errorf("dhagent up: %w", err))
+	}
+	for {
+		p, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fail(fmt.Errorf("dhagent up: %w", err))
+		}
+		if p.Failed {
+			return fail(fmt.Errorf("dhagent up: %s failed: %s %s", p.Service, p.State, p.Message))
+		}
+	}
+	// Every service must be a process this dhagent started, not one it
+	// adopted from another agent that started meanwhile.
+	for _, t := range targets {
+		st, err := a.status(ctx, t.name)
+		if err != nil {
+			return fail(err)
+		}
+		if ps, err := readStat(st.pid); err != nil || ps.ppid != a.proc.pid {
+			a.foreign = true
+			return fail(fmt.Errorf("dhagent runs %s as pid %d, which it did not start (parent %d): it adopted another agent's process", t.name, st.pid, ps.ppid))
+		}
+	}
+	return a, nil
+}
+
+func (a *agentSup) status(ctx context.Context, svc string) (svcStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	r, err := a.cli.Status(ctx, &pb.StatusRequest{Services: []string{svc}})
+	if err != nil {
+		return svcStatus{}, err
+	}
+	if len(r.Services) != 1 {
+		return svcStatus{}, fmt.Errorf("status of %s: %d answers", svc, len(r.Services))
+	}
+	s := r.Services[0]
+	st := svcStatus{pid: int(s.Pid), restarts: int(s.Restarts), ok: s.State == "OK"}
+	if s.LastExit != nil && s.LastExit.AtUnixMs > 0 {
+		st.exitAt = time.UnixMilli(s.LastExit.AtUnixMs)
+	}
+	if s.StartedUnixMs > 0 {
+		st.startedAt = time.UnixMilli(s.StartedUnixMs)
+	}
+	return st, nil
+}
+
+// statusPoll: the gRPC Status call costs well under a millisecond.
+func (a *agentSup) statusPoll() time.Duration { return time.Millisecond }
+
+func (a *agentSup) pid() int { return a.proc.pid }
+
+// stop is `dhctl down --block`, then SIGTERM: dhagent leaves its services
+// running when it exits (the next agent adopts them), so they are stopped
+// first.
+func (a *agentSup) stop() error {
+	var errs []error
+	if a.proc.running() && !a.foreign {
+		if _, err := os.Stat(a.sock); err == nil {
+			err := a.b.reaper.run("dhctl down", filepath.Join(a.dir, "dhctl.log"), 75*time.Second,
+				a.b.bin("dhctl"), "--socket", a.sock, "down", "--block", "--timeout", "60s")
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if a.conn != nil {
+		a.conn.Close()
+	}
+	a.proc.terminate(10 * time.Second)
+	if a.proc.status.Signaled() {
+		errs = append(errs, fmt.Errorf("dhagent did not exit on SIGTERM within 10s; killed"))
+	}
+	return errors.Join(errs...)
+}
