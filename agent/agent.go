@@ -61,17 +61,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("local API socket %s: %w", cfg.Socket, err)
 	}
-	srv := grpc.NewServer()
-	pb.RegisterAgentServer(srv, api.NewServer(a.mgr, a.Reload))
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Gossip outlives ctx a little: it must announce the leave after the
+	// supervisor has stopped, so it has a context of its own.
+	gctx, gcancel := context.WithCancel(context.Background())
+	defer gcancel()
+	g, err := a.startGossip(gctx)
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("gossip: %w", err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterAgentServer(srv, api.NewServer(a.mgr, a.Reload, g))
+
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "config", a.file)
 
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(ctx) }()
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		if g != nil {
+			publishHealth(ctx, a.mgr, g)
+		}
+	}()
 
 	var serveErr error
 	select {
@@ -89,6 +105,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-stopped
 	}
 	err = <-mgrDone
+	<-pubDone
+	if g != nil {
+		if lerr := g.Leave(leaveTimeout); lerr != nil {
+			a.log.Warn("gossip leave", "err", lerr)
+		}
+	}
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return serveErr
 	}

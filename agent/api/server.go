@@ -10,12 +10,14 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dhvisor/dhvisor/agent/gossip"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/version"
@@ -30,12 +32,13 @@ type Server struct {
 	pb.UnimplementedAgentServer
 	mgr     *supervise.Manager
 	reload  Reloader
+	gossip  *gossip.Gossip // nil when the node runs alone
 	started time.Time
 }
 
-// NewServer returns the API over mgr.
-func NewServer(mgr *supervise.Manager, reload Reloader) *Server {
-	return &Server{mgr: mgr, reload: reload, started: time.Now()}
+// NewServer returns the API over mgr and, when the node gossips, g.
+func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip) *Server {
+	return &Server{mgr: mgr, reload: reload, gossip: g, started: time.Now()}
 }
 
 // ListenUnix opens the local socket: mode 0660, owned by root and group so
@@ -229,4 +232,90 @@ func toStatus(err error) error {
 		return status.Error(codes.Canceled, err.Error())
 	}
 	return status.Error(codes.FailedPrecondition, err.Error())
+}
+
+// Cluster implements pb.AgentServer: every node as gossip sees it, or this
+// node alone when it does not gossip.
+func (s *Server) Cluster(_ context.Context, req *pb.ClusterRequest) (*pb.ClusterResponse, error) {
+	node := s.mgr.Node()
+	resp := &pb.ClusterResponse{LocalNode: node.Agent.Node, GossipEnabled: s.gossip != nil}
+	if s.gossip == nil {
+		sts, err := s.mgr.Status(nil)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		now := time.Now().UnixMilli()
+		ni := &pb.NodeInfo{Name: node.Agent.Node, State: "alive", StateSinceUnixMs: s.started.UnixMilli(), Roles: node.Agent.Roles, DhvisorVersion: version.Version, LearnedUnixMs: now}
+		for _, st := range sts {
+			ni.Services = append(ni.Services, &pb.NodeService{Name: st.Name, State: string(st.State), Pid: int32(st.PID), Restarts: int32(st.Restarts), SinceUnixMs: st.Since.UnixMilli(), Message: st.Message})
+		}
+		resp.Nodes = []*pb.NodeInfo{ni}
+	} else {
+		for _, v := range s.gossip.View() {
+			resp.Nodes = append(resp.Nodes, nodeInfo(v))
+		}
+	}
+	if req.Node != "" {
+		var known []string
+		for _, n := range resp.Nodes {
+			if n.Name == req.Node {
+				resp.Nodes = []*pb.NodeInfo{n}
+				return resp, nil
+			}
+			known = append(known, n.Name)
+		}
+		return nil, status.Errorf(codes.NotFound, "node: unknown node %q (known: %s)", req.Node, strings.Join(known, ", "))
+	}
+	return resp, nil
+}
+
+func nodeInfo(v gossip.NodeView) *pb.NodeInfo {
+	ni := &pb.NodeInfo{
+		Name: v.Name, Addr: v.Addr, State: v.State, StateSinceUnixMs: v.StateSince.UnixMilli(),
+		Roles: v.Meta.Roles, ApiAddr: v.Meta.APIAddr, DeephavenVersion: v.Meta.DeephavenVersion, DhvisorVersion: v.Meta.DhvisorVersion,
+		Version: v.Version,
+	}
+	if !v.Learned.IsZero() {
+		ni.LearnedUnixMs = v.Learned.UnixMilli()
+	}
+	last := map[string]string{}
+	for _, s := range v.LastKnown {
+		last[s.Name] = s.State
+	}
+	for _, s := range v.Services {
+		ns := &pb.NodeService{Name: s.Name, State: s.State, Pid: s.PID, Restarts: s.Restarts, Message: s.Message}
+		if !s.Since.IsZero() {
+			ns.SinceUnixMs = s.Since.UnixMilli()
+		}
+		if s.State == gossip.ServiceUnknown {
+			ns.LastKnownState = last[s.Name]
+		}
+		ni.Services = append(ni.Services, ns)
+	}
+	return ni
+}
+
+// GossipKeys implements pb.AgentServer. Changes reach every node: the key
+// manager gossips them.
+func (s *Server) GossipKeys(_ context.Context, req *pb.GossipKeysRequest) (*pb.GossipKeysResponse, error) {
+	if s.gossip == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this node does not gossip (no gossip.bind in its agent.yaml)")
+	}
+	k := s.gossip.Keys()
+	var err error
+	switch req.Op {
+	case pb.GossipKeysRequest_OP_LIST:
+	case pb.GossipKeysRequest_OP_INSTALL:
+		err = k.Install(req.Key)
+	case pb.GossipKeysRequest_OP_USE:
+		err = k.Use(req.Key)
+	case pb.GossipKeysRequest_OP_REMOVE:
+		err = k.Remove(req.Key)
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "op: %v is not list, install, use or remove", req.Op)
+	}
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	return &pb.GossipKeysResponse{Keys: k.List()}, nil
 }

@@ -74,6 +74,8 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 	root.PersistentFlags().StringVar(&o.socket, "socket", def, "agent socket (env DHVISOR_SOCKET)")
 	root.AddCommand(
 		o.statusCmd(),
+		o.nodesCmd(),
+		o.gossipCmd(),
 		o.controlCmd("start", pb.Action_ACTION_START, "Start services (all: in dependency order)"),
 		o.controlCmd("stop", pb.Action_ACTION_STOP, "Stop services (all: in reverse dependency order)"),
 		o.controlCmd("restart", pb.Action_ACTION_RESTART, "Restart services"),

@@ -15,10 +15,11 @@ import (
 )
 
 func (o *options) statusCmd() *cobra.Command {
-	var asJSON bool
+	var asJSON, local bool
+	var node string
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE...]",
-		Short: "Show services: state, pid, uptime, restarts, CPU, memory, last check (monit summary, and more)",
+		Short: "Show services: the whole cluster when the node gossips, else this node (state, pid, uptime, restarts, CPU, memory, last check)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
@@ -27,6 +28,15 @@ func (o *options) statusCmd() *cobra.Command {
 				return err
 			}
 			defer closeConn()
+			if !local && len(args) == 0 {
+				cl, err := c.Cluster(ctx, &pb.ClusterRequest{})
+				if err != nil {
+					return rpcError(err)
+				}
+				if cl.GossipEnabled && (node != cl.LocalNode || node == "") {
+					return o.clusterStatus(ctx, c, node, asJSON)
+				}
+			}
 			resp, err := c.Status(ctx, &pb.StatusRequest{Services: args})
 			if err != nil {
 				return rpcError(err)
@@ -46,7 +56,9 @@ func (o *options) statusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse, or ClusterResponse for the cluster view)")
+	cmd.Flags().BoolVar(&local, "local", false, "only this node, with CPU, memory and checks")
+	cmd.Flags().StringVar(&node, "node", "", "only this node of the cluster")
 	return cmd
 }
 

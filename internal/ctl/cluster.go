@@ -1,0 +1,189 @@
+package ctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+// clusterStatus prints every node's services as gossip shows them.
+func (o *options) clusterStatus(ctx context.Context, c pb.AgentClient, node string, asJSON bool) error {
+	resp, err := c.Cluster(ctx, &pb.ClusterRequest{Node: node})
+	if err != nil {
+		return rpcError(err)
+	}
+	if asJSON {
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(o.out, string(b))
+	} else {
+		renderCluster(o.out, resp, time.Now(), isTerminal(o.out))
+	}
+	if bad := clusterNotOK(resp); bad > 0 {
+		return &exitError{code: ExitNotOK, err: fmt.Errorf("%d services or nodes not OK", bad)}
+	}
+	return nil
+}
+
+func clusterNotOK(resp *pb.ClusterResponse) int {
+	n := 0
+	for _, node := range resp.Nodes {
+		if node.State == "left" {
+			continue // an operator took it out: not a fault
+		}
+		if node.State != "alive" {
+			n++
+			continue
+		}
+		for _, s := range node.Services {
+			if s.State != "OK" {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func ago(now time.Time, ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	d := now.Sub(time.UnixMilli(ms))
+	if d < 10*time.Second {
+		return fmt.Sprintf("%.1fs", max(d.Seconds(), 0))
+	}
+	return humanDuration(d)
+}
+
+func renderCluster(w io.Writer, resp *pb.ClusterResponse, now time.Time, color bool) {
+	alive, svcs, ok := 0, 0, 0
+	for _, n := range resp.Nodes {
+		if n.State == "alive" {
+			alive++
+		}
+		for _, s := range n.Services {
+			svcs++
+			if s.State == "OK" {
+				ok++
+			}
+		}
+	}
+	fmt.Fprintf(w, "Cluster: %d nodes (%d alive), %d/%d services OK, seen from %s\n", len(resp.Nodes), alive, ok, svcs, resp.LocalNode)
+	for _, n := range resp.Nodes {
+		fmt.Fprintln(w)
+		var facts []string
+		if len(n.Roles) > 0 {
+			facts = append(facts, "roles "+strings.Join(n.Roles, ","))
+		}
+		if n.DeephavenVersion != "" {
+			facts = append(facts, "Deephaven "+n.DeephavenVersion)
+		}
+		if n.DhvisorVersion != "" {
+			facts = append(facts, "dhvisor "+n.DhvisorVersion)
+		}
+		if n.Name == resp.LocalNode {
+			facts = append(facts, "this node")
+		} else {
+			facts = append(facts, "learned "+ago(now, n.LearnedUnixMs)+" ago")
+		}
+		state := n.State
+		if color {
+			state = nodeColor(n.State) + state + "\x1b[0m"
+		}
+		fmt.Fprintf(w, "%s  %s for %s  (%s)\n", n.Name, state, ago(now, n.StateSinceUnixMs), strings.Join(facts, ", "))
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SERVICE\tSTATE\tPID\tRESTARTS\tFOR\tMESSAGE")
+		for _, s := range n.Services {
+			st := s.State
+			if s.LastKnownState != "" {
+				st += " (was " + s.LastKnownState + ")"
+			}
+			if color {
+				st = stateColor(s.State) + st + "\x1b[0m"
+			}
+			pid := "-"
+			if s.Pid != 0 {
+				pid = fmt.Sprint(s.Pid)
+			}
+			msg := s.Message
+			if len(msg) > 70 {
+				msg = msg[:67] + "..."
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%s\n", s.Name, st, pid, s.Restarts, ago(now, s.SinceUnixMs), msg)
+		}
+		tw.Flush()
+	}
+}
+
+func nodeColor(state string) string {
+	switch state {
+	case "alive":
+		return "\x1b[32m"
+	case "suspect", "left":
+		return "\x1b[33m"
+	}
+	return "\x1b[31m"
+}
+
+func (o *options) nodesCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "nodes",
+		Short: "List the cluster's nodes: state, roles, versions, address",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			c, closeConn, err := o.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer closeConn()
+			resp, err := c.Cluster(ctx, &pb.ClusterRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tDHVISOR\tADDRESS")
+			down := 0
+			for _, n := range resp.Nodes {
+				ok := 0
+				for _, s := range n.Services {
+					if s.State == "OK" {
+						ok++
+					}
+				}
+				if n.State != "alive" && n.State != "left" {
+					down++
+				}
+				name := n.Name
+				if name == resp.LocalNode {
+					name += " *"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), strings.Join(n.Roles, ","), ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr))
+			}
+			tw.Flush()
+			if down > 0 {
+				return &exitError{code: ExitNotOK, err: fmt.Errorf("%d nodes not alive", down)}
+			}
+			return nil
+		},
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
