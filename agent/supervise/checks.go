@@ -92,11 +92,19 @@ func (s *Supervisor) stopChecks() {
 	if s.checks == nil {
 		return
 	}
-	s.checks.cancel()
-	s.checks.wg.Wait()
-	for _, p := range s.checks.probes {
-		_ = check.Close(p)
-	}
+	// Probes in flight end on their own once cancelled; waiting for them
+	// here would put a probe's teardown on the restart path. shutdown
+	// waits for every retired runner.
+	r := s.checks
+	r.cancel()
+	s.retired.Add(1)
+	go func() {
+		defer s.retired.Done()
+		r.wg.Wait()
+		for _, p := range r.probes {
+			_ = check.Close(p)
+		}
+	}()
 	s.checks = nil
 }
 

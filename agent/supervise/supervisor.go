@@ -68,7 +68,8 @@ type Supervisor struct {
 	restartC  <-chan time.Time
 	restartT  *time.Timer
 	sampleT   *time.Ticker
-	sampling  atomic.Bool // a timer samples usage (the service has limits)
+	sampling  atomic.Bool    // a timer samples usage (the service has limits)
+	retired   sync.WaitGroup // stopped check runners still winding down
 	memLimit  check.Threshold
 	cpuLimit  check.Threshold
 	jitter    func() float64
@@ -201,6 +202,7 @@ func (s *Supervisor) shutdown() {
 	if s.proc != nil {
 		s.proc.Release()
 	}
+	s.retired.Wait()
 }
 
 func (s *Supervisor) handle(ctx context.Context, c command) error {
