@@ -1003,6 +1003,13 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 		// Whatever the previous life said about leaving is void now.
 		rec.st.Leaving = false
 		g.log.Info("gossip: node joined", "node", n.Name, "addr", rec.addr)
+		// Republish our own list under a new version: a peer that had
+		// declared us dead (a partition, not a restart) shows our services
+		// as unknown until it holds a version newer than the one it saw
+		// die, and without a change on our side none would come.
+		if g.local.Version > 0 {
+			g.publishLocked(nil)
+		}
 	}
 	g.notifyLocked()
 }

@@ -62,6 +62,8 @@ type node struct {
 	alerts string
 	agent  *exec.Cmd
 	log    *syncBuffer
+	// nodeName is the node's name in agent.yaml.
+	nodeName string
 }
 
 // syncBuffer collects the agent's output while tests read it.
@@ -101,18 +103,26 @@ defaults:
 // starts an agent on it.
 func newNode(t *testing.T, extra string) *node {
 	t.Helper()
+	n := newNodeNoStart(t, extra)
+	n.startAgent()
+	return n
+}
+
+// newNodeNoStart prepares a node's directory and config without starting
+// its agent.
+func newNodeNoStart(t *testing.T, extra string) *node {
+	t.Helper()
 	dir := t.TempDir()
 	n := &node{t: t, dir: dir, config: filepath.Join(dir, "agent.yaml"), socket: filepath.Join(dir, "agent.sock"),
-		record: filepath.Join(dir, "record.log"), alerts: filepath.Join(dir, "alerts.log")}
+		record: filepath.Join(dir, "record.log"), alerts: filepath.Join(dir, "alerts.log"), nodeName: "e2e"}
 	n.writeConfig(extra)
 	t.Cleanup(n.teardown)
-	n.startAgent()
 	return n
 }
 
 func (n *node) writeConfig(extra string) {
 	n.t.Helper()
-	if err := os.WriteFile(n.config, []byte("node: e2e\n"+standinDefaults(n.dir)+extra), 0o644); err != nil {
+	if err := os.WriteFile(n.config, []byte("node: "+n.nodeName+"\n"+standinDefaults(n.dir)+extra), 0o644); err != nil {
 		n.t.Fatal(err)
 	}
 }
@@ -127,6 +137,11 @@ func (n *node) startAgent() {
 		n.t.Fatal(err)
 	}
 	n.agent = cmd
+	n.waitAnswering()
+}
+
+func (n *node) waitAnswering() {
+	n.t.Helper()
 	var lastErr error
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -194,6 +209,13 @@ func (n *node) client() (pb.AgentClient, func()) {
 		n.t.Fatal(err)
 	}
 	return pb.NewAgentClient(conn), func() { conn.Close() }
+}
+
+// ctx bounds one API call.
+func (n *node) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	n.t.Cleanup(cancel)
+	return ctx
 }
 
 func (n *node) status() (map[string]*pb.ServiceStatus, error) {
