@@ -180,15 +180,30 @@ services:
 	allSee("everyone alive again, host1's restart known everywhere", func(v map[string]*pb.NodeInfo) bool {
 		return healthy("host1", "host2", "host3")(v) && v["host1"].Services[0].Restarts == 1
 	}, nodes...)
-	// Same view everywhere: same service list versions for every node.
-	ref := nodes[0].cluster()
-	for _, n := range nodes[1:] {
-		v := n.cluster()
-		for name, ni := range ref {
-			if v[name] == nil || v[name].Version != ni.Version {
-				t.Errorf("%s sees %s at version %v, host1 at %d", n.nodeName, name, v[name], ni.Version)
+	// The same view everywhere: every node holds the same version of every
+	// node's list (rejoins republish, so wait for the last one to spread).
+	same := func() (string, bool) {
+		ref := nodes[0].cluster()
+		for _, n := range nodes[1:] {
+			v := n.cluster()
+			for name, ni := range ref {
+				if v[name] == nil || v[name].Version != ni.Version || v[name].State != ni.State {
+					return fmt.Sprintf("%s sees %s as %v, host1 as %v", n.nodeName, name, v[name], ni), false
+				}
 			}
 		}
+		return "", true
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		diff, ok := same()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("views did not converge: %s", diff)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	out, code := nodes[2].dhctl("status")
 	if code != 0 || strings.Count(out, "  alive for ") != 3 {
