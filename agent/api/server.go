@@ -317,5 +317,10 @@ func (s *Server) GossipKeys(_ context.Context, req *pb.GossipKeysRequest) (*pb.G
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	return &pb.GossipKeysResponse{Keys: k.List()}, nil
+	resp := &pb.GossipKeysResponse{Keys: k.List()}
+	for _, key := range resp.Keys {
+		id, _ := gossip.KeyID(key)
+		resp.KeyIds = append(resp.KeyIds, id)
+	}
+	return resp, nil
 }

@@ -2,12 +2,13 @@ package ctl
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/dhvisor/dhvisor/agent/gossip"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
@@ -46,11 +47,11 @@ Each change is written to every node's key file (gossip.key_file).`,
 			Short: "Print a new random AES-256 key (base64) for a key file or install",
 			Args:  cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				k, err := gossip.GenerateKey()
-				if err != nil {
+				k := make([]byte, 32)
+				if _, err := rand.Read(k); err != nil {
 					return err
 				}
-				fmt.Fprintln(o.out, k)
+				fmt.Fprintln(o.out, base64.StdEncoding.EncodeToString(k))
 				return nil
 			},
 		},
@@ -85,7 +86,10 @@ func (o *options) keysCall(ctx context.Context, op pb.GossipKeysRequest_Op, key 
 		return rpcError(err)
 	}
 	for i, k := range resp.Keys {
-		id, _ := gossip.KeyID(k)
+		id := ""
+		if i < len(resp.KeyIds) {
+			id = resp.KeyIds[i]
+		}
 		role := ""
 		if i == 0 {
 			role = "  (primary)"

@@ -1235,7 +1235,8 @@ func (x *GossipKeysRequest) GetKey() string {
 
 type GossipKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"` // primary first
+	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`                   // primary first
+	KeyIds        []string               `protobuf:"bytes,2,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"` // fingerprints, as node views show them
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1273,6 +1274,13 @@ func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
 func (x *GossipKeysResponse) GetKeys() []string {
 	if x != nil {
 		return x.Keys
+	}
+	return nil
+}
+
+func (x *GossipKeysResponse) GetKeyIds() []string {
+	if x != nil {
+		return x.KeyIds
 	}
 	return nil
 }
@@ -1383,9 +1391,10 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"OP_INSTALL\x10\x01\x12\n" +
 	"\n" +
 	"\x06OP_USE\x10\x02\x12\r\n" +
-	"\tOP_REMOVE\x10\x03\"(\n" +
+	"\tOP_REMOVE\x10\x03\"A\n" +
 	"\x12GossipKeysResponse\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys*\x81\x01\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x17\n" +
+	"\akey_ids\x18\x02 \x03(\tR\x06keyIds*\x81\x01\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_START\x10\x01\x12\x0f\n" +
