@@ -127,7 +127,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		m.log.Info("starting services", "services", pending)
-		m.background(func(ctx context.Context) { _ = m.startOrdered(ctx, pending, false, nil) })
+		_ = m.startOrdered(ctx, pending, false, nil)
 	}
 	<-ctx.Done()
 	m.wg.Wait()
@@ -329,7 +329,11 @@ func (m *Manager) one(ctx context.Context, s *Supervisor, a action, block bool, 
 		return err
 	}
 	if block && (a == actRestart || a == actStart) {
-		return m.waitHealthy(ctx, s, progress)
+		if err := m.waitHealthy(ctx, s, progress); err != nil {
+			progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error(), Failed: true})
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		return nil
 	}
 	st := s.Status()
 	progress(Progress{Service: s.name, State: st.State, Message: st.Message, Done: true})
@@ -346,74 +350,131 @@ func (m *Manager) Down(ctx context.Context, block bool, progress func(Progress))
 	return m.Control(ctx, Stop, nil, block, progress)
 }
 
+// walk is one ordered pass over a set of services: each service waits for
+// its prerequisites, then takes its step; independent services go in
+// parallel.
+type walk struct {
+	scheduled string                                      // progress text when not blocking
+	prereqs   func(name string) []string                  // services to wait for first
+	waiting   string                                      // progress text while waiting, after the prerequisite's name
+	ready     func(dep string) func(Status) (bool, error) // when a prerequisite is satisfied
+	step      func(ctx context.Context, s *Supervisor, progress func(Progress)) error
+}
+
 // startOrdered starts each service once its local dependencies among the
 // running or to-be-started services are OK (Deephaven's dh_monit up:
-// configuration_server first and waited for, then authentication_server, then
-// the rest), in parallel where the graph allows. Without block it returns
-// after setting the walk going.
+// configuration_server first and waited for, then authentication_server,
+// then the rest).
 func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
+	g := m.Node().Graph()
+	inSet := setOf(svc)
+	return m.ordered(ctx, svc, block, progress, walk{
+		scheduled: "start scheduled in dependency order",
+		prereqs: func(name string) []string {
+			var out []string
+			for _, d := range g.DependsOn(name) {
+				// A dependency the operator keeps stopped is not ours to wait for.
+				if inSet[d] || m.sup(d).Status().DesiredRunning {
+					out = append(out, d)
+				}
+			}
+			return out
+		},
+		ready: func(d string) func(Status) (bool, error) {
+			return func(st Status) (bool, error) {
+				if st.State == Failed {
+					return false, fmt.Errorf("dependency %s failed: %s", d, st.Message)
+				}
+				if !st.DesiredRunning && !inSet[d] {
+					return false, fmt.Errorf("dependency %s was stopped", d)
+				}
+				return st.State == OK, nil
+			}
+		},
+		step: func(ctx context.Context, s *Supervisor, progress func(Progress)) error {
+			if err := s.do(ctx, command{act: actStart}); err != nil {
+				return err
+			}
+			progress(Progress{Service: s.name, State: s.Status().State, Message: "started"})
+			return m.waitHealthy(ctx, s, progress)
+		},
+	})
+}
+
+// stopOrdered stops each service once every local service depending on it
+// is stopped: the reverse of the start order.
+func (m *Manager) stopOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
+	g := m.Node().Graph()
+	inSet := setOf(svc)
+	return m.ordered(ctx, svc, block, progress, walk{
+		scheduled: "stop scheduled in reverse dependency order",
+		waiting:   " to stop",
+		prereqs: func(name string) []string {
+			var out []string
+			for _, d := range g.Dependents(name) {
+				if inSet[d] {
+					out = append(out, d)
+				}
+			}
+			return out
+		},
+		ready: func(string) func(Status) (bool, error) {
+			return func(st Status) (bool, error) { return !st.Running() && !st.DesiredRunning, nil }
+		},
+		step: func(ctx context.Context, s *Supervisor, progress func(Progress)) error {
+			if err := s.do(ctx, command{act: actStop}); err != nil {
+				return err
+			}
+			st := s.Status()
+			progress(Progress{Service: s.name, State: st.State, Message: st.Message, Done: true})
+			return nil
+		},
+	})
+}
+
+// ordered runs w over svc. Without block it returns at once and the walk
+// goes on in the background, owned by the agent rather than the request.
+func (m *Manager) ordered(ctx context.Context, svc []string, block bool, progress func(Progress), w walk) error {
 	if progress == nil {
 		progress = func(Progress) {}
 	}
 	if !block {
-		// The walk outlives the request: it belongs to the agent.
-		m.background(func(bctx context.Context) { _ = m.walkStart(bctx, svc, func(Progress) {}) })
+		m.background(func(bctx context.Context) { _ = m.runWalk(bctx, svc, func(Progress) {}, w) })
 		for _, n := range svc {
-			progress(Progress{Service: n, State: m.sup(n).Status().State, Message: "start scheduled in dependency order", Done: true})
+			progress(Progress{Service: n, State: m.sup(n).Status().State, Message: w.scheduled, Done: true})
 		}
 		return nil
 	}
-	return m.walkStart(ctx, svc, progress)
+	return m.runWalk(ctx, svc, progress, w)
 }
 
-func (m *Manager) walkStart(ctx context.Context, svc []string, progress func(Progress)) error {
-	g := m.Node().Graph()
-	inSet := map[string]bool{}
-	for _, n := range svc {
-		inSet[n] = true
-	}
+func (m *Manager) runWalk(ctx context.Context, svc []string, progress func(Progress), w walk) error {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
+	failed := func(s *Supervisor, err error) {
+		progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error(), Failed: true})
+		mu.Lock()
+		errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
+		mu.Unlock()
+	}
 	for _, name := range svc {
+		s := m.sup(name)
+		if s == nil {
+			continue // removed by a reload meanwhile
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s := m.sup(name)
-			for _, d := range g.DependsOn(name) {
-				ds := m.sup(d)
-				if !inSet[d] && !ds.Status().DesiredRunning {
-					continue // the operator keeps it stopped: not ours to wait for
-				}
-				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d})
-				if _, err := m.waitFor(ctx, d, func(st Status) (bool, error) {
-					if st.State == Failed {
-						return false, fmt.Errorf("dependency %s failed: %s", d, st.Message)
-					}
-					if !st.DesiredRunning && !inSet[d] {
-						return false, fmt.Errorf("dependency %s was stopped", d)
-					}
-					return st.State == OK, nil
-				}); err != nil {
-					progress(Progress{Service: name, State: s.Status().State, Message: "not started: " + err.Error(), Failed: true})
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("%s: not started: %w", name, err))
-					mu.Unlock()
+			for _, d := range w.prereqs(name) {
+				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d + w.waiting})
+				if _, err := m.waitFor(ctx, d, w.ready(d)); err != nil {
+					failed(s, fmt.Errorf("not done: %w", err))
 					return
 				}
 			}
-			if err := s.do(ctx, command{act: actStart}); err != nil {
-				progress(Progress{Service: name, State: s.Status().State, Message: err.Error(), Failed: true})
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				mu.Unlock()
-				return
-			}
-			progress(Progress{Service: name, State: s.Status().State, Message: "started"})
-			if err := m.waitHealthy(ctx, s, progress); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
+			if err := w.step(ctx, s, progress); err != nil {
+				failed(s, err)
 			}
 		}()
 	}
@@ -421,8 +482,16 @@ func (m *Manager) walkStart(ctx context.Context, svc []string, progress func(Pro
 	return errors.Join(errs...)
 }
 
+func setOf(names []string) map[string]bool {
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		out[n] = true
+	}
+	return out
+}
+
 func (m *Manager) waitHealthy(ctx context.Context, s *Supervisor, progress func(Progress)) error {
-	st, err := m.waitFor(ctx, s.name, func(st Status) (bool, error) {
+	if _, err := m.waitFor(ctx, s.name, func(st Status) (bool, error) {
 		switch {
 		case st.State == Failed:
 			return false, errors.New(st.Message)
@@ -430,70 +499,11 @@ func (m *Manager) waitHealthy(ctx context.Context, s *Supervisor, progress func(
 			return false, errors.New("stopped while starting")
 		}
 		return st.State == OK, nil
-	})
-	if err != nil {
-		progress(Progress{Service: s.name, State: st.State, Message: err.Error(), Failed: true})
-		return fmt.Errorf("%s: %w", s.name, err)
+	}); err != nil {
+		return err
 	}
 	progress(Progress{Service: s.name, State: OK, Message: "running and healthy", Done: true})
 	return nil
-}
-
-// stopOrdered stops each service once every local service depending on it is
-// stopped: the reverse of the start order.
-func (m *Manager) stopOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
-	if progress == nil {
-		progress = func(Progress) {}
-	}
-	if !block {
-		m.background(func(bctx context.Context) { _ = m.walkStop(bctx, svc, func(Progress) {}) })
-		for _, n := range svc {
-			progress(Progress{Service: n, State: m.sup(n).Status().State, Message: "stop scheduled in reverse dependency order", Done: true})
-		}
-		return nil
-	}
-	return m.walkStop(ctx, svc, progress)
-}
-
-func (m *Manager) walkStop(ctx context.Context, svc []string, progress func(Progress)) error {
-	g := m.Node().Graph()
-	inSet := map[string]bool{}
-	for _, n := range svc {
-		inSet[n] = true
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for _, name := range svc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := m.sup(name)
-			for _, d := range g.Dependents(name) {
-				if !inSet[d] {
-					continue
-				}
-				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d + " to stop"})
-				if _, err := m.waitFor(ctx, d, func(st Status) (bool, error) { return !st.Running() && !st.DesiredRunning, nil }); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("%s: %w", name, err))
-					mu.Unlock()
-					return
-				}
-			}
-			if err := s.do(ctx, command{act: actStop}); err != nil {
-				progress(Progress{Service: name, State: s.Status().State, Message: err.Error(), Failed: true})
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				mu.Unlock()
-				return
-			}
-			st := s.Status()
-			progress(Progress{Service: name, State: st.State, Message: st.Message, Done: true})
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // waitFor blocks until pred accepts the service's status or fails.
@@ -560,7 +570,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 	}
 	// Removed services are stopped while the old graph still orders them.
 	if len(res.Removed) > 0 {
-		if err := m.walkStop(ctx, res.Removed, func(Progress) {}); err != nil {
+		if err := m.stopOrdered(ctx, res.Removed, true, nil); err != nil {
 			return res, err
 		}
 	}
@@ -593,7 +603,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 				pending = append(pending, n)
 			}
 		}
-		m.background(func(ctx context.Context) { _ = m.walkStart(ctx, pending, func(Progress) {}) })
+		_ = m.startOrdered(ctx, pending, false, nil)
 	}
 	sort.Strings(res.RestartNeeded)
 	return res, nil

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -20,19 +19,8 @@ func (o *options) clusterStatus(ctx context.Context, c pb.AgentClient, node stri
 	if err != nil {
 		return rpcError(err)
 	}
-	if asJSON {
-		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(o.out, string(b))
-	} else {
-		renderCluster(o.out, resp, time.Now(), isTerminal(o.out))
-	}
-	if bad := clusterNotOK(resp); bad > 0 {
-		return &exitError{code: ExitNotOK, err: fmt.Errorf("%d services or nodes not OK", bad)}
-	}
-	return nil
+	return o.show(resp, asJSON, func(w io.Writer, color bool) { renderCluster(w, resp, time.Now(), color) },
+		clusterNotOK(resp), "services or nodes not OK")
 }
 
 func clusterNotOK(resp *pb.ClusterResponse) int {

@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -41,25 +43,32 @@ func (o *options) statusCmd() *cobra.Command {
 			if err != nil {
 				return rpcError(err)
 			}
-			if asJSON {
-				b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintln(o.out, string(b))
-			} else {
-				renderStatus(o.out, resp, time.Now(), isTerminal(o.out))
-			}
-			if n := notOK(resp); n > 0 {
-				return &exitError{code: ExitNotOK, err: fmt.Errorf("%d of %d services not OK", n, len(resp.Services))}
-			}
-			return nil
+			return o.show(resp, asJSON, func(w io.Writer, color bool) { renderStatus(w, resp, time.Now(), color) },
+				notOK(resp), fmt.Sprintf("of %d services not OK", len(resp.Services)))
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse, or ClusterResponse for the cluster view)")
 	cmd.Flags().BoolVar(&local, "local", false, "only this node, with CPU, memory and checks")
 	cmd.Flags().StringVar(&node, "node", "", "only this node of the cluster")
 	return cmd
+}
+
+// show prints resp as JSON or through render, and turns bad > 0 into exit
+// status 1, which scripts and monitoring read as "not all OK".
+func (o *options) show(resp proto.Message, asJSON bool, render func(w io.Writer, color bool), bad int, what string) error {
+	if asJSON {
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(o.out, string(b))
+	} else {
+		render(o.out, isTerminal(o.out))
+	}
+	if bad > 0 {
+		return &exitError{code: ExitNotOK, err: fmt.Errorf("%d %s", bad, what)}
+	}
+	return nil
 }
 
 func notOK(resp *pb.StatusResponse) int {
