@@ -171,8 +171,8 @@ func TestInvalidConfigs(t *testing.T) {
 		},
 		{
 			name:  "missing command",
-			files: map[string]string{"agent.yaml": "roles: [query]\n"},
-			want:  []string{"services.db_query_server.command", "a command is required"},
+			files: map[string]string{"agent.yaml": "roles: [query]\nservices:\n  mine: {ports: {a: 1234}}\n"},
+			want:  []string{"agent.yaml:3", "services.mine.command", "a command is required"},
 		},
 		{
 			name:  "bad template",
@@ -227,5 +227,19 @@ func TestByteSize(t *testing.T) {
 	}
 	if _, err := ParseByteSize("lots"); err == nil {
 		t.Error("ParseByteSize(lots) succeeded")
+	}
+}
+
+func TestShippedLaunchCommand(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [infra]\nlauncher_dir: /opt/dh/bin\n"})
+	n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := n.Services["iris_controller"].Command, []string{"/opt/dh/bin/iris", "run", "iris_controller"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("command %v, want %v", got, want)
+	}
+	if u := n.Services["iris_controller"].User; u != "irisadmin" {
+		t.Fatalf("user %q", u)
 	}
 }

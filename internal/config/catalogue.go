@@ -24,6 +24,9 @@ type Role struct {
 }
 
 type serviceFile struct {
+	// Defaults apply to every service of the same file (the launch
+	// command, typically), under the service's own fields.
+	Defaults yaml.Node            `yaml:"defaults"`
 	Services map[string]yaml.Node `yaml:"services"`
 }
 
@@ -102,9 +105,17 @@ func (c *Catalogue) addFile(es *Errors, file string, data []byte) {
 	if !decodeNode(es, file, src.root, &sf, "") {
 		return
 	}
+	fileDefaults, _ := mapValue(src.root, "defaults")
+	if fileDefaults != nil {
+		var probe Service
+		if !decodeNode(es, file, fileDefaults, &probe, "defaults") {
+			return
+		}
+	}
 	defs, _ := mapValue(src.root, "services")
 	for i := 0; defs != nil && i+1 < len(defs.Content); i += 2 {
 		k, v := defs.Content[i], defs.Content[i+1]
+		v = merge(fileDefaults, v)
 		if prev, dup := c.svcKey[k.Value]; dup {
 			es.add(file, k.Line, "services."+k.Value, "service is already defined at %s:%d; override it in agent.yaml instead", c.org[prev], prev.Line)
 			continue
