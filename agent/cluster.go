@@ -37,7 +37,7 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Gossip, error) {
 			DeephavenVersion: deephavenVersion(cfg.LauncherDir),
 			DhvisorVersion:   version.Version,
 		},
-		Logger: a.log.With("component", "gossip"),
+		Logger: a.log,
 	}
 	if cfg.Gossip.Advertise != "" {
 		if gc.AdvertiseAddr, gc.AdvertisePort, err = splitHostPort(cfg.Gossip.Advertise); err != nil {

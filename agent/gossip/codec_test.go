@@ -238,3 +238,32 @@ func TestMeta(t *testing.T) {
 		t.Errorf("decodeMeta(unknown format) = %v", err)
 	}
 }
+
+func TestNewValidation(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"no name", Config{}, "NodeName is required"},
+		{"bad port", Config{NodeName: "n", BindPort: 70000}, "bad BindPort"},
+		{"probe timeout", Config{NodeName: "n", Timing: Timing{ProbeInterval: time.Second, ProbeTimeout: time.Second}}, "must be shorter"},
+		{"unreadable key file", Config{NodeName: "n", KeyFile: writeKeys(t, dir, 0o644, b64(newKey(t)))}, "chmod 600"},
+		{"ok", Config{NodeName: "n", Timing: Timing{ProbeInterval: time.Second}}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.cfg)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}

@@ -129,7 +129,8 @@ type NodeView struct {
 type Gossip struct {
 	cfg    Config
 	timing Timing
-	log    *slog.Logger
+	log    *slog.Logger // component=gossip
+	mlLog  *slog.Logger // component=memberlist
 	keys   *KeyManager
 
 	ml     atomic.Pointer[memberlist.Memberlist]
@@ -188,6 +189,10 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.BindPort < 0 || cfg.BindPort > 65535 {
 		return nil, fmt.Errorf("gossip: bad BindPort %d", cfg.BindPort)
 	}
+	timing := cfg.Timing.withDefaults()
+	if timing.ProbeTimeout >= timing.ProbeInterval {
+		return nil, fmt.Errorf("gossip: ProbeTimeout %v must be shorter than ProbeInterval %v (indirect probes need the rest)", timing.ProbeTimeout, timing.ProbeInterval)
+	}
 	meta, err := checkMeta(cfg.Meta)
 	if err != nil {
 		return nil, err
@@ -208,8 +213,9 @@ func New(cfg Config) (*Gossip, error) {
 	}
 	g := &Gossip{
 		cfg:       cfg,
-		timing:    cfg.Timing.withDefaults(),
+		timing:    timing,
 		log:       lg.With("component", "gossip"),
+		mlLog:     lg.With("component", "memberlist"),
 		meta:      meta,
 		kick:      make(chan struct{}, 1),
 		nodes:     make(map[string]*nodeRec),
@@ -735,9 +741,9 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 			// Repeat a key problem every time (it needs an operator), but
 			// log "nobody reachable yet" once and then only at debug level.
 			if level > slog.LevelInfo || reason != lastReason {
-				g.log.Log(ctx, level, "gossip join failed: "+reason, "seeds", seeds, "attempt", failures, "retry_in", backoff.String(), "err", err)
+				g.log.Log(ctx, level, "gossip join failed: "+reason, "seeds", seeds, "attempt", failures, "retry_in", backoff.String(), "err", flatErr(err))
 			} else {
-				g.log.Debug("gossip join failed: "+reason, "seeds", seeds, "attempt", failures, "err", err)
+				g.log.Debug("gossip join failed: "+reason, "seeds", seeds, "attempt", failures, "err", flatErr(err))
 			}
 			lastReason = reason
 			resetTimer(timer, jitter(backoff))
@@ -754,6 +760,17 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 		}
 		resetTimer(timer, jitter(t.ReconnectInterval))
 	}
+}
+
+// flatErr renders memberlist's multi-line join error on one line.
+func flatErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := strings.TrimSpace(err.Error())
+	s = strings.Replace(s, ":\n\t* ", ": ", 1)
+	s = strings.ReplaceAll(s, "\n\t* ", "; ")
+	return strings.ReplaceAll(s, "\n", " ")
 }
 
 // kickJoin wakes the join loop (a hint; never blocks).
@@ -840,7 +857,8 @@ func (g *Gossip) classifyJoinError(err error) (string, slog.Level) {
 	case strings.Contains(msg, "encryption is configured but remote state is not encrypted"):
 		return "this node encrypts gossip but the cluster does not (remove " + keyFile + " or give the cluster a key)", slog.LevelError
 	case err == nil:
-		return "reached only this node", slog.LevelInfo
+		// Only our own address answered (listed under another name).
+		return "no seed reachable yet; retrying in the background", slog.LevelInfo
 	default:
 		return "no seed reachable yet; retrying in the background", slog.LevelInfo
 	}

@@ -3,6 +3,7 @@ package gossip
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -57,7 +58,7 @@ type node struct {
 
 // startNode starts a node on 127.0.0.1 (port 0 unless set by opts) and
 // registers its Shutdown with the test.
-func startNode(t *testing.T, name string, opts ...func(*Config)) *node {
+func startNode(t testing.TB, name string, opts ...func(*Config)) *node {
 	t.Helper()
 	logs := &logBuf{}
 	cfg := Config{
@@ -80,7 +81,7 @@ func startNode(t *testing.T, name string, opts ...func(*Config)) *node {
 	n := &node{Gossip: g, name: name, logs: logs}
 	t.Cleanup(func() {
 		_ = g.Shutdown()
-		if t.Failed() && testing.Verbose() {
+		if (t.Failed() && testing.Verbose()) || os.Getenv("DHVISOR_GOSSIP_LOGS") != "" {
 			t.Logf("---- log of %s ----\n%s", name, logs.String())
 		}
 	})
@@ -117,7 +118,7 @@ func startCluster(t *testing.T, prefix string, n int, opts ...func(*Config)) []*
 
 // startClusterWithin is startCluster waiting up to wait for the cluster to
 // form (memberlist's own timing can take a push-pull interval).
-func startClusterWithin(t *testing.T, wait time.Duration, prefix string, n int, opts ...func(*Config)) []*node {
+func startClusterWithin(t testing.TB, wait time.Duration, prefix string, n int, opts ...func(*Config)) []*node {
 	t.Helper()
 	first := startNode(t, prefix+"-0", opts...)
 	nodes := []*node{first}
@@ -156,7 +157,7 @@ func viewOf(g *Gossip, name string) (NodeView, bool) {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+func waitFor(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -213,12 +214,21 @@ func writeKeys(t *testing.T, dir string, mode os.FileMode, lines ...string) stri
 	return p
 }
 
-// lossyTransport drops a fraction of outgoing UDP packets, for measuring
-// failure detection under packet loss (TCP is left alone: the kernel
-// retransmits TCP, so loss only delays it).
+// lossyTransport drops a fraction of outgoing UDP packets and fails the
+// same fraction of TCP dials, for measuring failure detection under packet
+// loss. (A lost SYN is retransmitted after 1 s, later than any probe
+// deadline, so for memberlist's TCP fallback ping it is as good as a failed
+// dial; established streams are left alone, the kernel retransmits those.)
 type lossyTransport struct {
 	memberlist.NodeAwareTransport
 	loss float64
+}
+
+func (t *lossyTransport) DialAddressTimeout(a memberlist.Address, d time.Duration) (net.Conn, error) {
+	if rand.Float64() < t.loss {
+		return nil, errors.New("simulated SYN loss")
+	}
+	return t.NodeAwareTransport.DialAddressTimeout(a, d)
 }
 
 func (t *lossyTransport) WriteTo(b []byte, addr string) (time.Time, error) {

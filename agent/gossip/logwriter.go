@@ -20,12 +20,12 @@ type logWriter struct{ g *Gossip }
 func (w *logWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	level, msg := parseMemberlistLine(line)
-	lg := w.g.log.With("component", "memberlist")
+	lg := w.g.mlLog
 
 	if name, ok := suspectedNode(msg); ok {
 		w.g.markSuspect(name)
 	}
-	if strings.Contains(strings.ToLower(msg), "no installed keys could decrypt") {
+	if incomingKeyMismatch(msg) {
 		lg.Warn("gossip: dropped traffic encrypted with a key this node does not hold (a node with a wrong gossip key is trying to join?)", "detail", msg)
 		return len(p), nil
 	}
@@ -65,4 +65,14 @@ func suspectedNode(msg string) (string, bool) {
 	}
 	name := msg[len(pre) : len(msg)-len(post)]
 	return name, name != ""
+}
+
+// incomingKeyMismatch reports memberlist's lines for incoming traffic it
+// could not decrypt: a stream ("failed to receive: ...") or a packet
+// ("Decrypt packet failed: ..."). Our own failed joins are not among them;
+// the join loop reports those.
+func incomingKeyMismatch(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "no installed keys could decrypt") &&
+		(strings.Contains(m, "failed to receive") || strings.Contains(m, "decrypt packet failed"))
 }

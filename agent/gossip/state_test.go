@@ -141,6 +141,15 @@ func TestLogWriter(t *testing.T) {
 	if v, _ := viewOf(g, "peer"); v.State != NodeAlive {
 		t.Errorf("state after ack = %s, want alive", v.State)
 	}
+	for line, want := range map[string]bool{
+		"memberlist: failed to receive: no installed keys could decrypt the message from=1.2.3.4:5": true,
+		"memberlist: Decrypt packet failed: No installed keys could decrypt the message 1.2.3.4:5":  true,
+		"memberlist: failed to join 1.2.3.4:5: no installed keys could decrypt the message":         false,
+	} {
+		if got := incomingKeyMismatch(line); got != want {
+			t.Errorf("incomingKeyMismatch(%q) = %v", line, got)
+		}
+	}
 	for _, tc := range []struct {
 		line  string
 		level slog.Level
