@@ -9,12 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/dhvisor/dhvisor/internal/atomicfile"
 )
 
 // Gossip encryption keys.
@@ -148,41 +149,15 @@ func keyIDString(id uint32) string { return fmt.Sprintf("%08x", id) }
 // writeKeyFile replaces path atomically: a temporary file in the same
 // directory, fsynced, renamed over path, and the directory fsynced, so a
 // crash leaves either the old or the new file, never a torn one.
-func writeKeyFile(path string, keys [][]byte) (err error) {
+func writeKeyFile(path string, keys [][]byte) error {
 	var buf bytes.Buffer
 	for _, k := range keys {
 		buf.WriteString(base64.StdEncoding.EncodeToString(k))
 		buf.WriteByte('\n')
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write gossip key file: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(f.Name())
-		}
-	}()
-	// CreateTemp already uses 0600; be explicit, it is a secret.
-	if err = f.Chmod(0o600); err == nil {
-		_, err = f.Write(buf.Bytes())
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
+	// A secret: 0600 whatever the umask.
+	if err := atomicfile.Write(path, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("write gossip key file %s: %w", path, err)
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	return nil
 }
