@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing dhvisor needs on a fresh Debian 12
 # machine (as root): Go tools from the Go module proxy, and Debian packages
-# for the benchmark and `make proto`. Safe to run again.
+# (monit for the benchmark, protoc for `make proto`, iproute2 for the
+# network-namespace cluster tests). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin"
@@ -11,10 +12,12 @@ command -v go >/dev/null || { echo "setup: Go 1.26 is required (https://go.dev/d
 need_apt=()
 command -v monit >/dev/null || need_apt+=(monit)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v ip >/dev/null || need_apt+=(iproute2)   # network namespaces for the cluster tests
+command -v tc >/dev/null || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
   else
     echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})"
   fi
