@@ -33,6 +33,7 @@ lint:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/...
 	$(GO) run ./scripts/bench/restart --samples 60
+	$(GO) run ./scripts/bench/gossip
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \
