@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -150,33 +148,6 @@ func servingPID(ctx context.Context, port int) (int, error) {
 	return v.PID, nil
 }
 
-// pollUntil calls f every interval until it reports done, ctx ends or
-// timeout passes.
-func pollUntil(ctx context.Context, interval, timeout time.Duration, f func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	var last error
-	for {
-		done, err := f()
-		if done {
-			return nil
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
-			}
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-}
-
 // settled waits until the supervisor reports svc OK with the pid that
 // serves its port, and returns that pid.
 func settled(ctx context.Context, sup supervisor, t target, timeout time.Duration) (svcStatus, error) {
@@ -292,37 +263,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// stats summarises latencies in milliseconds.
-type stats struct {
-	N    int     `json:"n"`
-	P50  float64 `json:"p50_ms"`
-	P90  float64 `json:"p90_ms"`
-	P99  float64 `json:"p99_ms"`
-	Max  float64 `json:"max_ms"`
-	Mean float64 `json:"mean_ms"`
-}
-
-// summarise uses nearest-rank percentiles: each is a latency that was
-// actually measured. With fewer than 100 samples p99 is the maximum.
-func summarise(v []float64) stats {
-	if len(v) == 0 {
-		return stats{}
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	rank := func(p float64) float64 {
-		i := int(math.Ceil(p/100*float64(len(s)))) - 1
-		return s[max(i, 0)]
-	}
-	sum := 0.0
-	for _, x := range s {
-		sum += x
-	}
-	return stats{N: len(s), P50: rank(50), P90: rank(90), P99: rank(99), Max: s[len(s)-1], Mean: sum / float64(len(s))}
 }
 
 // portsFree fails if anything listens on the targets' ports: the two

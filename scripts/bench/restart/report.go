@@ -189,23 +189,4 @@ func table(w io.Writer, a stats, m *stats) {
 	fmt.Fprintf(w, "  %-16s %4s %10s %10s %10s %10s %10s\n", "monit/dhagent", "", ratio(m.P50, a.P50), ratio(m.P90, a.P90), ratio(m.P99, a.P99), ratio(m.Max, a.Max), ratio(m.Mean, a.Mean))
 }
 
-func fmtMS(v float64) string {
-	switch {
-	case v >= 1000:
-		return fmt.Sprintf("%.3fs", v/1000)
-	case v >= 100:
-		return fmt.Sprintf("%.0fms", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1fms", v)
-	}
-	return fmt.Sprintf("%.2fms", v)
-}
-
 func mb(b uint64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }
-
-func verdict(ok bool) string {
-	if ok {
-		return "PASS"
-	}
-	return "FAIL"
-}

@@ -1,0 +1,99 @@
+// Package benchkit holds what the benchmark harnesses share: nearest-rank
+// statistics, their formatting, and bounded polling.
+package benchkit
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// Stats summarises samples in milliseconds. Percentiles are nearest-rank:
+// each one is a measured sample, never an interpolation (with fewer than
+// 100 samples p99 is the maximum).
+type Stats struct {
+	N    int     `json:"n"`
+	P50  float64 `json:"p50_ms"`
+	P90  float64 `json:"p90_ms"`
+	P99  float64 `json:"p99_ms"`
+	Max  float64 `json:"max_ms"`
+	Mean float64 `json:"mean_ms"`
+}
+
+func Summarise(v []float64) Stats {
+	if len(v) == 0 {
+		return Stats{}
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	sum := 0.0
+	for _, x := range s {
+		sum += x
+	}
+	rank := func(p float64) float64 {
+		i := int(math.Ceil(p/100*float64(len(s)))) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	return Stats{N: len(s), P50: rank(50), P90: rank(90), P99: rank(99), Max: s[len(s)-1], Mean: sum / float64(len(s))}
+}
+
+func MS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func FmtMS(v float64) string {
+	switch {
+	case v >= 1000:
+		return fmt.Sprintf("%.3fs", v/1000)
+	case v >= 100:
+		return fmt.Sprintf("%.0fms", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1fms", v)
+	}
+	return fmt.Sprintf("%.2fms", v)
+}
+
+func Verdict(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+// sleepCtx sleeps for d or until ctx ends.
+func SleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// pollUntil calls f every interval until it reports done, ctx ends or
+// timeout passes; it returns f's last error with the timeout.
+func PollUntil(ctx context.Context, interval, timeout time.Duration, f func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		done, err := f()
+		if done {
+			return nil
+		}
+		if err != nil {
+			last = err
+		}
+		if SleepCtx(ctx, interval) != nil {
+			if last != nil {
+				return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
+			}
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,14 @@
+package main
+
+import "github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+
+// The harnesses share their statistics and polling (package benchkit).
+type stats = benchkit.Stats
+
+var (
+	summarise = benchkit.Summarise
+	ms        = benchkit.MS
+	fmtMS     = benchkit.FmtMS
+	verdict   = benchkit.Verdict
+	pollUntil = benchkit.PollUntil
+)
