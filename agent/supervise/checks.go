@@ -115,6 +115,9 @@ func (r *checkRunner) loop(ctx context.Context, index int, p check.Probe, interv
 	t := time.NewTimer(0)
 	defer t.Stop()
 	started := false
+	// Until the first success, retry quickly and then less so: a restarted
+	// stand-in listens within ~20 ms, a JVM within seconds.
+	retry := 10 * time.Millisecond
 	for {
 		select {
 		case <-ctx.Done():
@@ -141,7 +144,8 @@ func (r *checkRunner) loop(ctx context.Context, index int, p check.Probe, interv
 		}
 		next := interval
 		if !started {
-			next = min(interval, 200*time.Millisecond)
+			next = min(interval, retry)
+			retry = min(2*retry, 200*time.Millisecond)
 		}
 		t.Reset(next)
 	}
