@@ -129,42 +129,37 @@ func (o *options) nodesCmd() *cobra.Command {
 		Short: "List the cluster's nodes: state, roles, versions, address",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			c, closeConn, err := o.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			resp, err := c.Cluster(ctx, &pb.ClusterRequest{})
-			if err != nil {
-				return rpcError(err)
-			}
-			now := time.Now()
-			tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tDHVISOR\tADDRESS")
-			down := 0
-			for _, n := range resp.Nodes {
-				ok := 0
-				for _, s := range n.Services {
-					if s.State == "OK" {
-						ok++
+			return o.call(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.AgentClient) error {
+				resp, err := c.Cluster(ctx, &pb.ClusterRequest{})
+				if err != nil {
+					return rpcError(err)
+				}
+				now := time.Now()
+				tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tDHVISOR\tADDRESS")
+				down := 0
+				for _, n := range resp.Nodes {
+					ok := 0
+					for _, s := range n.Services {
+						if s.State == "OK" {
+							ok++
+						}
 					}
+					if n.State != "alive" && n.State != "left" {
+						down++
+					}
+					name := n.Name
+					if name == resp.LocalNode {
+						name += " *"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), strings.Join(n.Roles, ","), ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr))
 				}
-				if n.State != "alive" && n.State != "left" {
-					down++
+				tw.Flush()
+				if down > 0 {
+					return &exitError{code: ExitNotOK, err: fmt.Errorf("%d nodes not alive", down)}
 				}
-				name := n.Name
-				if name == resp.LocalNode {
-					name += " *"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), strings.Join(n.Roles, ","), ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr))
-			}
-			tw.Flush()
-			if down > 0 {
-				return &exitError{code: ExitNotOK, err: fmt.Errorf("%d nodes not alive", down)}
-			}
-			return nil
+				return nil
+			})
 		},
 	}
 }

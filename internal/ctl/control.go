@@ -133,29 +133,24 @@ func (o *options) reloadCmd() *cobra.Command {
 		Short: "Make the agent re-read its configuration (an invalid one is refused whole)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
-			defer cancel()
-			c, closeConn, err := o.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			res, err := c.Reload(ctx, &pb.ReloadRequest{})
-			if err != nil {
-				e := rpcError(err)
-				e.(*exitError).code = ExitError
-				return e
-			}
-			fmt.Fprintln(o.out, "configuration reloaded")
-			for _, l := range []struct {
-				label string
-				names []string
-			}{{"added", res.Added}, {"removed", res.Removed}, {"changed", res.Changed}, {"restart to apply", res.RestartNeeded}} {
-				if len(l.names) > 0 {
-					fmt.Fprintf(o.out, "  %-17s %s\n", l.label+":", strings.Join(l.names, ", "))
+			return o.call(cmd.Context(), time.Minute, func(ctx context.Context, c pb.AgentClient) error {
+				res, err := c.Reload(ctx, &pb.ReloadRequest{})
+				if err != nil {
+					e := rpcError(err)
+					e.(*exitError).code = ExitError
+					return e
 				}
-			}
-			return nil
+				fmt.Fprintln(o.out, "configuration reloaded")
+				for _, l := range []struct {
+					label string
+					names []string
+				}{{"added", res.Added}, {"removed", res.Removed}, {"changed", res.Changed}, {"restart to apply", res.RestartNeeded}} {
+					if len(l.names) > 0 {
+						fmt.Fprintf(o.out, "  %-17s %s\n", l.label+":", strings.Join(l.names, ", "))
+					}
+				}
+				return nil
+			})
 		},
 	}
 }

@@ -74,27 +74,22 @@ func exactArgs(n int, msg string) cobra.PositionalArgs {
 }
 
 func (o *options) keysCall(ctx context.Context, op pb.GossipKeysRequest_Op, key string) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, closeConn, err := o.client(ctx)
-	if err != nil {
-		return err
-	}
-	defer closeConn()
-	resp, err := c.GossipKeys(ctx, &pb.GossipKeysRequest{Op: op, Key: key})
-	if err != nil {
-		return rpcError(err)
-	}
-	for i, k := range resp.Keys {
-		id := ""
-		if i < len(resp.KeyIds) {
-			id = resp.KeyIds[i]
+	return o.call(ctx, 10*time.Second, func(ctx context.Context, c pb.AgentClient) error {
+		resp, err := c.GossipKeys(ctx, &pb.GossipKeysRequest{Op: op, Key: key})
+		if err != nil {
+			return rpcError(err)
 		}
-		role := ""
-		if i == 0 {
-			role = "  (primary)"
+		for i, k := range resp.Keys {
+			id := ""
+			if i < len(resp.KeyIds) {
+				id = resp.KeyIds[i]
+			}
+			role := ""
+			if i == 0 {
+				role = "  (primary)"
+			}
+			fmt.Fprintf(o.out, "%s  id %s%s\n", k, id, role)
 		}
-		fmt.Fprintf(o.out, "%s  id %s%s\n", k, id, role)
-	}
-	return nil
+		return nil
+	})
 }

@@ -125,6 +125,18 @@ func (o *options) client(ctx context.Context) (pb.AgentClient, func(), error) {
 	return pb.NewAgentClient(conn), func() { conn.Close() }, nil
 }
 
+// call runs f with a client of the local agent, within timeout.
+func (o *options) call(ctx context.Context, timeout time.Duration, f func(ctx context.Context, c pb.AgentClient) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, closeConn, err := o.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	return f(ctx, c)
+}
+
 // rpcError turns an API error into a message without gRPC's framing.
 func rpcError(err error) error {
 	st, ok := status.FromError(err)

@@ -23,28 +23,23 @@ func (o *options) statusCmd() *cobra.Command {
 		Use:   "status [SERVICE...]",
 		Short: "Show services: the whole cluster when the node gossips, else this node (state, pid, uptime, restarts, CPU, memory, last check)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			c, closeConn, err := o.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer closeConn()
-			if !local && len(args) == 0 {
-				cl, err := c.Cluster(ctx, &pb.ClusterRequest{})
+			return o.call(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.AgentClient) error {
+				if !local && len(args) == 0 {
+					cl, err := c.Cluster(ctx, &pb.ClusterRequest{})
+					if err != nil {
+						return rpcError(err)
+					}
+					if cl.GossipEnabled && (node != cl.LocalNode || node == "") {
+						return o.clusterStatus(ctx, c, node, asJSON)
+					}
+				}
+				resp, err := c.Status(ctx, &pb.StatusRequest{Services: args})
 				if err != nil {
 					return rpcError(err)
 				}
-				if cl.GossipEnabled && (node != cl.LocalNode || node == "") {
-					return o.clusterStatus(ctx, c, node, asJSON)
-				}
-			}
-			resp, err := c.Status(ctx, &pb.StatusRequest{Services: args})
-			if err != nil {
-				return rpcError(err)
-			}
-			return o.show(resp, asJSON, func(w io.Writer, color bool) { renderStatus(w, resp, time.Now(), color) },
-				notOK(resp), fmt.Sprintf("of %d services not OK", len(resp.Services)))
+				return o.show(resp, asJSON, func(w io.Writer, color bool) { renderStatus(w, resp, time.Now(), color) },
+					notOK(resp), fmt.Sprintf("of %d services not OK", len(resp.Services)))
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse, or ClusterResponse for the cluster view)")
