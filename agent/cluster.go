@@ -3,15 +3,14 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/api"
 	"github.com/dhvisor/dhvisor/agent/gossip"
 	"github.com/dhvisor/dhvisor/agent/supervise"
+	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/version"
 )
 
@@ -22,7 +21,7 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Gossip, error) {
 	if !cfg.Gossip.Enabled() {
 		return nil, nil
 	}
-	host, port, err := splitHostPort(cfg.Gossip.Bind)
+	host, port, err := config.SplitHostPort(cfg.Gossip.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("gossip.bind: %w", err)
 	}
@@ -40,7 +39,7 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Gossip, error) {
 		Logger: a.log,
 	}
 	if cfg.Gossip.Advertise != "" {
-		if gc.AdvertiseAddr, gc.AdvertisePort, err = splitHostPort(cfg.Gossip.Advertise); err != nil {
+		if gc.AdvertiseAddr, gc.AdvertisePort, err = config.SplitHostPort(cfg.Gossip.Advertise); err != nil {
 			return nil, fmt.Errorf("gossip.advertise: %w", err)
 		}
 	}
@@ -57,35 +56,14 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Gossip, error) {
 // publishHealth gossips the node's service states on every change, until ctx ends.
 func publishHealth(ctx context.Context, mgr *supervise.Manager, g *gossip.Gossip) {
 	for {
-		sts, err := mgr.Status(nil)
-		if err == nil {
-			g.SetLocal(compact(sts))
-		}
-		mgr.WaitChange(ctx)
-		if ctx.Err() != nil {
+		changed := mgr.Changed()
+		g.SetLocal(api.Compact(mgr.Snapshot()))
+		select {
+		case <-ctx.Done():
 			return
+		case <-changed:
 		}
 	}
-}
-
-func compact(sts []supervise.Status) []gossip.ServiceHealth {
-	out := make([]gossip.ServiceHealth, len(sts))
-	for i, s := range sts {
-		out[i] = gossip.ServiceHealth{Name: s.Name, State: string(s.State), PID: int32(s.PID), Restarts: int32(s.Restarts), Since: s.Since, Message: s.Message}
-	}
-	return out
-}
-
-func splitHostPort(hp string) (string, int, error) {
-	host, p, err := net.SplitHostPort(hp)
-	if err != nil {
-		return "", 0, err
-	}
-	port, err := strconv.Atoi(p)
-	if err != nil {
-		return "", 0, fmt.Errorf("port %q: %w", p, err)
-	}
-	return host, port, nil
 }
 
 // deephavenVersion reads the installed Deephaven release from the launcher
@@ -93,9 +71,6 @@ func splitHostPort(hp string) (string, int, error) {
 func deephavenVersion(launcherDir string) string {
 	target, err := filepath.EvalSymlinks(filepath.Dir(launcherDir))
 	if err != nil {
-		return ""
-	}
-	if _, err := os.Stat(target); err != nil {
 		return ""
 	}
 	return strings.TrimPrefix(filepath.Base(target), "illumon-db-")

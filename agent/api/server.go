@@ -240,16 +240,12 @@ func (s *Server) Cluster(_ context.Context, req *pb.ClusterRequest) (*pb.Cluster
 	node := s.mgr.Node()
 	resp := &pb.ClusterResponse{LocalNode: node.Agent.Node, GossipEnabled: s.gossip != nil}
 	if s.gossip == nil {
-		sts, err := s.mgr.Status(nil)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		now := time.Now().UnixMilli()
-		ni := &pb.NodeInfo{Name: node.Agent.Node, State: "alive", StateSinceUnixMs: s.started.UnixMilli(), Roles: node.Agent.Roles, DhvisorVersion: version.Version, LearnedUnixMs: now}
-		for _, st := range sts {
-			ni.Services = append(ni.Services, &pb.NodeService{Name: st.Name, State: string(st.State), Pid: int32(st.PID), Restarts: int32(st.Restarts), SinceUnixMs: st.Since.UnixMilli(), Message: st.Message})
-		}
-		resp.Nodes = []*pb.NodeInfo{ni}
+		now := time.Now()
+		resp.Nodes = []*pb.NodeInfo{nodeInfo(gossip.NodeView{
+			Name: node.Agent.Node, State: gossip.NodeAlive, StateSince: s.started, Learned: now,
+			Meta:     gossip.NodeMeta{Roles: node.Agent.Roles, DhvisorVersion: version.Version},
+			Services: Compact(s.mgr.Snapshot()),
+		})}
 	} else {
 		for _, v := range s.gossip.View() {
 			resp.Nodes = append(resp.Nodes, nodeInfo(v))
@@ -267,6 +263,15 @@ func (s *Server) Cluster(_ context.Context, req *pb.ClusterRequest) (*pb.Cluster
 		return nil, status.Errorf(codes.NotFound, "node: unknown node %q (known: %s)", req.Node, strings.Join(known, ", "))
 	}
 	return resp, nil
+}
+
+// Compact is the gossiped form of the node's service states.
+func Compact(sts []supervise.Status) []gossip.ServiceHealth {
+	out := make([]gossip.ServiceHealth, len(sts))
+	for i, s := range sts {
+		out[i] = gossip.ServiceHealth{Name: s.Name, State: string(s.State), PID: int32(s.PID), Restarts: int32(s.Restarts), Since: s.Since, Message: s.Message}
+	}
+	return out
 }
 
 func nodeInfo(v gossip.NodeView) *pb.NodeInfo {

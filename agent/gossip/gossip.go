@@ -385,6 +385,25 @@ func (g *Gossip) publishLocked(finished chan struct{}) {
 	g.notifyLocked()
 }
 
+// republish publishes this node's list again under a new version, after
+// our key set changed, so View's KeyIDs everywhere show it.
+func (g *Gossip) republish() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.publishLocked(nil)
+}
+
+// refuted republishes after a peer declared this node dead or suspect (see
+// logWriter). A node that has not published yet (an agent just restarted)
+// has nothing to repeat: peers rightly keep its old list as unknown.
+func (g *Gossip) refuted() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.local.Version > 0 {
+		g.publishLocked(nil)
+	}
+}
+
 // nextVersionLocked issues a version that is greater than every version
 // this node issued before, in this run or an earlier one: the high bits are
 // the wall clock in milliseconds (an agent restart starts above everything
@@ -1021,13 +1040,6 @@ func (d *delegate) NotifyJoin(n *memberlist.Node) {
 		// Whatever the previous life said about leaving is void now.
 		rec.st.Leaving = false
 		g.log.Info("gossip: node joined", "node", n.Name, "addr", rec.addr)
-		// Republish our own list under a new version: a peer that had
-		// declared us dead (a partition, not a restart) shows our services
-		// as unknown until it holds a version newer than the one it saw
-		// die, and without a change on our side none would come.
-		if g.local.Version > 0 {
-			g.publishLocked(nil)
-		}
 	}
 	g.notifyLocked()
 }

@@ -437,11 +437,3 @@ func (g *Gossip) observe(v uint64) {
 	defer g.mu.Unlock()
 	g.clock = max(g.clock, v)
 }
-
-// republish re-announces our list after our key set changed, so View's
-// KeyIDs everywhere show it.
-func (g *Gossip) republish() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.publishLocked(nil)
-}

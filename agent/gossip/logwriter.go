@@ -13,6 +13,11 @@ import (
 //   - "Suspect NAME has failed, no acks received": this node's probe of NAME
 //     failed directly and indirectly and memberlist now suspects it. That is
 //     the only trace of suspicion memberlist gives (see doc.go).
+//   - "Refuting a dead message" / "Refuting a suspect message": a peer
+//     declared this node dead or suspect (a partition, a false suspicion)
+//     and memberlist is setting it right. That peer shows our services as
+//     unknown until it holds a list newer than the one it saw die, and
+//     without a change here none would come: so we republish.
 //   - decryption failures on incoming traffic: rephrased so an operator
 //     sees at once that some node uses a different gossip key.
 type logWriter struct{ g *Gossip }
@@ -24,6 +29,9 @@ func (w *logWriter) Write(p []byte) (int, error) {
 
 	if name, ok := suspectedNode(msg); ok {
 		w.g.markSuspect(name)
+	}
+	if refutedAboutUs(msg) {
+		w.g.refuted()
 	}
 	if incomingKeyMismatch(msg) {
 		lg.Warn("gossip: dropped traffic encrypted with a key this node does not hold (a node with a wrong gossip key is trying to join?)", "detail", msg)
@@ -75,4 +83,11 @@ func incomingKeyMismatch(msg string) bool {
 	m := strings.ToLower(msg)
 	return strings.Contains(m, "no installed keys could decrypt") &&
 		(strings.Contains(m, "failed to receive") || strings.Contains(m, "decrypt packet failed"))
+}
+
+// refutedAboutUs reports memberlist's refute of a suspect or dead message
+// about this node (memberlist state.go, v0.7.0).
+func refutedAboutUs(msg string) bool {
+	return strings.HasPrefix(msg, "memberlist: Refuting a dead message") ||
+		strings.HasPrefix(msg, "memberlist: Refuting a suspect message")
 }

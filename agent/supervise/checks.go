@@ -279,11 +279,9 @@ func (s *Supervisor) setLimits() {
 }
 
 func (s *Supervisor) sample(ctx context.Context, now time.Time) {
-	if s.proc == nil || !s.remembered().Monitored {
-		return
-	}
+	// Read even when unmonitored: the timer is then the only reader.
 	u, pct, ok := s.observeUsage(now)
-	if u.Procs == 0 {
+	if u.Procs == 0 || !s.remembered().Monitored {
 		return
 	}
 	if s.memLimit.Observe(float64(u.RSSBytes)) {

@@ -98,7 +98,7 @@ func (m *Manager) Load() {
 			// everything at boot.
 			rec = state.Service{DesiredRunning: true, Monitored: true}
 		}
-		s := newSupervisor(m.node.Services[name], rec, m.rt, m.log, m.hooks())
+		s := newSupervisor(m.node.Services[name], rec, m.node.Agent.StateDir, m.rt, m.log, m.hooks())
 		s.adopt()
 		sups[name] = s
 	}
@@ -136,10 +136,13 @@ func (m *Manager) Run(ctx context.Context) error {
 }
 
 func (m *Manager) goRun(s *Supervisor) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	s.stop = cancel
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		s.run(m.ctx)
+		defer cancel()
+		s.run(ctx)
 	}()
 }
 
@@ -153,12 +156,7 @@ func (m *Manager) background(f func(ctx context.Context)) {
 }
 
 func (m *Manager) hooks() hooks {
-	return hooks{
-		owner:   m.Node().Agent.StateDir,
-		changed: m.broadcast,
-		persist: m.persist,
-		alert:   func(st Status, event, desc string) { m.alertHook(st, event, desc) },
-	}
+	return hooks{changed: m.broadcast, persist: m.persist, alert: m.alertHook}
 }
 
 func (m *Manager) broadcast() {
@@ -222,15 +220,29 @@ func (m *Manager) Node() *config.Node {
 }
 
 // Status returns the named services' status (all when names is empty) in
-// start order.
+// start order, with CPU and memory read now if no timer keeps them fresh:
+// what an operator asks for.
 func (m *Manager) Status(names []string) ([]Status, error) {
+	return m.statuses(names, true)
+}
+
+// Snapshot is Status without reading CPU and memory, for callers that do
+// not show them (gossip publishes on every change).
+func (m *Manager) Snapshot() []Status {
+	out, _ := m.statuses(nil, false)
+	return out
+}
+
+func (m *Manager) statuses(names []string, usage bool) ([]Status, error) {
 	sups, err := m.lookup(names)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Status, len(sups))
 	for i, s := range sups {
-		s.refreshUsage()
+		if usage {
+			s.refreshUsage()
+		}
 		out[i] = s.Status()
 	}
 	return out, nil
@@ -510,9 +522,7 @@ func (m *Manager) waitHealthy(ctx context.Context, s *Supervisor, progress func(
 func (m *Manager) waitFor(ctx context.Context, name string, pred func(Status) (bool, error)) (Status, error) {
 	s := m.sup(name)
 	for {
-		m.mu.Lock()
-		wake := m.wake
-		m.mu.Unlock()
+		wake := m.Changed()
 		st := s.Status()
 		ok, err := pred(st)
 		if err != nil || ok {
@@ -526,15 +536,12 @@ func (m *Manager) waitFor(ctx context.Context, name string, pred func(Status) (b
 	}
 }
 
-// WaitChange blocks until any service's status changes or ctx ends.
-func (m *Manager) WaitChange(ctx context.Context) {
+// Changed returns a channel closed at the next status change of any
+// service. Take it before reading status, so no change falls in between.
+func (m *Manager) Changed() <-chan struct{} {
 	m.mu.Lock()
-	wake := m.wake
-	m.mu.Unlock()
-	select {
-	case <-ctx.Done():
-	case <-wake:
-	}
+	defer m.mu.Unlock()
+	return m.wake
 }
 
 // ReloadResult says what a reload changed.
@@ -576,12 +583,13 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 	}
 	added := map[string]*Supervisor{}
 	for _, name := range res.Added {
-		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, m.rt, m.log, m.hooks())
+		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, node.Agent.StateDir, m.rt, m.log, m.hooks())
 		s.adopt()
 		added[name] = s
 	}
 	m.mu.Lock()
 	for _, name := range res.Removed {
+		m.sups[name].stop() // stopped above; its loop ends with nothing to release
 		delete(m.sups, name)
 	}
 	m.node = node

@@ -201,7 +201,8 @@ func TestOperatorActions(t *testing.T) {
 	rt := newFakeRuntime()
 	m, _ := startManager(t, testNode(t, "  a: {}\n  b: {depends_on: [a]}\n"), rt)
 	waitState(t, m, "b", OK)
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 
 	if err := m.Control(ctx, Stop, []string{"all"}, true, nil); err != nil {
 		t.Fatal(err)
@@ -237,6 +238,18 @@ func TestOperatorActions(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, m, "a", OK)
+
+	// Start on a running, unmonitored service puts it back under its checks.
+	if err := m.Control(ctx, Unmonitor, []string{"a"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "a", NotMonitored)
+	if err := m.Control(ctx, Start, []string{"a"}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitState(t, m, "a", OK); !st.Monitored || st.PID == 0 {
+		t.Fatalf("after start: %+v", st)
+	}
 }
 
 func TestStartFailureIsExecutionFailed(t *testing.T) {

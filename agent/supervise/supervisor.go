@@ -37,7 +37,6 @@ type command struct {
 
 // hooks connect a supervisor to its manager.
 type hooks struct {
-	owner   string                                     // the agent's identity on this host
 	changed func()                                     // status changed: wake waiters
 	persist func(now bool)                             // remembered state changed; now: before going on
 	alert   func(st Status, event, description string) // the service failed for good
@@ -51,6 +50,7 @@ type Supervisor struct {
 	log   *slog.Logger
 	hooks hooks
 	cmds  chan command
+	stop  context.CancelFunc // ends run; set by the manager that runs it
 
 	mu      sync.Mutex // guards status, mem and usage; the loop is the only writer of status and mem
 	status  Status
@@ -75,10 +75,12 @@ type Supervisor struct {
 	jitter    func() float64
 }
 
-func newSupervisor(spec *config.Service, mem state.Service, rt runtime.Runtime, log *slog.Logger, h hooks) *Supervisor {
+// newSupervisor prepares the loop of one service; owner is the agent's
+// identity on the host (its state directory), which marks its processes.
+func newSupervisor(spec *config.Service, mem state.Service, owner string, rt runtime.Runtime, log *slog.Logger, h hooks) *Supervisor {
 	s := &Supervisor{
 		name:   spec.Name,
-		owner:  h.owner,
+		owner:  owner,
 		rt:     rt,
 		log:    log.With("service", spec.Name),
 		hooks:  h,
@@ -187,7 +189,7 @@ func (s *Supervisor) run(ctx context.Context) {
 			s.onCheck(ctx, r)
 		case <-s.restartC:
 			s.restartC = nil
-			s.start(ctx, true)
+			_ = s.start(ctx) // a failure schedules the next try itself
 		case now := <-sampleC:
 			s.sample(ctx, now)
 		}
@@ -215,11 +217,11 @@ func (s *Supervisor) handle(ctx context.Context, c command) error {
 			m.FastFailures, m.RecentRestarts = 0, nil
 		})
 		if s.proc != nil {
-			s.refresh()
+			s.resumeMonitoring()
 			return nil
 		}
 		s.cancelRestart()
-		return s.start(ctx, false)
+		return s.start(ctx)
 	case actStop:
 		s.remember(func(m *state.Service) { m.DesiredRunning = false; m.Failed = false })
 		s.cancelRestart()
@@ -240,16 +242,15 @@ func (s *Supervisor) handle(ctx context.Context, c command) error {
 				return err
 			}
 		}
-		return s.start(ctx, false)
+		return s.start(ctx)
 	case actMonitor:
 		s.remember(func(m *state.Service) { m.Monitored = true; m.Failed = false })
 		if s.proc != nil {
-			s.startChecks()
-			s.setState(Initializing, "monitoring resumed; waiting for checks")
+			s.resumeMonitoring()
 			return nil
 		}
 		if s.remembered().DesiredRunning {
-			return s.start(ctx, false)
+			return s.start(ctx)
 		}
 		s.setState(Stopped, "")
 		return nil
@@ -274,9 +275,9 @@ func (s *Supervisor) handle(ctx context.Context, c command) error {
 	return fmt.Errorf("unknown action %d", c.act)
 }
 
-// start launches the process. auto marks a restart by the policy (counted
-// already by scheduleRestart) rather than an operator's request.
-func (s *Supervisor) start(ctx context.Context, auto bool) error {
+// start launches the process. On failure the restart policy schedules the
+// next try, and the error is returned for an operator's request.
+func (s *Supervisor) start(ctx context.Context) error {
 	if s.proc != nil {
 		return nil
 	}
@@ -285,9 +286,6 @@ func (s *Supervisor) start(ctx context.Context, auto bool) error {
 	if err != nil {
 		s.log.Error("start failed", "err", err)
 		s.scheduleRestart(ctx, 0, ExecFailed, "start failed: "+err.Error())
-		if auto {
-			return nil
-		}
 		return err
 	}
 	s.log.Info("started", "pid", p.Identity().PID)
@@ -310,8 +308,6 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	s.mu.Lock()
 	s.status.PID, s.status.StartedAt = id.PID, started
 	s.status.CPUPercent, s.status.RSSBytes = 0, 0
-	s.mu.Unlock()
-	s.mu.Lock()
 	s.cpu.Reset()
 	s.mu.Unlock()
 	s.memLimit.Reset()
@@ -392,7 +388,7 @@ func (s *Supervisor) scheduleRestart(ctx context.Context, uptime time.Duration, 
 	s.mu.Unlock()
 	if d.delay <= 0 {
 		s.setState(Restarting, why+"; restarting")
-		s.start(ctx, true)
+		_ = s.start(ctx) // a failure schedules the next try itself
 		return
 	}
 	s.setState(st, fmt.Sprintf("%s; restarting in %s", why, d.delay.Round(time.Millisecond)))
@@ -460,19 +456,14 @@ func (s *Supervisor) setState(st State, msg string) {
 	s.changed()
 }
 
-// refresh recomputes the state of a running process from its checks.
-func (s *Supervisor) refresh() {
-	if s.proc == nil {
-		return
+// resumeMonitoring puts a running process back under its checks (after
+// unmonitor, or a Failed verdict the operator overrides with start).
+func (s *Supervisor) resumeMonitoring() {
+	if s.checks != nil {
+		return // monitored all along
 	}
-	if !s.remembered().Monitored {
-		s.setState(NotMonitored, "")
-		return
-	}
-	if s.Status().State == OK {
-		return
-	}
-	s.setState(Initializing, "waiting for checks")
+	s.setState(Initializing, "monitoring resumed; waiting for checks")
+	s.startChecks()
 }
 
 func (s *Supervisor) changed() { s.hooks.changed() }

@@ -349,9 +349,7 @@ func (n *Node) validateGossip(es *Errors, src *source, org origins) {
 		return l
 	}
 	hostPort := func(v string, path ...string) {
-		_, port, err := net.SplitHostPort(v)
-		p, perr := strconv.Atoi(port)
-		if err != nil || perr != nil || p < 0 || p > 65535 {
+		if _, _, err := SplitHostPort(v); err != nil {
 			es.add(src.file, at(path...), "gossip."+strings.Join(path, "."), "%q is not host:port (e.g. 10.0.0.5:7946)", v)
 		}
 	}
@@ -367,4 +365,17 @@ func (n *Node) validateGossip(es *Errors, src *source, org origins) {
 	if !g.Enabled() && (len(g.Seeds) > 0 || g.KeyFile != "" || g.Advertise != "") {
 		es.add(src.file, at(), "gossip.bind", "seeds, advertise and key_file need bind (the address to gossip on)")
 	}
+}
+
+// SplitHostPort parses an address such as 10.0.0.5:7946.
+func SplitHostPort(hp string) (string, int, error) {
+	host, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("port %q is not a number 0-65535", p)
+	}
+	return host, port, nil
 }
