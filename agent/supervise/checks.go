@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/user"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/check"
 	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/runtime"
 	"github.com/dhvisor/dhvisor/internal/config"
 )
 
@@ -49,19 +49,25 @@ func newProbe(spec *config.Service, c config.Check) (check.Probe, error) {
 	case config.CheckGRPC:
 		return check.NewGRPC(check.GRPCOptions{Addr: addr(), Service: c.GRPCService, TLS: c.TLS, InsecureSkipVerify: c.TLSSkipVerify, CAFile: c.CAFile})
 	case config.CheckExec:
+		// An exec check runs as the service does; never as the agent's
+		// root because the user could not be found.
+		cred, _, err := runtime.Credential(spec.User, spec.Group)
+		if err != nil {
+			return nil, err
+		}
 		opts := check.ExecOptions{Argv: c.Command, Env: []string{"DHVISOR_SERVICE=" + spec.Name}}
-		if spec.User != "" {
-			if u, err := user.Lookup(spec.User); err == nil {
-				uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-				gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-				u32, g32 := uint32(uid), uint32(gid)
-				opts.Uid, opts.Gid = &u32, &g32
-			}
+		if cred != nil {
+			opts.Uid, opts.Gid = &cred.Uid, &cred.Gid
 		}
 		return check.NewExec(opts), nil
 	}
 	return nil, nil // process checks are the exit event itself
 }
+
+// failingProbe stands for a check whose probe could not be built.
+type failingProbe struct{ err error }
+
+func (f failingProbe) Probe(context.Context) error { return f.err }
 
 // startChecks (re)starts probing with the current spec.
 func (s *Supervisor) startChecks() {
@@ -73,8 +79,10 @@ func (s *Supervisor) startChecks() {
 		s.hyst[i] = &check.Hysteresis{FailuresToBad: c.Failures, SuccessesToGood: c.Successes}
 		p, err := newProbe(s.spec, c)
 		if err != nil {
+			// A check that cannot run fails, so the service is not
+			// reported OK on checks that never ran.
 			s.log.Error("cannot build check", "check", c.Name, "err", err)
-			continue
+			p = failingProbe{fmt.Errorf("check %s cannot run: %w", c.Name, err)}
 		}
 		if p == nil {
 			continue

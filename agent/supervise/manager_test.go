@@ -261,3 +261,25 @@ func TestStartFailureIsExecutionFailed(t *testing.T) {
 		t.Fatalf("message %q", st.Message)
 	}
 }
+
+// TestExecCheckForUnknownUserFails: an exec check for a service whose user
+// does not exist fails rather than running as the agent's user, so the
+// service never shows OK on it.
+func TestExecCheckForUnknownUserFails(t *testing.T) {
+	rt := newFakeRuntime()
+	m, _ := startManager(t, testNode(t, `  a:
+    user: no-such-user-dhv
+    checks: [{type: exec, command: [/bin/true], interval: 50ms, failures: 1}]
+    start_grace: 1h
+`), rt)
+	st := waitState(t, m, "a", Initializing)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := m.waitFor(ctx, "a", func(s Status) (bool, error) { return s.LastCheck.Name != "", nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastCheck.OK || !strings.Contains(st.LastCheck.Message, "no-such-user-dhv") || st.State == OK {
+		t.Fatalf("check %+v, state %s; want a failed check naming the user", st.LastCheck, st.State)
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	osexec "os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -42,7 +41,7 @@ func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, e
 	if len(spec.Command) == 0 {
 		return nil, errors.New("no command")
 	}
-	cred, home, err := credential(spec.User, spec.Group)
+	cred, home, err := runtime.Credential(spec.User, spec.Group)
 	if err != nil {
 		return nil, err
 	}
@@ -137,41 +136,6 @@ func hasEnv(environ []byte, kv string) bool {
 		environ = environ[i+1:]
 	}
 	return false
-}
-
-func credential(userName, groupName string) (*syscall.Credential, string, error) {
-	if userName == "" {
-		home, _ := os.UserHomeDir()
-		return nil, home, nil
-	}
-	u, err := user.Lookup(userName)
-	if err != nil {
-		return nil, "", fmt.Errorf("run user %q: %w", userName, err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	if groupName != "" {
-		g, err := user.LookupGroup(groupName)
-		if err != nil {
-			return nil, "", fmt.Errorf("run group %q: %w", groupName, err)
-		}
-		gid, _ = strconv.ParseUint(g.Gid, 10, 32)
-	}
-	if euid := os.Geteuid(); euid != 0 {
-		if uint64(euid) == uid {
-			return nil, u.HomeDir, nil
-		}
-		return nil, "", fmt.Errorf("cannot run as %q: the agent runs as uid %d, not root", userName, euid)
-	}
-	var groups []uint32
-	if ids, err := u.GroupIds(); err == nil {
-		for _, id := range ids {
-			if g, err := strconv.ParseUint(id, 10, 32); err == nil {
-				groups = append(groups, uint32(g))
-			}
-		}
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, u.HomeDir, nil
 }
 
 func openLog(spec runtime.Spec, cred *syscall.Credential) (*os.File, error) {
