@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"text/template"
@@ -336,9 +335,7 @@ func cleanTemplateErr(err error) string {
 
 // ServiceNames returns the node's services sorted by name.
 func (n *Node) ServiceNames() []string {
-	out := sortedKeys(n.Services)
-	sort.Strings(out)
-	return out
+	return sortedKeys(n.Services)
 }
 
 func (n *Node) validateGossip(es *Errors, src *source, org origins) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
@@ -205,7 +206,7 @@ func decodeNode(es *Errors, file string, n *yaml.Node, out any, field string) bo
 	checkFields(es, file, n, reflect.TypeOf(out), field)
 	if err := n.Decode(out); err != nil {
 		var te *yaml.TypeError
-		if ok := asTypeError(err, &te); ok {
+		if errors.As(err, &te) {
 			for _, msg := range te.Errors {
 				line := 0
 				if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
@@ -224,14 +225,6 @@ func decodeNode(es *Errors, file string, n *yaml.Node, out any, field string) bo
 		}
 	}
 	return len(*es) == before
-}
-
-func asTypeError(err error, te **yaml.TypeError) bool {
-	t, ok := err.(*yaml.TypeError)
-	if ok {
-		*te = t
-	}
-	return ok
 }
 
 var unmarshalRE = regexp.MustCompile("cannot unmarshal !!(\\w+) `([^`]*)` into (\\S+)")

@@ -95,7 +95,7 @@ func stateColor(state string) string {
 	return "\x1b[31m"
 }
 
-func renderStatus(w interface{ Write([]byte) (int, error) }, resp *pb.StatusResponse, now time.Time, color bool) {
+func renderStatus(w io.Writer, resp *pb.StatusResponse, now time.Time, color bool) {
 	ok := len(resp.Services) - notOK(resp)
 	fmt.Fprintf(w, "Node %s (%s), dhagent %s: %d/%d services OK\n\n", resp.Node, strings.Join(resp.Roles, ", "), resp.AgentVersion, ok, len(resp.Services))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
