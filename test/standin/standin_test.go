@@ -42,9 +42,12 @@ func testMain(m *testing.M) int {
 	}
 	// Daemonized children are orphaned when their parent exits; becoming
 	// their reaper lets the tests collect their exit status instead of
-	// leaving zombies behind. Failure only degrades to polling /proc.
+	// leaving zombies behind, and the daemon's exit status is checked.
 	const prSetChildSubreaper = 36
-	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); errno != 0 {
+		fmt.Fprintf(os.Stderr, "prctl(PR_SET_CHILD_SUBREAPER): %v\n", errno)
+		return 1
+	}
 	return m.Run()
 }
 
@@ -825,8 +828,8 @@ func TestStandin(t *testing.T) {
 					}
 				}
 				syscall.Kill(pid, syscall.SIGTERM)
-				if ws, reaped := waitPid(ctx, t, pid); reaped && (!ws.Exited() || ws.ExitStatus() != 0) {
-					t.Fatalf("daemon exit status %v", ws)
+				if ws, reaped := waitPid(ctx, t, pid); !reaped || !ws.Exited() || ws.ExitStatus() != 0 {
+					t.Fatalf("daemon exit status %v (reaped %v)", ws, reaped)
 				}
 				if _, err := os.Stat(pidfile); !os.IsNotExist(err) {
 					t.Fatalf("pidfile left behind: %v", err)
