@@ -4,10 +4,17 @@ package benchkit
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/dhvisor/dhvisor/internal/atomicfile"
 )
 
 // Stats summarises samples in milliseconds. Percentiles are nearest-rank:
@@ -96,4 +103,53 @@ func PollUntil(ctx context.Context, interval, timeout time.Duration, f func() (b
 			return ctx.Err()
 		}
 	}
+}
+
+// RepoRoot finds the dhvisor checkout above the working directory, where
+// the harnesses find bin/.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(data), "module github.com/dhvisor/dhvisor\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("run from inside the dhvisor repository (no go.mod of github.com/dhvisor/dhvisor above the working directory)")
+		}
+		dir = parent
+	}
+}
+
+// ReadFile returns a file's content, or "" if it cannot be read.
+func ReadFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
+
+// Loadavg is the 1-minute load average, reported beside every result since
+// other work on the host is noise.
+func Loadavg() string {
+	if f := strings.Fields(ReadFile("/proc/loadavg")); len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+// Tail returns the last n lines of file, indented, for error messages.
+func Tail(file string, n int) string {
+	lines := strings.Split(strings.TrimRight(ReadFile(file), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "    " + strings.Join(lines, "\n    ")
+}
+
+// WriteJSON writes v as indented JSON, atomically.
+func WriteJSON(file string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(file, append(data, '\n'), 0o644)
 }

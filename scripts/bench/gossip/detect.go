@@ -166,7 +166,6 @@ type simCluster struct {
 
 	mu          sync.Mutex
 	formed      time.Time
-	killedAt    map[string]time.Time
 	deadSeen    map[string]map[string]time.Time // victim -> observer -> first seen dead
 	falseDeaths []falseDeath
 	falseSeen   map[string]bool // observer/subject already recorded
@@ -193,7 +192,6 @@ func (b *bench) detectRun(ctx context.Context, size int, tc timingCase, concurre
 		// every member; the counts come from the views.
 		logger:    slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		rng:       mrand.New(mrand.NewPCG(mrand.Uint64(), mrand.Uint64())),
-		killedAt:  map[string]time.Time{},
 		deadSeen:  map[string]map[string]time.Time{},
 		falseSeen: map[string]bool{},
 	}
@@ -325,9 +323,8 @@ func (c *simCluster) watch(m *simMember, ch <-chan struct{}) {
 			if nv.Name == m.name || (nv.State != gossip.NodeDead && nv.State != gossip.NodeLeft) {
 				continue
 			}
-			if _, killed := c.killedAt[nv.Name]; killed {
-				seen := c.deadSeen[nv.Name]
-				if _, ok := seen[m.name]; !ok && seen != nil {
+			if seen, killed := c.deadSeen[nv.Name]; killed {
+				if _, ok := seen[m.name]; !ok {
 					seen[m.name] = now
 					if nv.State == gossip.NodeLeft {
 						c.anomalies = append(c.anomalies, fmt.Sprintf("%s reports %s (shut down without leaving) as left, not dead", m.name, nv.Name))
@@ -355,7 +352,6 @@ func (c *simCluster) killOne() (detectSample, error) {
 	c.mu.Lock()
 	c.deadSeen[victim.name] = map[string]time.Time{}
 	t0 := time.Now()
-	c.killedAt[victim.name] = t0
 	c.mu.Unlock()
 	if err := victim.g.Shutdown(); err != nil {
 		return s, fmt.Errorf("shutdown of %s: %w", victim.name, err)

@@ -7,6 +7,11 @@ type stats = benchkit.Stats
 
 var (
 	summarise = benchkit.Summarise
+	repoRoot  = benchkit.RepoRoot
+	readFile  = benchkit.ReadFile
+	loadavg   = benchkit.Loadavg
+	tail      = benchkit.Tail
+	writeJSON = benchkit.WriteJSON
 	ms        = benchkit.MS
 	fmtMS     = benchkit.FmtMS
 	verdict   = benchkit.Verdict

@@ -194,7 +194,7 @@ func crashLoop(ctx context.Context, sup supervisor, targets []target, n int, min
 		if need := minUptime + 250*time.Millisecond - age; need > wait {
 			wait = need
 		}
-		if err := sleep(ctx, wait); err != nil {
+		if err := sleepCtx(ctx, wait); err != nil {
 			return out, err
 		}
 		// Still the same process (a pid with the same start time), so
@@ -252,17 +252,6 @@ func crashLoop(ctx context.Context, sup supervisor, targets []target, n int, min
 		}
 	}
 	return out, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // portsFree fails if anything listens on the targets' ports: the two

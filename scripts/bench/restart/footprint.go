@@ -27,7 +27,7 @@ type footprint struct {
 // counts, not its services (their cost is the same under both).
 func measureIdle(ctx context.Context, sup supervisor, targets []target, settle, idle time.Duration, fp *footprint) error {
 	fp.PID = sup.pid()
-	if err := sleep(ctx, settle); err != nil {
+	if err := sleepCtx(ctx, settle); err != nil {
 		return err
 	}
 	before, err := pids(ctx, sup, targets)

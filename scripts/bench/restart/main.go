@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -165,25 +164,6 @@ func (b *bench) prerequisites() error {
 }
 
 func (b *bench) bin(name string) string { return filepath.Join(b.root, "bin", name) }
-
-// repoRoot finds the module root from the working directory up, so the
-// harness works from anywhere inside the repository.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(data), "module github.com/dhvisor/dhvisor\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("run from inside the dhvisor repository (no go.mod of github.com/dhvisor/dhvisor above the working directory)")
-		}
-		dir = parent
-	}
-}
 
 // close stops anything still running below the harness and removes the
 // temporary directory unless it is wanted for a post-mortem.
@@ -360,34 +340,4 @@ func (b *bench) footprintPhase(ctx context.Context, name string, targets []targe
 	return fp, err
 }
 
-func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
-
-// loadavg is the host's 1-minute load average: the benchmark shares the
-// machine with whatever else runs, and this shows how much did.
-func loadavg() string { return firstWord(readFile("/proc/loadavg")) }
-
-func firstWord(s string) string {
-	if f := strings.Fields(s); len(f) > 0 {
-		return f[0]
-	}
-	return ""
-}
-
 func firstLine(s string) string { l, _, _ := strings.Cut(s, "\n"); return l }
-
-// tail returns the last n lines of a log, for error messages.
-func tail(file string, n int) string {
-	lines := strings.Split(strings.TrimRight(readFile(file), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "    " + strings.Join(lines, "\n    ")
-}
-
-func writeJSON(file string, res *results) error {
-	data, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(file, append(data, '\n'), 0o644)
-}

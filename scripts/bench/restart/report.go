@@ -107,7 +107,7 @@ func report(w io.Writer, r *results) {
 		fmt.Fprintf(w, "  dhagent restart policy (bench agent.yaml defaults): %s; every killed process was older than min_uptime\n", r.Settings.RestartPolicy)
 		fmt.Fprintf(w, "  monit: %s, `if failed port` test per service; stand-ins daemonized with pidfiles; same ports, run after dhagent\n", r.Settings.MonitDaemon)
 		fmt.Fprintf(w, "  percentiles are nearest-rank (each one a measured kill); with fewer than 100 kills p99 is the max\n")
-		table(w, a.Serve, statsOrNil(m, false))
+		table(w, r.Host.Monit, a.Serve, statsOrNil(m, false))
 		if r.Baseline != nil && r.Baseline.Stats.N > 0 {
 			fmt.Fprintf(w, "  %-16s %4d %10s %10s %10s %10s %10s   <- floor: dh-standin alone, fork/exec to answering, no supervisor\n", "stand-in alone",
 				r.Baseline.Stats.N, fmtMS(r.Baseline.Stats.P50), fmtMS(r.Baseline.Stats.P90), fmtMS(r.Baseline.Stats.P99), fmtMS(r.Baseline.Stats.Max), fmtMS(r.Baseline.Stats.Mean))
@@ -123,7 +123,7 @@ func report(w io.Writer, r *results) {
 		fmt.Fprintf(w, "\nUntil the supervisor's status shows the restart\n")
 		fmt.Fprintf(w, "  dhagent: gRPC Status (what `dhctl status` shows) has the new pid and restarts+1, polled every 1ms\n")
 		fmt.Fprintf(w, "  monit:   HTTP _status (what `monit status` shows) has the new pid, polled every 20ms\n")
-		table(w, a.Status, statsOrNil(m, true))
+		table(w, r.Host.Monit, a.Status, statsOrNil(m, true))
 	}
 
 	fa, fm := r.Footprint["dhagent"], r.Footprint["monit"]
@@ -170,7 +170,7 @@ func statsOrNil(c *crashResult, status bool) *stats {
 }
 
 // table prints dhagent, monit and their ratio side by side.
-func table(w io.Writer, a stats, m *stats) {
+func table(w io.Writer, monit string, a stats, m *stats) {
 	fmt.Fprintf(w, "  %-16s %4s %10s %10s %10s %10s %10s\n", "", "n", "p50", "p90", "p99", "max", "mean")
 	row := func(name string, s stats) {
 		fmt.Fprintf(w, "  %-16s %4d %10s %10s %10s %10s %10s\n", name, s.N, fmtMS(s.P50), fmtMS(s.P90), fmtMS(s.P99), fmtMS(s.Max), fmtMS(s.Mean))
@@ -179,7 +179,7 @@ func table(w io.Writer, a stats, m *stats) {
 	if m == nil {
 		return
 	}
-	row("monit 5.33", *m)
+	row(monit, *m)
 	ratio := func(x, y float64) string {
 		if y <= 0 {
 			return "-"
