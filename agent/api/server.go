@@ -278,7 +278,7 @@ func nodeInfo(v gossip.NodeView) *pb.NodeInfo {
 	ni := &pb.NodeInfo{
 		Name: v.Name, Addr: v.Addr, State: v.State, StateSinceUnixMs: v.StateSince.UnixMilli(),
 		Roles: v.Meta.Roles, ApiAddr: v.Meta.APIAddr, DeephavenVersion: v.Meta.DeephavenVersion, DhvisorVersion: v.Meta.DhvisorVersion,
-		Version: v.Version,
+		Version: v.Version, KeyIds: v.KeyIDs,
 	}
 	if !v.Learned.IsZero() {
 		ni.LearnedUnixMs = v.Learned.UnixMilli()

@@ -230,9 +230,8 @@ func TestMeta(t *testing.T) {
 			}
 		})
 	}
-	g, _ := New(Config{NodeName: "n"})
-	if err := g.SetMeta(NodeMeta{APIAddr: strings.Repeat("x", 600)}, time.Second); err == nil {
-		t.Error("SetMeta accepted oversized meta")
+	if _, err := New(Config{NodeName: "n", Meta: NodeMeta{APIAddr: strings.Repeat("x", 600)}}); err == nil {
+		t.Error("New accepted oversized meta")
 	}
 	if _, err := decodeMeta([]byte{7}); !errors.Is(err, ErrUnknownFormat) {
 		t.Errorf("decodeMeta(unknown format) = %v", err)

@@ -1,7 +1,6 @@
 package gossip
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,10 +18,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 )
-
-// DefaultPort is the gossip port (TCP and UDP) the agent uses unless
-// configured otherwise.
-const DefaultPort = 7946
 
 // Node liveness states reported in NodeView.State.
 const (
@@ -49,8 +44,7 @@ type Config struct {
 	// NodeName is this node's unique name in the cluster (the hostname).
 	NodeName string
 	// BindAddr and BindPort: where to listen, TCP and UDP. BindAddr ""
-	// means 0.0.0.0. BindPort 0 lets the kernel pick a free port (tests);
-	// the agent passes DefaultPort unless configured otherwise.
+	// means 0.0.0.0. BindPort 0 lets the kernel pick a free port (tests).
 	BindAddr string
 	BindPort int
 	// AdvertiseAddr and AdvertisePort: what peers should dial, if not the
@@ -133,12 +127,11 @@ type Gossip struct {
 	mlLog  *slog.Logger // component=memberlist
 	keys   *KeyManager
 
-	ml     atomic.Pointer[memberlist.Memberlist]
-	queue  *memberlist.TransmitLimitedQueue
-	alive  atomic.Int32 // live members including us, from events
-	kick   chan struct{}
-	metaMu sync.Mutex
-	meta   []byte
+	ml    atomic.Pointer[memberlist.Memberlist]
+	queue *memberlist.TransmitLimitedQueue
+	alive atomic.Int32 // live members including us, from events
+	kick  chan struct{}
+	meta  []byte // set once by New
 
 	// mu guards everything below. Lock order: memberlist calls its event
 	// delegate with its own node lock held, and those callbacks take mu; so
@@ -326,24 +319,6 @@ func (g *Gossip) Addr() string {
 // Keys returns the key manager (its methods fail with ErrNoEncryption when
 // gossip is not encrypted).
 func (g *Gossip) Keys() *KeyManager { return g.keys }
-
-// SetMeta replaces this node's meta (e.g. after a Deephaven upgrade) and
-// announces it, waiting up to timeout for the announcement to go out.
-func (g *Gossip) SetMeta(m NodeMeta, timeout time.Duration) error {
-	b, err := checkMeta(m)
-	if err != nil {
-		return err
-	}
-	g.metaMu.Lock()
-	same := bytes.Equal(b, g.meta)
-	g.meta = b
-	g.metaMu.Unlock()
-	ml := g.ml.Load()
-	if same || ml == nil {
-		return nil
-	}
-	return ml.UpdateNode(timeout)
-}
 
 // SetLocal publishes this node's services. The agent calls it on every
 // status change; an unchanged list is a cheap no-op. A changed one gets a
@@ -875,9 +850,6 @@ func (g *Gossip) classifyJoinError(err error) (string, slog.Level) {
 		return "the cluster encrypts gossip but this node has no gossip key (configure " + keyFile + ")", slog.LevelError
 	case strings.Contains(msg, "encryption is configured but remote state is not encrypted"):
 		return "this node encrypts gossip but the cluster does not (remove " + keyFile + " or give the cluster a key)", slog.LevelError
-	case err == nil:
-		// Only our own address answered (listed under another name).
-		return "no seed reachable yet; retrying in the background", slog.LevelInfo
 	default:
 		return "no seed reachable yet; retrying in the background", slog.LevelInfo
 	}
@@ -918,9 +890,7 @@ func (b *nodeBroadcast) Finished() {
 type delegate struct{ g *Gossip }
 
 func (d *delegate) NodeMeta(limit int) []byte {
-	d.g.metaMu.Lock()
-	defer d.g.metaMu.Unlock()
-	if len(d.g.meta) > limit { // checked in New/SetMeta; never panic memberlist
+	if len(d.g.meta) > limit { // checked in New; never panic memberlist
 		return nil
 	}
 	return slices.Clone(d.g.meta)

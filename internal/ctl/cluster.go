@@ -136,7 +136,7 @@ func (o *options) nodesCmd() *cobra.Command {
 				}
 				now := time.Now()
 				tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tDHVISOR\tADDRESS")
+				fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tDHVISOR\tADDRESS\tGOSSIP KEYS")
 				down := 0
 				for _, n := range resp.Nodes {
 					ok := 0
@@ -152,7 +152,7 @@ func (o *options) nodesCmd() *cobra.Command {
 					if name == resp.LocalNode {
 						name += " *"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), strings.Join(n.Roles, ","), ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), strings.Join(n.Roles, ","), ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr), dash(strings.Join(n.KeyIds, ",")))
 				}
 				tw.Flush()
 				if down > 0 {

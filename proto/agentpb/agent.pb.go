@@ -977,8 +977,11 @@ type NodeInfo struct {
 	Version          uint64                 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`                                     // of the service list
 	LearnedUnixMs    int64                  `protobuf:"varint,10,opt,name=learned_unix_ms,json=learnedUnixMs,proto3" json:"learned_unix_ms,omitempty"` // when the current service list reached this agent
 	Services         []*NodeService         `protobuf:"bytes,11,rep,name=services,proto3" json:"services,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Fingerprints of the gossip keys the node holds, primary first: check
+	// them on every node between the steps of a key rotation.
+	KeyIds        []string `protobuf:"bytes,12,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
@@ -1084,6 +1087,13 @@ func (x *NodeInfo) GetLearnedUnixMs() int64 {
 func (x *NodeInfo) GetServices() []*NodeService {
 	if x != nil {
 		return x.Services
+	}
+	return nil
+}
+
+func (x *NodeInfo) GetKeyIds() []string {
+	if x != nil {
+		return x.KeyIds
 	}
 	return nil
 }
@@ -1360,7 +1370,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\n" +
 	"local_node\x18\x01 \x01(\tR\tlocalNode\x12%\n" +
 	"\x0egossip_enabled\x18\x02 \x01(\bR\rgossipEnabled\x120\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x1a.dhvisor.agent.v1.NodeInfoR\x05nodes\"\xfb\x02\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x1a.dhvisor.agent.v1.NodeInfoR\x05nodes\"\x94\x03\n" +
 	"\bNodeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
@@ -1373,7 +1383,8 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\aversion\x18\t \x01(\x04R\aversion\x12&\n" +
 	"\x0flearned_unix_ms\x18\n" +
 	" \x01(\x03R\rlearnedUnixMs\x129\n" +
-	"\bservices\x18\v \x03(\v2\x1d.dhvisor.agent.v1.NodeServiceR\bservices\"\xcd\x01\n" +
+	"\bservices\x18\v \x03(\v2\x1d.dhvisor.agent.v1.NodeServiceR\bservices\x12\x17\n" +
+	"\akey_ids\x18\f \x03(\tR\x06keyIds\"\xcd\x01\n" +
 	"\vNodeService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +

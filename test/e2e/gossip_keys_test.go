@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -78,6 +80,14 @@ services:
 			t.Fatalf("cluster split after %s", st.args[0])
 		}
 	}
+	// Every node reports holding only the new key, as `dhctl nodes` shows.
+	raw2, _ := base64.StdEncoding.DecodeString(newKey)
+	sum := sha256.Sum256(raw2)
+	newID := hex.EncodeToString(sum[:4])
+	nodes[0].eventually(10*time.Second, "dhctl nodes shows only the new key on both nodes", func() bool {
+		out, _ := nodes[0].dhctl("nodes")
+		return strings.Count(out, newID) == 2 && !strings.Contains(out, ",")
+	})
 	out, code := nodes[1].dhctl("gossip", "keys", "list")
 	if code != 0 || !strings.Contains(out, newKey) || strings.Contains(out, oldKey) || !strings.Contains(out, "(primary)") {
 		t.Errorf("list on k2: exit %d\n%s", code, out)
