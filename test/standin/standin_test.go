@@ -5,6 +5,8 @@
 package main
 
 import (
+	"github.com/dhvisor/dhvisor/agent/procfs"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -271,39 +273,16 @@ func freePorts(t *testing.T, n int) []int {
 
 func rssBytes(t *testing.T, pid int) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("VmRSS %q: %v", rest, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmRSS for pid %d", pid)
-	return 0
-}
-
-// procStat returns a process's state letter and session id, or ok=false
-// once it is gone.
-func procStat(pid int) (state byte, session int, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	// The command name may hold spaces; fields are counted after its ')'.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	session, _ = strconv.Atoi(f[3])
-	return f[0][0], session, true
+	return int64(st.RSSBytes)
 }
 
 func alive(pid int) bool {
-	st, _, ok := procStat(pid)
-	return ok && st != 'Z' && st != 'X'
+	st, err := procfs.ReadStat(pid)
+	return err == nil && st.State != 'Z' && st.State != 'X'
 }
 
 // waitPid waits for a process the test did not start itself, such as a
@@ -819,8 +798,8 @@ func TestStandin(t *testing.T) {
 				if in := identity(ctx, t, addr); in.PID != pid {
 					t.Fatalf("%s answered as pid %d, want %d", addr, in.PID, pid)
 				}
-				if _, sid, _ := procStat(pid); sid != pid {
-					t.Fatalf("session %d, want its own (%d)", sid, pid)
+				if st, err := procfs.ReadStat(pid); err != nil || st.SID != pid {
+					t.Fatalf("session %d (%v), want its own (%d)", st.SID, err, pid)
 				}
 				for fd, want := range []string{"/dev/null", logf, logf} {
 					if got, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd)); got != want {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/internal/atomicfile"
 )
 
@@ -152,4 +153,17 @@ func WriteJSON(file string, v any) error {
 		return err
 	}
 	return atomicfile.Write(file, append(data, '\n'), 0o644)
+}
+
+// ProcessAge is how long ago pid started (10 ms resolution).
+func ProcessAge(pid int) (time.Duration, error) {
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	started, err := st.StartTime()
+	if err != nil {
+		return 0, err
+	}
+	return time.Since(started), nil
 }

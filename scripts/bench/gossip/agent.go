@@ -271,32 +271,6 @@ func ownedBy(pid int, stateDir string) bool {
 	return false
 }
 
-// processAge is how long ago pid started (10 ms resolution: USER_HZ is
-// 100 on every Linux architecture Go supports).
-func processAge(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	end := bytes.LastIndexByte(b, ')')
-	if end < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(string(b[end+1:]))
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	start, err := strconv.ParseUint(f[19], 10, 64) // field 22, starttime
-	if err != nil {
-		return 0, err
-	}
-	up, err := strconv.ParseFloat(strings.Fields(readFile("/proc/uptime"))[0], 64)
-	if err != nil {
-		return 0, err
-	}
-	return time.Duration((up - float64(start)/100) * float64(time.Second)), nil
-}
-
 // drain discards a server stream to its end (bounded by the stream's
 // context).
 func drain[T any](recv func() (T, error)) error {

@@ -6,15 +6,16 @@ import "github.com/dhvisor/dhvisor/scripts/bench/benchkit"
 type stats = benchkit.Stats
 
 var (
-	summarise = benchkit.Summarise
-	repoRoot  = benchkit.RepoRoot
-	readFile  = benchkit.ReadFile
-	loadavg   = benchkit.Loadavg
-	tail      = benchkit.Tail
-	writeJSON = benchkit.WriteJSON
-	ms        = benchkit.MS
-	fmtMS     = benchkit.FmtMS
-	verdict   = benchkit.Verdict
-	pollUntil = benchkit.PollUntil
-	sleepCtx  = benchkit.SleepCtx
+	summarise  = benchkit.Summarise
+	processAge = benchkit.ProcessAge
+	repoRoot   = benchkit.RepoRoot
+	readFile   = benchkit.ReadFile
+	loadavg    = benchkit.Loadavg
+	tail       = benchkit.Tail
+	writeJSON  = benchkit.WriteJSON
+	ms         = benchkit.MS
+	fmtMS      = benchkit.FmtMS
+	verdict    = benchkit.Verdict
+	pollUntil  = benchkit.PollUntil
+	sleepCtx   = benchkit.SleepCtx
 )

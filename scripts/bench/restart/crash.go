@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/dhvisor/dhvisor/agent/procfs"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -182,14 +184,15 @@ func crashLoop(ctx context.Context, sup supervisor, targets []target, n int, min
 		}
 		// The restart policy restarts at once only after min_uptime; a
 		// process killed younger is a crash loop and is backed off.
-		age, err := processAge(st0.pid)
+		before, err := procfs.ReadStat(st0.pid)
 		if err != nil {
 			return out, fmt.Errorf("%s pid %d: %w", t.name, st0.pid, err)
 		}
-		before, err := readStat(st0.pid)
+		startedAt, err := before.StartTime()
 		if err != nil {
-			return out, fmt.Errorf("%s pid %d: %w", t.name, st0.pid, err)
+			return out, err
 		}
+		age := time.Since(startedAt)
 		wait := time.Duration(rng.Int64N(int64(jitter)))
 		if need := minUptime + 250*time.Millisecond - age; need > wait {
 			wait = need
@@ -199,7 +202,7 @@ func crashLoop(ctx context.Context, sup supervisor, targets []target, n int, min
 		}
 		// Still the same process (a pid with the same start time), so
 		// the kill below cannot hit anything else.
-		if now, err := readStat(st0.pid); err != nil || now.startTicks != before.startTicks {
+		if now, err := procfs.ReadStat(st0.pid); err != nil || now.StartTicks != before.StartTicks {
 			return out, fmt.Errorf("sample %d: %s pid %d went away on its own before the kill", i+1, t.name, st0.pid)
 		}
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/dhvisor/dhvisor/agent/procfs"
+
 	"context"
 	"errors"
 	"fmt"
@@ -136,7 +138,7 @@ func markedElsewhere(names []string) []string {
 		}
 		for _, kv := range strings.Split(string(env), "\x00") {
 			if want[kv] {
-				if st, err := readStat(pid); err == nil && st.state != 'Z' {
+				if st, err := procfs.ReadStat(pid); err == nil && st.State != 'Z' {
 					out = append(out, fmt.Sprintf("%s (pid %d)", kv, pid))
 				}
 				break
@@ -221,9 +223,9 @@ func startAgent(ctx context.Context, b *bench, dir string, targets []target) (*a
 		if err != nil {
 			return fail(err)
 		}
-		if ps, err := readStat(st.pid); err != nil || ps.ppid != a.proc.pid {
+		if ps, err := procfs.ReadStat(st.pid); err != nil || ps.PPID != a.proc.pid {
 			a.foreign = true
-			return fail(fmt.Errorf("dhagent runs %s as pid %d, which it did not start (parent %d): it adopted another agent's process", t.name, st.pid, ps.ppid))
+			return fail(fmt.Errorf("dhagent runs %s as pid %d, which it did not start (parent %d): it adopted another agent's process", t.name, st.pid, ps.PPID))
 		}
 	}
 	return a, nil

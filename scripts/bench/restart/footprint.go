@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/dhvisor/dhvisor/agent/procfs"
+
 	"context"
 	"fmt"
 	"strings"
@@ -34,7 +36,7 @@ func measureIdle(ctx context.Context, sup supervisor, targets []target, settle, 
 	if err != nil {
 		return err
 	}
-	st0, err := readStat(fp.PID)
+	st0, err := procfs.ReadStat(fp.PID)
 	if err != nil {
 		return err
 	}
@@ -57,7 +59,7 @@ func measureIdle(ctx context.Context, sup supervisor, targets []target, settle, 
 		}
 		fp.MaxRSSBytes = max(fp.MaxRSSBytes, rss)
 	}
-	st1, err := readStat(fp.PID)
+	st1, err := procfs.ReadStat(fp.PID)
 	if err != nil {
 		return err
 	}
@@ -65,9 +67,9 @@ func measureIdle(ctx context.Context, sup supervisor, targets []target, settle, 
 	if fp.RSSBytes, fp.HWMBytes, err = memStatus(fp.PID); err != nil {
 		return err
 	}
-	fp.CPUTicks = st1.cpuTicks - st0.cpuTicks
+	fp.CPUTicks = (st1.UTime + st1.STime) - (st0.UTime + st0.STime)
 	fp.WindowS = elapsed.Seconds()
-	fp.CPUPercent = float64(fp.CPUTicks) / userHZ / elapsed.Seconds() * 100
+	fp.CPUPercent = float64(fp.CPUTicks) / procfs.ClockTicks / elapsed.Seconds() * 100
 	after, err := pids(ctx, sup, targets)
 	if err != nil {
 		return err

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/dhvisor/dhvisor/agent/procfs"
+
 	"context"
 	"encoding/xml"
 	"errors"
@@ -195,7 +197,7 @@ func (m *monitSup) liveServices() []string {
 		if err != nil {
 			continue
 		}
-		if st, err := readStat(pid); err == nil && st.state != 'Z' {
+		if st, err := procfs.ReadStat(pid); err == nil && st.State != 'Z' {
 			live = append(live, t.name)
 		}
 	}

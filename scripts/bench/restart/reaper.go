@@ -216,11 +216,11 @@ func sweep() []string {
 			sig = syscall.SIGKILL
 		}
 		for _, p := range procs {
-			if !seen[p.pid] {
-				seen[p.pid] = true
-				found = append(found, fmt.Sprintf("%s (pid %d)", p.comm, p.pid))
+			if !seen[p.PID] {
+				seen[p.PID] = true
+				found = append(found, fmt.Sprintf("%s (pid %d)", p.Comm, p.PID))
 			}
-			_ = unix.Kill(p.pid, sig)
+			_ = unix.Kill(p.PID, sig)
 		}
 		// Bounded: two seconds for SIGTERM to work, then SIGKILL.
 		deadline := time.Now().Add(2 * time.Second)
