@@ -9,14 +9,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	agentexec "github.com/dhvisor/dhvisor/agent/runtime/exec"
 	"github.com/dhvisor/dhvisor/internal/config"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -116,55 +114,11 @@ type agentSup struct {
 	foreign bool
 }
 
-// markedElsewhere lists processes on the host that carry the mark of one of
-// names. A dhagent with no state record adopts such a process as its own,
-// whichever agent started it (an e2e test's, another benchmark's), so the
-// bench must not start one while they exist.
-func markedElsewhere(names []string) []string {
-	want := map[string]bool{}
-	for _, n := range names {
-		want[agentexec.ServiceEnv+"="+n] = true
-	}
-	var out []string
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		pid, err := strconv.Atoi(filepath.Base(d))
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join(d, "environ"))
-		if err != nil {
-			continue
-		}
-		for _, kv := range strings.Split(string(env), "\x00") {
-			if want[kv] {
-				if st, err := procfs.ReadStat(pid); err == nil && st.State != 'Z' {
-					out = append(out, fmt.Sprintf("%s (pid %d)", kv, pid))
-				}
-				break
-			}
-		}
-	}
-	return out
-}
-
 // startAgent runs bin/dhagent on the configuration in dir/agent.yaml and
 // brings every service up.
 func startAgent(ctx context.Context, b *bench, dir string, targets []target) (*agentSup, error) {
 	if err := portsFree(targets); err != nil {
 		return nil, err
-	}
-	names := make([]string, len(targets))
-	for i, t := range targets {
-		names[i] = t.name
-	}
-	// Bounded wait: such processes are usually a test that ends soon.
-	var marked []string
-	if err := pollUntil(ctx, 500*time.Millisecond, 90*time.Second, func() (bool, error) {
-		marked = markedElsewhere(names)
-		return len(marked) == 0, nil
-	}); err != nil {
-		return nil, fmt.Errorf("other dhagent services are running on this host and a new dhagent would adopt them as its own: %s", strings.Join(marked, ", "))
 	}
 	a := &agentSup{b: b, dir: dir, sock: filepath.Join(dir, "agent.sock")}
 	var err error
@@ -216,8 +170,8 @@ func startAgent(ctx context.Context, b *bench, dir string, targets []target) (*a
 			return fail(fmt.Errorf("dhagent up: %s failed: %s %s", p.Service, p.State, p.Message))
 		}
 	}
-	// Every service must be a process this dhagent started, not one it
-	// adopted from another agent that started meanwhile.
+	// Every service must be a process this dhagent started: the kill-to-
+	// restart figures are about its children.
 	for _, t := range targets {
 		st, err := a.status(ctx, t.name)
 		if err != nil {
