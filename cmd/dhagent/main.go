@@ -23,9 +23,9 @@ func main() {
 	flag.Parse()
 	// The agent waits on events (exits, probes, gossip) and does little
 	// work each time. With one P the Go scheduler stops spinning idle Ps on
-	// every wake-up, which halved idle CPU with 15 services checked every
-	// second (1.0-1.9% to 0.45-0.65% on a 2-core VM). GOMAXPROCS in the
-	// environment still wins.
+	// every wake-up, which roughly halved idle CPU with 15 services checked
+	// every second (make bench, footprint). GOMAXPROCS in the environment
+	// still wins.
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
