@@ -37,29 +37,32 @@ func (id Identity) Alive() bool {
 	return s.StartTicks == id.StartTicks && s.State != 'Z' && s.State != 'X'
 }
 
-// BootTime returns the system boot time from the btime line of /proc/stat.
-// It has one-second resolution, which is all the kernel exposes.
+// BootTime returns the system boot time as now less /proc/uptime, which
+// has the 10 ms resolution of the start ticks it is added to. (/proc/stat's
+// btime has whole seconds only, and a process's age computed from it can be
+// almost a second off: enough to misjudge a restart policy's min_uptime.)
 func BootTime() (time.Time, error) {
-	// /proc/stat is read whole: its intr line, which comes before btime,
-	// can be tens of kilobytes on large machines.
-	b, err := os.ReadFile("/proc/stat")
+	now := time.Now()
+	b, err := os.ReadFile("/proc/uptime")
 	if err != nil {
 		return time.Time{}, err
 	}
-	return parseBootTime(b)
+	up, err := parseUptime(b)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return now.Add(-up), nil
 }
 
-func parseBootTime(b []byte) (time.Time, error) {
-	for line := range bytes.Lines(b) {
-		rest, ok := bytes.CutPrefix(line, []byte("btime "))
-		if !ok {
-			continue
-		}
-		secs, err := strconv.ParseInt(string(bytes.TrimSpace(rest)), 10, 64)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("procfs: /proc/stat btime: %w", err)
-		}
-		return time.Unix(secs, 0), nil
+// parseUptime reads the first field of /proc/uptime ("12345.67 2345.00").
+func parseUptime(b []byte) (time.Duration, error) {
+	f := bytes.Fields(b)
+	if len(f) == 0 {
+		return 0, fmt.Errorf("procfs: /proc/uptime is empty")
 	}
-	return time.Time{}, fmt.Errorf("procfs: /proc/stat has no btime line")
+	secs, err := strconv.ParseFloat(string(f[0]), 64)
+	if err != nil || secs < 0 {
+		return 0, fmt.Errorf("procfs: /proc/uptime %q: not a number of seconds", f[0])
+	}
+	return time.Duration(secs * float64(time.Second)), nil
 }

@@ -69,26 +69,26 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
-func TestParseBootTime(t *testing.T) {
+func TestParseUptime(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      string
-		want    int64
+		want    time.Duration
 		wantErr bool
 	}{
-		{name: "present", in: "cpu  1 2 3\nintr 5 0 0\nctxt 9\nbtime 1700000000\nprocesses 3\n", want: 1700000000},
-		{name: "last line without newline", in: "ctxt 9\nbtime 42", want: 42},
-		{name: "missing", in: "cpu 1 2 3\nctxt 9\n", wantErr: true},
-		{name: "garbage", in: "btime soon\n", wantErr: true},
+		{name: "present", in: "12345.67 2345.00\n", want: 12345670 * time.Millisecond},
+		{name: "no idle field", in: "42.50", want: 42500 * time.Millisecond},
+		{name: "empty", in: "", wantErr: true},
+		{name: "garbage", in: "soon 1\n", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseBootTime([]byte(tt.in))
+			got, err := parseUptime([]byte(tt.in))
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
 			}
-			if !tt.wantErr && got.Unix() != tt.want {
-				t.Errorf("boot time = %d, want %d", got.Unix(), tt.want)
+			if !tt.wantErr && got.Round(time.Millisecond) != tt.want {
+				t.Errorf("uptime = %v, want %v", got, tt.want)
 			}
 		})
 	}
@@ -236,8 +236,9 @@ func TestStartTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// btime has one-second resolution and ticks are 10ms.
-	const slack = 2 * time.Second
+	// Start ticks and uptime both have 10 ms resolution; allow for the
+	// scheduler too, but not the second /proc/stat's btime would cost.
+	const slack = 100 * time.Millisecond
 	if got.Before(before.Add(-slack)) || got.After(after.Add(slack)) {
 		t.Errorf("start time %v not within [%v, %v] ± %v", got, before, after, slack)
 	}
