@@ -14,6 +14,7 @@ command -v monit >/dev/null || need_apt+=(monit)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v ip >/dev/null || need_apt+=(iproute2)   # network namespaces for the cluster tests
 command -v tc >/dev/null || need_apt+=(iproute2)
+command -v iptables >/dev/null || need_apt+=(iptables)   # packet loss in the gossip soak (no netem in some kernels)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq
