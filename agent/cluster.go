@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/api"
-	"github.com/dhvisor/dhvisor/agent/gossip"
+	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/version"

@@ -15,7 +15,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
-	"github.com/dhvisor/dhvisor/agent/gossip"
+	"github.com/dhvisor/dhvisor/internal/gossip"
 )
 
 const (

@@ -11,7 +11,7 @@
 //     service on a rotating node A is killed with SIGKILL; the time until
 //     every other node's Cluster API shows A's service restarted (restarts+1)
 //     and OK is what an operator running `dhctl status` on another node waits.
-//   - detect: N members of the agent/gossip library in this process; one is
+//   - detect: N members of the internal/gossip library in this process; one is
 //     shut down without leaving (as a kill -9 of its agent would), and the
 //     time until every other member's View calls it dead is measured, for
 //     gossip.DefaultTiming and for memberlist's own LAN defaults.

@@ -117,7 +117,7 @@ func reportCrash(w io.Writer, c *crashResult) {
 
 func reportDetect(w io.Writer, ds []*detectResult) {
 	fmt.Fprintf(w, "\n(b) kill -9 of an agent to \"dead\" on all peers\n")
-	fmt.Fprintf(w, "  members of agent/gossip in one process on 127.0.0.1 (encrypted, one service list each); a random member is\n")
+	fmt.Fprintf(w, "  members of internal/gossip in one process on 127.0.0.1 (encrypted, one service list each); a random member is\n")
 	fmt.Fprintf(w, "  shut down without leaving, after the cluster agreed, a settle pause and a random phase of one probe interval;\n")
 	fmt.Fprintf(w, "  a fresh member then replaces it. Time from Shutdown() until each other member's View says dead\n")
 	fmt.Fprintf(w, "  (seen through Subscribe, so to the moment the view changed):\n")

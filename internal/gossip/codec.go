@@ -478,7 +478,8 @@ func encodeMeta(m NodeMeta) []byte {
 	}
 	b = appendString(b, m.APIAddr)
 	b = appendString(b, m.DeephavenVersion)
-	return appendString(b, m.DhvisorVersion)
+	b = appendString(b, m.DhvisorVersion)
+	return appendString(b, m.Kind)
 }
 
 func decodeMeta(b []byte) (NodeMeta, error) {
@@ -499,5 +500,9 @@ func decodeMeta(b []byte) (NodeMeta, error) {
 	m.APIAddr = r.string()
 	m.DeephavenVersion = r.string()
 	m.DhvisorVersion = r.string()
+	// Kind came later: agents of earlier releases end the meta here.
+	if len(r.b) > 0 {
+		m.Kind = r.string()
+	}
 	return m, r.err
 }

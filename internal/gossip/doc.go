@@ -1,4 +1,4 @@
-// Package gossip is the agent's cluster membership and health
+// Package gossip is the cluster membership and health
 // dissemination, over hashicorp/memberlist (SWIM with Lifeguard).
 //
 // Every dhagent runs one Gossip. It publishes its node's compact service

@@ -78,11 +78,18 @@ type Config struct {
 
 // NodeMeta is what a node publishes about itself with its membership.
 type NodeMeta struct {
+	Kind             string // "" for a node agent, KindCoordinator for a coordinator
 	Roles            []string
-	APIAddr          string // the agent API address, host:port
+	APIAddr          string // the member's mutual-TLS API address, host:port
 	DeephavenVersion string
 	DhvisorVersion   string
 }
+
+// KindCoordinator marks a coordinator's membership: it gossips to see node
+// health at once but supervises nothing, so node views leave it out of the
+// service table.
+const KindCoordinator = "coordinator"
+
 
 // ServiceHealth is the compact, gossiped form of one supervised service's
 // status (see agent/supervise.Status for the full one).
