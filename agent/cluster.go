@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/api"
-	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/version"
 )
 

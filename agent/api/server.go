@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/version"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )

@@ -90,7 +90,6 @@ type NodeMeta struct {
 // service table.
 const KindCoordinator = "coordinator"
 
-
 // ServiceHealth is the compact, gossiped form of one supervised service's
 // status (see agent/supervise.Status for the full one).
 type ServiceHealth struct {
