@@ -1,5 +1,5 @@
 // Package agent wires the node agent together: configuration, supervisor,
-// local API. It is what cmd/dhagent runs.
+// local and TCP API, gossip. It is what cmd/dhagent runs.
 package agent
 
 import (
@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,12 +15,14 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/dhvisor/dhvisor/agent/api"
 	"github.com/dhvisor/dhvisor/agent/runtime/exec"
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
@@ -61,23 +64,48 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("local API socket %s: %w", cfg.Socket, err)
 	}
+	// The TCP listener comes before gossip: the address it got is what the
+	// node publishes.
+	tcpLis, creds, err := listenTCP(cfg)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	var apiAddr string
+	if tcpLis != nil {
+		apiAddr = cfg.API.Addr(tcpLis.Addr().String())
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Gossip outlives ctx a little: it must announce the leave after the
 	// supervisor has stopped, so it has a context of its own.
 	gctx, gcancel := context.WithCancel(context.Background())
 	defer gcancel()
-	g, err := a.startGossip(gctx)
+	g, err := a.startGossip(gctx, apiAddr)
 	if err != nil {
 		lis.Close()
+		if tcpLis != nil {
+			tcpLis.Close()
+		}
 		return fmt.Errorf("gossip: %w", err)
 	}
-	srv := grpc.NewServer()
-	pb.RegisterAgentServer(srv, api.NewServer(a.mgr, a.Reload, g))
-
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "config", a.file)
+	// One API, two doors: the unix socket for dhctl on the node, TCP with
+	// mutual TLS for coordinators and remote operators.
+	apiSrv := api.NewServer(a.mgr, a.Reload, g, apiAddr)
+	type door struct {
+		srv *grpc.Server
+		lis net.Listener
+	}
+	doors := []door{{grpc.NewServer(), lis}}
+	if tcpLis != nil {
+		doors = append(doors, door{grpc.NewServer(grpc.Creds(creds)), tcpLis})
+	}
+	errc := make(chan error, len(doors))
+	for _, d := range doors {
+		pb.RegisterAgentServer(d.srv, apiSrv)
+		go func() { errc <- d.srv.Serve(d.lis) }()
+	}
+	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "api", apiAddr, "config", a.file)
 
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(ctx) }()
@@ -95,15 +123,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	case serveErr = <-errc:
 		cancel()
 	}
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(5 * time.Second):
-		// Streams of blocking dhctl calls would hold a graceful stop forever.
-		srv.Stop()
-		<-stopped
+	var stops sync.WaitGroup
+	for _, d := range doors {
+		stops.Add(1)
+		go func() {
+			defer stops.Done()
+			stopped := make(chan struct{})
+			go func() { d.srv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				// Streams of blocking calls would hold a graceful stop forever.
+				d.srv.Stop()
+				<-stopped
+			}
+		}()
 	}
+	stops.Wait()
 	err = <-mgrDone
 	<-pubDone
 	if g != nil {
@@ -129,9 +165,10 @@ func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
 		return supervise.ReloadResult{}, err
 	}
 	old := a.mgr.Node().Agent
-	if node.Agent.Socket != old.Socket || node.Agent.StateDir != old.StateDir {
-		a.log.Warn("socket and state_dir changes take effect when the agent restarts")
-		node.Agent.Socket, node.Agent.StateDir = old.Socket, old.StateDir
+	if node.Agent.Socket != old.Socket || node.Agent.StateDir != old.StateDir || node.Agent.API != old.API || node.Agent.TLS != old.TLS {
+		// New contents of the same TLS files are picked up without this.
+		a.log.Warn("socket, state_dir, api and tls changes take effect when the agent restarts")
+		node.Agent.Socket, node.Agent.StateDir, node.Agent.API, node.Agent.TLS = old.Socket, old.StateDir, old.API, old.TLS
 	}
 	res, err := a.mgr.Reload(ctx, node)
 	if err != nil {
@@ -139,6 +176,24 @@ func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
 	}
 	a.log.Info("configuration reloaded", "added", res.Added, "removed", res.Removed, "changed", res.Changed, "restart_needed", res.RestartNeeded)
 	return res, nil
+}
+
+// listenTCP opens the TCP API when api.listen is set: mutual TLS, and only
+// coordinators and operators may call (an agent never commands another).
+// Both are nil without api.listen.
+func listenTCP(cfg config.Agent) (net.Listener, credentials.TransportCredentials, error) {
+	if cfg.API.Listen == "" {
+		return nil, nil, nil
+	}
+	tc, err := tlsutil.ServerConfig(cfg.TLS, tlsutil.RoleCoordinator, tlsutil.RoleOperator)
+	if err != nil {
+		return nil, nil, fmt.Errorf("api.listen needs the tls files: %w", err)
+	}
+	l, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
+	}
+	return l, credentials.NewTLS(tc), nil
 }
 
 // lockDir takes an exclusive lock so two agents never supervise the same

@@ -14,9 +14,10 @@ import (
 	"github.com/dhvisor/dhvisor/internal/version"
 )
 
-// startGossip joins the cluster when the node's config asks for it. The
-// returned gossip is nil when the node runs alone.
-func (a *Agent) startGossip(ctx context.Context) (*gossip.Gossip, error) {
+// startGossip joins the cluster when the node's config asks for it,
+// publishing apiAddr (the TCP API peers dial; "" without one). The returned
+// gossip is nil when the node runs alone.
+func (a *Agent) startGossip(ctx context.Context, apiAddr string) (*gossip.Gossip, error) {
 	cfg := a.node.Agent
 	if !cfg.Gossip.Enabled() {
 		return nil, nil
@@ -33,6 +34,7 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Gossip, error) {
 		KeyFile:  cfg.Gossip.KeyFile,
 		Meta: gossip.NodeMeta{
 			Roles:            cfg.Roles,
+			APIAddr:          apiAddr,
 			DeephavenVersion: deephavenVersion(cfg.LauncherDir),
 			DhvisorVersion:   version.Version,
 		},

@@ -1,4 +1,5 @@
-// Package api serves the agent's gRPC API on its local unix socket.
+// Package api is the agent's gRPC API, served on its local unix socket for
+// dhctl and, with mutual TLS, on TCP for coordinators and remote operators.
 package api
 
 import (
@@ -33,12 +34,14 @@ type Server struct {
 	mgr     *supervise.Manager
 	reload  Reloader
 	gossip  *gossip.Gossip // nil when the node runs alone
+	apiAddr string         // the TCP API address peers dial; "" without one
 	started time.Time
 }
 
-// NewServer returns the API over mgr and, when the node gossips, g.
-func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip) *Server {
-	return &Server{mgr: mgr, reload: reload, gossip: g, started: time.Now()}
+// NewServer returns the API over mgr and, when the node gossips, g. apiAddr
+// is the address the node publishes for its TCP API ("" when it has none).
+func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAddr string) *Server {
+	return &Server{mgr: mgr, reload: reload, gossip: g, apiAddr: apiAddr, started: time.Now()}
 }
 
 // ListenUnix opens the local socket: mode 0660, owned by root and group so
@@ -104,6 +107,8 @@ func ToProto(st supervise.Status) *pb.ServiceStatus {
 		Message:          st.Message,
 		User:             st.User,
 		StateSinceUnixMs: st.Since.UnixMilli(),
+		LastOpToken:      st.LastOpToken,
+		DependsOn:        st.DependsOn,
 	}
 	if !st.StartedAt.IsZero() && st.PID != 0 {
 		out.StartedUnixMs = st.StartedAt.UnixMilli()
@@ -137,10 +142,19 @@ func (s *Server) Control(req *pb.ControlRequest, stream grpc.ServerStreamingServ
 	if len(req.Services) == 0 {
 		return status.Error(codes.InvalidArgument, "services: name at least one service, or all")
 	}
+	if len(req.OpToken) > maxOpToken {
+		return status.Errorf(codes.InvalidArgument, "op_token: %d bytes, at most %d (it is kept in the state file)", len(req.OpToken), maxOpToken)
+	}
 	return s.run(stream, req.Block, req.TimeoutMs, func(ctx context.Context, p func(supervise.Progress)) error {
+		if req.OpToken != "" {
+			return s.mgr.ControlStep(ctx, req.OpToken, time.Duration(req.TimeoutMs)*time.Millisecond, act, req.Services, req.Block, p)
+		}
 		return s.mgr.Control(ctx, act, req.Services, req.Block, p)
 	})
 }
+
+// maxOpToken bounds an operation step's token: one is stored per service.
+const maxOpToken = 256
 
 // Up implements pb.AgentServer.
 func (s *Server) Up(req *pb.OrderRequest, stream grpc.ServerStreamingServer[pb.Progress]) error {
@@ -241,14 +255,14 @@ func (s *Server) Cluster(_ context.Context, req *pb.ClusterRequest) (*pb.Cluster
 	resp := &pb.ClusterResponse{LocalNode: node.Agent.Node, GossipEnabled: s.gossip != nil}
 	if s.gossip == nil {
 		now := time.Now()
-		resp.Nodes = []*pb.NodeInfo{nodeInfo(gossip.NodeView{
+		resp.Nodes = []*pb.NodeInfo{gossip.NodeView{
 			Name: node.Agent.Node, State: gossip.NodeAlive, StateSince: s.started, Learned: now,
-			Meta:     gossip.NodeMeta{Roles: node.Agent.Roles, DhvisorVersion: version.Version},
+			Meta:     gossip.NodeMeta{Roles: node.Agent.Roles, APIAddr: s.apiAddr, DhvisorVersion: version.Version},
 			Services: Compact(s.mgr.Snapshot()),
-		})}
+		}.Proto()}
 	} else {
 		for _, v := range s.gossip.View() {
-			resp.Nodes = append(resp.Nodes, nodeInfo(v))
+			resp.Nodes = append(resp.Nodes, v.Proto())
 		}
 	}
 	if req.Node != "" {
@@ -272,32 +286,6 @@ func Compact(sts []supervise.Status) []gossip.ServiceHealth {
 		out[i] = gossip.ServiceHealth{Name: s.Name, State: string(s.State), PID: int32(s.PID), Restarts: int32(s.Restarts), Since: s.Since, Message: s.Message}
 	}
 	return out
-}
-
-func nodeInfo(v gossip.NodeView) *pb.NodeInfo {
-	ni := &pb.NodeInfo{
-		Name: v.Name, Addr: v.Addr, State: v.State, StateSinceUnixMs: v.StateSince.UnixMilli(),
-		Roles: v.Meta.Roles, ApiAddr: v.Meta.APIAddr, DeephavenVersion: v.Meta.DeephavenVersion, DhvisorVersion: v.Meta.DhvisorVersion,
-		Version: v.Version, KeyIds: v.KeyIDs,
-	}
-	if !v.Learned.IsZero() {
-		ni.LearnedUnixMs = v.Learned.UnixMilli()
-	}
-	last := map[string]string{}
-	for _, s := range v.LastKnown {
-		last[s.Name] = s.State
-	}
-	for _, s := range v.Services {
-		ns := &pb.NodeService{Name: s.Name, State: s.State, Pid: s.PID, Restarts: s.Restarts, Message: s.Message}
-		if !s.Since.IsZero() {
-			ns.SinceUnixMs = s.Since.UnixMilli()
-		}
-		if s.State == gossip.ServiceUnknown {
-			ns.LastKnownState = last[s.Name]
-		}
-		ni.Services = append(ni.Services, ns)
-	}
-	return ni
 }
 
 // GossipKeys implements pb.AgentServer. Changes reach every node: the key

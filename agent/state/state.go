@@ -1,6 +1,6 @@
 // Package state keeps what the agent must remember across its own restarts
 // (which process is which service, what the operator asked for, restart
-// counters) in one file, replaced atomically so a crash or a full disk never
+// counters, the last operation step applied) in one file, replaced atomically so a crash or a full disk never
 // leaves a torn file behind.
 package state
 
@@ -28,6 +28,10 @@ type Service struct {
 	Restarts       int         `json:"restarts"`
 	RecentRestarts []time.Time `json:"recent_restarts,omitempty"`
 	FastFailures   int         `json:"fast_failures,omitempty"`
+	// LastOpToken is the op_token of the last operation step that took
+	// effect on the service: a coordinator leader that died mid-step is
+	// replaced, and the new one re-sends the step, which must not act twice.
+	LastOpToken string `json:"last_op_token,omitempty"`
 }
 
 type file struct {

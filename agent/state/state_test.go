@@ -15,12 +15,12 @@ func TestSaveLoad(t *testing.T) {
 	if err != nil || len(got) != 0 {
 		t.Fatalf("missing file: %v %v", got, err)
 	}
-	want := map[string]Service{"a": {DesiredRunning: true, Monitored: true, PID: 42, StartTicks: 7, Restarts: 3, StartedAt: time.Unix(100, 0).UTC()}}
+	want := map[string]Service{"a": {DesiredRunning: true, Monitored: true, PID: 42, StartTicks: 7, Restarts: 3, StartedAt: time.Unix(100, 0).UTC(), LastOpToken: "op-7/step-2"}}
 	if err := s.Save(want); err != nil {
 		t.Fatal(err)
 	}
 	got, err = s.Load()
-	if err != nil || got["a"].PID != 42 || got["a"].Restarts != 3 || !got["a"].StartedAt.Equal(want["a"].StartedAt) {
+	if err != nil || got["a"].PID != 42 || got["a"].Restarts != 3 || got["a"].LastOpToken != "op-7/step-2" || !got["a"].StartedAt.Equal(want["a"].StartedAt) {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
 	ents, _ := os.ReadDir(filepath.Dir(s.Path()))

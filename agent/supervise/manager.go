@@ -68,8 +68,11 @@ type Manager struct {
 	dirty  chan struct{} // a save is wanted (capacity 1: requests coalesce)
 	saveMu sync.Mutex
 
-	ctx context.Context // the Run context: owns supervisors and background work
-	wg  sync.WaitGroup
+	ctx     context.Context // the Run context: owns supervisors and background work
+	wg      sync.WaitGroup
+	running chan struct{} // closed once Run has set ctx
+
+	steps map[string]*stepRun // operation steps in flight, by token; guarded by mu
 
 	// alertHook runs when a service fails for good; tests replace it.
 	alertHook func(st Status, event, description string)
@@ -77,7 +80,8 @@ type Manager struct {
 
 // NewManager prepares supervisors for node; nothing runs before Run.
 func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *slog.Logger) *Manager {
-	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1)}
+	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1),
+		running: make(chan struct{}), steps: map[string]*stepRun{}}
 	m.alertHook = m.alert
 	return m
 }
@@ -118,6 +122,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.goRun(s)
 	}
 	m.mu.Unlock()
+	close(m.running)
 	m.background(m.saver)
 	var pending []string
 	for _, name := range m.node.Names() {
@@ -127,7 +132,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		m.log.Info("starting services", "services", pending)
-		_ = m.startOrdered(ctx, pending, false, nil)
+		_ = m.startOrdered(ctx, pending, false, "", nil)
 	}
 	<-ctx.Done()
 	m.wg.Wait()
@@ -298,6 +303,12 @@ func names(sups []*Supervisor) []string {
 // follow dependency order and stop follows its reverse; with block, it
 // returns once every service reached its goal (OK or Stopped).
 func (m *Manager) Control(ctx context.Context, act Action, svc []string, block bool, progress func(Progress)) error {
+	return m.control(ctx, act, svc, block, "", progress)
+}
+
+// control is Control, as a step of an operation when token is set: services
+// on which the step already took effect are not acted on again.
+func (m *Manager) control(ctx context.Context, act Action, svc []string, block bool, token string, progress func(Progress)) error {
 	sups, err := m.lookup(svc)
 	if err != nil {
 		return err
@@ -307,26 +318,28 @@ func (m *Manager) Control(ctx context.Context, act Action, svc []string, block b
 	}
 	switch act {
 	case Start:
-		return m.startOrdered(ctx, names(sups), block, progress)
+		return m.startOrdered(ctx, names(sups), block, token, progress)
 	case Stop:
-		return m.stopOrdered(ctx, names(sups), block, progress)
+		return m.stopOrdered(ctx, names(sups), block, command{act: actStop, token: token}, progress)
 	case Restart:
 		if len(sups) == 1 {
-			return m.one(ctx, sups[0], actRestart, block, progress)
+			return m.one(ctx, sups[0], command{act: actRestart, token: token}, block, progress)
 		}
 		// Several services: stop dependants first, then start in order, so
-		// nothing runs against a dependency that is going away.
-		if err := m.stopOrdered(ctx, names(sups), true, progress); err != nil {
+		// nothing runs against a dependency that is going away. The step is
+		// done for a service only once it runs again, so the stop half
+		// leaves the token unrecorded.
+		if err := m.stopOrdered(ctx, names(sups), true, command{act: actStop, token: token, noRecord: true}, progress); err != nil {
 			return err
 		}
-		return m.startOrdered(ctx, names(sups), block, progress)
+		return m.startOrdered(ctx, names(sups), block, token, progress)
 	case Monitor, Unmonitor:
 		a := actMonitor
 		if act == Unmonitor {
 			a = actUnmonitor
 		}
 		for _, s := range sups {
-			if err := m.one(ctx, s, a, false, progress); err != nil {
+			if err := m.one(ctx, s, command{act: a, token: token}, false, progress); err != nil {
 				return err
 			}
 		}
@@ -335,12 +348,17 @@ func (m *Manager) Control(ctx context.Context, act Action, svc []string, block b
 	return fmt.Errorf("unknown action %v", act)
 }
 
-func (m *Manager) one(ctx context.Context, s *Supervisor, a action, block bool, progress func(Progress)) error {
-	if err := s.do(ctx, command{act: a}); err != nil {
+func (m *Manager) one(ctx context.Context, s *Supervisor, c command, block bool, progress func(Progress)) error {
+	err := s.do(ctx, c)
+	already := errors.Is(err, errAlreadyDone)
+	if err != nil && !already {
 		progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error(), Failed: true})
 		return err
 	}
-	if block && (a == actRestart || a == actStart) {
+	if block && (c.act == actRestart || c.act == actStart) {
+		if already {
+			progress(Progress{Service: s.name, State: s.Status().State, Message: errAlreadyDone.Error()})
+		}
 		if err := m.waitHealthy(ctx, s, progress); err != nil {
 			progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error(), Failed: true})
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -348,7 +366,11 @@ func (m *Manager) one(ctx context.Context, s *Supervisor, a action, block bool, 
 		return nil
 	}
 	st := s.Status()
-	progress(Progress{Service: s.name, State: st.State, Message: st.Message, Done: true})
+	msg := st.Message
+	if already {
+		msg = errAlreadyDone.Error()
+	}
+	progress(Progress{Service: s.name, State: st.State, Message: msg, Done: true})
 	return nil
 }
 
@@ -371,16 +393,22 @@ type walk struct {
 	waiting   string                                      // progress text while waiting, after the prerequisite's name
 	ready     func(dep string) func(Status) (bool, error) // when a prerequisite is satisfied
 	step      func(ctx context.Context, s *Supervisor, progress func(Progress)) error
+	// token is the operation step the walk belongs to: a service it
+	// already took goes straight to its step, which only waits for the
+	// goal, as its prerequisites may never be met again (a dependant
+	// restarted by the step runs on).
+	token string
 }
 
 // startOrdered starts each service once its local dependencies among the
 // running or to-be-started services are OK (Deephaven's dh_monit up:
 // configuration_server first and waited for, then authentication_server,
 // then the rest).
-func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
+func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, token string, progress func(Progress)) error {
 	g := m.Node().Graph()
 	inSet := setOf(svc)
 	return m.ordered(ctx, svc, block, progress, walk{
+		token:     token,
 		scheduled: "start scheduled in dependency order",
 		prereqs: func(name string) []string {
 			var out []string
@@ -404,37 +432,68 @@ func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, pr
 			}
 		},
 		step: func(ctx context.Context, s *Supervisor, progress func(Progress)) error {
-			if err := s.do(ctx, command{act: actStart}); err != nil {
+			switch err := s.do(ctx, command{act: actStart, token: token}); {
+			case errors.Is(err, errAlreadyDone):
+				progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error()})
+			case err != nil:
 				return err
+			default:
+				progress(Progress{Service: s.name, State: s.Status().State, Message: "started"})
 			}
-			progress(Progress{Service: s.name, State: s.Status().State, Message: "started"})
 			return m.waitHealthy(ctx, s, progress)
 		},
 	})
 }
 
 // stopOrdered stops each service once every local service depending on it
-// is stopped: the reverse of the start order.
-func (m *Manager) stopOrdered(ctx context.Context, svc []string, block bool, progress func(Progress)) error {
+// is stopped: the reverse of the start order. stop is the command sent to
+// each service (actStop, with the operation step's token if any).
+func (m *Manager) stopOrdered(ctx context.Context, svc []string, block bool, stop command, progress func(Progress)) error {
 	g := m.Node().Graph()
 	inSet := setOf(svc)
 	return m.ordered(ctx, svc, block, progress, walk{
+		token:     stop.token,
 		scheduled: "stop scheduled in reverse dependency order",
 		waiting:   " to stop",
 		prereqs: func(name string) []string {
 			var out []string
 			for _, d := range g.Dependents(name) {
-				if inSet[d] {
+				// A dependant the step already took is not stopped again (a
+				// restarted one runs on), so it is nothing to wait for.
+				if inSet[d] && !m.stepDone(d, stop.token) {
 					out = append(out, d)
 				}
 			}
 			return out
 		},
 		ready: func(string) func(Status) (bool, error) {
-			return func(st Status) (bool, error) { return !st.Running() && !st.DesiredRunning, nil }
+			return func(st Status) (bool, error) {
+				// A dependant can become done under the step while this
+				// service waits (a request that timed out left its start
+				// under way).
+				done := stop.token != "" && st.LastOpToken == stop.token
+				return done || !st.Running() && !st.DesiredRunning, nil
+			}
 		},
 		step: func(ctx context.Context, s *Supervisor, progress func(Progress)) error {
-			if err := s.do(ctx, command{act: actStop}); err != nil {
+			err := s.do(ctx, stop)
+			switch {
+			case errors.Is(err, errAlreadyDone) && stop.noRecord:
+				progress(Progress{Service: s.name, State: s.Status().State, Message: "already restarted by this operation step"})
+				return nil
+			case errors.Is(err, errAlreadyDone):
+				st, err := m.waitFor(ctx, s.name, func(st Status) (bool, error) {
+					if st.DesiredRunning {
+						return false, errors.New("started again after this operation step stopped it")
+					}
+					return !st.Running(), nil
+				})
+				if err != nil {
+					return err
+				}
+				progress(Progress{Service: s.name, State: st.State, Message: errAlreadyDone.Error(), Done: true})
+				return nil
+			case err != nil:
 				return err
 			}
 			st := s.Status()
@@ -478,6 +537,12 @@ func (m *Manager) runWalk(ctx context.Context, svc []string, progress func(Progr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if m.stepDone(name, w.token) {
+				if err := w.step(ctx, s, progress); err != nil {
+					failed(s, err)
+				}
+				return
+			}
 			for _, d := range w.prereqs(name) {
 				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d + w.waiting})
 				if _, err := m.waitFor(ctx, d, w.ready(d)); err != nil {
@@ -577,7 +642,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 	}
 	// Removed services are stopped while the old graph still orders them.
 	if len(res.Removed) > 0 {
-		if err := m.stopOrdered(ctx, res.Removed, true, nil); err != nil {
+		if err := m.stopOrdered(ctx, res.Removed, true, command{act: actStop}, nil); err != nil {
 			return res, err
 		}
 	}
@@ -611,7 +676,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 				pending = append(pending, n)
 			}
 		}
-		_ = m.startOrdered(ctx, pending, false, nil)
+		_ = m.startOrdered(ctx, pending, false, "", nil)
 	}
 	sort.Strings(res.RestartNeeded)
 	return res, nil

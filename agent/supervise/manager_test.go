@@ -29,7 +29,16 @@ type fakeRuntime struct {
 	starts  []string
 	procs   map[string]*fakeProc
 	failing map[string]error // Start fails for these services
+	gates   map[string]*gate // Start waits for these services' gate to open
 }
+
+// gate holds a service's start until the test opens it.
+type gate struct {
+	entered chan struct{} // receives when a start is waiting
+	open    chan struct{}
+}
+
+func newGate() *gate { return &gate{entered: make(chan struct{}, 1), open: make(chan struct{})} }
 
 type fakeProc struct {
 	id   procfs.Identity
@@ -39,10 +48,20 @@ type fakeProc struct {
 }
 
 func newFakeRuntime() *fakeRuntime {
-	return &fakeRuntime{nextPID: 1000, procs: map[string]*fakeProc{}, failing: map[string]error{}}
+	return &fakeRuntime{nextPID: 1000, procs: map[string]*fakeProc{}, failing: map[string]error{}, gates: map[string]*gate{}}
 }
 
 func (f *fakeRuntime) Start(_ context.Context, spec runtime.Spec) (runtime.Process, error) {
+	f.mu.Lock()
+	g := f.gates[spec.Name]
+	f.mu.Unlock()
+	if g != nil {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		<-g.open
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.starts = append(f.starts, spec.Name)
@@ -55,7 +74,21 @@ func (f *fakeRuntime) Start(_ context.Context, spec runtime.Spec) (runtime.Proce
 	return p, nil
 }
 
+// Adopt finds a process this runtime started that is still running, as a
+// new agent finds the one its predecessor left behind.
 func (f *fakeRuntime) Adopt(id procfs.Identity) (runtime.Process, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.procs {
+		select {
+		case <-p.done:
+			continue
+		default:
+		}
+		if p.id == id {
+			return p, nil
+		}
+	}
 	return nil, errors.New("no such process")
 }
 
@@ -104,7 +137,15 @@ type alertLog struct {
 
 func startManager(t *testing.T, node *config.Node, rt runtime.Runtime) (*Manager, *alertLog) {
 	t.Helper()
-	m := NewManager(node, rt, state.New(filepath.Join(t.TempDir(), "state.json")), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m, alerts, stop := runManager(node, rt, filepath.Join(t.TempDir(), "state.json"))
+	t.Cleanup(stop)
+	return m, alerts
+}
+
+// runManager runs a manager on the state file stateFile until stop, as one
+// agent's life.
+func runManager(node *config.Node, rt runtime.Runtime, stateFile string) (*Manager, *alertLog, func()) {
+	m := NewManager(node, rt, state.New(stateFile), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	alerts := &alertLog{}
 	m.alertHook = func(st Status, event, desc string) {
 		alerts.mu.Lock()
@@ -115,8 +156,7 @@ func startManager(t *testing.T, node *config.Node, rt runtime.Runtime) (*Manager
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = m.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return m, alerts
+	return m, alerts, func() { cancel(); <-done }
 }
 
 func waitState(t *testing.T, m *Manager, name string, want State) Status {

@@ -49,6 +49,8 @@ type Status struct {
 	LastExit       *runtime.Exit
 	User           string
 	Ports          []int
+	DependsOn      []string // local and cluster-wide, as configured
+	LastOpToken    string   // the last operation step that took effect here
 }
 
 // Running reports whether the service has a live process.

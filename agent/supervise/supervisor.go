@@ -5,8 +5,10 @@ package supervise
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,10 +32,21 @@ const (
 )
 
 type command struct {
-	act   action
-	spec  *config.Service // actUpdate
-	reply chan error
+	act  action
+	spec *config.Service // actUpdate
+	// token names the operation step the command belongs to: the command
+	// is refused with errAlreadyDone if the service already took a step
+	// under it, and otherwise records it once it takes effect, unless
+	// noRecord is set (the stop half of a multi-service restart, after
+	// which the step is not done yet).
+	token    string
+	noRecord bool
+	reply    chan error
 }
+
+// errAlreadyDone refuses a command whose operation step already took
+// effect on the service.
+var errAlreadyDone = errors.New("already done by this operation step")
 
 // hooks connect a supervisor to its manager.
 type hooks struct {
@@ -65,6 +78,7 @@ type Supervisor struct {
 	graceOver bool
 	checks    *checkRunner
 	hyst      []*check.Hysteresis
+	stepToken string // the token of the command being handled, recorded with a new pid
 	restartC  <-chan time.Time
 	restartT  *time.Timer
 	sampleT   *time.Ticker
@@ -89,7 +103,7 @@ func newSupervisor(spec *config.Service, mem state.Service, owner string, rt run
 		mem:    mem,
 		jitter: randomJitter,
 	}
-	s.status = Status{Name: spec.Name, State: Stopped, Since: time.Now(), Monitored: mem.Monitored, DesiredRunning: mem.DesiredRunning, Restarts: mem.Restarts, User: spec.User, Ports: spec.PortNumbers()}
+	s.status = Status{Name: spec.Name, State: Stopped, Since: time.Now(), Monitored: mem.Monitored, DesiredRunning: mem.DesiredRunning, Restarts: mem.Restarts, User: spec.User, Ports: spec.PortNumbers(), DependsOn: slices.Clone(spec.DependsOn), LastOpToken: mem.LastOpToken}
 	s.setLimits()
 	return s
 }
@@ -208,6 +222,29 @@ func (s *Supervisor) shutdown() {
 }
 
 func (s *Supervisor) handle(ctx context.Context, c command) error {
+	if c.token == "" {
+		return s.apply(ctx, c)
+	}
+	if s.remembered().LastOpToken == c.token {
+		return errAlreadyDone
+	}
+	if !c.noRecord {
+		s.stepToken = c.token
+		defer func() { s.stepToken = "" }()
+	}
+	if err := s.apply(ctx, c); err != nil {
+		return err
+	}
+	if !c.noRecord && s.remembered().LastOpToken != c.token {
+		// Actions that start no process (stop, start of a running one)
+		// take effect here; a new process recorded the token with its pid.
+		s.rememberNow(func(m *state.Service) { m.LastOpToken = c.token })
+	}
+	return nil
+}
+
+// apply carries out an operator's command.
+func (s *Supervisor) apply(ctx context.Context, c command) error {
 	switch c.act {
 	case actStart:
 		s.remember(func(m *state.Service) {
@@ -264,7 +301,7 @@ func (s *Supervisor) handle(ctx context.Context, c command) error {
 		s.spec = c.spec
 		s.setLimits()
 		s.mu.Lock()
-		s.status.User, s.status.Ports = c.spec.User, c.spec.PortNumbers()
+		s.status.User, s.status.Ports, s.status.DependsOn = c.spec.User, c.spec.PortNumbers(), slices.Clone(c.spec.DependsOn)
 		s.mu.Unlock()
 		if s.checks != nil {
 			s.startChecks()
@@ -303,8 +340,16 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	s.graceOver = false
 	id := p.Identity()
 	// A pid must be on disk before anything else happens: an agent killed
-	// now must not start a second copy when it comes back.
-	s.rememberNow(func(m *state.Service) { m.PID, m.StartTicks, m.StartedAt = id.PID, id.StartTicks, started })
+	// now must not start a second copy when it comes back. The operation
+	// step that started it goes in the same write, so that no crash can
+	// leave a new process whose step a new coordinator leader would redo.
+	token := s.stepToken
+	s.rememberNow(func(m *state.Service) {
+		m.PID, m.StartTicks, m.StartedAt = id.PID, id.StartTicks, started
+		if token != "" {
+			m.LastOpToken = token
+		}
+	})
 	s.mu.Lock()
 	s.status.PID, s.status.StartedAt = id.PID, started
 	s.status.CPUPercent, s.status.RSSBytes = 0, 0
@@ -441,7 +486,7 @@ func (s *Supervisor) rememberNow(f func(*state.Service)) { s.update(f, true) }
 func (s *Supervisor) update(f func(*state.Service), now bool) {
 	s.mu.Lock()
 	f(&s.mem)
-	s.status.Monitored, s.status.DesiredRunning = s.mem.Monitored, s.mem.DesiredRunning
+	s.status.Monitored, s.status.DesiredRunning, s.status.LastOpToken = s.mem.Monitored, s.mem.DesiredRunning, s.mem.LastOpToken
 	s.mu.Unlock()
 	s.hooks.persist(now)
 }

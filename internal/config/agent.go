@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/dhvisor/dhvisor/internal/graph"
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
 )
 
 // DefaultAgentPath is where the packaged agent reads its node configuration.
@@ -31,6 +32,8 @@ type Agent struct {
 	RolesDir    string            `yaml:"roles_dir"`
 	Alert       Alert             `yaml:"alert"`
 	Gossip      Gossip            `yaml:"gossip"`
+	API         API               `yaml:"api"`
+	TLS         tlsutil.Files     `yaml:"tls"`
 	Vars        map[string]string `yaml:"vars"`
 	// Defaults are applied to every service of the node before its own
 	// entry in Services; both may set any service field.
@@ -56,6 +59,23 @@ type Gossip struct {
 
 // Enabled reports whether the node takes part in gossip.
 func (g Gossip) Enabled() bool { return g.Bind != "" }
+
+// API is the agent's TCP API, which coordinators and remote operators reach
+// with mutual TLS (the agent's tls files). Without listen the agent answers
+// on its unix socket only.
+type API struct {
+	Listen    string `yaml:"listen"`    // host:port, e.g. 0.0.0.0:8130
+	Advertise string `yaml:"advertise"` // host:port peers dial; required when listen's host is a wildcard
+}
+
+// Addr is the address peers dial, given the one the listener got (which
+// resolves a port 0): advertise if set, else the listener's.
+func (a API) Addr(bound string) string {
+	if a.Advertise != "" {
+		return a.Advertise
+	}
+	return bound
+}
 
 // Node is a validated, fully resolved node configuration.
 type Node struct {
@@ -140,7 +160,7 @@ func (a *Agent) applyDefaults(dir string) {
 	def(&a.RolesDir, "/etc/dhvisor/roles.d")
 	// Relative paths are relative to the config file, so a self-contained
 	// directory (the demo, a test) works wherever it is.
-	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir, &a.Gossip.KeyFile} {
+	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir, &a.Gossip.KeyFile, &a.TLS.CA, &a.TLS.Cert, &a.TLS.Key} {
 		if *p == "" {
 			continue
 		}
@@ -164,6 +184,7 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 		es.add(file, line, "roles", "the node has no roles and no services (expected e.g. roles: [single-node]; known roles: %s)", strings.Join(cat.RoleNames(), ", "))
 	}
 	n.validateGossip(es, src, org)
+	n.validateAPI(es, src, org)
 	var names []string
 	seen := map[string]bool{}
 	for i, r := range n.Agent.Roles {
@@ -362,6 +383,53 @@ func (n *Node) validateGossip(es *Errors, src *source, org origins) {
 	if !g.Enabled() && (len(g.Seeds) > 0 || g.KeyFile != "" || g.Advertise != "") {
 		es.add(src.file, at(), "gossip.bind", "seeds, advertise and key_file need bind (the address to gossip on)")
 	}
+}
+
+func (n *Node) validateAPI(es *Errors, src *source, org origins) {
+	a := n.Agent.API
+	line := func(path ...string) int {
+		_, l := locate(org, src.root, src.file, path...)
+		return l
+	}
+	if a.Listen != "" {
+		if host, _, err := SplitHostPort(a.Listen); err != nil {
+			es.add(src.file, line("api", "listen"), "api.listen", "%q is not host:port (e.g. 0.0.0.0:8130)", a.Listen)
+		} else if a.Advertise == "" && wildcard(host) {
+			es.add(src.file, line("api", "listen"), "api.advertise", "required when api.listen (%q) is on every address: peers need one address to dial (e.g. 10.0.0.5:8130)", a.Listen)
+		}
+		// A missing file is blamed on the tls section, or on api.listen
+		// that needs it when there is no tls section at all.
+		at := line("api", "listen")
+		if tn, _ := mapValue(src.root, "tls"); tn != nil {
+			at = line("tls")
+		}
+		for _, f := range []struct{ key, val string }{{"ca", n.Agent.TLS.CA}, {"cert", n.Agent.TLS.Cert}, {"key", n.Agent.TLS.Key}} {
+			if f.val == "" {
+				es.add(src.file, at, "tls."+f.key, "required with api.listen: the TCP API speaks mutual TLS only")
+			}
+		}
+	}
+	if a.Advertise != "" {
+		host, port, err := SplitHostPort(a.Advertise)
+		switch {
+		case err != nil:
+			es.add(src.file, line("api", "advertise"), "api.advertise", "%q is not host:port (e.g. 10.0.0.5:8130)", a.Advertise)
+		case wildcard(host) || port == 0:
+			es.add(src.file, line("api", "advertise"), "api.advertise", "%q: peers dial it, so it needs a host and a port (e.g. 10.0.0.5:8130)", a.Advertise)
+		}
+		if a.Listen == "" {
+			es.add(src.file, line("api", "advertise"), "api.listen", "advertise needs listen (the address to serve the API on)")
+		}
+	}
+}
+
+// wildcard reports whether host listens on every address.
+func wildcard(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }
 
 // SplitHostPort parses an address such as 10.0.0.5:7946.

@@ -185,6 +185,41 @@ func TestInvalidConfigs(t *testing.T) {
 			want:  []string{"agent.yaml:7", "gossip.bind", `"0.0.0.0" is not host:port`, "agent.yaml:8", "gossip.seeds.1"},
 		},
 		{
+			name:  "api without tls",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api:\n  listen: 127.0.0.1:8130\n"},
+			want:  []string{"agent.yaml:7: tls.ca: required with api.listen", "agent.yaml:7: tls.cert", "agent.yaml:7: tls.key"},
+		},
+		{
+			name:  "api with half the tls files",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api:\n  listen: 127.0.0.1:8130\ntls:\n  ca: ca.pem\n  cert: agent.pem\n"},
+			want:  []string{"agent.yaml:8: tls.key: required with api.listen"},
+		},
+		{
+			name:  "api on a wildcard without advertise",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api:\n  listen: 0.0.0.0:8130\ntls: {ca: a, cert: b, key: c}\n"},
+			want:  []string{"agent.yaml:7: api.advertise: required when api.listen"},
+		},
+		{
+			name:  "api on an empty host without advertise",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api:\n  listen: :8130\ntls: {ca: a, cert: b, key: c}\n"},
+			want:  []string{"agent.yaml:7: api.advertise: required when api.listen"},
+		},
+		{
+			name:  "api addresses malformed",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api:\n  listen: 8130\n  advertise: 0.0.0.0:8130\ntls: {ca: a, cert: b, key: c}\n"},
+			want:  []string{"agent.yaml:7: api.listen: \"8130\" is not host:port", "agent.yaml:8: api.advertise: \"0.0.0.0:8130\": peers dial it"},
+		},
+		{
+			name:  "api advertise without listen",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api:\n  advertise: 10.0.0.5:8130\n"},
+			want:  []string{"agent.yaml:7: api.listen: advertise needs listen"},
+		},
+		{
+			name:  "unknown tls field",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "tls:\n  certificate: x.pem\n"},
+			want:  []string{"agent.yaml:7", "tls.certificate: unknown field (expected one of ca, cert, key)"},
+		},
+		{
 			name:  "no roles",
 			files: map[string]string{"agent.yaml": "node: x\n"},
 			want:  []string{"the node has no roles"},
@@ -241,5 +276,36 @@ func TestShippedLaunchCommand(t *testing.T) {
 	}
 	if u := n.Services["iris_controller"].User; u != "irisadmin" {
 		t.Fatalf("user %q", u)
+	}
+}
+
+func TestAPIAndTLS(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + `api:
+  listen: 0.0.0.0:8130
+  advertise: 10.0.0.5:8130
+tls:
+  ca: tls/ca.pem
+  cert: /etc/dhvisor/tls/agent-n1.pem
+  key: tls/agent-n1-key.pem
+`})
+	n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := n.Agent
+	if a.API.Listen != "0.0.0.0:8130" || a.API.Addr("0.0.0.0:8130") != "10.0.0.5:8130" {
+		t.Errorf("api %+v", a.API)
+	}
+	if a.TLS.CA != filepath.Join(dir, "tls/ca.pem") || a.TLS.Cert != "/etc/dhvisor/tls/agent-n1.pem" || a.TLS.Key != filepath.Join(dir, "tls/agent-n1-key.pem") {
+		t.Errorf("tls paths not resolved against the config's directory: %+v", a.TLS)
+	}
+
+	// A concrete listen host is its own advertised address.
+	dir = writeFiles(t, map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "api: {listen: 10.0.0.6:8130}\ntls: {ca: a, cert: b, key: c}\n"})
+	if n, err = LoadAgent(filepath.Join(dir, "agent.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.Agent.API.Addr("10.0.0.6:8130"); got != "10.0.0.6:8130" {
+		t.Errorf("advertised %q", got)
 	}
 }
