@@ -2,7 +2,7 @@
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/dhvisor/dhvisor/internal/version.Version=$(VERSION)
-BINS    := bin/dhagent bin/dhctl bin/dh-standin
+BINS    := bin/dhagent bin/dhcoord bin/dhctl bin/dh-standin
 STATICCHECK ?= $(shell command -v staticcheck || echo $$(go env GOPATH)/bin/staticcheck)
 
 .PHONY: all build demo demo-stop test lint unit e2e bench proto clean
@@ -11,6 +11,7 @@ all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dhagent ./cmd/dhagent
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dhcoord ./cmd/dhcoord
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dhctl ./cmd/dhctl
 	$(GO) build -o bin/dh-standin ./test/standin
 
@@ -37,7 +38,7 @@ bench: build
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \
-	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/agentpb/agent.proto
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/agentpb/agent.proto proto/coordpb/coord.proto
 
 clean:
 	rm -rf bin dist

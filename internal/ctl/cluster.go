@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -11,7 +12,49 @@ import (
 	"github.com/spf13/cobra"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+	coordpb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
+
+// coordinatorStatus prints the cluster as a coordinator replica sees it,
+// with the replicas and the operation in progress. handled is false when no
+// coordinator can be asked: the local agent's gossip view is shown instead.
+func (o *options) coordinatorStatus(ctx context.Context, node string, asJSON bool) (handled bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, closeConn, found, err := o.coordClient(ctx)
+	if !found {
+		return false, nil
+	}
+	if err != nil {
+		if _, serr := os.Stat(o.socket); serr == nil {
+			fmt.Fprintf(o.errOut, "dhctl: %v\ndhctl: showing the local agent's view instead\n", err)
+			return false, nil
+		}
+		return true, err
+	}
+	defer closeConn()
+	resp, err := c.Status(ctx, &coordpb.StatusRequest{Node: node})
+	if err != nil {
+		return true, rpcError(err)
+	}
+	return true, o.show(resp, asJSON, func(w io.Writer, color bool) {
+		renderCluster(w, resp.Cluster, time.Now(), color)
+		fmt.Fprintln(w)
+		var reps []string
+		for _, p := range resp.Coordinators.GetPeers() {
+			r := p.Peer.Id
+			if p.Leader {
+				r += " (leader)"
+			}
+			reps = append(reps, r)
+		}
+		fmt.Fprintf(w, "Coordinators: %s; answered by %s\n", strings.Join(reps, ", "), resp.Coordinators.GetAnsweredBy())
+		if op := resp.Active; op != nil {
+			done, all := stepCounts(op)
+			fmt.Fprintf(w, "Operation %s (%s): %s, %d/%d steps; `dhctl ops show %s`\n", op.Id, label(op), op.State, done, all, op.Id)
+		}
+	}, clusterNotOK(resp.Cluster), "services or nodes not OK")
+}
 
 // clusterStatus prints every node's services as gossip shows them.
 func (o *options) clusterStatus(ctx context.Context, c pb.AgentClient, node string, asJSON bool) error {
@@ -26,7 +69,7 @@ func (o *options) clusterStatus(ctx context.Context, c pb.AgentClient, node stri
 func clusterNotOK(resp *pb.ClusterResponse) int {
 	n := 0
 	for _, node := range resp.Nodes {
-		if node.State == "left" {
+		if node.State == "left" || node.Kind == "coordinator" {
 			continue // an operator took it out: not a fault
 		}
 		if node.State != "alive" {
@@ -55,7 +98,16 @@ func ago(now time.Time, ms int64) string {
 
 func renderCluster(w io.Writer, resp *pb.ClusterResponse, now time.Time, color bool) {
 	alive, svcs, ok := 0, 0, 0
+	var nodes []*pb.NodeInfo
+	var coords []string
 	for _, n := range resp.Nodes {
+		// Coordinators gossip to see health but supervise nothing: a line
+		// of their own, not a node with an empty service table.
+		if n.Kind == "coordinator" {
+			coords = append(coords, n.Name+" "+n.State)
+			continue
+		}
+		nodes = append(nodes, n)
 		if n.State == "alive" {
 			alive++
 		}
@@ -66,8 +118,11 @@ func renderCluster(w io.Writer, resp *pb.ClusterResponse, now time.Time, color b
 			}
 		}
 	}
-	fmt.Fprintf(w, "Cluster: %d nodes (%d alive), %d/%d services OK, seen from %s\n", len(resp.Nodes), alive, ok, svcs, resp.LocalNode)
-	for _, n := range resp.Nodes {
+	fmt.Fprintf(w, "Cluster: %d nodes (%d alive), %d/%d services OK, seen from %s\n", len(nodes), alive, ok, svcs, resp.LocalNode)
+	if len(coords) > 0 {
+		fmt.Fprintf(w, "Coordinators in gossip: %s\n", strings.Join(coords, ", "))
+	}
+	for _, n := range nodes {
 		fmt.Fprintln(w)
 		var facts []string
 		if len(n.Roles) > 0 {
@@ -148,11 +203,14 @@ func (o *options) nodesCmd() *cobra.Command {
 					if n.State != "alive" && n.State != "left" {
 						down++
 					}
-					name := n.Name
+					name, roles := n.Name, strings.Join(n.Roles, ",")
+					if n.Kind == "coordinator" {
+						roles = "(coordinator)"
+					}
 					if name == resp.LocalNode {
 						name += " *"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), strings.Join(n.Roles, ","), ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr), dash(strings.Join(n.KeyIds, ",")))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), roles, ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr), dash(strings.Join(n.KeyIds, ",")))
 				}
 				tw.Flush()
 				if down > 0 {

@@ -31,8 +31,12 @@ func (b *blockFlags) validate() error {
 	return nil
 }
 
+// clusterActions are the controls that act cluster-wide through a coordinator.
+var clusterActions = map[pb.Action]string{pb.Action_ACTION_START: "start", pb.Action_ACTION_STOP: "stop", pb.Action_ACTION_RESTART: "restart"}
+
 func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Command {
 	bf := blockFlags{timeout: time.Minute}
+	var of opFlags
 	monitorOnly := act == pb.Action_ACTION_MONITOR || act == pb.Action_ACTION_UNMONITOR
 	cmd := &cobra.Command{
 		Use:   name + " SERVICE...|all",
@@ -48,6 +52,9 @@ func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Co
 				if err := bf.validate(); err != nil {
 					return err
 				}
+				if handled, err := o.clusterOp(cmd, &of, clusterActions[act], args); handled {
+					return err
+				}
 			}
 			return o.stream(cmd.Context(), bf, func(ctx context.Context, c pb.AgentClient) (grpc.ServerStreamingClient[pb.Progress], error) {
 				return c.Control(ctx, &pb.ControlRequest{Action: act, Services: args, Block: bf.block, TimeoutMs: bf.timeout.Milliseconds()})
@@ -56,18 +63,27 @@ func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Co
 	}
 	if !monitorOnly {
 		bf.add(cmd, "each service is OK (start, restart) or stopped (stop)")
+		of.add(cmd)
 	}
 	return cmd
 }
 
 func (o *options) orderCmd(name, short string) *cobra.Command {
 	var bf blockFlags
+	var of opFlags
 	cmd := &cobra.Command{
 		Use:   name,
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := bf.validate(); err != nil {
+				return err
+			}
+			action := "start"
+			if name == "down" {
+				action = "stop"
+			}
+			if handled, err := o.clusterOp(cmd, &of, action, nil); handled {
 				return err
 			}
 			return o.stream(cmd.Context(), bf, func(ctx context.Context, c pb.AgentClient) (grpc.ServerStreamingClient[pb.Progress], error) {
@@ -80,6 +96,7 @@ func (o *options) orderCmd(name, short string) *cobra.Command {
 		},
 	}
 	bf.add(cmd, "every service is OK (up) or stopped (down)")
+	of.add(cmd)
 	return cmd
 }
 

@@ -43,6 +43,7 @@ func fail(code int, format string, args ...any) error {
 
 type options struct {
 	socket string
+	coord  coordFlags
 	out    io.Writer
 	errOut io.Writer
 }
@@ -72,10 +73,12 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 		def = DefaultSocket
 	}
 	root.PersistentFlags().StringVar(&o.socket, "socket", def, "agent socket (env DHVISOR_SOCKET)")
+	o.addCoordFlags(root)
 	root.AddCommand(
 		o.statusCmd(),
 		o.nodesCmd(),
 		o.gossipCmd(),
+		o.tlsCmd(),
 		o.controlCmd("start", pb.Action_ACTION_START, "Start services (all: in dependency order)"),
 		o.controlCmd("stop", pb.Action_ACTION_STOP, "Stop services (all: in reverse dependency order)"),
 		o.controlCmd("restart", pb.Action_ACTION_RESTART, "Restart services"),
@@ -85,6 +88,9 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 		o.orderCmd("down", "Stop every service in reverse dependency order"),
 		o.reloadCmd(),
 		validateCmd(o),
+		o.opsCmd(),
+		o.coordinatorCmd(),
+		o.auditCmd(),
 	)
 	return root
 }

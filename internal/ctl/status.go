@@ -21,8 +21,13 @@ func (o *options) statusCmd() *cobra.Command {
 	var node string
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE...]",
-		Short: "Show services: the whole cluster when the node gossips, else this node (state, pid, uptime, restarts, CPU, memory, last check)",
+		Short: "Show services: the whole cluster (from a coordinator, else the local agent's gossip), or this node (state, pid, uptime, restarts, CPU, memory, last check)",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !local && len(args) == 0 {
+				if handled, err := o.coordinatorStatus(cmd.Context(), node, asJSON); handled {
+					return err
+				}
+			}
 			return o.call(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.AgentClient) error {
 				if !local && len(args) == 0 {
 					cl, err := c.Cluster(ctx, &pb.ClusterRequest{})
@@ -42,7 +47,7 @@ func (o *options) statusCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse, or ClusterResponse for the cluster view)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (the API's StatusResponse; for the cluster view the coordinator's StatusResponse or the agent's ClusterResponse)")
 	cmd.Flags().BoolVar(&local, "local", false, "only this node, with CPU, memory and checks")
 	cmd.Flags().StringVar(&node, "node", "", "only this node of the cluster")
 	return cmd

@@ -1,0 +1,44 @@
+// Command dhcoord is a dhvisor coordinator replica.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/dhvisor/dhvisor/coordinator"
+	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/version"
+)
+
+func main() {
+	file := flag.String("config", config.DefaultCoordinatorPath, "coordinator configuration file")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	level := flag.String("log-level", "info", "log level: debug, info, warn, error")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println("dhcoord", version.Version)
+		return
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "dhcoord: --log-level %q: expected debug, info, warn or error\n", *level)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	cfg, err := config.LoadCoordinator(*file)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dhcoord: configuration refused:\n%v\n", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := coordinator.New(cfg, log).Run(ctx); err != nil {
+		log.Error("coordinator failed", "err", err)
+		os.Exit(1)
+	}
+}

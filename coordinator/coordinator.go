@@ -1,0 +1,295 @@
+// Package coordinator wires one dhcoord replica together: raft and its
+// state machine, the cluster API, gossip membership (to see node health at
+// once), the agents' clients and, while this replica leads, the operations
+// engine and the node inventory.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/dhvisor/dhvisor/coordinator/agents"
+	"github.com/dhvisor/dhvisor/coordinator/api"
+	"github.com/dhvisor/dhvisor/coordinator/fsm"
+	"github.com/dhvisor/dhvisor/coordinator/ops"
+	"github.com/dhvisor/dhvisor/coordinator/raftnode"
+	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
+	"github.com/dhvisor/dhvisor/internal/version"
+	pb "github.com/dhvisor/dhvisor/proto/coordpb"
+)
+
+// Coordinator is one replica.
+type Coordinator struct {
+	cfg *config.Coordinator
+	log *slog.Logger
+}
+
+// New returns a replica for a validated configuration.
+func New(cfg *config.Coordinator, log *slog.Logger) *Coordinator {
+	return &Coordinator{cfg: cfg, log: log}
+}
+
+// Run serves until ctx ends.
+func (c *Coordinator) Run(ctx context.Context) error {
+	cfg := c.cfg
+	serverTLS, err := tlsutil.ServerConfig(cfg.TLS, tlsutil.RoleOperator, tlsutil.RoleCoordinator)
+	if err != nil {
+		return err
+	}
+	peerTLS, err := tlsutil.ClientConfig(cfg.TLS, tlsutil.RoleCoordinator)
+	if err != nil {
+		return err
+	}
+	agentTLS, err := tlsutil.ClientConfig(cfg.TLS, tlsutil.RoleAgent)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
+	}
+	defer lis.Close()
+
+	state := fsm.New()
+	var boot []raftnode.Peer
+	for _, p := range cfg.Raft.Bootstrap {
+		boot = append(boot, raftnode.Peer{ID: p.ID, Addr: p.Addr})
+	}
+	rn, err := raftnode.Open(raftnode.Config{
+		ID: cfg.Node, DataDir: cfg.DataDir, Bind: cfg.Raft.Listen.Listen, Advertise: cfg.Raft.Advertise,
+		TLS: cfg.TLS, Bootstrap: boot, Logger: c.log,
+		HeartbeatTimeout: cfg.Raft.HeartbeatTimeout.D(), ElectionTimeout: cfg.Raft.ElectionTimeout.D(),
+	}, state)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := rn.Shutdown(); err != nil {
+			c.log.Warn("raft shutdown", "err", err)
+		}
+	}()
+
+	gctx, gcancel := context.WithCancel(context.Background())
+	defer gcancel()
+	g, err := c.startGossip(gctx)
+	if err != nil {
+		return fmt.Errorf("gossip: %w", err)
+	}
+	defer func() {
+		if err := g.Leave(2 * time.Second); err != nil {
+			c.log.Warn("gossip leave", "err", err)
+		}
+	}()
+
+	defaults := ops.Defaults{MinHealthyTime: cfg.Operations.MinHealthyTime.D(), HealthyDeadline: cfg.Operations.HealthyDeadline.D(), ProgressDeadline: cfg.Operations.ProgressDeadline.D()}
+	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS)}
+	defer srv.Close()
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
+	pb.RegisterCoordinatorServer(gs, srv)
+
+	pool := agents.NewPool(agentTLS, func(node string) (string, error) { return agentAddr(g, state, node) })
+	defer pool.Close()
+	engine := &ops.Engine{
+		FSM: state, Agents: pool, Health: gossipHealth{g}, Self: "coordinator:" + cfg.Node,
+		Log: c.log.With("component", "ops"),
+		Propose: func(ctx context.Context, cmd *pb.Command) (any, error) {
+			return propose(ctx, rn, cmd)
+		},
+	}
+	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: cfg.API.Addr()}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- err
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		c.lead(ctx, rn, engine, &inventory{fsm: state, gossip: g, agents: pool, propose: engine.Propose, self: engine.Self, log: c.log})
+	}()
+	go func() {
+		defer wg.Done()
+		registerSelf(ctx, srv, state, self, c.log)
+	}()
+	c.log.Info("coordinator running", "node", cfg.Node, "api", cfg.API.Addr(), "raft", rn.Addr(), "data_dir", cfg.DataDir, "version", version.Version)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		gs.Stop() // open WatchOp streams would hold a graceful stop
+		<-stopped
+	}
+	wg.Wait()
+	return err
+}
+
+// lead runs the leader's loops for as long as this replica leads.
+func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.Engine, inv *inventory) {
+	var stop func()
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leader := <-rn.Leadership:
+			if stop != nil {
+				stop()
+				stop = nil
+			}
+			if !leader {
+				c.log.Info("no longer the leader")
+				continue
+			}
+			c.log.Info("leading: operations and the node inventory run here")
+			stop = startLeading(ctx, engine, inv)
+		}
+	}
+}
+
+// startLeading starts the leader-only loops; the returned function stops
+// them and waits until they have.
+func startLeading(ctx context.Context, engine *ops.Engine, inv *inventory) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); engine.Lead(ctx) }()
+	go func() { defer wg.Done(); inv.run(ctx) }()
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+func propose(ctx context.Context, rn *raftnode.Node, cmd *pb.Command) (any, error) {
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	res, err := rn.Apply(ctx, data)
+	if err != nil {
+		return nil, err
+	}
+	if rerr, ok := res.(error); ok {
+		return nil, rerr
+	}
+	return res, nil
+}
+
+// registerSelf keeps this replica's addresses in the replicated state.
+func registerSelf(ctx context.Context, srv *api.Server, state *fsm.FSM, self *pb.Peer, log *slog.Logger) {
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	for {
+		changed := state.Changed()
+		if p := state.State().Peers[self.Id]; p == nil || p.RaftAddr != self.RaftAddr || p.ApiAddr != self.ApiAddr {
+			select {
+			case <-ctx.Done():
+				return
+			case <-retry.C:
+			}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := srv.RegisterSelf(rctx, self)
+			cancel()
+			if err != nil {
+				log.Debug("registering this coordinator's addresses; will retry", "err", err)
+				retry.Reset(time.Second)
+			} else {
+				retry.Reset(0)
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func (c *Coordinator) startGossip(ctx context.Context) (*gossip.Gossip, error) {
+	gc := c.cfg.Gossip
+	host, port, err := config.SplitHostPort(gc.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("gossip.bind: %w", err)
+	}
+	conf := gossip.Config{
+		NodeName: c.cfg.Node, BindAddr: host, BindPort: port, Seeds: gc.Seeds, KeyFile: gc.KeyFile,
+		Meta:   gossip.NodeMeta{Kind: gossip.KindCoordinator, APIAddr: c.cfg.API.Addr(), DhvisorVersion: version.Version},
+		Logger: c.log,
+	}
+	if gc.Advertise != "" {
+		if conf.AdvertiseAddr, conf.AdvertisePort, err = config.SplitHostPort(gc.Advertise); err != nil {
+			return nil, fmt.Errorf("gossip.advertise: %w", err)
+		}
+	}
+	g, err := gossip.New(conf)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.Start(ctx); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// agentAddr is where node's agent API listens: from its gossip meta, else as
+// last recorded.
+func agentAddr(g *gossip.Gossip, state *fsm.FSM, node string) (string, error) {
+	for _, v := range g.View() {
+		if v.Name == node && v.Meta.APIAddr != "" {
+			return v.Meta.APIAddr, nil
+		}
+	}
+	if n := state.State().Nodes[node]; n != nil && n.ApiAddr != "" {
+		return n.ApiAddr, nil
+	}
+	return "", fmt.Errorf("node %s publishes no agent API address (set api.listen in its agent.yaml)", node)
+}
+
+// gossipHealth implements ops.Health over the gossip view.
+type gossipHealth struct{ g *gossip.Gossip }
+
+func (h gossipHealth) Services(node string) map[string]string {
+	out := map[string]string{}
+	for _, v := range h.g.View() {
+		if v.Name == node {
+			for _, s := range v.Services {
+				out[s.Name] = s.State
+			}
+		}
+	}
+	return out
+}
+
+func (h gossipHealth) Subscribe() (<-chan struct{}, func()) { return h.g.Subscribe() }

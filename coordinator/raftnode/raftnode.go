@@ -1,0 +1,182 @@
+// Package raftnode runs one coordinator replica's raft: a raft-wal log,
+// file snapshots, and a TCP transport that speaks mutual TLS with the
+// cluster CA, accepting only coordinator certificates.
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
+)
+
+// Peer is a raft server: its id (the coordinator's node name) and address.
+type Peer struct {
+	ID   string
+	Addr string
+}
+
+// Config configures a replica.
+type Config struct {
+	ID        string
+	DataDir   string // raft/ (log) and snapshots/ go under it
+	Bind      string // host:port the transport listens on
+	Advertise string // host:port peers dial; "" = Bind
+	TLS       tlsutil.Files
+	// Bootstrap is the initial voter set, this replica included; used only
+	// when the data directory holds no raft state yet. Empty: this replica
+	// waits to be added by `dhctl coordinator join`.
+	Bootstrap []Peer
+	// Timing: zero values keep hashicorp/raft's defaults (1 s heartbeat and
+	// election timeouts, ~2 s failover).
+	HeartbeatTimeout time.Duration
+	ElectionTimeout  time.Duration
+	Logger           *slog.Logger
+}
+
+// Node is a running replica.
+type Node struct {
+	Raft *raft.Raft
+	// Leadership receives true when this replica becomes the leader and
+	// false when it stops being it; raft blocks until it is read.
+	Leadership <-chan bool
+	trans      *raft.NetworkTransport
+	logs       *wal.WAL
+	id         string
+	addr       string
+}
+
+// Open starts the replica with fsm. It bootstraps a new cluster only when
+// there is no existing state and Bootstrap is set.
+func Open(cfg Config, fsm raft.FSM) (*Node, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	hlog := newHCLogger(log.With("component", "raft"))
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hlog
+	leadership := make(chan bool, 1)
+	rc.NotifyCh = leadership
+	if cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	}
+	if cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
+		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft"), 0o700); err != nil {
+		return nil, err
+	}
+	logs, err := wal.Open(filepath.Join(cfg.DataDir, "raft"), wal.WithLogger(hlog))
+	if err != nil {
+		return nil, fmt.Errorf("raft log in %s: %w", cfg.DataDir, err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("raft snapshots in %s: %w", cfg.DataDir, err)
+	}
+	advertise := cfg.Advertise
+	if advertise == "" {
+		advertise = cfg.Bind
+	}
+	stream, err := listenTLS(cfg.Bind, advertise, cfg.TLS)
+	if err != nil {
+		logs.Close()
+		return nil, err
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
+	})
+	n := &Node{trans: trans, logs: logs, id: cfg.ID, addr: string(trans.LocalAddr())}
+	existing, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		n.closeStores()
+		return nil, err
+	}
+	if !existing && len(cfg.Bootstrap) > 0 {
+		var servers []raft.Server
+		for _, p := range cfg.Bootstrap {
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr)})
+		}
+		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+			n.closeStores()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	r, err := raft.NewRaft(rc, fsm, logs, logs, snaps, trans)
+	if err != nil {
+		n.closeStores()
+		return nil, err
+	}
+	n.Raft, n.Leadership = r, leadership
+	return n, nil
+}
+
+// Addr is the transport's advertised address.
+func (n *Node) Addr() string { return n.addr }
+
+// ID is this replica's server id.
+func (n *Node) ID() string { return n.id }
+
+// IsLeader reports whether this replica leads.
+func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
+
+// Leader returns the leader's id and address ("" while there is none).
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.Raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// ErrNotLeader is returned by Apply on a follower.
+var ErrNotLeader = errors.New("not the raft leader")
+
+// Apply commits data and returns the FSM's response. It fails with
+// ErrNotLeader on a follower (forward to the leader instead).
+func (n *Node) Apply(ctx context.Context, data []byte) (any, error) {
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := n.Raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return nil, err
+	}
+	return f.Response(), nil
+}
+
+// Servers returns the raft configuration.
+func (n *Node) Servers() ([]raft.Server, error) {
+	f := n.Raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	return f.Configuration().Servers, nil
+}
+
+// Shutdown stops raft and closes the transport and the log.
+func (n *Node) Shutdown() error {
+	err := n.Raft.Shutdown().Error()
+	n.closeStores()
+	return err
+}
+
+func (n *Node) closeStores() {
+	n.trans.Close()
+	n.logs.Close()
+}
