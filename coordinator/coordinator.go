@@ -125,7 +125,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		c.lead(ctx, rn, engine, &inventory{fsm: state, gossip: g, agents: pool, propose: engine.Propose, self: engine.Self, log: c.log})
+		c.lead(ctx, rn, engine, &inventory{fsm: state, gossip: g, agents: pool, propose: engine.Propose, self: engine.Self, log: c.log}, func(ctx context.Context) error {
+			return srv.RegisterSelf(ctx, self)
+		})
 	}()
 	go func() {
 		defer wg.Done()
@@ -151,7 +153,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 }
 
 // lead runs the leader's loops for as long as this replica leads.
-func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.Engine, inv *inventory) {
+func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.Engine, inv *inventory, register func(context.Context) error) {
 	var stop func()
 	defer func() {
 		if stop != nil {
@@ -172,6 +174,14 @@ func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.E
 				continue
 			}
 			c.log.Info("leading: operations and the node inventory run here")
+			// Followers forward writes to the address recorded here: record
+			// it before anything else, so forwarding works at once.
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := register(rctx)
+			cancel()
+			if err != nil {
+				c.log.Warn("recording this leader's addresses", "err", err)
+			}
 			stop = startLeading(ctx, engine, inv)
 		}
 	}

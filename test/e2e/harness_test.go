@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	for name, pkg := range map[string]string{"dhagent": "./cmd/dhagent", "dhctl": "./cmd/dhctl", "dh-standin": "./test/standin"} {
+	for name, pkg := range map[string]string{"dhagent": "./cmd/dhagent", "dhcoord": "./cmd/dhcoord", "dhctl": "./cmd/dhctl", "dh-standin": "./test/standin"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 		cmd.Dir = "../.."
 		if out, err := cmd.CombinedOutput(); err != nil {
