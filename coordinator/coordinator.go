@@ -73,6 +73,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		ID: cfg.Node, DataDir: cfg.DataDir, Bind: cfg.Raft.Listen.Listen, Advertise: cfg.Raft.Advertise,
 		TLS: cfg.TLS, Bootstrap: boot, Logger: c.log,
 		HeartbeatTimeout: cfg.Raft.HeartbeatTimeout.D(), ElectionTimeout: cfg.Raft.ElectionTimeout.D(),
+		SnapshotThreshold: cfg.Raft.SnapshotThreshold, TrailingLogs: cfg.Raft.TrailingLogs,
 	}, state)
 	if err != nil {
 		return err
@@ -290,12 +291,12 @@ func agentAddr(g *gossip.Gossip, state *fsm.FSM, node string) (string, error) {
 // gossipHealth implements ops.Health over the gossip view.
 type gossipHealth struct{ g *gossip.Gossip }
 
-func (h gossipHealth) Services(node string) map[string]string {
-	out := map[string]string{}
+func (h gossipHealth) Services(node string) map[string]ops.ServiceHealth {
+	out := map[string]ops.ServiceHealth{}
 	for _, v := range h.g.View() {
 		if v.Name == node {
 			for _, s := range v.Services {
-				out[s.Name] = s.State
+				out[s.Name] = ops.ServiceHealth{State: s.State, Since: s.Since}
 			}
 		}
 	}

@@ -32,10 +32,16 @@ type Unavailable struct{ Err error }
 func (u *Unavailable) Error() string { return "agent unreachable: " + u.Err.Error() }
 func (u *Unavailable) Unwrap() error { return u.Err }
 
+// ServiceHealth is a service's gossiped state and since when it holds.
+type ServiceHealth struct {
+	State string
+	Since time.Time
+}
+
 // Health is the gossiped view of the nodes' services.
 type Health interface {
 	// Services returns the states of node's services now.
-	Services(node string) map[string]string
+	Services(node string) map[string]ServiceHealth
 	// Subscribe returns a channel that fires when the view changes, and a
 	// function that ends the subscription.
 	Subscribe() (<-chan struct{}, func())
@@ -302,11 +308,13 @@ func (e *Engine) control(ctx context.Context, s *pb.Step, token string) error {
 // hold waits until every service of the step has stayed OK for d, watching
 // the gossiped health for a fall and checking with the agent at the end that
 // no process was replaced meanwhile (a crash and restart between two gossip
-// rounds would otherwise go unseen).
+// rounds would otherwise go unseen). Gossip lags the agent: a state that
+// began before the agent reported OK is old news, not a fall.
 func (e *Engine) hold(ctx context.Context, s *pb.Step, d time.Duration) error {
 	changed, unsubscribe := e.Health.Subscribe()
 	defer unsubscribe()
-	for {
+	for ctx.Err() == nil {
+		okAt := e.now()
 		base, err := e.pids(ctx, s)
 		if err != nil {
 			return err
@@ -317,8 +325,8 @@ func (e *Engine) hold(ctx context.Context, s *pb.Step, d time.Duration) error {
 		for {
 			states := e.Health.Services(s.Node)
 			for _, svc := range s.Services {
-				if st, ok := states[svc]; ok && st != "OK" {
-					fell = svc + " " + st
+				if st, ok := states[svc]; ok && st.State != "OK" && st.Since.After(okAt) {
+					fell = svc + " " + st.State
 					break watch
 				}
 			}
@@ -347,6 +355,7 @@ func (e *Engine) hold(ctx context.Context, s *pb.Step, d time.Duration) error {
 			return fmt.Errorf("%s during the health hold, and not OK again within the healthy deadline", fell)
 		}
 	}
+	return fmt.Errorf("did not stay OK for %v within the healthy deadline", d)
 }
 
 // pids asks the agent for the step's services and requires them OK.

@@ -23,12 +23,13 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // fakeAgents acts on each service at most once per token, like the real
 // agent, and records what it did in order.
 type fakeAgents struct {
-	mu      sync.Mutex
-	acted   []string                 // "node/service" in the order acted on
-	tokens  map[string]bool          // token + node/service
-	pids    map[string]int32         // node/service -> pid
-	block   map[string]chan struct{} // node -> released when closed
-	failing map[string]string        // node/service -> failure message
+	mu          sync.Mutex
+	acted       []string                 // "node/service" in the order acted on
+	tokens      map[string]bool          // token + node/service
+	pids        map[string]int32         // node/service -> pid
+	block       map[string]chan struct{} // node -> released when closed
+	failing     map[string]string        // node/service -> failure message
+	statusCalls int
 }
 
 func newFakeAgents() *fakeAgents {
@@ -65,6 +66,7 @@ func (f *fakeAgents) Control(ctx context.Context, node string, req *agentpb.Cont
 func (f *fakeAgents) Status(_ context.Context, node string) (*agentpb.StatusResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.statusCalls++
 	resp := &agentpb.StatusResponse{Node: node}
 	for id, pid := range f.pids {
 		if n, svc, _ := strings.Cut(id, "/"); n == node {
@@ -83,7 +85,7 @@ func (f *fakeAgents) actedOn() []string {
 // okHealth reports every service OK and never changes.
 type okHealth struct{}
 
-func (okHealth) Services(string) map[string]string { return nil }
+func (okHealth) Services(string) map[string]ServiceHealth { return nil }
 func (okHealth) Subscribe() (<-chan struct{}, func()) {
 	return make(chan struct{}), func() {}
 }
@@ -328,5 +330,40 @@ func TestEngineHoldSeesRestart(t *testing.T) {
 	}
 	if took := time.Since(start); took < 300*time.Millisecond {
 		t.Errorf("took %v: the hold did not start again after the restart", took)
+	}
+}
+
+// staleHealth reports a service not OK since a fixed time, as gossip does
+// while the news that it came back has not arrived yet.
+type staleHealth struct{ since time.Time }
+
+func (h staleHealth) Services(string) map[string]ServiceHealth {
+	return map[string]ServiceHealth{"db_tdcp": {State: "Initializing", Since: h.since}}
+}
+func (staleHealth) Subscribe() (<-chan struct{}, func()) { return make(chan struct{}), func() {} }
+
+// Gossip that lags the agent is not a fall: the hold ends on time, with two
+// status calls (start and end of the hold), not a loop of them.
+func TestEngineHoldIgnoresStaleGossip(t *testing.T) {
+	h := newHarness(t)
+	h.eng.Health = staleHealth{since: time.Now()}
+	op := h.start(&pb.OpRequest{Action: ActRestart, Nodes: []string{"query-1"}, Services: []string{"db_tdcp"}, MinHealthyTimeMs: 100})
+	if got := h.lead(op.Id, nil); got.State != fsm.OpDone {
+		t.Fatalf("got %s: %s", got.State, got.Message)
+	}
+	h.agents.mu.Lock()
+	defer h.agents.mu.Unlock()
+	if h.agents.statusCalls != 2 {
+		t.Errorf("%d status calls during the hold, want 2", h.agents.statusCalls)
+	}
+}
+
+// A fall gossiped after the OK restarts the hold.
+func TestEngineHoldSeesGossipedFall(t *testing.T) {
+	h := newHarness(t)
+	h.eng.Health = staleHealth{since: time.Now().Add(time.Hour)}
+	op := h.start(&pb.OpRequest{Action: ActRestart, Nodes: []string{"query-1"}, Services: []string{"db_tdcp"}, MinHealthyTimeMs: 100, HealthyDeadlineMs: 500})
+	if got := h.lead(op.Id, nil); got.State != fsm.OpPaused || !strings.Contains(got.Message, "did not stay OK") {
+		t.Fatalf("got %s: %s", got.State, got.Message)
 	}
 }

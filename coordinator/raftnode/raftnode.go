@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 )
@@ -39,7 +40,12 @@ type Config struct {
 	// election timeouts, ~2 s failover).
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
-	Logger           *slog.Logger
+	// SnapshotThreshold (log entries between snapshots) and TrailingLogs
+	// (entries kept after one, so a replica briefly down catches up from
+	// the log rather than a whole snapshot): zero keeps raft's defaults.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	Logger            *slog.Logger
 }
 
 // Node is a running replica.
@@ -50,6 +56,7 @@ type Node struct {
 	Leadership <-chan bool
 	trans      *raft.NetworkTransport
 	logs       *wal.WAL
+	meta       *metadb.BoltMetaDB
 	id         string
 	addr       string
 }
@@ -73,19 +80,30 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	if cfg.ElectionTimeout > 0 {
 		rc.ElectionTimeout = cfg.ElectionTimeout
 	}
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
 	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
 		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
 	}
 	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft"), 0o700); err != nil {
 		return nil, err
 	}
-	logs, err := wal.Open(filepath.Join(cfg.DataDir, "raft"), wal.WithLogger(hlog))
+	// raft-wal v0.4.0's Close leaves its metadata database open (and its
+	// file locked); with our own we can close it.
+	meta := &metadb.BoltMetaDB{}
+	logs, err := wal.Open(filepath.Join(cfg.DataDir, "raft"), wal.WithLogger(hlog), wal.WithMetaStore(meta))
 	if err != nil {
+		meta.Close()
 		return nil, fmt.Errorf("raft log in %s: %w", cfg.DataDir, err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hlog)
 	if err != nil {
 		logs.Close()
+		meta.Close()
 		return nil, fmt.Errorf("raft snapshots in %s: %w", cfg.DataDir, err)
 	}
 	advertise := cfg.Advertise
@@ -95,12 +113,13 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	stream, err := listenTLS(cfg.Bind, advertise, cfg.TLS)
 	if err != nil {
 		logs.Close()
+		meta.Close()
 		return nil, err
 	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
 	})
-	n := &Node{trans: trans, logs: logs, id: cfg.ID, addr: string(trans.LocalAddr())}
+	n := &Node{trans: trans, logs: logs, meta: meta, id: cfg.ID, addr: string(trans.LocalAddr())}
 	existing, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
 		n.closeStores()
@@ -179,4 +198,5 @@ func (n *Node) Shutdown() error {
 func (n *Node) closeStores() {
 	n.trans.Close()
 	n.logs.Close()
+	n.meta.Close()
 }

@@ -30,6 +30,37 @@ type tlsStream struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+
+	// open holds every connection handed to raft, accepted or dialed:
+	// raft's transport does not close them on shutdown, and its reader
+	// goroutines would outlive the replica.
+	mu   sync.Mutex
+	open map[*trackedConn]struct{}
+}
+
+type trackedConn struct {
+	net.Conn
+	s *tlsStream
+}
+
+func (c *trackedConn) Close() error {
+	c.s.mu.Lock()
+	delete(c.s.open, c)
+	c.s.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// track registers c, or closes it if the stream is already closed.
+func (s *tlsStream) track(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open == nil {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	tc := &trackedConn{Conn: c, s: s}
+	s.open[tc] = struct{}{}
+	return tc, nil
 }
 
 func listenTLS(bind, advertise string, files tlsutil.Files) (*tlsStream, error) {
@@ -54,7 +85,7 @@ func listenTLS(bind, advertise string, files tlsutil.Files) (*tlsStream, error) 
 	if adv.Port == 0 {
 		adv.Port = lis.Addr().(*net.TCPAddr).Port
 	}
-	s := &tlsStream{lis: lis, advertise: adv, server: server, client: client, conns: make(chan net.Conn), done: make(chan struct{})}
+	s := &tlsStream{lis: lis, advertise: adv, server: server, client: client, conns: make(chan net.Conn), done: make(chan struct{}), open: map[*trackedConn]struct{}{}}
 	s.wg.Add(1)
 	go s.acceptLoop()
 	return s, nil
@@ -94,7 +125,7 @@ func (s *tlsStream) acceptLoop() {
 func (s *tlsStream) Accept() (net.Conn, error) {
 	select {
 	case c := <-s.conns:
-		return c, nil
+		return s.track(c)
 	case <-s.done:
 		return nil, net.ErrClosed
 	}
@@ -107,6 +138,13 @@ func (s *tlsStream) Close() error {
 		close(s.done)
 		err = s.lis.Close()
 		s.wg.Wait()
+		s.mu.Lock()
+		open := s.open
+		s.open = nil
+		s.mu.Unlock()
+		for c := range open {
+			c.Conn.Close()
+		}
 	})
 	return err
 }
@@ -120,5 +158,9 @@ func (s *tlsStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Co
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: s.client}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return d.DialContext(ctx, "tcp", string(addr))
+	c, err := d.DialContext(ctx, "tcp", string(addr))
+	if err != nil {
+		return nil, err
+	}
+	return s.track(c)
 }

@@ -51,6 +51,10 @@ type Raft struct {
 	Bootstrap        []RaftPeer `yaml:"bootstrap"`
 	HeartbeatTimeout Duration   `yaml:"heartbeat_timeout"`
 	ElectionTimeout  Duration   `yaml:"election_timeout"`
+	// SnapshotThreshold and TrailingLogs: zero keeps hashicorp/raft's
+	// defaults (8192 and 10240 entries).
+	SnapshotThreshold uint64 `yaml:"snapshot_threshold"`
+	TrailingLogs      uint64 `yaml:"trailing_logs"`
 }
 
 // RaftPeer is one voter of the initial cluster.

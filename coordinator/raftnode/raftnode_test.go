@@ -1,0 +1,198 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/dhvisor/dhvisor/coordinator/fsm"
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
+	pb "github.com/dhvisor/dhvisor/proto/coordpb"
+)
+
+func TestMain(m *testing.M) {
+	// raft-wal's background segment work and hashicorp/raft's transport
+	// pools are torn down by Shutdown; nothing may outlive it.
+	goleak.VerifyTestMain(m)
+}
+
+type replica struct {
+	cfg  Config
+	fsm  *fsm.FSM
+	node *Node
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// threeReplicas starts a bootstrapped 3-replica cluster that snapshots
+// every 20 entries.
+func threeReplicas(t *testing.T) []*replica {
+	t.Helper()
+	dir := t.TempDir()
+	ca, key, err := tlsutil.CreateCA(dir, "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reps []*replica
+	var boot []Peer
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("c%d", i)
+		cert, ckey, err := tlsutil.CreateCert(ca, key, dir, tlsutil.CertRequest{Role: tlsutil.RoleCoordinator, Name: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := Config{
+			ID: id, DataDir: filepath.Join(dir, id), Bind: freeAddr(t), TLS: tlsutil.Files{CA: ca, Cert: cert, Key: ckey},
+			SnapshotThreshold: 20, TrailingLogs: 5, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		}
+		boot = append(boot, Peer{ID: id, Addr: cfg.Bind})
+		reps = append(reps, &replica{cfg: cfg})
+	}
+	for _, r := range reps {
+		r.cfg.Bootstrap = boot
+		r.open(t)
+	}
+	t.Cleanup(func() {
+		for _, r := range reps {
+			if r.node != nil {
+				_ = r.node.Shutdown()
+			}
+		}
+	})
+	return reps
+}
+
+func (r *replica) open(t *testing.T) {
+	t.Helper()
+	r.fsm = fsm.New()
+	n, err := Open(r.cfg, r.fsm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.node = n
+}
+
+func leader(t *testing.T, reps []*replica) *replica {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, r := range reps {
+			if r.node != nil && r.node.IsLeader() {
+				return r
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no leader elected")
+	return nil
+}
+
+func write(t *testing.T, r *replica, i int) {
+	t.Helper()
+	data, err := fsm.Encode(&pb.Command{AtUnixMs: int64(i), Who: "test", Cmd: &pb.Command_NodeUpsert{NodeUpsert: &pb.Node{Name: fmt.Sprintf("n%03d", i), State: "alive"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.node.Apply(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A replica down while the others write and snapshot comes back and ends
+// with the same state; a replica restarted after a snapshot restores it.
+func TestCatchUpFromSnapshot(t *testing.T) {
+	reps := threeReplicas(t)
+	l := leader(t, reps)
+	var down *replica
+	for _, r := range reps {
+		if r != l {
+			down = r
+			break
+		}
+	}
+	for i := 0; i < 10; i++ {
+		write(t, l, i)
+	}
+	if err := down.node.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	down.node = nil
+	for i := 10; i < 100; i++ {
+		write(t, leader(t, reps), i)
+	}
+	if err := leader(t, reps).node.Raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	down.open(t)
+	want := leader(t, reps).fsm.State()
+	deadline := time.Now().Add(10 * time.Second)
+	for !proto.Equal(down.fsm.State(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the returning replica has %d nodes, want %d", len(down.fsm.State().Nodes), len(want.Nodes))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The replica that took the snapshot restarts from it (and the log
+	// after it) and ends with the same state.
+	snapper := leader(t, reps)
+	if err := snapper.node.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	snapper.open(t)
+	if idx := snapper.node.Raft.Stats()["last_snapshot_index"]; idx == "0" {
+		t.Fatalf("no snapshot to restore from (last_snapshot_index %s)", idx)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for !proto.Equal(snapper.fsm.State(), want) {
+		if time.Now().After(deadline) {
+			t.Fatal("the replica did not restore its state from its snapshot")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A follower refuses writes with ErrNotLeader; leadership moves on request.
+func TestFollowerAndTransfer(t *testing.T) {
+	reps := threeReplicas(t)
+	l := leader(t, reps)
+	var f *replica
+	for _, r := range reps {
+		if r != l {
+			f = r
+		}
+	}
+	data, _ := fsm.Encode(&pb.Command{Cmd: &pb.Command_PeerRemove{PeerRemove: "x"}})
+	if _, err := f.node.Apply(context.Background(), data); !errors.Is(err, ErrNotLeader) {
+		t.Errorf("follower apply: %v", err)
+	}
+	if err := l.node.Raft.LeadershipTransferToServer(raft.ServerID(f.cfg.ID), raft.ServerAddress(f.node.Addr())).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if got := leader(t, reps); got != f {
+		t.Errorf("leader after transfer: %s, want %s", got.cfg.ID, f.cfg.ID)
+	}
+	if id, _ := f.node.Leader(); id != f.cfg.ID {
+		t.Errorf("Leader() = %q", id)
+	}
+}
