@@ -35,6 +35,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/...
 	$(GO) run ./scripts/bench/restart --samples 60
 	$(GO) run ./scripts/bench/gossip
+	$(GO) run ./scripts/bench/coord
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \

@@ -1,0 +1,27 @@
+package main
+
+import (
+	"os"
+
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+)
+
+// The harnesses share their statistics and polling (package benchkit).
+type stats = benchkit.Stats
+
+var (
+	summarise = benchkit.Summarise
+	repoRoot  = benchkit.RepoRoot
+	readFile  = benchkit.ReadFile
+	loadavg   = benchkit.Loadavg
+	tail      = benchkit.Tail
+	writeJSON = benchkit.WriteJSON
+	ms        = benchkit.MS
+	fmtMS     = benchkit.FmtMS
+	verdict   = benchkit.Verdict
+	pollUntil = benchkit.PollUntil
+	sleepCtx  = benchkit.SleepCtx
+)
+
+// logw takes progress lines, apart from the report on stdout.
+var logw = os.Stderr
