@@ -332,7 +332,7 @@ func (c *Cluster) Stop() {
 	for _, a := range c.Agents {
 		if a.Running() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_ = exec.CommandContext(ctx, filepath.Join(c.Opt.Bin, "dhctl"), "--socket", filepath.Join(a.Dir, "agent.sock"), "--local", "down", "--block", "--timeout", "20s").Run()
+			_ = exec.CommandContext(ctx, filepath.Join(c.Opt.Bin, "dhctl"), "--socket", filepath.Join(a.Dir, "agent.sock"), "down", "--local", "--block", "--timeout", "20s").Run()
 			cancel()
 		}
 		a.Stop()
