@@ -77,7 +77,6 @@ type Cluster struct {
 	APIAddrs  []string // coordinators' cluster API addresses
 	RaftAddrs []string
 	TLS       string // the tls directory
-	mu        sync.Mutex
 }
 
 // Start creates the certificates and configurations and starts every
