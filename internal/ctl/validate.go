@@ -2,9 +2,11 @@ package ctl
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/graph"
@@ -13,13 +15,23 @@ import (
 func validateCmd(o *options) *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate [FILE...]",
-		Short: "Check agent configuration files (default " + config.DefaultAgentPath + ") and the roles they use",
+		Short: "Check agent and coordinator configuration files (default " + config.DefaultAgentPath + ") and the roles they use",
 		RunE: func(cmd *cobra.Command, files []string) error {
 			if len(files) == 0 {
 				files = []string{config.DefaultAgentPath}
 			}
 			bad := 0
 			for _, f := range files {
+				if isCoordinatorFile(f) {
+					c, err := config.LoadCoordinator(f)
+					if err != nil {
+						bad++
+						fmt.Fprintf(o.errOut, "%s: invalid\n%s\n", f, indent(err.Error()))
+						continue
+					}
+					fmt.Fprintf(o.out, "%s: ok, coordinator %s, api %s, raft %s, %d initial voters\n", f, c.Node, c.API.Addr(), c.Raft.Addr(), len(c.Raft.Bootstrap))
+					continue
+				}
 				node, err := config.LoadAgent(f)
 				if err != nil {
 					bad++
@@ -34,6 +46,22 @@ func validateCmd(o *options) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// isCoordinatorFile tells a coordinator.yaml (it has raft:) from an
+// agent.yaml; a file that does not parse is left to the agent loader, which
+// reports where.
+func isCoordinatorFile(file string) bool {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	var top map[string]any
+	if yaml.Unmarshal(data, &top) != nil {
+		return false
+	}
+	_, ok := top["raft"]
+	return ok
 }
 
 func indent(s string) string {

@@ -1,0 +1,46 @@
+package ctl
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestValidateCoordinatorFile(t *testing.T) {
+	dir := t.TempDir()
+	good := `node: c1
+api: {listen: "10.0.0.5:8125"}
+raft:
+  listen: "10.0.0.5:8126"
+  bootstrap: [{id: c1, addr: "10.0.0.5:8126"}]
+gossip: {bind: "10.0.0.5:7947"}
+tls: {ca: ca.pem, cert: c.pem, key: k.pem}
+`
+	cases := []struct {
+		name, data string
+		code       int
+		want       string
+	}{
+		{"good", good, ExitOK, "ok, coordinator c1, api 10.0.0.5:8125, raft 10.0.0.5:8126, 1 initial voters"},
+		{"bad voter list", strings.Replace(good, "{id: c1,", "{id: c2,", 1), ExitError, "raft.bootstrap: does not list this replica"},
+		{"wildcard without advertise", strings.Replace(good, `listen: "10.0.0.5:8126"`, `listen: "0.0.0.0:8126"`, 1), ExitError, "raft.advertise"},
+		{"unknown field", good + "rafts: 1\n", ExitError, "rafts"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(dir, tc.name+".yaml")
+			if err := os.WriteFile(f, []byte(tc.data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut bytes.Buffer
+			if code := Execute([]string{"validate", f}, &out, &errOut); code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, out.String(), errOut.String())
+			}
+			if got := out.String() + errOut.String(); !strings.Contains(got, tc.want) {
+				t.Errorf("output lacks %q:\n%s", tc.want, got)
+			}
+		})
+	}
+}
