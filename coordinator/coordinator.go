@@ -63,6 +63,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		return fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
 	}
 	defer lis.Close()
+	apiAddr := cfg.API.Addr(lis.Addr().String())
 
 	state := fsm.New()
 	var boot []raftnode.Peer
@@ -70,7 +71,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		boot = append(boot, raftnode.Peer{ID: p.ID, Addr: p.Addr})
 	}
 	rn, err := raftnode.Open(raftnode.Config{
-		ID: cfg.Node, DataDir: cfg.DataDir, Bind: cfg.Raft.Listen.Listen, Advertise: cfg.Raft.Advertise,
+		ID: cfg.Node, DataDir: cfg.DataDir, Bind: cfg.Raft.Listen, Advertise: cfg.Raft.Advertise,
 		TLS: cfg.TLS, Bootstrap: boot, Logger: c.log,
 		HeartbeatTimeout: cfg.Raft.HeartbeatTimeout.D(), ElectionTimeout: cfg.Raft.ElectionTimeout.D(),
 		SnapshotThreshold: cfg.Raft.SnapshotThreshold, TrailingLogs: cfg.Raft.TrailingLogs,
@@ -86,7 +87,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 
 	gctx, gcancel := context.WithCancel(context.Background())
 	defer gcancel()
-	g, err := c.startGossip(gctx)
+	g, err := c.startGossip(gctx, apiAddr)
 	if err != nil {
 		return fmt.Errorf("gossip: %w", err)
 	}
@@ -111,7 +112,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 			return propose(ctx, rn, cmd)
 		},
 	}
-	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: cfg.API.Addr()}
+	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: apiAddr}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -134,7 +135,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		defer wg.Done()
 		registerSelf(ctx, srv, state, self, c.log)
 	}()
-	c.log.Info("coordinator running", "node", cfg.Node, "api", cfg.API.Addr(), "raft", rn.Addr(), "data_dir", cfg.DataDir, "version", version.Version)
+	c.log.Info("coordinator running", "node", cfg.Node, "api", apiAddr, "raft", rn.Addr(), "data_dir", cfg.DataDir, "version", version.Version)
 
 	select {
 	case <-ctx.Done():
@@ -248,7 +249,7 @@ func registerSelf(ctx context.Context, srv *api.Server, state *fsm.FSM, self *pb
 	}
 }
 
-func (c *Coordinator) startGossip(ctx context.Context) (*gossip.Gossip, error) {
+func (c *Coordinator) startGossip(ctx context.Context, apiAddr string) (*gossip.Gossip, error) {
 	gc := c.cfg.Gossip
 	host, port, err := config.SplitHostPort(gc.Bind)
 	if err != nil {
@@ -256,7 +257,7 @@ func (c *Coordinator) startGossip(ctx context.Context) (*gossip.Gossip, error) {
 	}
 	conf := gossip.Config{
 		NodeName: c.cfg.Node, BindAddr: host, BindPort: port, Seeds: gc.Seeds, KeyFile: gc.KeyFile,
-		Meta:   gossip.NodeMeta{Kind: gossip.KindCoordinator, APIAddr: c.cfg.API.Addr(), DhvisorVersion: version.Version},
+		Meta:   gossip.NodeMeta{Kind: gossip.KindCoordinator, APIAddr: apiAddr, DhvisorVersion: version.Version},
 		Logger: c.log,
 	}
 	if gc.Advertise != "" {

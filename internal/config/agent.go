@@ -32,7 +32,7 @@ type Agent struct {
 	RolesDir    string            `yaml:"roles_dir"`
 	Alert       Alert             `yaml:"alert"`
 	Gossip      Gossip            `yaml:"gossip"`
-	API         API               `yaml:"api"`
+	API         Endpoint          `yaml:"api"`
 	TLS         tlsutil.Files     `yaml:"tls"`
 	Vars        map[string]string `yaml:"vars"`
 	// Defaults are applied to every service of the node before its own
@@ -59,23 +59,6 @@ type Gossip struct {
 
 // Enabled reports whether the node takes part in gossip.
 func (g Gossip) Enabled() bool { return g.Bind != "" }
-
-// API is the agent's TCP API, which coordinators and remote operators reach
-// with mutual TLS (the agent's tls files). Without listen the agent answers
-// on its unix socket only.
-type API struct {
-	Listen    string `yaml:"listen"`    // host:port, e.g. 0.0.0.0:8130
-	Advertise string `yaml:"advertise"` // host:port peers dial; required when listen's host is a wildcard
-}
-
-// Addr is the address peers dial, given the one the listener got (which
-// resolves a port 0): advertise if set, else the listener's.
-func (a API) Addr(bound string) string {
-	if a.Advertise != "" {
-		return a.Advertise
-	}
-	return bound
-}
 
 // Node is a validated, fully resolved node configuration.
 type Node struct {
@@ -183,7 +166,7 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 		}
 		es.add(file, line, "roles", "the node has no roles and no services (expected e.g. roles: [single-node]; known roles: %s)", strings.Join(cat.RoleNames(), ", "))
 	}
-	n.validateGossip(es, src, org)
+	n.Agent.Gossip.validate(es, src, org)
 	n.validateAPI(es, src, org)
 	var names []string
 	seen := map[string]bool{}
@@ -359,66 +342,22 @@ func (n *Node) ServiceNames() []string {
 	return sortedKeys(n.Services)
 }
 
-func (n *Node) validateGossip(es *Errors, src *source, org origins) {
-	g := n.Agent.Gossip
-	gn, _ := mapValue(src.root, "gossip")
-	at := func(path ...string) int {
-		_, l := locate(org, gn, src.file, path...)
-		return l
-	}
-	hostPort := func(v string, path ...string) {
-		if _, _, err := SplitHostPort(v); err != nil {
-			es.add(src.file, at(path...), "gossip."+strings.Join(path, "."), "%q is not host:port (e.g. 10.0.0.5:7946)", v)
-		}
-	}
-	if g.Bind != "" {
-		hostPort(g.Bind, "bind")
-	}
-	if g.Advertise != "" {
-		hostPort(g.Advertise, "advertise")
-	}
-	for i, s := range g.Seeds {
-		hostPort(s, "seeds", strconv.Itoa(i))
-	}
-	if !g.Enabled() && (len(g.Seeds) > 0 || g.KeyFile != "" || g.Advertise != "") {
-		es.add(src.file, at(), "gossip.bind", "seeds, advertise and key_file need bind (the address to gossip on)")
-	}
-}
-
+// validateAPI checks api: and the tls files the TCP API needs.
 func (n *Node) validateAPI(es *Errors, src *source, org origins) {
 	a := n.Agent.API
-	line := func(path ...string) int {
-		_, l := locate(org, src.root, src.file, path...)
-		return l
+	a.validate(es, src, org, "api", "10.0.0.5:8130")
+	if a.Listen == "" {
+		return
 	}
-	if a.Listen != "" {
-		if host, _, err := SplitHostPort(a.Listen); err != nil {
-			es.add(src.file, line("api", "listen"), "api.listen", "%q is not host:port (e.g. 0.0.0.0:8130)", a.Listen)
-		} else if a.Advertise == "" && wildcard(host) {
-			es.add(src.file, line("api", "listen"), "api.advertise", "required when api.listen (%q) is on every address: peers need one address to dial (e.g. 10.0.0.5:8130)", a.Listen)
-		}
-		// A missing file is blamed on the tls section, or on api.listen
-		// that needs it when there is no tls section at all.
-		at := line("api", "listen")
-		if tn, _ := mapValue(src.root, "tls"); tn != nil {
-			at = line("tls")
-		}
-		for _, f := range []struct{ key, val string }{{"ca", n.Agent.TLS.CA}, {"cert", n.Agent.TLS.Cert}, {"key", n.Agent.TLS.Key}} {
-			if f.val == "" {
-				es.add(src.file, at, "tls."+f.key, "required with api.listen: the TCP API speaks mutual TLS only")
-			}
-		}
+	// A missing file is blamed on the tls section, or on api.listen
+	// that needs it when there is no tls section at all.
+	_, at := locate(org, src.root, src.file, "api", "listen")
+	if tn, _ := mapValue(src.root, "tls"); tn != nil {
+		_, at = locate(org, src.root, src.file, "tls")
 	}
-	if a.Advertise != "" {
-		host, port, err := SplitHostPort(a.Advertise)
-		switch {
-		case err != nil:
-			es.add(src.file, line("api", "advertise"), "api.advertise", "%q is not host:port (e.g. 10.0.0.5:8130)", a.Advertise)
-		case wildcard(host) || port == 0:
-			es.add(src.file, line("api", "advertise"), "api.advertise", "%q: peers dial it, so it needs a host and a port (e.g. 10.0.0.5:8130)", a.Advertise)
-		}
-		if a.Listen == "" {
-			es.add(src.file, line("api", "advertise"), "api.listen", "advertise needs listen (the address to serve the API on)")
+	for _, f := range []struct{ key, val string }{{"ca", n.Agent.TLS.CA}, {"cert", n.Agent.TLS.Cert}, {"key", n.Agent.TLS.Key}} {
+		if f.val == "" {
+			es.add(src.file, at, "tls."+f.key, "required with api.listen: the TCP API speaks mutual TLS only")
 		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
@@ -20,7 +19,7 @@ type Coordinator struct {
 	// Node is the replica's raft server id; the hostname by default.
 	Node    string        `yaml:"node"`
 	DataDir string        `yaml:"data_dir"`
-	API     Listen        `yaml:"api"`
+	API     Endpoint      `yaml:"api"`
 	Raft    Raft          `yaml:"raft"`
 	Gossip  Gossip        `yaml:"gossip"`
 	TLS     tlsutil.Files `yaml:"tls"`
@@ -28,23 +27,9 @@ type Coordinator struct {
 	Operations Operations `yaml:"operations"`
 }
 
-// Listen is a TCP API's address.
-type Listen struct {
-	Listen    string `yaml:"listen"`    // host:port to listen on
-	Advertise string `yaml:"advertise"` // host:port others dial, if not listen
-}
-
-// Addr is the address others dial.
-func (l Listen) Addr() string {
-	if l.Advertise != "" {
-		return l.Advertise
-	}
-	return l.Listen
-}
-
 // Raft configures the replica's consensus.
 type Raft struct {
-	Listen `yaml:",inline"`
+	Endpoint `yaml:",inline"`
 	// Bootstrap lists the initial voters, the same list on each of them
 	// (like etcd's initial-cluster). Used only on a fresh data_dir; empty
 	// means this replica waits for `dhctl coordinator join`.
@@ -110,8 +95,8 @@ func (c *Coordinator) applyDefaults(dir string) {
 	if c.API.Listen == "" {
 		c.API.Listen = "0.0.0.0:8125"
 	}
-	if c.Raft.Listen.Listen == "" {
-		c.Raft.Listen.Listen = "0.0.0.0:8126"
+	if c.Raft.Listen == "" {
+		c.Raft.Listen = "0.0.0.0:8126"
 	}
 	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Gossip.KeyFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
@@ -135,26 +120,8 @@ func (c *Coordinator) validate(es *Errors, src *source, org origins) {
 		_, l := locate(org, src.root, file, path...)
 		return l
 	}
-	hostPort := func(v string, concrete bool, path ...string) {
-		host, _, err := SplitHostPort(v)
-		field := strings.Join(path, ".")
-		switch {
-		case err != nil:
-			es.add(file, at(path...), field, "%q is not host:port (e.g. 10.0.0.5:8125)", v)
-		case concrete && (host == "" || host == "0.0.0.0" || host == "::"):
-			es.add(file, at(path...), field, "%q: others dial this address, so it needs a concrete host, not a wildcard", v)
-		}
-	}
-	listen := func(l Listen, name string) {
-		hostPort(l.Listen, false, name, "listen")
-		if l.Advertise != "" {
-			hostPort(l.Advertise, true, name, "advertise")
-		} else if host, _, err := SplitHostPort(l.Listen); err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
-			es.add(file, at(name), name+".advertise", "listen %q is a wildcard: set advertise to the address other coordinators and dhctl dial", l.Listen)
-		}
-	}
-	listen(c.API, "api")
-	listen(c.Raft.Listen, "raft")
+	c.API.validate(es, src, org, "api", "10.0.0.5:8125")
+	c.Raft.Endpoint.validate(es, src, org, "raft", "10.0.0.5:8126")
 	ids := map[string]bool{}
 	self := false
 	for i, p := range c.Raft.Bootstrap {
@@ -167,7 +134,9 @@ func (c *Coordinator) validate(es *Errors, src *source, org origins) {
 		}
 		ids[p.ID] = true
 		self = self || p.ID == c.Node
-		hostPort(p.Addr, true, "raft", "bootstrap", idx, "addr")
+		if msg := notDialable(p.Addr, "10.0.0.5:8126"); msg != "" {
+			es.add(file, at("raft", "bootstrap", idx, "addr"), "raft.bootstrap."+idx+".addr", "%s", msg)
+		}
 	}
 	if len(c.Raft.Bootstrap) > 0 && !self {
 		es.add(file, at("raft", "bootstrap"), "raft.bootstrap", "does not list this replica (node %q); list every initial voter, the same list on each", c.Node)
@@ -179,15 +148,8 @@ func (c *Coordinator) validate(es *Errors, src *source, org origins) {
 	}
 	if c.Gossip.Bind == "" {
 		es.add(file, at("gossip"), "gossip.bind", "missing: the coordinator learns the nodes and their health from the agents' gossip (e.g. bind: 0.0.0.0:7946, seeds: [agent1:7946])")
-	} else {
-		hostPort(c.Gossip.Bind, false, "gossip", "bind")
 	}
-	if c.Gossip.Advertise != "" {
-		hostPort(c.Gossip.Advertise, true, "gossip", "advertise")
-	}
-	for i, s := range c.Gossip.Seeds {
-		hostPort(s, false, "gossip", "seeds", strconv.Itoa(i))
-	}
+	c.Gossip.validate(es, src, org)
 	if c.Operations.MinHealthyTime >= c.Operations.HealthyDeadline {
 		es.add(file, at("operations", "min_healthy_time"), "operations.min_healthy_time", "%v must be shorter than healthy_deadline (%v)", c.Operations.MinHealthyTime.D(), c.Operations.HealthyDeadline.D())
 	}

@@ -29,7 +29,7 @@ func validateCmd(o *options) *cobra.Command {
 						fmt.Fprintf(o.errOut, "%s: invalid\n%s\n", f, indent(err.Error()))
 						continue
 					}
-					fmt.Fprintf(o.out, "%s: ok, coordinator %s, api %s, raft %s, %d initial voters\n", f, c.Node, c.API.Addr(), c.Raft.Addr(), len(c.Raft.Bootstrap))
+					fmt.Fprintf(o.out, "%s: ok, coordinator %s, api %s, raft %s, %d initial voters\n", f, c.Node, c.API.Addr(c.API.Listen), c.Raft.Addr(c.Raft.Listen), len(c.Raft.Bootstrap))
 					continue
 				}
 				node, err := config.LoadAgent(f)

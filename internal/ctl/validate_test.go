@@ -27,6 +27,7 @@ tls: {ca: ca.pem, cert: c.pem, key: k.pem}
 		{"bad voter list", strings.Replace(good, "{id: c1,", "{id: c2,", 1), ExitError, "raft.bootstrap: does not list this replica"},
 		{"wildcard without advertise", strings.Replace(good, `listen: "10.0.0.5:8126"`, `listen: "0.0.0.0:8126"`, 1), ExitError, "raft.advertise"},
 		{"unknown field", good + "rafts: 1\n", ExitError, "rafts"},
+		{"wildcard with advertise", strings.Replace(good, `listen: "10.0.0.5:8126"`, `listen: "0.0.0.0:8126"`+"\n  advertise: \"10.0.0.5:8126\"", 1), ExitOK, "raft 10.0.0.5:8126"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
