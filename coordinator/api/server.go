@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -97,7 +99,7 @@ func (s *Server) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusR
 func (s *Server) Nodes(context.Context, *pb.NodesRequest) (*pb.NodesResponse, error) {
 	st := s.FSM.State()
 	resp := &pb.NodesResponse{}
-	for _, name := range sortedKeys(st.Nodes) {
+	for _, name := range slices.Sorted(maps.Keys(st.Nodes)) {
 		resp.Nodes = append(resp.Nodes, st.Nodes[name])
 	}
 	return resp, nil
@@ -435,13 +437,4 @@ func principal(ctx context.Context) string {
 		who += fmt.Sprintf(" (user %s)", v[0])
 	}
 	return who
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

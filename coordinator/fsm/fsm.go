@@ -187,10 +187,10 @@ func (f *FSM) apply(index uint64, cmd *pb.Command) (any, string) {
 func (f *FSM) createOp(index uint64, cmd *pb.Command) (any, string) {
 	op := proto.Clone(cmd.GetOpCreate()).(*pb.Operation)
 	if a := f.activeOp(); a != nil {
-		return rejected("operation %s (%s) is %s; wait for it, or abort it", a.Id, label(a), a.State), "new operation " + label(op)
+		return rejected("operation %s (%s) is %s; wait for it, or abort it", a.Id, a.Title(), a.State), "new operation " + op.Title()
 	}
 	op.Id = fmt.Sprintf("op-%d", index)
-	what := fmt.Sprintf("%s created: %s", op.Id, label(op))
+	what := fmt.Sprintf("%s created: %s", op.Id, op.Title())
 	op.State = OpRunning
 	op.CreatedBy = cmd.Who
 	op.CreatedUnixMs = cmd.AtUnixMs
@@ -205,13 +205,6 @@ func (f *FSM) createOp(index uint64, cmd *pb.Command) (any, string) {
 		f.st.Ops = append([]*pb.Operation(nil), f.st.Ops[n:]...)
 	}
 	return proto.Clone(op), what
-}
-
-func label(op *pb.Operation) string {
-	if l := op.GetRequest().GetLabel(); l != "" {
-		return l
-	}
-	return op.GetRequest().GetAction()
 }
 
 func (f *FSM) updateStep(at int64, u *pb.StepUpdate) (any, string) {

@@ -206,8 +206,8 @@ func (e *Engine) runStage(ctx context.Context, op *pb.Operation, si int, deadlin
 	return strings.Join(failures, "; "), nil
 }
 
-// StepToken identifies a step to the agent, which acts on it at most once.
-func StepToken(ref *pb.StepRef) string {
+// stepToken identifies a step to the agent, which acts on it at most once.
+func stepToken(ref *pb.StepRef) string {
 	return fmt.Sprintf("%s/%d/%d", ref.OpId, ref.Stage, ref.Step)
 }
 
@@ -241,7 +241,7 @@ func (e *Engine) runStep(sctx, ctx context.Context, req *pb.OpRequest, ref *pb.S
 	}
 	hctx, cancel := context.WithTimeout(sctx, ms(req.HealthyDeadlineMs))
 	defer cancel()
-	if err := e.control(hctx, s, StepToken(ref)); err != nil {
+	if err := e.control(hctx, s, stepToken(ref)); err != nil {
 		return fail(err.Error())
 	}
 	s.OkUnixMs = e.now().UnixMilli()

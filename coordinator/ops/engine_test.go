@@ -132,7 +132,7 @@ func (h *harness) apply(cmd *pb.Command) (any, error) {
 func (h *harness) start(req *pb.OpRequest) *pb.Operation {
 	h.t.Helper()
 	st := h.fsm.State()
-	op, err := Plan(req, classicClusterNodes(h.t), st.Desired, Defaults{HealthyDeadline: 5 * time.Second, ProgressDeadline: 10 * time.Second})
+	op, err := Plan(req, classicCluster(h.t), st.Desired, Defaults{HealthyDeadline: 5 * time.Second, ProgressDeadline: 10 * time.Second})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -174,7 +174,6 @@ func (h *harness) lead(id string, stop <-chan struct{}) *pb.Operation {
 	}
 }
 
-var classicClusterNodes = classicCluster
 
 func TestEngineRestartAllInOrder(t *testing.T) {
 	h := newHarness(t)

@@ -7,6 +7,7 @@ package ops
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -156,13 +157,13 @@ func validateRequest(req *pb.OpRequest, nodes map[string]*pb.Node) error {
 	}
 	for _, n := range req.Nodes {
 		if _, ok := nodes[n]; !ok {
-			errs = append(errs, fmt.Sprintf("nodes: unknown node %q (known: %s)", n, strings.Join(sortedKeys(nodes), ", ")))
+			errs = append(errs, fmt.Sprintf("nodes: unknown node %q (known: %s)", n, strings.Join(slices.Sorted(maps.Keys(nodes)), ", ")))
 		}
 	}
 	for field, list := range map[string][]string{"services": req.Services, "except": req.Except} {
 		for _, s := range list {
 			if !known[s] {
-				errs = append(errs, fmt.Sprintf("%s: no node runs a service %q (known: %s)", field, s, strings.Join(sortedKeys(known), ", ")))
+				errs = append(errs, fmt.Sprintf("%s: no node runs a service %q (known: %s)", field, s, strings.Join(slices.Sorted(maps.Keys(known)), ", ")))
 			}
 		}
 	}
@@ -180,7 +181,7 @@ func ms(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
 func liveNodes(nodes map[string]*pb.Node, req *pb.OpRequest) (map[string]*pb.Node, []string) {
 	live := map[string]*pb.Node{}
 	var skipped []string
-	for _, name := range sortedKeys(nodes) {
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
 		n := nodes[name]
 		if n.State == "dead" || n.State == "left" {
 			if len(req.Nodes) == 0 || slices.Contains(req.Nodes, name) {
@@ -199,14 +200,14 @@ func liveNodes(nodes map[string]*pb.Node, req *pb.OpRequest) (map[string]*pb.Nod
 // node's list means the one on the infrastructure node).
 func instanceGraph(nodes map[string]*pb.Node) (*graph.Graph, map[string]instance) {
 	where := map[string][]string{} // service -> nodes running it
-	for _, name := range sortedKeys(nodes) {
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
 		for _, s := range nodes[name].Services {
 			where[s.Name] = append(where[s.Name], name)
 		}
 	}
 	g := graph.New()
 	inst := map[string]instance{}
-	for _, name := range sortedKeys(nodes) {
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
 		n := nodes[name]
 		has := map[string]bool{}
 		for _, s := range n.Services {
@@ -264,7 +265,7 @@ func nodeGroupedWalk(g *graph.Graph, inst map[string]instance) ([][][]instance, 
 			byNode[inst[id].node] = append(byNode[inst[id].node], id)
 		}
 		var stage []string
-		for _, node := range sortedKeys(byNode) {
+		for _, node := range slices.Sorted(maps.Keys(byNode)) {
 			whole := true
 			for _, id := range byNode[node] {
 				whole = whole && depsMet(id, node)
@@ -317,7 +318,7 @@ func groupByNode(ids []string, inst map[string]instance, rank map[string]int) []
 		by[inst[id].node] = append(by[inst[id].node], inst[id])
 	}
 	var out [][]instance
-	for _, node := range sortedKeys(by) {
+	for _, node := range slices.Sorted(maps.Keys(by)) {
 		grp := by[node]
 		sort.Slice(grp, func(i, j int) bool { return rank[grp[i].String()] < rank[grp[j].String()] })
 		out = append(out, grp)
@@ -329,7 +330,7 @@ func groupByNode(ids []string, inst map[string]instance, rank map[string]int) []
 func selection(req *pb.OpRequest, nodes map[string]*pb.Node, desired map[string]*pb.Desired) (map[instance]bool, []string) {
 	sel := map[instance]bool{}
 	var skipped []string
-	for _, name := range sortedKeys(nodes) {
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
 		if len(req.Nodes) > 0 && !slices.Contains(req.Nodes, name) {
 			continue
 		}
@@ -351,13 +352,4 @@ func selection(req *pb.OpRequest, nodes map[string]*pb.Node, desired map[string]
 		}
 	}
 	return sel, skipped
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

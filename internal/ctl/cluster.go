@@ -51,7 +51,7 @@ func (o *options) coordinatorStatus(ctx context.Context, node string, asJSON boo
 		fmt.Fprintf(w, "Coordinators: %s; answered by %s\n", strings.Join(reps, ", "), resp.Coordinators.GetAnsweredBy())
 		if op := resp.Active; op != nil {
 			done, all := stepCounts(op)
-			fmt.Fprintf(w, "Operation %s (%s): %s, %d/%d steps; `dhctl ops show %s`\n", op.Id, label(op), op.State, done, all, op.Id)
+			fmt.Fprintf(w, "Operation %s (%s): %s, %d/%d steps; `dhctl ops show %s`\n", op.Id, op.Title(), op.State, done, all, op.Id)
 		}
 	}, clusterNotOK(resp.Cluster), "services or nodes not OK")
 }

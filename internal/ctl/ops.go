@@ -178,7 +178,7 @@ func opResult(op *pb.Operation) error {
 // printChanges writes one line per step that changed, for logs and pipes.
 func printChanges(w io.Writer, prev, op *pb.Operation) {
 	if prev == nil {
-		fmt.Fprintf(w, "%s %s: %d stages, by %s\n", op.Id, label(op), len(op.Stages), op.CreatedBy)
+		fmt.Fprintf(w, "%s %s: %d stages, by %s\n", op.Id, op.Title(), len(op.Stages), op.CreatedBy)
 		for _, s := range op.Skipped {
 			fmt.Fprintf(w, "  skipped %s\n", s)
 		}
@@ -217,13 +217,6 @@ func stepWord(s *pb.Step) string {
 	return s.State
 }
 
-func label(op *pb.Operation) string {
-	if op.Request.GetLabel() != "" {
-		return op.Request.Label
-	}
-	return op.Request.GetAction()
-}
-
 // renderOp draws an operation: a header, then each stage's steps.
 func renderOp(w io.Writer, op *pb.Operation, now time.Time, color bool) {
 	if op.Id != "" {
@@ -235,7 +228,7 @@ func renderOp(w io.Writer, op *pb.Operation, now time.Time, color bool) {
 			}
 			took = " · " + humanDuration(end.Sub(time.UnixMilli(op.CreatedUnixMs)))
 		}
-		fmt.Fprintf(w, "%s  %s  %s  by %s%s\n", op.Id, label(op), paint(color, opColor(op.State), op.State), op.CreatedBy, took)
+		fmt.Fprintf(w, "%s  %s  %s  by %s%s\n", op.Id, op.Title(), paint(color, opColor(op.State), op.State), op.CreatedBy, took)
 		if op.Message != "" {
 			fmt.Fprintf(w, "  %s\n", op.Message)
 		}
@@ -339,7 +332,7 @@ func (o *options) opsCmd() *cobra.Command {
 				fmt.Fprintf(o.out, "%-10s %-30s %-8s %-7s %-20s %s\n", "ID", "WHAT", "STATE", "STEPS", "STARTED", "BY")
 				for _, op := range resp.Ops {
 					done, all := stepCounts(op)
-					fmt.Fprintf(o.out, "%-10s %-30s %-8s %-7s %-20s %s\n", op.Id, label(op), op.State, fmt.Sprintf("%d/%d", done, all), time.UnixMilli(op.CreatedUnixMs).Format("2006-01-02 15:04:05"), op.CreatedBy)
+					fmt.Fprintf(o.out, "%-10s %-30s %-8s %-7s %-20s %s\n", op.Id, op.Title(), op.State, fmt.Sprintf("%d/%d", done, all), time.UnixMilli(op.CreatedUnixMs).Format("2006-01-02 15:04:05"), op.CreatedBy)
 				}
 				return nil
 			})
