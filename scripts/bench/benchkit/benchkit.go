@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -166,4 +167,33 @@ func ProcessAge(pid int) (time.Duration, error) {
 		return 0, err
 	}
 	return time.Since(started), nil
+}
+
+// Finish ends a harness run: it prints the report, writes the raw results
+// to jsonOut (if set), explains runErr, names the directory kept for
+// inspection (kept, "" if none) and returns the exit status.
+func Finish(ctx context.Context, report func(w io.Writer), res any, jsonOut string, runErr error, kept string) int {
+	report(os.Stdout)
+	if jsonOut != "" {
+		if err := WriteJSON(jsonOut, res); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			return 1
+		}
+		fmt.Printf("\nraw numbers: %s\n", jsonOut)
+	}
+	if runErr != nil {
+		if ctx.Err() != nil && errors.Is(runErr, context.Canceled) {
+			fmt.Fprintln(os.Stderr, "bench: interrupted; everything it started is stopped")
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", runErr)
+		}
+		if kept != "" {
+			fmt.Fprintf(os.Stderr, "bench: configs and logs kept in %s\n", kept)
+		}
+		return 1
+	}
+	if kept != "" {
+		fmt.Printf("configs and logs kept in %s\n", kept)
+	}
+	return 0
 }

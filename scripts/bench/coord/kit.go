@@ -15,7 +15,6 @@ var (
 	readFile  = benchkit.ReadFile
 	loadavg   = benchkit.Loadavg
 	tail      = benchkit.Tail
-	writeJSON = benchkit.WriteJSON
 	ms        = benchkit.MS
 	fmtMS     = benchkit.FmtMS
 	verdict   = benchkit.Verdict

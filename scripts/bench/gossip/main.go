@@ -30,6 +30,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -39,6 +40,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
 )
 
 // Targets from the issue.
@@ -114,29 +117,11 @@ func run() int {
 	res.Finished = time.Now().UTC()
 	failed := err != nil
 	b.close(failed)
-	report(os.Stdout, res)
-	if o.jsonOut != "" {
-		if jerr := writeJSON(o.jsonOut, res); jerr != nil {
-			fmt.Fprintf(os.Stderr, "bench: %v\n", jerr)
-			return 1
-		}
-		fmt.Printf("\nraw numbers: %s\n", o.jsonOut)
-	}
-	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-			fmt.Fprintln(os.Stderr, "bench: interrupted; everything it started is stopped")
-		} else {
-			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		}
-		if b.kept {
-			fmt.Fprintf(os.Stderr, "bench: configs and logs kept in %s\n", b.tmp)
-		}
-		return 1
-	}
+	kept := ""
 	if b.kept {
-		fmt.Printf("configs and logs kept in %s\n", b.tmp)
+		kept = b.tmp
 	}
-	return 0
+	return benchkit.Finish(ctx, func(w io.Writer) { report(w, res) }, res, o.jsonOut, err, kept)
 }
 
 func (o *options) check(sizes string) error {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -24,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
 )
 
 const (
@@ -89,26 +92,11 @@ func run() int {
 	if left := b.close(err != nil); len(left) > 0 {
 		res.Notes = append(res.Notes, "left running by a supervisor and killed by the harness: "+strings.Join(left, ", "))
 	}
-	report(os.Stdout, res)
-	if o.jsonOut != "" {
-		if jerr := writeJSON(o.jsonOut, res); jerr != nil {
-			fmt.Fprintf(os.Stderr, "bench: %v\n", jerr)
-			return 1
-		}
-		fmt.Printf("\nraw numbers: %s\n", o.jsonOut)
+	kept := ""
+	if b.kept {
+		kept = b.tmp
 	}
-	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-			fmt.Fprintln(os.Stderr, "bench: interrupted; everything it started is stopped")
-		} else {
-			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		}
-		if b.kept {
-			fmt.Fprintf(os.Stderr, "bench: configs and logs kept in %s\n", b.tmp)
-		}
-		return 1
-	}
-	return 0
+	return benchkit.Finish(ctx, func(w io.Writer) { report(w, res) }, res, o.jsonOut, err, kept)
 }
 
 type bench struct {
