@@ -224,7 +224,7 @@ func registerSelf(ctx context.Context, srv *api.Server, state *fsm.FSM, self *pb
 	defer retry.Stop()
 	for {
 		changed := state.Changed()
-		if p := state.State().Peers[self.Id]; p == nil || p.RaftAddr != self.RaftAddr || p.ApiAddr != self.ApiAddr {
+		if p := state.Peer(self.Id); p == nil || p.RaftAddr != self.RaftAddr || p.ApiAddr != self.ApiAddr {
 			select {
 			case <-ctx.Done():
 				return
@@ -283,7 +283,7 @@ func agentAddr(g *gossip.Gossip, state *fsm.FSM, node string) (string, error) {
 			return v.Meta.APIAddr, nil
 		}
 	}
-	if n := state.State().Nodes[node]; n != nil && n.ApiAddr != "" {
+	if n := state.Node(node); n != nil && n.ApiAddr != "" {
 		return n.ApiAddr, nil
 	}
 	return "", fmt.Errorf("node %s publishes no agent API address (set api.listen in its agent.yaml)", node)

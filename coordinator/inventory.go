@@ -53,7 +53,7 @@ func (inv *inventory) run(ctx context.Context) {
 // sync records every node whose record differs from what gossip and its
 // agent report. full asks each live agent even if gossip shows no change.
 func (inv *inventory) sync(ctx context.Context, full bool) {
-	known := inv.fsm.State().Nodes
+	known := inv.fsm.Nodes()
 	for _, v := range inv.gossip.View() {
 		if v.Meta.Kind == gossip.KindCoordinator {
 			continue

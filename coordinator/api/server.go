@@ -97,10 +97,10 @@ func (s *Server) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusR
 
 // Nodes implements pb.CoordinatorServer: the nodes as recorded in raft.
 func (s *Server) Nodes(context.Context, *pb.NodesRequest) (*pb.NodesResponse, error) {
-	st := s.FSM.State()
+	nodes := s.FSM.Nodes()
 	resp := &pb.NodesResponse{}
-	for _, name := range slices.Sorted(maps.Keys(st.Nodes)) {
-		resp.Nodes = append(resp.Nodes, st.Nodes[name])
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
+		resp.Nodes = append(resp.Nodes, nodes[name])
 	}
 	return resp, nil
 }
@@ -112,11 +112,10 @@ func (s *Server) Peers(context.Context, *pb.PeersRequest) (*pb.PeersResponse, er
 		return nil, status.Errorf(codes.Unavailable, "raft configuration: %v", err)
 	}
 	leader, _ := s.Raft.Leader()
-	st := s.FSM.State()
 	resp := &pb.PeersResponse{AnsweredBy: s.Raft.ID(), Leader: leader, CommitIndex: s.Raft.Raft.CommitIndex(), AppliedIndex: s.Raft.Raft.AppliedIndex()}
 	for _, srv := range servers {
 		p := &pb.Peer{Id: string(srv.ID), RaftAddr: string(srv.Address)}
-		if known := st.Peers[p.Id]; known != nil {
+		if known := s.FSM.Peer(p.Id); known != nil {
 			p.ApiAddr = known.ApiAddr
 		}
 		resp.Peers = append(resp.Peers, &pb.PeerStatus{Peer: p, Voter: srv.Suffrage == raft.Voter, Leader: p.Id == leader})
@@ -131,12 +130,7 @@ func (s *Server) ListOps(_ context.Context, req *pb.ListOpsRequest) (*pb.ListOps
 	if limit <= 0 {
 		limit = 20
 	}
-	all := s.FSM.State().Ops
-	resp := &pb.ListOpsResponse{}
-	for i := len(all) - 1; i >= 0 && len(resp.Ops) < limit; i-- {
-		resp.Ops = append(resp.Ops, all[i])
-	}
-	return resp, nil
+	return &pb.ListOpsResponse{Ops: s.FSM.Ops(limit)}, nil
 }
 
 // GetOp implements pb.CoordinatorServer.
@@ -146,11 +140,11 @@ func (s *Server) GetOp(_ context.Context, req *pb.GetOpRequest) (*pb.Operation, 
 
 func (s *Server) op(id string) (*pb.Operation, error) {
 	if id == "" {
-		all := s.FSM.State().Ops
-		if len(all) == 0 {
+		newest := s.FSM.Ops(1)
+		if len(newest) == 0 {
 			return nil, status.Error(codes.NotFound, "no operation has run yet")
 		}
-		return all[len(all)-1], nil
+		return newest[0], nil
 	}
 	op, ok := s.FSM.Op(id)
 	if !ok {
@@ -193,17 +187,12 @@ func (s *Server) Audit(_ context.Context, req *pb.AuditRequest) (*pb.AuditRespon
 	if limit <= 0 {
 		limit = 50
 	}
-	all := s.FSM.State().Audit
-	if len(all) > limit {
-		all = all[len(all)-limit:]
-	}
-	return &pb.AuditResponse{Entries: all}, nil
+	return &pb.AuditResponse{Entries: s.FSM.Audit(limit)}, nil
 }
 
 // Plan implements pb.CoordinatorServer.
 func (s *Server) Plan(_ context.Context, req *pb.OpRequest) (*pb.Operation, error) {
-	st := s.FSM.State()
-	op, err := ops.Plan(req, st.Nodes, st.Desired, s.Defaults)
+	op, err := ops.Plan(req, s.FSM.Nodes(), s.FSM.Desired(), s.Defaults)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -385,7 +374,7 @@ func forward[T any](s *Server, ctx context.Context, call func(context.Context, p
 	if leader == "" {
 		return zero, status.Error(codes.Unavailable, "no raft leader at the moment (an election is under way, or a majority of coordinators is down); retry")
 	}
-	peer := s.FSM.State().Peers[leader]
+	peer := s.FSM.Peer(leader)
 	if peer == nil || peer.ApiAddr == "" {
 		return zero, status.Errorf(codes.Unavailable, "the leader %s has not published its API address yet; retry", leader)
 	}

@@ -81,6 +81,83 @@ func (f *FSM) State() *pb.State {
 	return proto.Clone(f.st).(*pb.State)
 }
 
+// The readers below copy only what they return: State copies everything,
+// the audit log included, which is too much for every API call or commit.
+
+// Nodes returns a copy of the node records.
+func (f *FSM) Nodes() map[string]*pb.Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return cloneMap(f.st.Nodes)
+}
+
+// Node returns a copy of one node record, or nil.
+func (f *FSM) Node(name string) *pb.Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return cloneOrNil(f.st.Nodes[name])
+}
+
+// Peer returns a copy of one coordinator's record, or nil.
+func (f *FSM) Peer(id string) *pb.Peer {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return cloneOrNil(f.st.Peers[id])
+}
+
+// Desired returns a copy of what operators asked of service instances.
+func (f *FSM) Desired() map[string]*pb.Desired {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return cloneMap(f.st.Desired)
+}
+
+// Ops returns copies of the newest operations, newest first; limit <= 0
+// means all.
+func (f *FSM) Ops(limit int) []*pb.Operation {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []*pb.Operation
+	for i := len(f.st.Ops) - 1; i >= 0 && (limit <= 0 || len(out) < limit); i-- {
+		out = append(out, proto.Clone(f.st.Ops[i]).(*pb.Operation))
+	}
+	return out
+}
+
+// Audit returns copies of the newest audit entries, oldest first.
+func (f *FSM) Audit(limit int) []*pb.AuditEntry {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	all := f.st.Audit
+	if limit > 0 && len(all) > limit {
+		all = all[len(all)-limit:]
+	}
+	out := make([]*pb.AuditEntry, len(all))
+	for i, e := range all {
+		out[i] = proto.Clone(e).(*pb.AuditEntry)
+	}
+	return out
+}
+
+func cloneMap[M proto.Message](m map[string]M) map[string]M {
+	out := make(map[string]M, len(m))
+	for k, v := range m {
+		out[k] = proto.Clone(v).(M)
+	}
+	return out
+}
+
+func cloneOrNil[M interface {
+	proto.Message
+	comparable
+}](m M) M {
+	var zero M
+	if m == zero {
+		return zero
+	}
+	return proto.Clone(m).(M)
+}
+
 // Op returns a copy of one operation.
 func (f *FSM) Op(id string) (*pb.Operation, bool) {
 	f.mu.RLock()

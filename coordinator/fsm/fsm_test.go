@@ -178,3 +178,31 @@ type sink struct{ *bytes.Buffer }
 func (sink) ID() string    { return "test" }
 func (sink) Cancel() error { return nil }
 func (sink) Close() error  { return nil }
+
+// The narrow readers return copies of just what is asked.
+func TestReaders(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(&pb.Command{Cmd: &pb.Command_PeerUpsert{PeerUpsert: &pb.Peer{Id: "c1", ApiAddr: "h:1"}}})
+	a.apply(&pb.Command{Cmd: &pb.Command_NodeUpsert{NodeUpsert: &pb.Node{Name: "q1"}}})
+	for i := 0; i < 3; i++ {
+		op := a.apply(&pb.Command{Cmd: &pb.Command_OpCreate{OpCreate: newOp()}}).(*pb.Operation)
+		a.apply(&pb.Command{Cmd: &pb.Command_OpUpdate{OpUpdate: &pb.OpUpdate{OpId: op.Id, State: OpAborted}}})
+	}
+	if got := a.f.Ops(2); len(got) != 2 || got[0].Id != "op-7" || got[1].Id != "op-5" {
+		t.Errorf("Ops(2): %v", got)
+	}
+	if got := a.f.Ops(0); len(got) != 3 {
+		t.Errorf("Ops(0): %d ops", len(got))
+	}
+	if got := a.f.Audit(2); len(got) != 2 || got[1].Index != a.index {
+		t.Errorf("Audit(2): %v", got)
+	}
+	if a.f.Peer("nope") != nil || a.f.Node("nope") != nil {
+		t.Error("a missing peer or node is not nil")
+	}
+	a.f.Peer("c1").ApiAddr = "changed"
+	a.f.Nodes()["q1"].State = "changed"
+	if a.f.Peer("c1").ApiAddr != "h:1" || a.f.Node("q1").State != "" {
+		t.Error("a reader returned the state itself, not a copy")
+	}
+}
