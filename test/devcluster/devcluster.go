@@ -10,6 +10,7 @@ package devcluster
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -339,9 +340,19 @@ func (c *Cluster) Stop() {
 	c.KillStandins()
 }
 
-// KillStandins kills whatever stand-in of this cluster still runs (found
-// by its record file), so nothing leaks past a failed test.
+// KillStandins kills whatever stand-in of this cluster still runs, so
+// nothing leaks past a failed test.
 func (c *Cluster) KillStandins() {
+	for _, pid := range StandinPIDs(c.Record) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// StandinPIDs lists the live stand-ins (zombies left out) that record to
+// the file record: the stand-ins of one cluster or test node, found even
+// when no supervisor knows them.
+func StandinPIDs(record string) []int {
+	var out []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -349,10 +360,16 @@ func (c *Cluster) KillStandins() {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), "--record="+c.Record) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		if err != nil || !bytes.Contains(cmdline, []byte("--record="+record)) {
+			continue
 		}
+		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
+			continue
+		}
+		out = append(out, pid)
 	}
+	return out
 }
 
 // Ctl runs dhctl against the cluster's coordinators.

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+	"github.com/dhvisor/dhvisor/test/devcluster"
 )
 
 var binDir string
@@ -182,26 +183,7 @@ func (n *node) teardown() {
 
 // servicePIDs lists live stand-ins started for this node (found by their
 // record file argument), so duplicates cannot hide.
-func (n *node) servicePIDs() []int {
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte("--record="+n.record)) {
-			continue
-		}
-		stat, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if i := bytes.LastIndexByte(stat, ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 'Z' {
-			continue
-		}
-		out = append(out, pid)
-	}
-	return out
-}
+func (n *node) servicePIDs() []int { return devcluster.StandinPIDs(n.record) }
 
 func (n *node) client() (pb.AgentClient, func()) {
 	conn, err := grpc.NewClient("unix://"+n.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
