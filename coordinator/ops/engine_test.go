@@ -174,7 +174,6 @@ func (h *harness) lead(id string, stop <-chan struct{}) *pb.Operation {
 	}
 }
 
-
 func TestEngineRestartAllInOrder(t *testing.T) {
 	h := newHarness(t)
 	op := h.start(&pb.OpRequest{Action: ActRestart})
