@@ -72,7 +72,7 @@ type Manager struct {
 	wg      sync.WaitGroup
 	running chan struct{} // closed once Run has set ctx
 
-	steps map[string]*stepRun // operation steps in flight, by token; guarded by mu
+	steps map[string]chan struct{} // operation steps in flight, by token (closed when done); guarded by mu
 
 	// alertHook runs when a service fails for good; tests replace it.
 	alertHook func(st Status, event, description string)
@@ -81,7 +81,7 @@ type Manager struct {
 // NewManager prepares supervisors for node; nothing runs before Run.
 func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *slog.Logger) *Manager {
 	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1),
-		running: make(chan struct{}), steps: map[string]*stepRun{}}
+		running: make(chan struct{}), steps: map[string]chan struct{}{}}
 	m.alertHook = m.alert
 	return m
 }

@@ -11,11 +11,6 @@ import (
 // a step outlives its caller, so something must end it.
 const DefaultStepTimeout = 10 * time.Minute
 
-// stepRun is one request of an operation step in flight.
-type stepRun struct {
-	done chan struct{} // closed when the request has finished
-}
-
 // ControlStep is Control as one step of a cluster operation, named by token
 // (empty: plain Control). The coordinator re-sends a step when its leader
 // died mid-way, so a step must never act twice on a service:
@@ -62,7 +57,7 @@ func (m *Manager) ControlStep(ctx context.Context, token string, timeout time.Du
 				out.send(Progress{Service: s.name, State: s.Status().State, Message: "waiting for an earlier request of this operation step"})
 			}
 			select {
-			case <-prev.done:
+			case <-prev:
 			case <-sctx.Done():
 				result <- sctx.Err()
 				return
@@ -79,19 +74,20 @@ func (m *Manager) ControlStep(ctx context.Context, token string, timeout time.Du
 	}
 }
 
-// joinStep registers a request under token and returns the request it must
-// wait for, if one is in flight.
-func (m *Manager) joinStep(token string) (prev, mine *stepRun) {
+// joinStep registers a request under token and returns the channel of the
+// request it must wait for (nil if none is in flight) and its own, closed
+// by leaveStep when it has finished.
+func (m *Manager) joinStep(token string) (prev, mine chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev = m.steps[token]
-	mine = &stepRun{done: make(chan struct{})}
+	mine = make(chan struct{})
 	m.steps[token] = mine
 	return prev, mine
 }
 
-func (m *Manager) leaveStep(token string, mine *stepRun) {
-	close(mine.done)
+func (m *Manager) leaveStep(token string, mine chan struct{}) {
+	close(mine)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.steps[token] == mine {
