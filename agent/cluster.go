@@ -2,14 +2,12 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/api"
 	"github.com/dhvisor/dhvisor/agent/supervise"
-	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/version"
 )
@@ -22,37 +20,12 @@ func (a *Agent) startGossip(ctx context.Context, apiAddr string) (*gossip.Gossip
 	if !cfg.Gossip.Enabled() {
 		return nil, nil
 	}
-	host, port, err := config.SplitHostPort(cfg.Gossip.Bind)
-	if err != nil {
-		return nil, fmt.Errorf("gossip.bind: %w", err)
-	}
-	gc := gossip.Config{
-		NodeName: cfg.Node,
-		BindAddr: host,
-		BindPort: port,
-		Seeds:    cfg.Gossip.Seeds,
-		KeyFile:  cfg.Gossip.KeyFile,
-		Meta: gossip.NodeMeta{
-			Roles:            cfg.Roles,
-			APIAddr:          apiAddr,
-			DeephavenVersion: deephavenVersion(cfg.LauncherDir),
-			DhvisorVersion:   version.Version,
-		},
-		Logger: a.log,
-	}
-	if cfg.Gossip.Advertise != "" {
-		if gc.AdvertiseAddr, gc.AdvertisePort, err = config.SplitHostPort(cfg.Gossip.Advertise); err != nil {
-			return nil, fmt.Errorf("gossip.advertise: %w", err)
-		}
-	}
-	g, err := gossip.New(gc)
-	if err != nil {
-		return nil, err
-	}
-	if err := g.Start(ctx); err != nil {
-		return nil, err
-	}
-	return g, nil
+	return gossip.Join(ctx, cfg.Node, cfg.Gossip, gossip.NodeMeta{
+		Roles:            cfg.Roles,
+		APIAddr:          apiAddr,
+		DeephavenVersion: deephavenVersion(cfg.LauncherDir),
+		DhvisorVersion:   version.Version,
+	}, a.log)
 }
 
 // publishHealth gossips the node's service states on every change, until ctx ends.

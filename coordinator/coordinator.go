@@ -87,7 +87,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 
 	gctx, gcancel := context.WithCancel(context.Background())
 	defer gcancel()
-	g, err := c.startGossip(gctx, apiAddr)
+	g, err := gossip.Join(gctx, cfg.Node, cfg.Gossip, gossip.NodeMeta{Kind: gossip.KindCoordinator, APIAddr: apiAddr, DhvisorVersion: version.Version}, c.log)
 	if err != nil {
 		return fmt.Errorf("gossip: %w", err)
 	}
@@ -247,32 +247,6 @@ func registerSelf(ctx context.Context, srv *api.Server, state *fsm.FSM, self *pb
 		case <-changed:
 		}
 	}
-}
-
-func (c *Coordinator) startGossip(ctx context.Context, apiAddr string) (*gossip.Gossip, error) {
-	gc := c.cfg.Gossip
-	host, port, err := config.SplitHostPort(gc.Bind)
-	if err != nil {
-		return nil, fmt.Errorf("gossip.bind: %w", err)
-	}
-	conf := gossip.Config{
-		NodeName: c.cfg.Node, BindAddr: host, BindPort: port, Seeds: gc.Seeds, KeyFile: gc.KeyFile,
-		Meta:   gossip.NodeMeta{Kind: gossip.KindCoordinator, APIAddr: apiAddr, DhvisorVersion: version.Version},
-		Logger: c.log,
-	}
-	if gc.Advertise != "" {
-		if conf.AdvertiseAddr, conf.AdvertisePort, err = config.SplitHostPort(gc.Advertise); err != nil {
-			return nil, fmt.Errorf("gossip.advertise: %w", err)
-		}
-	}
-	g, err := gossip.New(conf)
-	if err != nil {
-		return nil, err
-	}
-	if err := g.Start(ctx); err != nil {
-		return nil, err
-	}
-	return g, nil
 }
 
 // agentAddr is where node's agent API listens: from its gossip meta, else as
