@@ -63,8 +63,8 @@ YAML
   for _ in $(seq 50); do [[ -S $demo/agent.sock ]] && break; sleep 0.1; done
   echo "dhagent (pid $(cat "$demo/dhagent.pid"), log .demo/dhagent.log) and dhcoord (pid $(cat "$demo/dhcoord.pid"), log .demo/dhcoord.log) started; waiting for services..."
   bin/dhctl --socket "$demo/agent.sock" up --local --block --timeout 60s >/dev/null || true
-  # The coordinator learns the node over gossip; give it a moment.
-  for _ in $(seq 100); do bin/dhctl status >/dev/null 2>&1 && break; sleep 0.1; done
+  # The coordinator elects itself and learns the node over gossip; give it a moment.
+  for _ in $(seq 100); do bin/dhctl coordinator peers 2>/dev/null | grep -q ' leader$' && bin/dhctl status >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 echo
 bin/dhctl --socket "$demo/agent.sock" status || true

@@ -48,7 +48,11 @@ func (o *options) coordinatorStatus(ctx context.Context, node string, asJSON boo
 			}
 			reps = append(reps, r)
 		}
-		fmt.Fprintf(w, "Coordinators: %s; answered by %s\n", strings.Join(reps, ", "), resp.Coordinators.GetAnsweredBy())
+		leader := ""
+		if resp.Coordinators.GetLeader() == "" {
+			leader = " (no leader: an election is under way)"
+		}
+		fmt.Fprintf(w, "Coordinators: %s%s; answered by %s\n", strings.Join(reps, ", "), leader, resp.Coordinators.GetAnsweredBy())
 		if op := resp.Active; op != nil {
 			done, all := stepCounts(op)
 			fmt.Fprintf(w, "Operation %s (%s): %s, %d/%d steps; `dhctl ops show %s`\n", op.Id, op.Title(), op.State, done, all, op.Id)
