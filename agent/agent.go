@@ -21,7 +21,9 @@ import (
 	"github.com/dhvisor/dhvisor/agent/runtime/exec"
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/agent/supervise"
+	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -92,6 +94,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	// One API, two doors: the unix socket for dhctl on the node, TCP with
 	// mutual TLS for coordinators and remote operators.
 	apiSrv := api.NewServer(a.mgr, a.Reload, g, apiAddr)
+	reg, err := a.workerRegistry(g)
+	if err != nil {
+		return err
+	}
+	if reg != nil {
+		defer reg.Close()
+		apiSrv.Workers = reg
+	}
+	workersLis, err := a.listenWorkers(reg)
+	if err != nil {
+		return err
+	}
 	type door struct {
 		srv *grpc.Server
 		lis net.Listener
@@ -107,6 +121,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "api", apiAddr, "config", a.file)
 
+	workersDone := make(chan struct{})
+	go func() {
+		defer close(workersDone)
+		if workersLis != nil {
+			if err := reg.Serve(ctx, workersLis, a.log); err != nil {
+				a.log.Error("workers endpoint", "err", err)
+			}
+		}
+	}()
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(ctx) }()
 	pubDone := make(chan struct{})
@@ -142,6 +165,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	stops.Wait()
 	err = <-mgrDone
 	<-pubDone
+	<-workersDone
 	if g != nil {
 		if lerr := g.Leave(leaveTimeout); lerr != nil {
 			a.log.Warn("gossip leave", "err", lerr)
@@ -165,10 +189,10 @@ func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
 		return supervise.ReloadResult{}, err
 	}
 	old := a.mgr.Node().Agent
-	if node.Agent.Socket != old.Socket || node.Agent.StateDir != old.StateDir || node.Agent.API != old.API || node.Agent.TLS != old.TLS {
+	if node.Agent.Socket != old.Socket || node.Agent.StateDir != old.StateDir || node.Agent.API != old.API || node.Agent.TLS != old.TLS || node.Agent.Workers != old.Workers {
 		// New contents of the same TLS files are picked up without this.
-		a.log.Warn("socket, state_dir, api and tls changes take effect when the agent restarts")
-		node.Agent.Socket, node.Agent.StateDir, node.Agent.API, node.Agent.TLS = old.Socket, old.StateDir, old.API, old.TLS
+		a.log.Warn("socket, state_dir, api, workers and tls changes take effect when the agent restarts")
+		node.Agent.Socket, node.Agent.StateDir, node.Agent.API, node.Agent.TLS, node.Agent.Workers = old.Socket, old.StateDir, old.API, old.TLS, old.Workers
 	}
 	res, err := a.mgr.Reload(ctx, node)
 	if err != nil {
@@ -208,4 +232,56 @@ func lockDir(dir string) (func(), error) {
 		return nil, fmt.Errorf("another agent holds %s: %w", f.Name(), err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// workerRegistry passes the node's dispatchers' workers to the coordinators
+// it learns from gossip, with its agent certificate. nil when the node has
+// no tls files or does not gossip: it could not reach a coordinator.
+func (a *Agent) workerRegistry(g *gossip.Gossip) (*workers.Registry, error) {
+	cfg := a.node.Agent
+	if g == nil || cfg.TLS.IsZero() {
+		return nil, nil
+	}
+	tc, err := tlsutil.ClientConfig(cfg.TLS, tlsutil.RoleCoordinator)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return &workers.Registry{
+		Creds: credentials.NewTLS(tc),
+		Dispatcher: func(name string) (workers.Dispatcher, bool) {
+			sts, err := a.mgr.Status([]string{name})
+			if err != nil || len(sts) != 1 {
+				return workers.Dispatcher{}, false
+			}
+			st := sts[0]
+			return workers.Dispatcher{Running: st.PID != 0, PID: st.PID}, true
+		},
+		Coordinators: func() map[string]string {
+			out := map[string]string{}
+			for _, v := range g.View() {
+				if v.Meta.Kind == gossip.KindCoordinator && v.Meta.APIAddr != "" && (v.State == gossip.NodeAlive || v.State == gossip.NodeSuspect) {
+					out[v.Name] = v.Meta.APIAddr
+				}
+			}
+			return out
+		},
+	}, nil
+}
+
+// listenWorkers opens the loopback HTTP endpoint of the worker registry
+// (nil when it is off or there is no registry).
+func (a *Agent) listenWorkers(reg *workers.Registry) (net.Listener, error) {
+	addr := a.node.Agent.Workers.Listen
+	if reg == nil || addr == "off" {
+		if reg == nil && addr != "off" {
+			a.log.Info("no worker registry: it needs gossip and the tls files to reach the coordinators")
+		}
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("workers.listen %s: %w", addr, err)
+	}
+	a.log.Info("worker registry listening", "addr", l.Addr().String())
+	return l, nil
 }

@@ -16,12 +16,15 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/dhvisor/dhvisor/coordinator/agents"
 	"github.com/dhvisor/dhvisor/coordinator/api"
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/ops"
 	"github.com/dhvisor/dhvisor/coordinator/raftnode"
+	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
@@ -43,7 +46,9 @@ func New(cfg *config.Coordinator, log *slog.Logger) *Coordinator {
 // Run serves until ctx ends.
 func (c *Coordinator) Run(ctx context.Context) error {
 	cfg := c.cfg
-	serverTLS, err := tlsutil.ServerConfig(cfg.TLS, tlsutil.RoleOperator, tlsutil.RoleCoordinator)
+	// Agents may call too, to register their node's workers only (see
+	// api.Authorize).
+	serverTLS, err := tlsutil.ServerConfig(cfg.TLS, tlsutil.RoleOperator, tlsutil.RoleCoordinator, tlsutil.RoleAgent)
 	if err != nil {
 		return err
 	}
@@ -100,8 +105,24 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	defaults := ops.Defaults{MinHealthyTime: cfg.Operations.MinHealthyTime.D(), HealthyDeadline: cfg.Operations.HealthyDeadline.D(), ProgressDeadline: cfg.Operations.ProgressDeadline.D()}
 	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS)}
 	defer srv.Close()
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)), grpc.ChainUnaryInterceptor(api.Authorize), grpc.ChainStreamInterceptor(api.AuthorizeStream))
 	pb.RegisterCoordinatorServer(gs, srv)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	xdsLis, xgs, err := listenXDS(cfg)
+	if err != nil {
+		return err
+	}
+	defer xdsLis.Close()
+	xdsAddr := cfg.Envoy.XDS.Addr(xdsLis.Addr().String())
+	xdsSrv := xds.NewServer(ctx, c.log.With("component", "xds"))
+	xdsSrv.Register(xgs)
+	feed, err := newRouteFeed(cfg, state, g, xdsSrv, c.log)
+	if err != nil {
+		return err
+	}
+	srv.RouteTable = func() *pb.RoutesResponse { return feed.table(xdsAddr) }
 
 	pool := agents.NewPool(agentTLS, func(node string) (string, error) { return agentAddr(g, state, node) })
 	defer pool.Close()
@@ -112,18 +133,26 @@ func (c *Coordinator) Run(ctx context.Context) error {
 			return propose(ctx, rn, cmd)
 		},
 	}
-	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: apiAddr}
+	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: apiAddr, XdsAddr: xdsAddr}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	wg.Add(3)
+	errc := make(chan error, 2)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- err
 		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := xgs.Serve(xdsLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("xds: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		feed.run(ctx, rn.WaitRestored)
 	}()
 	go func() {
 		defer wg.Done()
@@ -135,19 +164,22 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		defer wg.Done()
 		registerSelf(ctx, srv, state, self, c.log)
 	}()
-	c.log.Info("coordinator running", "node", cfg.Node, "api", apiAddr, "raft", rn.Addr(), "data_dir", cfg.DataDir, "version", version.Version)
+	c.log.Info("coordinator running", "node", cfg.Node, "api", apiAddr, "raft", rn.Addr(), "xds", xdsAddr, "data_dir", cfg.DataDir, "version", version.Version)
 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	cancel()
+	// xDS streams never end on their own (they end with ctx, cancelled
+	// above); open WatchOp streams would hold a graceful stop of the API.
+	xgs.Stop()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-time.After(3 * time.Second):
-		gs.Stop() // open WatchOp streams would hold a graceful stop
+		gs.Stop()
 		<-stopped
 	}
 	wg.Wait()
@@ -194,9 +226,10 @@ func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.E
 func startLeading(ctx context.Context, engine *ops.Engine, inv *inventory) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); engine.Lead(ctx) }()
 	go func() { defer wg.Done(); inv.run(ctx) }()
+	go func() { defer wg.Done(); reapWorkers(ctx, engine.FSM, engine.Propose, engine.Self, inv.log) }()
 	return func() {
 		cancel()
 		wg.Wait()
@@ -224,7 +257,7 @@ func registerSelf(ctx context.Context, srv *api.Server, state *fsm.FSM, self *pb
 	defer retry.Stop()
 	for {
 		changed := state.Changed()
-		if p := state.Peer(self.Id); p == nil || p.RaftAddr != self.RaftAddr || p.ApiAddr != self.ApiAddr {
+		if p := state.Peer(self.Id); p == nil || !proto.Equal(p, self) {
 			select {
 			case <-ctx.Done():
 				return
@@ -279,3 +312,28 @@ func (h gossipHealth) Services(node string) map[string]ops.ServiceHealth {
 }
 
 func (h gossipHealth) Subscribe() (<-chan struct{}, func()) { return h.g.Subscribe() }
+
+// listenXDS opens the xDS port: mutual TLS with the cluster CA (any role:
+// Envoy presents its node's agent certificate), or plaintext for Envoy on
+// Deephaven's stock bootstrap when envoy.xds.plaintext says so.
+func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
+	opts := []grpc.ServerOption{
+		// As go-control-plane's example server: xDS streams are long-lived,
+		// and a client behind a NAT must not be dropped while idle.
+		grpc.MaxConcurrentStreams(1 << 20),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
+	}
+	if !cfg.Envoy.XDS.Plaintext {
+		tc, err := tlsutil.ServerConfig(cfg.TLS, tlsutil.RoleAgent, tlsutil.RoleOperator, tlsutil.RoleCoordinator)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	l, err := net.Listen("tcp", cfg.Envoy.XDS.Listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("envoy.xds.listen %s: %w", cfg.Envoy.XDS.Listen, err)
+	}
+	return l, grpc.NewServer(opts...), nil
+}

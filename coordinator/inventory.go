@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"log/slog"
+	"net"
 	"slices"
 	"time"
 
@@ -59,8 +60,9 @@ func (inv *inventory) sync(ctx context.Context, full bool) {
 			continue
 		}
 		rec := known[v.Name]
+		host, _, _ := net.SplitHostPort(v.Addr)
 		next := &pb.Node{
-			Name: v.Name, ApiAddr: v.Meta.APIAddr, Roles: v.Meta.Roles, State: v.State,
+			Name: v.Name, ApiAddr: v.Meta.APIAddr, Roles: v.Meta.Roles, State: v.State, Host: host,
 			DhvisorVersion: v.Meta.DhvisorVersion, DeephavenVersion: v.Meta.DeephavenVersion,
 		}
 		if rec != nil {
@@ -104,7 +106,7 @@ func (inv *inventory) services(ctx context.Context, node string) ([]*pb.ServiceD
 	}
 	var out []*pb.ServiceDef
 	for _, s := range st.Services {
-		out = append(out, &pb.ServiceDef{Name: s.Name, DependsOn: s.DependsOn})
+		out = append(out, &pb.ServiceDef{Name: s.Name, DependsOn: s.DependsOn, Envoy: s.Envoy})
 	}
 	return out, true
 }

@@ -39,6 +39,16 @@ vars:
 defaults:
   user: ""
   command: ['{{var "standin"}}', '--name={{.Name}}', '--ports={{.Ports}}', '--record={{.LogRoot}}/starts.log']
+# The stand-ins speak plain HTTP where Deephaven's services speak TLS, so
+# Envoy reaches every routed service without it.
+services:
+  configuration_server: {envoy: {tls: false}}
+  authentication_server: {envoy: {tls: false}}
+  db_acl_write_server: {envoy: {tls: false}}
+  iris_controller: {envoy: {tls: false}}
+  db_query_server: {envoy: {tls: false}}
+  db_merge_server: {envoy: {tls: false}}
+  web_api_service: {envoy: {tls: false}}
 YAML
   cat >"$demo/coordinator.yaml" <<YAML
 node: coord
@@ -50,6 +60,8 @@ raft:
 gossip: {bind: 127.0.0.1:7947, seeds: ["127.0.0.1:7946"]}
 tls: {ca: tls/ca.pem, cert: tls/coordinator-coord.pem, key: tls/coordinator-coord-key.pem}
 operations: {min_healthy_time: 2s}
+envoy:
+  xds: {listen: 127.0.0.1:8124}
 YAML
   cat >"$demo/dhctl.yaml" <<YAML
 coordinators: [127.0.0.1:8125]

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dhvisor/dhvisor/agent/supervise"
+	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/version"
@@ -36,6 +37,9 @@ type Server struct {
 	gossip  *gossip.Gossip // nil when the node runs alone
 	apiAddr string         // the TCP API address peers dial; "" without one
 	started time.Time
+	// Workers passes dispatchers' worker sets on; nil on a node that
+	// cannot reach the coordinators (no tls files).
+	Workers *workers.Registry
 }
 
 // NewServer returns the API over mgr and, when the node gossips, g. apiAddr
@@ -88,7 +92,11 @@ func (s *Server) Status(_ context.Context, req *pb.StatusRequest) (*pb.StatusRes
 		Roles:              node.Agent.Roles,
 	}
 	for _, st := range sts {
-		resp.Services = append(resp.Services, ToProto(st))
+		ps := ToProto(st)
+		if svc := node.Services[st.Name]; svc != nil && svc.Envoy != nil {
+			ps.Envoy = &pb.EnvoyUpstream{PortName: svc.Envoy.Port, Port: int32(svc.Ports[svc.Envoy.Port]), Tls: svc.Envoy.TLS, Http2: svc.Envoy.HTTP2}
+		}
+		resp.Services = append(resp.Services, ps)
 	}
 	return resp, nil
 }
@@ -316,4 +324,15 @@ func (s *Server) GossipKeys(_ context.Context, req *pb.GossipKeysRequest) (*pb.G
 		resp.KeyIds = append(resp.KeyIds, id)
 	}
 	return resp, nil
+}
+
+// RegisterWorkers implements pb.AgentServer.
+func (s *Server) RegisterWorkers(ctx context.Context, req *pb.RegisterWorkersRequest) (*pb.RegisterWorkersResponse, error) {
+	if s.Workers == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this agent cannot reach the coordinators: its agent.yaml has no tls files (an agent certificate)")
+	}
+	if req.Node != "" && req.Node != s.mgr.Node().Agent.Node {
+		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not this node (%s)", req.Node, s.mgr.Node().Agent.Node)
+	}
+	return s.Workers.Register(ctx, req)
 }

@@ -49,6 +49,9 @@ type Server struct {
 	Defaults ops.Defaults
 	// LeaderCreds dial the leader's API to forward writes.
 	LeaderCreds credentials.TransportCredentials
+	// RouteTable is the route table this replica serves Envoy; nil when it
+	// serves no xDS.
+	RouteTable func() *pb.RoutesResponse
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -116,7 +119,7 @@ func (s *Server) Peers(context.Context, *pb.PeersRequest) (*pb.PeersResponse, er
 	for _, srv := range servers {
 		p := &pb.Peer{Id: string(srv.ID), RaftAddr: string(srv.Address)}
 		if known := s.FSM.Peer(p.Id); known != nil {
-			p.ApiAddr = known.ApiAddr
+			p.ApiAddr, p.XdsAddr = known.ApiAddr, known.XdsAddr
 		}
 		resp.Peers = append(resp.Peers, &pb.PeerStatus{Peer: p, Voter: srv.Suffrage == raft.Voter, Leader: p.Id == leader})
 	}
@@ -279,7 +282,7 @@ func (s *Server) Join(ctx context.Context, req *pb.JoinRequest) (*pb.PeersRespon
 	if err := s.Raft.Raft.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddr), 0, 30*time.Second).Error(); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "add voter %s at %s: %v", req.Id, req.RaftAddr, err)
 	}
-	if _, err := s.commit(ctx, principal(ctx), &pb.Command{Cmd: &pb.Command_PeerUpsert{PeerUpsert: &pb.Peer{Id: req.Id, RaftAddr: req.RaftAddr, ApiAddr: req.ApiAddr}}}); err != nil {
+	if _, err := s.commit(ctx, principal(ctx), &pb.Command{Cmd: &pb.Command_PeerUpsert{PeerUpsert: &pb.Peer{Id: req.Id, RaftAddr: req.RaftAddr, ApiAddr: req.ApiAddr, XdsAddr: req.XdsAddr}}}); err != nil {
 		return nil, err
 	}
 	return s.Peers(ctx, nil)
@@ -359,7 +362,7 @@ func (s *Server) RegisterSelf(ctx context.Context, self *pb.Peer) error {
 		return err
 	}
 	_, err := forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.PeersResponse, error) {
-		return c.Join(ctx, &pb.JoinRequest{Id: self.Id, RaftAddr: self.RaftAddr, ApiAddr: self.ApiAddr})
+		return c.Join(ctx, &pb.JoinRequest{Id: self.Id, RaftAddr: self.RaftAddr, ApiAddr: self.ApiAddr, XdsAddr: self.XdsAddr})
 	})
 	return err
 }

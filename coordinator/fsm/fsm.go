@@ -1,6 +1,6 @@
 // Package fsm is the coordinator's replicated state machine: nodes, desired
 // service states, operations with their plans and progress, the coordinator
-// peers and the audit log. Every replica applies the same raft log to it, so
+// peers, the dispatchers' query workers and the audit log. Every replica applies the same raft log to it, so
 // Apply is deterministic: no clock, no randomness, no I/O; the proposer
 // stamps each command with its time and author.
 package fsm
@@ -64,7 +64,7 @@ func New() *FSM {
 }
 
 func emptyState() *pb.State {
-	return &pb.State{Nodes: map[string]*pb.Node{}, Peers: map[string]*pb.Peer{}, Desired: map[string]*pb.Desired{}}
+	return &pb.State{Nodes: map[string]*pb.Node{}, Peers: map[string]*pb.Peer{}, Desired: map[string]*pb.Desired{}, Workers: map[string]*pb.WorkerSet{}}
 }
 
 // Changed returns a channel closed at the next change of the state.
@@ -219,7 +219,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.audit(l.Index, cmd.AtUnixMs, cmd.Who, what+" (refused: "+err.Error()+")")
 		return res
 	}
-	f.audit(l.Index, cmd.AtUnixMs, cmd.Who, what)
+	if what != "" {
+		f.audit(l.Index, cmd.AtUnixMs, cmd.Who, what)
+	}
 	close(f.changed)
 	f.changed = make(chan struct{})
 	return res
@@ -257,6 +259,12 @@ func (f *FSM) apply(index uint64, cmd *pb.Command) (any, string) {
 		return f.updateStep(at, c.StepUpdate)
 	case *pb.Command_OpUpdate:
 		return f.updateOp(at, cmd.Who, c.OpUpdate)
+	case *pb.Command_WorkerSet:
+		return f.setWorkers(at, c.WorkerSet)
+	case *pb.Command_WorkerRenew:
+		return f.renewWorkers(c.WorkerRenew)
+	case *pb.Command_WorkerExpire:
+		return f.expireWorkers(c.WorkerExpire)
 	}
 	return rejected("unknown command"), "unknown command"
 }
@@ -403,6 +411,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if st.Desired == nil {
 		st.Desired = map[string]*pb.Desired{}
+	}
+	if st.Workers == nil {
+		st.Workers = map[string]*pb.WorkerSet{}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

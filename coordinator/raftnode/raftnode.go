@@ -59,6 +59,8 @@ type Node struct {
 	meta       *metadb.BoltMetaDB
 	id         string
 	addr       string
+	// openedAt is the last log index on disk when the replica started.
+	openedAt uint64
 }
 
 // Open starts the replica with fsm. It bootstraps a new cluster only when
@@ -141,7 +143,30 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		return nil, err
 	}
 	n.Raft, n.Leadership = r, leadership
+	n.openedAt = r.LastIndex()
 	return n, nil
+}
+
+// WaitRestored waits until the replica has applied every entry its log held
+// when it started, so its state is at least what it was before a restart
+// (raft restores only the snapshot at start; the entries after it are
+// applied once a leader confirms them). It gives up after maxWait, when no
+// quorum can confirm them, and says whether the state was restored.
+func (n *Node) WaitRestored(ctx context.Context, maxWait time.Duration) bool {
+	deadline := time.Now().Add(maxWait)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for n.Raft.AppliedIndex() < n.openedAt {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
 }
 
 // Addr is the transport's advertised address.

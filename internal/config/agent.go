@@ -33,6 +33,7 @@ type Agent struct {
 	Alert       Alert             `yaml:"alert"`
 	Gossip      Gossip            `yaml:"gossip"`
 	API         Endpoint          `yaml:"api"`
+	Workers     WorkerRegistry    `yaml:"workers"`
 	TLS         tlsutil.Files     `yaml:"tls"`
 	Vars        map[string]string `yaml:"vars"`
 	// Defaults are applied to every service of the node before its own
@@ -46,6 +47,15 @@ type Agent struct {
 type Alert struct {
 	Command []string `yaml:"command"`
 	Timeout Duration `yaml:"timeout"`
+}
+
+// WorkerRegistry is the loopback HTTP endpoint where the node's dispatchers
+// register their query workers for Envoy (the agent API takes them too).
+type WorkerRegistry struct {
+	// Listen is a loopback host:port, default 127.0.0.1:8131; "off"
+	// disables the endpoint. Anyone who reaches it can route workers, so
+	// it never listens beyond the node.
+	Listen string `yaml:"listen"`
 }
 
 // Gossip configures cluster membership. Without bind, the agent runs alone
@@ -141,6 +151,7 @@ func (a *Agent) applyDefaults(dir string) {
 	def(&a.Socket, "/run/dhvisor/agent.sock")
 	def(&a.SocketGroup, "irisadmin")
 	def(&a.RolesDir, "/etc/dhvisor/roles.d")
+	def(&a.Workers.Listen, "127.0.0.1:8131")
 	// Relative paths are relative to the config file, so a self-contained
 	// directory (the demo, a test) works wherever it is.
 	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir, &a.Gossip.KeyFile, &a.TLS.CA, &a.TLS.Cert, &a.TLS.Key} {
@@ -168,6 +179,7 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 	}
 	n.Agent.Gossip.validate(es, src, org)
 	n.validateAPI(es, src, org)
+	n.validateWorkers(es, src, org)
 	var names []string
 	seen := map[string]bool{}
 	for i, r := range n.Agent.Roles {
@@ -359,6 +371,23 @@ func (n *Node) validateAPI(es *Errors, src *source, org origins) {
 		if f.val == "" {
 			es.add(src.file, at, "tls."+f.key, "required with api.listen: the TCP API speaks mutual TLS only")
 		}
+	}
+}
+
+// validateWorkers checks workers.listen.
+func (n *Node) validateWorkers(es *Errors, src *source, org origins) {
+	v := n.Agent.Workers.Listen
+	if v == "off" {
+		return
+	}
+	_, line := locate(org, src.root, src.file, "workers", "listen")
+	host, _, err := SplitHostPort(v)
+	if err != nil {
+		es.add(src.file, line, "workers.listen", "%q is not host:port (e.g. 127.0.0.1:8131) or off", v)
+		return
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		es.add(src.file, line, "workers.listen", "%q is not a loopback address: anyone who reaches it can route workers in Envoy (use 127.0.0.1:PORT, or off)", v)
 	}
 }
 

@@ -1,11 +1,14 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 )
@@ -25,6 +28,37 @@ type Coordinator struct {
 	TLS     tlsutil.Files `yaml:"tls"`
 	// Operations holds the health-gate defaults of cluster-wide operations.
 	Operations Operations `yaml:"operations"`
+	// Envoy is the xDS server every replica runs for the nodes' Envoys.
+	Envoy Envoy `yaml:"envoy"`
+}
+
+// Envoy configures what the coordinator tells Envoy.
+type Envoy struct {
+	XDS XDS `yaml:"xds"`
+	// ExtraRoutesFile is a Deephaven properties file read for
+	// envoy.xds.extra.routes.* keys; re-read when it changes (see
+	// LoadExtraRoutes). Relative to the configuration file's directory.
+	ExtraRoutesFile string `yaml:"extra_routes_file"`
+	// ExtraRoutes are site routes written here: a mapping of route name to
+	// the keys host, port, prefix, prefix_rewrite, tls and exact_prefix,
+	// with the rules and defaults of Deephaven's properties. Kept as written
+	// (so every problem is reported with its line); Routes holds them
+	// validated.
+	ExtraRoutes yaml.Node `yaml:"extra_routes"`
+	// Routes are the ExtraRoutes, validated, defaults applied, sorted by
+	// name. LoadExtraRoutes adds those of ExtraRoutesFile.
+	Routes []ExtraRoute `yaml:"-"`
+}
+
+// XDS is the xDS server's endpoint: Envoy's bootstrap lists every replica's.
+type XDS struct {
+	// Endpoint: listen defaults to 0.0.0.0:8124 (Deephaven's envoy.xds.port
+	// default); advertise is what Envoys dial, required when listen is on
+	// every address.
+	Endpoint `yaml:",inline"`
+	// Plaintext serves xDS without TLS, for Envoy on Deephaven's stock
+	// bootstrap; false (the default) is mutual TLS with the cluster CA.
+	Plaintext bool `yaml:"plaintext"`
 }
 
 // Raft configures the replica's consensus.
@@ -98,7 +132,10 @@ func (c *Coordinator) applyDefaults(dir string) {
 	if c.Raft.Listen == "" {
 		c.Raft.Listen = "0.0.0.0:8126"
 	}
-	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Gossip.KeyFile} {
+	if c.Envoy.XDS.Listen == "" {
+		c.Envoy.XDS.Listen = "0.0.0.0:8124"
+	}
+	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Gossip.KeyFile, &c.Envoy.ExtraRoutesFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -153,4 +190,43 @@ func (c *Coordinator) validate(es *Errors, src *source, org origins) {
 	if c.Operations.MinHealthyTime >= c.Operations.HealthyDeadline {
 		es.add(file, at("operations", "min_healthy_time"), "operations.min_healthy_time", "%v must be shorter than healthy_deadline (%v)", c.Operations.MinHealthyTime.D(), c.Operations.HealthyDeadline.D())
 	}
+	c.validateEnvoy(es, src, org)
+}
+
+// validateEnvoy checks envoy: its xDS endpoint, that the extra routes file
+// is there (its routes are read by LoadExtraRoutes, at start and whenever it
+// changes), and the routes written in coordinator.yaml.
+func (c *Coordinator) validateEnvoy(es *Errors, src *source, org origins) {
+	envoy, _ := mapValue(src.root, "envoy")
+	c.Envoy.XDS.Endpoint.validate(es, nested(src, org, "envoy.xds", envoy, "xds"), org, "envoy.xds", "10.0.0.5:8124")
+	if f := c.Envoy.ExtraRoutesFile; f != "" {
+		_, line := locate(org, src.root, src.file, "envoy", "extra_routes_file")
+		if st, err := os.Stat(f); err != nil {
+			es.add(src.file, line, "envoy.extra_routes_file", "cannot read %s: %v (expected a Deephaven properties file with envoy.xds.extra.routes.* keys)", f, errors.Unwrap(err))
+		} else if st.IsDir() {
+			es.add(src.file, line, "envoy.extra_routes_file", "%s is a directory (expected a Deephaven properties file with envoy.xds.extra.routes.* keys)", f)
+		}
+	}
+	routes, _ := mapValue(envoy, "extra_routes")
+	c.Envoy.Routes = parseYAMLRoutes(es, src.file, routes)
+}
+
+// nested presents the value of key below parent as the only top-level key
+// name of a source, so code that validates a top-level section (such as
+// Endpoint.validate) reports a nested one under its full dotted name with
+// the right lines. A missing section is located at parent, or the top.
+func nested(src *source, org origins, name string, parent *yaml.Node, key string) *source {
+	val, keyNode := mapValue(parent, key)
+	at := parent
+	if at == nil {
+		at = src.root
+	}
+	root := &yaml.Node{Kind: yaml.MappingNode, Line: at.Line}
+	org[root] = src.file
+	if val != nil {
+		k := &yaml.Node{Kind: yaml.ScalarNode, Value: name, Line: keyNode.Line}
+		org[k] = src.file
+		root.Content = []*yaml.Node{k, val}
+	}
+	return &source{file: src.file, root: root}
 }

@@ -28,10 +28,21 @@ type Service struct {
 	StopTimeout Duration          `yaml:"stop_timeout"`
 	Restart     RestartPolicy     `yaml:"restart"`
 	Limits      Limits            `yaml:"limits"`
+	// Envoy is how Envoy reaches the service, for the services Envoy
+	// routes to; nil for the others.
+	Envoy *EnvoyUpstream `yaml:"envoy"`
 
 	// Origin is where the service was defined and last overridden, for
 	// messages about the service as a whole.
 	Origin string `yaml:"-"`
+}
+
+// EnvoyUpstream is how Envoy reaches a service: the coordinator makes it an
+// EDS cluster of the service's healthy instances on that port.
+type EnvoyUpstream struct {
+	Port  string `yaml:"port"`  // a name from ports:
+	TLS   bool   `yaml:"tls"`   // Envoy speaks TLS to the service
+	HTTP2 bool   `yaml:"http2"` // HTTP/2 upstream (gRPC); else HTTP/1.1 (websocket upgrades)
 }
 
 // Check is one health check. Type is process, tcp, http, https, grpc or exec.
@@ -215,6 +226,13 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 	}
 	if s.Limits.CPUPercent < 0 {
 		bad("cpu_percent must not be negative", nil, "limits", "cpu_percent")
+	}
+	if e := s.Envoy; e != nil {
+		if e.Port == "" {
+			bad("missing: the name of the port Envoy reaches the service on (ports: %s)", []any{portNames(s.Ports)}, "envoy", "port")
+		} else if _, ok := s.Ports[e.Port]; !ok {
+			bad("%q is not a port name of this service (%s)", []any{e.Port, portNames(s.Ports)}, "envoy", "port")
+		}
 	}
 	for i := range s.Checks {
 		s.Checks[i].validate(s, es, func(path ...string) (string, int) {

@@ -91,6 +91,9 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 		o.opsCmd(),
 		o.coordinatorCmd(),
 		o.auditCmd(),
+		o.routesCmd(),
+		o.workersCmd(),
+		o.envoyCmd(),
 	)
 	return root
 }

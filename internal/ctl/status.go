@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -57,11 +56,9 @@ func (o *options) statusCmd() *cobra.Command {
 // status 1, which scripts and monitoring read as "not all OK".
 func (o *options) show(resp proto.Message, asJSON bool, render func(w io.Writer, color bool), bad int, what string) error {
 	if asJSON {
-		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
-		if err != nil {
+		if err := o.printJSON(resp); err != nil {
 			return err
 		}
-		fmt.Fprintln(o.out, string(b))
 	} else {
 		render(o.out, isTerminal(o.out))
 	}

@@ -29,7 +29,16 @@ func validateCmd(o *options) *cobra.Command {
 						fmt.Fprintf(o.errOut, "%s: invalid\n%s\n", f, indent(err.Error()))
 						continue
 					}
-					fmt.Fprintf(o.out, "%s: ok, coordinator %s, api %s, raft %s, %d initial voters\n", f, c.Node, c.API.Addr(c.API.Listen), c.Raft.Addr(c.Raft.Listen), len(c.Raft.Bootstrap))
+					// The extra routes file is read at run time too (and
+					// again when it changes); a bad one is reported here.
+					routes, err := config.LoadExtraRoutes(c)
+					if err != nil {
+						bad++
+						fmt.Fprintf(o.errOut, "%s: invalid\n%s\n", f, indent(err.Error()))
+						continue
+					}
+					xds := c.Envoy.XDS
+					fmt.Fprintf(o.out, "%s: ok, coordinator %s, api %s, raft %s, xds %s, %d initial voters, %d extra routes\n", f, c.Node, c.API.Addr(c.API.Listen), c.Raft.Addr(c.Raft.Listen), xds.Addr(xds.Listen), len(c.Raft.Bootstrap), len(routes))
 					continue
 				}
 				node, err := config.LoadAgent(f)

@@ -17,13 +17,21 @@ raft:
   bootstrap: [{id: c1, addr: "10.0.0.5:8126"}]
 gossip: {bind: "10.0.0.5:7947"}
 tls: {ca: ca.pem, cert: c.pem, key: k.pem}
+envoy:
+  xds: {listen: "10.0.0.5:8124"}
 `
+	props := filepath.Join(dir, "routes.prop")
+	if err := os.WriteFile(props, []byte("envoy.xds.extra.routes.grafana.host=grafana\nenvoy.xds.extra.routes.grafana.prefix=/iris\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name, data string
 		code       int
 		want       string
 	}{
-		{"good", good, ExitOK, "ok, coordinator c1, api 10.0.0.5:8125, raft 10.0.0.5:8126, 1 initial voters"},
+		{"good", good, ExitOK, "ok, coordinator c1, api 10.0.0.5:8125, raft 10.0.0.5:8126, xds 10.0.0.5:8124, 1 initial voters, 0 extra routes"},
+		{"extra route in yaml", good + "  extra_routes: {grafana: {host: grafana, prefix: /grafana}}\n", ExitOK, "1 extra routes"},
+		{"bad extra routes file", good + "  extra_routes_file: " + props + "\n", ExitError, props + `:2: envoy.xds.extra.routes.grafana.prefix: "/iris" is reserved by Deephaven`},
 		{"bad voter list", strings.Replace(good, "{id: c1,", "{id: c2,", 1), ExitError, "raft.bootstrap: does not list this replica"},
 		{"wildcard without advertise", strings.Replace(good, `listen: "10.0.0.5:8126"`, `listen: "0.0.0.0:8126"`, 1), ExitError, "raft.advertise"},
 		{"unknown field", good + "rafts: 1\n", ExitError, "rafts"},

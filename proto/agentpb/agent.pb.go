@@ -131,7 +131,7 @@ func (x GossipKeysRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GossipKeysRequest_Op.Descriptor instead.
 func (GossipKeysRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{14, 0}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{15, 0}
 }
 
 type StatusRequest struct {
@@ -288,7 +288,9 @@ type ServiceStatus struct {
 	LastOpToken string `protobuf:"bytes,16,opt,name=last_op_token,json=lastOpToken,proto3" json:"last_op_token,omitempty"`
 	// The service's resolved depends_on as this node runs it, so the
 	// coordinator builds the cluster-wide graph from what agents really run.
-	DependsOn     []string `protobuf:"bytes,17,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
+	DependsOn []string `protobuf:"bytes,17,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
+	// How Envoy reaches the service; unset when Envoy does not route to it.
+	Envoy         *EnvoyUpstream `protobuf:"bytes,18,opt,name=envoy,proto3" json:"envoy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,6 +444,81 @@ func (x *ServiceStatus) GetDependsOn() []string {
 	return nil
 }
 
+func (x *ServiceStatus) GetEnvoy() *EnvoyUpstream {
+	if x != nil {
+		return x.Envoy
+	}
+	return nil
+}
+
+type EnvoyUpstream struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PortName      string                 `protobuf:"bytes,1,opt,name=port_name,json=portName,proto3" json:"port_name,omitempty"` // a name from the service's ports
+	Port          int32                  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Tls           bool                   `protobuf:"varint,3,opt,name=tls,proto3" json:"tls,omitempty"`
+	Http2         bool                   `protobuf:"varint,4,opt,name=http2,proto3" json:"http2,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnvoyUpstream) Reset() {
+	*x = EnvoyUpstream{}
+	mi := &file_agentpb_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvoyUpstream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvoyUpstream) ProtoMessage() {}
+
+func (x *EnvoyUpstream) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvoyUpstream.ProtoReflect.Descriptor instead.
+func (*EnvoyUpstream) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EnvoyUpstream) GetPortName() string {
+	if x != nil {
+		return x.PortName
+	}
+	return ""
+}
+
+func (x *EnvoyUpstream) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *EnvoyUpstream) GetTls() bool {
+	if x != nil {
+		return x.Tls
+	}
+	return false
+}
+
+func (x *EnvoyUpstream) GetHttp2() bool {
+	if x != nil {
+		return x.Http2
+	}
+	return false
+}
+
 type CheckResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -455,7 +532,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_agentpb_agent_proto_msgTypes[3]
+	mi := &file_agentpb_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +544,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[3]
+	mi := &file_agentpb_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +557,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{3}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CheckResult) GetName() string {
@@ -529,7 +606,7 @@ type ExitInfo struct {
 
 func (x *ExitInfo) Reset() {
 	*x = ExitInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[4]
+	mi := &file_agentpb_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +618,7 @@ func (x *ExitInfo) String() string {
 func (*ExitInfo) ProtoMessage() {}
 
 func (x *ExitInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[4]
+	mi := &file_agentpb_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +631,7 @@ func (x *ExitInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitInfo.ProtoReflect.Descriptor instead.
 func (*ExitInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{4}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ExitInfo) GetCode() int32 {
@@ -596,7 +673,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[5]
+	mi := &file_agentpb_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +685,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[5]
+	mi := &file_agentpb_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +698,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{5}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ControlRequest) GetAction() Action {
@@ -669,7 +746,7 @@ type OrderRequest struct {
 
 func (x *OrderRequest) Reset() {
 	*x = OrderRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[6]
+	mi := &file_agentpb_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +758,7 @@ func (x *OrderRequest) String() string {
 func (*OrderRequest) ProtoMessage() {}
 
 func (x *OrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[6]
+	mi := &file_agentpb_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +771,7 @@ func (x *OrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderRequest.ProtoReflect.Descriptor instead.
 func (*OrderRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{6}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OrderRequest) GetBlock() bool {
@@ -725,7 +802,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_agentpb_agent_proto_msgTypes[7]
+	mi := &file_agentpb_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +814,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[7]
+	mi := &file_agentpb_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +827,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{7}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Progress) GetService() string {
@@ -796,7 +873,7 @@ type ReloadRequest struct {
 
 func (x *ReloadRequest) Reset() {
 	*x = ReloadRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[8]
+	mi := &file_agentpb_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +885,7 @@ func (x *ReloadRequest) String() string {
 func (*ReloadRequest) ProtoMessage() {}
 
 func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[8]
+	mi := &file_agentpb_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +898,7 @@ func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
 func (*ReloadRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{8}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type ReloadResponse struct {
@@ -838,7 +915,7 @@ type ReloadResponse struct {
 
 func (x *ReloadResponse) Reset() {
 	*x = ReloadResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[9]
+	mi := &file_agentpb_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +927,7 @@ func (x *ReloadResponse) String() string {
 func (*ReloadResponse) ProtoMessage() {}
 
 func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[9]
+	mi := &file_agentpb_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +940,7 @@ func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
 func (*ReloadResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{9}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReloadResponse) GetAdded() []string {
@@ -903,7 +980,7 @@ type ClusterRequest struct {
 
 func (x *ClusterRequest) Reset() {
 	*x = ClusterRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[10]
+	mi := &file_agentpb_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +992,7 @@ func (x *ClusterRequest) String() string {
 func (*ClusterRequest) ProtoMessage() {}
 
 func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[10]
+	mi := &file_agentpb_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1005,7 @@ func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterRequest.ProtoReflect.Descriptor instead.
 func (*ClusterRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClusterRequest) GetNode() string {
@@ -949,7 +1026,7 @@ type ClusterResponse struct {
 
 func (x *ClusterResponse) Reset() {
 	*x = ClusterResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[11]
+	mi := &file_agentpb_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1038,7 @@ func (x *ClusterResponse) String() string {
 func (*ClusterResponse) ProtoMessage() {}
 
 func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[11]
+	mi := &file_agentpb_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1051,7 @@ func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterResponse.ProtoReflect.Descriptor instead.
 func (*ClusterResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClusterResponse) GetLocalNode() string {
@@ -1023,7 +1100,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[12]
+	mi := &file_agentpb_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1112,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[12]
+	mi := &file_agentpb_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1125,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -1158,7 +1235,7 @@ type NodeService struct {
 
 func (x *NodeService) Reset() {
 	*x = NodeService{}
-	mi := &file_agentpb_agent_proto_msgTypes[13]
+	mi := &file_agentpb_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1247,7 @@ func (x *NodeService) String() string {
 func (*NodeService) ProtoMessage() {}
 
 func (x *NodeService) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[13]
+	mi := &file_agentpb_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1260,7 @@ func (x *NodeService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeService.ProtoReflect.Descriptor instead.
 func (*NodeService) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeService) GetName() string {
@@ -1245,7 +1322,7 @@ type GossipKeysRequest struct {
 
 func (x *GossipKeysRequest) Reset() {
 	*x = GossipKeysRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[14]
+	mi := &file_agentpb_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1334,7 @@ func (x *GossipKeysRequest) String() string {
 func (*GossipKeysRequest) ProtoMessage() {}
 
 func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[14]
+	mi := &file_agentpb_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1347,7 @@ func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
 func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GossipKeysRequest) GetOp() GossipKeysRequest_Op {
@@ -1297,7 +1374,7 @@ type GossipKeysResponse struct {
 
 func (x *GossipKeysResponse) Reset() {
 	*x = GossipKeysResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[15]
+	mi := &file_agentpb_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1386,7 @@ func (x *GossipKeysResponse) String() string {
 func (*GossipKeysResponse) ProtoMessage() {}
 
 func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[15]
+	mi := &file_agentpb_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1399,7 @@ func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
 func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GossipKeysResponse) GetKeys() []string {
@@ -1339,6 +1416,258 @@ func (x *GossipKeysResponse) GetKeyIds() []string {
 	return nil
 }
 
+// Worker is one query worker a dispatcher runs.
+type Worker struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                  // unique in the cluster; routed by /worker/<name>/
+	EnvoyPrefix   string                 `protobuf:"bytes,2,opt,name=envoy_prefix,json=envoyPrefix,proto3" json:"envoy_prefix,omitempty"` // the envoy-prefix header value clients send for it
+	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`                                  // empty: the node's address
+	Port          int32                  `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	Kind          string                 `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
+	Nonce         string                 `protobuf:"bytes,6,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Tls           bool                   `protobuf:"varint,7,opt,name=tls,proto3" json:"tls,omitempty"`          // Envoy speaks TLS to the worker
+	Protocol      string                 `protobuf:"bytes,8,opt,name=protocol,proto3" json:"protocol,omitempty"` // http2 (gRPC; the default) or http1 (websocket upgrades)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Worker) Reset() {
+	*x = Worker{}
+	mi := &file_agentpb_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Worker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Worker) ProtoMessage() {}
+
+func (x *Worker) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Worker.ProtoReflect.Descriptor instead.
+func (*Worker) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Worker) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Worker) GetEnvoyPrefix() string {
+	if x != nil {
+		return x.EnvoyPrefix
+	}
+	return ""
+}
+
+func (x *Worker) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Worker) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Worker) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Worker) GetNonce() string {
+	if x != nil {
+		return x.Nonce
+	}
+	return ""
+}
+
+func (x *Worker) GetTls() bool {
+	if x != nil {
+		return x.Tls
+	}
+	return false
+}
+
+func (x *Worker) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+type RegisterWorkersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dispatcher's service name on the node, e.g. db_query_server.
+	Dispatcher string `protobuf:"bytes,1,opt,name=dispatcher,proto3" json:"dispatcher,omitempty"`
+	// The complete set: workers registered before and not listed are removed.
+	Workers []*Worker `protobuf:"bytes,2,rep,name=workers,proto3" json:"workers,omitempty"`
+	// The set is dropped unless re-sent within this; 0 = 30 s.
+	LeaseTtlMs int64 `protobuf:"varint,3,opt,name=lease_ttl_ms,json=leaseTtlMs,proto3" json:"lease_ttl_ms,omitempty"`
+	// The dispatcher's node. An agent's own certificate names it; only a
+	// coordinator forwarding the call or an operator may set it.
+	Node string `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	// The dispatcher's pid when it registered, filled in by the agent: the
+	// coordinators stop routing the set once the node reports another.
+	DispatcherPid int32 `protobuf:"varint,5,opt,name=dispatcher_pid,json=dispatcherPid,proto3" json:"dispatcher_pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterWorkersRequest) Reset() {
+	*x = RegisterWorkersRequest{}
+	mi := &file_agentpb_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterWorkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterWorkersRequest) ProtoMessage() {}
+
+func (x *RegisterWorkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterWorkersRequest.ProtoReflect.Descriptor instead.
+func (*RegisterWorkersRequest) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RegisterWorkersRequest) GetDispatcher() string {
+	if x != nil {
+		return x.Dispatcher
+	}
+	return ""
+}
+
+func (x *RegisterWorkersRequest) GetWorkers() []*Worker {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
+func (x *RegisterWorkersRequest) GetLeaseTtlMs() int64 {
+	if x != nil {
+		return x.LeaseTtlMs
+	}
+	return 0
+}
+
+func (x *RegisterWorkersRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *RegisterWorkersRequest) GetDispatcherPid() int32 {
+	if x != nil {
+		return x.DispatcherPid
+	}
+	return 0
+}
+
+type RegisterWorkersResponse struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Workers            int32                  `protobuf:"varint,1,opt,name=workers,proto3" json:"workers,omitempty"`
+	LeaseExpiresUnixMs int64                  `protobuf:"varint,2,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
+	Changed            bool                   `protobuf:"varint,3,opt,name=changed,proto3" json:"changed,omitempty"`        // false: the same set, only the lease renewed
+	Coordinator        string                 `protobuf:"bytes,4,opt,name=coordinator,proto3" json:"coordinator,omitempty"` // the replica that answered
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RegisterWorkersResponse) Reset() {
+	*x = RegisterWorkersResponse{}
+	mi := &file_agentpb_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterWorkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterWorkersResponse) ProtoMessage() {}
+
+func (x *RegisterWorkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterWorkersResponse.ProtoReflect.Descriptor instead.
+func (*RegisterWorkersResponse) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RegisterWorkersResponse) GetWorkers() int32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *RegisterWorkersResponse) GetLeaseExpiresUnixMs() int64 {
+	if x != nil {
+		return x.LeaseExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *RegisterWorkersResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+func (x *RegisterWorkersResponse) GetCoordinator() string {
+	if x != nil {
+		return x.Coordinator
+	}
+	return ""
+}
+
 var File_agentpb_agent_proto protoreflect.FileDescriptor
 
 const file_agentpb_agent_proto_rawDesc = "" +
@@ -1353,7 +1682,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\vconfig_file\x18\x04 \x01(\tR\n" +
 	"configFile\x12\x14\n" +
 	"\x05roles\x18\x05 \x03(\tR\x05roles\x12;\n" +
-	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\xc7\x04\n" +
+	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\xfe\x04\n" +
 	"\rServiceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1c\n" +
@@ -1375,7 +1704,13 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\x13state_since_unix_ms\x18\x0f \x01(\x03R\x10stateSinceUnixMs\x12\"\n" +
 	"\rlast_op_token\x18\x10 \x01(\tR\vlastOpToken\x12\x1d\n" +
 	"\n" +
-	"depends_on\x18\x11 \x03(\tR\tdependsOn\"\x8a\x01\n" +
+	"depends_on\x18\x11 \x03(\tR\tdependsOn\x125\n" +
+	"\x05envoy\x18\x12 \x01(\v2\x1f.dhvisor.agent.v1.EnvoyUpstreamR\x05envoy\"h\n" +
+	"\rEnvoyUpstream\x12\x1b\n" +
+	"\tport_name\x18\x01 \x01(\tR\bportName\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x10\n" +
+	"\x03tls\x18\x03 \x01(\bR\x03tls\x12\x14\n" +
+	"\x05http2\x18\x04 \x01(\bR\x05http2\"\x8a\x01\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
@@ -1454,14 +1789,37 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\tOP_REMOVE\x10\x03\"A\n" +
 	"\x12GossipKeysResponse\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x17\n" +
-	"\akey_ids\x18\x02 \x03(\tR\x06keyIds*\x81\x01\n" +
+	"\akey_ids\x18\x02 \x03(\tR\x06keyIds\"\xbf\x01\n" +
+	"\x06Worker\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fenvoy_prefix\x18\x02 \x01(\tR\venvoyPrefix\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\x05R\x04port\x12\x12\n" +
+	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05nonce\x18\x06 \x01(\tR\x05nonce\x12\x10\n" +
+	"\x03tls\x18\a \x01(\bR\x03tls\x12\x1a\n" +
+	"\bprotocol\x18\b \x01(\tR\bprotocol\"\xc9\x01\n" +
+	"\x16RegisterWorkersRequest\x12\x1e\n" +
+	"\n" +
+	"dispatcher\x18\x01 \x01(\tR\n" +
+	"dispatcher\x122\n" +
+	"\aworkers\x18\x02 \x03(\v2\x18.dhvisor.agent.v1.WorkerR\aworkers\x12 \n" +
+	"\flease_ttl_ms\x18\x03 \x01(\x03R\n" +
+	"leaseTtlMs\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12%\n" +
+	"\x0edispatcher_pid\x18\x05 \x01(\x05R\rdispatcherPid\"\xa2\x01\n" +
+	"\x17RegisterWorkersResponse\x12\x18\n" +
+	"\aworkers\x18\x01 \x01(\x05R\aworkers\x121\n" +
+	"\x15lease_expires_unix_ms\x18\x02 \x01(\x03R\x12leaseExpiresUnixMs\x12\x18\n" +
+	"\achanged\x18\x03 \x01(\bR\achanged\x12 \n" +
+	"\vcoordinator\x18\x04 \x01(\tR\vcoordinator*\x81\x01\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_START\x10\x01\x12\x0f\n" +
 	"\vACTION_STOP\x10\x02\x12\x12\n" +
 	"\x0eACTION_RESTART\x10\x03\x12\x12\n" +
 	"\x0eACTION_MONITOR\x10\x04\x12\x14\n" +
-	"\x10ACTION_UNMONITOR\x10\x052\x9f\x04\n" +
+	"\x10ACTION_UNMONITOR\x10\x052\x87\x05\n" +
 	"\x05Agent\x12K\n" +
 	"\x06Status\x12\x1f.dhvisor.agent.v1.StatusRequest\x1a .dhvisor.agent.v1.StatusResponse\x12I\n" +
 	"\aControl\x12 .dhvisor.agent.v1.ControlRequest\x1a\x1a.dhvisor.agent.v1.Progress0\x01\x12B\n" +
@@ -1470,7 +1828,8 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\x06Reload\x12\x1f.dhvisor.agent.v1.ReloadRequest\x1a .dhvisor.agent.v1.ReloadResponse\x12N\n" +
 	"\aCluster\x12 .dhvisor.agent.v1.ClusterRequest\x1a!.dhvisor.agent.v1.ClusterResponse\x12W\n" +
 	"\n" +
-	"GossipKeys\x12#.dhvisor.agent.v1.GossipKeysRequest\x1a$.dhvisor.agent.v1.GossipKeysResponseB*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
+	"GossipKeys\x12#.dhvisor.agent.v1.GossipKeysRequest\x1a$.dhvisor.agent.v1.GossipKeysResponse\x12f\n" +
+	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponseB*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
 
 var (
 	file_agentpb_agent_proto_rawDescOnce sync.Once
@@ -1485,54 +1844,62 @@ func file_agentpb_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentpb_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_agentpb_agent_proto_goTypes = []any{
-	(Action)(0),                // 0: dhvisor.agent.v1.Action
-	(GossipKeysRequest_Op)(0),  // 1: dhvisor.agent.v1.GossipKeysRequest.Op
-	(*StatusRequest)(nil),      // 2: dhvisor.agent.v1.StatusRequest
-	(*StatusResponse)(nil),     // 3: dhvisor.agent.v1.StatusResponse
-	(*ServiceStatus)(nil),      // 4: dhvisor.agent.v1.ServiceStatus
-	(*CheckResult)(nil),        // 5: dhvisor.agent.v1.CheckResult
-	(*ExitInfo)(nil),           // 6: dhvisor.agent.v1.ExitInfo
-	(*ControlRequest)(nil),     // 7: dhvisor.agent.v1.ControlRequest
-	(*OrderRequest)(nil),       // 8: dhvisor.agent.v1.OrderRequest
-	(*Progress)(nil),           // 9: dhvisor.agent.v1.Progress
-	(*ReloadRequest)(nil),      // 10: dhvisor.agent.v1.ReloadRequest
-	(*ReloadResponse)(nil),     // 11: dhvisor.agent.v1.ReloadResponse
-	(*ClusterRequest)(nil),     // 12: dhvisor.agent.v1.ClusterRequest
-	(*ClusterResponse)(nil),    // 13: dhvisor.agent.v1.ClusterResponse
-	(*NodeInfo)(nil),           // 14: dhvisor.agent.v1.NodeInfo
-	(*NodeService)(nil),        // 15: dhvisor.agent.v1.NodeService
-	(*GossipKeysRequest)(nil),  // 16: dhvisor.agent.v1.GossipKeysRequest
-	(*GossipKeysResponse)(nil), // 17: dhvisor.agent.v1.GossipKeysResponse
+	(Action)(0),                     // 0: dhvisor.agent.v1.Action
+	(GossipKeysRequest_Op)(0),       // 1: dhvisor.agent.v1.GossipKeysRequest.Op
+	(*StatusRequest)(nil),           // 2: dhvisor.agent.v1.StatusRequest
+	(*StatusResponse)(nil),          // 3: dhvisor.agent.v1.StatusResponse
+	(*ServiceStatus)(nil),           // 4: dhvisor.agent.v1.ServiceStatus
+	(*EnvoyUpstream)(nil),           // 5: dhvisor.agent.v1.EnvoyUpstream
+	(*CheckResult)(nil),             // 6: dhvisor.agent.v1.CheckResult
+	(*ExitInfo)(nil),                // 7: dhvisor.agent.v1.ExitInfo
+	(*ControlRequest)(nil),          // 8: dhvisor.agent.v1.ControlRequest
+	(*OrderRequest)(nil),            // 9: dhvisor.agent.v1.OrderRequest
+	(*Progress)(nil),                // 10: dhvisor.agent.v1.Progress
+	(*ReloadRequest)(nil),           // 11: dhvisor.agent.v1.ReloadRequest
+	(*ReloadResponse)(nil),          // 12: dhvisor.agent.v1.ReloadResponse
+	(*ClusterRequest)(nil),          // 13: dhvisor.agent.v1.ClusterRequest
+	(*ClusterResponse)(nil),         // 14: dhvisor.agent.v1.ClusterResponse
+	(*NodeInfo)(nil),                // 15: dhvisor.agent.v1.NodeInfo
+	(*NodeService)(nil),             // 16: dhvisor.agent.v1.NodeService
+	(*GossipKeysRequest)(nil),       // 17: dhvisor.agent.v1.GossipKeysRequest
+	(*GossipKeysResponse)(nil),      // 18: dhvisor.agent.v1.GossipKeysResponse
+	(*Worker)(nil),                  // 19: dhvisor.agent.v1.Worker
+	(*RegisterWorkersRequest)(nil),  // 20: dhvisor.agent.v1.RegisterWorkersRequest
+	(*RegisterWorkersResponse)(nil), // 21: dhvisor.agent.v1.RegisterWorkersResponse
 }
 var file_agentpb_agent_proto_depIdxs = []int32{
 	4,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
-	5,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
-	6,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
-	0,  // 3: dhvisor.agent.v1.ControlRequest.action:type_name -> dhvisor.agent.v1.Action
-	14, // 4: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
-	15, // 5: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
-	1,  // 6: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
-	2,  // 7: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
-	7,  // 8: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
-	8,  // 9: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
-	8,  // 10: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
-	10, // 11: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
-	12, // 12: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
-	16, // 13: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
-	3,  // 14: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
-	9,  // 15: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
-	9,  // 16: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
-	9,  // 17: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
-	11, // 18: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
-	13, // 19: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
-	17, // 20: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
-	14, // [14:21] is the sub-list for method output_type
-	7,  // [7:14] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	6,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
+	7,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
+	5,  // 3: dhvisor.agent.v1.ServiceStatus.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	0,  // 4: dhvisor.agent.v1.ControlRequest.action:type_name -> dhvisor.agent.v1.Action
+	15, // 5: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
+	16, // 6: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
+	1,  // 7: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
+	19, // 8: dhvisor.agent.v1.RegisterWorkersRequest.workers:type_name -> dhvisor.agent.v1.Worker
+	2,  // 9: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
+	8,  // 10: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
+	9,  // 11: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
+	9,  // 12: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
+	11, // 13: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
+	13, // 14: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
+	17, // 15: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
+	20, // 16: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	3,  // 17: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
+	10, // 18: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
+	10, // 19: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
+	10, // 20: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
+	12, // 21: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
+	14, // 22: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
+	18, // 23: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
+	21, // 24: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_agentpb_agent_proto_init() }
@@ -1546,7 +1913,7 @@ func file_agentpb_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentpb_agent_proto_rawDesc), len(file_agentpb_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

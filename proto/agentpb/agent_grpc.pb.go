@@ -22,13 +22,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Agent_Status_FullMethodName     = "/dhvisor.agent.v1.Agent/Status"
-	Agent_Control_FullMethodName    = "/dhvisor.agent.v1.Agent/Control"
-	Agent_Up_FullMethodName         = "/dhvisor.agent.v1.Agent/Up"
-	Agent_Down_FullMethodName       = "/dhvisor.agent.v1.Agent/Down"
-	Agent_Reload_FullMethodName     = "/dhvisor.agent.v1.Agent/Reload"
-	Agent_Cluster_FullMethodName    = "/dhvisor.agent.v1.Agent/Cluster"
-	Agent_GossipKeys_FullMethodName = "/dhvisor.agent.v1.Agent/GossipKeys"
+	Agent_Status_FullMethodName          = "/dhvisor.agent.v1.Agent/Status"
+	Agent_Control_FullMethodName         = "/dhvisor.agent.v1.Agent/Control"
+	Agent_Up_FullMethodName              = "/dhvisor.agent.v1.Agent/Up"
+	Agent_Down_FullMethodName            = "/dhvisor.agent.v1.Agent/Down"
+	Agent_Reload_FullMethodName          = "/dhvisor.agent.v1.Agent/Reload"
+	Agent_Cluster_FullMethodName         = "/dhvisor.agent.v1.Agent/Cluster"
+	Agent_GossipKeys_FullMethodName      = "/dhvisor.agent.v1.Agent/GossipKeys"
+	Agent_RegisterWorkers_FullMethodName = "/dhvisor.agent.v1.Agent/RegisterWorkers"
 )
 
 // AgentClient is the client API for Agent service.
@@ -50,6 +51,10 @@ type AgentClient interface {
 	Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterResponse, error)
 	// GossipKeys lists or changes the gossip keyring, cluster-wide.
 	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
+	// RegisterWorkers takes a dispatcher's complete set of query workers and
+	// passes it to the coordinators, which route them in Envoy. The set is
+	// held under a lease: re-send it (changed or not) within lease_ttl_ms.
+	RegisterWorkers(ctx context.Context, in *RegisterWorkersRequest, opts ...grpc.CallOption) (*RegisterWorkersResponse, error)
 }
 
 type agentClient struct {
@@ -157,6 +162,16 @@ func (c *agentClient) GossipKeys(ctx context.Context, in *GossipKeysRequest, opt
 	return out, nil
 }
 
+func (c *agentClient) RegisterWorkers(ctx context.Context, in *RegisterWorkersRequest, opts ...grpc.CallOption) (*RegisterWorkersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterWorkersResponse)
+	err := c.cc.Invoke(ctx, Agent_RegisterWorkers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -176,6 +191,10 @@ type AgentServer interface {
 	Cluster(context.Context, *ClusterRequest) (*ClusterResponse, error)
 	// GossipKeys lists or changes the gossip keyring, cluster-wide.
 	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
+	// RegisterWorkers takes a dispatcher's complete set of query workers and
+	// passes it to the coordinators, which route them in Envoy. The set is
+	// held under a lease: re-send it (changed or not) within lease_ttl_ms.
+	RegisterWorkers(context.Context, *RegisterWorkersRequest) (*RegisterWorkersResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -206,6 +225,9 @@ func (UnimplementedAgentServer) Cluster(context.Context, *ClusterRequest) (*Clus
 }
 func (UnimplementedAgentServer) GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GossipKeys not implemented")
+}
+func (UnimplementedAgentServer) RegisterWorkers(context.Context, *RegisterWorkersRequest) (*RegisterWorkersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterWorkers not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -333,6 +355,24 @@ func _Agent_GossipKeys_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_RegisterWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).RegisterWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_RegisterWorkers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).RegisterWorkers(ctx, req.(*RegisterWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -355,6 +395,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GossipKeys",
 			Handler:    _Agent_GossipKeys_Handler,
+		},
+		{
+			MethodName: "RegisterWorkers",
+			Handler:    _Agent_RegisterWorkers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -78,7 +78,291 @@ func (x ControlOpRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ControlOpRequest_Op.Descriptor instead.
 func (ControlOpRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{15, 0}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{20, 0}
+}
+
+type WorkersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"` // empty: every node
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkersRequest) Reset() {
+	*x = WorkersRequest{}
+	mi := &file_coordpb_coord_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkersRequest) ProtoMessage() {}
+
+func (x *WorkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkersRequest.ProtoReflect.Descriptor instead.
+func (*WorkersRequest) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WorkersRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type WorkersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AnsweredBy    string                 `protobuf:"bytes,1,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	Sets          []*WorkerSet           `protobuf:"bytes,2,rep,name=sets,proto3" json:"sets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkersResponse) Reset() {
+	*x = WorkersResponse{}
+	mi := &file_coordpb_coord_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkersResponse) ProtoMessage() {}
+
+func (x *WorkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkersResponse.ProtoReflect.Descriptor instead.
+func (*WorkersResponse) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WorkersResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+func (x *WorkersResponse) GetSets() []*WorkerSet {
+	if x != nil {
+		return x.Sets
+	}
+	return nil
+}
+
+type RoutesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoutesRequest) Reset() {
+	*x = RoutesRequest{}
+	mi := &file_coordpb_coord_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoutesRequest) ProtoMessage() {}
+
+func (x *RoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoutesRequest.ProtoReflect.Descriptor instead.
+func (*RoutesRequest) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{2}
+}
+
+type RoutesResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	AnsweredBy       string                 `protobuf:"bytes,1,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
+	Routes           []*Route               `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	Versions         map[string]string      `protobuf:"bytes,3,rep,name=versions,proto3" json:"versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // resource type -> version served
+	ExtraRoutesError string                 `protobuf:"bytes,4,opt,name=extra_routes_error,json=extraRoutesError,proto3" json:"extra_routes_error,omitempty"`                                 // why the extra routes file was refused; the previous routes stay
+	BuildUs          int64                  `protobuf:"varint,5,opt,name=build_us,json=buildUs,proto3" json:"build_us,omitempty"`                                                             // how long the last snapshot took to build
+	XdsAddr          string                 `protobuf:"bytes,6,opt,name=xds_addr,json=xdsAddr,proto3" json:"xds_addr,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RoutesResponse) Reset() {
+	*x = RoutesResponse{}
+	mi := &file_coordpb_coord_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoutesResponse) ProtoMessage() {}
+
+func (x *RoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoutesResponse.ProtoReflect.Descriptor instead.
+func (*RoutesResponse) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RoutesResponse) GetAnsweredBy() string {
+	if x != nil {
+		return x.AnsweredBy
+	}
+	return ""
+}
+
+func (x *RoutesResponse) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *RoutesResponse) GetVersions() map[string]string {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *RoutesResponse) GetExtraRoutesError() string {
+	if x != nil {
+		return x.ExtraRoutesError
+	}
+	return ""
+}
+
+func (x *RoutesResponse) GetBuildUs() int64 {
+	if x != nil {
+		return x.BuildUs
+	}
+	return 0
+}
+
+func (x *RoutesResponse) GetXdsAddr() string {
+	if x != nil {
+		return x.XdsAddr
+	}
+	return ""
+}
+
+type Route struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Match         string                 `protobuf:"bytes,1,opt,name=match,proto3" json:"match,omitempty"` // e.g. "prefix /iris/", "header envoy-prefix=/worker/w1"
+	Rewrite       string                 `protobuf:"bytes,2,opt,name=rewrite,proto3" json:"rewrite,omitempty"`
+	Cluster       string                 `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Endpoints     []string               `protobuf:"bytes,4,rep,name=endpoints,proto3" json:"endpoints,omitempty"` // host:port of the healthy endpoints
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_coordpb_coord_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Route) GetMatch() string {
+	if x != nil {
+		return x.Match
+	}
+	return ""
+}
+
+func (x *Route) GetRewrite() string {
+	if x != nil {
+		return x.Rewrite
+	}
+	return ""
+}
+
+func (x *Route) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Route) GetEndpoints() []string {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
 }
 
 type StatusRequest struct {
@@ -90,7 +374,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[0]
+	mi := &file_coordpb_coord_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +386,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[0]
+	mi := &file_coordpb_coord_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +399,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{0}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StatusRequest) GetNode() string {
@@ -136,7 +420,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[1]
+	mi := &file_coordpb_coord_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -148,7 +432,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[1]
+	mi := &file_coordpb_coord_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -161,7 +445,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{1}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusResponse) GetCluster() *agentpb.ClusterResponse {
@@ -193,7 +477,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[2]
+	mi := &file_coordpb_coord_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -205,7 +489,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[2]
+	mi := &file_coordpb_coord_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -218,7 +502,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{2}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{7}
 }
 
 type NodesResponse struct {
@@ -230,7 +514,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[3]
+	mi := &file_coordpb_coord_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -242,7 +526,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[3]
+	mi := &file_coordpb_coord_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -255,7 +539,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{3}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NodesResponse) GetNodes() []*Node {
@@ -273,7 +557,7 @@ type PeersRequest struct {
 
 func (x *PeersRequest) Reset() {
 	*x = PeersRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[4]
+	mi := &file_coordpb_coord_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -285,7 +569,7 @@ func (x *PeersRequest) String() string {
 func (*PeersRequest) ProtoMessage() {}
 
 func (x *PeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[4]
+	mi := &file_coordpb_coord_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -298,7 +582,7 @@ func (x *PeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeersRequest.ProtoReflect.Descriptor instead.
 func (*PeersRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{4}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{9}
 }
 
 type PeersResponse struct {
@@ -314,7 +598,7 @@ type PeersResponse struct {
 
 func (x *PeersResponse) Reset() {
 	*x = PeersResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[5]
+	mi := &file_coordpb_coord_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +610,7 @@ func (x *PeersResponse) String() string {
 func (*PeersResponse) ProtoMessage() {}
 
 func (x *PeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[5]
+	mi := &file_coordpb_coord_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +623,7 @@ func (x *PeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeersResponse.ProtoReflect.Descriptor instead.
 func (*PeersResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{5}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PeersResponse) GetAnsweredBy() string {
@@ -388,7 +672,7 @@ type PeerStatus struct {
 
 func (x *PeerStatus) Reset() {
 	*x = PeerStatus{}
-	mi := &file_coordpb_coord_proto_msgTypes[6]
+	mi := &file_coordpb_coord_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +684,7 @@ func (x *PeerStatus) String() string {
 func (*PeerStatus) ProtoMessage() {}
 
 func (x *PeerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[6]
+	mi := &file_coordpb_coord_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +697,7 @@ func (x *PeerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStatus.ProtoReflect.Descriptor instead.
 func (*PeerStatus) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{6}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PeerStatus) GetPeer() *Peer {
@@ -442,13 +726,14 @@ type JoinRequest struct {
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                             // the new replica's server id (its node name)
 	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"` // host:port of its raft transport
 	ApiAddr       string                 `protobuf:"bytes,3,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`    // host:port of its cluster API
+	XdsAddr       string                 `protobuf:"bytes,4,opt,name=xds_addr,json=xdsAddr,proto3" json:"xds_addr,omitempty"`    // host:port of its xDS server
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[7]
+	mi := &file_coordpb_coord_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +745,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[7]
+	mi := &file_coordpb_coord_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +758,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{7}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -497,6 +782,13 @@ func (x *JoinRequest) GetApiAddr() string {
 	return ""
 }
 
+func (x *JoinRequest) GetXdsAddr() string {
+	if x != nil {
+		return x.XdsAddr
+	}
+	return ""
+}
+
 type RemoveRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -506,7 +798,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[8]
+	mi := &file_coordpb_coord_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +810,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[8]
+	mi := &file_coordpb_coord_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +823,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{8}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -550,7 +842,7 @@ type TransferRequest struct {
 
 func (x *TransferRequest) Reset() {
 	*x = TransferRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[9]
+	mi := &file_coordpb_coord_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +854,7 @@ func (x *TransferRequest) String() string {
 func (*TransferRequest) ProtoMessage() {}
 
 func (x *TransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[9]
+	mi := &file_coordpb_coord_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +867,7 @@ func (x *TransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
 func (*TransferRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{9}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TransferRequest) GetId() string {
@@ -594,7 +886,7 @@ type ListOpsRequest struct {
 
 func (x *ListOpsRequest) Reset() {
 	*x = ListOpsRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[10]
+	mi := &file_coordpb_coord_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +898,7 @@ func (x *ListOpsRequest) String() string {
 func (*ListOpsRequest) ProtoMessage() {}
 
 func (x *ListOpsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[10]
+	mi := &file_coordpb_coord_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +911,7 @@ func (x *ListOpsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOpsRequest.ProtoReflect.Descriptor instead.
 func (*ListOpsRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{10}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListOpsRequest) GetLimit() int32 {
@@ -638,7 +930,7 @@ type ListOpsResponse struct {
 
 func (x *ListOpsResponse) Reset() {
 	*x = ListOpsResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[11]
+	mi := &file_coordpb_coord_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +942,7 @@ func (x *ListOpsResponse) String() string {
 func (*ListOpsResponse) ProtoMessage() {}
 
 func (x *ListOpsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[11]
+	mi := &file_coordpb_coord_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +955,7 @@ func (x *ListOpsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOpsResponse.ProtoReflect.Descriptor instead.
 func (*ListOpsResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{11}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListOpsResponse) GetOps() []*Operation {
@@ -682,7 +974,7 @@ type GetOpRequest struct {
 
 func (x *GetOpRequest) Reset() {
 	*x = GetOpRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[12]
+	mi := &file_coordpb_coord_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -694,7 +986,7 @@ func (x *GetOpRequest) String() string {
 func (*GetOpRequest) ProtoMessage() {}
 
 func (x *GetOpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[12]
+	mi := &file_coordpb_coord_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -707,7 +999,7 @@ func (x *GetOpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOpRequest.ProtoReflect.Descriptor instead.
 func (*GetOpRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{12}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetOpRequest) GetId() string {
@@ -726,7 +1018,7 @@ type AuditRequest struct {
 
 func (x *AuditRequest) Reset() {
 	*x = AuditRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[13]
+	mi := &file_coordpb_coord_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +1030,7 @@ func (x *AuditRequest) String() string {
 func (*AuditRequest) ProtoMessage() {}
 
 func (x *AuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[13]
+	mi := &file_coordpb_coord_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +1043,7 @@ func (x *AuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRequest.ProtoReflect.Descriptor instead.
 func (*AuditRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{13}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AuditRequest) GetLimit() int32 {
@@ -770,7 +1062,7 @@ type AuditResponse struct {
 
 func (x *AuditResponse) Reset() {
 	*x = AuditResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[14]
+	mi := &file_coordpb_coord_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +1074,7 @@ func (x *AuditResponse) String() string {
 func (*AuditResponse) ProtoMessage() {}
 
 func (x *AuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[14]
+	mi := &file_coordpb_coord_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +1087,7 @@ func (x *AuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditResponse.ProtoReflect.Descriptor instead.
 func (*AuditResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{14}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AuditResponse) GetEntries() []*AuditEntry {
@@ -815,7 +1107,7 @@ type ControlOpRequest struct {
 
 func (x *ControlOpRequest) Reset() {
 	*x = ControlOpRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[15]
+	mi := &file_coordpb_coord_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +1119,7 @@ func (x *ControlOpRequest) String() string {
 func (*ControlOpRequest) ProtoMessage() {}
 
 func (x *ControlOpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[15]
+	mi := &file_coordpb_coord_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1132,7 @@ func (x *ControlOpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlOpRequest.ProtoReflect.Descriptor instead.
 func (*ControlOpRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{15}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ControlOpRequest) GetId() string {
@@ -877,7 +1169,7 @@ type OpRequest struct {
 
 func (x *OpRequest) Reset() {
 	*x = OpRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[16]
+	mi := &file_coordpb_coord_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1181,7 @@ func (x *OpRequest) String() string {
 func (*OpRequest) ProtoMessage() {}
 
 func (x *OpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[16]
+	mi := &file_coordpb_coord_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1194,7 @@ func (x *OpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpRequest.ProtoReflect.Descriptor instead.
 func (*OpRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{16}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OpRequest) GetAction() string {
@@ -994,7 +1286,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_coordpb_coord_proto_msgTypes[17]
+	mi := &file_coordpb_coord_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1298,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[17]
+	mi := &file_coordpb_coord_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1311,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{17}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Operation) GetId() string {
@@ -1103,7 +1395,7 @@ type Stage struct {
 
 func (x *Stage) Reset() {
 	*x = Stage{}
-	mi := &file_coordpb_coord_proto_msgTypes[18]
+	mi := &file_coordpb_coord_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1407,7 @@ func (x *Stage) String() string {
 func (*Stage) ProtoMessage() {}
 
 func (x *Stage) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[18]
+	mi := &file_coordpb_coord_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1420,7 @@ func (x *Stage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stage.ProtoReflect.Descriptor instead.
 func (*Stage) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{18}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Stage) GetSteps() []*Step {
@@ -1157,7 +1449,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_coordpb_coord_proto_msgTypes[19]
+	mi := &file_coordpb_coord_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1461,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[19]
+	mi := &file_coordpb_coord_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1474,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{19}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Step) GetNode() string {
@@ -1255,13 +1547,14 @@ type State struct {
 	Ops           []*Operation           `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`                                                                                   // oldest first
 	Desired       map[string]*Desired    `protobuf:"bytes,4,rep,name=desired,proto3" json:"desired,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key node/service
 	Audit         []*AuditEntry          `protobuf:"bytes,5,rep,name=audit,proto3" json:"audit,omitempty"`                                                                               // oldest first, bounded
+	Workers       map[string]*WorkerSet  `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key node/dispatcher
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_coordpb_coord_proto_msgTypes[20]
+	mi := &file_coordpb_coord_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1566,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[20]
+	mi := &file_coordpb_coord_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1579,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{20}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *State) GetNodes() map[string]*Node {
@@ -1324,6 +1617,13 @@ func (x *State) GetAudit() []*AuditEntry {
 	return nil
 }
 
+func (x *State) GetWorkers() map[string]*WorkerSet {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
 type Node struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1334,13 +1634,14 @@ type Node struct {
 	Services         []*ServiceDef          `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"` // in the node's start order
 	State            string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`       // alive, suspect, dead, left: as the leader last saw it
 	UpdatedUnixMs    int64                  `protobuf:"varint,8,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
+	Host             string                 `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"` // the address peers reach the node at (its gossip address)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_coordpb_coord_proto_msgTypes[21]
+	mi := &file_coordpb_coord_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1653,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[21]
+	mi := &file_coordpb_coord_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1666,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{21}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Node) GetName() string {
@@ -1424,17 +1725,25 @@ func (x *Node) GetUpdatedUnixMs() int64 {
 	return 0
 }
 
+func (x *Node) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
 type ServiceDef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	DependsOn     []string               `protobuf:"bytes,2,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
+	Envoy         *agentpb.EnvoyUpstream `protobuf:"bytes,3,opt,name=envoy,proto3" json:"envoy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceDef) Reset() {
 	*x = ServiceDef{}
-	mi := &file_coordpb_coord_proto_msgTypes[22]
+	mi := &file_coordpb_coord_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1755,7 @@ func (x *ServiceDef) String() string {
 func (*ServiceDef) ProtoMessage() {}
 
 func (x *ServiceDef) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[22]
+	mi := &file_coordpb_coord_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1768,7 @@ func (x *ServiceDef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDef.ProtoReflect.Descriptor instead.
 func (*ServiceDef) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{22}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServiceDef) GetName() string {
@@ -1476,18 +1785,26 @@ func (x *ServiceDef) GetDependsOn() []string {
 	return nil
 }
 
+func (x *ServiceDef) GetEnvoy() *agentpb.EnvoyUpstream {
+	if x != nil {
+		return x.Envoy
+	}
+	return nil
+}
+
 type Peer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	ApiAddr       string                 `protobuf:"bytes,3,opt,name=api_addr,json=apiAddr,proto3" json:"api_addr,omitempty"`
+	XdsAddr       string                 `protobuf:"bytes,4,opt,name=xds_addr,json=xdsAddr,proto3" json:"xds_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_coordpb_coord_proto_msgTypes[23]
+	mi := &file_coordpb_coord_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1816,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[23]
+	mi := &file_coordpb_coord_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1829,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{23}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Peer) GetId() string {
@@ -1536,6 +1853,158 @@ func (x *Peer) GetApiAddr() string {
 	return ""
 }
 
+func (x *Peer) GetXdsAddr() string {
+	if x != nil {
+		return x.XdsAddr
+	}
+	return ""
+}
+
+// WorkerSet is one dispatcher's workers, held under a lease.
+type WorkerSet struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Node               string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Dispatcher         string                 `protobuf:"bytes,2,opt,name=dispatcher,proto3" json:"dispatcher,omitempty"`
+	Workers            []*agentpb.Worker      `protobuf:"bytes,3,rep,name=workers,proto3" json:"workers,omitempty"` // sorted by name
+	LeaseExpiresUnixMs int64                  `protobuf:"varint,4,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
+	UpdatedUnixMs      int64                  `protobuf:"varint,5,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"` // when the set last changed
+	DispatcherPid      int32                  `protobuf:"varint,6,opt,name=dispatcher_pid,json=dispatcherPid,proto3" json:"dispatcher_pid,omitempty"`   // 0: not known (registered by an operator)
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *WorkerSet) Reset() {
+	*x = WorkerSet{}
+	mi := &file_coordpb_coord_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerSet) ProtoMessage() {}
+
+func (x *WorkerSet) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerSet.ProtoReflect.Descriptor instead.
+func (*WorkerSet) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WorkerSet) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *WorkerSet) GetDispatcher() string {
+	if x != nil {
+		return x.Dispatcher
+	}
+	return ""
+}
+
+func (x *WorkerSet) GetWorkers() []*agentpb.Worker {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
+func (x *WorkerSet) GetLeaseExpiresUnixMs() int64 {
+	if x != nil {
+		return x.LeaseExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *WorkerSet) GetUpdatedUnixMs() int64 {
+	if x != nil {
+		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *WorkerSet) GetDispatcherPid() int32 {
+	if x != nil {
+		return x.DispatcherPid
+	}
+	return 0
+}
+
+type WorkerLease struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Node               string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Dispatcher         string                 `protobuf:"bytes,2,opt,name=dispatcher,proto3" json:"dispatcher,omitempty"`
+	LeaseExpiresUnixMs int64                  `protobuf:"varint,3,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *WorkerLease) Reset() {
+	*x = WorkerLease{}
+	mi := &file_coordpb_coord_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerLease) ProtoMessage() {}
+
+func (x *WorkerLease) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerLease.ProtoReflect.Descriptor instead.
+func (*WorkerLease) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WorkerLease) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *WorkerLease) GetDispatcher() string {
+	if x != nil {
+		return x.Dispatcher
+	}
+	return ""
+}
+
+func (x *WorkerLease) GetLeaseExpiresUnixMs() int64 {
+	if x != nil {
+		return x.LeaseExpiresUnixMs
+	}
+	return 0
+}
+
 // Desired is what an operator asked of a service instance cluster-wide.
 type Desired struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1550,7 +2019,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_coordpb_coord_proto_msgTypes[24]
+	mi := &file_coordpb_coord_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +2031,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[24]
+	mi := &file_coordpb_coord_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +2044,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{24}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Desired) GetNode() string {
@@ -1625,7 +2094,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_coordpb_coord_proto_msgTypes[25]
+	mi := &file_coordpb_coord_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +2106,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[25]
+	mi := &file_coordpb_coord_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +2119,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{25}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AuditEntry) GetIndex() uint64 {
@@ -1692,7 +2161,7 @@ type StepRef struct {
 
 func (x *StepRef) Reset() {
 	*x = StepRef{}
-	mi := &file_coordpb_coord_proto_msgTypes[26]
+	mi := &file_coordpb_coord_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +2173,7 @@ func (x *StepRef) String() string {
 func (*StepRef) ProtoMessage() {}
 
 func (x *StepRef) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[26]
+	mi := &file_coordpb_coord_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +2186,7 @@ func (x *StepRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRef.ProtoReflect.Descriptor instead.
 func (*StepRef) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{26}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StepRef) GetOpId() string {
@@ -1754,6 +2223,9 @@ type Command struct {
 	//	*Command_OpCreate
 	//	*Command_StepUpdate
 	//	*Command_OpUpdate
+	//	*Command_WorkerSet
+	//	*Command_WorkerRenew
+	//	*Command_WorkerExpire
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1761,7 +2233,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_coordpb_coord_proto_msgTypes[27]
+	mi := &file_coordpb_coord_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +2245,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[27]
+	mi := &file_coordpb_coord_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +2258,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{27}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Command) GetAtUnixMs() int64 {
@@ -1864,6 +2336,33 @@ func (x *Command) GetOpUpdate() *OpUpdate {
 	return nil
 }
 
+func (x *Command) GetWorkerSet() *WorkerSet {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_WorkerSet); ok {
+			return x.WorkerSet
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetWorkerRenew() *WorkerLease {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_WorkerRenew); ok {
+			return x.WorkerRenew
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetWorkerExpire() *WorkerLease {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_WorkerExpire); ok {
+			return x.WorkerExpire
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -1892,6 +2391,21 @@ type Command_OpUpdate struct {
 	OpUpdate *OpUpdate `protobuf:"bytes,15,opt,name=op_update,json=opUpdate,proto3,oneof"`
 }
 
+type Command_WorkerSet struct {
+	// The whole set replaces the dispatcher's; an empty one removes it.
+	WorkerSet *WorkerSet `protobuf:"bytes,16,opt,name=worker_set,json=workerSet,proto3,oneof"`
+}
+
+type Command_WorkerRenew struct {
+	WorkerRenew *WorkerLease `protobuf:"bytes,17,opt,name=worker_renew,json=workerRenew,proto3,oneof"`
+}
+
+type Command_WorkerExpire struct {
+	// Removes the set only if its lease still ends when the proposer saw it
+	// expire (a renewal in between wins).
+	WorkerExpire *WorkerLease `protobuf:"bytes,18,opt,name=worker_expire,json=workerExpire,proto3,oneof"`
+}
+
 func (*Command_NodeUpsert) isCommand_Cmd() {}
 
 func (*Command_PeerUpsert) isCommand_Cmd() {}
@@ -1904,6 +2418,12 @@ func (*Command_StepUpdate) isCommand_Cmd() {}
 
 func (*Command_OpUpdate) isCommand_Cmd() {}
 
+func (*Command_WorkerSet) isCommand_Cmd() {}
+
+func (*Command_WorkerRenew) isCommand_Cmd() {}
+
+func (*Command_WorkerExpire) isCommand_Cmd() {}
+
 type StepUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *StepRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -1914,7 +2434,7 @@ type StepUpdate struct {
 
 func (x *StepUpdate) Reset() {
 	*x = StepUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[28]
+	mi := &file_coordpb_coord_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2446,7 @@ func (x *StepUpdate) String() string {
 func (*StepUpdate) ProtoMessage() {}
 
 func (x *StepUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[28]
+	mi := &file_coordpb_coord_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2459,7 @@ func (x *StepUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepUpdate.ProtoReflect.Descriptor instead.
 func (*StepUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{28}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StepUpdate) GetRef() *StepRef {
@@ -1968,7 +2488,7 @@ type OpUpdate struct {
 
 func (x *OpUpdate) Reset() {
 	*x = OpUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[29]
+	mi := &file_coordpb_coord_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2500,7 @@ func (x *OpUpdate) String() string {
 func (*OpUpdate) ProtoMessage() {}
 
 func (x *OpUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[29]
+	mi := &file_coordpb_coord_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2513,7 @@ func (x *OpUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpUpdate.ProtoReflect.Descriptor instead.
 func (*OpUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{29}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *OpUpdate) GetOpId() string {
@@ -2028,7 +2548,30 @@ var File_coordpb_coord_proto protoreflect.FileDescriptor
 
 const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
-	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\"#\n" +
+	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\"$\n" +
+	"\x0eWorkersRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"i\n" +
+	"\x0fWorkersResponse\x12\x1f\n" +
+	"\vanswered_by\x18\x01 \x01(\tR\n" +
+	"answeredBy\x125\n" +
+	"\x04sets\x18\x02 \x03(\v2!.dhvisor.coordinator.v1.WorkerSetR\x04sets\"\x0f\n" +
+	"\rRoutesRequest\"\xdb\x02\n" +
+	"\x0eRoutesResponse\x12\x1f\n" +
+	"\vanswered_by\x18\x01 \x01(\tR\n" +
+	"answeredBy\x125\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1d.dhvisor.coordinator.v1.RouteR\x06routes\x12P\n" +
+	"\bversions\x18\x03 \x03(\v24.dhvisor.coordinator.v1.RoutesResponse.VersionsEntryR\bversions\x12,\n" +
+	"\x12extra_routes_error\x18\x04 \x01(\tR\x10extraRoutesError\x12\x19\n" +
+	"\bbuild_us\x18\x05 \x01(\x03R\abuildUs\x12\x19\n" +
+	"\bxds_addr\x18\x06 \x01(\tR\axdsAddr\x1a;\n" +
+	"\rVersionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
+	"\x05Route\x12\x14\n" +
+	"\x05match\x18\x01 \x01(\tR\x05match\x12\x18\n" +
+	"\arewrite\x18\x02 \x01(\tR\arewrite\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\x12\x1c\n" +
+	"\tendpoints\x18\x04 \x03(\tR\tendpoints\"#\n" +
 	"\rStatusRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\xd3\x01\n" +
 	"\x0eStatusResponse\x12;\n" +
@@ -2050,11 +2593,12 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"PeerStatus\x120\n" +
 	"\x04peer\x18\x01 \x01(\v2\x1c.dhvisor.coordinator.v1.PeerR\x04peer\x12\x14\n" +
 	"\x05voter\x18\x02 \x01(\bR\x05voter\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"U\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"p\n" +
 	"\vJoinRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
-	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\"\x1f\n" +
+	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x19\n" +
+	"\bxds_addr\x18\x04 \x01(\tR\axdsAddr\"\x1f\n" +
 	"\rRemoveRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"!\n" +
 	"\x0fTransferRequest\x12\x0e\n" +
@@ -2116,13 +2660,14 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
 	"ok_unix_ms\x18\a \x01(\x03R\bokUnixMs\x12\"\n" +
 	"\rended_unix_ms\x18\b \x01(\x03R\vendedUnixMs\x12\x1a\n" +
-	"\battempts\x18\t \x01(\x05R\battempts\"\xc9\x04\n" +
+	"\battempts\x18\t \x01(\x05R\battempts\"\xee\x05\n" +
 	"\x05State\x12>\n" +
 	"\x05nodes\x18\x01 \x03(\v2(.dhvisor.coordinator.v1.State.NodesEntryR\x05nodes\x12>\n" +
 	"\x05peers\x18\x02 \x03(\v2(.dhvisor.coordinator.v1.State.PeersEntryR\x05peers\x123\n" +
 	"\x03ops\x18\x03 \x03(\v2!.dhvisor.coordinator.v1.OperationR\x03ops\x12D\n" +
 	"\adesired\x18\x04 \x03(\v2*.dhvisor.coordinator.v1.State.DesiredEntryR\adesired\x128\n" +
-	"\x05audit\x18\x05 \x03(\v2\".dhvisor.coordinator.v1.AuditEntryR\x05audit\x1aV\n" +
+	"\x05audit\x18\x05 \x03(\v2\".dhvisor.coordinator.v1.AuditEntryR\x05audit\x12D\n" +
+	"\aworkers\x18\x06 \x03(\v2*.dhvisor.coordinator.v1.State.WorkersEntryR\aworkers\x1aV\n" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
@@ -2133,7 +2678,10 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x1c.dhvisor.coordinator.v1.PeerR\x05value:\x028\x01\x1a[\n" +
 	"\fDesiredEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
-	"\x05value\x18\x02 \x01(\v2\x1f.dhvisor.coordinator.v1.DesiredR\x05value:\x028\x01\"\x9f\x02\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.dhvisor.coordinator.v1.DesiredR\x05value:\x028\x01\x1a]\n" +
+	"\fWorkersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x127\n" +
+	"\x05value\x18\x02 \x01(\v2!.dhvisor.coordinator.v1.WorkerSetR\x05value:\x028\x01\"\xb3\x02\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bapi_addr\x18\x02 \x01(\tR\aapiAddr\x12\x14\n" +
@@ -2142,16 +2690,34 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x11deephaven_version\x18\x05 \x01(\tR\x10deephavenVersion\x12>\n" +
 	"\bservices\x18\x06 \x03(\v2\".dhvisor.coordinator.v1.ServiceDefR\bservices\x12\x14\n" +
 	"\x05state\x18\a \x01(\tR\x05state\x12&\n" +
-	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\"?\n" +
+	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\x12\x12\n" +
+	"\x04host\x18\t \x01(\tR\x04host\"v\n" +
 	"\n" +
 	"ServiceDef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
-	"depends_on\x18\x02 \x03(\tR\tdependsOn\"N\n" +
+	"depends_on\x18\x02 \x03(\tR\tdependsOn\x125\n" +
+	"\x05envoy\x18\x03 \x01(\v2\x1f.dhvisor.agent.v1.EnvoyUpstreamR\x05envoy\"i\n" +
 	"\x04Peer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
-	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\"\x7f\n" +
+	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x19\n" +
+	"\bxds_addr\x18\x04 \x01(\tR\axdsAddr\"\xf5\x01\n" +
+	"\tWorkerSet\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"dispatcher\x18\x02 \x01(\tR\n" +
+	"dispatcher\x122\n" +
+	"\aworkers\x18\x03 \x03(\v2\x18.dhvisor.agent.v1.WorkerR\aworkers\x121\n" +
+	"\x15lease_expires_unix_ms\x18\x04 \x01(\x03R\x12leaseExpiresUnixMs\x12&\n" +
+	"\x0fupdated_unix_ms\x18\x05 \x01(\x03R\rupdatedUnixMs\x12%\n" +
+	"\x0edispatcher_pid\x18\x06 \x01(\x05R\rdispatcherPid\"t\n" +
+	"\vWorkerLease\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"dispatcher\x18\x02 \x01(\tR\n" +
+	"dispatcher\x121\n" +
+	"\x15lease_expires_unix_ms\x18\x03 \x01(\x03R\x12leaseExpiresUnixMs\"\x7f\n" +
 	"\aDesired\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x18\n" +
@@ -2169,7 +2735,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\aStepRef\x12\x13\n" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\x05R\x05stage\x12\x12\n" +
-	"\x04step\x18\x03 \x01(\x05R\x04step\"\xaf\x03\n" +
+	"\x04step\x18\x03 \x01(\x05R\x04step\"\x89\x05\n" +
 	"\aCommand\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x01 \x01(\x03R\batUnixMs\x12\x10\n" +
@@ -2184,7 +2750,11 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\top_create\x18\r \x01(\v2!.dhvisor.coordinator.v1.OperationH\x00R\bopCreate\x12E\n" +
 	"\vstep_update\x18\x0e \x01(\v2\".dhvisor.coordinator.v1.StepUpdateH\x00R\n" +
 	"stepUpdate\x12?\n" +
-	"\top_update\x18\x0f \x01(\v2 .dhvisor.coordinator.v1.OpUpdateH\x00R\bopUpdateB\x05\n" +
+	"\top_update\x18\x0f \x01(\v2 .dhvisor.coordinator.v1.OpUpdateH\x00R\bopUpdate\x12B\n" +
+	"\n" +
+	"worker_set\x18\x10 \x01(\v2!.dhvisor.coordinator.v1.WorkerSetH\x00R\tworkerSet\x12H\n" +
+	"\fworker_renew\x18\x11 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\vworkerRenew\x12J\n" +
+	"\rworker_expire\x18\x12 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\fworkerExpireB\x05\n" +
 	"\x03cmd\"q\n" +
 	"\n" +
 	"StepUpdate\x121\n" +
@@ -2194,7 +2764,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12!\n" +
-	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\xed\b\n" +
+	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\x8a\v\n" +
 	"\vCoordinator\x12W\n" +
 	"\x06Status\x12%.dhvisor.coordinator.v1.StatusRequest\x1a&.dhvisor.coordinator.v1.StatusResponse\x12T\n" +
 	"\x05Nodes\x12$.dhvisor.coordinator.v1.NodesRequest\x1a%.dhvisor.coordinator.v1.NodesResponse\x12T\n" +
@@ -2208,7 +2778,10 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\tControlOp\x12(.dhvisor.coordinator.v1.ControlOpRequest\x1a!.dhvisor.coordinator.v1.Operation\x12R\n" +
 	"\x04Join\x12#.dhvisor.coordinator.v1.JoinRequest\x1a%.dhvisor.coordinator.v1.PeersResponse\x12V\n" +
 	"\x06Remove\x12%.dhvisor.coordinator.v1.RemoveRequest\x1a%.dhvisor.coordinator.v1.PeersResponse\x12Z\n" +
-	"\bTransfer\x12'.dhvisor.coordinator.v1.TransferRequest\x1a%.dhvisor.coordinator.v1.PeersResponseB*Z(github.com/dhvisor/dhvisor/proto/coordpbb\x06proto3"
+	"\bTransfer\x12'.dhvisor.coordinator.v1.TransferRequest\x1a%.dhvisor.coordinator.v1.PeersResponse\x12f\n" +
+	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12Z\n" +
+	"\aWorkers\x12&.dhvisor.coordinator.v1.WorkersRequest\x1a'.dhvisor.coordinator.v1.WorkersResponse\x12W\n" +
+	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponseB*Z(github.com/dhvisor/dhvisor/proto/coordpbb\x06proto3"
 
 var (
 	file_coordpb_coord_proto_rawDescOnce sync.Once
@@ -2223,104 +2796,133 @@ func file_coordpb_coord_proto_rawDescGZIP() []byte {
 }
 
 var file_coordpb_coord_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_coordpb_coord_proto_goTypes = []any{
-	(ControlOpRequest_Op)(0),        // 0: dhvisor.coordinator.v1.ControlOpRequest.Op
-	(*StatusRequest)(nil),           // 1: dhvisor.coordinator.v1.StatusRequest
-	(*StatusResponse)(nil),          // 2: dhvisor.coordinator.v1.StatusResponse
-	(*NodesRequest)(nil),            // 3: dhvisor.coordinator.v1.NodesRequest
-	(*NodesResponse)(nil),           // 4: dhvisor.coordinator.v1.NodesResponse
-	(*PeersRequest)(nil),            // 5: dhvisor.coordinator.v1.PeersRequest
-	(*PeersResponse)(nil),           // 6: dhvisor.coordinator.v1.PeersResponse
-	(*PeerStatus)(nil),              // 7: dhvisor.coordinator.v1.PeerStatus
-	(*JoinRequest)(nil),             // 8: dhvisor.coordinator.v1.JoinRequest
-	(*RemoveRequest)(nil),           // 9: dhvisor.coordinator.v1.RemoveRequest
-	(*TransferRequest)(nil),         // 10: dhvisor.coordinator.v1.TransferRequest
-	(*ListOpsRequest)(nil),          // 11: dhvisor.coordinator.v1.ListOpsRequest
-	(*ListOpsResponse)(nil),         // 12: dhvisor.coordinator.v1.ListOpsResponse
-	(*GetOpRequest)(nil),            // 13: dhvisor.coordinator.v1.GetOpRequest
-	(*AuditRequest)(nil),            // 14: dhvisor.coordinator.v1.AuditRequest
-	(*AuditResponse)(nil),           // 15: dhvisor.coordinator.v1.AuditResponse
-	(*ControlOpRequest)(nil),        // 16: dhvisor.coordinator.v1.ControlOpRequest
-	(*OpRequest)(nil),               // 17: dhvisor.coordinator.v1.OpRequest
-	(*Operation)(nil),               // 18: dhvisor.coordinator.v1.Operation
-	(*Stage)(nil),                   // 19: dhvisor.coordinator.v1.Stage
-	(*Step)(nil),                    // 20: dhvisor.coordinator.v1.Step
-	(*State)(nil),                   // 21: dhvisor.coordinator.v1.State
-	(*Node)(nil),                    // 22: dhvisor.coordinator.v1.Node
-	(*ServiceDef)(nil),              // 23: dhvisor.coordinator.v1.ServiceDef
-	(*Peer)(nil),                    // 24: dhvisor.coordinator.v1.Peer
-	(*Desired)(nil),                 // 25: dhvisor.coordinator.v1.Desired
-	(*AuditEntry)(nil),              // 26: dhvisor.coordinator.v1.AuditEntry
-	(*StepRef)(nil),                 // 27: dhvisor.coordinator.v1.StepRef
-	(*Command)(nil),                 // 28: dhvisor.coordinator.v1.Command
-	(*StepUpdate)(nil),              // 29: dhvisor.coordinator.v1.StepUpdate
-	(*OpUpdate)(nil),                // 30: dhvisor.coordinator.v1.OpUpdate
-	nil,                             // 31: dhvisor.coordinator.v1.State.NodesEntry
-	nil,                             // 32: dhvisor.coordinator.v1.State.PeersEntry
-	nil,                             // 33: dhvisor.coordinator.v1.State.DesiredEntry
-	(*agentpb.ClusterResponse)(nil), // 34: dhvisor.agent.v1.ClusterResponse
+	(ControlOpRequest_Op)(0),                // 0: dhvisor.coordinator.v1.ControlOpRequest.Op
+	(*WorkersRequest)(nil),                  // 1: dhvisor.coordinator.v1.WorkersRequest
+	(*WorkersResponse)(nil),                 // 2: dhvisor.coordinator.v1.WorkersResponse
+	(*RoutesRequest)(nil),                   // 3: dhvisor.coordinator.v1.RoutesRequest
+	(*RoutesResponse)(nil),                  // 4: dhvisor.coordinator.v1.RoutesResponse
+	(*Route)(nil),                           // 5: dhvisor.coordinator.v1.Route
+	(*StatusRequest)(nil),                   // 6: dhvisor.coordinator.v1.StatusRequest
+	(*StatusResponse)(nil),                  // 7: dhvisor.coordinator.v1.StatusResponse
+	(*NodesRequest)(nil),                    // 8: dhvisor.coordinator.v1.NodesRequest
+	(*NodesResponse)(nil),                   // 9: dhvisor.coordinator.v1.NodesResponse
+	(*PeersRequest)(nil),                    // 10: dhvisor.coordinator.v1.PeersRequest
+	(*PeersResponse)(nil),                   // 11: dhvisor.coordinator.v1.PeersResponse
+	(*PeerStatus)(nil),                      // 12: dhvisor.coordinator.v1.PeerStatus
+	(*JoinRequest)(nil),                     // 13: dhvisor.coordinator.v1.JoinRequest
+	(*RemoveRequest)(nil),                   // 14: dhvisor.coordinator.v1.RemoveRequest
+	(*TransferRequest)(nil),                 // 15: dhvisor.coordinator.v1.TransferRequest
+	(*ListOpsRequest)(nil),                  // 16: dhvisor.coordinator.v1.ListOpsRequest
+	(*ListOpsResponse)(nil),                 // 17: dhvisor.coordinator.v1.ListOpsResponse
+	(*GetOpRequest)(nil),                    // 18: dhvisor.coordinator.v1.GetOpRequest
+	(*AuditRequest)(nil),                    // 19: dhvisor.coordinator.v1.AuditRequest
+	(*AuditResponse)(nil),                   // 20: dhvisor.coordinator.v1.AuditResponse
+	(*ControlOpRequest)(nil),                // 21: dhvisor.coordinator.v1.ControlOpRequest
+	(*OpRequest)(nil),                       // 22: dhvisor.coordinator.v1.OpRequest
+	(*Operation)(nil),                       // 23: dhvisor.coordinator.v1.Operation
+	(*Stage)(nil),                           // 24: dhvisor.coordinator.v1.Stage
+	(*Step)(nil),                            // 25: dhvisor.coordinator.v1.Step
+	(*State)(nil),                           // 26: dhvisor.coordinator.v1.State
+	(*Node)(nil),                            // 27: dhvisor.coordinator.v1.Node
+	(*ServiceDef)(nil),                      // 28: dhvisor.coordinator.v1.ServiceDef
+	(*Peer)(nil),                            // 29: dhvisor.coordinator.v1.Peer
+	(*WorkerSet)(nil),                       // 30: dhvisor.coordinator.v1.WorkerSet
+	(*WorkerLease)(nil),                     // 31: dhvisor.coordinator.v1.WorkerLease
+	(*Desired)(nil),                         // 32: dhvisor.coordinator.v1.Desired
+	(*AuditEntry)(nil),                      // 33: dhvisor.coordinator.v1.AuditEntry
+	(*StepRef)(nil),                         // 34: dhvisor.coordinator.v1.StepRef
+	(*Command)(nil),                         // 35: dhvisor.coordinator.v1.Command
+	(*StepUpdate)(nil),                      // 36: dhvisor.coordinator.v1.StepUpdate
+	(*OpUpdate)(nil),                        // 37: dhvisor.coordinator.v1.OpUpdate
+	nil,                                     // 38: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	nil,                                     // 39: dhvisor.coordinator.v1.State.NodesEntry
+	nil,                                     // 40: dhvisor.coordinator.v1.State.PeersEntry
+	nil,                                     // 41: dhvisor.coordinator.v1.State.DesiredEntry
+	nil,                                     // 42: dhvisor.coordinator.v1.State.WorkersEntry
+	(*agentpb.ClusterResponse)(nil),         // 43: dhvisor.agent.v1.ClusterResponse
+	(*agentpb.EnvoyUpstream)(nil),           // 44: dhvisor.agent.v1.EnvoyUpstream
+	(*agentpb.Worker)(nil),                  // 45: dhvisor.agent.v1.Worker
+	(*agentpb.RegisterWorkersRequest)(nil),  // 46: dhvisor.agent.v1.RegisterWorkersRequest
+	(*agentpb.RegisterWorkersResponse)(nil), // 47: dhvisor.agent.v1.RegisterWorkersResponse
 }
 var file_coordpb_coord_proto_depIdxs = []int32{
-	34, // 0: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
-	6,  // 1: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
-	18, // 2: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
-	22, // 3: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
-	7,  // 4: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
-	24, // 5: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
-	18, // 6: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
-	26, // 7: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
-	0,  // 8: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
-	17, // 9: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
-	19, // 10: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
-	20, // 11: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
-	31, // 12: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
-	32, // 13: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
-	18, // 14: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
-	33, // 15: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
-	26, // 16: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
-	23, // 17: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
-	22, // 18: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
-	24, // 19: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
-	18, // 20: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
-	29, // 21: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
-	30, // 22: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
-	27, // 23: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
-	20, // 24: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
-	22, // 25: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
-	24, // 26: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
-	25, // 27: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
-	1,  // 28: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
-	3,  // 29: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
-	5,  // 30: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
-	11, // 31: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
-	13, // 32: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	13, // 33: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	14, // 34: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
-	17, // 35: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
-	17, // 36: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
-	16, // 37: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
-	8,  // 38: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
-	9,  // 39: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
-	10, // 40: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
-	2,  // 41: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
-	4,  // 42: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
-	6,  // 43: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
-	12, // 44: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
-	18, // 45: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
-	18, // 46: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
-	15, // 47: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
-	18, // 48: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
-	18, // 49: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
-	18, // 50: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
-	6,  // 51: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
-	6,  // 52: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
-	6,  // 53: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
-	41, // [41:54] is the sub-list for method output_type
-	28, // [28:41] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	30, // 0: dhvisor.coordinator.v1.WorkersResponse.sets:type_name -> dhvisor.coordinator.v1.WorkerSet
+	5,  // 1: dhvisor.coordinator.v1.RoutesResponse.routes:type_name -> dhvisor.coordinator.v1.Route
+	38, // 2: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	43, // 3: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
+	11, // 4: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
+	23, // 5: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
+	27, // 6: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
+	12, // 7: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
+	29, // 8: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
+	23, // 9: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
+	33, // 10: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
+	0,  // 11: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
+	22, // 12: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
+	24, // 13: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
+	25, // 14: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
+	39, // 15: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
+	40, // 16: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
+	23, // 17: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
+	41, // 18: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
+	33, // 19: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
+	42, // 20: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
+	28, // 21: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
+	44, // 22: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	45, // 23: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
+	27, // 24: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
+	29, // 25: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
+	23, // 26: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
+	36, // 27: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
+	37, // 28: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
+	30, // 29: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
+	31, // 30: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
+	31, // 31: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
+	34, // 32: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
+	25, // 33: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
+	27, // 34: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
+	29, // 35: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
+	32, // 36: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
+	30, // 37: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
+	6,  // 38: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
+	8,  // 39: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
+	10, // 40: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
+	16, // 41: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
+	18, // 42: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	18, // 43: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	19, // 44: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
+	22, // 45: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
+	22, // 46: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
+	21, // 47: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
+	13, // 48: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
+	14, // 49: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
+	15, // 50: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
+	46, // 51: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	1,  // 52: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
+	3,  // 53: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
+	7,  // 54: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
+	9,  // 55: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
+	11, // 56: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
+	17, // 57: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
+	23, // 58: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
+	23, // 59: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
+	20, // 60: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
+	23, // 61: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
+	23, // 62: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
+	23, // 63: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
+	11, // 64: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
+	11, // 65: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
+	11, // 66: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
+	47, // 67: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	2,  // 68: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
+	4,  // 69: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
+	54, // [54:70] is the sub-list for method output_type
+	38, // [38:54] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_coordpb_coord_proto_init() }
@@ -2328,13 +2930,16 @@ func file_coordpb_coord_proto_init() {
 	if File_coordpb_coord_proto != nil {
 		return
 	}
-	file_coordpb_coord_proto_msgTypes[27].OneofWrappers = []any{
+	file_coordpb_coord_proto_msgTypes[34].OneofWrappers = []any{
 		(*Command_NodeUpsert)(nil),
 		(*Command_PeerUpsert)(nil),
 		(*Command_PeerRemove)(nil),
 		(*Command_OpCreate)(nil),
 		(*Command_StepUpdate)(nil),
 		(*Command_OpUpdate)(nil),
+		(*Command_WorkerSet)(nil),
+		(*Command_WorkerRenew)(nil),
+		(*Command_WorkerExpire)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2342,7 +2947,7 @@ func file_coordpb_coord_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordpb_coord_proto_rawDesc), len(file_coordpb_coord_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

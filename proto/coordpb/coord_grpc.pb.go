@@ -15,6 +15,7 @@ package coordpb
 
 import (
 	context "context"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -26,19 +27,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Coordinator_Status_FullMethodName    = "/dhvisor.coordinator.v1.Coordinator/Status"
-	Coordinator_Nodes_FullMethodName     = "/dhvisor.coordinator.v1.Coordinator/Nodes"
-	Coordinator_Peers_FullMethodName     = "/dhvisor.coordinator.v1.Coordinator/Peers"
-	Coordinator_ListOps_FullMethodName   = "/dhvisor.coordinator.v1.Coordinator/ListOps"
-	Coordinator_GetOp_FullMethodName     = "/dhvisor.coordinator.v1.Coordinator/GetOp"
-	Coordinator_WatchOp_FullMethodName   = "/dhvisor.coordinator.v1.Coordinator/WatchOp"
-	Coordinator_Audit_FullMethodName     = "/dhvisor.coordinator.v1.Coordinator/Audit"
-	Coordinator_Plan_FullMethodName      = "/dhvisor.coordinator.v1.Coordinator/Plan"
-	Coordinator_StartOp_FullMethodName   = "/dhvisor.coordinator.v1.Coordinator/StartOp"
-	Coordinator_ControlOp_FullMethodName = "/dhvisor.coordinator.v1.Coordinator/ControlOp"
-	Coordinator_Join_FullMethodName      = "/dhvisor.coordinator.v1.Coordinator/Join"
-	Coordinator_Remove_FullMethodName    = "/dhvisor.coordinator.v1.Coordinator/Remove"
-	Coordinator_Transfer_FullMethodName  = "/dhvisor.coordinator.v1.Coordinator/Transfer"
+	Coordinator_Status_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Status"
+	Coordinator_Nodes_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Nodes"
+	Coordinator_Peers_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Peers"
+	Coordinator_ListOps_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/ListOps"
+	Coordinator_GetOp_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/GetOp"
+	Coordinator_WatchOp_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/WatchOp"
+	Coordinator_Audit_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Audit"
+	Coordinator_Plan_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Plan"
+	Coordinator_StartOp_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/StartOp"
+	Coordinator_ControlOp_FullMethodName       = "/dhvisor.coordinator.v1.Coordinator/ControlOp"
+	Coordinator_Join_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Join"
+	Coordinator_Remove_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Remove"
+	Coordinator_Transfer_FullMethodName        = "/dhvisor.coordinator.v1.Coordinator/Transfer"
+	Coordinator_RegisterWorkers_FullMethodName = "/dhvisor.coordinator.v1.Coordinator/RegisterWorkers"
+	Coordinator_Workers_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/Workers"
+	Coordinator_Routes_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Routes"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -63,6 +67,13 @@ type CoordinatorClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*PeersResponse, error)
 	Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*PeersResponse, error)
 	Transfer(ctx context.Context, in *TransferRequest, opts ...grpc.CallOption) (*PeersResponse, error)
+	// Query workers and Envoy routes. RegisterWorkers is a write: agents call
+	// it for their node's dispatchers (see the Agent service).
+	RegisterWorkers(ctx context.Context, in *agentpb.RegisterWorkersRequest, opts ...grpc.CallOption) (*agentpb.RegisterWorkersResponse, error)
+	Workers(ctx context.Context, in *WorkersRequest, opts ...grpc.CallOption) (*WorkersResponse, error)
+	// Routes is the route table this replica serves Envoy: match, cluster,
+	// endpoints, in the order Envoy tries them.
+	Routes(ctx context.Context, in *RoutesRequest, opts ...grpc.CallOption) (*RoutesResponse, error)
 }
 
 type coordinatorClient struct {
@@ -212,6 +223,36 @@ func (c *coordinatorClient) Transfer(ctx context.Context, in *TransferRequest, o
 	return out, nil
 }
 
+func (c *coordinatorClient) RegisterWorkers(ctx context.Context, in *agentpb.RegisterWorkersRequest, opts ...grpc.CallOption) (*agentpb.RegisterWorkersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(agentpb.RegisterWorkersResponse)
+	err := c.cc.Invoke(ctx, Coordinator_RegisterWorkers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) Workers(ctx context.Context, in *WorkersRequest, opts ...grpc.CallOption) (*WorkersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WorkersResponse)
+	err := c.cc.Invoke(ctx, Coordinator_Workers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) Routes(ctx context.Context, in *RoutesRequest, opts ...grpc.CallOption) (*RoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoutesResponse)
+	err := c.cc.Invoke(ctx, Coordinator_Routes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -234,6 +275,13 @@ type CoordinatorServer interface {
 	Join(context.Context, *JoinRequest) (*PeersResponse, error)
 	Remove(context.Context, *RemoveRequest) (*PeersResponse, error)
 	Transfer(context.Context, *TransferRequest) (*PeersResponse, error)
+	// Query workers and Envoy routes. RegisterWorkers is a write: agents call
+	// it for their node's dispatchers (see the Agent service).
+	RegisterWorkers(context.Context, *agentpb.RegisterWorkersRequest) (*agentpb.RegisterWorkersResponse, error)
+	Workers(context.Context, *WorkersRequest) (*WorkersResponse, error)
+	// Routes is the route table this replica serves Envoy: match, cluster,
+	// endpoints, in the order Envoy tries them.
+	Routes(context.Context, *RoutesRequest) (*RoutesResponse, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -282,6 +330,15 @@ func (UnimplementedCoordinatorServer) Remove(context.Context, *RemoveRequest) (*
 }
 func (UnimplementedCoordinatorServer) Transfer(context.Context, *TransferRequest) (*PeersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Transfer not implemented")
+}
+func (UnimplementedCoordinatorServer) RegisterWorkers(context.Context, *agentpb.RegisterWorkersRequest) (*agentpb.RegisterWorkersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterWorkers not implemented")
+}
+func (UnimplementedCoordinatorServer) Workers(context.Context, *WorkersRequest) (*WorkersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Workers not implemented")
+}
+func (UnimplementedCoordinatorServer) Routes(context.Context, *RoutesRequest) (*RoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Routes not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -531,6 +588,60 @@ func _Coordinator_Transfer_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_RegisterWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(agentpb.RegisterWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).RegisterWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_RegisterWorkers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).RegisterWorkers(ctx, req.(*agentpb.RegisterWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_Workers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Workers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Workers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Workers(ctx, req.(*WorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_Routes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Routes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Routes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Routes(ctx, req.(*RoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -585,6 +696,18 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Transfer",
 			Handler:    _Coordinator_Transfer_Handler,
+		},
+		{
+			MethodName: "RegisterWorkers",
+			Handler:    _Coordinator_RegisterWorkers_Handler,
+		},
+		{
+			MethodName: "Workers",
+			Handler:    _Coordinator_Workers_Handler,
+		},
+		{
+			MethodName: "Routes",
+			Handler:    _Coordinator_Routes_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -77,7 +77,10 @@ type Cluster struct {
 	Agents    []*Proc
 	APIAddrs  []string // coordinators' cluster API addresses
 	RaftAddrs []string
-	TLS       string // the tls directory
+	XDSAddrs  []string // coordinators' xDS addresses (mutual TLS, the default)
+	// WorkerAddrs are the agents' worker registry endpoints (loopback HTTP).
+	WorkerAddrs []string
+	TLS         string // the tls directory
 }
 
 // Start creates the certificates and configurations and starts every
@@ -87,7 +90,7 @@ func Start(opt Options) (*Cluster, error) {
 	if err := c.certificates(); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3*opt.Coordinators + 2*len(opt.Nodes))
+	ports, err := freePorts(4*opt.Coordinators + 3*len(opt.Nodes))
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +100,7 @@ func Start(opt Options) (*Cluster, error) {
 	agentAPI := make([]string, len(opt.Nodes))
 	for i := range opt.Nodes {
 		agentGossip[i], agentAPI[i] = next(), next()
+		c.WorkerAddrs = append(c.WorkerAddrs, next())
 		if i < 2 {
 			gossipSeeds = append(gossipSeeds, agentGossip[i])
 		}
@@ -105,6 +109,7 @@ func Start(opt Options) (*Cluster, error) {
 	for i := 0; i < opt.Coordinators; i++ {
 		c.APIAddrs = append(c.APIAddrs, next())
 		c.RaftAddrs = append(c.RaftAddrs, next())
+		c.XDSAddrs = append(c.XDSAddrs, next())
 		coordGossip[i] = next()
 	}
 	for i, n := range opt.Nodes {
@@ -183,14 +188,15 @@ state_dir: state
 socket: agent.sock
 log_root: logs
 api: {listen: "%s"}
+workers: {listen: "%s"}
 tls: %s
 gossip: {bind: "%s", seeds: ["%s"]}
 defaults:
   user: ""
   command: [%s]
-`, n.Name, strings.Join(n.Roles, ", "), apiAddr, c.tlsYAML("agent", n.Name), gossipAddr, strings.Join(seeds, `", "`), strings.Join(quoted, ", "))
+`, n.Name, strings.Join(n.Roles, ", "), apiAddr, c.WorkerAddrs[i], c.tlsYAML("agent", n.Name), gossipAddr, strings.Join(seeds, `", "`), strings.Join(quoted, ", "))
 	file := filepath.Join(dir, "agent.yaml")
-	overrides, err := portOverrides(file, base, c.Opt.PortOffset+i*1000)
+	overrides, err := serviceOverrides(file, base, c.Opt.PortOffset+i*1000)
 	if err != nil {
 		return nil, err
 	}
@@ -200,30 +206,37 @@ defaults:
 	return &Proc{Name: n.Name, Dir: dir, Config: file, bin: filepath.Join(c.Opt.Bin, "dhagent")}, nil
 }
 
-// portOverrides moves every service port of the node by offset.
-func portOverrides(file, base string, offset int) (string, error) {
-	if offset == 0 {
-		return "", nil
-	}
+// serviceOverrides moves every service port of the node by offset, and
+// has Envoy reach the routed services without TLS: the stand-ins speak plain
+// HTTP (and gRPC over h2c), where the shipped definitions say TLS.
+func serviceOverrides(file, base string, offset int) (string, error) {
 	node, err := config.ParseAgent(file, []byte(base))
 	if err != nil {
 		return "", err
 	}
 	var b strings.Builder
-	b.WriteString("services:\n")
 	for _, name := range node.ServiceNames() {
 		s := node.Services[name]
-		if len(s.Ports) == 0 {
-			continue
+		var fields []string
+		if len(s.Ports) > 0 && offset != 0 {
+			var ports []string
+			for pn, p := range s.Ports {
+				ports = append(ports, fmt.Sprintf("%s: %d", pn, p+offset))
+			}
+			sort.Strings(ports)
+			fields = append(fields, "ports: {"+strings.Join(ports, ", ")+"}")
 		}
-		var ports []string
-		for pn, p := range s.Ports {
-			ports = append(ports, fmt.Sprintf("%s: %d", pn, p+offset))
+		if s.Envoy != nil {
+			fields = append(fields, "envoy: {tls: false}")
 		}
-		sort.Strings(ports)
-		fmt.Fprintf(&b, "  %s: {ports: {%s}}\n", name, strings.Join(ports, ", "))
+		if len(fields) > 0 {
+			fmt.Fprintf(&b, "  %s: {%s}\n", name, strings.Join(fields, ", "))
+		}
 	}
-	return b.String(), nil
+	if b.Len() == 0 {
+		return "", nil
+	}
+	return "services:\n" + b.String(), nil
 }
 
 func (c *Cluster) writeCoordinator(i int, gossipAddr string, seeds []string) (*Proc, error) {
@@ -249,7 +262,9 @@ raft:
 gossip: {bind: "%s", seeds: ["%s"]}
 tls: %s
 operations: {min_healthy_time: %s, healthy_deadline: 60s, progress_deadline: 120s}
-`, name, c.APIAddrs[i], c.RaftAddrs[i], strings.Join(boot, ", "), gossipAddr, strings.Join(seeds, `", "`), c.tlsYAML("coordinator", name), mht)
+envoy:
+  xds: {listen: "%s"}
+`, name, c.APIAddrs[i], c.RaftAddrs[i], strings.Join(boot, ", "), gossipAddr, strings.Join(seeds, `", "`), c.tlsYAML("coordinator", name), mht, c.XDSAddrs[i])
 	file := filepath.Join(dir, "coordinator.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -278,6 +293,14 @@ func (p *Proc) Start() error {
 		close(p.exited)
 	}()
 	return nil
+}
+
+// PID is the daemon's process id, 0 if it was never started.
+func (p *Proc) PID() int {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // Running reports whether the daemon has been started and not exited.

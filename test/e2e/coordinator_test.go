@@ -11,16 +11,29 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 	"github.com/dhvisor/dhvisor/test/devcluster"
 )
 
 func startCluster(t *testing.T, coords int, nodes []devcluster.NodeSpec, hold time.Duration) *devcluster.Cluster {
 	t.Helper()
-	c, err := devcluster.Start(devcluster.Options{Dir: t.TempDir(), Bin: binDir, Coordinators: coords, Nodes: nodes, MinHealthyTime: hold,
-		// Clear of the shipped ports, which the benchmark's cluster uses.
-		PortOffset: 5000})
+	return startClusterWith(t, devcluster.Options{Coordinators: coords, Nodes: nodes, MinHealthyTime: hold})
+}
+
+// startClusterWith starts a dev cluster in a temporary directory, its
+// services' ports clear of the shipped ones (the benchmarks' clusters use
+// those), and stops it when the test ends.
+func startClusterWith(t *testing.T, opt devcluster.Options) *devcluster.Cluster {
+	t.Helper()
+	opt.Dir, opt.Bin, opt.PortOffset = t.TempDir(), binDir, 5000
+	c, err := devcluster.Start(opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,8 +267,9 @@ func checkRestartedOnceInOrder(t *testing.T, op *pb.Operation, events []devclust
 	}
 }
 
-// Every TCP port (coordinator API, raft, agent API) refuses plain TCP, a
-// certificate from another CA, and a role that has no business there.
+// Every TCP port (coordinator API, raft, agent API, xDS) refuses plain TCP,
+// a certificate from another CA, and a role that has no business there. On
+// the coordinator API, agents may only register their own node's workers.
 func TestEveryPortRequiresMutualTLS(t *testing.T) {
 	c := startCluster(t, 1, []devcluster.NodeSpec{{Name: "solo", Roles: []string{"infra"}}}, 0)
 	other := t.TempDir()
@@ -278,9 +292,10 @@ func TestEveryPortRequiresMutualTLS(t *testing.T) {
 		good   tlsutil.Files
 		wrong  tlsutil.Files // a valid certificate of a role not allowed here
 	}{
-		{"coordinator API", c.APIAddrs[0], tlsutil.RoleCoordinator, own("operator", "tester"), own("agent", "solo")},
+		{"coordinator API", c.APIAddrs[0], tlsutil.RoleCoordinator, own("operator", "tester"), tlsutil.Files{}},
 		{"raft", c.RaftAddrs[0], tlsutil.RoleCoordinator, own("coordinator", "c1"), own("operator", "tester")},
 		{"agent API", agentAPI, tlsutil.RoleAgent, own("coordinator", "c1"), own("agent", "solo")},
+		{"xDS", c.XDSAddrs[0], tlsutil.RoleCoordinator, own("agent", "solo"), tlsutil.Files{}},
 	}
 	for _, p := range ports {
 		t.Run(p.name, func(t *testing.T) {
@@ -293,11 +308,36 @@ func TestEveryPortRequiresMutualTLS(t *testing.T) {
 			if err := dialTLS(t, p.addr, p.server, foreign); err == nil {
 				t.Error("a certificate from another CA was not refused")
 			}
-			if err := dialTLS(t, p.addr, p.server, p.wrong); err == nil {
-				t.Error("a certificate of a role not allowed here was not refused")
+			if p.wrong != (tlsutil.Files{}) {
+				if err := dialTLS(t, p.addr, p.server, p.wrong); err == nil {
+					t.Error("a certificate of a role not allowed here was not refused")
+				}
 			}
 		})
 	}
+	t.Run("agent on the coordinator API", func(t *testing.T) {
+		tc, err := tlsutil.ClientConfig(own("agent", "solo"), tlsutil.RoleCoordinator)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(c.APIAddrs[0], grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		cl := pb.NewCoordinatorClient(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := cl.Status(ctx, &pb.StatusRequest{}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("an agent read the cluster status: %v", err)
+		}
+		if _, err := cl.StartOp(ctx, &pb.OpRequest{Action: "restart"}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("an agent started an operation: %v", err)
+		}
+		if _, err := cl.RegisterWorkers(ctx, &agentpb.RegisterWorkersRequest{Node: "elsewhere", Dispatcher: "db_query_server"}); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("an agent registered workers for another node: %v", err)
+		}
+	})
 }
 
 func agentAddr(t *testing.T, c *devcluster.Cluster) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -233,6 +234,8 @@ type config struct {
 	pidfile     string
 	logFile     string
 	daemonize   bool
+	grpc        bool   // every port also answers any gRPC method (h2c)
+	worker      string // plays this query worker: implies grpc
 }
 
 type portsFlag struct{ ports *[]int }
@@ -338,8 +341,38 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&cfg.pidfile, "pidfile", "", "write the service's pid to this `file`")
 	fs.StringVar(&cfg.logFile, "log", "", "append logs to this `file` instead of stderr")
 	fs.BoolVar(&cfg.daemonize, "daemonize", false, "fork into the background in a new session; exit 0 once listening")
+	fs.BoolVar(&cfg.grpc, "grpc", false, "every port also answers any gRPC method (HTTP/2 without TLS) with an empty message and response headers "+
+		headerName+" (--name), "+headerPort+", "+headerMethod+" and, with --worker, "+headerWorker)
+	fs.StringVar(&cfg.worker, "worker", "", "play the query worker `NAME` a dispatcher started: --grpc on --listen; --name defaults to NAME")
+	var listen string
+	fs.StringVar(&listen, "listen", "", "`HOST:PORT` to listen on, instead of --addr and --port")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if listen != "" {
+		if set["addr"] || set["port"] || set["ports"] {
+			return nil, errors.New("--listen replaces --addr, --port and --ports")
+		}
+		host, port, err := net.SplitHostPort(listen)
+		n, perr := strconv.Atoi(port)
+		if err != nil || perr != nil || n < 0 || n > 65535 {
+			return nil, fmt.Errorf("--listen %q: want HOST:PORT", listen)
+		}
+		cfg.addr, cfg.ports = host, []int{n}
+	}
+	if cfg.worker != "" {
+		if strings.IndexFunc(cfg.worker, unicode.IsSpace) >= 0 {
+			return nil, fmt.Errorf("--worker %q: must be without spaces", cfg.worker)
+		}
+		if listen == "" {
+			return nil, errors.New("--worker needs --listen HOST:PORT, the address the dispatcher registers for it")
+		}
+		cfg.grpc = true
+		if !set["name"] {
+			cfg.name = cfg.worker
+		}
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flag values that are optional need '=', e.g. --crash=3)", fs.Arg(0))

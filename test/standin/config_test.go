@@ -155,6 +155,26 @@ func TestParseConfig(t *testing.T) {
 					len(c.faults) == 2 && c.faults[0].kind == kindUnhealthy && c.faults[1].kind == kindHealthy
 			},
 		},
+		{
+			name:  "grpc",
+			args:  []string{"--grpc", "--port", "0"},
+			check: func(c *config) bool { return c.grpc && c.worker == "" && c.name == "standin" },
+		},
+		{
+			name: "worker",
+			args: []string{"--worker", "w1", "--listen", "10.0.0.5:0"},
+			check: func(c *config) bool {
+				return c.grpc && c.worker == "w1" && c.name == "w1" && c.addr == "10.0.0.5" && portsFlag{&c.ports}.String() == "0"
+			},
+		},
+		{
+			name:  "worker keeps its --name",
+			args:  []string{"--name", "n1/db_query_server/w1", "--worker", "w1", "--listen", "127.0.0.1:1"},
+			check: func(c *config) bool { return c.name == "n1/db_query_server/w1" && c.worker == "w1" },
+		},
+		{name: "worker without listen", args: []string{"--worker", "w1"}, err: "--worker needs --listen"},
+		{name: "listen with port", args: []string{"--listen", "127.0.0.1:1", "--port", "2"}, err: "--listen replaces"},
+		{name: "bad listen", args: []string{"--listen", "1234"}, err: "want HOST:PORT"},
 		{name: "negative term delay", args: []string{"--term-delay", "-1s"}, err: "negative"},
 		{name: "exit code too big", args: []string{"--exit-at-start", "300"}, err: "want 0..255"},
 		{name: "empty name", args: []string{"--name", ""}, err: "non-empty"},

@@ -17,6 +17,13 @@
 //	                           cancel a pending crash
 //	grow:RATE[,MAX]            allocate and touch memory, e.g. 20MiB/s,200MiB
 //
+// With --grpc every port also answers gRPC over HTTP/2 without TLS: any
+// method of any service gets an empty message, with response headers
+// x-standin (the --name), x-standin-port, x-standin-method, so a test can
+// prove where a call routed through Envoy arrived; grpc.health.v1 tells the
+// stand-in's health. --worker NAME --listen HOST:PORT plays a query worker
+// a dispatcher started: the same, plus x-standin-worker: NAME.
+//
 // SIGTERM or SIGINT closes the ports and exits 0, after --term-delay, unless
 // the process hangs. It is built to start in milliseconds, because the
 // benchmarks spawn it many times.

@@ -45,10 +45,16 @@ type service struct {
 	growStop   chan struct{} // non-nil while growing
 	chunks     [][]byte      // kept reachable so the memory stays resident
 	grown      int64
+
+	grpc *grpcIdentity // with --grpc
 }
 
 func newService(cfg *config, lg *log.Logger, started time.Time, readyFD string) *service {
-	return &service{cfg: cfg, log: lg, pid: os.Getpid(), started: started, readyFD: readyFD}
+	s := &service{cfg: cfg, log: lg, pid: os.Getpid(), started: started, readyFD: readyFD}
+	if cfg.grpc {
+		s.grpc = newGRPCIdentity(cfg.name, cfg.worker)
+	}
+	return s
 }
 
 func (s *service) run() int {
@@ -105,8 +111,18 @@ func (s *service) run() int {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          s.log,
 	}
+	if s.cfg.grpc {
+		// gRPC clients and Envoy speak HTTP/2 with prior knowledge on a
+		// plaintext port; HTTP/1.1 keeps working beside it.
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+	}
 	for _, ln := range lns {
 		go srv.Serve(ln)
+	}
+	if s.grpc != nil {
+		s.log.Printf("gRPC on every port: any method answers as %s", s.cfg.name)
 	}
 	s.log.Printf("listening on %s", addrList(addrs))
 	if s.readyFD != "" {
@@ -135,6 +151,7 @@ func (s *service) run() int {
 func (s *service) stop(sig os.Signal, srv *http.Server) int {
 	s.log.Printf("received %v, stopping", sig)
 	s.stopping.Store(true)
+	s.grpc.setHealth(false)
 	if d := s.cfg.termDelay; d > 0 {
 		s.log.Printf("term-delay: waiting %v before closing", d)
 		time.Sleep(d)
@@ -175,8 +192,10 @@ func (s *service) apply(f fault, source string) {
 	switch f.kind {
 	case kindUnhealthy:
 		s.unhealthy.Store(true)
+		s.grpc.setHealth(false)
 	case kindHealthy:
 		s.unhealthy.Store(false)
+		s.grpc.setHealth(true)
 		s.mu.Lock()
 		if s.crashTimer != nil {
 			s.crashTimer.Stop()
@@ -296,6 +315,7 @@ func (s *service) grow(stop chan struct{}, base, rate, max int64) {
 
 type info struct {
 	Name    string    `json:"name"`
+	Worker  string    `json:"worker,omitempty"`
 	PID     int       `json:"pid"`
 	Port    int       `json:"port"`
 	Started time.Time `json:"started"`
@@ -314,6 +334,10 @@ func (s *service) handler() http.Handler {
 			// return, which would send it an empty 200.
 			<-r.Context().Done()
 			panic(http.ErrAbortHandler)
+		}
+		if s.grpc != nil && isGRPC(r) {
+			s.grpc.srv.ServeHTTP(w, r)
+			return
 		}
 		mux.ServeHTTP(w, r)
 	})
@@ -334,7 +358,7 @@ func (s *service) health(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *service) identity(w http.ResponseWriter, r *http.Request) {
-	in := info{Name: s.cfg.name, PID: s.pid, Started: s.started, Healthy: !s.unhealthy.Load() && !s.stopping.Load()}
+	in := info{Name: s.cfg.name, Worker: s.cfg.worker, PID: s.pid, Started: s.started, Healthy: !s.unhealthy.Load() && !s.stopping.Load()}
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
 		in.Port = a.Port
 	}

@@ -1,0 +1,124 @@
+package api
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
+	pb "github.com/dhvisor/dhvisor/proto/coordpb"
+)
+
+// RegisterWorkers implements pb.CoordinatorServer. An agent registers for
+// its own node only (its certificate names it); the leader stores a changed
+// set whole and only renews the lease of an unchanged one, which is a small
+// raft entry however many workers the set holds.
+func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorkersRequest) (*agentpb.RegisterWorkersResponse, error) {
+	id, _ := tlsutil.PeerIdentity(ctx)
+	if id.Role == tlsutil.RoleAgent {
+		if req.Node != "" && req.Node != id.Name {
+			return nil, status.Errorf(codes.PermissionDenied, "node: agent %s may register workers for its own node only, not %q", id.Name, req.Node)
+		}
+		req.Node = id.Name
+	}
+	if req.Node == "" {
+		return nil, status.Error(codes.InvalidArgument, "node: required")
+	}
+	if err := req.Normalize(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if !s.Raft.IsLeader() {
+		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*agentpb.RegisterWorkersResponse, error) {
+			return c.RegisterWorkers(ctx, req)
+		})
+	}
+	expires := time.Now().Add(time.Duration(req.LeaseTtlMs) * time.Millisecond).UnixMilli()
+	resp := &agentpb.RegisterWorkersResponse{Workers: int32(len(req.Workers)), LeaseExpiresUnixMs: expires, Coordinator: s.Raft.ID()}
+	cur := s.FSM.WorkerSet(req.Node, req.Dispatcher)
+	var cmd *pb.Command
+	if cur != nil && cur.DispatcherPid == req.DispatcherPid && sameWorkers(cur.Workers, req.Workers) {
+		cmd = &pb.Command{Cmd: &pb.Command_WorkerRenew{WorkerRenew: &pb.WorkerLease{Node: req.Node, Dispatcher: req.Dispatcher, LeaseExpiresUnixMs: expires}}}
+	} else {
+		resp.Changed = true
+		cmd = &pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid}}}
+	}
+	if _, err := s.commit(ctx, principal(ctx), cmd); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// sameWorkers compares a stored set (sorted by name) with a request's.
+func sameWorkers(stored, req []*agentpb.Worker) bool {
+	if len(stored) != len(req) {
+		return false
+	}
+	sorted := slices.Clone(req)
+	slices.SortFunc(sorted, func(a, b *agentpb.Worker) int { return strings.Compare(a.Name, b.Name) })
+	for i := range stored {
+		if !proto.Equal(stored[i], sorted[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// Workers implements pb.CoordinatorServer.
+func (s *Server) Workers(_ context.Context, req *pb.WorkersRequest) (*pb.WorkersResponse, error) {
+	resp := &pb.WorkersResponse{AnsweredBy: s.Raft.ID()}
+	for _, ws := range s.FSM.WorkerSets() {
+		if req.Node != "" && req.Node != ws.Node {
+			continue
+		}
+		// A worker without a host is on its dispatcher's node: show where.
+		if n := s.FSM.Node(ws.Node); n != nil && n.Host != "" {
+			for _, w := range ws.Workers {
+				if w.Host == "" {
+					w.Host = n.Host
+				}
+			}
+		}
+		resp.Sets = append(resp.Sets, ws)
+	}
+	return resp, nil
+}
+
+// Routes implements pb.CoordinatorServer.
+func (s *Server) Routes(context.Context, *pb.RoutesRequest) (*pb.RoutesResponse, error) {
+	if s.RouteTable == nil {
+		return nil, status.Error(codes.Unavailable, "this coordinator serves no xDS")
+	}
+	resp := s.RouteTable()
+	resp.AnsweredBy = s.Raft.ID()
+	return resp, nil
+}
+
+// agentMethods are what an agent's certificate may call: registering its
+// node's workers. Everything else is for operators and coordinators.
+var agentMethods = map[string]bool{
+	pb.Coordinator_RegisterWorkers_FullMethodName: true,
+}
+
+// Authorize is a unary interceptor that keeps agents to agentMethods (the
+// TLS handshake has already refused every other role and foreign CA).
+func Authorize(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if id, ok := tlsutil.PeerIdentity(ctx); ok && id.Role == tlsutil.RoleAgent && !agentMethods[info.FullMethod] {
+		return nil, status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers", info.FullMethod)
+	}
+	return handler(ctx, req)
+}
+
+// AuthorizeStream is Authorize for streaming calls, none of which agents may make.
+func AuthorizeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if id, ok := tlsutil.PeerIdentity(ss.Context()); ok && id.Role == tlsutil.RoleAgent {
+		return status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers", info.FullMethod)
+	}
+	return handler(srv, ss)
+}

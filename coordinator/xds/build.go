@@ -1,0 +1,790 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Flavour is how a client gets the resources: the same clusters, endpoints
+// and routes, with the config sources it can follow.
+type Flavour string
+
+const (
+	// Classic is Envoy on Deephaven's documented bootstrap: no ADS, CDS on
+	// its own stream from the static cluster xds_service. Its EDS and RDS
+	// config sources must name that cluster: with ads it never gets them.
+	Classic Flavour = "classic"
+	// ADS is grpc-go and dhvisor's own ADS bootstraps. grpc-go accepts only
+	// ads (or self) config sources and an api_listener.
+	ADS Flavour = "ads"
+)
+
+// flavours are the flavours every model is built in.
+var flavours = []Flavour{ADS, Classic}
+
+// Names fixed by Deephaven's bootstrap and clients.
+const (
+	ListenerName    = "deephaven"    // grpc-go clients dial xds:///deephaven
+	RouteConfigName = "rds_config"   // the RDS name in Deephaven's bootstrap
+	XDSClusterName  = "xds_service"  // the bootstrap's static cluster for this server
+	PrefixHeader    = "envoy-prefix" // Core+ clients name their worker with it
+)
+
+// The Deephaven services the routes name. They get a cluster, empty if the
+// model lacks them, so that no route ever names a missing cluster.
+const (
+	WebAPIService     = "web_api_service"
+	AuthService       = "authentication_server"
+	ControllerService = "iris_controller"
+	ACLWriterService  = "db_acl_write_server"
+)
+
+// gRPC services routed by path to their server.
+const (
+	authAPIPrefix       = "/io.deephaven.proto.auth.grpc.AuthApi/"
+	controllerAPIPrefix = "/io.deephaven.proto.controller.grpc.ControllerApi/"
+)
+
+// ServiceCluster, WorkerCluster and ExtraCluster name the clusters; the
+// prefixes keep a worker named like a service from colliding with it.
+func ServiceCluster(name string) string { return "svc_" + name }
+
+// WorkerCluster is the cluster of the worker called name.
+func WorkerCluster(name string) string { return "worker_" + name }
+
+// ExtraCluster is the cluster of the extra route called name.
+func ExtraCluster(name string) string { return "extra_" + name }
+
+const (
+	connectTimeout = 5 * time.Second
+	// versionBytes of a SHA-256 make a version: 64 bits tell versions
+	// apart with no realistic chance of collision.
+	versionBytes = 8
+)
+
+// Shared by every resource that needs them; never modified once built.
+var (
+	connectTimeoutPB = durationpb.New(connectTimeout)
+	// noTimeout replaces Envoy's 15 s route timeout, which would cut
+	// long-lived gRPC streams and websockets.
+	noTimeout    = durationpb.New(0)
+	http2Options = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&upstreamhttp.HttpProtocolOptions{
+		UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+					Http2ProtocolOptions: &core.Http2ProtocolOptions{},
+				},
+			},
+		},
+	})}
+	routerFilter = &hcm.HttpFilter{
+		Name:       wellknown.Router,
+		ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: mustAny(&router.Router{})},
+	}
+	configSources = map[Flavour]*core.ConfigSource{
+		ADS: {
+			ResourceApiVersion:    core.ApiVersion_V3,
+			ConfigSourceSpecifier: &core.ConfigSource_Ads{Ads: &core.AggregatedConfigSource{}},
+		},
+		Classic: {
+			ResourceApiVersion: core.ApiVersion_V3,
+			ConfigSourceSpecifier: &core.ConfigSource_ApiConfigSource{ApiConfigSource: &core.ApiConfigSource{
+				ApiType:             core.ApiConfigSource_GRPC,
+				TransportApiVersion: core.ApiVersion_V3,
+				GrpcServices: []*core.GrpcService{{
+					TargetSpecifier: &core.GrpcService_EnvoyGrpc_{EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: XDSClusterName}},
+				}},
+			}},
+		},
+	}
+)
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+// Build is the snapshot a client of flavour f gets for model m, its
+// resources read back from the bytes the server would send.
+func Build(m Model, f Flavour) (*cache.Snapshot, error) {
+	out, err := new(builder).build(canonical(m))
+	if err != nil {
+		return nil, err
+	}
+	served, ok := out.served[f]
+	if !ok {
+		return nil, fmt.Errorf("unknown xDS flavour %q", f)
+	}
+	snap := &cache.Snapshot{VersionMap: served.VersionMap}
+	for typ, rs := range served.Resources {
+		url, _ := cache.GetResponseTypeURL(types.ResponseType(typ))
+		items := make(map[string]types.ResourceWithTTL, len(rs.Items))
+		for name, r := range rs.Items {
+			m, err := decode(r.Resource, url)
+			if err != nil {
+				return nil, err
+			}
+			items[name] = types.ResourceWithTTL{Resource: m}
+		}
+		snap.Resources[typ] = cache.Resources{Version: rs.Version, Items: items}
+	}
+	return snap, nil
+}
+
+// decode reads the resource of type typeURL back from its wire form.
+func decode(wire types.Resource, typeURL string) (types.Resource, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByURL(typeURL)
+	if err != nil {
+		return nil, err
+	}
+	m := mt.New().Interface()
+	if err := proto.Unmarshal(wire.ProtoReflect().GetUnknown(), m); err != nil {
+		return nil, fmt.Errorf("%s: %w", typeURL, err)
+	}
+	return m, nil
+}
+
+// entry is a validated resource, marshalled, with the hash of its bytes.
+type entry struct {
+	name string
+	// res is the resource itself, kept for clusters and listeners only:
+	// Consistent reads them. Routes and load assignments, most of a
+	// build's memory, are read back from their bytes when needed.
+	res  types.Resource
+	wire types.Resource // as it is sent: see wireResource
+	hash string
+}
+
+// bytesOnly is e without its resource.
+func (e entry) bytesOnly() entry {
+	e.res = nil
+	return e
+}
+
+func newEntry(res types.Resource) (entry, error) {
+	if v, ok := res.(interface{ ValidateAll() error }); ok {
+		if err := v.ValidateAll(); err != nil {
+			if r, ok := res.(*route.Route); ok {
+				return entry{}, fmt.Errorf("route %v: %w", r.GetMatch(), err)
+			}
+			return entry{}, fmt.Errorf("%s %q: %w", res.ProtoReflect().Descriptor().Name(), cache.GetResourceName(res), err)
+		}
+	}
+	raw, err := cache.MarshalResource(res)
+	if err != nil {
+		return entry{}, fmt.Errorf("marshal %q: %w", cache.GetResourceName(res), err)
+	}
+	e := marshalled(cache.GetResourceName(res), raw)
+	e.res = res
+	return e, nil
+}
+
+// marshalled is the entry of the resource whose bytes are raw. Its hash is
+// the one go-control-plane puts in delta responses as the resource's
+// version, so that a client reconnecting with the versions it has is sent
+// only what changed.
+func marshalled(name string, raw []byte) entry {
+	return entry{name: name, wire: wireResource(raw), hash: cache.HashResource(raw)}
+}
+
+// wireResource is a resource as the server sends it: its bytes, marshalled
+// once per build at most. go-control-plane marshals every resource again
+// for each response to each client, which with 1,000 workers and ten
+// clients was most of an update's time. An Empty whose unknown fields are
+// the resource's bytes marshals to exactly those bytes, and go-control-plane
+// needs no more of a resource than its bytes: names come from the
+// snapshot's keys, type URLs from the requests.
+func wireResource(raw []byte) types.Resource {
+	m := &emptypb.Empty{}
+	m.ProtoReflect().SetUnknown(raw)
+	return m
+}
+
+// workerKey is what a worker's resources are built from: registrations
+// that change nothing here (a new nonce) rebuild nothing.
+type workerKey struct {
+	Name, Prefix, Host, Node string
+	Port                     uint32
+	TLS, HTTP2               bool
+}
+
+// workerEntry is one worker's resources, kept across builds so that a
+// registration builds and validates only the workers it changed.
+type workerEntry struct {
+	clusters    map[Flavour]entry
+	cla         entry
+	headerRoute *entry // nil when the worker has no prefix
+	pathRoute   entry
+}
+
+// builder keeps the resources of the last build that do not change from
+// one build to the next.
+type builder struct {
+	workers   map[workerKey]*workerEntry
+	listeners map[Flavour]entry
+}
+
+// table is one build's resources before they become snapshots.
+type table struct {
+	clusters map[Flavour][]entry
+	clas     []entry
+	routes   []entry
+}
+
+// built is a build's result.
+type built struct {
+	served map[Flavour]*cache.Snapshot
+	table  *table
+	counts Counts
+}
+
+// Counts are how many resources a build made.
+type Counts struct {
+	Clusters, Endpoints, Routes int
+}
+
+func (b *builder) build(m Model) (*built, error) {
+	t, next, err := b.table(m)
+	if err != nil {
+		return nil, err
+	}
+	if b.listeners == nil {
+		ls := map[Flavour]entry{}
+		for _, f := range flavours {
+			if ls[f], err = newEntry(httpListener(f)); err != nil {
+				return nil, err
+			}
+		}
+		b.listeners = ls
+	}
+	rds, err := routeConfig(t.routes)
+	if err != nil {
+		return nil, err
+	}
+	eds := group(t.clas)
+	rdsGroup := group([]entry{rds})
+	out := &built{served: map[Flavour]*cache.Snapshot{}, table: t}
+	for _, f := range flavours {
+		check := &cache.Snapshot{}
+		served := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
+		for typ, g := range map[types.ResponseType]resourceGroup{
+			types.Cluster:  group(t.clusters[f]),
+			types.Endpoint: eds,
+			types.Route:    rdsGroup,
+			types.Listener: group([]entry{b.listeners[f]}),
+		} {
+			url, _ := cache.GetResponseTypeURL(typ)
+			check.Resources[typ] = g.check
+			served.Resources[typ] = g.wire
+			served.VersionMap[url] = g.versions
+		}
+		if err := consistent(check, f); err != nil {
+			return nil, fmt.Errorf("%s snapshot: %w", f, err)
+		}
+		out.served[f] = served
+	}
+	out.counts = Counts{Clusters: len(t.clusters[ADS]), Endpoints: len(t.clas), Routes: len(t.routes)}
+	b.workers = next
+	return out, nil
+}
+
+// resourceGroup is one type's resources with their versions.
+type resourceGroup struct {
+	wire cache.Resources
+	// check is wire with the resources that have them (clusters and
+	// listeners), for Consistent.
+	check    cache.Resources
+	versions map[string]string // resource name → its version, for delta xDS
+}
+
+// group versions a type by the hashes of its resources. They come in the
+// canonical model's order, so equal models give equal versions whatever
+// replica or process builds them.
+func group(es []entry) resourceGroup {
+	h := sha256.New()
+	wire := make(map[string]types.ResourceWithTTL, len(es))
+	check := wire
+	if len(es) > 0 && es[0].res != nil {
+		check = make(map[string]types.ResourceWithTTL, len(es))
+	}
+	versions := make(map[string]string, len(es))
+	for _, e := range es {
+		wire[e.name] = types.ResourceWithTTL{Resource: e.wire}
+		if e.res != nil {
+			check[e.name] = types.ResourceWithTTL{Resource: e.res}
+		}
+		versions[e.name] = e.hash
+		h.Write([]byte(e.hash))
+	}
+	version := hex.EncodeToString(h.Sum(nil)[:versionBytes])
+	return resourceGroup{
+		wire:     cache.Resources{Version: version, Items: wire},
+		check:    cache.Resources{Version: version, Items: check},
+		versions: versions,
+	}
+}
+
+// consistent is the snapshot's Consistent check. go-control-plane finds
+// route names only in listeners' filter chains, not in an api_listener, so
+// for the ADS flavour it checks clusters against endpoints and this checks
+// the api_listener's route names against the routes.
+func consistent(snap *cache.Snapshot, f Flavour) error {
+	if f != ADS {
+		return snap.Consistent()
+	}
+	partial := *snap
+	partial.Resources[types.Listener] = cache.Resources{}
+	partial.Resources[types.Route] = cache.Resources{}
+	if err := partial.Consistent(); err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	for _, l := range snap.Resources[types.Listener].Items {
+		m := &hcm.HttpConnectionManager{}
+		if err := l.Resource.(*listener.Listener).GetApiListener().GetApiListener().UnmarshalTo(m); err != nil {
+			return fmt.Errorf("api_listener: %w", err)
+		}
+		want[m.GetRds().GetRouteConfigName()] = true
+	}
+	routes := snap.Resources[types.Route].Items
+	if len(want) != len(routes) {
+		return fmt.Errorf("listeners name %d route configurations, the snapshot has %d", len(want), len(routes))
+	}
+	for name := range routes {
+		if !want[name] {
+			return fmt.Errorf("route configuration %q named by no listener", name)
+		}
+	}
+	return nil
+}
+
+// table builds the clusters, endpoints and routes, reusing the workers'
+// resources from the last build. next is the worker memo for the build
+// after this one.
+func (b *builder) table(m Model) (*table, map[workerKey]*workerEntry, error) {
+	services := m.Services
+	for _, name := range []string{WebAPIService, AuthService, ControllerService, ACLWriterService} {
+		if !hasService(services, name) {
+			services = append(services[:len(services):len(services)], Service{Name: name})
+		}
+	}
+	clusters := len(services) + len(m.Workers) + len(m.ExtraRoutes)
+	t := &table{
+		clusters: map[Flavour][]entry{},
+		clas:     make([]entry, 0, len(services)+len(m.Workers)),
+		routes:   make([]entry, 0, 2*len(m.Workers)+2*len(m.ExtraRoutes)+6),
+	}
+	for _, f := range flavours {
+		t.clusters[f] = make([]entry, 0, clusters)
+	}
+	for i, s := range services {
+		if s.Name == "" {
+			return nil, nil, errors.New("a service without a name")
+		}
+		if i > 0 && services[i-1].Name == s.Name {
+			return nil, nil, fmt.Errorf("service %s listed twice", s.Name)
+		}
+		name := ServiceCluster(s.Name)
+		for _, f := range flavours {
+			e, err := newEntry(edsCluster(f, name, s.TLS, "", s.HTTP2))
+			if err != nil {
+				return nil, nil, err
+			}
+			t.clusters[f] = append(t.clusters[f], e)
+		}
+		e, err := newEntry(loadAssignment(name, s.Endpoints))
+		if err != nil {
+			return nil, nil, err
+		}
+		t.clas = append(t.clas, e.bytesOnly())
+	}
+
+	workers, next, err := b.workerEntries(m.Workers)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, we := range workers {
+		for _, f := range flavours {
+			t.clusters[f] = append(t.clusters[f], we.clusters[f])
+		}
+		t.clas = append(t.clas, we.cla)
+	}
+
+	extras := map[string]bool{}
+	for _, r := range m.ExtraRoutes {
+		if r.Name == "" {
+			return nil, nil, fmt.Errorf("extra route %s without a name", r.Origin)
+		}
+		if extras[r.Name] {
+			return nil, nil, fmt.Errorf("extra route %s (%s) defined twice", r.Name, r.Origin)
+		}
+		extras[r.Name] = true
+		if r.Port <= 0 || r.Port > 65535 {
+			return nil, nil, fmt.Errorf("extra route %s (%s): port %d out of range", r.Name, r.Origin, r.Port)
+		}
+		name := ExtraCluster(r.Name)
+		for _, f := range flavours {
+			e, err := newEntry(dnsCluster(name, r.Host, uint32(r.Port), r.TLS))
+			if err != nil {
+				return nil, nil, fmt.Errorf("extra route %s (%s): %w", r.Name, r.Origin, err)
+			}
+			t.clusters[f] = append(t.clusters[f], e)
+		}
+	}
+
+	// First match wins: a worker's header beats every path, a worker's
+	// path beats the services', and the catch-all comes last.
+	for _, we := range workers {
+		if we.headerRoute != nil {
+			t.routes = append(t.routes, *we.headerRoute)
+		}
+	}
+	for _, we := range workers {
+		t.routes = append(t.routes, we.pathRoute)
+	}
+	static := []*route.Route{
+		prefixRoute(authAPIPrefix, ServiceCluster(AuthService), ""),
+		prefixRoute(controllerAPIPrefix, ServiceCluster(ControllerService), ""),
+	}
+	for _, r := range m.ExtraRoutes {
+		name := ExtraCluster(r.Name)
+		if r.ExactPrefix {
+			static = append(static, prefixRoute(r.Prefix, name, r.PrefixRewrite))
+			continue
+		}
+		p := strings.TrimSuffix(r.Prefix, "/")
+		static = append(static, pathRoute(p, name, r.PrefixRewrite), prefixRoute(p+"/", name, r.PrefixRewrite))
+	}
+	static = append(static,
+		prefixRoute("/iriside", ServiceCluster(WebAPIService), ""),
+		prefixRoute("/iris/", ServiceCluster(WebAPIService), ""),
+		prefixRoute("/acl/", ServiceCluster(ACLWriterService), ""),
+		prefixRoute("/", ServiceCluster(WebAPIService), ""),
+	)
+	for _, r := range static {
+		e, err := newEntry(r)
+		if err != nil {
+			return nil, nil, err
+		}
+		t.routes = append(t.routes, e.bytesOnly())
+	}
+	return t, next, nil
+}
+
+// workerEntries are the workers' resources: the last build's for workers
+// that did not change, new ones for the others, built in parallel since a
+// coordinator's first build makes them all. next is the memo for the build
+// after this one.
+func (b *builder) workerEntries(ws []Worker) (entries []*workerEntry, next map[workerKey]*workerEntry, err error) {
+	entries = make([]*workerEntry, len(ws))
+	keys := make([]workerKey, len(ws))
+	var missing []int
+	for i, w := range ws {
+		if w.Name == "" {
+			return nil, nil, fmt.Errorf("worker on %s:%d without a name", w.Host, w.Port)
+		}
+		if i > 0 && ws[i-1].Name == w.Name {
+			return nil, nil, fmt.Errorf("worker %s registered twice (%s, %s)", w.Name, ws[i-1].Dispatcher, w.Dispatcher)
+		}
+		keys[i] = workerKey{Name: w.Name, Prefix: w.Prefix, Host: w.Host, Node: w.Node, Port: w.Port, TLS: w.TLS, HTTP2: w.HTTP2}
+		if we, ok := b.workers[keys[i]]; ok {
+			entries[i] = we
+		} else {
+			missing = append(missing, i)
+		}
+	}
+	errs := make([]error, len(missing))
+	parallel(len(missing), func(j int) {
+		entries[missing[j]], errs[j] = newWorkerEntry(keys[missing[j]])
+	})
+	for _, err := range errs {
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	next = make(map[workerKey]*workerEntry, len(ws))
+	for i, k := range keys {
+		next[k] = entries[i]
+	}
+	return entries, next, nil
+}
+
+// parallel calls fn for 0..n-1 on every processor, when n is worth it.
+func parallel(n int, fn func(i int)) {
+	procs := min(runtime.GOMAXPROCS(0), n/64+1)
+	var wg sync.WaitGroup
+	for p := range procs {
+		wg.Go(func() {
+			for i := p; i < n; i += procs {
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func hasService(ss []Service, name string) bool {
+	for _, s := range ss {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func newWorkerEntry(k workerKey) (*workerEntry, error) {
+	name := WorkerCluster(k.Name)
+	we := &workerEntry{clusters: map[Flavour]entry{}}
+	for _, f := range flavours {
+		e, err := newEntry(edsCluster(f, name, k.TLS, k.Host, k.HTTP2))
+		if err != nil {
+			return nil, fmt.Errorf("worker %s: %w", k.Name, err)
+		}
+		we.clusters[f] = e
+	}
+	cla, err := newEntry(loadAssignment(name, []Endpoint{{Node: k.Node, Host: k.Host, Port: k.Port}}))
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: %w", k.Name, err)
+	}
+	we.cla = cla.bytesOnly()
+	if k.Prefix != "" {
+		r := prefixRoute("/", name, "")
+		r.Match.Headers = []*route.HeaderMatcher{{
+			Name: PrefixHeader,
+			HeaderMatchSpecifier: &route.HeaderMatcher_StringMatch{StringMatch: &matcher.StringMatcher{
+				MatchPattern: &matcher.StringMatcher_Exact{Exact: k.Prefix},
+			}},
+		}}
+		e, err := newEntry(r)
+		if err != nil {
+			return nil, fmt.Errorf("worker %s: %w", k.Name, err)
+		}
+		e = e.bytesOnly()
+		we.headerRoute = &e
+	}
+	path, err := newEntry(prefixRoute("/worker/"+k.Name+"/", name, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("worker %s: %w", k.Name, err)
+	}
+	we.pathRoute = path.bytesOnly()
+	return we, nil
+}
+
+// edsCluster is a cluster whose endpoints come from EDS. sni, when the
+// cluster has a single host, names it in the TLS handshake; endpoints
+// with a hostname name themselves (auto_host_sni).
+func edsCluster(f Flavour, name string, tls bool, sni string, http2 bool) *cluster.Cluster {
+	c := &cluster.Cluster{
+		Name:                 name,
+		ConnectTimeout:       connectTimeoutPB,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
+		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: configSources[f]},
+	}
+	upstream(c, tls, sni, http2)
+	return c
+}
+
+// dnsCluster reaches an extra route's host, which may be a DNS name (EDS
+// endpoints must be addresses). LOGICAL_DNS is the DNS type both Envoy and
+// grpc-go accept.
+func dnsCluster(name, host string, port uint32, tls bool) *cluster.Cluster {
+	c := &cluster.Cluster{
+		Name:                 name,
+		ConnectTimeout:       connectTimeoutPB,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_LOGICAL_DNS},
+		LoadAssignment: &endpoint.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpoint.LocalityLbEndpoints{{
+				LbEndpoints: []*endpoint.LbEndpoint{lbEndpoint(host, port)},
+			}},
+		},
+	}
+	upstream(c, tls, host, false)
+	return c
+}
+
+func upstream(c *cluster.Cluster, tls bool, sni string, http2 bool) {
+	if http2 {
+		c.TypedExtensionProtocolOptions = http2Options
+	}
+	if tls {
+		ctx := &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{}, AutoHostSni: true}
+		if isHostname(sni) {
+			ctx.Sni = sni
+		}
+		c.TransportSocket = &core.TransportSocket{
+			Name:       wellknown.TransportSocketTLS,
+			ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)},
+		}
+	}
+}
+
+// isHostname says whether host may be sent as SNI, which must not be an
+// address (RFC 6066).
+func isHostname(host string) bool {
+	return host != "" && net.ParseIP(host) == nil
+}
+
+// loadAssignment groups the endpoints, sorted by node, in one locality per
+// node. grpc-go drops localities without a weight; weighing each by its
+// endpoints keeps the balance per endpoint.
+func loadAssignment(name string, eps []Endpoint) *endpoint.ClusterLoadAssignment {
+	cla := &endpoint.ClusterLoadAssignment{ClusterName: name}
+	for i := 0; i < len(eps); {
+		j := i
+		for j < len(eps) && eps[j].Node == eps[i].Node {
+			j++
+		}
+		loc := &endpoint.LocalityLbEndpoints{
+			Locality:            &core.Locality{SubZone: eps[i].Node},
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(j - i)),
+		}
+		for _, e := range eps[i:j] {
+			loc.LbEndpoints = append(loc.LbEndpoints, lbEndpoint(e.Host, e.Port))
+		}
+		cla.Endpoints = append(cla.Endpoints, loc)
+		i = j
+	}
+	return cla
+}
+
+func lbEndpoint(host string, port uint32) *endpoint.LbEndpoint {
+	ep := &endpoint.Endpoint{Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+		Address:       host,
+		PortSpecifier: &core.SocketAddress_PortValue{PortValue: port},
+	}}}}
+	if isHostname(host) {
+		ep.Hostname = host
+	}
+	return &endpoint.LbEndpoint{
+		HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: ep},
+		HealthStatus:   core.HealthStatus_HEALTHY,
+	}
+}
+
+func prefixRoute(prefix, cluster, rewrite string) *route.Route {
+	return &route.Route{
+		Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: prefix}},
+		Action: routeAction(cluster, rewrite),
+	}
+}
+
+func pathRoute(path, cluster, rewrite string) *route.Route {
+	return &route.Route{
+		Match:  &route.RouteMatch{PathSpecifier: &route.RouteMatch_Path{Path: path}},
+		Action: routeAction(cluster, rewrite),
+	}
+}
+
+func routeAction(cluster, rewrite string) *route.Route_Route {
+	return &route.Route_Route{Route: &route.RouteAction{
+		ClusterSpecifier: &route.RouteAction_Cluster{Cluster: cluster},
+		PrefixRewrite:    rewrite,
+		Timeout:          noTimeout,
+	}}
+}
+
+// routeConfig is rds_config. Its routes were validated and marshalled one
+// by one when built, so only the shell around them is validated and
+// marshalled here, and its bytes are the shell's with the routes' appended:
+// with 10,000 workers, validating or marshalling all their routes again on
+// every build would take longer than the rest of the build. The bytes are
+// those of a deterministic marshalling of the whole (a test checks): a
+// message's fields are marshalled in field number order, and no field
+// numbered above the routes is set in the virtual host, nor above the
+// virtual hosts in the configuration.
+func routeConfig(routes []entry) (entry, error) {
+	vh := &route.VirtualHost{Name: ListenerName, Domains: []string{"*"}}
+	rc := &route.RouteConfiguration{Name: RouteConfigName, VirtualHosts: []*route.VirtualHost{vh}}
+	if err := rc.ValidateAll(); err != nil {
+		return entry{}, fmt.Errorf("route configuration: %w", err)
+	}
+	vhRaw, err := cache.MarshalResource(vh)
+	if err != nil {
+		return entry{}, err
+	}
+	raw, err := cache.MarshalResource(&route.RouteConfiguration{Name: RouteConfigName})
+	if err != nil {
+		return entry{}, err
+	}
+	const vhRoutes, rcVirtualHosts = 3, 2 // field numbers
+	size := len(vhRaw)
+	for _, r := range routes {
+		size += protowire.SizeTag(vhRoutes) + protowire.SizeBytes(len(r.wire.ProtoReflect().GetUnknown()))
+	}
+	vhRaw = slices.Grow(vhRaw, size-len(vhRaw))
+	raw = slices.Grow(raw, protowire.SizeTag(rcVirtualHosts)+protowire.SizeBytes(size))
+	for _, r := range routes {
+		vhRaw = protowire.AppendBytes(protowire.AppendTag(vhRaw, vhRoutes, protowire.BytesType), r.wire.ProtoReflect().GetUnknown())
+	}
+	raw = protowire.AppendBytes(protowire.AppendTag(raw, rcVirtualHosts, protowire.BytesType), vhRaw)
+	return marshalled(RouteConfigName, raw), nil
+}
+
+// httpListener is the listener each flavour's clients need: grpc-go an
+// api_listener, Envoy a socket listener on 8000 that upgrades websockets.
+// Its content never changes, so a listener carrying traffic is never
+// drained by an update.
+func httpListener(f Flavour) *listener.Listener {
+	m := &hcm.HttpConnectionManager{
+		StatPrefix: ListenerName,
+		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
+			ConfigSource:    configSources[f],
+			RouteConfigName: RouteConfigName,
+		}},
+		HttpFilters: []*hcm.HttpFilter{routerFilter},
+	}
+	if f == ADS {
+		return &listener.Listener{Name: ListenerName, ApiListener: &listener.ApiListener{ApiListener: mustAny(m)}}
+	}
+	m.CodecType = hcm.HttpConnectionManager_AUTO
+	m.UpgradeConfigs = []*hcm.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
+	return &listener.Listener{
+		Name: ListenerName,
+		Address: &core.Address{Address: &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+			Address:       "0.0.0.0",
+			PortSpecifier: &core.SocketAddress_PortValue{PortValue: 8000},
+		}}},
+		FilterChains: []*listener.FilterChain{{Filters: []*listener.Filter{{
+			Name:       wellknown.HTTPConnectionManager,
+			ConfigType: &listener.Filter_TypedConfig{TypedConfig: mustAny(m)},
+		}}}},
+	}
+}
+
+func hostPort(host string, port uint32) string {
+	return net.JoinHostPort(host, strconv.FormatUint(uint64(port), 10))
+}

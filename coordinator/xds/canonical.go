@@ -1,0 +1,43 @@
+package xds
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+// canonical is m in one order, so that replicas whose state lists the same
+// model differently build the same versions. It copies what it sorts: the
+// caller's model is left alone.
+func canonical(m Model) Model {
+	c := Model{
+		Services:    slices.Clone(m.Services),
+		Workers:     slices.Clone(m.Workers),
+		ExtraRoutes: slices.Clone(m.ExtraRoutes),
+	}
+	for i := range c.Services {
+		eps := slices.Clone(c.Services[i].Endpoints)
+		slices.SortFunc(eps, func(a, b Endpoint) int {
+			return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.Host, b.Host), cmp.Compare(a.Port, b.Port))
+		})
+		c.Services[i].Endpoints = slices.Compact(eps)
+	}
+	slices.SortFunc(c.Services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(c.Workers, func(a, b Worker) int { return strings.Compare(a.Name, b.Name) })
+	// The longest prefix first, so that /a/b is matched before /a catches it.
+	slices.SortFunc(c.ExtraRoutes, func(a, b config.ExtraRoute) int {
+		return cmp.Or(cmp.Compare(len(b.Prefix), len(a.Prefix)), strings.Compare(a.Prefix, b.Prefix), strings.Compare(a.Name, b.Name))
+	})
+	return c
+}
+
+// equal says whether two canonical models build the same resources.
+func equal(a, b Model) bool {
+	return slices.Equal(a.Workers, b.Workers) &&
+		slices.Equal(a.ExtraRoutes, b.ExtraRoutes) &&
+		slices.EqualFunc(a.Services, b.Services, func(x, y Service) bool {
+			return x.Name == y.Name && x.TLS == y.TLS && x.HTTP2 == y.HTTP2 && slices.Equal(x.Endpoints, y.Endpoints)
+		})
+}

@@ -1,0 +1,459 @@
+package xds
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	sotwclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// startServer serves a Server on a loopback port until the test ends.
+func startServer(t testing.TB, opts ...grpc.ServerOption) (*Server, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := NewServer(ctx, slog.New(slog.DiscardHandler))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(opts...)
+	s.Register(g)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = g.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		g.Stop()
+		<-done
+	})
+	return s, lis.Addr().String()
+}
+
+func dial(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var (
+	envoyNode = &core.Node{Id: "envoy-1", UserAgentName: "envoy"}
+	grpcNode  = &core.Node{Id: "grpc-1", UserAgentName: "gRPC Go"}
+	// adsEnvoyNode is Envoy on dhvisor's own ADS bootstrap.
+	adsEnvoyNode = &core.Node{Id: "envoy-2", UserAgentName: "envoy", Metadata: &structpb.Struct{
+		Fields: map[string]*structpb.Value{FlavourMetadataKey: structpb.NewStringValue("ads")},
+	}}
+)
+
+// checkServed says whether the resources on the wire are the ones Build
+// makes for the flavour.
+func checkServed(t *testing.T, what string, got []*anypb.Any, want *cache.Snapshot, typeURL string) {
+	t.Helper()
+	wantRes := want.GetResources(typeURL)
+	if len(got) != len(wantRes) {
+		t.Errorf("%s: %d resources, want %d", what, len(got), len(wantRes))
+	}
+	for _, a := range got {
+		if a.GetTypeUrl() != typeURL {
+			t.Errorf("%s: a %s", what, a.GetTypeUrl())
+			continue
+		}
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := cache.GetResourceName(m)
+		if w, ok := wantRes[name]; !ok || !proto.Equal(m, w) {
+			t.Errorf("%s: %s differs from what Build makes", what, name)
+		}
+	}
+}
+
+func TestADSClientsGetTheirFlavour(t *testing.T) {
+	s, addr := startServer(t)
+	m := clusterModel()
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, addr)
+	types := []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType}
+	for _, tc := range []struct {
+		name string
+		node *core.Node
+		want Flavour
+	}{
+		{"envoy", envoyNode, Classic},
+		{"envoy on an ADS bootstrap", adsEnvoyNode, ADS},
+		{"grpc-go", grpcNode, ADS},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			clients := map[string]sotwclient.ADSClient{}
+			for _, typ := range types {
+				c := sotwclient.NewADSClient(ctx, tc.node, typ)
+				if err := c.InitConnect(conn); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := c.Fetch()
+				if err != nil {
+					t.Fatalf("%s: %v", typ, err)
+				}
+				checkServed(t, typ, resp.Resources, mustBuild(t, m, tc.want), typ)
+				if err := c.Ack(); err != nil {
+					t.Fatal(err)
+				}
+				clients[typ] = c
+			}
+
+			// A new worker: new cluster, endpoints and routes, the same listener.
+			m2 := clusterModel()
+			m2.Workers = append(m2.Workers, Worker{Name: "worker_3", Prefix: "/worker/q3", Host: "10.0.0.4", Port: 24003, Node: "query3", HTTP2: true})
+			if err := s.Update(m2); err != nil {
+				t.Fatal(err)
+			}
+			for _, typ := range types[:3] {
+				resp, err := clients[typ].Fetch()
+				if err != nil {
+					t.Fatalf("%s after Update: %v", typ, err)
+				}
+				checkServed(t, typ+" after Update", resp.Resources, mustBuild(t, m2, tc.want), typ)
+			}
+			if err := s.Update(m); err != nil { // back, for the next client
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Envoy on Deephaven's bootstrap: CDS on its own stream, then EDS and RDS
+// by name, each from the api_config_source the clusters and listener name.
+func TestClassicStreamsPerType(t *testing.T) {
+	s, addr := startServer(t)
+	if err := s.Update(clusterModel()); err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, addr)
+	ctx := testCtx(t)
+	want := mustBuild(t, clusterModel(), Classic)
+
+	cds, err := clusterservice.NewClusterDiscoveryServiceClient(conn).StreamClusters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cds.Send(&discovery.DiscoveryRequest{Node: envoyNode}); err != nil {
+		t.Fatal(err)
+	}
+	cdsResp, err := cds.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkServed(t, "CDS stream", cdsResp.GetResources(), want, resource.ClusterType)
+	for _, a := range cdsResp.GetResources() {
+		c := &cluster.Cluster{}
+		if err := a.UnmarshalTo(c); err != nil {
+			t.Fatal(err)
+		}
+		if c.GetType() == cluster.Cluster_EDS {
+			if src := c.GetEdsClusterConfig().GetEdsConfig().GetApiConfigSource(); src.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName() != XDSClusterName {
+				t.Errorf("cluster %s: eds_config %v", c.GetName(), c.GetEdsClusterConfig().GetEdsConfig())
+			}
+		}
+	}
+	eds := []string{ServiceCluster(WebAPIService), WorkerCluster("worker_1")}
+
+	edsStream, err := endpointservice.NewEndpointDiscoveryServiceClient(conn).StreamEndpoints(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := edsStream.Send(&discovery.DiscoveryRequest{Node: envoyNode, ResourceNames: eds}); err != nil {
+		t.Fatal(err)
+	}
+	edsResp, err := edsStream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range edsResp.GetResources() {
+		m, _ := a.UnmarshalNew()
+		got = append(got, cache.GetResourceName(m))
+	}
+	if slices.Sort(got); !slices.Equal(got, eds) {
+		t.Errorf("EDS for %v: %v", eds, got)
+	}
+
+	rds, err := routeservice.NewRouteDiscoveryServiceClient(conn).StreamRoutes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rds.Send(&discovery.DiscoveryRequest{Node: envoyNode, ResourceNames: []string{RouteConfigName}}); err != nil {
+		t.Fatal(err)
+	}
+	rdsResp, err := rds.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkServed(t, "RDS stream", rdsResp.GetResources(), want, resource.RouteType)
+
+	// Acknowledged, each stream waits for its type's next version.
+	ack := func(str interface {
+		Send(*discovery.DiscoveryRequest) error
+	}, names []string, resp *discovery.DiscoveryResponse) {
+		t.Helper()
+		if err := str.Send(&discovery.DiscoveryRequest{ResourceNames: names, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ack(cds, nil, cdsResp)
+	ack(edsStream, eds, edsResp)
+	ack(rds, []string{RouteConfigName}, rdsResp)
+	cdsGot, rdsGot := make(chan error, 1), make(chan error, 1)
+	go func() { _, err := cds.Recv(); cdsGot <- err }()
+	go func() { _, err := rds.Recv(); rdsGot <- err }()
+
+	// An endpoint change reaches the EDS stream only.
+	m := clusterModel()
+	m.Services[0].Endpoints[0].Port = 8124
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	if edsResp, err = edsStream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(edsResp.GetResources()); n != len(eds) {
+		t.Errorf("EDS after an endpoint change: %d load assignments, want %d", n, len(eds))
+	}
+	if edsResp.GetVersionInfo() != s.Status().Versions[Classic][resource.EndpointType] {
+		t.Errorf("EDS version %s, status says %s", edsResp.GetVersionInfo(), s.Status().Versions[Classic][resource.EndpointType])
+	}
+	select {
+	case err := <-cdsGot:
+		t.Errorf("CDS stream got a response to an endpoint change (%v)", err)
+	case err := <-rdsGot:
+		t.Errorf("RDS stream got a response to an endpoint change (%v)", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	st := s.Status()
+	if st.Versions[Classic][resource.ClusterType] != want.GetVersion(resource.ClusterType) ||
+		st.Versions[Classic][resource.RouteType] != want.GetVersion(resource.RouteType) {
+		t.Errorf("after an endpoint change, versions %v; before CDS %s RDS %s", st.Versions[Classic],
+			want.GetVersion(resource.ClusterType), want.GetVersion(resource.RouteType))
+	}
+}
+
+func TestDeltaADS(t *testing.T) {
+	s, addr := startServer(t)
+	m := clusterModel()
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, addr)
+	ctx := testCtx(t)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType}
+	for _, typ := range types {
+		if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: grpcNode, TypeUrl: typ}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// recv gathers one response per type, acknowledging each.
+	recv := func(n int) map[string]*discovery.DeltaDiscoveryResponse {
+		t.Helper()
+		out := map[string]*discovery.DeltaDiscoveryResponse{}
+		for len(out) < n {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[resp.GetTypeUrl()] = resp
+			if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	want := mustBuild(t, m, ADS)
+	for typ, resp := range recv(len(types)) {
+		var got []*anypb.Any
+		for _, r := range resp.GetResources() {
+			if r.GetVersion() != want.GetVersionMap(typ)[r.GetName()] {
+				t.Errorf("%s %s: version %s, want %s", typ, r.GetName(), r.GetVersion(), want.GetVersionMap(typ)[r.GetName()])
+			}
+			got = append(got, r.GetResource())
+		}
+		checkServed(t, "delta "+typ, got, want, typ)
+	}
+
+	names := func(resp *discovery.DeltaDiscoveryResponse) []string {
+		var out []string
+		for _, r := range resp.GetResources() {
+			out = append(out, r.GetName())
+		}
+		return out
+	}
+	m.Workers = append(m.Workers, Worker{Name: "worker_3", Prefix: "/worker/q3", Host: "10.0.0.4", Port: 24003, Node: "query3", HTTP2: true})
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	got := recv(3)
+	for typ, want := range map[string][]string{
+		resource.ClusterType:  {WorkerCluster("worker_3")},
+		resource.EndpointType: {WorkerCluster("worker_3")},
+		resource.RouteType:    {RouteConfigName},
+	} {
+		if g := names(got[typ]); !slices.Equal(g, want) || len(got[typ].GetRemovedResources()) != 0 {
+			t.Errorf("delta %s after a worker registered: %v removed %v, want %v", typ, g, got[typ].GetRemovedResources(), want)
+		}
+	}
+
+	m.Workers = m.Workers[1:] // worker_2
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	got = recv(3)
+	for _, typ := range []string{resource.ClusterType, resource.EndpointType} {
+		if g := got[typ]; len(g.GetResources()) != 0 || !slices.Equal(g.GetRemovedResources(), []string{WorkerCluster("worker_2")}) {
+			t.Errorf("delta %s after a worker left: %v removed %v", typ, names(g), g.GetRemovedResources())
+		}
+	}
+}
+
+// A client that rejects a response must not get it again until something
+// changes: go-control-plane alone would resend it at once, forever.
+func TestRejectedResponseIsNotResent(t *testing.T) {
+	s, addr := startServer(t)
+	if err := s.Update(clusterModel()); err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	c := sotwclient.NewADSClient(ctx, grpcNode, resource.ClusterType)
+	if err := c.InitConnect(conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Nack("cluster svc_x: no certificate provider"); err != nil {
+		t.Fatal(err)
+	}
+	responses := make(chan int, 10)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			resp, err := c.Fetch()
+			if err != nil {
+				return
+			}
+			responses <- len(resp.Resources)
+		}
+	}()
+	defer func() { cancel(); <-done }()
+
+	select {
+	case <-responses:
+		t.Fatal("the rejected response came again")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if st := s.Status(); st.Rejected != 1 || !strings.Contains(st.LastRejection, "no certificate provider") {
+		t.Errorf("status: %d rejections, last %q", st.Rejected, st.LastRejection)
+	}
+
+	m := clusterModel()
+	m.Services[0].TLS = true
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-responses:
+		if want := len(mustBuild(t, m, ADS).GetResources(resource.ClusterType)); n != want {
+			t.Errorf("new version with %d clusters, want %d", n, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no new version after a rejection")
+	}
+}
+
+func TestUpdateSkipsUnchangedModel(t *testing.T) {
+	s, _ := startServer(t)
+	m := clusterModel()
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	first := s.Status()
+	slices.Reverse(m.Workers)
+	m.Workers[0].Kind = "Legacy" // not part of any resource, but of the model
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(m.Services)
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Status()
+	if st.Built.Equal(first.Built) {
+		t.Errorf("a changed model (a worker's kind) was not built")
+	}
+	third := s.Status()
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); !st.Built.Equal(third.Built) {
+		t.Errorf("an unchanged model was built again")
+	}
+	for _, f := range flavours {
+		for typ, v := range st.Versions[f] {
+			if first.Versions[f][typ] != v {
+				t.Errorf("%s %s: version %s, first %s", f, typ, v, first.Versions[f][typ])
+			}
+		}
+	}
+	if st.Clusters == 0 || st.Endpoints == 0 || st.Routes == 0 || st.BuildTime <= 0 {
+		t.Errorf("status %+v", st)
+	}
+	if routes, err := s.Routes(); err != nil || len(routes) != st.Routes {
+		t.Errorf("%d routes served (%v), status says %d", len(routes), err, st.Routes)
+	}
+
+	bad := clusterModel()
+	bad.Workers = append(bad.Workers, bad.Workers[0])
+	if err := s.Update(bad); err == nil {
+		t.Error("a model with a worker twice was served")
+	}
+	if s.Status().Versions[ADS][resource.ClusterType] != st.Versions[ADS][resource.ClusterType] {
+		t.Error("a refused model changed the versions")
+	}
+}

@@ -1,0 +1,88 @@
+package agentpb
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Worker registration limits.
+const (
+	DefaultWorkerLease = 30 * time.Second
+	MinWorkerLease     = time.Second
+	MaxWorkerLease     = 10 * time.Minute
+	MaxWorkersPerSet   = 20000
+)
+
+// A worker or dispatcher name ends up in Envoy cluster names and URL paths.
+var workerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// Normalize checks a registration and fills in its defaults (lease, envoy
+// prefix /worker/<name>, protocol http2). Errors name the field, e.g.
+// "workers[2].port: 0 is not a port (1-65535)".
+func (r *RegisterWorkersRequest) Normalize() error {
+	if !workerName.MatchString(r.Dispatcher) {
+		return fmt.Errorf("dispatcher: %q is not a service name (e.g. db_query_server)", r.Dispatcher)
+	}
+	switch ttl := time.Duration(r.LeaseTtlMs) * time.Millisecond; {
+	case r.LeaseTtlMs == 0:
+		r.LeaseTtlMs = DefaultWorkerLease.Milliseconds()
+	case ttl < MinWorkerLease || ttl > MaxWorkerLease:
+		return fmt.Errorf("lease_ttl_ms: %d is outside %d-%d", r.LeaseTtlMs, MinWorkerLease.Milliseconds(), MaxWorkerLease.Milliseconds())
+	}
+	if len(r.Workers) > MaxWorkersPerSet {
+		return fmt.Errorf("workers: %d in one set; at most %d", len(r.Workers), MaxWorkersPerSet)
+	}
+	names := map[string]int{}
+	prefixes := map[string]int{}
+	for i, w := range r.Workers {
+		field := fmt.Sprintf("workers[%d]", i)
+		if !workerName.MatchString(w.Name) {
+			return fmt.Errorf("%s.name: %q is not a worker name (letters, digits, _ . -)", field, w.Name)
+		}
+		if j, dup := names[w.Name]; dup {
+			return fmt.Errorf("%s.name: %q is also workers[%d]", field, w.Name, j)
+		}
+		names[w.Name] = i
+		if w.Port < 1 || w.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not a port (1-65535)", field, w.Port)
+		}
+		if w.Host != "" && net.ParseIP(w.Host) == nil && !validHostname(w.Host) {
+			return fmt.Errorf("%s.host: %q is neither an IP address nor a host name", field, w.Host)
+		}
+		if w.EnvoyPrefix == "" {
+			w.EnvoyPrefix = "/worker/" + w.Name
+		}
+		if !strings.HasPrefix(w.EnvoyPrefix, "/") || strings.ContainsAny(w.EnvoyPrefix, " \t\r\n") {
+			return fmt.Errorf("%s.envoy_prefix: %q must start with / and hold no spaces", field, w.EnvoyPrefix)
+		}
+		if j, dup := prefixes[w.EnvoyPrefix]; dup {
+			return fmt.Errorf("%s.envoy_prefix: %q is also workers[%d]'s", field, w.EnvoyPrefix, j)
+		}
+		prefixes[w.EnvoyPrefix] = i
+		switch w.Protocol {
+		case "":
+			w.Protocol = "http2"
+		case "http2", "http1":
+		default:
+			return fmt.Errorf("%s.protocol: %q is not http2 or http1", field, w.Protocol)
+		}
+	}
+	return nil
+}
+
+var hostLabel = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if !hostLabel.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,45 @@
+package agentpb
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestRegisterWorkersNormalize(t *testing.T) {
+	w := func(name string, port int32) *Worker { return &Worker{Name: name, Port: port} }
+	tests := []struct {
+		name string
+		req  *RegisterWorkersRequest
+		err  string // substring; "" = valid
+	}{
+		{"defaults", &RegisterWorkersRequest{Dispatcher: "db_query_server", Workers: []*Worker{w("w1", 24000)}}, ""},
+		{"empty set is valid", &RegisterWorkersRequest{Dispatcher: "db_query_server"}, ""},
+		{"bad dispatcher", &RegisterWorkersRequest{Dispatcher: "db query"}, "dispatcher:"},
+		{"lease too short", &RegisterWorkersRequest{Dispatcher: "d", LeaseTtlMs: 10}, "lease_ttl_ms: 10 is outside"},
+		{"lease too long", &RegisterWorkersRequest{Dispatcher: "d", LeaseTtlMs: 3600_000}, "lease_ttl_ms"},
+		{"no name", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{w("", 1)}}, "workers[0].name"},
+		{"name with a slash", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{w("a/b", 1)}}, "workers[0].name"},
+		{"duplicate name", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{w("a", 1), w("a", 2)}}, `workers[1].name: "a" is also workers[0]`},
+		{"port zero", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{w("a", 0)}}, "workers[0].port: 0 is not a port"},
+		{"port too big", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{w("a", 1), w("b", 70000)}}, "workers[1].port: 70000"},
+		{"bad host", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{{Name: "a", Port: 1, Host: "bad host"}}}, "workers[0].host"},
+		{"prefix without slash", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{{Name: "a", Port: 1, EnvoyPrefix: "worker/a"}}}, "workers[0].envoy_prefix"},
+		{"duplicate prefix", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{{Name: "a", Port: 1, EnvoyPrefix: "/x"}, {Name: "b", Port: 2, EnvoyPrefix: "/x"}}}, "workers[1].envoy_prefix"},
+		{"bad protocol", &RegisterWorkersRequest{Dispatcher: "d", Workers: []*Worker{{Name: "a", Port: 1, Protocol: "grpc"}}}, "workers[0].protocol"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.req.Normalize()
+			if (err != nil) != (tt.err != "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+				t.Fatalf("Normalize() = %v, want %q", err, tt.err)
+			}
+		})
+	}
+	r := &RegisterWorkersRequest{Dispatcher: "db_query_server", Workers: []*Worker{w("w1", 24000)}}
+	if err := r.Normalize(); err != nil {
+		t.Fatal(err)
+	}
+	if r.LeaseTtlMs != DefaultWorkerLease.Milliseconds() || r.Workers[0].EnvoyPrefix != "/worker/w1" || r.Workers[0].Protocol != "http2" {
+		t.Errorf("defaults not applied: %v", r)
+	}
+}

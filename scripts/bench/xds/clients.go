@@ -1,0 +1,317 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
+	"github.com/dhvisor/dhvisor/test/devcluster"
+)
+
+// seenLog records when each worker's route first arrived at a client.
+type seenLog struct {
+	mu      sync.Mutex
+	seen    map[string]time.Time
+	bytes   int64
+	changed chan struct{}
+}
+
+func newSeenLog() *seenLog {
+	return &seenLog{seen: map[string]time.Time{}, changed: make(chan struct{})}
+}
+
+func (l *seenLog) add(at time.Time, size int, workers []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.bytes += int64(size)
+	for _, w := range workers {
+		if _, ok := l.seen[w]; !ok {
+			l.seen[w] = at
+		}
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+func (l *seenLog) received() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bytes
+}
+
+// wait returns when worker's route first arrived.
+func (l *seenLog) wait(ctx context.Context, worker string) (time.Time, error) {
+	for {
+		l.mu.Lock()
+		at, ok := l.seen[worker]
+		ch := l.changed
+		l.mu.Unlock()
+		if ok {
+			return at, nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("route of %s: %w", worker, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// routedWorkers lists the workers a route configuration routes to.
+func routedWorkers(rc *route.RouteConfiguration) []string {
+	var out []string
+	for _, vh := range rc.VirtualHosts {
+		for _, r := range vh.Routes {
+			if name, ok := strings.CutPrefix(r.GetRoute().GetCluster(), "worker_"); ok {
+				out = append(out, name)
+			}
+		}
+	}
+	return out
+}
+
+func operatorTLS(cl *devcluster.Cluster) (credentials.TransportCredentials, error) {
+	tc, err := tlsutil.ClientConfig(tlsutil.Files{CA: filepath.Join(cl.TLS, "ca.pem"), Cert: filepath.Join(cl.TLS, "operator-tester.pem"), Key: filepath.Join(cl.TLS, "operator-tester-key.pem")}, tlsutil.RoleCoordinator)
+	if err != nil {
+		return nil, err
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+func benchNode(id string) *core.Node {
+	meta, _ := structpb.NewStruct(map[string]any{"dhvisor_xds_flavour": "ads"})
+	return &core.Node{Id: id, Metadata: meta}
+}
+
+// subscriber is an Envoy-like state-of-the-world ADS client: every cluster,
+// their endpoints, and rds_config, each response acknowledged.
+type subscriber struct {
+	*seenLog
+	conn   *grpc.ClientConn
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i int) (*subscriber, error) {
+	creds, err := operatorTLS(cl)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	if err != nil {
+		cancel()
+		conn.Close()
+		return nil, err
+	}
+	node := benchNode(fmt.Sprintf("bench-sotw-%d", i))
+	s := &subscriber{seenLog: newSeenLog(), conn: conn, cancel: cancel, done: make(chan struct{})}
+	for _, req := range []*discovery.DiscoveryRequest{
+		{Node: node, TypeUrl: resource.ClusterType},
+		{Node: node, TypeUrl: resource.RouteType, ResourceNames: []string{"rds_config"}},
+	} {
+		if err := stream.Send(req); err != nil {
+			cancel()
+			conn.Close()
+			return nil, err
+		}
+	}
+	go func() {
+		defer close(s.done)
+		var edsNames []string
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			at := time.Now()
+			var workers []string
+			switch resp.TypeUrl {
+			case resource.RouteType:
+				for _, a := range resp.Resources {
+					var rc route.RouteConfiguration
+					if a.UnmarshalTo(&rc) == nil {
+						workers = append(workers, routedWorkers(&rc)...)
+					}
+				}
+			case resource.ClusterType:
+				// Envoy asks for the endpoints of every EDS cluster it got.
+				edsNames = edsNames[:0]
+				for _, a := range resp.Resources {
+					var c cluster.Cluster
+					if a.UnmarshalTo(&c) == nil && c.GetType() == cluster.Cluster_EDS {
+						edsNames = append(edsNames, c.Name)
+					}
+				}
+				if stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: edsNames}) != nil {
+					return
+				}
+			}
+			s.add(at, proto.Size(resp), workers)
+			ack := &discovery.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}
+			switch resp.TypeUrl {
+			case resource.RouteType:
+				ack.ResourceNames = []string{"rds_config"}
+			case resource.EndpointType:
+				ack.ResourceNames = edsNames
+			}
+			if stream.Send(ack) != nil {
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+func (s *subscriber) close() {
+	s.cancel()
+	<-s.done
+	s.conn.Close()
+}
+
+// deltaSubscriber is an incremental-xDS client of every cluster and
+// rds_config: what it is sent per change shows what delta saves.
+type deltaSubscriber struct {
+	*seenLog
+	conn   *grpc.ClientConn
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newDeltaSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string) (*deltaSubscriber, error) {
+	creds, err := operatorTLS(cl)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(sctx)
+	if err != nil {
+		cancel()
+		conn.Close()
+		return nil, err
+	}
+	node := benchNode("bench-delta")
+	for _, req := range []*discovery.DeltaDiscoveryRequest{
+		{Node: node, TypeUrl: resource.ClusterType},
+		{Node: node, TypeUrl: resource.RouteType, ResourceNamesSubscribe: []string{"rds_config"}},
+	} {
+		if err := stream.Send(req); err != nil {
+			cancel()
+			conn.Close()
+			return nil, err
+		}
+	}
+	d := &deltaSubscriber{seenLog: newSeenLog(), conn: conn, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			at := time.Now()
+			var workers []string
+			if resp.TypeUrl == resource.RouteType {
+				for _, r := range resp.Resources {
+					var rc route.RouteConfiguration
+					if r.GetResource().UnmarshalTo(&rc) == nil {
+						workers = append(workers, routedWorkers(&rc)...)
+					}
+				}
+			}
+			d.add(at, proto.Size(resp), workers)
+			if stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}) != nil {
+				return
+			}
+		}
+	}()
+	return d, nil
+}
+
+func (d *deltaSubscriber) close() {
+	d.cancel()
+	<-d.done
+	d.conn.Close()
+}
+
+// grpcClient is grpc-go's own xDS client routing RPCs by the envoy-prefix
+// header, as a Core+ client does.
+type grpcClient struct{ conn *grpc.ClientConn }
+
+func newGRPCClient(cl *devcluster.Cluster, addr string) (*grpcClient, error) {
+	bootstrap := fmt.Sprintf(`{
+		"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q, "certificate_file": %q, "private_key_file": %q}}], "server_features": ["xds_v3"]}],
+		"node": {"id": "bench-grpc-go"}
+	}`, addr, filepath.Join(cl.TLS, "ca.pem"), filepath.Join(cl.TLS, "operator-tester.pem"), filepath.Join(cl.TLS, "operator-tester-key.pem"))
+	res, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient("xds:///deephaven", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(res))
+	if err != nil {
+		return nil, err
+	}
+	return &grpcClient{conn: conn}, nil
+}
+
+func (g *grpcClient) close() { g.conn.Close() }
+
+// routed polls until an RPC with worker's envoy prefix reaches the bench's
+// stand-in worker, and returns when it first did.
+func (g *grpcClient) routed(ctx context.Context, worker string) (time.Time, error) {
+	for {
+		cctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "envoy-prefix", "/worker/"+worker), time.Second)
+		var h metadata.MD
+		err := g.conn.Invoke(cctx, "/io.deephaven.proto.backplane.grpc.TableService/ExportedTableUpdates", &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&h))
+		cancel()
+		if err == nil && len(h.Get("x-standin-worker")) > 0 {
+			return time.Now(), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("grpc-go routing %s: %w (last: %v)", worker, ctx.Err(), err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// startWorker runs the stand-in worker every registered worker points at.
+func (b *bench) startWorker() (int, error) {
+	port, err := freePort()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(filepath.Join(b.root, "bin", "dh-standin"), "--worker", "bench", "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	b.worker = cmd
+	return port, nil
+}

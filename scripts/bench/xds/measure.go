@@ -1,0 +1,216 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "github.com/dhvisor/dhvisor/proto/coordpb"
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+)
+
+type results struct {
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Host     struct {
+		CPUs      int    `json:"cpus"`
+		LoadStart string `json:"load_start"`
+		LoadEnd   string `json:"load_end"`
+	} `json:"host"`
+	Clients int          `json:"clients"`
+	Trials  int          `json:"trials"`
+	Sizes   []sizeResult `json:"sizes"`
+	Big     *bigResult   `json:"big,omitempty"`
+}
+
+type sizeResult struct {
+	Workers int `json:"workers"`
+	// PerClient: registration -> each subscriber got the route (clients x trials samples).
+	PerClient benchkit.Stats `json:"per_client"`
+	// AllClients: registration -> the last of the subscribers got it (one per trial).
+	AllClients benchkit.Stats `json:"all_clients"`
+	GRPC       benchkit.Stats `json:"grpc_go_routable"`
+	Delta      benchkit.Stats `json:"delta_received"`
+	HTTP       benchkit.Stats `json:"http_registration"` // the agent's answer (raft committed)
+	// Bytes sent per change to one state-of-the-world and the delta subscriber.
+	SotWBytes  int64 `json:"sotw_bytes_per_change"`
+	DeltaBytes int64 `json:"delta_bytes_per_change"`
+}
+
+type bigResult struct {
+	Workers    int                `json:"workers"`
+	AllClients float64            `json:"all_clients_ms"`
+	BuildMS    map[string]float64 `json:"build_ms"` // per coordinator, as it reports it
+	RSSBytes   map[string]int64   `json:"rss_bytes"`
+}
+
+func workersJSON(names []string, port int) string {
+	var b strings.Builder
+	b.WriteString(`{"leaseTtlMs": 600000, "workers": [`)
+	for i, n := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"name": %q, "port": %d, "kind": "DeephavenCommunity", "nonce": "%s"}`, n, port, n)
+	}
+	b.WriteString("]}")
+	return b.String()
+}
+
+// register PUTs a set to the query node's agent and waits for its answer.
+func (b *bench) register(ctx context.Context, names []string, port int) error {
+	req, err := http.NewRequestWithContext(ctx, "PUT", "http://"+b.cl.WorkerAddrs[1]+"/v1/workers/db_query_server", strings.NewReader(workersJSON(names, port)))
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		buf := make([]byte, 512)
+		n, _ := resp.Body.Read(buf)
+		return fmt.Errorf("registration: %s: %s", resp.Status, buf[:n])
+	}
+	return nil
+}
+
+// waitAll waits until every subscriber got worker's route and returns the
+// times it arrived.
+func (b *bench) waitAll(ctx context.Context, worker string) ([]time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var out []time.Time
+	for _, s := range b.subs {
+		at, err := s.wait(ctx, worker)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, at)
+	}
+	return out, nil
+}
+
+func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
+	r := sizeResult{Workers: n}
+	base := make([]string, n)
+	for i := range base {
+		base[i] = fmt.Sprintf("b%d-%d", n, i)
+	}
+	if err := b.register(ctx, base, port); err != nil {
+		return r, err
+	}
+	if _, err := b.waitAll(ctx, base[n-1]); err != nil {
+		return r, err
+	}
+	var perClient, all, grpcGo, delta, httpDone []float64
+	var sotwBytes, deltaBytes int64
+	for k := range b.o.trials {
+		name := fmt.Sprintf("t%d-%d", n, k)
+		s0, d0 := b.subs[0].received(), b.dlt.received()
+		start := time.Now()
+		if err := b.register(ctx, append(base[:n-1:n-1], name), port); err != nil {
+			return r, err
+		}
+		httpDone = append(httpDone, benchkit.MS(time.Since(start)))
+		routed, err := b.grpc.routed(ctx, name)
+		if err != nil {
+			return r, err
+		}
+		grpcGo = append(grpcGo, benchkit.MS(routed.Sub(start)))
+		ats, err := b.waitAll(ctx, name)
+		if err != nil {
+			return r, err
+		}
+		last := start
+		for _, at := range ats {
+			perClient = append(perClient, benchkit.MS(at.Sub(start)))
+			if at.After(last) {
+				last = at
+			}
+		}
+		all = append(all, benchkit.MS(last.Sub(start)))
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		dat, err := b.dlt.wait(dctx, name)
+		cancel()
+		if err != nil {
+			return r, err
+		}
+		delta = append(delta, benchkit.MS(dat.Sub(start)))
+		// Let the acknowledgements and endpoint updates of this change land
+		// before counting what it cost.
+		if err := benchkit.SleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return r, err
+		}
+		sotwBytes += b.subs[0].received() - s0
+		deltaBytes += b.dlt.received() - d0
+	}
+	r.PerClient, r.AllClients, r.GRPC, r.Delta, r.HTTP = benchkit.Summarise(perClient), benchkit.Summarise(all), benchkit.Summarise(grpcGo), benchkit.Summarise(delta), benchkit.Summarise(httpDone)
+	r.SotWBytes, r.DeltaBytes = sotwBytes/int64(b.o.trials), deltaBytes/int64(b.o.trials)
+	return r, nil
+}
+
+func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) {
+	r := bigResult{Workers: n, BuildMS: map[string]float64{}, RSSBytes: map[string]int64{}}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("big-%d", i)
+	}
+	start := time.Now()
+	if err := b.register(ctx, names, port); err != nil {
+		return r, err
+	}
+	ats, err := b.waitAll(ctx, names[n-1])
+	if err != nil {
+		return r, err
+	}
+	for _, at := range ats {
+		r.AllClients = max(r.AllClients, benchkit.MS(at.Sub(start)))
+	}
+	// Every replica has built it by now (its subscribers have it): read
+	// what each reports, and its memory while it serves them.
+	for i, p := range b.cl.Coords {
+		c, closeConn, err := b.cl.Client(i)
+		if err != nil {
+			return r, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := c.Routes(cctx, &pb.RoutesRequest{})
+		cancel()
+		closeConn()
+		if err != nil {
+			return r, fmt.Errorf("routes of %s: %w", p.Name, err)
+		}
+		r.BuildMS[p.Name] = float64(resp.BuildUs) / 1000
+		rss, err := rssOf(p.PID())
+		if err != nil {
+			return r, err
+		}
+		r.RSSBytes[p.Name] = rss
+	}
+	return r, nil
+}
+
+func rssOf(pid int) (int64, error) {
+	for _, line := range strings.Split(benchkit.ReadFile(fmt.Sprintf("/proc/%d/status", pid)), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

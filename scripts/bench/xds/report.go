@@ -1,0 +1,39 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+)
+
+func line(w io.Writer, what string, s benchkit.Stats) {
+	fmt.Fprintf(w, "  %-46s n=%-4d p50 %-8s p90 %-8s p99 %-8s max %s\n", what, s.N, benchkit.FmtMS(s.P50), benchkit.FmtMS(s.P90), benchkit.FmtMS(s.P99), benchkit.FmtMS(s.Max))
+}
+
+func report(w io.Writer, r *results) {
+	fmt.Fprintf(w, "\n== dhcoord xDS: worker registration to Envoy update (3 coordinators, mutual TLS; %d CPUs, load %s -> %s) ==\n", r.Host.CPUs, r.Host.LoadStart, r.Host.LoadEnd)
+	for _, s := range r.Sizes {
+		fmt.Fprintf(w, "\n%d workers, %d registrations through the agent's HTTP endpoint, %d ADS subscribers:\n", s.Workers, r.Trials, r.Clients)
+		line(w, "agent answered (committed in raft)", s.HTTP)
+		line(w, "update received, each subscriber", s.PerClient)
+		line(w, fmt.Sprintf("update received by all %d subscribers", r.Clients), s.AllClients)
+		line(w, "grpc-go xDS client routes the new worker", s.GRPC)
+		line(w, "delta-xDS subscriber received it", s.Delta)
+		fmt.Fprintf(w, "  bytes sent per change: state of the world %d, delta %d\n", s.SotWBytes, s.DeltaBytes)
+		if s.Workers == 1000 {
+			fmt.Fprintf(w, "  target: p99 registration -> update at %d clients < %s: %s\n", r.Clients, benchkit.FmtMS(benchkit.MS(targetUpdateP99)), benchkit.Verdict(s.PerClient.P99 < benchkit.MS(targetUpdateP99)))
+		}
+	}
+	if b := r.Big; b != nil {
+		fmt.Fprintf(w, "\n%d workers registered at once: every subscriber had them after %s\n", b.Workers, benchkit.FmtMS(b.AllClients))
+		worstBuild, worstRSS := 0.0, int64(0)
+		for _, name := range slices.Sorted(maps.Keys(b.BuildMS)) {
+			fmt.Fprintf(w, "  %s: snapshot build %s, RSS %d MB\n", name, benchkit.FmtMS(b.BuildMS[name]), b.RSSBytes[name]>>20)
+			worstBuild, worstRSS = max(worstBuild, b.BuildMS[name]), max(worstRSS, b.RSSBytes[name])
+		}
+		fmt.Fprintf(w, "  target: build < %s: %s; RSS < %d MB: %s\n", benchkit.FmtMS(benchkit.MS(targetBuildBig)), benchkit.Verdict(worstBuild < benchkit.MS(targetBuildBig)), targetRSSBig>>20, benchkit.Verdict(worstRSS < targetRSSBig))
+	}
+}
