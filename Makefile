@@ -32,10 +32,11 @@ lint:
 	$(STATICCHECK) ./...
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/...
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/... ./coordinator/xds
 	$(GO) run ./scripts/bench/restart --samples 60
 	$(GO) run ./scripts/bench/gossip
 	$(GO) run ./scripts/bench/coord
+	$(GO) run ./scripts/bench/xds
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \

@@ -148,18 +148,19 @@ func Build(m Model, f Flavour) (*cache.Snapshot, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown xDS flavour %q", f)
 	}
-	snap := &cache.Snapshot{VersionMap: served.VersionMap}
-	for typ, rs := range served.Resources {
+	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
+	for typ, st := range served.types {
 		url, _ := cache.GetResponseTypeURL(types.ResponseType(typ))
-		items := make(map[string]types.ResourceWithTTL, len(rs.Items))
-		for name, r := range rs.Items {
-			m, err := decode(r.Resource, url)
+		items := make(map[string]types.ResourceWithTTL, len(st.resources))
+		for name, r := range st.resources {
+			m, err := decode(r, url)
 			if err != nil {
 				return nil, err
 			}
 			items[name] = types.ResourceWithTTL{Resource: m}
 		}
-		snap.Resources[typ] = cache.Resources{Version: rs.Version, Items: items}
+		snap.Resources[typ] = cache.Resources{Version: st.version, Items: items}
+		snap.VersionMap[url] = st.versions
 	}
 	return snap, nil
 }
@@ -266,14 +267,14 @@ type table struct {
 
 // built is a build's result.
 type built struct {
-	served map[Flavour]*cache.Snapshot
+	served map[Flavour]*servedSnapshot
 	table  *table
 	counts Counts
 }
 
 // Counts are how many resources a build made.
 type Counts struct {
-	Clusters, Endpoints, Routes int
+	Clusters, LoadAssignments, Routes int
 }
 
 func (b *builder) build(m Model) (*built, error) {
@@ -296,38 +297,35 @@ func (b *builder) build(m Model) (*built, error) {
 	}
 	eds := group(t.clas)
 	rdsGroup := group([]entry{rds})
-	out := &built{served: map[Flavour]*cache.Snapshot{}, table: t}
+	out := &built{served: map[Flavour]*servedSnapshot{}, table: t}
 	for _, f := range flavours {
 		check := &cache.Snapshot{}
-		served := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
+		served := &servedSnapshot{}
 		for typ, g := range map[types.ResponseType]resourceGroup{
 			types.Cluster:  group(t.clusters[f]),
 			types.Endpoint: eds,
 			types.Route:    rdsGroup,
 			types.Listener: group([]entry{b.listeners[f]}),
 		} {
-			url, _ := cache.GetResponseTypeURL(typ)
 			check.Resources[typ] = g.check
-			served.Resources[typ] = g.wire
-			served.VersionMap[url] = g.versions
+			served.types[typ] = g.served
 		}
 		if err := consistent(check, f); err != nil {
 			return nil, fmt.Errorf("%s snapshot: %w", f, err)
 		}
 		out.served[f] = served
 	}
-	out.counts = Counts{Clusters: len(t.clusters[ADS]), Endpoints: len(t.clas), Routes: len(t.routes)}
+	out.counts = Counts{Clusters: len(t.clusters[ADS]), LoadAssignments: len(t.clas), Routes: len(t.routes)}
 	b.workers = next
 	return out, nil
 }
 
 // resourceGroup is one type's resources with their versions.
 type resourceGroup struct {
-	wire cache.Resources
-	// check is wire with the resources that have them (clusters and
-	// listeners), for Consistent.
-	check    cache.Resources
-	versions map[string]string // resource name → its version, for delta xDS
+	served servedType
+	// check has the resources themselves where they were kept (clusters
+	// and listeners), for Consistent.
+	check cache.Resources
 }
 
 // group versions a type by the hashes of its resources. They come in the
@@ -335,26 +333,69 @@ type resourceGroup struct {
 // replica or process builds them.
 func group(es []entry) resourceGroup {
 	h := sha256.New()
-	wire := make(map[string]types.ResourceWithTTL, len(es))
-	check := wire
+	st := servedType{
+		resources: make(map[string]types.Resource, len(es)),
+		withTTL:   make(map[string]types.ResourceWithTTL, len(es)),
+		versions:  make(map[string]string, len(es)),
+	}
+	check := st.withTTL
 	if len(es) > 0 && es[0].res != nil {
 		check = make(map[string]types.ResourceWithTTL, len(es))
 	}
-	versions := make(map[string]string, len(es))
 	for _, e := range es {
-		wire[e.name] = types.ResourceWithTTL{Resource: e.wire}
+		st.resources[e.name] = e.wire
+		st.withTTL[e.name] = types.ResourceWithTTL{Resource: e.wire}
 		if e.res != nil {
 			check[e.name] = types.ResourceWithTTL{Resource: e.res}
 		}
-		versions[e.name] = e.hash
+		st.versions[e.name] = e.hash
 		h.Write([]byte(e.hash))
 	}
-	version := hex.EncodeToString(h.Sum(nil)[:versionBytes])
-	return resourceGroup{
-		wire:     cache.Resources{Version: version, Items: wire},
-		check:    cache.Resources{Version: version, Items: check},
-		versions: versions,
+	st.version = hex.EncodeToString(h.Sum(nil)[:versionBytes])
+	return resourceGroup{served: st, check: cache.Resources{Version: st.version, Items: check}}
+}
+
+// servedSnapshot is one flavour's resources as the server serves them. It
+// answers go-control-plane's cache from maps made once per build, where
+// cache.Snapshot copies a type's whole map on every GetResources, which
+// the cache calls on every acknowledgement of a wildcard subscription and
+// for every delta response.
+type servedSnapshot struct {
+	types [types.UnknownType]servedType
+}
+
+type servedType struct {
+	version   string
+	resources map[string]types.Resource
+	withTTL   map[string]types.ResourceWithTTL
+	versions  map[string]string // resource name → its version, for delta xDS
+}
+
+var _ cache.ResourceSnapshot = (*servedSnapshot)(nil)
+
+func (s *servedSnapshot) of(typeURL string) servedType {
+	if t := cache.GetResponseType(typeURL); t != types.UnknownType {
+		return s.types[t]
 	}
+	return servedType{}
+}
+
+func (s *servedSnapshot) GetVersion(typeURL string) string { return s.of(typeURL).version }
+
+func (s *servedSnapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceWithTTL {
+	return s.of(typeURL).withTTL
+}
+
+func (s *servedSnapshot) GetResources(typeURL string) map[string]types.Resource {
+	return s.of(typeURL).resources
+}
+
+// ConstructVersionMap has nothing to do: the versions come with the
+// resources.
+func (s *servedSnapshot) ConstructVersionMap() error { return nil }
+
+func (s *servedSnapshot) GetVersionMap(typeURL string) map[string]string {
+	return s.of(typeURL).versions
 }
 
 // consistent is the snapshot's Consistent check. go-control-plane finds

@@ -32,8 +32,8 @@ func BenchmarkBuild1000(b *testing.B)  { benchmarkBuild(b, 1000) }
 func BenchmarkBuild10000(b *testing.B) { benchmarkBuild(b, 10000) }
 
 // benchmarkBuild measures building both flavours' snapshots of n workers:
-// from nothing (a coordinator's first build), and after one worker
-// registered (every build after that).
+// from nothing (a coordinator's first build), and after one worker moved
+// to another port (every build after that).
 func benchmarkBuild(b *testing.B, n int) {
 	m := scaleModel(n)
 	b.Run("cold", func(b *testing.B) {
@@ -45,7 +45,7 @@ func benchmarkBuild(b *testing.B, n int) {
 			}
 		}
 	})
-	b.Run("one-worker-registered", func(b *testing.B) {
+	b.Run("one-worker-changed", func(b *testing.B) {
 		var bl builder
 		if _, err := bl.build(canonical(m)); err != nil {
 			b.Fatal(err)

@@ -43,18 +43,16 @@ func Routes(m Model) ([]RouteView, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.views()
+	return t.views(), nil
 }
 
 // views reads the routes back from the resources themselves, so that what
 // they show is what Envoy gets.
-func (t *table) views() ([]RouteView, error) {
+func (t *table) views() []RouteView {
 	endpoints := map[string][]string{}
 	for _, e := range t.clas {
 		cla := &endpoint.ClusterLoadAssignment{}
-		if err := fromWire(e, cla); err != nil {
-			return nil, err
-		}
+		fromWire(e, cla)
 		endpoints[cla.GetClusterName()] = hostPorts(cla)
 	}
 	for _, e := range t.clusters[ADS] {
@@ -65,9 +63,7 @@ func (t *table) views() ([]RouteView, error) {
 	out := make([]RouteView, len(t.routes))
 	for i, e := range t.routes {
 		r := &route.Route{}
-		if err := fromWire(e, r); err != nil {
-			return nil, err
-		}
+		fromWire(e, r)
 		a := r.GetRoute()
 		v := RouteView{
 			Prefix:        r.GetMatch().GetPrefix(),
@@ -81,14 +77,15 @@ func (t *table) views() ([]RouteView, error) {
 		}
 		out[i] = v
 	}
-	return out, nil
+	return out
 }
 
-func fromWire(e entry, m proto.Message) error {
+// fromWire reads m back from the bytes this package marshalled it to: an
+// error would be a bug here, not bad input.
+func fromWire(e entry, m proto.Message) {
 	if err := proto.Unmarshal(e.wire.ProtoReflect().GetUnknown(), m); err != nil {
-		return fmt.Errorf("%s: %w", e.name, err)
+		panic(fmt.Sprintf("xds: %s: reading back what was marshalled: %v", e.name, err))
 	}
-	return nil
 }
 
 func hostPorts(cla *endpoint.ClusterLoadAssignment) []string {

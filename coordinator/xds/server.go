@@ -69,7 +69,7 @@ type Status struct {
 	// Versions are flavour → resource type URL → version. Equal models
 	// give equal versions, on any replica.
 	Versions  map[Flavour]map[string]string
-	Built     time.Time     // when the resources last changed
+	Built     time.Time     // when the last changed model was built
 	BuildTime time.Duration // how long building them took
 	Counts
 	Rejected      uint64 // responses clients rejected (NACKs)
@@ -161,12 +161,12 @@ func (s *Server) Status() Status {
 }
 
 // Routes is the route table served now, first match first.
-func (s *Server) Routes() ([]RouteView, error) {
+func (s *Server) Routes() []RouteView {
 	s.statusMu.RLock()
 	t := s.table
 	s.statusMu.RUnlock()
 	if t == nil {
-		return nil, nil
+		return nil
 	}
 	return t.views()
 }
