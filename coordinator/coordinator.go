@@ -78,7 +78,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	rn, err := raftnode.Open(raftnode.Config{
 		ID: cfg.Node, DataDir: cfg.DataDir, Bind: cfg.Raft.Listen, Advertise: cfg.Raft.Advertise,
 		TLS: cfg.TLS, Bootstrap: boot, Logger: c.log,
-		HeartbeatTimeout: cfg.Raft.HeartbeatTimeout.D(), ElectionTimeout: cfg.Raft.ElectionTimeout.D(),
+		HeartbeatTimeout: cfg.Raft.HeartbeatTimeout.D(), ElectionTimeout: cfg.Raft.ElectionTimeout.D(), CommitTimeout: cfg.Raft.CommitTimeout.D(),
 		SnapshotThreshold: cfg.Raft.SnapshotThreshold, TrailingLogs: cfg.Raft.TrailingLogs,
 	}, state)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -59,6 +60,9 @@ const callTimeout = 5 * time.Second
 func (r *Registry) Register(ctx context.Context, req *agentpb.RegisterWorkersRequest) (*agentpb.RegisterWorkersResponse, error) {
 	req = proto.Clone(req).(*agentpb.RegisterWorkersRequest)
 	if err := req.Normalize(); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := resolveHosts(ctx, req.Workers); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	d, ok := r.Dispatcher(req.Dispatcher)
@@ -169,4 +173,35 @@ func (r *Registry) Close() {
 		c.Close()
 	}
 	r.conns = nil
+}
+
+// resolveHosts replaces worker host names with their address, here on the
+// workers' own node: Envoy takes only IP addresses as EDS endpoints.
+func resolveHosts(ctx context.Context, ws []*agentpb.Worker) error {
+	resolved := map[string]string{}
+	for i, w := range ws {
+		if w.Host == "" || net.ParseIP(w.Host) != nil {
+			continue
+		}
+		ip, ok := resolved[w.Host]
+		if !ok {
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ips, err := net.DefaultResolver.LookupNetIP(rctx, "ip", w.Host)
+			cancel()
+			if err != nil || len(ips) == 0 {
+				return fmt.Errorf("workers[%d].host: %q does not resolve here: %v", i, w.Host, err)
+			}
+			// IPv4 first: Deephaven's services listen on it.
+			ip = ips[0].Unmap().String()
+			for _, a := range ips {
+				if a.Unmap().Is4() {
+					ip = a.Unmap().String()
+					break
+				}
+			}
+			resolved[w.Host] = ip
+		}
+		w.Host = ip
+	}
+	return nil
 }

@@ -114,6 +114,8 @@ func TestHTTPRegistration(t *testing.T) {
 		{"dispatcher not running", "PUT", "/v1/workers/db_merge_server", `{"workers": [{"name": "w1", "port": 1}]}`, 409, "not running"},
 		{"path and body disagree", "PUT", "/v1/workers/db_query_server", `{"dispatcher": "db_merge_server"}`, 400, "in the path"},
 		{"node is not settable", "PUT", "/v1/workers/db_query_server", `{"node": "other"}`, 400, "node:"},
+		{"a host name is resolved here", "PUT", "/v1/workers/db_query_server", `{"workers": [{"name": "w1", "port": 24001, "host": "localhost"}]}`, 200, `"coordinator":"c1"`},
+		{"a host that does not resolve", "PUT", "/v1/workers/db_query_server", `{"workers": [{"name": "w1", "port": 24001, "host": "no-such-host.invalid"}]}`, 400, "does not resolve here"},
 		{"delete", "DELETE", "/v1/workers/db_query_server", "", 200, `"coordinator":"c1"`},
 	}
 	for _, tt := range tests {
@@ -133,8 +135,11 @@ func TestHTTPRegistration(t *testing.T) {
 	if l := c1.last(); l.Dispatcher != "db_query_server" || len(l.Workers) != 0 {
 		t.Errorf("delete forwarded as %v", l)
 	}
-	if len(c1.got) != 2 {
-		t.Errorf("coordinator got %d calls, want 2 (refused requests must not reach it)", len(c1.got))
+	if len(c1.got) != 3 {
+		t.Errorf("coordinator got %d calls, want 3 (refused requests must not reach it)", len(c1.got))
+	}
+	if h := c1.got[1].Workers[0].Host; h != "127.0.0.1" && h != "::1" {
+		t.Errorf("localhost passed on as %q, want its address", h)
 	}
 	// The replica that answered is tried first from now on.
 	if got := reg.order(map[string]string{"c0": deadAddr, "c1": addr}); got[0] != "c1" {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -33,6 +34,13 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 	}
 	if err := req.Normalize(); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	// Envoy takes only addresses as endpoints; agents resolve names on the
+	// workers' node before they pass a set on.
+	for i, w := range req.Workers {
+		if w.Host != "" && net.ParseIP(w.Host) == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "workers[%d].host: %q is not an IP address (register through the node's agent, which resolves names)", i, w.Host)
+		}
 	}
 	if !s.Raft.IsLeader() {
 		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*agentpb.RegisterWorkersResponse, error) {

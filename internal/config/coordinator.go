@@ -70,6 +70,9 @@ type Raft struct {
 	Bootstrap        []RaftPeer `yaml:"bootstrap"`
 	HeartbeatTimeout Duration   `yaml:"heartbeat_timeout"`
 	ElectionTimeout  Duration   `yaml:"election_timeout"`
+	// CommitTimeout: how late at most a follower learns of a commit (and
+	// serves it to its Envoy clients); zero keeps dhvisor's 5 ms.
+	CommitTimeout Duration `yaml:"commit_timeout"`
 	// SnapshotThreshold and TrailingLogs: zero keeps hashicorp/raft's
 	// defaults (8192 and 10240 entries).
 	SnapshotThreshold uint64 `yaml:"snapshot_threshold"`

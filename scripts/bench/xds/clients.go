@@ -142,6 +142,9 @@ func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i i
 	go func() {
 		defer close(s.done)
 		var edsNames []string
+		// A request must carry the type's last nonce, as Envoy's do, or
+		// go-control-plane ignores it as stale.
+		nonces := map[string]string{}
 		for {
 			resp, err := stream.Recv()
 			if err != nil {
@@ -166,11 +169,12 @@ func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i i
 						edsNames = append(edsNames, c.Name)
 					}
 				}
-				if stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: edsNames}) != nil {
+				if stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: edsNames, ResponseNonce: nonces[resource.EndpointType]}) != nil {
 					return
 				}
 			}
 			s.add(at, proto.Size(resp), workers)
+			nonces[resp.TypeUrl] = resp.Nonce
 			ack := &discovery.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}
 			switch resp.TypeUrl {
 			case resource.RouteType:
