@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -9,9 +10,7 @@ import (
 	"sync"
 	"time"
 
-	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -27,26 +27,31 @@ import (
 	"github.com/dhvisor/dhvisor/test/devcluster"
 )
 
-// seenLog records when each worker's route first arrived at a client.
+// seenLog keeps the route configurations a client received, raw, with
+// when each arrived. Clients look for a worker's route in the bytes
+// ("/worker/NAME/" occurs only in its path route) instead of decoding
+// thousands of routes per change: the measuring clients share the
+// coordinators' two cores, and real Envoys would not.
 type seenLog struct {
 	mu      sync.Mutex
-	seen    map[string]time.Time
+	routes  []received
 	bytes   int64
 	changed chan struct{}
 }
 
-func newSeenLog() *seenLog {
-	return &seenLog{seen: map[string]time.Time{}, changed: make(chan struct{})}
+type received struct {
+	at   time.Time
+	data []byte
 }
 
-func (l *seenLog) add(at time.Time, size int, workers []string) {
+func newSeenLog() *seenLog { return &seenLog{changed: make(chan struct{})} }
+
+func (l *seenLog) add(at time.Time, size int, routes []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.bytes += int64(size)
-	for _, w := range workers {
-		if _, ok := l.seen[w]; !ok {
-			l.seen[w] = at
-		}
+	if routes != nil {
+		l.routes = append(l.routes, received{at, routes})
 	}
 	close(l.changed)
 	l.changed = make(chan struct{})
@@ -58,15 +63,26 @@ func (l *seenLog) received() int64 {
 	return l.bytes
 }
 
-// wait returns when worker's route first arrived.
+// forget drops the route configurations received so far.
+func (l *seenLog) forget() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.routes = nil
+}
+
+// wait returns when a route configuration with worker's route arrived.
 func (l *seenLog) wait(ctx context.Context, worker string) (time.Time, error) {
+	pattern := []byte("/worker/" + worker + "/")
+	next := 0
 	for {
 		l.mu.Lock()
-		at, ok := l.seen[worker]
 		ch := l.changed
+		rs := l.routes
 		l.mu.Unlock()
-		if ok {
-			return at, nil
+		for ; next < len(rs); next++ {
+			if bytes.Contains(rs[next].data, pattern) {
+				return rs[next].at, nil
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -76,17 +92,26 @@ func (l *seenLog) wait(ctx context.Context, worker string) (time.Time, error) {
 	}
 }
 
-// routedWorkers lists the workers a route configuration routes to.
-func routedWorkers(rc *route.RouteConfiguration) []string {
-	var out []string
-	for _, vh := range rc.VirtualHosts {
-		for _, r := range vh.Routes {
-			if name, ok := strings.CutPrefix(r.GetRoute().GetCluster(), "worker_"); ok {
-				out = append(out, name)
-			}
+// clusterName reads a Cluster's name (field 1) from its encoding without
+// decoding the rest.
+func clusterName(b []byte) string {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return ""
 		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(b)
+			return string(v)
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return ""
+		}
+		b = b[n:]
 	}
-	return out
+	return ""
 }
 
 func operatorTLS(cl *devcluster.Cluster) (credentials.TransportCredentials, error) {
@@ -151,29 +176,26 @@ func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i i
 				return
 			}
 			at := time.Now()
-			var workers []string
+			var routes []byte
 			switch resp.TypeUrl {
 			case resource.RouteType:
 				for _, a := range resp.Resources {
-					var rc route.RouteConfiguration
-					if a.UnmarshalTo(&rc) == nil {
-						workers = append(workers, routedWorkers(&rc)...)
-					}
+					routes = append(routes, a.Value...)
 				}
 			case resource.ClusterType:
-				// Envoy asks for the endpoints of every EDS cluster it got.
+				// Envoy asks for the endpoints of every EDS cluster it got
+				// (here: every cluster but the extra routes' DNS ones).
 				edsNames = edsNames[:0]
 				for _, a := range resp.Resources {
-					var c cluster.Cluster
-					if a.UnmarshalTo(&c) == nil && c.GetType() == cluster.Cluster_EDS {
-						edsNames = append(edsNames, c.Name)
+					if name := clusterName(a.Value); name != "" && !strings.HasPrefix(name, "extra_") {
+						edsNames = append(edsNames, name)
 					}
 				}
 				if stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNames: edsNames, ResponseNonce: nonces[resource.EndpointType]}) != nil {
 					return
 				}
 			}
-			s.add(at, proto.Size(resp), workers)
+			s.add(at, proto.Size(resp), routes)
 			nonces[resp.TypeUrl] = resp.Nonce
 			ack := &discovery.DiscoveryRequest{TypeUrl: resp.TypeUrl, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}
 			switch resp.TypeUrl {
@@ -241,16 +263,13 @@ func newDeltaSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string
 				return
 			}
 			at := time.Now()
-			var workers []string
+			var routes []byte
 			if resp.TypeUrl == resource.RouteType {
 				for _, r := range resp.Resources {
-					var rc route.RouteConfiguration
-					if r.GetResource().UnmarshalTo(&rc) == nil {
-						workers = append(workers, routedWorkers(&rc)...)
-					}
+					routes = append(routes, r.GetResource().GetValue()...)
 				}
 			}
-			d.add(at, proto.Size(resp), workers)
+			d.add(at, proto.Size(resp), routes)
 			if stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}) != nil {
 				return
 			}

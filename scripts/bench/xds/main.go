@@ -25,7 +25,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -207,5 +206,3 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 	}
 	return res, nil
 }
-
-var errTimeout = errors.New("timed out")

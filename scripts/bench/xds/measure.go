@@ -112,6 +112,10 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 	var sotwBytes, deltaBytes int64
 	for k := range b.o.trials {
 		name := fmt.Sprintf("t%d-%d", n, k)
+		for _, s := range b.subs {
+			s.forget()
+		}
+		b.dlt.forget()
 		s0, d0 := b.subs[0].received(), b.dlt.received()
 		start := time.Now()
 		if err := b.register(ctx, append(base[:n-1:n-1], name), port); err != nil {
