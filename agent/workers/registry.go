@@ -13,12 +13,12 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dhvisor/dhvisor/internal/conncache"
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	coordpb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
@@ -39,8 +39,9 @@ type Registry struct {
 	// Creds are the agent's client credentials (its agent certificate).
 	Creds credentials.TransportCredentials
 
+	connsOnce sync.Once
+	conns     *conncache.Cache
 	mu        sync.Mutex
-	conns     map[string]*grpc.ClientConn
 	preferred string // the id of the replica that last answered (the leader)
 	last      map[string]*Registered
 }
@@ -149,30 +150,18 @@ func (r *Registry) Last() map[string]Registered {
 }
 
 func (r *Registry) client(addr string) (coordpb.CoordinatorClient, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.conns == nil {
-		r.conns = map[string]*grpc.ClientConn{}
-	}
-	c, ok := r.conns[addr]
-	if !ok {
-		var err error
-		if c, err = grpc.NewClient(addr, grpc.WithTransportCredentials(r.Creds)); err != nil {
-			return nil, err
-		}
-		r.conns[addr] = c
+	r.connsOnce.Do(func() { r.conns = conncache.New(r.Creds) })
+	c, err := r.conns.Get(addr)
+	if err != nil {
+		return nil, err
 	}
 	return coordpb.NewCoordinatorClient(c), nil
 }
 
 // Close closes the connections to the coordinators.
 func (r *Registry) Close() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, c := range r.conns {
-		c.Close()
-	}
-	r.conns = nil
+	r.connsOnce.Do(func() { r.conns = conncache.New(r.Creds) })
+	r.conns.Close()
 }
 
 // resolveHosts replaces worker host names with their address, here on the

@@ -8,30 +8,26 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/dhvisor/dhvisor/coordinator/ops"
+	"github.com/dhvisor/dhvisor/internal/conncache"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
 // Pool dials agents by node name.
 type Pool struct {
-	creds credentials.TransportCredentials
 	// addr resolves a node's agent API address (from gossip).
-	addr func(node string) (string, error)
-
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // by address
+	addr  func(node string) (string, error)
+	conns *conncache.Cache
 }
 
 // NewPool returns a pool that presents cfg's client certificate.
 func NewPool(cfg *tls.Config, addr func(node string) (string, error)) *Pool {
-	return &Pool{creds: credentials.NewTLS(cfg), addr: addr, conns: map[string]*grpc.ClientConn{}}
+	return &Pool{addr: addr, conns: conncache.New(credentials.NewTLS(cfg))}
 }
 
 func (p *Pool) client(node string) (pb.AgentClient, error) {
@@ -39,18 +35,12 @@ func (p *Pool) client(node string) (pb.AgentClient, error) {
 	if err != nil {
 		return nil, &ops.Unavailable{Err: err}
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conns == nil {
-		return nil, &ops.Unavailable{Err: errors.New("coordinator shutting down")}
+	c, err := p.conns.Get(addr)
+	if errors.Is(err, conncache.ErrClosed) {
+		return nil, &ops.Unavailable{Err: err}
 	}
-	c, ok := p.conns[addr]
-	if !ok {
-		c, err = grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds))
-		if err != nil {
-			return nil, fmt.Errorf("agent of %s at %s: %w", node, addr, err)
-		}
-		p.conns[addr] = c
+	if err != nil {
+		return nil, fmt.Errorf("agent of %s at %s: %w", node, addr, err)
 	}
 	return pb.NewAgentClient(c), nil
 }
@@ -104,11 +94,4 @@ func classify(node string, err error) error {
 }
 
 // Close closes every connection.
-func (p *Pool) Close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
+func (p *Pool) Close() { p.conns.Close() }

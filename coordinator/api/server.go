@@ -26,6 +26,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/ops"
 	"github.com/dhvisor/dhvisor/coordinator/raftnode"
+	"github.com/dhvisor/dhvisor/internal/conncache"
 	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -53,18 +54,16 @@ type Server struct {
 	// serves no xDS.
 	RouteTable func() *pb.RoutesResponse
 
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	connsOnce sync.Once
+	conns     *conncache.Cache
 }
 
 // Close closes the forwarding connections.
-func (s *Server) Close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.conns {
-		c.Close()
-	}
-	s.conns = nil
+func (s *Server) Close() { s.leaderConns().Close() }
+
+func (s *Server) leaderConns() *conncache.Cache {
+	s.connsOnce.Do(func() { s.conns = conncache.New(s.LeaderCreds) })
+	return s.conns
 }
 
 // ---- reads ----
@@ -394,18 +393,9 @@ func forward[T any](s *Server, ctx context.Context, call func(context.Context, p
 }
 
 func (s *Server) leaderClient(addr string) (pb.CoordinatorClient, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.conns == nil {
-		s.conns = map[string]*grpc.ClientConn{}
-	}
-	c, ok := s.conns[addr]
-	if !ok {
-		var err error
-		if c, err = grpc.NewClient(addr, grpc.WithTransportCredentials(s.LeaderCreds)); err != nil {
-			return nil, err
-		}
-		s.conns[addr] = c
+	c, err := s.leaderConns().Get(addr)
+	if err != nil {
+		return nil, err
 	}
 	return pb.NewCoordinatorClient(c), nil
 }

@@ -11,12 +11,16 @@
 // before the HTTP request until:
 //
 //   - each of --clients ADS subscribers (raw state-of-the-world streams,
-//     spread over the three coordinators, subscribed to every cluster and to
-//     rds_config) has received the route configuration with the new worker;
-//   - a grpc-go xDS client (xds:///deephaven) routes an RPC carrying the new
-//     worker's envoy-prefix header to the stand-in worker;
+//     spread over the three coordinators, subscribed to every cluster, their
+//     endpoints and rds_config) has received the route configuration with
+//     the new worker;
 //   - a delta-xDS subscriber has received the change, with the bytes it and
-//     a state-of-the-world subscriber were sent for it.
+//     a state-of-the-world subscriber were sent for it;
+//   - then, in --grpc-trials more registrations made once the subscribers
+//     are measured, a grpc-go xDS client (xds:///deephaven) routes an RPC
+//     carrying the new worker's envoy-prefix header to the stand-in worker.
+//     It runs apart because grpc-go does much work per update (a balancer
+//     per cluster) on the same two cores as the coordinators.
 //
 // Then --big workers are registered at once: the time until every
 // subscriber has them, each coordinator's snapshot build time (as it
@@ -50,12 +54,13 @@ const (
 )
 
 type options struct {
-	trials  int
-	clients int
-	sizes   []int
-	big     int
-	jsonOut string
-	keep    bool
+	trials     int
+	grpcTrials int
+	clients    int
+	sizes      []int
+	big        int
+	jsonOut    string
+	keep       bool
 }
 
 func main() { os.Exit(run()) }
@@ -65,6 +70,7 @@ func run() int {
 	var sizes string
 	flag.IntVar(&o.trials, "trials", 40, "registrations measured per size")
 	flag.IntVar(&o.clients, "clients", 10, "ADS subscribers")
+	flag.IntVar(&o.grpcTrials, "grpc-trials", 10, "registrations measured with the grpc-go client per size")
 	flag.StringVar(&sizes, "sizes", "100,1000", "worker counts measured, comma-separated")
 	flag.IntVar(&o.big, "big", 10000, "workers registered at once for the build-time and memory measurement (0: skip)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the raw numbers to this `file`")
@@ -132,7 +138,6 @@ type bench struct {
 	tmp  string
 	cl   *devcluster.Cluster
 	subs []*subscriber
-	grpc *grpcClient
 	dlt  *deltaSubscriber
 	// worker is the stand-in every registered worker points at.
 	worker *exec.Cmd
@@ -144,9 +149,6 @@ func (b *bench) close() {
 	}
 	if b.dlt != nil {
 		b.dlt.close()
-	}
-	if b.grpc != nil {
-		b.grpc.close()
 	}
 	if b.worker != nil {
 		_ = b.worker.Process.Kill()
@@ -183,9 +185,6 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 	}
 	workerPort, err := b.startWorker()
 	if err != nil {
-		return res, err
-	}
-	if b.grpc, err = newGRPCClient(cl, cl.XDSAddrs[1]); err != nil {
 		return res, err
 	}
 	for _, n := range b.o.sizes {

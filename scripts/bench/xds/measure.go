@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -34,8 +35,10 @@ type sizeResult struct {
 	// AllClients: registration -> the last of the subscribers got it (one per trial).
 	AllClients benchkit.Stats `json:"all_clients"`
 	GRPC       benchkit.Stats `json:"grpc_go_routable"`
-	Delta      benchkit.Stats `json:"delta_received"`
-	HTTP       benchkit.Stats `json:"http_registration"` // the agent's answer (raft committed)
+	// GRPCNotRouted counts registrations grpc-go had not routed within grpcCap.
+	GRPCNotRouted int            `json:"grpc_go_not_routed"`
+	Delta         benchkit.Stats `json:"delta_received"`
+	HTTP          benchkit.Stats `json:"http_registration"` // the agent's answer (raft committed)
 	// Bytes sent per change to one state-of-the-world and the delta subscriber.
 	SotWBytes  int64 `json:"sotw_bytes_per_change"`
 	DeltaBytes int64 `json:"delta_bytes_per_change"`
@@ -46,7 +49,14 @@ type bigResult struct {
 	AllClients float64            `json:"all_clients_ms"`
 	BuildMS    map[string]float64 `json:"build_ms"` // per coordinator, as it reports it
 	RSSBytes   map[string]int64   `json:"rss_bytes"`
+	// One worker replaced in the big set: the slowest build of each
+	// coordinator, and registration -> all subscribers updated.
+	ChangeBuildMS    map[string]float64 `json:"change_build_ms"`
+	ChangeAllClients benchkit.Stats     `json:"change_all_clients"`
 }
+
+// grpcCap bounds the wait for grpc-go to route a new worker.
+const grpcCap = 20 * time.Second
 
 func workersJSON(names []string, port int) string {
 	var b strings.Builder
@@ -108,7 +118,7 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 	if _, err := b.waitAll(ctx, base[n-1]); err != nil {
 		return r, err
 	}
-	var perClient, all, grpcGo, delta, httpDone []float64
+	var perClient, all, delta, httpDone []float64
 	var sotwBytes, deltaBytes int64
 	for k := range b.o.trials {
 		name := fmt.Sprintf("t%d-%d", n, k)
@@ -122,11 +132,6 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 			return r, err
 		}
 		httpDone = append(httpDone, benchkit.MS(time.Since(start)))
-		routed, err := b.grpc.routed(ctx, name)
-		if err != nil {
-			return r, err
-		}
-		grpcGo = append(grpcGo, benchkit.MS(routed.Sub(start)))
 		ats, err := b.waitAll(ctx, name)
 		if err != nil {
 			return r, err
@@ -154,9 +159,44 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 		sotwBytes += b.subs[0].received() - s0
 		deltaBytes += b.dlt.received() - d0
 	}
+	grpcGo, notRouted, err := b.measureGRPC(ctx, n, base, port)
+	if err != nil {
+		return r, err
+	}
+	r.GRPCNotRouted = notRouted
 	r.PerClient, r.AllClients, r.GRPC, r.Delta, r.HTTP = benchkit.Summarise(perClient), benchkit.Summarise(all), benchkit.Summarise(grpcGo), benchkit.Summarise(delta), benchkit.Summarise(httpDone)
 	r.SotWBytes, r.DeltaBytes = sotwBytes/int64(b.o.trials), deltaBytes/int64(b.o.trials)
 	return r, nil
+}
+
+// measureGRPC registers --grpc-trials more sets and times grpc-go routing
+// each new worker.
+func (b *bench) measureGRPC(ctx context.Context, n int, base []string, port int) (ms []float64, notRouted int, err error) {
+	g, err := newGRPCClient(b.cl, b.cl.XDSAddrs[1])
+	if err != nil {
+		return nil, 0, err
+	}
+	defer g.close()
+	for k := range b.o.grpcTrials {
+		name := fmt.Sprintf("g%d-%d", n, k)
+		start := time.Now()
+		if err := b.register(ctx, append(base[:n-1:n-1], name), port); err != nil {
+			return ms, notRouted, err
+		}
+		gctx, cancel := context.WithTimeout(ctx, grpcCap)
+		routed, err := g.routed(gctx, name)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return ms, notRouted, ctx.Err()
+		case err != nil:
+			notRouted++
+			fmt.Fprintf(os.Stderr, "bench: grpc-go did not route %s within %s: %v\n", name, grpcCap, err)
+		default:
+			ms = append(ms, benchkit.MS(routed.Sub(start)))
+		}
+	}
+	return ms, notRouted, nil
 }
 
 func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) {
@@ -178,26 +218,72 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 	}
 	// Every replica has built it by now (its subscribers have it): read
 	// what each reports, and its memory while it serves them.
+	if err := b.readCoordinators(ctx, r.BuildMS, r.RSSBytes); err != nil {
+		return r, err
+	}
+	// Then the usual change at this size: one worker replaced.
+	r.ChangeBuildMS = map[string]float64{}
+	var all []float64
+	for k := range bigChanges {
+		for _, s := range b.subs {
+			s.forget()
+		}
+		name := fmt.Sprintf("bigt-%d", k)
+		start := time.Now()
+		if err := b.register(ctx, append(names[:n-1:n-1], name), port); err != nil {
+			return r, err
+		}
+		ats, err := b.waitAll(ctx, name)
+		if err != nil {
+			return r, err
+		}
+		last := start
+		for _, at := range ats {
+			if at.After(last) {
+				last = at
+			}
+		}
+		all = append(all, benchkit.MS(last.Sub(start)))
+		builds := map[string]float64{}
+		if err := b.readCoordinators(ctx, builds, nil); err != nil {
+			return r, err
+		}
+		for name, ms := range builds {
+			r.ChangeBuildMS[name] = max(r.ChangeBuildMS[name], ms)
+		}
+	}
+	r.ChangeAllClients = benchkit.Summarise(all)
+	return r, nil
+}
+
+// bigChanges is how many single-worker changes are measured at --big.
+const bigChanges = 5
+
+// readCoordinators reads each coordinator's last snapshot build time, and
+// its resident memory when rss is not nil.
+func (b *bench) readCoordinators(ctx context.Context, build map[string]float64, rss map[string]int64) error {
 	for i, p := range b.cl.Coords {
 		c, closeConn, err := b.cl.Client(i)
 		if err != nil {
-			return r, err
+			return err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := c.Routes(cctx, &pb.RoutesRequest{})
 		cancel()
 		closeConn()
 		if err != nil {
-			return r, fmt.Errorf("routes of %s: %w", p.Name, err)
+			return fmt.Errorf("routes of %s: %w", p.Name, err)
 		}
-		r.BuildMS[p.Name] = float64(resp.BuildUs) / 1000
-		rss, err := rssOf(p.PID())
-		if err != nil {
-			return r, err
+		build[p.Name] = float64(resp.BuildUs) / 1000
+		if rss != nil {
+			v, err := rssOf(p.PID())
+			if err != nil {
+				return err
+			}
+			rss[p.Name] = v
 		}
-		r.RSSBytes[p.Name] = rss
 	}
-	return r, nil
+	return nil
 }
 
 func rssOf(pid int) (int64, error) {

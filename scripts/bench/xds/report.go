@@ -21,6 +21,9 @@ func report(w io.Writer, r *results) {
 		line(w, "update received, each subscriber", s.PerClient)
 		line(w, fmt.Sprintf("update received by all %d subscribers", r.Clients), s.AllClients)
 		line(w, "grpc-go xDS client routes the new worker", s.GRPC)
+		if s.GRPCNotRouted > 0 {
+			fmt.Fprintf(w, "  grpc-go had not routed %d of %d new workers within %s\n", s.GRPCNotRouted, s.GRPC.N+s.GRPCNotRouted, grpcCap)
+		}
 		line(w, "delta-xDS subscriber received it", s.Delta)
 		fmt.Fprintf(w, "  bytes sent per change: state of the world %d, delta %d\n", s.SotWBytes, s.DeltaBytes)
 		if s.Workers == 1000 {
@@ -34,6 +37,13 @@ func report(w io.Writer, r *results) {
 			fmt.Fprintf(w, "  %s: snapshot build %s, RSS %d MB\n", name, benchkit.FmtMS(b.BuildMS[name]), b.RSSBytes[name]>>20)
 			worstBuild, worstRSS = max(worstBuild, b.BuildMS[name]), max(worstRSS, b.RSSBytes[name])
 		}
-		fmt.Fprintf(w, "  target: build < %s: %s; RSS < %d MB: %s\n", benchkit.FmtMS(benchkit.MS(targetBuildBig)), benchkit.Verdict(worstBuild < benchkit.MS(targetBuildBig)), targetRSSBig>>20, benchkit.Verdict(worstRSS < targetRSSBig))
+		worstChange := 0.0
+		for _, name := range slices.Sorted(maps.Keys(b.ChangeBuildMS)) {
+			fmt.Fprintf(w, "  %s: snapshot build after one worker replaced, slowest of %d: %s\n", name, bigChanges, benchkit.FmtMS(b.ChangeBuildMS[name]))
+			worstChange = max(worstChange, b.ChangeBuildMS[name])
+		}
+		line(w, "one worker replaced -> all subscribers updated", b.ChangeAllClients)
+		fmt.Fprintf(w, "  target: build < %s: first build %s, after a change %s; RSS < %d MB: %s\n", benchkit.FmtMS(benchkit.MS(targetBuildBig)),
+			benchkit.Verdict(worstBuild < benchkit.MS(targetBuildBig)), benchkit.Verdict(worstChange < benchkit.MS(targetBuildBig)), targetRSSBig>>20, benchkit.Verdict(worstRSS < targetRSSBig))
 	}
 }
