@@ -32,7 +32,7 @@ lint:
 	$(STATICCHECK) ./...
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/... ./coordinator/xds
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/... ./coordinator ./coordinator/xds
 	$(GO) run ./scripts/bench/restart --samples 60
 	$(GO) run ./scripts/bench/gossip
 	$(GO) run ./scripts/bench/coord

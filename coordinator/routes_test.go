@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func apply(t *testing.T, f *fsm.FSM, index uint64, cmd *pb.Command) {
+func apply(t testing.TB, f *fsm.FSM, index uint64, cmd *pb.Command) {
 	t.Helper()
 	data, err := fsm.Encode(cmd)
 	if err != nil {

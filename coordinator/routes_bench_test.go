@@ -1,0 +1,59 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/dhvisor/dhvisor/coordinator/fsm"
+	"github.com/dhvisor/dhvisor/coordinator/xds"
+	"github.com/dhvisor/dhvisor/internal/config"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
+	pb "github.com/dhvisor/dhvisor/proto/coordpb"
+)
+
+// BenchmarkRouteFeedChange is a replica's work for one worker replaced in a
+// dispatcher's set of 1,000: read the state into a model, build and serve it.
+func BenchmarkRouteFeedChange(b *testing.B) {
+	state := fsm.New()
+	apply(b, state, 1, &pb.Command{AtUnixMs: 1, Cmd: &pb.Command_NodeUpsert{NodeUpsert: &pb.Node{Name: "q", State: "alive", Host: "10.0.0.7"}}})
+	set := func(index uint64, extra string) {
+		ws := &pb.WorkerSet{Node: "q", Dispatcher: "db_query_server", LeaseExpiresUnixMs: time.Now().Add(time.Hour).UnixMilli()}
+		for i := range 999 {
+			ws.Workers = append(ws.Workers, &agentpb.Worker{Name: fmt.Sprintf("w%d", i), EnvoyPrefix: fmt.Sprintf("/worker/w%d", i), Port: 24000, Protocol: "http2"})
+		}
+		ws.Workers = append(ws.Workers, &agentpb.Worker{Name: extra, EnvoyPrefix: "/worker/" + extra, Port: 24000, Protocol: "http2"})
+		apply(b, state, index, &pb.Command{AtUnixMs: 2, Cmd: &pb.Command_WorkerSet{WorkerSet: ws}})
+	}
+	set(2, "x")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
+	f, err := newRouteFeed(&config.Coordinator{}, state, nil, srv, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, _ := f.build(time.Now())
+	if err := srv.Update(m); err != nil {
+		b.Fatal(err)
+	}
+	var model, update time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		set(uint64(3+i), fmt.Sprintf("t%d", i))
+		b.StartTimer()
+		start := time.Now()
+		m, _ := f.build(time.Now())
+		mid := time.Now()
+		if err := srv.Update(m); err != nil {
+			b.Fatal(err)
+		}
+		model += mid.Sub(start)
+		update += time.Since(mid)
+	}
+	b.ReportMetric(float64(model.Microseconds())/float64(b.N), "model-us/op")
+	b.ReportMetric(float64(update.Microseconds())/float64(b.N), "update-us/op")
+}
