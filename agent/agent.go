@@ -246,26 +246,23 @@ func (a *Agent) workerRegistry(g *gossip.Gossip) (*workers.Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	return &workers.Registry{
-		Creds: credentials.NewTLS(tc),
-		Dispatcher: func(name string) (workers.Dispatcher, bool) {
-			sts, err := a.mgr.Status([]string{name})
-			if err != nil || len(sts) != 1 {
-				return workers.Dispatcher{}, false
+	dispatcher := func(name string) (int, bool) {
+		sts, err := a.mgr.Status([]string{name})
+		if err != nil || len(sts) != 1 {
+			return 0, false
+		}
+		return sts[0].PID, true
+	}
+	coordinators := func() map[string]string {
+		out := map[string]string{}
+		for _, v := range g.View() {
+			if v.Meta.Kind == gossip.KindCoordinator && v.Meta.APIAddr != "" && (v.State == gossip.NodeAlive || v.State == gossip.NodeSuspect) {
+				out[v.Name] = v.Meta.APIAddr
 			}
-			st := sts[0]
-			return workers.Dispatcher{Running: st.PID != 0, PID: st.PID}, true
-		},
-		Coordinators: func() map[string]string {
-			out := map[string]string{}
-			for _, v := range g.View() {
-				if v.Meta.Kind == gossip.KindCoordinator && v.Meta.APIAddr != "" && (v.State == gossip.NodeAlive || v.State == gossip.NodeSuspect) {
-					out[v.Name] = v.Meta.APIAddr
-				}
-			}
-			return out
-		},
-	}, nil
+		}
+		return out
+	}
+	return workers.New(credentials.NewTLS(tc), dispatcher, coordinators), nil
 }
 
 // listenWorkers opens the loopback HTTP endpoint of the worker registry

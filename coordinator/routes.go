@@ -243,8 +243,7 @@ func (f *routeFeed) table(xdsAddr string) *pb.RoutesResponse {
 		}
 	}
 	for _, r := range f.xds.Routes() {
-		rewrite := r.PrefixRewrite
-		resp.Routes = append(resp.Routes, &pb.Route{Match: r.Match(), Rewrite: rewrite, Cluster: r.Cluster, Endpoints: r.Endpoints})
+		resp.Routes = append(resp.Routes, &pb.Route{Match: r.Match(), Rewrite: r.PrefixRewrite, Cluster: r.Cluster, Endpoints: r.Endpoints})
 	}
 	f.mu.Lock()
 	resp.ExtraRoutesError = f.extraErr

@@ -49,8 +49,8 @@ func (r *Registry) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/workers", func(w http.ResponseWriter, _ *http.Request) {
 		out := map[string]json.RawMessage{}
-		for d, reg := range r.Last() {
-			b, _ := protojson.Marshal(reg.Response)
+		for d, resp := range r.Last() {
+			b, _ := protojson.Marshal(resp)
 			out[d] = b
 		}
 		w.Header().Set("Content-Type", "application/json")

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -23,34 +24,24 @@ import (
 	coordpb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
-// Dispatcher is what the registry needs to know of a dispatcher service on
-// this node.
-type Dispatcher struct {
-	Running bool
-	PID     int
-}
-
 // Registry forwards worker sets to a coordinator.
 type Registry struct {
-	// Dispatcher looks up a service of this node; false if there is none.
-	Dispatcher func(name string) (Dispatcher, bool)
-	// Coordinators lists the coordinators' API addresses, by server id.
-	Coordinators func() map[string]string
-	// Creds are the agent's client credentials (its agent certificate).
-	Creds credentials.TransportCredentials
+	// dispatcher returns the pid of a service of this node (0 when it is
+	// not running); false if the node has no such service.
+	dispatcher func(name string) (pid int, ok bool)
+	// coordinators lists the coordinators' API addresses, by server id.
+	coordinators func() map[string]string
+	conns        *conncache.Cache
 
-	connsOnce sync.Once
-	conns     *conncache.Cache
 	mu        sync.Mutex
 	preferred string // the id of the replica that last answered (the leader)
-	last      map[string]*Registered
+	last      map[string]*agentpb.RegisterWorkersResponse
 }
 
-// Registered is the last set a dispatcher registered through this agent.
-type Registered struct {
-	Request  *agentpb.RegisterWorkersRequest
-	Response *agentpb.RegisterWorkersResponse
-	At       time.Time
+// New returns a registry that reaches the coordinators with creds (the
+// agent's certificate).
+func New(creds credentials.TransportCredentials, dispatcher func(name string) (pid int, ok bool), coordinators func() map[string]string) *Registry {
+	return &Registry{dispatcher: dispatcher, coordinators: coordinators, conns: conncache.New(creds), last: map[string]*agentpb.RegisterWorkersResponse{}}
 }
 
 // callTimeout bounds one attempt at one coordinator.
@@ -66,18 +57,18 @@ func (r *Registry) Register(ctx context.Context, req *agentpb.RegisterWorkersReq
 	if err := resolveHosts(ctx, req.Workers); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	d, ok := r.Dispatcher(req.Dispatcher)
+	pid, ok := r.dispatcher(req.Dispatcher)
 	if !ok {
 		return nil, status.Errorf(codes.InvalidArgument, "dispatcher: %q is not a service of this node", req.Dispatcher)
 	}
-	if !d.Running && len(req.Workers) > 0 {
+	if pid == 0 && len(req.Workers) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "dispatcher: %s is not running on this node; its workers cannot be", req.Dispatcher)
 	}
 	// The coordinators drop the set when the dispatcher's process changes
 	// (gossip shows another pid), so a restarted dispatcher's dead workers
 	// are never routed, lease or not.
-	req.DispatcherPid = int32(d.PID)
-	coords := r.Coordinators()
+	req.DispatcherPid = int32(pid)
+	coords := r.coordinators()
 	if len(coords) == 0 {
 		return nil, status.Error(codes.Unavailable, "no coordinator known to this agent (does the node gossip with the coordinators?)")
 	}
@@ -128,29 +119,22 @@ func (r *Registry) remember(req *agentpb.RegisterWorkersRequest, resp *agentpb.R
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.preferred = resp.Coordinator
-	if r.last == nil {
-		r.last = map[string]*Registered{}
-	}
 	if len(req.Workers) == 0 {
 		delete(r.last, req.Dispatcher)
 		return
 	}
-	r.last[req.Dispatcher] = &Registered{Request: req, Response: resp, At: time.Now()}
+	r.last[req.Dispatcher] = resp
 }
 
-// Last returns the sets registered through this agent, by dispatcher.
-func (r *Registry) Last() map[string]Registered {
+// Last returns what the coordinators answered to each dispatcher's last
+// registration through this agent.
+func (r *Registry) Last() map[string]*agentpb.RegisterWorkersResponse {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make(map[string]Registered, len(r.last))
-	for k, v := range r.last {
-		out[k] = *v
-	}
-	return out
+	return maps.Clone(r.last)
 }
 
 func (r *Registry) client(addr string) (coordpb.CoordinatorClient, error) {
-	r.connsOnce.Do(func() { r.conns = conncache.New(r.Creds) })
 	c, err := r.conns.Get(addr)
 	if err != nil {
 		return nil, err
@@ -159,10 +143,7 @@ func (r *Registry) client(addr string) (coordpb.CoordinatorClient, error) {
 }
 
 // Close closes the connections to the coordinators.
-func (r *Registry) Close() {
-	r.connsOnce.Do(func() { r.conns = conncache.New(r.Creds) })
-	r.conns.Close()
-}
+func (r *Registry) Close() { r.conns.Close() }
 
 // resolveHosts replaces worker host names with their address, here on the
 // workers' own node: Envoy takes only IP addresses as EDS endpoints.

@@ -69,19 +69,17 @@ func TestHTTPRegistration(t *testing.T) {
 	}
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	reg := &Registry{
-		Creds: insecure.NewCredentials(),
-		Dispatcher: func(name string) (Dispatcher, bool) {
+	reg := New(insecure.NewCredentials(),
+		func(name string) (int, bool) {
 			switch name {
 			case "db_query_server":
-				return Dispatcher{Running: true, PID: 4242}, true
+				return 4242, true
 			case "db_merge_server":
-				return Dispatcher{}, true
+				return 0, true // a service of the node, not running
 			}
-			return Dispatcher{}, false
+			return 0, false
 		},
-		Coordinators: func() map[string]string { return map[string]string{"c0": deadAddr, "c1": addr} },
-	}
+		func() map[string]string { return map[string]string{"c0": deadAddr, "c1": addr} })
 	defer reg.Close()
 	srv := httptest.NewServer(reg.Handler())
 	defer srv.Close()
@@ -153,11 +151,7 @@ func TestHTTPRegistration(t *testing.T) {
 }
 
 func TestNoCoordinator(t *testing.T) {
-	reg := &Registry{
-		Creds:        insecure.NewCredentials(),
-		Dispatcher:   func(string) (Dispatcher, bool) { return Dispatcher{Running: true, PID: 1}, true },
-		Coordinators: func() map[string]string { return nil },
-	}
+	reg := New(insecure.NewCredentials(), func(string) (int, bool) { return 1, true }, func() map[string]string { return nil })
 	defer reg.Close()
 	_, err := reg.Register(context.Background(), &agentpb.RegisterWorkersRequest{Dispatcher: "db_query_server"})
 	if err == nil || !strings.Contains(err.Error(), "no coordinator known") {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -63,19 +62,10 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 	return resp, nil
 }
 
-// sameWorkers compares a stored set (sorted by name) with a request's.
+// sameWorkers compares a stored set with a normalized request's: both are
+// sorted by name.
 func sameWorkers(stored, req []*agentpb.Worker) bool {
-	if len(stored) != len(req) {
-		return false
-	}
-	sorted := slices.Clone(req)
-	slices.SortFunc(sorted, func(a, b *agentpb.Worker) int { return strings.Compare(a.Name, b.Name) })
-	for i := range stored {
-		if !proto.Equal(stored[i], sorted[i]) {
-			return false
-		}
-	}
-	return true
+	return slices.EqualFunc(stored, req, func(a, b *agentpb.Worker) bool { return proto.Equal(a, b) })
 }
 
 // Workers implements pb.CoordinatorServer.

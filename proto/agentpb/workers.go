@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -19,8 +20,9 @@ const (
 // A worker or dispatcher name ends up in Envoy cluster names and URL paths.
 var workerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
-// Normalize checks a registration and fills in its defaults (lease, envoy
-// prefix /worker/<name>, protocol http2). Errors name the field, e.g.
+// Normalize checks a registration, fills in its defaults (lease, envoy
+// prefix /worker/<name>, protocol http2) and sorts the workers by name, the
+// order the coordinators store them in. Errors name the field as sent, e.g.
 // "workers[2].port: 0 is not a port (1-65535)".
 func (r *RegisterWorkersRequest) Normalize() error {
 	if !workerName.MatchString(r.Dispatcher) {
@@ -70,6 +72,7 @@ func (r *RegisterWorkersRequest) Normalize() error {
 			return fmt.Errorf("%s.protocol: %q is not http2 or http1", field, w.Protocol)
 		}
 	}
+	slices.SortFunc(r.Workers, func(a, b *Worker) int { return strings.Compare(a.Name, b.Name) })
 	return nil
 }
 

@@ -35,9 +35,12 @@ func TestRegisterWorkersNormalize(t *testing.T) {
 			}
 		})
 	}
-	r := &RegisterWorkersRequest{Dispatcher: "db_query_server", Workers: []*Worker{w("w1", 24000)}}
+	r := &RegisterWorkersRequest{Dispatcher: "db_query_server", Workers: []*Worker{w("w2", 24002), w("w1", 24000)}}
 	if err := r.Normalize(); err != nil {
 		t.Fatal(err)
+	}
+	if r.Workers[0].Name != "w1" {
+		t.Errorf("workers not sorted by name: %v", r.Workers)
 	}
 	if r.LeaseTtlMs != DefaultWorkerLease.Milliseconds() || r.Workers[0].EnvoyPrefix != "/worker/w1" || r.Workers[0].Protocol != "http2" {
 		t.Errorf("defaults not applied: %v", r)

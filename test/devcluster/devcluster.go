@@ -27,6 +27,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/xds"
 
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
@@ -557,4 +559,19 @@ func freePorts(n int) ([]int, error) {
 		out = append(out, l.Addr().(*net.TCPAddr).Port)
 	}
 	return out, nil
+}
+
+// GRPCXDSClient is a grpc-go channel to xds:///deephaven whose own xDS
+// client talks to the coordinator at xdsAddr over mutual TLS, with the
+// operator's certificate: a real xDS client, as Core+ clients use.
+func (c *Cluster) GRPCXDSClient(xdsAddr string) (*grpc.ClientConn, error) {
+	bootstrap := fmt.Sprintf(`{
+		"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q, "certificate_file": %q, "private_key_file": %q}}], "server_features": ["xds_v3"]}],
+		"node": {"id": "devcluster-grpc-client"}
+	}`, xdsAddr, filepath.Join(c.TLS, "ca.pem"), filepath.Join(c.TLS, "operator-tester.pem"), filepath.Join(c.TLS, "operator-tester-key.pem"))
+	res, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient("xds:///deephaven", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(res))
 }

@@ -18,9 +18,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -72,19 +70,9 @@ func workerJSON(name string, port int, lease time.Duration) string {
 	return fmt.Sprintf(`{"leaseTtlMs": %d, "workers": [{"name": %q, "port": %d, "kind": "DeephavenCommunity", "nonce": "n-%s"}]}`, lease.Milliseconds(), name, port, name)
 }
 
-// xdsClient is a grpc-go channel to xds:///deephaven whose xDS client talks
-// to one coordinator over mutual TLS, with the operator's certificate.
 func xdsClient(t *testing.T, c *devcluster.Cluster, xdsAddr string) *grpc.ClientConn {
 	t.Helper()
-	bootstrap := fmt.Sprintf(`{
-		"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q, "certificate_file": %q, "private_key_file": %q}}], "server_features": ["xds_v3"]}],
-		"node": {"id": "e2e-grpc-client"}
-	}`, xdsAddr, filepath.Join(c.TLS, "ca.pem"), filepath.Join(c.TLS, "operator-tester.pem"), filepath.Join(c.TLS, "operator-tester-key.pem"))
-	res, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient("xds:///deephaven", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(res))
+	conn, err := c.GRPCXDSClient(xdsAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

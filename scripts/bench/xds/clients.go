@@ -15,9 +15,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -114,12 +112,14 @@ func clusterName(b []byte) string {
 	return ""
 }
 
-func operatorTLS(cl *devcluster.Cluster) (credentials.TransportCredentials, error) {
+// dialXDS connects to a coordinator's xDS port with the operator's
+// certificate, taking responses as big as 10,000 workers make them.
+func dialXDS(cl *devcluster.Cluster, addr string) (*grpc.ClientConn, error) {
 	tc, err := tlsutil.ClientConfig(tlsutil.Files{CA: filepath.Join(cl.TLS, "ca.pem"), Cert: filepath.Join(cl.TLS, "operator-tester.pem"), Key: filepath.Join(cl.TLS, "operator-tester-key.pem")}, tlsutil.RoleCoordinator)
 	if err != nil {
 		return nil, err
 	}
-	return credentials.NewTLS(tc), nil
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 }
 
 func benchNode(id string) *core.Node {
@@ -137,11 +137,7 @@ type subscriber struct {
 }
 
 func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i int) (*subscriber, error) {
-	creds, err := operatorTLS(cl)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	conn, err := dialXDS(cl, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -228,11 +224,7 @@ type deltaSubscriber struct {
 }
 
 func newDeltaSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string) (*deltaSubscriber, error) {
-	creds, err := operatorTLS(cl)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+	conn, err := dialXDS(cl, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -289,15 +281,7 @@ func (d *deltaSubscriber) close() {
 type grpcClient struct{ conn *grpc.ClientConn }
 
 func newGRPCClient(cl *devcluster.Cluster, addr string) (*grpcClient, error) {
-	bootstrap := fmt.Sprintf(`{
-		"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "tls", "config": {"ca_certificate_file": %q, "certificate_file": %q, "private_key_file": %q}}], "server_features": ["xds_v3"]}],
-		"node": {"id": "bench-grpc-go"}
-	}`, addr, filepath.Join(cl.TLS, "ca.pem"), filepath.Join(cl.TLS, "operator-tester.pem"), filepath.Join(cl.TLS, "operator-tester-key.pem"))
-	res, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
-	if err != nil {
-		return nil, err
-	}
-	conn, err := grpc.NewClient("xds:///deephaven", grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithResolvers(res))
+	conn, err := cl.GRPCXDSClient(addr)
 	if err != nil {
 		return nil, err
 	}
