@@ -1,8 +1,7 @@
 package xds
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -85,12 +84,7 @@ func WorkerCluster(name string) string { return "worker_" + name }
 // ExtraCluster is the cluster of the extra route called name.
 func ExtraCluster(name string) string { return "extra_" + name }
 
-const (
-	connectTimeout = 5 * time.Second
-	// versionBytes of a SHA-256 make a version: 64 bits tell versions
-	// apart with no realistic chance of collision.
-	versionBytes = 8
-)
+const connectTimeout = 5 * time.Second
 
 // Shared by every resource that needs them; never modified once built.
 var (
@@ -138,29 +132,33 @@ func mustAny(m proto.Message) *anypb.Any {
 }
 
 // Build is the snapshot a client of flavour f gets for model m, its
-// resources read back from the bytes the server would send.
+// resources read back from the bytes the server would send, each with the
+// version delta xDS gives it. The server itself serves from per-type caches
+// (see Server); Build is the same resources as one snapshot, for tests and
+// tools.
 func Build(m Model, f Flavour) (*cache.Snapshot, error) {
 	out, err := new(builder).build(canonical(m))
 	if err != nil {
 		return nil, err
 	}
-	served, ok := out.served[f]
-	if !ok {
+	if f != ADS && f != Classic {
 		return nil, fmt.Errorf("unknown xDS flavour %q", f)
 	}
 	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
-	for typ, st := range served.types {
-		url, _ := cache.GetResponseTypeURL(types.ResponseType(typ))
-		items := make(map[string]types.ResourceWithTTL, len(st.resources))
-		for name, r := range st.resources {
-			m, err := decode(r, url)
+	for typ, es := range out.resources(f) {
+		url, _ := cache.GetResponseTypeURL(typ)
+		items := make(map[string]types.ResourceWithTTL, len(es))
+		versions := make(map[string]string, len(es))
+		for _, e := range es {
+			m, err := decode(e.wire, url)
 			if err != nil {
 				return nil, err
 			}
-			items[name] = types.ResourceWithTTL{Resource: m}
+			items[e.name] = types.ResourceWithTTL{Resource: m}
+			versions[e.name] = cache.HashResource(e.bytes())
 		}
-		snap.Resources[typ] = cache.Resources{Version: st.version, Items: items}
-		snap.VersionMap[url] = st.versions
+		snap.Resources[typ] = cache.Resources{Items: items}
+		snap.VersionMap[url] = versions
 	}
 	return snap, nil
 }
@@ -178,7 +176,7 @@ func decode(wire types.Resource, typeURL string) (types.Resource, error) {
 	return m, nil
 }
 
-// entry is a validated resource, marshalled, with the hash of its bytes.
+// entry is a validated resource, marshalled.
 type entry struct {
 	name string
 	// res is the resource itself, kept for clusters and listeners only:
@@ -186,7 +184,15 @@ type entry struct {
 	// build's memory, are read back from their bytes when needed.
 	res  types.Resource
 	wire types.Resource // as it is sent: see wireResource
-	hash string
+}
+
+// bytes is the resource as it goes on the wire.
+func (e entry) bytes() []byte { return e.wire.ProtoReflect().GetUnknown() }
+
+// same says whether e and o send the same bytes. Entries a build reuses
+// share their wire resource, which settles most comparisons at once.
+func (e entry) same(o entry) bool {
+	return e.wire == o.wire || bytes.Equal(e.bytes(), o.bytes())
 }
 
 // bytesOnly is e without its resource.
@@ -204,7 +210,7 @@ func newEntry(res types.Resource) (entry, error) {
 			return entry{}, fmt.Errorf("%s %q: %w", res.ProtoReflect().Descriptor().Name(), cache.GetResourceName(res), err)
 		}
 	}
-	raw, err := cache.MarshalResource(res)
+	raw, err := marshal(res)
 	if err != nil {
 		return entry{}, fmt.Errorf("marshal %q: %w", cache.GetResourceName(res), err)
 	}
@@ -213,21 +219,28 @@ func newEntry(res types.Resource) (entry, error) {
 	return e, nil
 }
 
-// marshalled is the entry of the resource whose bytes are raw. Its hash is
-// the one go-control-plane puts in delta responses as the resource's
-// version, so that a client reconnecting with the versions it has is sent
-// only what changed.
+// marshal is go-control-plane's MarshalResource, done by the code
+// vtprotobuf generated for Envoy's types where they have it: with 10,000
+// workers, reflection-driven marshalling was a third of a coordinator's
+// first build. Strict keeps fields in field number order, so the bytes are
+// those of a deterministic marshalling (a test checks).
+func marshal(res types.Resource) ([]byte, error) {
+	if vt, ok := res.(interface{ MarshalVTStrict() ([]byte, error) }); ok {
+		return vt.MarshalVTStrict()
+	}
+	return cache.MarshalResource(res)
+}
+
+// marshalled is the entry of the resource whose bytes are raw.
 func marshalled(name string, raw []byte) entry {
-	return entry{name: name, wire: wireResource(raw), hash: cache.HashResource(raw)}
+	return entry{name: name, wire: wireResource(raw)}
 }
 
 // wireResource is a resource as the server sends it: its bytes, marshalled
-// once per build at most. go-control-plane marshals every resource again
-// for each response to each client, which with 1,000 workers and ten
-// clients was most of an update's time. An Empty whose unknown fields are
-// the resource's bytes marshals to exactly those bytes, and go-control-plane
-// needs no more of a resource than its bytes: names come from the
-// snapshot's keys, type URLs from the requests.
+// once per build at most. An Empty whose unknown fields are the resource's
+// bytes marshals to exactly those bytes, and go-control-plane needs no more
+// of a resource than its bytes: names come from the caches' keys, type URLs
+// from the requests, and delta versions are hashes of the bytes.
 func wireResource(raw []byte) types.Resource {
 	m := &emptypb.Empty{}
 	m.ProtoReflect().SetUnknown(raw)
@@ -249,25 +262,31 @@ type workerEntry struct {
 	cla         entry
 	headerRoute *entry // nil when the worker has no prefix
 	pathRoute   entry
+	// used is the last build that used the entry: the memo forgets
+	// entries the build before did not use.
+	used uint64
 }
 
-// builder keeps the resources of the last build that do not change from
-// one build to the next.
+// builder keeps, from one build to the next, the resources that do not
+// change: the listeners and the workers'.
 type builder struct {
 	workers   map[workerKey]*workerEntry
+	builds    uint64
 	listeners map[Flavour]entry
 }
 
-// table is one build's resources before they become snapshots.
+// table is one build's resources, each type in the canonical model's
+// order.
 type table struct {
-	clusters map[Flavour][]entry
-	clas     []entry
-	routes   []entry
+	clusters  map[Flavour][]entry
+	clas      []entry
+	routes    []entry // rds_config's, first match first
+	rds       entry   // rds_config itself
+	listeners map[Flavour]entry
 }
 
 // built is a build's result.
 type built struct {
-	served map[Flavour]*servedSnapshot
 	table  *table
 	counts Counts
 }
@@ -277,8 +296,19 @@ type Counts struct {
 	Clusters, LoadAssignments, Routes int
 }
 
+// resources are the resources a client of flavour f gets, by type.
+func (b *built) resources(f Flavour) map[types.ResponseType][]entry {
+	return map[types.ResponseType][]entry{
+		types.Cluster:  b.table.clusters[f],
+		types.Endpoint: b.table.clas,
+		types.Route:    {b.table.rds},
+		types.Listener: {b.table.listeners[f]},
+	}
+}
+
 func (b *builder) build(m Model) (*built, error) {
-	t, next, err := b.table(m)
+	b.builds++
+	t, err := b.table(m)
 	if err != nil {
 		return nil, err
 	}
@@ -291,111 +321,46 @@ func (b *builder) build(m Model) (*built, error) {
 		}
 		b.listeners = ls
 	}
-	rds, err := routeConfig(t.routes)
-	if err != nil {
+	t.listeners = b.listeners
+	if t.rds, err = routeConfig(t.routes); err != nil {
 		return nil, err
 	}
-	eds := group(t.clas)
-	rdsGroup := group([]entry{rds})
-	out := &built{served: map[Flavour]*servedSnapshot{}, table: t}
+	out := &built{table: t}
 	for _, f := range flavours {
-		check := &cache.Snapshot{}
-		served := &servedSnapshot{}
-		for typ, g := range map[types.ResponseType]resourceGroup{
-			types.Cluster:  group(t.clusters[f]),
-			types.Endpoint: eds,
-			types.Route:    rdsGroup,
-			types.Listener: group([]entry{b.listeners[f]}),
-		} {
-			check.Resources[typ] = g.check
-			served.types[typ] = g.served
-		}
-		if err := consistent(check, f); err != nil {
+		if err := consistent(snapshotOf(out.resources(f)), f); err != nil {
 			return nil, fmt.Errorf("%s snapshot: %w", f, err)
 		}
-		out.served[f] = served
 	}
 	out.counts = Counts{Clusters: len(t.clusters[ADS]), LoadAssignments: len(t.clas), Routes: len(t.routes)}
-	b.workers = next
+	b.forgetUnused()
 	return out, nil
 }
 
-// resourceGroup is one type's resources with their versions.
-type resourceGroup struct {
-	served servedType
-	// check has the resources themselves where they were kept (clusters
-	// and listeners), for Consistent.
-	check cache.Resources
-}
-
-// group versions a type by the hashes of its resources. They come in the
-// canonical model's order, so equal models give equal versions whatever
-// replica or process builds them.
-func group(es []entry) resourceGroup {
-	h := sha256.New()
-	st := servedType{
-		resources: make(map[string]types.Resource, len(es)),
-		withTTL:   make(map[string]types.ResourceWithTTL, len(es)),
-		versions:  make(map[string]string, len(es)),
-	}
-	check := st.withTTL
-	if len(es) > 0 && es[0].res != nil {
-		check = make(map[string]types.ResourceWithTTL, len(es))
-	}
-	for _, e := range es {
-		st.resources[e.name] = e.wire
-		st.withTTL[e.name] = types.ResourceWithTTL{Resource: e.wire}
-		if e.res != nil {
-			check[e.name] = types.ResourceWithTTL{Resource: e.res}
+// forgetUnused drops the workers the last build did not use.
+func (b *builder) forgetUnused() {
+	for k, we := range b.workers {
+		if we.used != b.builds {
+			delete(b.workers, k)
 		}
-		st.versions[e.name] = e.hash
-		h.Write([]byte(e.hash))
 	}
-	st.version = hex.EncodeToString(h.Sum(nil)[:versionBytes])
-	return resourceGroup{served: st, check: cache.Resources{Version: st.version, Items: check}}
 }
 
-// servedSnapshot is one flavour's resources as the server serves them. It
-// answers go-control-plane's cache from maps made once per build, where
-// cache.Snapshot copies a type's whole map on every GetResources, which
-// the cache calls on every acknowledgement of a wildcard subscription and
-// for every delta response.
-type servedSnapshot struct {
-	types [types.UnknownType]servedType
-}
-
-type servedType struct {
-	version   string
-	resources map[string]types.Resource
-	withTTL   map[string]types.ResourceWithTTL
-	versions  map[string]string // resource name → its version, for delta xDS
-}
-
-var _ cache.ResourceSnapshot = (*servedSnapshot)(nil)
-
-func (s *servedSnapshot) of(typeURL string) servedType {
-	if t := cache.GetResponseType(typeURL); t != types.UnknownType {
-		return s.types[t]
+// snapshotOf is what Consistent checks: the resources themselves where
+// they were kept (clusters and listeners), the others by name.
+func snapshotOf(res map[types.ResponseType][]entry) *cache.Snapshot {
+	snap := &cache.Snapshot{}
+	for typ, es := range res {
+		items := make(map[string]types.ResourceWithTTL, len(es))
+		for _, e := range es {
+			r := e.res
+			if r == nil {
+				r = e.wire
+			}
+			items[e.name] = types.ResourceWithTTL{Resource: r}
+		}
+		snap.Resources[typ] = cache.Resources{Items: items}
 	}
-	return servedType{}
-}
-
-func (s *servedSnapshot) GetVersion(typeURL string) string { return s.of(typeURL).version }
-
-func (s *servedSnapshot) GetResourcesAndTTL(typeURL string) map[string]types.ResourceWithTTL {
-	return s.of(typeURL).withTTL
-}
-
-func (s *servedSnapshot) GetResources(typeURL string) map[string]types.Resource {
-	return s.of(typeURL).resources
-}
-
-// ConstructVersionMap has nothing to do: the versions come with the
-// resources.
-func (s *servedSnapshot) ConstructVersionMap() error { return nil }
-
-func (s *servedSnapshot) GetVersionMap(typeURL string) map[string]string {
-	return s.of(typeURL).versions
+	return snap
 }
 
 // consistent is the snapshot's Consistent check. go-control-plane finds
@@ -433,9 +398,8 @@ func consistent(snap *cache.Snapshot, f Flavour) error {
 }
 
 // table builds the clusters, endpoints and routes, reusing the workers'
-// resources from the last build. next is the worker memo for the build
-// after this one.
-func (b *builder) table(m Model) (*table, map[workerKey]*workerEntry, error) {
+// resources from the last build.
+func (b *builder) table(m Model) (*table, error) {
 	services := m.Services
 	for _, name := range []string{WebAPIService, AuthService, ControllerService, ACLWriterService} {
 		if !hasService(services, name) {
@@ -453,29 +417,29 @@ func (b *builder) table(m Model) (*table, map[workerKey]*workerEntry, error) {
 	}
 	for i, s := range services {
 		if s.Name == "" {
-			return nil, nil, errors.New("a service without a name")
+			return nil, errors.New("a service without a name")
 		}
 		if i > 0 && services[i-1].Name == s.Name {
-			return nil, nil, fmt.Errorf("service %s listed twice", s.Name)
+			return nil, fmt.Errorf("service %s listed twice", s.Name)
 		}
 		name := ServiceCluster(s.Name)
 		for _, f := range flavours {
 			e, err := newEntry(edsCluster(f, name, s.TLS, "", s.HTTP2))
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 			t.clusters[f] = append(t.clusters[f], e)
 		}
 		e, err := newEntry(loadAssignment(name, s.Endpoints))
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		t.clas = append(t.clas, e.bytesOnly())
 	}
 
-	workers, next, err := b.workerEntries(m.Workers)
+	workers, err := b.workerEntries(m.Workers)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, we := range workers {
 		for _, f := range flavours {
@@ -487,20 +451,20 @@ func (b *builder) table(m Model) (*table, map[workerKey]*workerEntry, error) {
 	extras := map[string]bool{}
 	for _, r := range m.ExtraRoutes {
 		if r.Name == "" {
-			return nil, nil, fmt.Errorf("extra route %s without a name", r.Origin)
+			return nil, fmt.Errorf("extra route %s without a name", r.Origin)
 		}
 		if extras[r.Name] {
-			return nil, nil, fmt.Errorf("extra route %s (%s) defined twice", r.Name, r.Origin)
+			return nil, fmt.Errorf("extra route %s (%s) defined twice", r.Name, r.Origin)
 		}
 		extras[r.Name] = true
 		if r.Port <= 0 || r.Port > 65535 {
-			return nil, nil, fmt.Errorf("extra route %s (%s): port %d out of range", r.Name, r.Origin, r.Port)
+			return nil, fmt.Errorf("extra route %s (%s): port %d out of range", r.Name, r.Origin, r.Port)
 		}
 		name := ExtraCluster(r.Name)
 		for _, f := range flavours {
 			e, err := newEntry(dnsCluster(name, r.Host, uint32(r.Port), r.TLS))
 			if err != nil {
-				return nil, nil, fmt.Errorf("extra route %s (%s): %w", r.Name, r.Origin, err)
+				return nil, fmt.Errorf("extra route %s (%s): %w", r.Name, r.Origin, err)
 			}
 			t.clusters[f] = append(t.clusters[f], e)
 		}
@@ -538,30 +502,33 @@ func (b *builder) table(m Model) (*table, map[workerKey]*workerEntry, error) {
 	for _, r := range static {
 		e, err := newEntry(r)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		t.routes = append(t.routes, e.bytesOnly())
 	}
-	return t, next, nil
+	return t, nil
 }
 
 // workerEntries are the workers' resources: the last build's for workers
 // that did not change, new ones for the others, built in parallel since a
-// coordinator's first build makes them all. next is the memo for the build
-// after this one.
-func (b *builder) workerEntries(ws []Worker) (entries []*workerEntry, next map[workerKey]*workerEntry, err error) {
-	entries = make([]*workerEntry, len(ws))
+// coordinator's first build makes them all.
+func (b *builder) workerEntries(ws []Worker) ([]*workerEntry, error) {
+	if b.workers == nil {
+		b.workers = make(map[workerKey]*workerEntry, len(ws))
+	}
+	entries := make([]*workerEntry, len(ws))
 	keys := make([]workerKey, len(ws))
 	var missing []int
 	for i, w := range ws {
 		if w.Name == "" {
-			return nil, nil, fmt.Errorf("worker on %s:%d without a name", w.Host, w.Port)
+			return nil, fmt.Errorf("worker on %s:%d without a name", w.Host, w.Port)
 		}
 		if i > 0 && ws[i-1].Name == w.Name {
-			return nil, nil, fmt.Errorf("worker %s registered twice (%s, %s)", w.Name, ws[i-1].Dispatcher, w.Dispatcher)
+			return nil, fmt.Errorf("worker %s registered twice (%s, %s)", w.Name, ws[i-1].Dispatcher, w.Dispatcher)
 		}
 		keys[i] = workerKey{Name: w.Name, Prefix: w.Prefix, Host: w.Host, Node: w.Node, Port: w.Port, TLS: w.TLS, HTTP2: w.HTTP2}
 		if we, ok := b.workers[keys[i]]; ok {
+			we.used = b.builds
 			entries[i] = we
 		} else {
 			missing = append(missing, i)
@@ -573,14 +540,14 @@ func (b *builder) workerEntries(ws []Worker) (entries []*workerEntry, next map[w
 	})
 	for _, err := range errs {
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	next = make(map[workerKey]*workerEntry, len(ws))
-	for i, k := range keys {
-		next[k] = entries[i]
+	for _, i := range missing {
+		entries[i].used = b.builds
+		b.workers[keys[i]] = entries[i]
 	}
-	return entries, next, nil
+	return entries, nil
 }
 
 // parallel calls fn for 0..n-1 on every processor, when n is worth it.

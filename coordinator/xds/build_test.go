@@ -286,9 +286,6 @@ func TestSnapshotsValidAndConsistent(t *testing.T) {
 						t.Errorf("%s %s %s: %v", name, f, rn, err)
 					}
 				}
-				if snap.GetVersion(typ) == "" {
-					t.Errorf("%s %s: no %s version", name, f, typ)
-				}
 				if len(snap.GetVersionMap(typ)) != len(snap.GetResources(typ)) {
 					t.Errorf("%s %s: version map of %s has %d entries for %d resources", name, f, typ, len(snap.GetVersionMap(typ)), len(snap.GetResources(typ)))
 				}
@@ -306,7 +303,7 @@ func TestRouteConfigBytes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := out.served[ADS].GetResources(resource.RouteType)[RouteConfigName]
+		got := out.table.rds.wire
 		rc, err := decode(got, resource.RouteType)
 		if err != nil {
 			t.Fatal(err)
@@ -320,9 +317,6 @@ func TestRouteConfigBytes(t *testing.T) {
 		}
 		if raw := got.ProtoReflect().GetUnknown(); !bytes.Equal(raw, want) {
 			t.Errorf("%d workers: rds_config sent as %d bytes, marshalled it is %d", len(m.Workers), len(raw), len(want))
-		}
-		if v := out.served[ADS].GetVersionMap(resource.RouteType)[RouteConfigName]; v != cache.HashResource(want) {
-			t.Errorf("%d workers: rds_config version %s, want the hash of its bytes", len(m.Workers), v)
 		}
 	}
 }
@@ -340,63 +334,6 @@ func TestConsistentChecksAPIListenerRoutes(t *testing.T) {
 		if err := consistent(&broken, ADS); err == nil {
 			t.Errorf("%s: consistent", name)
 		}
-	}
-}
-
-func versions(t *testing.T, m Model, f Flavour) map[string]string {
-	t.Helper()
-	snap := mustBuild(t, m, f)
-	out := map[string]string{}
-	for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType} {
-		out[typ] = snap.GetVersion(typ)
-	}
-	return out
-}
-
-func TestVersions(t *testing.T) {
-	base := clusterModel()
-	all := []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType}
-	for _, tc := range []struct {
-		name    string
-		change  func(m *Model)
-		changed []string // the types whose version changes
-	}{
-		{"same model", func(*Model) {}, nil},
-		{"shuffled", func(m *Model) {
-			slices.Reverse(m.Services)
-			slices.Reverse(m.Workers)
-			slices.Reverse(m.ExtraRoutes)
-			slices.Reverse(m.Services[1].Endpoints)
-		}, nil},
-		{"worker nonce", func(m *Model) { m.Workers[0].Nonce = "other" }, nil},
-		{"endpoint port", func(m *Model) { m.Services[0].Endpoints[0].Port++ }, []string{resource.EndpointType}},
-		{"worker port", func(m *Model) { m.Workers[0].Port++ }, []string{resource.EndpointType}},
-		{"worker added", func(m *Model) {
-			m.Workers = append(m.Workers, Worker{Name: "worker_3", Prefix: "/worker/q3", Host: "10.0.0.4", Port: 1, HTTP2: true})
-		}, []string{resource.ClusterType, resource.EndpointType, resource.RouteType}},
-		{"worker prefix", func(m *Model) { m.Workers[0].Prefix = "/worker/other" }, []string{resource.RouteType}},
-		{"service TLS", func(m *Model) { m.Services[0].TLS = true }, []string{resource.ClusterType}},
-		{"extra rewrite", func(m *Model) { m.ExtraRoutes[0].PrefixRewrite = "/x/" }, []string{resource.RouteType}},
-		{"extra host", func(m *Model) { m.ExtraRoutes[0].Host = "other.example.com" }, []string{resource.ClusterType}},
-	} {
-		m := clusterModel()
-		tc.change(&m)
-		for _, f := range flavours {
-			before, after := versions(t, base, f), versions(t, m, f)
-			for _, typ := range all {
-				if changed := before[typ] != after[typ]; changed != slices.Contains(tc.changed, typ) {
-					t.Errorf("%s, %s: %s version changed %v, want %v", tc.name, f, typ, changed, !changed)
-				}
-			}
-		}
-	}
-
-	ads, classic := versions(t, base, ADS), versions(t, base, Classic)
-	if ads[resource.ClusterType] == classic[resource.ClusterType] || ads[resource.ListenerType] == classic[resource.ListenerType] {
-		t.Error("the flavours' clusters or listeners have the same version")
-	}
-	if ads[resource.EndpointType] != classic[resource.EndpointType] || ads[resource.RouteType] != classic[resource.RouteType] {
-		t.Error("the flavours' endpoints or routes have different versions")
 	}
 }
 
@@ -420,9 +357,15 @@ func TestIncrementalBuildMatchesFreshBuild(t *testing.T) {
 		}
 		for _, f := range flavours {
 			want := mustBuild(t, m, f)
-			for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType} {
-				if g, w := got.served[f].GetVersion(typ), want.GetVersion(typ); g != w {
-					t.Errorf("step %d %s %s: incremental version %s, fresh %s", i, f, typ, g, w)
+			for typ, es := range got.resources(f) {
+				url, _ := cache.GetResponseTypeURL(typ)
+				if len(es) != len(want.GetResources(url)) {
+					t.Errorf("step %d %s %s: %d resources, fresh %d", i, f, url, len(es), len(want.GetResources(url)))
+				}
+				for _, e := range es {
+					if v := cache.HashResource(e.bytes()); v != want.GetVersionMap(url)[e.name] {
+						t.Errorf("step %d %s %s %s: incremental bytes differ from a fresh build's", i, f, url, e.name)
+					}
 				}
 			}
 		}
@@ -473,5 +416,51 @@ func TestFlavourOf(t *testing.T) {
 		if got := FlavourOf(tc.node); got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
+	}
+}
+
+// The generated marshalling must send the bytes go-control-plane's own
+// (deterministic, reflection-driven) marshalling makes, for every kind of
+// resource a build holds.
+func TestMarshalMatchesMarshalResource(t *testing.T) {
+	m := clusterModel()
+	m.Workers[0].TLS = true
+	m.Workers[1].Host = "worker.example.com"
+	m.Services[0].TLS = true
+	m.Services[0].HTTP2 = true
+	var b builder
+	out, err := b.build(canonical(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, f := range flavours {
+		for typ, es := range out.resources(f) {
+			url, _ := cache.GetResponseTypeURL(typ)
+			for _, e := range es {
+				res, err := decode(e.wire, url)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := cache.MarshalResource(res)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(e.bytes(), want) {
+					t.Errorf("%s %s %s: %d bytes, MarshalResource makes %d", f, url, e.name, len(e.bytes()), len(want))
+				}
+				kinds[url] = true
+			}
+		}
+	}
+	for _, r := range out.table.routes {
+		res := &route.Route{}
+		fromWire(r, res)
+		if want, _ := cache.MarshalResource(res); !bytes.Equal(r.bytes(), want) {
+			t.Errorf("route %s: %d bytes, MarshalResource makes %d", r.name, len(r.bytes()), len(want))
+		}
+	}
+	if len(kinds) != 4 {
+		t.Errorf("checked %d types of resource, want 4", len(kinds))
 	}
 }

@@ -39,7 +39,7 @@ func (r RouteView) Match() string {
 
 // Routes is the route table clients of m get, first match first.
 func Routes(m Model) ([]RouteView, error) {
-	t, _, err := new(builder).table(canonical(m))
+	t, err := new(builder).table(canonical(m))
 	if err != nil {
 		return nil, err
 	}

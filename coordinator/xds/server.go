@@ -1,9 +1,13 @@
 package xds
 
 import (
+	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -13,8 +17,8 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
@@ -38,54 +42,117 @@ func FlavourOf(n *core.Node) Flavour {
 	return ADS
 }
 
-// nodeHash keys the snapshot cache by flavour: every client of a flavour
-// gets the same snapshot.
-type nodeHash struct{}
-
-func (nodeHash) ID(n *core.Node) string { return string(FlavourOf(n)) }
-
 // Server serves the resources built from the last model it was given, to
 // each client in its flavour, over ADS or a stream per type, state of the
 // world or delta.
+//
+// Each type is served from one of go-control-plane's linear caches (per
+// flavour where the flavours differ: clusters and listeners), which an
+// update tells only what changed. A cache marshals a resource once for
+// every client, where a snapshot cache marshals the whole snapshot again
+// for each client on each change; and a state-of-the-world client is sent
+// only the load assignments that changed (Envoy and grpc-go keep the
+// others), not all of them.
 type Server struct {
-	ctx   context.Context
-	log   *slog.Logger
-	cache cache.SnapshotCache
-	xds   serverv3.Server
-	nacks nackGuard
+	ctx    context.Context
+	log    *slog.Logger
+	gate   *gate
+	caches map[feedKey]*cache.LinearCache
+	prefix string
+	xds    serverv3.Server
+	nacks  nackGuard
 
-	mu    sync.Mutex // one Update at a time; guards b, model and built
-	b     builder
-	model Model
-	built bool
+	mu       sync.Mutex // one Update at a time; guards the fields below
+	b        builder
+	model    Model
+	built    bool
+	served   map[feedKey]map[string]entry // what each cache holds
+	versions map[feedKey]uint64           // each cache's version number
 
 	statusMu sync.RWMutex
 	status   Status
 	table    *table
 }
 
+// feedKey names a cache: a type, and the flavour for the types whose
+// resources differ between flavours.
+type feedKey struct {
+	typ     types.ResponseType
+	flavour Flavour // empty: every flavour's
+}
+
+// feeds are the caches in the order an update reaches them: clusters
+// before the endpoints and routes that name them (Envoy's make before
+// break).
+var feeds = []feedKey{
+	{types.Cluster, ADS}, {types.Cluster, Classic},
+	{types.Endpoint, ""},
+	{types.Listener, ADS}, {types.Listener, Classic},
+	{types.Route, ""},
+}
+
+// keyOf is the cache that serves typ to a client of flavour f.
+func keyOf(typ types.ResponseType, f Flavour) feedKey {
+	if typ == types.Cluster || typ == types.Listener {
+		return feedKey{typ, f}
+	}
+	return feedKey{typ, ""}
+}
+
+func (k feedKey) String() string {
+	url, _ := cache.GetResponseTypeURL(k.typ)
+	return string(k.flavour) + "/" + url
+}
+
 // Status is what the server serves now.
 type Status struct {
-	// Versions are flavour → resource type URL → version. Equal models
-	// give equal versions, on any replica.
+	// Versions are flavour → resource type URL → the version its clients
+	// have. Versions start with the server's instance prefix, so a
+	// version is never reused by a restarted coordinator or another
+	// replica: a client that reconnects anywhere gets the current
+	// resources.
 	Versions  map[Flavour]map[string]string
 	Built     time.Time     // when the last changed model was built
-	BuildTime time.Duration // how long building them took
+	BuildTime time.Duration // how long building and serving them took
 	Counts
 	Rejected      uint64 // responses clients rejected (NACKs)
 	LastRejection string // the last rejection's message
 }
 
-// NewServer is a server with nothing to serve until the first Update. Its
-// streams end when ctx does. A nil log is slog's default.
+// NewServer is a server with nothing to serve until the first Update;
+// clients that ask before it wait. Its streams end when ctx does. A nil
+// log is slog's default.
 func NewServer(ctx context.Context, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{ctx: ctx, log: log, nacks: nackGuard{log: log, last: map[int64]map[string]sent{}}}
+	s := &Server{
+		ctx: ctx, log: log,
+		nacks:    nackGuard{log: log, last: map[int64]map[string]sent{}},
+		caches:   map[feedKey]*cache.LinearCache{},
+		served:   map[feedKey]map[string]entry{},
+		versions: map[feedKey]uint64{},
+		prefix:   instancePrefix(),
+	}
 	cl := cpLogger{log}
-	s.cache = cache.NewSnapshotCache(false, nodeHash{}, cl)
-	s.xds = serverv3.NewServer(ctx, s.cache, serverv3.CallbackFuncs{
+	mux := &cache.MuxCache{
+		Classify: func(r *cache.Request) string {
+			return keyOf(cache.GetResponseType(r.GetTypeUrl()), FlavourOf(r.GetNode())).String()
+		},
+		ClassifyDelta: func(r *cache.DeltaRequest) string {
+			return keyOf(cache.GetResponseType(r.GetTypeUrl()), FlavourOf(r.GetNode())).String()
+		},
+		Caches: map[string]cache.Cache{},
+	}
+	for _, k := range feeds {
+		url, _ := cache.GetResponseTypeURL(k.typ)
+		c := cache.NewLinearCache(url, cache.WithVersionPrefix(s.prefix), cache.WithLogger(cl))
+		s.caches[k] = c
+		mux.Caches[k.String()] = c
+		s.served[k] = map[string]entry{}
+	}
+	s.gate = newGate(mux)
+	s.xds = serverv3.NewServer(ctx, s.gate, serverv3.CallbackFuncs{
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			s.nacks.request(id, req)
 			return nil
@@ -102,6 +169,14 @@ func NewServer(ctx context.Context, log *slog.Logger) *Server {
 		},
 	}, sotw.WithLogger(cl))
 	return s
+}
+
+// instancePrefix tells this server's versions from any other's: the start
+// time, and random bits for two replicas started in the same nanosecond.
+func instancePrefix() string {
+	var r [4]byte
+	_, _ = rand.Read(r[:]) // never fails (crypto/rand)
+	return strconv.FormatInt(time.Now().UnixNano(), 36) + hex.EncodeToString(r[:]) + "-"
 }
 
 // Register adds the discovery services to g: ADS and one per type, each
@@ -128,19 +203,19 @@ func (s *Server) Update(m Model) error {
 	if err != nil {
 		return err
 	}
-	took := time.Since(start)
-	for _, f := range flavours {
-		if err := s.cache.SetSnapshot(s.ctx, string(f), out.served[f]); err != nil {
-			return fmt.Errorf("serve the %s snapshot: %w", f, err)
-		}
+	for _, k := range feeds {
+		s.serve(k, out.resources(cmp.Or(k.flavour, ADS))[k.typ])
 	}
 	s.model, s.built = c, true
+	s.gate.open()
+	took := time.Since(start)
 
 	versions := map[Flavour]map[string]string{}
 	for _, f := range flavours {
 		versions[f] = map[string]string{}
-		for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType} {
-			versions[f][typ] = out.served[f].GetVersion(typ)
+		for _, typ := range []types.ResponseType{types.Cluster, types.Endpoint, types.Route, types.Listener} {
+			url, _ := cache.GetResponseTypeURL(typ)
+			versions[f][url] = s.prefix + strconv.FormatUint(s.versions[keyOf(typ, f)], 10)
 		}
 	}
 	s.statusMu.Lock()
@@ -149,6 +224,41 @@ func (s *Server) Update(m Model) error {
 	s.statusMu.Unlock()
 	s.log.Debug("xDS resources updated", "took", took, "clusters", out.counts.Clusters, "routes", out.counts.Routes)
 	return nil
+}
+
+// serve gives cache k the resources es, telling it only what changed.
+func (s *Server) serve(k feedKey, es []entry) {
+	served := s.served[k]
+	changed := map[string]types.Resource{}
+	for _, e := range es {
+		if old, ok := served[e.name]; !ok || !old.same(e) {
+			changed[e.name] = e.wire
+			served[e.name] = e.bytesOnly()
+		}
+	}
+	var removed []string
+	if len(served) > len(es) {
+		keep := make(map[string]bool, len(es))
+		for _, e := range es {
+			keep[e.name] = true
+		}
+		for name := range served {
+			if !keep[name] {
+				removed = append(removed, name)
+				delete(served, name)
+			}
+		}
+	}
+	if len(changed) == 0 && len(removed) == 0 {
+		return
+	}
+	// Every call is a new version of the cache (its counter, which the
+	// status mirrors).
+	s.versions[k]++
+	if err := s.caches[k].UpdateResources(changed, removed); err != nil {
+		// The cache only fails to marshal, and these are bytes already.
+		s.log.Error("xDS cache refused an update", "cache", k.String(), "err", err)
+	}
 }
 
 // Status is what the server serves now; its maps are not to be modified.

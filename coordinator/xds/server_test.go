@@ -15,6 +15,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	sotwclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -98,6 +99,20 @@ func checkServed(t *testing.T, what string, got []*anypb.Any, want *cache.Snapsh
 	}
 }
 
+// onlyResources is snap with only the named resources of type typ.
+func onlyResources(snap *cache.Snapshot, typ string, names ...string) *cache.Snapshot {
+	out := *snap
+	t := cache.GetResponseType(typ)
+	items := map[string]types.ResourceWithTTL{}
+	for _, n := range names {
+		if r, ok := snap.Resources[t].Items[n]; ok {
+			items[n] = r
+		}
+	}
+	out.Resources[t] = cache.Resources{Items: items}
+	return &out
+}
+
 func TestADSClientsGetTheirFlavour(t *testing.T) {
 	s, addr := startServer(t)
 	m := clusterModel()
@@ -146,7 +161,16 @@ func TestADSClientsGetTheirFlavour(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s after Update: %v", typ, err)
 				}
-				checkServed(t, typ+" after Update", resp.Resources, mustBuild(t, m2, tc.want), typ)
+				want := mustBuild(t, m2, tc.want)
+				if typ == resource.EndpointType {
+					// Endpoints are not full state: only the new
+					// worker's are sent.
+					want = onlyResources(want, typ, WorkerCluster("worker_3"))
+				}
+				checkServed(t, typ+" after Update", resp.Resources, want, typ)
+				if err := clients[typ].Ack(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if err := s.Update(m); err != nil { // back, for the next client
 				t.Fatal(err)
@@ -241,6 +265,7 @@ func TestClassicStreamsPerType(t *testing.T) {
 	go func() { _, err := rds.Recv(); rdsGot <- err }()
 
 	// An endpoint change reaches the EDS stream only.
+	before := s.Status()
 	m := clusterModel()
 	m.Services[0].Endpoints[0].Port = 8124
 	if err := s.Update(m); err != nil {
@@ -249,9 +274,8 @@ func TestClassicStreamsPerType(t *testing.T) {
 	if edsResp, err = edsStream.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(edsResp.GetResources()); n != len(eds) {
-		t.Errorf("EDS after an endpoint change: %d load assignments, want %d", n, len(eds))
-	}
+	// Only the load assignment that changed: Envoy keeps the others.
+	checkServed(t, "EDS after an endpoint change", edsResp.GetResources(), onlyResources(mustBuild(t, m, Classic), resource.EndpointType, eds[0]), resource.EndpointType)
 	if edsResp.GetVersionInfo() != s.Status().Versions[Classic][resource.EndpointType] {
 		t.Errorf("EDS version %s, status says %s", edsResp.GetVersionInfo(), s.Status().Versions[Classic][resource.EndpointType])
 	}
@@ -263,10 +287,10 @@ func TestClassicStreamsPerType(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	st := s.Status()
-	if st.Versions[Classic][resource.ClusterType] != want.GetVersion(resource.ClusterType) ||
-		st.Versions[Classic][resource.RouteType] != want.GetVersion(resource.RouteType) {
-		t.Errorf("after an endpoint change, versions %v; before CDS %s RDS %s", st.Versions[Classic],
-			want.GetVersion(resource.ClusterType), want.GetVersion(resource.RouteType))
+	for _, typ := range []string{resource.ClusterType, resource.RouteType, resource.ListenerType} {
+		if st.Versions[Classic][typ] != before.Versions[Classic][typ] {
+			t.Errorf("after an endpoint change, %s version %s, before %s", typ, st.Versions[Classic][typ], before.Versions[Classic][typ])
+		}
 	}
 }
 
@@ -456,4 +480,130 @@ func TestUpdateSkipsUnchangedModel(t *testing.T) {
 	if s.Status().Versions[ADS][resource.ClusterType] != st.Versions[ADS][resource.ClusterType] {
 		t.Error("a refused model changed the versions")
 	}
+}
+
+// An update reaches only the caches whose resources it changes: a client
+// of another type gets nothing, and the status shows which versions moved.
+func TestUpdatesReachOnlyChangedTypes(t *testing.T) {
+	all := []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.ListenerType}
+	for _, tc := range []struct {
+		name    string
+		change  func(m *Model)
+		changed []string // the types whose version changes
+	}{
+		{"same model", func(*Model) {}, nil},
+		{"shuffled", func(m *Model) {
+			slices.Reverse(m.Services)
+			slices.Reverse(m.Workers)
+			slices.Reverse(m.ExtraRoutes)
+			slices.Reverse(m.Services[1].Endpoints)
+		}, nil},
+		{"worker nonce", func(m *Model) { m.Workers[0].Nonce = "other" }, nil},
+		{"endpoint port", func(m *Model) { m.Services[0].Endpoints[0].Port++ }, []string{resource.EndpointType}},
+		{"worker port", func(m *Model) { m.Workers[0].Port++ }, []string{resource.EndpointType}},
+		{"worker added", func(m *Model) {
+			m.Workers = append(m.Workers, Worker{Name: "worker_3", Prefix: "/worker/q3", Host: "10.0.0.4", Port: 1, HTTP2: true})
+		}, []string{resource.ClusterType, resource.EndpointType, resource.RouteType}},
+		{"worker removed", func(m *Model) { m.Workers = m.Workers[1:] }, []string{resource.ClusterType, resource.EndpointType, resource.RouteType}},
+		{"worker prefix", func(m *Model) { m.Workers[0].Prefix = "/worker/other" }, []string{resource.RouteType}},
+		{"service TLS", func(m *Model) { m.Services[0].TLS = true }, []string{resource.ClusterType}},
+		{"extra rewrite", func(m *Model) { m.ExtraRoutes[0].PrefixRewrite = "/x/" }, []string{resource.RouteType}},
+		{"extra host", func(m *Model) { m.ExtraRoutes[0].Host = "other.example.com" }, []string{resource.ClusterType}},
+	} {
+		s := NewServer(t.Context(), slog.New(slog.DiscardHandler))
+		if err := s.Update(clusterModel()); err != nil {
+			t.Fatal(err)
+		}
+		before := s.Status()
+		m := clusterModel()
+		tc.change(&m)
+		if err := s.Update(m); err != nil {
+			t.Fatal(err)
+		}
+		after := s.Status()
+		for _, f := range flavours {
+			for _, typ := range all {
+				if changed := before.Versions[f][typ] != after.Versions[f][typ]; changed != slices.Contains(tc.changed, typ) {
+					t.Errorf("%s, %s: %s version changed %v, want %v", tc.name, f, typ, changed, !changed)
+				}
+			}
+		}
+	}
+}
+
+// A client that asks before the first model waits for it: an empty answer
+// would make Envoy drop every cluster and route it has.
+func TestClientsWaitForTheFirstModel(t *testing.T) {
+	s, addr := startServer(t)
+	ctx := testCtx(t)
+	c := sotwclient.NewADSClient(ctx, envoyNode, resource.ClusterType)
+	if err := c.InitConnect(dial(t, addr)); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan int, 1)
+	go func() {
+		resp, err := c.Fetch()
+		if err != nil {
+			close(got)
+			return
+		}
+		got <- len(resp.Resources)
+	}()
+	select {
+	case n := <-got:
+		t.Fatalf("answered before the first model: %d clusters", n)
+	case <-time.After(300 * time.Millisecond):
+	}
+	m := clusterModel()
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-got:
+		if want := len(mustBuild(t, m, Classic).GetResources(resource.ClusterType)); n != want {
+			t.Errorf("%d clusters after the first model, want %d", n, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer after the first model")
+	}
+}
+
+// A version is never reused by another server (a restarted coordinator or
+// another replica): a client that reconnects with the version it had gets
+// the server's resources, even when the other server had the same count
+// of updates.
+func TestReconnectingClientGetsCurrentResources(t *testing.T) {
+	old, oldAddr := startServer(t)
+	cur, curAddr := startServer(t)
+	m := clusterModel()
+	if err := old.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	m.Workers[0].Port = 1 // changed while the client was away
+	if err := cur.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	names := []string{WorkerCluster("worker_1")}
+	first := func(addr, version string) *discovery.DiscoveryResponse {
+		t.Helper()
+		str, err := endpointservice.NewEndpointDiscoveryServiceClient(dial(t, addr)).StreamEndpoints(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := str.Send(&discovery.DiscoveryRequest{Node: envoyNode, ResourceNames: names, VersionInfo: version}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := str.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	had := first(oldAddr, "")
+	if old.Status().Versions[Classic][resource.EndpointType] == cur.Status().Versions[Classic][resource.EndpointType] {
+		t.Fatal("two servers gave the same version")
+	}
+	resp := first(curAddr, had.GetVersionInfo())
+	checkServed(t, "EDS after reconnecting", resp.GetResources(), onlyResources(mustBuild(t, m, Classic), resource.EndpointType, names...), resource.EndpointType)
 }
