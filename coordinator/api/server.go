@@ -56,6 +56,9 @@ type Server struct {
 
 	connsOnce sync.Once
 	conns     *conncache.Cache
+	// registering serializes registrations of one dispatcher's set on the
+	// leader, so that each diff is made from the revision before it.
+	registering keyedMutex
 }
 
 // Close closes the forwarding connections.
@@ -250,6 +253,16 @@ func (s *Server) commitOp(ctx context.Context, cmd *pb.Command) (*pb.Operation, 
 // commit proposes cmd as the caller, turning the FSM's refusals into
 // FailedPrecondition.
 func (s *Server) commit(ctx context.Context, who string, cmd *pb.Command) (any, error) {
+	res, err := s.propose(ctx, who, cmd)
+	if errors.Is(err, fsm.ErrRejected) {
+		return nil, status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), fsm.ErrRejected.Error()+": "))
+	}
+	return res, err
+}
+
+// propose proposes cmd as the caller and returns what Apply returned; a
+// refusal is the FSM's own error, wrapping fsm.ErrRejected.
+func (s *Server) propose(ctx context.Context, who string, cmd *pb.Command) (any, error) {
 	cmd.Who = who
 	cmd.AtUnixMs = time.Now().UnixMilli()
 	data, err := fsm.Encode(cmd)
@@ -264,7 +277,7 @@ func (s *Server) commit(ctx context.Context, who string, cmd *pb.Command) (any, 
 		return nil, status.Errorf(codes.Unavailable, "raft: %v", err)
 	}
 	if rerr, ok := res.(error); ok {
-		return nil, status.Error(codes.FailedPrecondition, strings.TrimPrefix(rerr.Error(), fsm.ErrRejected.Error()+": "))
+		return nil, rerr
 	}
 	return res, nil
 }

@@ -2,8 +2,11 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -11,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
@@ -46,17 +50,39 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 			return c.RegisterWorkers(ctx, req)
 		})
 	}
+	unlock := s.registering.lock(fsm.WorkerKey(req.Node, req.Dispatcher))
+	defer unlock()
 	expires := time.Now().Add(time.Duration(req.LeaseTtlMs) * time.Millisecond).UnixMilli()
 	resp := &agentpb.RegisterWorkersResponse{Workers: int32(len(req.Workers)), LeaseExpiresUnixMs: expires, Coordinator: s.Raft.ID()}
+	who := principal(ctx)
+	whole := &pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid}}}
 	cur := s.FSM.WorkerSet(req.Node, req.Dispatcher)
 	var cmd *pb.Command
-	if cur != nil && cur.DispatcherPid == req.DispatcherPid && sameWorkers(cur.Workers, req.Workers) {
+	switch {
+	case cur == nil || len(req.Workers) == 0:
+		cmd = whole
+	case cur.DispatcherPid == req.DispatcherPid && sameWorkers(cur.Workers, req.Workers):
 		cmd = &pb.Command{Cmd: &pb.Command_WorkerRenew{WorkerRenew: &pb.WorkerLease{Node: req.Node, Dispatcher: req.Dispatcher, LeaseExpiresUnixMs: expires}}}
-	} else {
-		resp.Changed = true
-		cmd = &pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid}}}
+	default:
+		// Most registrations change a worker or two of a set that may
+		// hold thousands: the raft entry carries only those.
+		upsert, remove := fsm.DiffWorkers(cur.Workers, req.Workers)
+		cmd = &pb.Command{Cmd: &pb.Command_WorkerDiff{WorkerDiff: &pb.WorkerDiff{
+			Node: req.Node, Dispatcher: req.Dispatcher, BaseRevision: cur.Revision, Upsert: upsert, Remove: remove,
+			LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid,
+		}}}
 	}
-	if _, err := s.commit(ctx, principal(ctx), cmd); err != nil {
+	resp.Changed = cmd.GetWorkerRenew() == nil
+	_, err := s.propose(ctx, who, cmd)
+	if errors.Is(err, fsm.ErrStaleDiff) {
+		// Changed by a leader before this one: the whole set is right
+		// whatever the set holds now.
+		_, err = s.propose(ctx, who, whole)
+	}
+	if errors.Is(err, fsm.ErrRejected) {
+		return nil, status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), fsm.ErrRejected.Error()+": "))
+	}
+	if err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -75,6 +101,8 @@ func (s *Server) Workers(_ context.Context, req *pb.WorkersRequest) (*pb.Workers
 		if req.Node != "" && req.Node != ws.Node {
 			continue
 		}
+		// The state's sets are shared: the answer gets its own copy.
+		ws = proto.Clone(ws).(*pb.WorkerSet)
 		// A worker without a host is on its dispatcher's node: show where.
 		if n := s.FSM.Node(ws.Node); n != nil && n.Host != "" {
 			for _, w := range ws.Workers {
@@ -119,4 +147,39 @@ func AuthorizeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo,
 		return status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers", info.FullMethod)
 	}
 	return handler(srv, ss)
+}
+
+// keyedMutex is a mutex per key.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks key and returns its unlock; a key nobody holds is forgotten.
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
 }

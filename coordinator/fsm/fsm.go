@@ -55,12 +55,14 @@ var ErrRejected = errors.New("rejected")
 type FSM struct {
 	mu      sync.RWMutex
 	st      *pb.State
+	workers workerIndex   // of st.Workers
 	changed chan struct{} // closed on every change, then replaced
 }
 
 // New returns an empty state.
 func New() *FSM {
-	return &FSM{st: emptyState(), changed: make(chan struct{})}
+	st := emptyState()
+	return &FSM{st: st, workers: indexWorkers(st.Workers), changed: make(chan struct{})}
 }
 
 func emptyState() *pb.State {
@@ -265,6 +267,8 @@ func (f *FSM) apply(index uint64, cmd *pb.Command) (any, string) {
 		return f.renewWorkers(c.WorkerRenew)
 	case *pb.Command_WorkerExpire:
 		return f.expireWorkers(c.WorkerExpire)
+	case *pb.Command_WorkerDiff:
+		return f.diffWorkers(at, c.WorkerDiff)
 	}
 	return rejected("unknown command"), "unknown command"
 }
@@ -418,6 +422,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st = st
+	f.workers = indexWorkers(st.Workers)
 	close(f.changed)
 	f.changed = make(chan struct{})
 	return nil

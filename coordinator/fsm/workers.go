@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,26 +13,87 @@ import (
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
+// Worker sets are copy on write: Apply replaces a set and never changes one
+// it stored, nor its workers. Readers get the stored sets themselves,
+// without a copy of thousands of workers on every change, and must not
+// modify them.
+
 // WorkerKey is the state's key of a dispatcher's worker set.
 func WorkerKey(node, dispatcher string) string { return node + "/" + dispatcher }
 
-// WorkerSets returns copies of every dispatcher's worker set, sorted by node
-// and dispatcher.
+// WorkerSets returns every dispatcher's worker set, sorted by node and
+// dispatcher. The sets are shared: read only.
 func (f *FSM) WorkerSets() []*pb.WorkerSet {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := make([]*pb.WorkerSet, 0, len(f.st.Workers))
 	for _, k := range slices.Sorted(maps.Keys(f.st.Workers)) {
-		out = append(out, proto.Clone(f.st.Workers[k]).(*pb.WorkerSet))
+		out = append(out, f.st.Workers[k])
 	}
 	return out
 }
 
-// WorkerSet returns a copy of one dispatcher's set, or nil.
+// WorkerSet returns one dispatcher's set, or nil. It is shared: read only.
 func (f *FSM) WorkerSet(node, dispatcher string) *pb.WorkerSet {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return cloneOrNil(f.st.Workers[WorkerKey(node, dispatcher)])
+	return f.st.Workers[WorkerKey(node, dispatcher)]
+}
+
+// workerIndex finds the set that routes a worker name or an envoy prefix,
+// which are unique in the cluster, without looking through every set.
+type workerIndex struct {
+	names, prefixes map[string]string // → set key
+}
+
+func indexWorkers(sets map[string]*pb.WorkerSet) workerIndex {
+	ix := workerIndex{names: map[string]string{}, prefixes: map[string]string{}}
+	for k, ws := range sets {
+		ix.add(k, ws.Workers)
+	}
+	return ix
+}
+
+func (ix workerIndex) add(key string, ws []*agentpb.Worker) {
+	for _, w := range ws {
+		ix.names[w.Name] = key
+		ix.prefixes[w.EnvoyPrefix] = key
+	}
+}
+
+func (ix workerIndex) remove(ws []*agentpb.Worker) {
+	for _, w := range ws {
+		delete(ix.names, w.Name)
+		delete(ix.prefixes, w.EnvoyPrefix)
+	}
+}
+
+// conflict says why a worker of set key cannot be routed, if another set
+// routes its name or prefix.
+func (f *FSM) conflict(key string, w *agentpb.Worker) error {
+	if other, ok := f.workers.names[w.Name]; ok && other != key {
+		ws := f.st.Workers[other]
+		return rejected("worker %q is already registered by %s on %s", w.Name, ws.Dispatcher, ws.Node)
+	}
+	if other, ok := f.workers.prefixes[w.EnvoyPrefix]; ok && other != key {
+		ws := f.st.Workers[other]
+		i := slices.IndexFunc(ws.Workers, func(o *agentpb.Worker) bool { return o.EnvoyPrefix == w.EnvoyPrefix })
+		return rejected("envoy prefix %q is already used by worker %s of %s on %s", w.EnvoyPrefix, ws.Workers[i].Name, ws.Dispatcher, ws.Node)
+	}
+	return nil
+}
+
+// store makes next the set under key (nil removes it).
+func (f *FSM) store(key string, next *pb.WorkerSet) {
+	if cur := f.st.Workers[key]; cur != nil {
+		f.workers.remove(cur.Workers)
+	}
+	if next == nil {
+		delete(f.st.Workers, key)
+		return
+	}
+	f.st.Workers[key] = next
+	f.workers.add(key, next.Workers)
 }
 
 // Worker commands are not audited: dispatchers re-send their sets every few
@@ -45,51 +107,100 @@ func (f *FSM) setWorkers(at int64, ws *pb.WorkerSet) (any, string) {
 	}
 	key := WorkerKey(ws.Node, ws.Dispatcher)
 	if len(ws.Workers) == 0 {
-		delete(f.st.Workers, key)
+		f.store(key, nil)
 		return nil, ""
 	}
-	// Names and prefixes route requests, so they are unique in the cluster.
-	mine := map[string]bool{}
 	for _, w := range ws.Workers {
-		mine[w.Name] = true
-		mine["prefix "+w.EnvoyPrefix] = true
-	}
-	for k, other := range f.st.Workers {
-		if k == key {
-			continue
-		}
-		for _, w := range other.Workers {
-			if mine[w.Name] {
-				return rejected("worker %q is already registered by %s on %s", w.Name, other.Dispatcher, other.Node), what
-			}
-			if mine["prefix "+w.EnvoyPrefix] {
-				return rejected("envoy prefix %q is already used by worker %s of %s on %s", w.EnvoyPrefix, w.Name, other.Dispatcher, other.Node), what
-			}
+		if err := f.conflict(key, w); err != nil {
+			return err, what
 		}
 	}
 	next := proto.Clone(ws).(*pb.WorkerSet)
-	slices.SortFunc(next.Workers, func(a, b *agentpb.Worker) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(next.Workers, byName)
 	next.UpdatedUnixMs = at
-	if f.st.Workers == nil {
-		f.st.Workers = map[string]*pb.WorkerSet{}
+	next.Revision = 1
+	if cur := f.st.Workers[key]; cur != nil {
+		next.Revision = cur.Revision + 1
 	}
-	f.st.Workers[key] = next
+	f.store(key, next)
 	return nil, ""
 }
 
+func byName(a, b *agentpb.Worker) int { return strings.Compare(a.Name, b.Name) }
+
+// ErrStaleDiff is why a worker diff is refused: the set changed since the
+// revision it was made from.
+var ErrStaleDiff = errors.New("stale worker diff")
+
+// diffWorkers applies a diff made from the set's current revision: one made
+// from an older one would undo a change in between, so it is refused and
+// the proposer sends the whole set instead.
+func (f *FSM) diffWorkers(at int64, d *pb.WorkerDiff) (any, string) {
+	what := fmt.Sprintf("workers of %s on %s", d.Dispatcher, d.Node)
+	key := WorkerKey(d.Node, d.Dispatcher)
+	cur := f.st.Workers[key]
+	if cur == nil || cur.Revision != d.BaseRevision {
+		return fmt.Errorf("%w: %w: the set is no longer at revision %d; send the whole set", ErrRejected, ErrStaleDiff, d.BaseRevision), what
+	}
+	for _, w := range d.Upsert {
+		if err := f.conflict(key, w); err != nil {
+			return err, what
+		}
+	}
+	gone := make(map[string]bool, len(d.Remove)+len(d.Upsert))
+	for _, name := range d.Remove {
+		gone[name] = true
+	}
+	for _, w := range d.Upsert {
+		gone[w.Name] = true
+	}
+	workers := make([]*agentpb.Worker, 0, len(cur.Workers)+len(d.Upsert)-len(d.Remove))
+	for _, w := range cur.Workers {
+		if !gone[w.Name] {
+			workers = append(workers, w)
+		}
+	}
+	for _, w := range d.Upsert {
+		workers = append(workers, proto.Clone(w).(*agentpb.Worker))
+	}
+	if len(workers) == 0 {
+		f.store(key, nil)
+		return nil, ""
+	}
+	slices.SortFunc(workers, byName)
+	f.store(key, &pb.WorkerSet{
+		Node: d.Node, Dispatcher: d.Dispatcher, Workers: workers,
+		LeaseExpiresUnixMs: d.LeaseExpiresUnixMs, UpdatedUnixMs: at,
+		DispatcherPid: d.DispatcherPid, Revision: cur.Revision + 1,
+	})
+	return nil, ""
+}
+
+// withLease is a copy of ws (sharing its workers) whose lease ends at ms.
+func withLease(ws *pb.WorkerSet, ms int64) *pb.WorkerSet {
+	return &pb.WorkerSet{
+		Node: ws.Node, Dispatcher: ws.Dispatcher, Workers: ws.Workers,
+		LeaseExpiresUnixMs: ms, UpdatedUnixMs: ws.UpdatedUnixMs,
+		DispatcherPid: ws.DispatcherPid, Revision: ws.Revision,
+	}
+}
+
 func (f *FSM) renewWorkers(l *pb.WorkerLease) (any, string) {
-	ws := f.st.Workers[WorkerKey(l.Node, l.Dispatcher)]
+	key := WorkerKey(l.Node, l.Dispatcher)
+	ws := f.st.Workers[key]
 	if ws == nil {
 		return rejected("no workers of %s on %s to renew (the lease ended); send the whole set", l.Dispatcher, l.Node), "worker lease of " + l.Dispatcher + " on " + l.Node
 	}
-	ws.LeaseExpiresUnixMs = max(ws.LeaseExpiresUnixMs, l.LeaseExpiresUnixMs)
+	if l.LeaseExpiresUnixMs > ws.LeaseExpiresUnixMs {
+		f.st.Workers[key] = withLease(ws, l.LeaseExpiresUnixMs)
+	}
 	return nil, ""
 }
 
 func (f *FSM) expireWorkers(l *pb.WorkerLease) (any, string) {
 	key := WorkerKey(l.Node, l.Dispatcher)
 	if ws := f.st.Workers[key]; ws != nil && ws.LeaseExpiresUnixMs == l.LeaseExpiresUnixMs {
-		delete(f.st.Workers, key)
+		f.store(key, nil)
 	}
 	return nil, ""
 }
@@ -104,4 +215,27 @@ func (f *FSM) WorkerLeases() []*pb.WorkerLease {
 		out = append(out, &pb.WorkerLease{Node: ws.Node, Dispatcher: ws.Dispatcher, LeaseExpiresUnixMs: ws.LeaseExpiresUnixMs})
 	}
 	return out
+}
+
+// DiffWorkers is the diff that makes stored (sorted by name) into next
+// (sorted by name): the workers added or changed, and the names removed.
+func DiffWorkers(stored, next []*agentpb.Worker) (upsert []*agentpb.Worker, remove []string) {
+	i, j := 0, 0
+	for i < len(stored) || j < len(next) {
+		switch {
+		case j == len(next) || (i < len(stored) && stored[i].Name < next[j].Name):
+			remove = append(remove, stored[i].Name)
+			i++
+		case i == len(stored) || next[j].Name < stored[i].Name:
+			upsert = append(upsert, next[j])
+			j++
+		default:
+			if !proto.Equal(stored[i], next[j]) {
+				upsert = append(upsert, next[j])
+			}
+			i++
+			j++
+		}
+	}
+	return upsert, remove
 }

@@ -2,9 +2,14 @@ package fsm
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
 
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
@@ -108,5 +113,142 @@ func TestWorkersSurviveSnapshotAndAreNotAudited(t *testing.T) {
 	b := &applier{t: t, f: g, index: 10}
 	if err, ok := b.apply(workerSet("q2", "db_query_server", 1000, "w3")).(error); ok {
 		t.Fatal(err)
+	}
+}
+
+func workers(names ...string) []*agentpb.Worker {
+	var out []*agentpb.Worker
+	for i, n := range names {
+		out = append(out, &agentpb.Worker{Name: n, EnvoyPrefix: "/worker/" + n, Port: int32(30000 + i)})
+	}
+	return out
+}
+
+func diff(node, disp string, base uint64, upsert []*agentpb.Worker, remove ...string) *pb.Command {
+	return &pb.Command{AtUnixMs: 700, Cmd: &pb.Command_WorkerDiff{WorkerDiff: &pb.WorkerDiff{
+		Node: node, Dispatcher: disp, BaseRevision: base, Upsert: upsert, Remove: remove, LeaseExpiresUnixMs: 9000, DispatcherPid: 43,
+	}}}
+}
+
+// setSummary is a set's workers as "name:port" in order, and its revision.
+func setSummary(ws *pb.WorkerSet) (string, uint64) {
+	if ws == nil {
+		return "gone", 0
+	}
+	var parts []string
+	for _, w := range ws.Workers {
+		parts = append(parts, fmt.Sprintf("%s:%d", w.Name, w.Port))
+	}
+	return strings.Join(parts, ","), ws.Revision
+}
+
+func TestWorkerDiffs(t *testing.T) {
+	changed := &agentpb.Worker{Name: "b", EnvoyPrefix: "/worker/b", Port: 1}
+	tests := []struct {
+		name     string
+		cmds     []*pb.Command
+		refused  string // the last command's refusal, "" when applied
+		want     string // q1/d's workers after the last command
+		revision uint64
+	}{
+		{"add, change and remove", []*pb.Command{workerSet("q1", "d", 1, "a", "b", "c"), diff("q1", "d", 1, append(workers("0new"), changed), "c")},
+			"", "0new:30000,a:30000,b:1", 2},
+		{"a renewal keeps the revision", []*pb.Command{workerSet("q1", "d", 1, "a"), lease("renew", "q1", "d", 5), diff("q1", "d", 1, nil, "a")},
+			"", "gone", 0},
+		{"made from an older revision", []*pb.Command{workerSet("q1", "d", 1, "a"), workerSet("q1", "d", 1, "a", "b"), diff("q1", "d", 1, workers("c"))},
+			"no longer at revision 1", "a:30000,b:30001", 2},
+		{"of a set that is gone", []*pb.Command{diff("q1", "d", 0, workers("a"))},
+			"no longer at revision 0", "gone", 0},
+		{"a name another set routes", []*pb.Command{workerSet("q2", "d", 1, "x"), workerSet("q1", "d", 1, "a"), diff("q1", "d", 1, workers("x"))},
+			`worker "x" is already registered by d on q2`, "a:30000", 1},
+		{"a prefix another set routes", []*pb.Command{workerSet("q2", "d", 1, "x"), workerSet("q1", "d", 1, "a"),
+			diff("q1", "d", 1, []*agentpb.Worker{{Name: "y", EnvoyPrefix: "/worker/x", Port: 2}})},
+			`envoy prefix "/worker/x" is already used by worker x of d on q2`, "a:30000", 1},
+		{"a name its old set let go", []*pb.Command{workerSet("q2", "d", 1, "x", "z"), workerSet("q2", "d", 1, "z"), workerSet("q1", "d", 1, "a"), diff("q1", "d", 1, workers("x"))},
+			"", "a:30000,x:30000", 2},
+		{"a name of an expired set", []*pb.Command{workerSet("q2", "d", 1, "x"), lease("expire", "q2", "d", 1), workerSet("q1", "d", 1, "x")},
+			"", "x:30000", 1},
+		{"moving a worker between its own set's entries", []*pb.Command{workerSet("q1", "d", 1, "a", "b"), diff("q1", "d", 1, []*agentpb.Worker{{Name: "c", EnvoyPrefix: "/worker/a", Port: 3}}, "a")},
+			"", "b:30001,c:3", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &applier{t: t, f: New()}
+			var res any
+			for _, cmd := range tt.cmds {
+				res = a.apply(cmd)
+			}
+			err, _ := res.(error)
+			if (err != nil) != (tt.refused != "") || (err != nil && !strings.Contains(err.Error(), tt.refused)) {
+				t.Fatalf("got %v, want refusal %q", res, tt.refused)
+			}
+			if stale := strings.Contains(tt.refused, "no longer at revision"); stale != errors.Is(err, ErrStaleDiff) {
+				t.Fatalf("%v: a stale diff's refusal must be ErrStaleDiff (the leader sends the whole set)", err)
+			}
+			got, rev := setSummary(a.f.WorkerSet("q1", "d"))
+			if got != tt.want || rev != tt.revision {
+				t.Fatalf("set %s revision %d, want %s revision %d", got, rev, tt.want, tt.revision)
+			}
+		})
+	}
+}
+
+// A diff applied to a stored set gives the set it was made from, whatever
+// the two sets hold.
+func TestDiffWorkersRebuildsTheNewSet(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	randomSet := func() []*agentpb.Worker {
+		var out []*agentpb.Worker
+		for i := range 30 {
+			if rng.IntN(2) == 0 {
+				n := fmt.Sprintf("w%02d", i)
+				out = append(out, &agentpb.Worker{Name: n, EnvoyPrefix: "/worker/" + n, Port: int32(1 + rng.IntN(3)), Kind: []string{"a", "b"}[rng.IntN(2)]})
+			}
+		}
+		return out
+	}
+	for i := range 200 {
+		old, next := randomSet(), randomSet()
+		a := &applier{t: t, f: New()}
+		a.apply(&pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{Node: "q", Dispatcher: "d", Workers: old}}})
+		upsert, remove := DiffWorkers(old, next)
+		if len(old) == 0 {
+			continue // nothing to diff from: the whole set is sent
+		}
+		if res := a.apply(diff("q", "d", 1, upsert, remove...)); res != nil {
+			t.Fatalf("case %d: %v", i, res)
+		}
+		got := a.f.WorkerSet("q", "d")
+		g, _ := setSummary(got)
+		if w, _ := setSummary(&pb.WorkerSet{Workers: next}); len(next) > 0 && g != w || len(next) == 0 && got != nil {
+			t.Fatalf("case %d: diff gave %s, want %s", i, g, w)
+		}
+		for j := range next {
+			if !proto.Equal(got.Workers[j], next[j]) {
+				t.Fatalf("case %d: worker %d is %v, want %v", i, j, got.Workers[j], next[j])
+			}
+		}
+	}
+}
+
+// The index of names and prefixes comes back with a restored snapshot.
+func TestWorkerIndexAfterRestore(t *testing.T) {
+	a := &applier{t: t, f: New()}
+	a.apply(workerSet("q1", "d", 1000, "w1"))
+	snap, err := a.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := snap.Persist(&sink{Buffer: &buf}); err != nil {
+		t.Fatal(err)
+	}
+	g := New()
+	if err := g.Restore(io.NopCloser(&buf)); err != nil {
+		t.Fatal(err)
+	}
+	b := &applier{t: t, f: g, index: 10}
+	if err, _ := b.apply(workerSet("q2", "d", 1000, "w1")).(error); err == nil || !strings.Contains(err.Error(), "already registered") {
+		t.Fatalf("a restored set's name taken by another: %v", err)
 	}
 }

@@ -1869,8 +1869,11 @@ type WorkerSet struct {
 	LeaseExpiresUnixMs int64                  `protobuf:"varint,4,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
 	UpdatedUnixMs      int64                  `protobuf:"varint,5,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"` // when the set last changed
 	DispatcherPid      int32                  `protobuf:"varint,6,opt,name=dispatcher_pid,json=dispatcherPid,proto3" json:"dispatcher_pid,omitempty"`   // 0: not known (registered by an operator)
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// revision counts the set's changes of workers; a diff names the
+	// revision it was made from.
+	Revision      uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WorkerSet) Reset() {
@@ -1945,6 +1948,108 @@ func (x *WorkerSet) GetDispatcherPid() int32 {
 	return 0
 }
 
+func (x *WorkerSet) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// WorkerDiff changes a stored set into a dispatcher's new one: a small raft
+// entry where the whole set of thousands of workers would be a large one.
+type WorkerDiff struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Node       string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Dispatcher string                 `protobuf:"bytes,2,opt,name=dispatcher,proto3" json:"dispatcher,omitempty"`
+	// The set's revision the diff was made from: refused if it changed since.
+	BaseRevision       uint64            `protobuf:"varint,3,opt,name=base_revision,json=baseRevision,proto3" json:"base_revision,omitempty"`
+	Upsert             []*agentpb.Worker `protobuf:"bytes,4,rep,name=upsert,proto3" json:"upsert,omitempty"` // added or changed
+	Remove             []string          `protobuf:"bytes,5,rep,name=remove,proto3" json:"remove,omitempty"` // names
+	LeaseExpiresUnixMs int64             `protobuf:"varint,6,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
+	DispatcherPid      int32             `protobuf:"varint,7,opt,name=dispatcher_pid,json=dispatcherPid,proto3" json:"dispatcher_pid,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *WorkerDiff) Reset() {
+	*x = WorkerDiff{}
+	mi := &file_coordpb_coord_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerDiff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerDiff) ProtoMessage() {}
+
+func (x *WorkerDiff) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerDiff.ProtoReflect.Descriptor instead.
+func (*WorkerDiff) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WorkerDiff) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *WorkerDiff) GetDispatcher() string {
+	if x != nil {
+		return x.Dispatcher
+	}
+	return ""
+}
+
+func (x *WorkerDiff) GetBaseRevision() uint64 {
+	if x != nil {
+		return x.BaseRevision
+	}
+	return 0
+}
+
+func (x *WorkerDiff) GetUpsert() []*agentpb.Worker {
+	if x != nil {
+		return x.Upsert
+	}
+	return nil
+}
+
+func (x *WorkerDiff) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+func (x *WorkerDiff) GetLeaseExpiresUnixMs() int64 {
+	if x != nil {
+		return x.LeaseExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *WorkerDiff) GetDispatcherPid() int32 {
+	if x != nil {
+		return x.DispatcherPid
+	}
+	return 0
+}
+
 type WorkerLease struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Node               string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -1956,7 +2061,7 @@ type WorkerLease struct {
 
 func (x *WorkerLease) Reset() {
 	*x = WorkerLease{}
-	mi := &file_coordpb_coord_proto_msgTypes[30]
+	mi := &file_coordpb_coord_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2073,7 @@ func (x *WorkerLease) String() string {
 func (*WorkerLease) ProtoMessage() {}
 
 func (x *WorkerLease) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[30]
+	mi := &file_coordpb_coord_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2086,7 @@ func (x *WorkerLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerLease.ProtoReflect.Descriptor instead.
 func (*WorkerLease) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{30}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WorkerLease) GetNode() string {
@@ -2019,7 +2124,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_coordpb_coord_proto_msgTypes[31]
+	mi := &file_coordpb_coord_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2136,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[31]
+	mi := &file_coordpb_coord_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2149,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{31}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Desired) GetNode() string {
@@ -2094,7 +2199,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_coordpb_coord_proto_msgTypes[32]
+	mi := &file_coordpb_coord_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2211,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[32]
+	mi := &file_coordpb_coord_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2224,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{32}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AuditEntry) GetIndex() uint64 {
@@ -2161,7 +2266,7 @@ type StepRef struct {
 
 func (x *StepRef) Reset() {
 	*x = StepRef{}
-	mi := &file_coordpb_coord_proto_msgTypes[33]
+	mi := &file_coordpb_coord_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2278,7 @@ func (x *StepRef) String() string {
 func (*StepRef) ProtoMessage() {}
 
 func (x *StepRef) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[33]
+	mi := &file_coordpb_coord_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2291,7 @@ func (x *StepRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRef.ProtoReflect.Descriptor instead.
 func (*StepRef) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{33}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StepRef) GetOpId() string {
@@ -2226,6 +2331,7 @@ type Command struct {
 	//	*Command_WorkerSet
 	//	*Command_WorkerRenew
 	//	*Command_WorkerExpire
+	//	*Command_WorkerDiff
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2233,7 +2339,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_coordpb_coord_proto_msgTypes[34]
+	mi := &file_coordpb_coord_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2351,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[34]
+	mi := &file_coordpb_coord_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2364,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{34}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Command) GetAtUnixMs() int64 {
@@ -2363,6 +2469,15 @@ func (x *Command) GetWorkerExpire() *WorkerLease {
 	return nil
 }
 
+func (x *Command) GetWorkerDiff() *WorkerDiff {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_WorkerDiff); ok {
+			return x.WorkerDiff
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2406,6 +2521,10 @@ type Command_WorkerExpire struct {
 	WorkerExpire *WorkerLease `protobuf:"bytes,18,opt,name=worker_expire,json=workerExpire,proto3,oneof"`
 }
 
+type Command_WorkerDiff struct {
+	WorkerDiff *WorkerDiff `protobuf:"bytes,30,opt,name=worker_diff,json=workerDiff,proto3,oneof"`
+}
+
 func (*Command_NodeUpsert) isCommand_Cmd() {}
 
 func (*Command_PeerUpsert) isCommand_Cmd() {}
@@ -2424,6 +2543,8 @@ func (*Command_WorkerRenew) isCommand_Cmd() {}
 
 func (*Command_WorkerExpire) isCommand_Cmd() {}
 
+func (*Command_WorkerDiff) isCommand_Cmd() {}
+
 type StepUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *StepRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -2434,7 +2555,7 @@ type StepUpdate struct {
 
 func (x *StepUpdate) Reset() {
 	*x = StepUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[35]
+	mi := &file_coordpb_coord_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2567,7 @@ func (x *StepUpdate) String() string {
 func (*StepUpdate) ProtoMessage() {}
 
 func (x *StepUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[35]
+	mi := &file_coordpb_coord_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2580,7 @@ func (x *StepUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepUpdate.ProtoReflect.Descriptor instead.
 func (*StepUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{35}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StepUpdate) GetRef() *StepRef {
@@ -2488,7 +2609,7 @@ type OpUpdate struct {
 
 func (x *OpUpdate) Reset() {
 	*x = OpUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[36]
+	mi := &file_coordpb_coord_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2621,7 @@ func (x *OpUpdate) String() string {
 func (*OpUpdate) ProtoMessage() {}
 
 func (x *OpUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[36]
+	mi := &file_coordpb_coord_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2634,7 @@ func (x *OpUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpUpdate.ProtoReflect.Descriptor instead.
 func (*OpUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{36}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *OpUpdate) GetOpId() string {
@@ -2702,7 +2823,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x19\n" +
-	"\bxds_addr\x18\x04 \x01(\tR\axdsAddr\"\xf5\x01\n" +
+	"\bxds_addr\x18\x04 \x01(\tR\axdsAddr\"\x91\x02\n" +
 	"\tWorkerSet\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
@@ -2711,7 +2832,19 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\aworkers\x18\x03 \x03(\v2\x18.dhvisor.agent.v1.WorkerR\aworkers\x121\n" +
 	"\x15lease_expires_unix_ms\x18\x04 \x01(\x03R\x12leaseExpiresUnixMs\x12&\n" +
 	"\x0fupdated_unix_ms\x18\x05 \x01(\x03R\rupdatedUnixMs\x12%\n" +
-	"\x0edispatcher_pid\x18\x06 \x01(\x05R\rdispatcherPid\"t\n" +
+	"\x0edispatcher_pid\x18\x06 \x01(\x05R\rdispatcherPid\x12\x1a\n" +
+	"\brevision\x18\a \x01(\x04R\brevision\"\x89\x02\n" +
+	"\n" +
+	"WorkerDiff\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
+	"\n" +
+	"dispatcher\x18\x02 \x01(\tR\n" +
+	"dispatcher\x12#\n" +
+	"\rbase_revision\x18\x03 \x01(\x04R\fbaseRevision\x120\n" +
+	"\x06upsert\x18\x04 \x03(\v2\x18.dhvisor.agent.v1.WorkerR\x06upsert\x12\x16\n" +
+	"\x06remove\x18\x05 \x03(\tR\x06remove\x121\n" +
+	"\x15lease_expires_unix_ms\x18\x06 \x01(\x03R\x12leaseExpiresUnixMs\x12%\n" +
+	"\x0edispatcher_pid\x18\a \x01(\x05R\rdispatcherPid\"t\n" +
 	"\vWorkerLease\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
@@ -2735,7 +2868,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\aStepRef\x12\x13\n" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\x05R\x05stage\x12\x12\n" +
-	"\x04step\x18\x03 \x01(\x05R\x04step\"\x89\x05\n" +
+	"\x04step\x18\x03 \x01(\x05R\x04step\"\xd0\x05\n" +
 	"\aCommand\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x01 \x01(\x03R\batUnixMs\x12\x10\n" +
@@ -2754,7 +2887,9 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
 	"worker_set\x18\x10 \x01(\v2!.dhvisor.coordinator.v1.WorkerSetH\x00R\tworkerSet\x12H\n" +
 	"\fworker_renew\x18\x11 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\vworkerRenew\x12J\n" +
-	"\rworker_expire\x18\x12 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\fworkerExpireB\x05\n" +
+	"\rworker_expire\x18\x12 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\fworkerExpire\x12E\n" +
+	"\vworker_diff\x18\x1e \x01(\v2\".dhvisor.coordinator.v1.WorkerDiffH\x00R\n" +
+	"workerDiffB\x05\n" +
 	"\x03cmd\"q\n" +
 	"\n" +
 	"StepUpdate\x121\n" +
@@ -2796,7 +2931,7 @@ func file_coordpb_coord_proto_rawDescGZIP() []byte {
 }
 
 var file_coordpb_coord_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_coordpb_coord_proto_goTypes = []any{
 	(ControlOpRequest_Op)(0),                // 0: dhvisor.coordinator.v1.ControlOpRequest.Op
 	(*WorkersRequest)(nil),                  // 1: dhvisor.coordinator.v1.WorkersRequest
@@ -2829,100 +2964,103 @@ var file_coordpb_coord_proto_goTypes = []any{
 	(*ServiceDef)(nil),                      // 28: dhvisor.coordinator.v1.ServiceDef
 	(*Peer)(nil),                            // 29: dhvisor.coordinator.v1.Peer
 	(*WorkerSet)(nil),                       // 30: dhvisor.coordinator.v1.WorkerSet
-	(*WorkerLease)(nil),                     // 31: dhvisor.coordinator.v1.WorkerLease
-	(*Desired)(nil),                         // 32: dhvisor.coordinator.v1.Desired
-	(*AuditEntry)(nil),                      // 33: dhvisor.coordinator.v1.AuditEntry
-	(*StepRef)(nil),                         // 34: dhvisor.coordinator.v1.StepRef
-	(*Command)(nil),                         // 35: dhvisor.coordinator.v1.Command
-	(*StepUpdate)(nil),                      // 36: dhvisor.coordinator.v1.StepUpdate
-	(*OpUpdate)(nil),                        // 37: dhvisor.coordinator.v1.OpUpdate
-	nil,                                     // 38: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
-	nil,                                     // 39: dhvisor.coordinator.v1.State.NodesEntry
-	nil,                                     // 40: dhvisor.coordinator.v1.State.PeersEntry
-	nil,                                     // 41: dhvisor.coordinator.v1.State.DesiredEntry
-	nil,                                     // 42: dhvisor.coordinator.v1.State.WorkersEntry
-	(*agentpb.ClusterResponse)(nil),         // 43: dhvisor.agent.v1.ClusterResponse
-	(*agentpb.EnvoyUpstream)(nil),           // 44: dhvisor.agent.v1.EnvoyUpstream
-	(*agentpb.Worker)(nil),                  // 45: dhvisor.agent.v1.Worker
-	(*agentpb.RegisterWorkersRequest)(nil),  // 46: dhvisor.agent.v1.RegisterWorkersRequest
-	(*agentpb.RegisterWorkersResponse)(nil), // 47: dhvisor.agent.v1.RegisterWorkersResponse
+	(*WorkerDiff)(nil),                      // 31: dhvisor.coordinator.v1.WorkerDiff
+	(*WorkerLease)(nil),                     // 32: dhvisor.coordinator.v1.WorkerLease
+	(*Desired)(nil),                         // 33: dhvisor.coordinator.v1.Desired
+	(*AuditEntry)(nil),                      // 34: dhvisor.coordinator.v1.AuditEntry
+	(*StepRef)(nil),                         // 35: dhvisor.coordinator.v1.StepRef
+	(*Command)(nil),                         // 36: dhvisor.coordinator.v1.Command
+	(*StepUpdate)(nil),                      // 37: dhvisor.coordinator.v1.StepUpdate
+	(*OpUpdate)(nil),                        // 38: dhvisor.coordinator.v1.OpUpdate
+	nil,                                     // 39: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	nil,                                     // 40: dhvisor.coordinator.v1.State.NodesEntry
+	nil,                                     // 41: dhvisor.coordinator.v1.State.PeersEntry
+	nil,                                     // 42: dhvisor.coordinator.v1.State.DesiredEntry
+	nil,                                     // 43: dhvisor.coordinator.v1.State.WorkersEntry
+	(*agentpb.ClusterResponse)(nil),         // 44: dhvisor.agent.v1.ClusterResponse
+	(*agentpb.EnvoyUpstream)(nil),           // 45: dhvisor.agent.v1.EnvoyUpstream
+	(*agentpb.Worker)(nil),                  // 46: dhvisor.agent.v1.Worker
+	(*agentpb.RegisterWorkersRequest)(nil),  // 47: dhvisor.agent.v1.RegisterWorkersRequest
+	(*agentpb.RegisterWorkersResponse)(nil), // 48: dhvisor.agent.v1.RegisterWorkersResponse
 }
 var file_coordpb_coord_proto_depIdxs = []int32{
 	30, // 0: dhvisor.coordinator.v1.WorkersResponse.sets:type_name -> dhvisor.coordinator.v1.WorkerSet
 	5,  // 1: dhvisor.coordinator.v1.RoutesResponse.routes:type_name -> dhvisor.coordinator.v1.Route
-	38, // 2: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
-	43, // 3: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
+	39, // 2: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	44, // 3: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
 	11, // 4: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
 	23, // 5: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
 	27, // 6: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
 	12, // 7: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
 	29, // 8: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
 	23, // 9: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
-	33, // 10: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
+	34, // 10: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
 	0,  // 11: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
 	22, // 12: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
 	24, // 13: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
 	25, // 14: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
-	39, // 15: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
-	40, // 16: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
+	40, // 15: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
+	41, // 16: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
 	23, // 17: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
-	41, // 18: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
-	33, // 19: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
-	42, // 20: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
+	42, // 18: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
+	34, // 19: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
+	43, // 20: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
 	28, // 21: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
-	44, // 22: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
-	45, // 23: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
-	27, // 24: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
-	29, // 25: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
-	23, // 26: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
-	36, // 27: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
-	37, // 28: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
-	30, // 29: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
-	31, // 30: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
-	31, // 31: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
-	34, // 32: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
-	25, // 33: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
-	27, // 34: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
-	29, // 35: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
-	32, // 36: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
-	30, // 37: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
-	6,  // 38: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
-	8,  // 39: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
-	10, // 40: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
-	16, // 41: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
-	18, // 42: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	18, // 43: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	19, // 44: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
-	22, // 45: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
-	22, // 46: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
-	21, // 47: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
-	13, // 48: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
-	14, // 49: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
-	15, // 50: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
-	46, // 51: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	1,  // 52: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
-	3,  // 53: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
-	7,  // 54: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
-	9,  // 55: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
-	11, // 56: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
-	17, // 57: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
-	23, // 58: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
-	23, // 59: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
-	20, // 60: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
-	23, // 61: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
-	23, // 62: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
-	23, // 63: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
-	11, // 64: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
-	11, // 65: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
-	11, // 66: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
-	47, // 67: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	2,  // 68: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
-	4,  // 69: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
-	54, // [54:70] is the sub-list for method output_type
-	38, // [38:54] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	45, // 22: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	46, // 23: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
+	46, // 24: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
+	27, // 25: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
+	29, // 26: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
+	23, // 27: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
+	37, // 28: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
+	38, // 29: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
+	30, // 30: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
+	32, // 31: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
+	32, // 32: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
+	31, // 33: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
+	35, // 34: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
+	25, // 35: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
+	27, // 36: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
+	29, // 37: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
+	33, // 38: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
+	30, // 39: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
+	6,  // 40: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
+	8,  // 41: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
+	10, // 42: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
+	16, // 43: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
+	18, // 44: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	18, // 45: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	19, // 46: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
+	22, // 47: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
+	22, // 48: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
+	21, // 49: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
+	13, // 50: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
+	14, // 51: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
+	15, // 52: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
+	47, // 53: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	1,  // 54: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
+	3,  // 55: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
+	7,  // 56: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
+	9,  // 57: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
+	11, // 58: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
+	17, // 59: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
+	23, // 60: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
+	23, // 61: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
+	20, // 62: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
+	23, // 63: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
+	23, // 64: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
+	23, // 65: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
+	11, // 66: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
+	11, // 67: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
+	11, // 68: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
+	48, // 69: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	2,  // 70: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
+	4,  // 71: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
+	56, // [56:72] is the sub-list for method output_type
+	40, // [40:56] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_coordpb_coord_proto_init() }
@@ -2930,7 +3068,7 @@ func file_coordpb_coord_proto_init() {
 	if File_coordpb_coord_proto != nil {
 		return
 	}
-	file_coordpb_coord_proto_msgTypes[34].OneofWrappers = []any{
+	file_coordpb_coord_proto_msgTypes[35].OneofWrappers = []any{
 		(*Command_NodeUpsert)(nil),
 		(*Command_PeerUpsert)(nil),
 		(*Command_PeerRemove)(nil),
@@ -2940,6 +3078,7 @@ func file_coordpb_coord_proto_init() {
 		(*Command_WorkerSet)(nil),
 		(*Command_WorkerRenew)(nil),
 		(*Command_WorkerExpire)(nil),
+		(*Command_WorkerDiff)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2947,7 +3086,7 @@ func file_coordpb_coord_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordpb_coord_proto_rawDesc), len(file_coordpb_coord_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
