@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -58,19 +57,20 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 	whole := &pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid}}}
 	cur := s.FSM.WorkerSet(req.Node, req.Dispatcher)
 	var cmd *pb.Command
-	switch {
-	case cur == nil || len(req.Workers) == 0:
+	if cur == nil || len(req.Workers) == 0 {
 		cmd = whole
-	case cur.DispatcherPid == req.DispatcherPid && sameWorkers(cur.Workers, req.Workers):
-		cmd = &pb.Command{Cmd: &pb.Command_WorkerRenew{WorkerRenew: &pb.WorkerLease{Node: req.Node, Dispatcher: req.Dispatcher, LeaseExpiresUnixMs: expires}}}
-	default:
+	} else {
 		// Most registrations change a worker or two of a set that may
-		// hold thousands: the raft entry carries only those.
+		// hold thousands, or none: the raft entry carries only those.
 		upsert, remove := fsm.DiffWorkers(cur.Workers, req.Workers)
-		cmd = &pb.Command{Cmd: &pb.Command_WorkerDiff{WorkerDiff: &pb.WorkerDiff{
-			Node: req.Node, Dispatcher: req.Dispatcher, BaseRevision: cur.Revision, Upsert: upsert, Remove: remove,
-			LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid,
-		}}}
+		if len(upsert) == 0 && len(remove) == 0 && cur.DispatcherPid == req.DispatcherPid {
+			cmd = &pb.Command{Cmd: &pb.Command_WorkerRenew{WorkerRenew: &pb.WorkerLease{Node: req.Node, Dispatcher: req.Dispatcher, LeaseExpiresUnixMs: expires}}}
+		} else {
+			cmd = &pb.Command{Cmd: &pb.Command_WorkerDiff{WorkerDiff: &pb.WorkerDiff{
+				Node: req.Node, Dispatcher: req.Dispatcher, BaseRevision: cur.Revision, Upsert: upsert, Remove: remove,
+				LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid,
+			}}}
+		}
 	}
 	resp.Changed = cmd.GetWorkerRenew() == nil
 	_, err := s.propose(ctx, who, cmd)
@@ -85,13 +85,10 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 	if err != nil {
 		return nil, err
 	}
+	if resp.Changed {
+		s.Raft.Announce()
+	}
 	return resp, nil
-}
-
-// sameWorkers compares a stored set with a normalized request's: both are
-// sorted by name.
-func sameWorkers(stored, req []*agentpb.Worker) bool {
-	return slices.EqualFunc(stored, req, func(a, b *agentpb.Worker) bool { return proto.Equal(a, b) })
 }
 
 // Workers implements pb.CoordinatorServer.

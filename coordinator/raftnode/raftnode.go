@@ -220,6 +220,14 @@ func (n *Node) Apply(ctx context.Context, data []byte) (any, error) {
 	return f.Response(), nil
 }
 
+// Announce has the leader tell the followers at once what it has
+// committed. Raft carries the commit index on the next append, which, when
+// nothing else is written, comes after CommitTimeout (5-10 ms); a barrier is
+// such an append, sent now. Followers serve xDS from their own state, so a
+// worker registration reaches their Envoy clients that much sooner. The
+// barrier is not waited for.
+func (n *Node) Announce() { n.Raft.Barrier(0) }
+
 // Servers returns the raft configuration.
 func (n *Node) Servers() ([]raft.Server, error) {
 	f := n.Raft.GetConfiguration()

@@ -131,13 +131,14 @@ func benchNode(id string) *core.Node {
 // their endpoints, and rds_config, each response acknowledged.
 type subscriber struct {
 	*seenLog
+	coord  int // the coordinator it subscribes at
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i int) (*subscriber, error) {
-	conn, err := dialXDS(cl, addr)
+func newSubscriber(ctx context.Context, cl *devcluster.Cluster, coord, i int) (*subscriber, error) {
+	conn, err := dialXDS(cl, cl.XDSAddrs[coord])
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +150,7 @@ func newSubscriber(ctx context.Context, cl *devcluster.Cluster, addr string, i i
 		return nil, err
 	}
 	node := benchNode(fmt.Sprintf("bench-sotw-%d", i))
-	s := &subscriber{seenLog: newSeenLog(), conn: conn, cancel: cancel, done: make(chan struct{})}
+	s := &subscriber{seenLog: newSeenLog(), coord: coord, conn: conn, cancel: cancel, done: make(chan struct{})}
 	for _, req := range []*discovery.DiscoveryRequest{
 		{Node: node, TypeUrl: resource.ClusterType},
 		{Node: node, TypeUrl: resource.RouteType, ResourceNames: []string{"rds_config"}},

@@ -174,7 +174,7 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 		return res, err
 	}
 	for i := range b.o.clients {
-		s, err := newSubscriber(ctx, cl, cl.XDSAddrs[i%len(cl.XDSAddrs)], i)
+		s, err := newSubscriber(ctx, cl, i%len(cl.XDSAddrs), i)
 		if err != nil {
 			return res, err
 		}

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/procfs"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+	"github.com/dhvisor/dhvisor/test/devcluster"
 )
 
 type results struct {
@@ -32,6 +34,10 @@ type sizeResult struct {
 	Workers int `json:"workers"`
 	// PerClient: registration -> each subscriber got the route (clients x trials samples).
 	PerClient benchkit.Stats `json:"per_client"`
+	// The same for the subscribers of the raft leader and of the followers,
+	// which learn of a commit one append later.
+	LeaderClients   benchkit.Stats `json:"leader_clients"`
+	FollowerClients benchkit.Stats `json:"follower_clients"`
 	// AllClients: registration -> the last of the subscribers got it (one per trial).
 	AllClients benchkit.Stats `json:"all_clients"`
 	GRPC       benchkit.Stats `json:"grpc_go_routable"`
@@ -40,8 +46,12 @@ type sizeResult struct {
 	Delta         benchkit.Stats `json:"delta_received"`
 	HTTP          benchkit.Stats `json:"http_registration"` // the agent's answer (raft committed)
 	// Bytes sent per change to one state-of-the-world and the delta subscriber.
-	SotWBytes  int64 `json:"sotw_bytes_per_change"`
-	DeltaBytes int64 `json:"delta_bytes_per_change"`
+	SotWBytes int64 `json:"sotw_bytes_per_change"`
+	// CPU time per registration, summed over the processes (ms): what the
+	// latencies cost, and what other load on the machine does not change.
+	CoordCPUMS float64 `json:"coordinators_cpu_ms_per_change"`
+	AgentCPUMS float64 `json:"agents_cpu_ms_per_change"`
+	DeltaBytes int64   `json:"delta_bytes_per_change"`
 }
 
 type bigResult struct {
@@ -118,8 +128,10 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 	if _, err := b.waitAll(ctx, base[n-1]); err != nil {
 		return r, err
 	}
-	var perClient, all, delta, httpDone []float64
+	var perClient, all, delta, httpDone, ofLeader, ofFollowers []float64
 	var sotwBytes, deltaBytes int64
+	leader := b.cl.Leader(ctx)
+	coordCPU, agentCPU := cpuTime(b.cl.Coords), cpuTime(b.cl.Agents)
 	for k := range b.o.trials {
 		name := fmt.Sprintf("t%d-%d", n, k)
 		for _, s := range b.subs {
@@ -137,8 +149,14 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 			return r, err
 		}
 		last := start
-		for _, at := range ats {
-			perClient = append(perClient, benchkit.MS(at.Sub(start)))
+		for i, at := range ats {
+			ms := benchkit.MS(at.Sub(start))
+			perClient = append(perClient, ms)
+			if b.subs[i].coord == leader {
+				ofLeader = append(ofLeader, ms)
+			} else {
+				ofFollowers = append(ofFollowers, ms)
+			}
 			if at.After(last) {
 				last = at
 			}
@@ -159,12 +177,15 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 		sotwBytes += b.subs[0].received() - s0
 		deltaBytes += b.dlt.received() - d0
 	}
+	r.CoordCPUMS = benchkit.MS(cpuTime(b.cl.Coords)-coordCPU) / float64(b.o.trials)
+	r.AgentCPUMS = benchkit.MS(cpuTime(b.cl.Agents)-agentCPU) / float64(b.o.trials)
 	grpcGo, notRouted, err := b.measureGRPC(ctx, n, base, port)
 	if err != nil {
 		return r, err
 	}
 	r.GRPCNotRouted = notRouted
 	r.PerClient, r.AllClients, r.GRPC, r.Delta, r.HTTP = benchkit.Summarise(perClient), benchkit.Summarise(all), benchkit.Summarise(grpcGo), benchkit.Summarise(delta), benchkit.Summarise(httpDone)
+	r.LeaderClients, r.FollowerClients = benchkit.Summarise(ofLeader), benchkit.Summarise(ofFollowers)
 	r.SotWBytes, r.DeltaBytes = sotwBytes/int64(b.o.trials), deltaBytes/int64(b.o.trials)
 	return r, nil
 }
@@ -303,4 +324,15 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// cpuTime is the CPU time the processes have used.
+func cpuTime(ps []*devcluster.Proc) time.Duration {
+	var ticks uint64
+	for _, p := range ps {
+		if st, err := procfs.ReadStat(p.PID()); err == nil {
+			ticks += st.UTime + st.STime
+		}
+	}
+	return time.Duration(ticks) * time.Second / procfs.ClockTicks
 }

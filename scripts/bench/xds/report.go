@@ -19,6 +19,8 @@ func report(w io.Writer, r *results) {
 		fmt.Fprintf(w, "\n%d workers, %d registrations through the agent's HTTP endpoint, %d ADS subscribers:\n", s.Workers, r.Trials, r.Clients)
 		line(w, "agent answered (committed in raft)", s.HTTP)
 		line(w, "update received, each subscriber", s.PerClient)
+		line(w, "  subscribers of the raft leader", s.LeaderClients)
+		line(w, "  subscribers of the followers", s.FollowerClients)
 		line(w, fmt.Sprintf("update received by all %d subscribers", r.Clients), s.AllClients)
 		line(w, "grpc-go xDS client routes the new worker", s.GRPC)
 		if s.GRPCNotRouted > 0 {
@@ -26,6 +28,7 @@ func report(w io.Writer, r *results) {
 		}
 		line(w, "delta-xDS subscriber received it", s.Delta)
 		fmt.Fprintf(w, "  bytes sent per change: state of the world %d, delta %d\n", s.SotWBytes, s.DeltaBytes)
+		fmt.Fprintf(w, "  CPU per change: the 3 coordinators %s, the agents %s\n", benchkit.FmtMS(s.CoordCPUMS), benchkit.FmtMS(s.AgentCPUMS))
 		if s.Workers == 1000 {
 			fmt.Fprintf(w, "  target: p99 registration -> update at %d clients < %s: %s\n", r.Clients, benchkit.FmtMS(benchkit.MS(targetUpdateP99)), benchkit.Verdict(s.PerClient.P99 < benchkit.MS(targetUpdateP99)))
 		}
