@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/dhvisor/dhvisor/agent/api"
+	"github.com/dhvisor/dhvisor/agent/container"
 	"github.com/dhvisor/dhvisor/agent/runtime/exec"
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/agent/supervise"
@@ -60,7 +61,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer unlock()
 
-	a.mgr = supervise.NewManager(a.node, exec.Runtime{}, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
+	docker, err := container.NewDocker(cfg.Envoy.Docker)
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+	rts := supervise.Runtimes{
+		config.RuntimeExec:   exec.Runtime{},
+		config.RuntimeDocker: container.New(docker, container.DefaultTiming, a.log.With("runtime", config.RuntimeDocker)),
+	}
+	a.mgr = supervise.NewManager(a.node, rts, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
 	a.mgr.Load()
 	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
 	if err != nil {

@@ -1,13 +1,16 @@
 // Package runtime is the boundary between the supervisor and whatever runs a
-// service's process: child processes of the agent (package exec) or, on
-// systemd hosts, units.
+// service's process: child processes of the agent (package exec), a
+// container (package container) or, on systemd hosts, units.
 package runtime
 
 import (
 	"context"
+	"errors"
+	"io"
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/internal/config"
 )
 
 // Spec is what a runtime needs to start one service.
@@ -20,6 +23,76 @@ type Spec struct {
 	User    string // empty: the agent's own user
 	Group   string // empty: the user's primary group
 	LogDir  string // stdout and stderr go to LogDir/<Name>.stdout.log
+	// Container is the container the process runs in, for a runtime that
+	// runs containers; nil otherwise.
+	Container *config.Container
+}
+
+// ErrUnavailable wraps a Start that failed because what runs processes (a
+// container engine) cannot be reached. It is not the service failing: the
+// supervisor retries without counting it against the restart limit.
+var ErrUnavailable = errors.New("runtime unavailable")
+
+// ErrAdoptedByStart is Adopt's answer from a runtime that takes a running
+// instance over in Start instead (it finds it by name and knows what it
+// should have been created from).
+var ErrAdoptedByStart = errors.New("taken over by the next start")
+
+// Container names the container a process runs in.
+type Container struct {
+	ID    string // the engine's id
+	Name  string
+	Image string // as configured (a tag)
+	// StartedAt is when the engine started the container: it may be long
+	// before the agent took it over.
+	StartedAt time.Time
+}
+
+// NoticeKind is what a runtime tells the supervisor about a running process
+// besides its end.
+type NoticeKind int
+
+// The notices.
+const (
+	// Unseen: the runtime lost sight of the process (its engine is
+	// down); it is neither known alive nor dead until Seen or Done.
+	Unseen NoticeKind = iota + 1
+	// Seen: the process is in sight again, still the same one.
+	Seen
+	// Stale: what the process was started from changed (its image, a
+	// mounted file); it must be replaced to take the change.
+	Stale
+	// Unhealthy: the runtime's own health check failed.
+	Unhealthy
+)
+
+// Notice is one such event, with a message for the service's status.
+type Notice struct {
+	Kind    NoticeKind
+	Message string
+}
+
+// Watched is a Process whose runtime reports more than its end.
+type Watched interface {
+	// Noticed receives when notices wait to be taken with Notices. It
+	// never blocks the runtime: a supervisor busy stopping the process
+	// takes them later.
+	Noticed() <-chan struct{}
+	// Notices returns the waiting notices, oldest first, and forgets them.
+	Notices() []Notice
+	// Retarget gives the process the spec it would be started from now (a
+	// reloaded configuration): a Stale notice follows if that changes it.
+	Retarget(spec Spec)
+	// Container describes the container the process runs in.
+	Container() Container
+}
+
+// LogReader is a Runtime that keeps a service's output itself (a container
+// engine) rather than in the service's log directory.
+type LogReader interface {
+	// Logs writes the service's output to w: the last tail lines (all when
+	// tail < 0), then, with follow, new output until ctx ends.
+	Logs(ctx context.Context, spec Spec, tail int, follow bool, w io.Writer) error
 }
 
 // Exit describes how a process ended.

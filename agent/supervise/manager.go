@@ -54,9 +54,13 @@ func (e *UnknownServiceError) Error() string {
 	return fmt.Sprintf("unknown service %s (this node runs: %s)", strings.Join(e.Names, ", "), strings.Join(e.Known, ", "))
 }
 
+// Runtimes are the runtimes a node's services run in, by the name a
+// service's runtime: field gives.
+type Runtimes map[string]runtime.Runtime
+
 // Manager supervises all services of a node.
 type Manager struct {
-	rt    runtime.Runtime
+	rts   Runtimes
 	log   *slog.Logger
 	store *state.Store
 
@@ -79,8 +83,8 @@ type Manager struct {
 }
 
 // NewManager prepares supervisors for node; nothing runs before Run.
-func NewManager(node *config.Node, rt runtime.Runtime, store *state.Store, log *slog.Logger) *Manager {
-	m := &Manager{rt: rt, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1),
+func NewManager(node *config.Node, rts Runtimes, store *state.Store, log *slog.Logger) *Manager {
+	m := &Manager{rts: rts, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1),
 		running: make(chan struct{}), steps: map[string]chan struct{}{}}
 	m.alertHook = m.alert
 	return m
@@ -102,7 +106,7 @@ func (m *Manager) Load() {
 			// everything at boot.
 			rec = state.Service{DesiredRunning: true, Monitored: true}
 		}
-		s := newSupervisor(m.node.Services[name], rec, m.node.Agent.StateDir, m.rt, m.log, m.hooks())
+		s := newSupervisor(m.node.Services[name], rec, m.node.Agent.StateDir, m.rts, m.log, m.hooks())
 		s.adopt()
 		sups[name] = s
 	}
@@ -648,7 +652,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 	}
 	added := map[string]*Supervisor{}
 	for _, name := range res.Added {
-		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, node.Agent.StateDir, m.rt, m.log, m.hooks())
+		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, node.Agent.StateDir, m.rts, m.log, m.hooks())
 		s.adopt()
 		added[name] = s
 	}

@@ -145,7 +145,7 @@ func startManager(t *testing.T, node *config.Node, rt runtime.Runtime) (*Manager
 // runManager runs a manager on the state file stateFile until stop, as one
 // agent's life.
 func runManager(node *config.Node, rt runtime.Runtime, stateFile string) (*Manager, *alertLog, func()) {
-	m := NewManager(node, rt, state.New(stateFile), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m := NewManager(node, Runtimes{config.RuntimeExec: rt}, state.New(stateFile), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	alerts := &alertLog{}
 	m.alertHook = func(st Status, event, desc string) {
 		alerts.mu.Lock()

@@ -51,6 +51,9 @@ type Status struct {
 	Ports          []int
 	DependsOn      []string // local and cluster-wide, as configured
 	LastOpToken    string   // the last operation step that took effect here
+	// Container is the container the service runs in (runtime docker),
+	// nil for a plain process.
+	Container *runtime.Container
 }
 
 // Running reports whether the service has a live process.

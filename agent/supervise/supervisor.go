@@ -59,7 +59,8 @@ type hooks struct {
 type Supervisor struct {
 	name  string
 	owner string // this agent, as processes are marked with it
-	rt    runtime.Runtime
+	rts   Runtimes
+	rt    runtime.Runtime // the one the service's runtime: names
 	log   *slog.Logger
 	hooks hooks
 	cmds  chan command
@@ -91,11 +92,12 @@ type Supervisor struct {
 
 // newSupervisor prepares the loop of one service; owner is the agent's
 // identity on the host (its state directory), which marks its processes.
-func newSupervisor(spec *config.Service, mem state.Service, owner string, rt runtime.Runtime, log *slog.Logger, h hooks) *Supervisor {
+func newSupervisor(spec *config.Service, mem state.Service, owner string, rts Runtimes, log *slog.Logger, h hooks) *Supervisor {
 	s := &Supervisor{
 		name:   spec.Name,
 		owner:  owner,
-		rt:     rt,
+		rts:    rts,
+		rt:     rts.of(spec),
 		log:    log.With("service", spec.Name),
 		hooks:  h,
 		cmds:   make(chan command),
@@ -106,6 +108,15 @@ func newSupervisor(spec *config.Service, mem state.Service, owner string, rt run
 	s.status = Status{Name: spec.Name, State: Stopped, Since: time.Now(), Monitored: mem.Monitored, DesiredRunning: mem.DesiredRunning, Restarts: mem.Restarts, User: spec.User, Ports: spec.PortNumbers(), DependsOn: slices.Clone(spec.DependsOn), LastOpToken: mem.LastOpToken}
 	s.setLimits()
 	return s
+}
+
+// of returns the runtime spec's service runs in; one the node lacks fails
+// every start with a message rather than the agent.
+func (rts Runtimes) of(spec *config.Service) runtime.Runtime {
+	if rt, ok := rts[spec.Runtime]; ok {
+		return rt
+	}
+	return missingRuntime(spec.Runtime)
 }
 
 // Status returns a copy of the current status.
@@ -153,8 +164,12 @@ func (s *Supervisor) adopt() {
 		return
 	}
 	p, err := s.rt.Adopt(id)
-	if err != nil {
+	if errors.Is(err, runtime.ErrAdoptedByStart) {
+		s.log.Info("the running instance from before the agent restart is taken over when the service starts", "pid", id.PID)
+	} else if err != nil {
 		s.log.Info("process from before the agent restart is gone", "pid", id.PID, "err", err)
+	}
+	if err != nil {
 		s.mu.Lock()
 		s.mem.PID, s.mem.StartTicks = 0, 0
 		s.mu.Unlock()
@@ -192,6 +207,10 @@ func (s *Supervisor) run(ctx context.Context) {
 		if s.sampleT != nil {
 			sampleC = s.sampleT.C
 		}
+		var noticed <-chan struct{}
+		if w, ok := s.proc.(runtime.Watched); ok {
+			noticed = w.Noticed()
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -206,6 +225,8 @@ func (s *Supervisor) run(ctx context.Context) {
 			_ = s.start(ctx) // a failure schedules the next try itself
 		case now := <-sampleC:
 			s.sample(ctx, now)
+		case <-noticed:
+			s.onNotices(ctx, s.proc.(runtime.Watched).Notices())
 		}
 	}
 }
@@ -300,6 +321,9 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 	case actUpdate:
 		s.spec = c.spec
 		s.setLimits()
+		if w, ok := s.proc.(runtime.Watched); ok {
+			w.Retarget(s.runtimeSpec())
+		}
 		s.mu.Lock()
 		s.status.User, s.status.Ports, s.status.DependsOn = c.spec.User, c.spec.PortNumbers(), slices.Clone(c.spec.DependsOn)
 		s.mu.Unlock()
@@ -318,8 +342,17 @@ func (s *Supervisor) start(ctx context.Context) error {
 	if s.proc != nil {
 		return nil
 	}
-	spec := s.spec
-	p, err := s.rt.Start(ctx, runtime.Spec{Name: spec.Name, Owner: s.owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir})
+	p, err := s.rt.Start(ctx, s.runtimeSpec())
+	if errors.Is(err, runtime.ErrUnavailable) {
+		// Not the service failing: what runs it is out of reach (a
+		// container engine restarting). Retry without counting.
+		s.log.Warn("cannot start yet", "err", err)
+		s.setState(ConnFailed, fmt.Sprintf("cannot start: %v; retrying every %s", err, unavailableRetry))
+		s.cancelRestart()
+		s.restartT = time.NewTimer(unavailableRetry)
+		s.restartC = s.restartT.C
+		return err
+	}
 	if err != nil {
 		s.log.Error("start failed", "err", err)
 		s.scheduleRestart(ctx, 0, ExecFailed, "start failed: "+err.Error())
@@ -329,8 +362,61 @@ func (s *Supervisor) start(ctx context.Context) error {
 	// Initializing first: attach evaluates the checks, and a service with
 	// only a process check is OK at once.
 	s.setState(Initializing, "started; waiting for checks")
-	s.attach(p, time.Now())
+	started := time.Now()
+	if w, ok := p.(runtime.Watched); ok && !w.Container().StartedAt.IsZero() {
+		started = w.Container().StartedAt // a running container taken over
+	}
+	s.attach(p, started)
 	return nil
+}
+
+// unavailableRetry paces starts while the runtime is out of reach.
+const unavailableRetry = time.Second
+
+func (s *Supervisor) runtimeSpec() runtime.Spec {
+	spec := s.spec
+	return runtime.Spec{Name: spec.Name, Owner: s.owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir, Container: spec.Container}
+}
+
+// onNotices acts on what the runtime reports of a running process.
+func (s *Supervisor) onNotices(ctx context.Context, ns []runtime.Notice) {
+	for _, n := range ns {
+		if s.proc == nil {
+			return
+		}
+		switch n.Kind {
+		case runtime.Unseen:
+			// Neither alive nor dead as far as anyone can tell: no checks
+			// (a failing probe would restart what cannot be restarted),
+			// no restart, until it is seen again or found gone.
+			s.stopChecks()
+			s.setState(ConnFailed, n.Message)
+		case runtime.Seen:
+			if s.remembered().Monitored {
+				s.setState(Initializing, n.Message+"; waiting for checks")
+				s.startChecks()
+			}
+		case runtime.Stale:
+			s.replace(ctx, n.Message)
+		case runtime.Unhealthy:
+			s.restartUnhealthy(ctx, ConnFailed, n.Message)
+		}
+	}
+}
+
+// replace recreates a running service whose inputs changed: not a failure,
+// so the restart policy does not count it.
+func (s *Supervisor) replace(ctx context.Context, why string) {
+	if !s.remembered().DesiredRunning {
+		return
+	}
+	s.log.Info("replacing the service to apply a change", "why", why)
+	s.setState(Restarting, why+"; replacing it")
+	if err := s.stopProcess(ctx, why); err != nil {
+		s.log.Error("could not stop the service to replace it", "err", err)
+		return
+	}
+	_ = s.start(ctx) // a failure schedules the next try itself
 }
 
 // attach makes p the service's process and starts watching it.
@@ -352,6 +438,11 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	})
 	s.mu.Lock()
 	s.status.PID, s.status.StartedAt = id.PID, started
+	s.status.Container = nil
+	if w, ok := p.(runtime.Watched); ok {
+		c := w.Container()
+		s.status.Container = &c
+	}
 	s.status.CPUPercent, s.status.RSSBytes = 0, 0
 	s.cpu.Reset()
 	s.mu.Unlock()
@@ -522,3 +613,16 @@ func exitText(e runtime.Exit) string {
 	}
 	return "exited"
 }
+
+// missingRuntime stands for a runtime the agent was not given.
+type missingRuntime string
+
+func (m missingRuntime) Start(context.Context, runtime.Spec) (runtime.Process, error) {
+	return nil, fmt.Errorf("runtime %q is not available in this agent", string(m))
+}
+
+func (m missingRuntime) Adopt(procfs.Identity) (runtime.Process, error) {
+	return nil, fmt.Errorf("runtime %q is not available in this agent", string(m))
+}
+
+func (missingRuntime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }

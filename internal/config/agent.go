@@ -35,6 +35,7 @@ type Agent struct {
 	API         Endpoint          `yaml:"api"`
 	Workers     WorkerRegistry    `yaml:"workers"`
 	TLS         tlsutil.Files     `yaml:"tls"`
+	Envoy       EnvoyContainer    `yaml:"envoy"`
 	Vars        map[string]string `yaml:"vars"`
 	// Defaults are applied to every service of the node before its own
 	// entry in Services; both may set any service field.
@@ -165,6 +166,7 @@ func (a *Agent) applyDefaults(dir string) {
 	if a.Alert.Timeout == 0 {
 		a.Alert.Timeout = Duration(30 * time.Second)
 	}
+	a.Envoy.applyDefaults(a, dir)
 }
 
 func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
@@ -212,6 +214,13 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 	}
 	if len(*es) > 0 {
 		return
+	}
+	if s := n.envoyService(es, src, org, cat.Reaches(n.Agent.Roles, EnvoyRole)); s != nil {
+		if seen[EnvoyService] {
+			_, line := locate(org, src.root, file, "services", EnvoyService)
+			es.add(file, line, "services."+EnvoyService, "the name is taken by the Envoy container of the envoy role (configure it in the envoy: section)")
+		}
+		n.Services[EnvoyService] = s
 	}
 	for _, name := range names {
 		over, _ := mapValue(servicesNode, name)

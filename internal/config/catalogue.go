@@ -197,3 +197,36 @@ func (c *Catalogue) Expand(roleNames []string) ([]string, error) {
 }
 
 func quote(s string) string { return `"` + s + `"` }
+
+// Reaches reports whether the roles, includes followed, take in role target
+// (by name or alias). Unknown roles reach nothing; Expand reports them.
+func (c *Catalogue) Reaches(roleNames []string, target string) bool {
+	want, ok := c.roles[target]
+	if !ok {
+		return false
+	}
+	seen := map[*Role]bool{}
+	var visit func(name string) bool
+	visit = func(name string) bool {
+		r, ok := c.roles[name]
+		if !ok || seen[r] {
+			return false
+		}
+		seen[r] = true
+		if r == want {
+			return true
+		}
+		for _, inc := range r.Include {
+			if visit(inc) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, n := range roleNames {
+		if visit(n) {
+			return true
+		}
+	}
+	return false
+}

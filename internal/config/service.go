@@ -31,6 +31,9 @@ type Service struct {
 	// Envoy is how Envoy reaches the service, for the services Envoy
 	// routes to; nil for the others.
 	Envoy *EnvoyUpstream `yaml:"envoy"`
+	// Container is set for a service that runs as a container (runtime
+	// docker): only Envoy, from agent.yaml's envoy: section.
+	Container *Container `yaml:"-"`
 
 	// Origin is where the service was defined and last overridden, for
 	// messages about the service as a whole.
@@ -193,10 +196,13 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 		f, l := loc(path...)
 		es.add(f, l, "services."+s.Name+dotted(path), format, args...)
 	}
-	if s.Runtime != RuntimeExec {
+	switch {
+	case s.Runtime == RuntimeDocker && s.Container == nil:
+		bad("runtime %q is only for the Envoy container, which agent.yaml's envoy: section configures", []any{s.Runtime}, "runtime")
+	case s.Runtime != RuntimeExec && s.Runtime != RuntimeDocker:
 		bad("runtime %q is not supported by this agent (expected %q)", []any{s.Runtime}, "runtime")
 	}
-	if len(s.Command) == 0 || s.Command[0] == "" {
+	if s.Container == nil && (len(s.Command) == 0 || s.Command[0] == "") {
 		bad("a command is required (the program and its arguments, e.g. [/usr/illumon/latest/bin/iris, run, %s])", []any{s.Name}, "command")
 	}
 	for name, p := range s.Ports {

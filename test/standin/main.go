@@ -4,7 +4,9 @@
 // process to supervise.
 //
 // It serves plain HTTP on each --port: GET /health answers "ok NAME" (or
-// 503), GET / answers JSON naming the process and the port that answered,
+// 503), GET /ready answers as Envoy's admin /ready does ("LIVE", or 503
+// when unhealthy), GET /file?path=P the SHA-256 of a file as the process
+// sees it, GET / answers JSON naming the process and the port that answered,
 // and POST /fault/<kind>[?arg=ARG] injects a fault at runtime. Faults can
 // also be set by flag or by DH_STANDIN_FAULT=kind[:arg][;kind[:arg]...]:
 //

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -326,6 +327,8 @@ type info struct {
 func (s *service) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", s.health)
+	mux.HandleFunc("GET /ready", s.ready)
+	mux.HandleFunc("GET /file", s.fileDigest)
 	mux.HandleFunc("GET /{$}", s.identity)
 	mux.HandleFunc("POST /fault/{kind}", s.fault)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -355,6 +358,29 @@ func (s *service) health(w http.ResponseWriter, _ *http.Request) {
 	default:
 		io.WriteString(w, "ok "+s.cfg.name)
 	}
+}
+
+// ready plays Envoy's admin /ready: 200 LIVE when serving, 503 otherwise,
+// so the stand-in can play Envoy in its container.
+func (s *service) ready(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if s.stopping.Load() || s.unhealthy.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "DRAINING\n")
+		return
+	}
+	io.WriteString(w, "LIVE\n")
+}
+
+// fileDigest answers the SHA-256 of a file as the process sees it (?path=),
+// so a test can tell which version of a mounted file a container has.
+func (s *service) fileDigest(w http.ResponseWriter, r *http.Request) {
+	b, err := os.ReadFile(r.URL.Query().Get("path"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	fmt.Fprintf(w, "%x\n", sha256.Sum256(b))
 }
 
 func (s *service) identity(w http.ResponseWriter, r *http.Request) {
