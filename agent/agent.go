@@ -19,11 +19,13 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/api"
 	"github.com/dhvisor/dhvisor/agent/container"
+	"github.com/dhvisor/dhvisor/agent/envoy"
 	"github.com/dhvisor/dhvisor/agent/runtime/exec"
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/conncache"
 	"github.com/dhvisor/dhvisor/internal/gossip"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -116,6 +118,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	boot, closeBoot, err := a.envoyBootstrap(g)
+	if err != nil {
+		return err
+	}
+	defer closeBoot()
 	type door struct {
 		srv *grpc.Server
 		lis net.Listener
@@ -138,6 +145,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := reg.Serve(ctx, workersLis, a.log); err != nil {
 				a.log.Error("workers endpoint", "err", err)
 			}
+		}
+	}()
+	bootDone := make(chan struct{})
+	go func() {
+		defer close(bootDone)
+		if boot != nil {
+			boot.Run(ctx)
 		}
 	}()
 	mgrDone := make(chan error, 1)
@@ -176,6 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	err = <-mgrDone
 	<-pubDone
 	<-workersDone
+	<-bootDone
 	if g != nil {
 		if lerr := g.Leave(leaveTimeout); lerr != nil {
 			a.log.Warn("gossip leave", "err", lerr)
@@ -263,7 +278,13 @@ func (a *Agent) workerRegistry(g *gossip.Gossip) (*workers.Registry, error) {
 		}
 		return sts[0].PID, true
 	}
-	coordinators := func() map[string]string {
+	return workers.New(credentials.NewTLS(tc), dispatcher, coordinators(g)), nil
+}
+
+// coordinators lists the coordinators gossip knows alive, by server id: their
+// API addresses.
+func coordinators(g *gossip.Gossip) func() map[string]string {
+	return func() map[string]string {
 		out := map[string]string{}
 		for _, v := range g.View() {
 			if v.Meta.Kind == gossip.KindCoordinator && v.Meta.APIAddr != "" && (v.State == gossip.NodeAlive || v.State == gossip.NodeSuspect) {
@@ -272,7 +293,24 @@ func (a *Agent) workerRegistry(g *gossip.Gossip) (*workers.Registry, error) {
 		}
 		return out
 	}
-	return workers.New(credentials.NewTLS(tc), dispatcher, coordinators), nil
+}
+
+// envoyBootstrap renders the Envoy container's bootstrap from the
+// coordinators, when the node runs Envoy on a rendered bootstrap (the
+// configuration made sure it gossips and has tls files then); nil otherwise.
+func (a *Agent) envoyBootstrap(g *gossip.Gossip) (*envoy.Bootstrapper, func(), error) {
+	svc := a.node.Services[config.EnvoyService]
+	if svc == nil || svc.Container == nil || svc.Container.Bootstrap == "" || g == nil {
+		return nil, func() {}, nil
+	}
+	tc, err := tlsutil.ClientConfig(a.node.Agent.TLS, tlsutil.RoleCoordinator)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
+	}
+	conns := conncache.New(credentials.NewTLS(tc))
+	changed, unsubscribe := g.Subscribe()
+	b := envoy.NewBootstrapper(svc.Container.Bootstrap, envoy.Options(a.node.Agent.Envoy), coordinators(g), changed, conns, a.log.With("component", "envoy-bootstrap"))
+	return b, func() { unsubscribe(); conns.Close() }, nil
 }
 
 // listenWorkers opens the loopback HTTP endpoint of the worker registry

@@ -121,6 +121,9 @@ func ToProto(st supervise.Status) *pb.ServiceStatus {
 	if !st.StartedAt.IsZero() && st.PID != 0 {
 		out.StartedUnixMs = st.StartedAt.UnixMilli()
 	}
+	if c := st.Container; c != nil {
+		out.Container = &pb.ContainerInfo{Id: c.ID, Name: c.Name, Image: c.Image}
+	}
 	for _, p := range st.Ports {
 		out.Ports = append(out.Ports, int32(p))
 	}
@@ -292,6 +295,12 @@ func Compact(sts []supervise.Status) []gossip.ServiceHealth {
 	out := make([]gossip.ServiceHealth, len(sts))
 	for i, s := range sts {
 		out[i] = gossip.ServiceHealth{Name: s.Name, State: string(s.State), PID: int32(s.PID), Restarts: int32(s.Restarts), Since: s.Since, Message: s.Message}
+		if s.PID != 0 {
+			out[i].Started = s.StartedAt
+		}
+		if c := s.Container; c != nil {
+			out[i].Container = shortID(c.ID) + " " + c.Image
+		}
 	}
 	return out
 }
@@ -335,4 +344,12 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *pb.RegisterWorkersReq
 		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not this node (%s)", req.Node, s.mgr.Node().Agent.Node)
 	}
 	return s.Workers.Register(ctx, req)
+}
+
+// shortID is a container id as docker ps shows it.
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }

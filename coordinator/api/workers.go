@@ -124,16 +124,19 @@ func (s *Server) Routes(context.Context, *pb.RoutesRequest) (*pb.RoutesResponse,
 }
 
 // agentMethods are what an agent's certificate may call: registering its
-// node's workers. Everything else is for operators and coordinators.
+// node's workers, and reading the coordinators' addresses (an Envoy node's
+// agent renders Envoy's bootstrap from them). Everything else is for
+// operators and coordinators.
 var agentMethods = map[string]bool{
 	pb.Coordinator_RegisterWorkers_FullMethodName: true,
+	pb.Coordinator_Peers_FullMethodName:           true,
 }
 
 // Authorize is a unary interceptor that keeps agents to agentMethods (the
 // TLS handshake has already refused every other role and foreign CA).
 func Authorize(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if id, ok := tlsutil.PeerIdentity(ctx); ok && id.Role == tlsutil.RoleAgent && !agentMethods[info.FullMethod] {
-		return nil, status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers", info.FullMethod)
+		return nil, status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers and read the coordinators' addresses", info.FullMethod)
 	}
 	return handler(ctx, req)
 }

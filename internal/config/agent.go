@@ -249,6 +249,10 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 		n.Services[name] = s
 	}
 	n.validateNode(es, cat, func(name string, path ...string) (string, int) {
+		if s := n.Services[name]; s != nil && s.Container != nil {
+			// The Envoy container is written in the envoy: section.
+			return locate(org, src.root, file, EnvoyService)
+		}
 		over, _ := mapValue(servicesNode, name)
 		return locate(org, merge(cat.services[name], over), file, path...)
 	})

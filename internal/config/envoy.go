@@ -240,6 +240,9 @@ func (n *Node) envoyService(es *Errors, src *source, org origins, hasRole bool) 
 	if e.Bootstrap != "" {
 		mount(e.Bootstrap, EnvoyBootstrapPath, "bootstrap")
 	} else {
+		if !n.Agent.Gossip.Enabled() || n.Agent.TLS.IsZero() {
+			bad([]string{"bootstrap"}, "missing: the agent renders the bootstrap from the coordinators, which it reaches only through gossip (gossip.bind) with its tls files; without them name a bootstrap file of your own")
+		}
 		c.Bootstrap = filepath.Join(n.Agent.StateDir, "envoy", "envoy.yaml")
 		mount(c.Bootstrap, EnvoyBootstrapPath, "bootstrap")
 		r := e.Render

@@ -6,12 +6,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dhvisor/dhvisor/internal/envoybootstrap"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
 func (o *options) envoyCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "envoy", Short: "Envoy in front of the cluster: its bootstrap"}
-	var opts BootstrapOptions
+	var opts envoybootstrap.Options
 	var xds []string
 	boot := &cobra.Command{
 		Use:   "bootstrap",
@@ -42,7 +43,7 @@ upgrades. Paths are as Envoy sees them, inside its container.`,
 				}
 			}
 			opts.Coordinators = xds
-			out, err := RenderBootstrap(opts)
+			out, err := envoybootstrap.Render(opts)
 			if err != nil {
 				return fail(ExitError, "%v", err)
 			}

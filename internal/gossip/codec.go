@@ -179,7 +179,14 @@ func appendService(b []byte, s ServiceHealth) []byte {
 		b = binary.AppendVarint(b, int64(s.PID))
 		b = binary.AppendVarint(b, int64(s.Restarts))
 		b = appendTime(b, s.Since)
-		return appendString(b, s.Message)
+		b = appendString(b, s.Message)
+		// Later fields: only when set, so a plain service costs no bytes
+		// (readers of earlier releases skip what follows Message).
+		if s.Started.IsZero() && s.Container == "" {
+			return b
+		}
+		b = appendTime(b, s.Started)
+		return appendString(b, s.Container)
 	})
 }
 
@@ -366,6 +373,10 @@ func (r *reader) service() ServiceHealth {
 	h.Restarts = int32(s.varint())
 	h.Since = s.time()
 	h.Message = s.string()
+	if len(s.b) > 0 {
+		h.Started = s.time()
+		h.Container = s.string()
+	}
 	// Trailing bytes in s are fields from a newer agent: ignored.
 	if s.err != nil {
 		r.fail(s.err)

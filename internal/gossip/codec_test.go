@@ -135,6 +135,8 @@ func TestCodecForwardCompatible(t *testing.T) {
 		b = binary.AppendVarint(b, 0)
 		b = binary.AppendVarint(b, 0)
 		b = appendString(b, "")
+		b = appendTime(b, time.UnixMilli(5000))
+		b = appendString(b, "0123456789ab envoy:1")
 		return appendString(b, "a future field")
 	})
 	b = appendPrefixed(b, func(b []byte) []byte { // with a future state code
@@ -150,7 +152,8 @@ func TestCodecForwardCompatible(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := m.Node.Services
-	if len(got) != 2 || got[0].State != "OK" || got[0].PID != 10 || got[1].State != "state#200" || got[1].Message != "m" {
+	if len(got) != 2 || got[0].State != "OK" || got[0].PID != 10 || got[0].Container != "0123456789ab envoy:1" || !got[0].Started.Equal(time.UnixMilli(5000)) ||
+		got[1].State != "state#200" || got[1].Message != "m" || got[1].Container != "" {
 		t.Errorf("services = %+v", got)
 	}
 }

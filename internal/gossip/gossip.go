@@ -99,6 +99,10 @@ type ServiceHealth struct {
 	Restarts int32
 	Since    time.Time // millisecond precision on the wire
 	Message  string    // truncated on the wire if the list is too big for one packet
+	// Started is when the process (container) started; zero when none runs.
+	Started time.Time
+	// Container is "<short id> <image>" for a service in a container.
+	Container string
 }
 
 // NodeView is one node as this agent currently sees it.

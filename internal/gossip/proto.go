@@ -21,6 +21,10 @@ func (v NodeView) Proto() *pb.NodeInfo {
 		if !s.Since.IsZero() {
 			ns.SinceUnixMs = s.Since.UnixMilli()
 		}
+		if !s.Started.IsZero() {
+			ns.StartedUnixMs = s.Started.UnixMilli()
+		}
+		ns.Container = s.Container
 		if s.State == ServiceUnknown {
 			ns.LastKnownState = last[s.Name]
 		}

@@ -131,7 +131,7 @@ func (x GossipKeysRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GossipKeysRequest_Op.Descriptor instead.
 func (GossipKeysRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{15, 0}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{16, 0}
 }
 
 type StatusRequest struct {
@@ -290,7 +290,10 @@ type ServiceStatus struct {
 	// coordinator builds the cluster-wide graph from what agents really run.
 	DependsOn []string `protobuf:"bytes,17,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"`
 	// How Envoy reaches the service; unset when Envoy does not route to it.
-	Envoy         *EnvoyUpstream `protobuf:"bytes,18,opt,name=envoy,proto3" json:"envoy,omitempty"`
+	Envoy *EnvoyUpstream `protobuf:"bytes,18,opt,name=envoy,proto3" json:"envoy,omitempty"`
+	// The container the service runs in (the Envoy container); unset for a
+	// plain process.
+	Container     *ContainerInfo `protobuf:"bytes,19,opt,name=container,proto3" json:"container,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,6 +454,73 @@ func (x *ServiceStatus) GetEnvoy() *EnvoyUpstream {
 	return nil
 }
 
+func (x *ServiceStatus) GetContainer() *ContainerInfo {
+	if x != nil {
+		return x.Container
+	}
+	return nil
+}
+
+type ContainerInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Image         string                 `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"` // as configured (a tag)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerInfo) Reset() {
+	*x = ContainerInfo{}
+	mi := &file_agentpb_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerInfo) ProtoMessage() {}
+
+func (x *ContainerInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerInfo.ProtoReflect.Descriptor instead.
+func (*ContainerInfo) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ContainerInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ContainerInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ContainerInfo) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
 type EnvoyUpstream struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PortName      string                 `protobuf:"bytes,1,opt,name=port_name,json=portName,proto3" json:"port_name,omitempty"` // a name from the service's ports
@@ -463,7 +533,7 @@ type EnvoyUpstream struct {
 
 func (x *EnvoyUpstream) Reset() {
 	*x = EnvoyUpstream{}
-	mi := &file_agentpb_agent_proto_msgTypes[3]
+	mi := &file_agentpb_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +545,7 @@ func (x *EnvoyUpstream) String() string {
 func (*EnvoyUpstream) ProtoMessage() {}
 
 func (x *EnvoyUpstream) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[3]
+	mi := &file_agentpb_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +558,7 @@ func (x *EnvoyUpstream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvoyUpstream.ProtoReflect.Descriptor instead.
 func (*EnvoyUpstream) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{3}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EnvoyUpstream) GetPortName() string {
@@ -532,7 +602,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_agentpb_agent_proto_msgTypes[4]
+	mi := &file_agentpb_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +614,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[4]
+	mi := &file_agentpb_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +627,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{4}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckResult) GetName() string {
@@ -606,7 +676,7 @@ type ExitInfo struct {
 
 func (x *ExitInfo) Reset() {
 	*x = ExitInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[5]
+	mi := &file_agentpb_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +688,7 @@ func (x *ExitInfo) String() string {
 func (*ExitInfo) ProtoMessage() {}
 
 func (x *ExitInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[5]
+	mi := &file_agentpb_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +701,7 @@ func (x *ExitInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitInfo.ProtoReflect.Descriptor instead.
 func (*ExitInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{5}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExitInfo) GetCode() int32 {
@@ -673,7 +743,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[6]
+	mi := &file_agentpb_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +755,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[6]
+	mi := &file_agentpb_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +768,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{6}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ControlRequest) GetAction() Action {
@@ -746,7 +816,7 @@ type OrderRequest struct {
 
 func (x *OrderRequest) Reset() {
 	*x = OrderRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[7]
+	mi := &file_agentpb_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +828,7 @@ func (x *OrderRequest) String() string {
 func (*OrderRequest) ProtoMessage() {}
 
 func (x *OrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[7]
+	mi := &file_agentpb_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +841,7 @@ func (x *OrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderRequest.ProtoReflect.Descriptor instead.
 func (*OrderRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{7}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OrderRequest) GetBlock() bool {
@@ -802,7 +872,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_agentpb_agent_proto_msgTypes[8]
+	mi := &file_agentpb_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +884,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[8]
+	mi := &file_agentpb_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +897,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{8}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Progress) GetService() string {
@@ -873,7 +943,7 @@ type ReloadRequest struct {
 
 func (x *ReloadRequest) Reset() {
 	*x = ReloadRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[9]
+	mi := &file_agentpb_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +955,7 @@ func (x *ReloadRequest) String() string {
 func (*ReloadRequest) ProtoMessage() {}
 
 func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[9]
+	mi := &file_agentpb_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +968,7 @@ func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
 func (*ReloadRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{9}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type ReloadResponse struct {
@@ -915,7 +985,7 @@ type ReloadResponse struct {
 
 func (x *ReloadResponse) Reset() {
 	*x = ReloadResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[10]
+	mi := &file_agentpb_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +997,7 @@ func (x *ReloadResponse) String() string {
 func (*ReloadResponse) ProtoMessage() {}
 
 func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[10]
+	mi := &file_agentpb_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1010,7 @@ func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
 func (*ReloadResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReloadResponse) GetAdded() []string {
@@ -980,7 +1050,7 @@ type ClusterRequest struct {
 
 func (x *ClusterRequest) Reset() {
 	*x = ClusterRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[11]
+	mi := &file_agentpb_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1062,7 @@ func (x *ClusterRequest) String() string {
 func (*ClusterRequest) ProtoMessage() {}
 
 func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[11]
+	mi := &file_agentpb_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1075,7 @@ func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterRequest.ProtoReflect.Descriptor instead.
 func (*ClusterRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClusterRequest) GetNode() string {
@@ -1026,7 +1096,7 @@ type ClusterResponse struct {
 
 func (x *ClusterResponse) Reset() {
 	*x = ClusterResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[12]
+	mi := &file_agentpb_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1108,7 @@ func (x *ClusterResponse) String() string {
 func (*ClusterResponse) ProtoMessage() {}
 
 func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[12]
+	mi := &file_agentpb_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1121,7 @@ func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterResponse.ProtoReflect.Descriptor instead.
 func (*ClusterResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ClusterResponse) GetLocalNode() string {
@@ -1100,7 +1170,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[13]
+	mi := &file_agentpb_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1182,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[13]
+	mi := &file_agentpb_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1195,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -1229,13 +1299,15 @@ type NodeService struct {
 	SinceUnixMs    int64                  `protobuf:"varint,5,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"`
 	Message        string                 `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	LastKnownState string                 `protobuf:"bytes,7,opt,name=last_known_state,json=lastKnownState,proto3" json:"last_known_state,omitempty"` // set when state is unknown
+	StartedUnixMs  int64                  `protobuf:"varint,8,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`   // when its process (container) started; 0 when none runs
+	Container      string                 `protobuf:"bytes,9,opt,name=container,proto3" json:"container,omitempty"`                                   // "<short id> <image>" for a service in a container
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeService) Reset() {
 	*x = NodeService{}
-	mi := &file_agentpb_agent_proto_msgTypes[14]
+	mi := &file_agentpb_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1319,7 @@ func (x *NodeService) String() string {
 func (*NodeService) ProtoMessage() {}
 
 func (x *NodeService) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[14]
+	mi := &file_agentpb_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1332,7 @@ func (x *NodeService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeService.ProtoReflect.Descriptor instead.
 func (*NodeService) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NodeService) GetName() string {
@@ -1312,6 +1384,20 @@ func (x *NodeService) GetLastKnownState() string {
 	return ""
 }
 
+func (x *NodeService) GetStartedUnixMs() int64 {
+	if x != nil {
+		return x.StartedUnixMs
+	}
+	return 0
+}
+
+func (x *NodeService) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
 type GossipKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Op            GossipKeysRequest_Op   `protobuf:"varint,1,opt,name=op,proto3,enum=dhvisor.agent.v1.GossipKeysRequest_Op" json:"op,omitempty"`
@@ -1322,7 +1408,7 @@ type GossipKeysRequest struct {
 
 func (x *GossipKeysRequest) Reset() {
 	*x = GossipKeysRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[15]
+	mi := &file_agentpb_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1420,7 @@ func (x *GossipKeysRequest) String() string {
 func (*GossipKeysRequest) ProtoMessage() {}
 
 func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[15]
+	mi := &file_agentpb_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1433,7 @@ func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
 func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GossipKeysRequest) GetOp() GossipKeysRequest_Op {
@@ -1374,7 +1460,7 @@ type GossipKeysResponse struct {
 
 func (x *GossipKeysResponse) Reset() {
 	*x = GossipKeysResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[16]
+	mi := &file_agentpb_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1472,7 @@ func (x *GossipKeysResponse) String() string {
 func (*GossipKeysResponse) ProtoMessage() {}
 
 func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[16]
+	mi := &file_agentpb_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1485,7 @@ func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
 func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{16}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GossipKeysResponse) GetKeys() []string {
@@ -1433,7 +1519,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_agentpb_agent_proto_msgTypes[17]
+	mi := &file_agentpb_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1531,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[17]
+	mi := &file_agentpb_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1544,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{17}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Worker) GetName() string {
@@ -1537,7 +1623,7 @@ type RegisterWorkersRequest struct {
 
 func (x *RegisterWorkersRequest) Reset() {
 	*x = RegisterWorkersRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[18]
+	mi := &file_agentpb_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1635,7 @@ func (x *RegisterWorkersRequest) String() string {
 func (*RegisterWorkersRequest) ProtoMessage() {}
 
 func (x *RegisterWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[18]
+	mi := &file_agentpb_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1648,7 @@ func (x *RegisterWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkersRequest.ProtoReflect.Descriptor instead.
 func (*RegisterWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{18}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterWorkersRequest) GetDispatcher() string {
@@ -1612,7 +1698,7 @@ type RegisterWorkersResponse struct {
 
 func (x *RegisterWorkersResponse) Reset() {
 	*x = RegisterWorkersResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[19]
+	mi := &file_agentpb_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1710,7 @@ func (x *RegisterWorkersResponse) String() string {
 func (*RegisterWorkersResponse) ProtoMessage() {}
 
 func (x *RegisterWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[19]
+	mi := &file_agentpb_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1723,7 @@ func (x *RegisterWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkersResponse.ProtoReflect.Descriptor instead.
 func (*RegisterWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{19}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterWorkersResponse) GetWorkers() int32 {
@@ -1682,7 +1768,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\vconfig_file\x18\x04 \x01(\tR\n" +
 	"configFile\x12\x14\n" +
 	"\x05roles\x18\x05 \x03(\tR\x05roles\x12;\n" +
-	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\xfe\x04\n" +
+	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\xbd\x05\n" +
 	"\rServiceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1c\n" +
@@ -1705,7 +1791,12 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\rlast_op_token\x18\x10 \x01(\tR\vlastOpToken\x12\x1d\n" +
 	"\n" +
 	"depends_on\x18\x11 \x03(\tR\tdependsOn\x125\n" +
-	"\x05envoy\x18\x12 \x01(\v2\x1f.dhvisor.agent.v1.EnvoyUpstreamR\x05envoy\"h\n" +
+	"\x05envoy\x18\x12 \x01(\v2\x1f.dhvisor.agent.v1.EnvoyUpstreamR\x05envoy\x12=\n" +
+	"\tcontainer\x18\x13 \x01(\v2\x1f.dhvisor.agent.v1.ContainerInfoR\tcontainer\"I\n" +
+	"\rContainerInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\"h\n" +
 	"\rEnvoyUpstream\x12\x1b\n" +
 	"\tport_name\x18\x01 \x01(\tR\bportName\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x10\n" +
@@ -1768,7 +1859,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	" \x01(\x03R\rlearnedUnixMs\x129\n" +
 	"\bservices\x18\v \x03(\v2\x1d.dhvisor.agent.v1.NodeServiceR\bservices\x12\x17\n" +
 	"\akey_ids\x18\f \x03(\tR\x06keyIds\x12\x12\n" +
-	"\x04kind\x18\r \x01(\tR\x04kind\"\xcd\x01\n" +
+	"\x04kind\x18\r \x01(\tR\x04kind\"\x93\x02\n" +
 	"\vNodeService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
@@ -1776,7 +1867,9 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\brestarts\x18\x04 \x01(\x05R\brestarts\x12\"\n" +
 	"\rsince_unix_ms\x18\x05 \x01(\x03R\vsinceUnixMs\x12\x18\n" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12(\n" +
-	"\x10last_known_state\x18\a \x01(\tR\x0elastKnownState\"\x9b\x01\n" +
+	"\x10last_known_state\x18\a \x01(\tR\x0elastKnownState\x12&\n" +
+	"\x0fstarted_unix_ms\x18\b \x01(\x03R\rstartedUnixMs\x12\x1c\n" +
+	"\tcontainer\x18\t \x01(\tR\tcontainer\"\x9b\x01\n" +
 	"\x11GossipKeysRequest\x126\n" +
 	"\x02op\x18\x01 \x01(\x0e2&.dhvisor.agent.v1.GossipKeysRequest.OpR\x02op\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"<\n" +
@@ -1844,62 +1937,64 @@ func file_agentpb_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentpb_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_agentpb_agent_proto_goTypes = []any{
 	(Action)(0),                     // 0: dhvisor.agent.v1.Action
 	(GossipKeysRequest_Op)(0),       // 1: dhvisor.agent.v1.GossipKeysRequest.Op
 	(*StatusRequest)(nil),           // 2: dhvisor.agent.v1.StatusRequest
 	(*StatusResponse)(nil),          // 3: dhvisor.agent.v1.StatusResponse
 	(*ServiceStatus)(nil),           // 4: dhvisor.agent.v1.ServiceStatus
-	(*EnvoyUpstream)(nil),           // 5: dhvisor.agent.v1.EnvoyUpstream
-	(*CheckResult)(nil),             // 6: dhvisor.agent.v1.CheckResult
-	(*ExitInfo)(nil),                // 7: dhvisor.agent.v1.ExitInfo
-	(*ControlRequest)(nil),          // 8: dhvisor.agent.v1.ControlRequest
-	(*OrderRequest)(nil),            // 9: dhvisor.agent.v1.OrderRequest
-	(*Progress)(nil),                // 10: dhvisor.agent.v1.Progress
-	(*ReloadRequest)(nil),           // 11: dhvisor.agent.v1.ReloadRequest
-	(*ReloadResponse)(nil),          // 12: dhvisor.agent.v1.ReloadResponse
-	(*ClusterRequest)(nil),          // 13: dhvisor.agent.v1.ClusterRequest
-	(*ClusterResponse)(nil),         // 14: dhvisor.agent.v1.ClusterResponse
-	(*NodeInfo)(nil),                // 15: dhvisor.agent.v1.NodeInfo
-	(*NodeService)(nil),             // 16: dhvisor.agent.v1.NodeService
-	(*GossipKeysRequest)(nil),       // 17: dhvisor.agent.v1.GossipKeysRequest
-	(*GossipKeysResponse)(nil),      // 18: dhvisor.agent.v1.GossipKeysResponse
-	(*Worker)(nil),                  // 19: dhvisor.agent.v1.Worker
-	(*RegisterWorkersRequest)(nil),  // 20: dhvisor.agent.v1.RegisterWorkersRequest
-	(*RegisterWorkersResponse)(nil), // 21: dhvisor.agent.v1.RegisterWorkersResponse
+	(*ContainerInfo)(nil),           // 5: dhvisor.agent.v1.ContainerInfo
+	(*EnvoyUpstream)(nil),           // 6: dhvisor.agent.v1.EnvoyUpstream
+	(*CheckResult)(nil),             // 7: dhvisor.agent.v1.CheckResult
+	(*ExitInfo)(nil),                // 8: dhvisor.agent.v1.ExitInfo
+	(*ControlRequest)(nil),          // 9: dhvisor.agent.v1.ControlRequest
+	(*OrderRequest)(nil),            // 10: dhvisor.agent.v1.OrderRequest
+	(*Progress)(nil),                // 11: dhvisor.agent.v1.Progress
+	(*ReloadRequest)(nil),           // 12: dhvisor.agent.v1.ReloadRequest
+	(*ReloadResponse)(nil),          // 13: dhvisor.agent.v1.ReloadResponse
+	(*ClusterRequest)(nil),          // 14: dhvisor.agent.v1.ClusterRequest
+	(*ClusterResponse)(nil),         // 15: dhvisor.agent.v1.ClusterResponse
+	(*NodeInfo)(nil),                // 16: dhvisor.agent.v1.NodeInfo
+	(*NodeService)(nil),             // 17: dhvisor.agent.v1.NodeService
+	(*GossipKeysRequest)(nil),       // 18: dhvisor.agent.v1.GossipKeysRequest
+	(*GossipKeysResponse)(nil),      // 19: dhvisor.agent.v1.GossipKeysResponse
+	(*Worker)(nil),                  // 20: dhvisor.agent.v1.Worker
+	(*RegisterWorkersRequest)(nil),  // 21: dhvisor.agent.v1.RegisterWorkersRequest
+	(*RegisterWorkersResponse)(nil), // 22: dhvisor.agent.v1.RegisterWorkersResponse
 }
 var file_agentpb_agent_proto_depIdxs = []int32{
 	4,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
-	6,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
-	7,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
-	5,  // 3: dhvisor.agent.v1.ServiceStatus.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
-	0,  // 4: dhvisor.agent.v1.ControlRequest.action:type_name -> dhvisor.agent.v1.Action
-	15, // 5: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
-	16, // 6: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
-	1,  // 7: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
-	19, // 8: dhvisor.agent.v1.RegisterWorkersRequest.workers:type_name -> dhvisor.agent.v1.Worker
-	2,  // 9: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
-	8,  // 10: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
-	9,  // 11: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
-	9,  // 12: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
-	11, // 13: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
-	13, // 14: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
-	17, // 15: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
-	20, // 16: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	3,  // 17: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
-	10, // 18: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
-	10, // 19: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
-	10, // 20: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
-	12, // 21: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
-	14, // 22: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
-	18, // 23: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
-	21, // 24: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	7,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
+	8,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
+	6,  // 3: dhvisor.agent.v1.ServiceStatus.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	5,  // 4: dhvisor.agent.v1.ServiceStatus.container:type_name -> dhvisor.agent.v1.ContainerInfo
+	0,  // 5: dhvisor.agent.v1.ControlRequest.action:type_name -> dhvisor.agent.v1.Action
+	16, // 6: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
+	17, // 7: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
+	1,  // 8: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
+	20, // 9: dhvisor.agent.v1.RegisterWorkersRequest.workers:type_name -> dhvisor.agent.v1.Worker
+	2,  // 10: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
+	9,  // 11: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
+	10, // 12: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
+	10, // 13: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
+	12, // 14: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
+	14, // 15: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
+	18, // 16: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
+	21, // 17: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	3,  // 18: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
+	11, // 19: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
+	11, // 20: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
+	11, // 21: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
+	13, // 22: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
+	15, // 23: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
+	19, // 24: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
+	22, // 25: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	18, // [18:26] is the sub-list for method output_type
+	10, // [10:18] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agentpb_agent_proto_init() }
@@ -1913,7 +2008,7 @@ func file_agentpb_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentpb_agent_proto_rawDesc), len(file_agentpb_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

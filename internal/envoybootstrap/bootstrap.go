@@ -1,4 +1,7 @@
-package ctl
+// Package envoybootstrap renders the Envoy bootstrap of Deephaven's Envoy
+// guide with every coordinator as an xDS endpoint: for `dhctl envoy
+// bootstrap` and for the agent that runs the Envoy container.
+package envoybootstrap
 
 import (
 	"bytes"
@@ -37,9 +40,9 @@ const (
 	RouteConfigName = "rds_config"
 )
 
-// BootstrapOptions shape the Envoy bootstrap RenderBootstrap writes. Paths
+// Options shape the Envoy bootstrap Render writes. Paths
 // are as Envoy sees them (inside its container).
-type BootstrapOptions struct {
+type Options struct {
 	// NodeID is Envoy's node id; default: this host's name.
 	NodeID string
 	// NodeCluster is Envoy's node cluster; default "deephaven".
@@ -68,14 +71,14 @@ type BootstrapOptions struct {
 	ListenerPlaintext bool
 }
 
-// RenderBootstrap returns the YAML Envoy bootstrap of Deephaven's Envoy
+// Render returns the YAML Envoy bootstrap of Deephaven's Envoy
 // guide for opts: CDS and RDS (route configuration rds_config) each over
 // their own gRPC stream to the xds_service cluster, with
 // initial_fetch_timeout 0s so Envoy starts serving without waiting for a
 // coordinator; a static listener with websocket upgrades; the admin
 // interface. It is built as an Envoy v3 Bootstrap message that passes
 // ValidateAll, so the YAML is a valid bootstrap by construction.
-func RenderBootstrap(opts BootstrapOptions) ([]byte, error) {
+func Render(opts Options) ([]byte, error) {
 	b, err := buildBootstrap(opts)
 	if err != nil {
 		return nil, err
@@ -86,7 +89,7 @@ func RenderBootstrap(opts BootstrapOptions) ([]byte, error) {
 	return protoYAML(b, "Envoy bootstrap rendered by dhvisor: CDS and RDS from the coordinators' xDS servers.")
 }
 
-func buildBootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
+func buildBootstrap(o Options) (*bootstrapv3.Bootstrap, error) {
 	def := func(s *string, v string) {
 		if *s == "" {
 			*s = v

@@ -1,4 +1,4 @@
-package ctl
+package envoybootstrap
 
 import (
 	"encoding/json"
@@ -42,14 +42,14 @@ func parseBootstrap(t *testing.T, out []byte) *bootstrapv3.Bootstrap {
 
 func TestRenderBootstrap(t *testing.T) {
 	coords := []string{"infra1.example.com:8124", "10.0.0.6:8124", "infra3:9124"}
-	opts := BootstrapOptions{
+	opts := Options{
 		NodeID:       "envoy-infra1",
 		Coordinators: coords,
 		XDSTLS:       tlsutil.Files{CA: "/etc/envoy/tls/ca.pem", Cert: "/etc/envoy/tls/agent-n1.pem", Key: "/etc/envoy/tls/agent-n1-key.pem"},
 		ServerCert:   "/etc/envoy/tls/server.pem",
 		ServerKey:    "/etc/envoy/tls/server-key.pem",
 	}
-	out, err := RenderBootstrap(opts)
+	out, err := Render(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestRenderBootstrap(t *testing.T) {
 }
 
 func TestRenderBootstrapPlaintext(t *testing.T) {
-	out, err := RenderBootstrap(BootstrapOptions{
+	out, err := Render(Options{
 		NodeCluster: "site", Admin: "127.0.0.1:9901", Listen: "0.0.0.0:8443",
 		Coordinators: []string{"127.0.0.1:8124"}, Plaintext: true, ListenerPlaintext: true,
 	})
@@ -180,15 +180,15 @@ func TestRenderBootstrapPlaintext(t *testing.T) {
 func TestRenderBootstrapRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		opts BootstrapOptions
+		opts Options
 		want []string
 	}{
-		{"nothing", BootstrapOptions{}, []string{"no coordinator", "needs the CA", "certificate and key clients see"}},
-		{"bad addresses", BootstrapOptions{Coordinators: []string{"c1"}, Admin: "x:y", Listen: ":8000", Plaintext: true, ListenerPlaintext: true},
+		{"nothing", Options{}, []string{"no coordinator", "needs the CA", "certificate and key clients see"}},
+		{"bad addresses", Options{Coordinators: []string{"c1"}, Admin: "x:y", Listen: ":8000", Plaintext: true, ListenerPlaintext: true},
 			[]string{`coordinator: "c1" is not host:port`, `admin address: "x:y" needs a host and a port`, `listen address: ":8000" needs a host`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := RenderBootstrap(tc.opts)
+			_, err := Render(tc.opts)
 			for _, w := range tc.want {
 				if err == nil || !strings.Contains(err.Error(), w) {
 					t.Errorf("error %v\nwant it to contain %q", err, w)
