@@ -219,6 +219,13 @@ func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
 		a.log.Warn("socket, state_dir, api, workers and tls changes take effect when the agent restarts")
 		node.Agent.Socket, node.Agent.StateDir, node.Agent.API, node.Agent.TLS, node.Agent.Workers = old.Socket, old.StateDir, old.API, old.TLS, old.Workers
 	}
+	if node.Agent.Envoy.Docker != old.Envoy.Docker {
+		a.log.Warn("envoy.docker changes take effect when the agent restarts")
+		node.Agent.Envoy.Docker = old.Envoy.Docker
+		if s := node.Services[config.EnvoyService]; s != nil && s.Container != nil {
+			s.Container.Engine = old.Envoy.Docker
+		}
+	}
 	res, err := a.mgr.Reload(ctx, node)
 	if err != nil {
 		return res, err

@@ -2,7 +2,8 @@
 # Installs what building and testing dhvisor needs on a fresh Debian 12
 # machine (as root): Go tools from the Go module proxy, and Debian packages
 # (monit for the benchmark, protoc for `make proto`, iproute2 for the
-# network-namespace cluster tests). Safe to run again.
+# network-namespace cluster tests, docker.io for the Envoy container tests),
+# and starts the Docker engine if none answers. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH)/bin"
@@ -15,12 +16,26 @@ command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v ip >/dev/null || need_apt+=(iproute2)   # network namespaces for the cluster tests
 command -v tc >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)   # packet loss in the gossip soak (no netem in some kernels)
+command -v dockerd >/dev/null || need_apt+=(docker.io)   # the Envoy container's tests and benchmark
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
   else
     echo "setup: please install: ${need_apt[*]} (apt-get install ${need_apt[*]})"
+  fi
+fi
+
+# The Docker engine, as TESTBED.md starts it: no bridge and no iptables
+# rules (containers use the host's network). Left alone when one answers.
+if command -v dockerd >/dev/null && ! docker version >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
+    mkdir -p /var/log/dhvisor
+    setsid dockerd --iptables=false --bridge=none >/var/log/dhvisor/dockerd.log 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+    docker version >/dev/null 2>&1 || { echo "setup: dockerd did not start (see /var/log/dhvisor/dockerd.log)"; exit 1; }
+  else
+    echo "setup: please start the Docker engine (dockerd --iptables=false --bridge=none)"
   fi
 fi
 

@@ -3,6 +3,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -352,4 +353,39 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// Logs implements pb.AgentServer.
+func (s *Server) Logs(req *pb.LogsRequest, stream grpc.ServerStreamingServer[pb.LogChunk]) error {
+	if req.Service == "" || req.Service == "all" {
+		return status.Error(codes.InvalidArgument, "service: name one service")
+	}
+	if req.Tail < 0 {
+		return status.Errorf(codes.InvalidArgument, "tail: %d lines; expected 0 or more (or all)", req.Tail)
+	}
+	tail := int(req.Tail)
+	if req.All {
+		tail = -1
+	}
+	err := s.mgr.Logs(stream.Context(), req.Service, tail, req.Follow, chunkWriter{stream})
+	var unknown *supervise.UnknownServiceError
+	switch {
+	case errors.As(err, &unknown):
+		return status.Error(codes.NotFound, err.Error())
+	case err != nil && stream.Context().Err() == nil:
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return nil
+}
+
+// chunkWriter sends what is written as log chunks.
+type chunkWriter struct {
+	stream grpc.ServerStreamingServer[pb.LogChunk]
+}
+
+func (w chunkWriter) Write(b []byte) (int, error) {
+	if err := w.stream.Send(&pb.LogChunk{Data: bytes.Clone(b)}); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

@@ -50,10 +50,8 @@ type envoyNode struct {
 }
 
 type nodeOpts struct {
-	host   string // engine; default the machine's
-	image  string
-	extra  string // more of the envoy: section
-	legacy bool   // keep the container when the test ends
+	host  string // engine; default the machine's
+	image string
 }
 
 func freePort(t *testing.T) int {
@@ -83,7 +81,7 @@ envoy:
   ready: {interval: 200ms, timeout: 200ms, failures: 2}
   start_grace: 5s
   restart: {min_uptime: 2s, backoff_initial: 50ms, backoff_max: 200ms, limit: 3, window: 1m}
-%s`, n.dir, n.name, o.image, n.host, args, n.listen, n.admin, n.dir, n.pem, o.extra)
+`, n.dir, n.name, o.image, n.host, args, n.listen, n.admin, n.dir, n.pem)
 }
 
 func startNode(t *testing.T, o nodeOpts) *envoyNode {

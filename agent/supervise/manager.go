@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	osexec "os/exec"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
@@ -716,4 +718,25 @@ func (m *Manager) alert(st Status, event, description string) {
 		}
 		m.log.Info("alert hook ran", "service", st.Name, "event", event)
 	})
+}
+
+// Logs writes a service's output as its runtime keeps it (a container's):
+// the last tail lines (all when tail < 0), then new output with follow,
+// until ctx ends. Services whose output goes to their log directory have
+// none to give here.
+func (m *Manager) Logs(ctx context.Context, name string, tail int, follow bool, w io.Writer) error {
+	sups, err := m.lookup([]string{name})
+	if err != nil {
+		return err
+	}
+	node := m.Node()
+	spec := node.Services[name]
+	if spec == nil {
+		return fmt.Errorf("%s was removed by a reload", name)
+	}
+	lr, ok := sups[0].rt.(runtime.LogReader)
+	if !ok {
+		return fmt.Errorf("%s writes its output to %s, not to its runtime", name, filepath.Join(spec.LogDir, name+".stdout.log"))
+	}
+	return lr.Logs(ctx, runtimeSpec(node.Agent.StateDir, spec), tail, follow, w)
 }

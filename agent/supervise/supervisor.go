@@ -373,9 +373,11 @@ func (s *Supervisor) start(ctx context.Context) error {
 // unavailableRetry paces starts while the runtime is out of reach.
 const unavailableRetry = time.Second
 
-func (s *Supervisor) runtimeSpec() runtime.Spec {
-	spec := s.spec
-	return runtime.Spec{Name: spec.Name, Owner: s.owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir, Container: spec.Container}
+func (s *Supervisor) runtimeSpec() runtime.Spec { return runtimeSpec(s.owner, s.spec) }
+
+// runtimeSpec is what a runtime needs of a service to run it for owner.
+func runtimeSpec(owner string, spec *config.Service) runtime.Spec {
+	return runtime.Spec{Name: spec.Name, Owner: owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir, Container: spec.Container}
 }
 
 // onNotices acts on what the runtime reports of a running process.

@@ -163,6 +163,12 @@ func renderCluster(w io.Writer, resp *pb.ClusterResponse, now time.Time, color b
 				pid = fmt.Sprint(s.Pid)
 			}
 			msg := s.Message
+			if s.Container != "" && msg == "" {
+				msg = "container " + s.Container
+				if s.StartedUnixMs > 0 {
+					msg += ", up " + ago(now, s.StartedUnixMs)
+				}
+			}
 			if len(msg) > 70 {
 				msg = msg[:67] + "..."
 			}

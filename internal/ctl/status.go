@@ -121,6 +121,9 @@ func renderStatus(w io.Writer, resp *pb.StatusResponse, now time.Time, color boo
 	tw.Flush()
 	var notes []string
 	for _, s := range resp.Services {
+		if c := s.Container; c != nil {
+			notes = append(notes, fmt.Sprintf("  %s: container %s %s, image %s", s.Name, c.Name, shortID(c.Id), c.Image))
+		}
 		if s.State != "OK" && s.Message != "" {
 			notes = append(notes, fmt.Sprintf("  %s: %s", s.Name, s.Message))
 		}

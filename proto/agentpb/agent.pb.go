@@ -131,7 +131,119 @@ func (x GossipKeysRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GossipKeysRequest_Op.Descriptor instead.
 func (GossipKeysRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{16, 0}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{18, 0}
+}
+
+type LogsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Tail          int32                  `protobuf:"varint,2,opt,name=tail,proto3" json:"tail,omitempty"` // the last lines; with all, every line
+	All           bool                   `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	Follow        bool                   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"` // then new output until the caller goes away
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRequest) Reset() {
+	*x = LogsRequest{}
+	mi := &file_agentpb_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRequest) ProtoMessage() {}
+
+func (x *LogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
+func (*LogsRequest) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *LogsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *LogsRequest) GetTail() int32 {
+	if x != nil {
+		return x.Tail
+	}
+	return 0
+}
+
+func (x *LogsRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *LogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+type LogChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogChunk) Reset() {
+	*x = LogChunk{}
+	mi := &file_agentpb_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogChunk) ProtoMessage() {}
+
+func (x *LogChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
+func (*LogChunk) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LogChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 type StatusRequest struct {
@@ -143,7 +255,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[0]
+	mi := &file_agentpb_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +267,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[0]
+	mi := &file_agentpb_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +280,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{0}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StatusRequest) GetServices() []string {
@@ -192,7 +304,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[1]
+	mi := &file_agentpb_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +316,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[1]
+	mi := &file_agentpb_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +329,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{1}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StatusResponse) GetNode() string {
@@ -300,7 +412,7 @@ type ServiceStatus struct {
 
 func (x *ServiceStatus) Reset() {
 	*x = ServiceStatus{}
-	mi := &file_agentpb_agent_proto_msgTypes[2]
+	mi := &file_agentpb_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +424,7 @@ func (x *ServiceStatus) String() string {
 func (*ServiceStatus) ProtoMessage() {}
 
 func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[2]
+	mi := &file_agentpb_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +437,7 @@ func (x *ServiceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceStatus.ProtoReflect.Descriptor instead.
 func (*ServiceStatus) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{2}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServiceStatus) GetName() string {
@@ -472,7 +584,7 @@ type ContainerInfo struct {
 
 func (x *ContainerInfo) Reset() {
 	*x = ContainerInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[3]
+	mi := &file_agentpb_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +596,7 @@ func (x *ContainerInfo) String() string {
 func (*ContainerInfo) ProtoMessage() {}
 
 func (x *ContainerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[3]
+	mi := &file_agentpb_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +609,7 @@ func (x *ContainerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerInfo.ProtoReflect.Descriptor instead.
 func (*ContainerInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{3}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ContainerInfo) GetId() string {
@@ -533,7 +645,7 @@ type EnvoyUpstream struct {
 
 func (x *EnvoyUpstream) Reset() {
 	*x = EnvoyUpstream{}
-	mi := &file_agentpb_agent_proto_msgTypes[4]
+	mi := &file_agentpb_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +657,7 @@ func (x *EnvoyUpstream) String() string {
 func (*EnvoyUpstream) ProtoMessage() {}
 
 func (x *EnvoyUpstream) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[4]
+	mi := &file_agentpb_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +670,7 @@ func (x *EnvoyUpstream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvoyUpstream.ProtoReflect.Descriptor instead.
 func (*EnvoyUpstream) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{4}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnvoyUpstream) GetPortName() string {
@@ -602,7 +714,7 @@ type CheckResult struct {
 
 func (x *CheckResult) Reset() {
 	*x = CheckResult{}
-	mi := &file_agentpb_agent_proto_msgTypes[5]
+	mi := &file_agentpb_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +726,7 @@ func (x *CheckResult) String() string {
 func (*CheckResult) ProtoMessage() {}
 
 func (x *CheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[5]
+	mi := &file_agentpb_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +739,7 @@ func (x *CheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResult.ProtoReflect.Descriptor instead.
 func (*CheckResult) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{5}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckResult) GetName() string {
@@ -676,7 +788,7 @@ type ExitInfo struct {
 
 func (x *ExitInfo) Reset() {
 	*x = ExitInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[6]
+	mi := &file_agentpb_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +800,7 @@ func (x *ExitInfo) String() string {
 func (*ExitInfo) ProtoMessage() {}
 
 func (x *ExitInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[6]
+	mi := &file_agentpb_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +813,7 @@ func (x *ExitInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitInfo.ProtoReflect.Descriptor instead.
 func (*ExitInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{6}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ExitInfo) GetCode() int32 {
@@ -743,7 +855,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[7]
+	mi := &file_agentpb_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +867,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[7]
+	mi := &file_agentpb_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +880,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{7}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ControlRequest) GetAction() Action {
@@ -816,7 +928,7 @@ type OrderRequest struct {
 
 func (x *OrderRequest) Reset() {
 	*x = OrderRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[8]
+	mi := &file_agentpb_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +940,7 @@ func (x *OrderRequest) String() string {
 func (*OrderRequest) ProtoMessage() {}
 
 func (x *OrderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[8]
+	mi := &file_agentpb_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +953,7 @@ func (x *OrderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrderRequest.ProtoReflect.Descriptor instead.
 func (*OrderRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{8}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *OrderRequest) GetBlock() bool {
@@ -872,7 +984,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_agentpb_agent_proto_msgTypes[9]
+	mi := &file_agentpb_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +996,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[9]
+	mi := &file_agentpb_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1009,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{9}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Progress) GetService() string {
@@ -943,7 +1055,7 @@ type ReloadRequest struct {
 
 func (x *ReloadRequest) Reset() {
 	*x = ReloadRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[10]
+	mi := &file_agentpb_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1067,7 @@ func (x *ReloadRequest) String() string {
 func (*ReloadRequest) ProtoMessage() {}
 
 func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[10]
+	mi := &file_agentpb_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1080,7 @@ func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
 func (*ReloadRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{10}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
 }
 
 type ReloadResponse struct {
@@ -985,7 +1097,7 @@ type ReloadResponse struct {
 
 func (x *ReloadResponse) Reset() {
 	*x = ReloadResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[11]
+	mi := &file_agentpb_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1109,7 @@ func (x *ReloadResponse) String() string {
 func (*ReloadResponse) ProtoMessage() {}
 
 func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[11]
+	mi := &file_agentpb_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1122,7 @@ func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
 func (*ReloadResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{11}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReloadResponse) GetAdded() []string {
@@ -1050,7 +1162,7 @@ type ClusterRequest struct {
 
 func (x *ClusterRequest) Reset() {
 	*x = ClusterRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[12]
+	mi := &file_agentpb_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1174,7 @@ func (x *ClusterRequest) String() string {
 func (*ClusterRequest) ProtoMessage() {}
 
 func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[12]
+	mi := &file_agentpb_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1187,7 @@ func (x *ClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterRequest.ProtoReflect.Descriptor instead.
 func (*ClusterRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{12}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClusterRequest) GetNode() string {
@@ -1096,7 +1208,7 @@ type ClusterResponse struct {
 
 func (x *ClusterResponse) Reset() {
 	*x = ClusterResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[13]
+	mi := &file_agentpb_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1220,7 @@ func (x *ClusterResponse) String() string {
 func (*ClusterResponse) ProtoMessage() {}
 
 func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[13]
+	mi := &file_agentpb_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1233,7 @@ func (x *ClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterResponse.ProtoReflect.Descriptor instead.
 func (*ClusterResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{13}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClusterResponse) GetLocalNode() string {
@@ -1170,7 +1282,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_agentpb_agent_proto_msgTypes[14]
+	mi := &file_agentpb_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1294,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[14]
+	mi := &file_agentpb_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1307,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{14}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -1307,7 +1419,7 @@ type NodeService struct {
 
 func (x *NodeService) Reset() {
 	*x = NodeService{}
-	mi := &file_agentpb_agent_proto_msgTypes[15]
+	mi := &file_agentpb_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1431,7 @@ func (x *NodeService) String() string {
 func (*NodeService) ProtoMessage() {}
 
 func (x *NodeService) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[15]
+	mi := &file_agentpb_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1444,7 @@ func (x *NodeService) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeService.ProtoReflect.Descriptor instead.
 func (*NodeService) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{15}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeService) GetName() string {
@@ -1408,7 +1520,7 @@ type GossipKeysRequest struct {
 
 func (x *GossipKeysRequest) Reset() {
 	*x = GossipKeysRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[16]
+	mi := &file_agentpb_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1532,7 @@ func (x *GossipKeysRequest) String() string {
 func (*GossipKeysRequest) ProtoMessage() {}
 
 func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[16]
+	mi := &file_agentpb_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1545,7 @@ func (x *GossipKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysRequest.ProtoReflect.Descriptor instead.
 func (*GossipKeysRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{16}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GossipKeysRequest) GetOp() GossipKeysRequest_Op {
@@ -1460,7 +1572,7 @@ type GossipKeysResponse struct {
 
 func (x *GossipKeysResponse) Reset() {
 	*x = GossipKeysResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[17]
+	mi := &file_agentpb_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1584,7 @@ func (x *GossipKeysResponse) String() string {
 func (*GossipKeysResponse) ProtoMessage() {}
 
 func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[17]
+	mi := &file_agentpb_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1597,7 @@ func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
 func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{17}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GossipKeysResponse) GetKeys() []string {
@@ -1519,7 +1631,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_agentpb_agent_proto_msgTypes[18]
+	mi := &file_agentpb_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1643,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[18]
+	mi := &file_agentpb_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1656,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{18}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Worker) GetName() string {
@@ -1623,7 +1735,7 @@ type RegisterWorkersRequest struct {
 
 func (x *RegisterWorkersRequest) Reset() {
 	*x = RegisterWorkersRequest{}
-	mi := &file_agentpb_agent_proto_msgTypes[19]
+	mi := &file_agentpb_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1747,7 @@ func (x *RegisterWorkersRequest) String() string {
 func (*RegisterWorkersRequest) ProtoMessage() {}
 
 func (x *RegisterWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[19]
+	mi := &file_agentpb_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1760,7 @@ func (x *RegisterWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkersRequest.ProtoReflect.Descriptor instead.
 func (*RegisterWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{19}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RegisterWorkersRequest) GetDispatcher() string {
@@ -1698,7 +1810,7 @@ type RegisterWorkersResponse struct {
 
 func (x *RegisterWorkersResponse) Reset() {
 	*x = RegisterWorkersResponse{}
-	mi := &file_agentpb_agent_proto_msgTypes[20]
+	mi := &file_agentpb_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1822,7 @@ func (x *RegisterWorkersResponse) String() string {
 func (*RegisterWorkersResponse) ProtoMessage() {}
 
 func (x *RegisterWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentpb_agent_proto_msgTypes[20]
+	mi := &file_agentpb_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1835,7 @@ func (x *RegisterWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkersResponse.ProtoReflect.Descriptor instead.
 func (*RegisterWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_agentpb_agent_proto_rawDescGZIP(), []int{20}
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegisterWorkersResponse) GetWorkers() int32 {
@@ -1758,7 +1870,14 @@ var File_agentpb_agent_proto protoreflect.FileDescriptor
 
 const file_agentpb_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13agentpb/agent.proto\x12\x10dhvisor.agent.v1\"+\n" +
+	"\x13agentpb/agent.proto\x12\x10dhvisor.agent.v1\"e\n" +
+	"\vLogsRequest\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
+	"\x04tail\x18\x02 \x01(\x05R\x04tail\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\"\x1e\n" +
+	"\bLogChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"+\n" +
 	"\rStatusRequest\x12\x1a\n" +
 	"\bservices\x18\x01 \x03(\tR\bservices\"\xf0\x01\n" +
 	"\x0eStatusResponse\x12\x12\n" +
@@ -1912,7 +2031,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\vACTION_STOP\x10\x02\x12\x12\n" +
 	"\x0eACTION_RESTART\x10\x03\x12\x12\n" +
 	"\x0eACTION_MONITOR\x10\x04\x12\x14\n" +
-	"\x10ACTION_UNMONITOR\x10\x052\x87\x05\n" +
+	"\x10ACTION_UNMONITOR\x10\x052\xcc\x05\n" +
 	"\x05Agent\x12K\n" +
 	"\x06Status\x12\x1f.dhvisor.agent.v1.StatusRequest\x1a .dhvisor.agent.v1.StatusResponse\x12I\n" +
 	"\aControl\x12 .dhvisor.agent.v1.ControlRequest\x1a\x1a.dhvisor.agent.v1.Progress0\x01\x12B\n" +
@@ -1922,7 +2041,8 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\aCluster\x12 .dhvisor.agent.v1.ClusterRequest\x1a!.dhvisor.agent.v1.ClusterResponse\x12W\n" +
 	"\n" +
 	"GossipKeys\x12#.dhvisor.agent.v1.GossipKeysRequest\x1a$.dhvisor.agent.v1.GossipKeysResponse\x12f\n" +
-	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponseB*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
+	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12C\n" +
+	"\x04Logs\x12\x1d.dhvisor.agent.v1.LogsRequest\x1a\x1a.dhvisor.agent.v1.LogChunk0\x01B*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
 
 var (
 	file_agentpb_agent_proto_rawDescOnce sync.Once
@@ -1937,61 +2057,65 @@ func file_agentpb_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentpb_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_agentpb_agent_proto_goTypes = []any{
 	(Action)(0),                     // 0: dhvisor.agent.v1.Action
 	(GossipKeysRequest_Op)(0),       // 1: dhvisor.agent.v1.GossipKeysRequest.Op
-	(*StatusRequest)(nil),           // 2: dhvisor.agent.v1.StatusRequest
-	(*StatusResponse)(nil),          // 3: dhvisor.agent.v1.StatusResponse
-	(*ServiceStatus)(nil),           // 4: dhvisor.agent.v1.ServiceStatus
-	(*ContainerInfo)(nil),           // 5: dhvisor.agent.v1.ContainerInfo
-	(*EnvoyUpstream)(nil),           // 6: dhvisor.agent.v1.EnvoyUpstream
-	(*CheckResult)(nil),             // 7: dhvisor.agent.v1.CheckResult
-	(*ExitInfo)(nil),                // 8: dhvisor.agent.v1.ExitInfo
-	(*ControlRequest)(nil),          // 9: dhvisor.agent.v1.ControlRequest
-	(*OrderRequest)(nil),            // 10: dhvisor.agent.v1.OrderRequest
-	(*Progress)(nil),                // 11: dhvisor.agent.v1.Progress
-	(*ReloadRequest)(nil),           // 12: dhvisor.agent.v1.ReloadRequest
-	(*ReloadResponse)(nil),          // 13: dhvisor.agent.v1.ReloadResponse
-	(*ClusterRequest)(nil),          // 14: dhvisor.agent.v1.ClusterRequest
-	(*ClusterResponse)(nil),         // 15: dhvisor.agent.v1.ClusterResponse
-	(*NodeInfo)(nil),                // 16: dhvisor.agent.v1.NodeInfo
-	(*NodeService)(nil),             // 17: dhvisor.agent.v1.NodeService
-	(*GossipKeysRequest)(nil),       // 18: dhvisor.agent.v1.GossipKeysRequest
-	(*GossipKeysResponse)(nil),      // 19: dhvisor.agent.v1.GossipKeysResponse
-	(*Worker)(nil),                  // 20: dhvisor.agent.v1.Worker
-	(*RegisterWorkersRequest)(nil),  // 21: dhvisor.agent.v1.RegisterWorkersRequest
-	(*RegisterWorkersResponse)(nil), // 22: dhvisor.agent.v1.RegisterWorkersResponse
+	(*LogsRequest)(nil),             // 2: dhvisor.agent.v1.LogsRequest
+	(*LogChunk)(nil),                // 3: dhvisor.agent.v1.LogChunk
+	(*StatusRequest)(nil),           // 4: dhvisor.agent.v1.StatusRequest
+	(*StatusResponse)(nil),          // 5: dhvisor.agent.v1.StatusResponse
+	(*ServiceStatus)(nil),           // 6: dhvisor.agent.v1.ServiceStatus
+	(*ContainerInfo)(nil),           // 7: dhvisor.agent.v1.ContainerInfo
+	(*EnvoyUpstream)(nil),           // 8: dhvisor.agent.v1.EnvoyUpstream
+	(*CheckResult)(nil),             // 9: dhvisor.agent.v1.CheckResult
+	(*ExitInfo)(nil),                // 10: dhvisor.agent.v1.ExitInfo
+	(*ControlRequest)(nil),          // 11: dhvisor.agent.v1.ControlRequest
+	(*OrderRequest)(nil),            // 12: dhvisor.agent.v1.OrderRequest
+	(*Progress)(nil),                // 13: dhvisor.agent.v1.Progress
+	(*ReloadRequest)(nil),           // 14: dhvisor.agent.v1.ReloadRequest
+	(*ReloadResponse)(nil),          // 15: dhvisor.agent.v1.ReloadResponse
+	(*ClusterRequest)(nil),          // 16: dhvisor.agent.v1.ClusterRequest
+	(*ClusterResponse)(nil),         // 17: dhvisor.agent.v1.ClusterResponse
+	(*NodeInfo)(nil),                // 18: dhvisor.agent.v1.NodeInfo
+	(*NodeService)(nil),             // 19: dhvisor.agent.v1.NodeService
+	(*GossipKeysRequest)(nil),       // 20: dhvisor.agent.v1.GossipKeysRequest
+	(*GossipKeysResponse)(nil),      // 21: dhvisor.agent.v1.GossipKeysResponse
+	(*Worker)(nil),                  // 22: dhvisor.agent.v1.Worker
+	(*RegisterWorkersRequest)(nil),  // 23: dhvisor.agent.v1.RegisterWorkersRequest
+	(*RegisterWorkersResponse)(nil), // 24: dhvisor.agent.v1.RegisterWorkersResponse
 }
 var file_agentpb_agent_proto_depIdxs = []int32{
-	4,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
-	7,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
-	8,  // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
-	6,  // 3: dhvisor.agent.v1.ServiceStatus.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
-	5,  // 4: dhvisor.agent.v1.ServiceStatus.container:type_name -> dhvisor.agent.v1.ContainerInfo
+	6,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
+	9,  // 1: dhvisor.agent.v1.ServiceStatus.last_check:type_name -> dhvisor.agent.v1.CheckResult
+	10, // 2: dhvisor.agent.v1.ServiceStatus.last_exit:type_name -> dhvisor.agent.v1.ExitInfo
+	8,  // 3: dhvisor.agent.v1.ServiceStatus.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	7,  // 4: dhvisor.agent.v1.ServiceStatus.container:type_name -> dhvisor.agent.v1.ContainerInfo
 	0,  // 5: dhvisor.agent.v1.ControlRequest.action:type_name -> dhvisor.agent.v1.Action
-	16, // 6: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
-	17, // 7: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
+	18, // 6: dhvisor.agent.v1.ClusterResponse.nodes:type_name -> dhvisor.agent.v1.NodeInfo
+	19, // 7: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
 	1,  // 8: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
-	20, // 9: dhvisor.agent.v1.RegisterWorkersRequest.workers:type_name -> dhvisor.agent.v1.Worker
-	2,  // 10: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
-	9,  // 11: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
-	10, // 12: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
-	10, // 13: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
-	12, // 14: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
-	14, // 15: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
-	18, // 16: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
-	21, // 17: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	3,  // 18: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
-	11, // 19: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
-	11, // 20: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
-	11, // 21: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
-	13, // 22: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
-	15, // 23: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
-	19, // 24: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
-	22, // 25: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	18, // [18:26] is the sub-list for method output_type
-	10, // [10:18] is the sub-list for method input_type
+	22, // 9: dhvisor.agent.v1.RegisterWorkersRequest.workers:type_name -> dhvisor.agent.v1.Worker
+	4,  // 10: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
+	11, // 11: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
+	12, // 12: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
+	12, // 13: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
+	14, // 14: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
+	16, // 15: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
+	20, // 16: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
+	23, // 17: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	2,  // 18: dhvisor.agent.v1.Agent.Logs:input_type -> dhvisor.agent.v1.LogsRequest
+	5,  // 19: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
+	13, // 20: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
+	13, // 21: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
+	13, // 22: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
+	15, // 23: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
+	17, // 24: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
+	21, // 25: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
+	24, // 26: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	3,  // 27: dhvisor.agent.v1.Agent.Logs:output_type -> dhvisor.agent.v1.LogChunk
+	19, // [19:28] is the sub-list for method output_type
+	10, // [10:19] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -2008,7 +2132,7 @@ func file_agentpb_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentpb_agent_proto_rawDesc), len(file_agentpb_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

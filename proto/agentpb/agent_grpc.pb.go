@@ -30,6 +30,7 @@ const (
 	Agent_Cluster_FullMethodName         = "/dhvisor.agent.v1.Agent/Cluster"
 	Agent_GossipKeys_FullMethodName      = "/dhvisor.agent.v1.Agent/GossipKeys"
 	Agent_RegisterWorkers_FullMethodName = "/dhvisor.agent.v1.Agent/RegisterWorkers"
+	Agent_Logs_FullMethodName            = "/dhvisor.agent.v1.Agent/Logs"
 )
 
 // AgentClient is the client API for Agent service.
@@ -55,6 +56,9 @@ type AgentClient interface {
 	// passes it to the coordinators, which route them in Envoy. The set is
 	// held under a lease: re-send it (changed or not) within lease_ttl_ms.
 	RegisterWorkers(ctx context.Context, in *RegisterWorkersRequest, opts ...grpc.CallOption) (*RegisterWorkersResponse, error)
+	// Logs streams the output a service's runtime keeps (the Envoy
+	// container's, as `docker logs` shows it).
+	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
 }
 
 type agentClient struct {
@@ -172,6 +176,25 @@ func (c *agentClient) RegisterWorkers(ctx context.Context, in *RegisterWorkersRe
 	return out, nil
 }
 
+func (c *agentClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[3], Agent_Logs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LogsRequest, LogChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_LogsClient = grpc.ServerStreamingClient[LogChunk]
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -195,6 +218,9 @@ type AgentServer interface {
 	// passes it to the coordinators, which route them in Envoy. The set is
 	// held under a lease: re-send it (changed or not) within lease_ttl_ms.
 	RegisterWorkers(context.Context, *RegisterWorkersRequest) (*RegisterWorkersResponse, error)
+	// Logs streams the output a service's runtime keeps (the Envoy
+	// container's, as `docker logs` shows it).
+	Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -228,6 +254,9 @@ func (UnimplementedAgentServer) GossipKeys(context.Context, *GossipKeysRequest) 
 }
 func (UnimplementedAgentServer) RegisterWorkers(context.Context, *RegisterWorkersRequest) (*RegisterWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterWorkers not implemented")
+}
+func (UnimplementedAgentServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error {
+	return status.Error(codes.Unimplemented, "method Logs not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -373,6 +402,17 @@ func _Agent_RegisterWorkers_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(LogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).Logs(m, &grpc.GenericServerStream[LogsRequest, LogChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_LogsServer = grpc.ServerStreamingServer[LogChunk]
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -415,6 +455,11 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Down",
 			Handler:       _Agent_Down_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Logs",
+			Handler:       _Agent_Logs_Handler,
 			ServerStreams: true,
 		},
 	},

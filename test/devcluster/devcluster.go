@@ -39,6 +39,8 @@ import (
 type NodeSpec struct {
 	Name  string
 	Roles []string
+	// Extra is appended to the node's agent.yaml (an envoy: section).
+	Extra string
 }
 
 // Options shape a cluster.
@@ -196,7 +198,7 @@ gossip: {bind: "%s", seeds: ["%s"]}
 defaults:
   user: ""
   command: [%s]
-`, n.Name, strings.Join(n.Roles, ", "), apiAddr, c.WorkerAddrs[i], c.tlsYAML("agent", n.Name), gossipAddr, strings.Join(seeds, `", "`), strings.Join(quoted, ", "))
+`, n.Name, strings.Join(n.Roles, ", "), apiAddr, c.WorkerAddrs[i], c.tlsYAML("agent", n.Name), gossipAddr, strings.Join(seeds, `", "`), strings.Join(quoted, ", ")) + n.Extra
 	file := filepath.Join(dir, "agent.yaml")
 	overrides, err := serviceOverrides(file, base, c.Opt.PortOffset+i*1000)
 	if err != nil {
@@ -219,6 +221,9 @@ func serviceOverrides(file, base string, offset int) (string, error) {
 	var b strings.Builder
 	for _, name := range node.ServiceNames() {
 		s := node.Services[name]
+		if s.Container != nil {
+			continue // the Envoy container: its ports are in its envoy: section
+		}
 		var fields []string
 		if len(s.Ports) > 0 && offset != 0 {
 			var ports []string
