@@ -113,7 +113,10 @@ type Status struct {
 	// resources.
 	Versions  map[Flavour]map[string]string
 	Built     time.Time     // when the last changed model was built
-	BuildTime time.Duration // how long building and serving them took
+	BuildTime time.Duration // how long building, validating and checking its resources took
+	// ServeTime is how long handing them to the caches took, which
+	// answers every client waiting for a change.
+	ServeTime time.Duration
 	Counts
 	Rejected      uint64 // responses clients rejected (NACKs)
 	LastRejection string // the last rejection's message
@@ -203,12 +206,13 @@ func (s *Server) Update(m Model) error {
 	if err != nil {
 		return err
 	}
+	built := time.Now()
 	for _, k := range feeds {
 		s.serve(k, out.resources(cmp.Or(k.flavour, ADS))[k.typ])
 	}
 	s.model, s.built = c, true
 	s.gate.open()
-	took := time.Since(start)
+	took, served := built.Sub(start), time.Since(built)
 
 	versions := map[Flavour]map[string]string{}
 	for _, f := range flavours {
@@ -219,10 +223,10 @@ func (s *Server) Update(m Model) error {
 		}
 	}
 	s.statusMu.Lock()
-	s.status = Status{Versions: versions, Built: start, BuildTime: took, Counts: out.counts}
+	s.status = Status{Versions: versions, Built: start, BuildTime: took, ServeTime: served, Counts: out.counts}
 	s.table = out.table
 	s.statusMu.Unlock()
-	s.log.Debug("xDS resources updated", "took", took, "clusters", out.counts.Clusters, "routes", out.counts.Routes)
+	s.log.Debug("xDS resources updated", "build", took, "serve", served, "clusters", out.counts.Clusters, "routes", out.counts.Routes)
 	return nil
 }
 

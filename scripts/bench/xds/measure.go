@@ -58,10 +58,12 @@ type bigResult struct {
 	Workers    int                `json:"workers"`
 	AllClients float64            `json:"all_clients_ms"`
 	BuildMS    map[string]float64 `json:"build_ms"` // per coordinator, as it reports it
+	ServeMS    map[string]float64 `json:"serve_ms"` // handing the build to the clients' caches
 	RSSBytes   map[string]int64   `json:"rss_bytes"`
 	// One worker replaced in the big set: the slowest build of each
 	// coordinator, and registration -> all subscribers updated.
 	ChangeBuildMS    map[string]float64 `json:"change_build_ms"`
+	ChangeServeMS    map[string]float64 `json:"change_serve_ms"`
 	ChangeAllClients benchkit.Stats     `json:"change_all_clients"`
 }
 
@@ -221,7 +223,7 @@ func (b *bench) measureGRPC(ctx context.Context, n int, base []string, port int)
 }
 
 func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) {
-	r := bigResult{Workers: n, BuildMS: map[string]float64{}, RSSBytes: map[string]int64{}}
+	r := bigResult{Workers: n, BuildMS: map[string]float64{}, ServeMS: map[string]float64{}, RSSBytes: map[string]int64{}}
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("big-%d", i)
@@ -239,11 +241,11 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 	}
 	// Every replica has built it by now (its subscribers have it): read
 	// what each reports, and its memory while it serves them.
-	if err := b.readCoordinators(ctx, r.BuildMS, r.RSSBytes); err != nil {
+	if err := b.readCoordinators(ctx, r.BuildMS, r.ServeMS, r.RSSBytes); err != nil {
 		return r, err
 	}
 	// Then the usual change at this size: one worker replaced.
-	r.ChangeBuildMS = map[string]float64{}
+	r.ChangeBuildMS, r.ChangeServeMS = map[string]float64{}, map[string]float64{}
 	var all []float64
 	for k := range bigChanges {
 		for _, s := range b.subs {
@@ -265,12 +267,13 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 			}
 		}
 		all = append(all, benchkit.MS(last.Sub(start)))
-		builds := map[string]float64{}
-		if err := b.readCoordinators(ctx, builds, nil); err != nil {
+		builds, serves := map[string]float64{}, map[string]float64{}
+		if err := b.readCoordinators(ctx, builds, serves, nil); err != nil {
 			return r, err
 		}
 		for name, ms := range builds {
 			r.ChangeBuildMS[name] = max(r.ChangeBuildMS[name], ms)
+			r.ChangeServeMS[name] = max(r.ChangeServeMS[name], serves[name])
 		}
 	}
 	r.ChangeAllClients = benchkit.Summarise(all)
@@ -280,9 +283,9 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 // bigChanges is how many single-worker changes are measured at --big.
 const bigChanges = 5
 
-// readCoordinators reads each coordinator's last snapshot build time, and
-// its resident memory when rss is not nil.
-func (b *bench) readCoordinators(ctx context.Context, build map[string]float64, rss map[string]int64) error {
+// readCoordinators reads each coordinator's last snapshot build and serve
+// times, and its resident memory when rss is not nil.
+func (b *bench) readCoordinators(ctx context.Context, build, serve map[string]float64, rss map[string]int64) error {
 	for i, p := range b.cl.Coords {
 		c, closeConn, err := b.cl.Client(i)
 		if err != nil {
@@ -296,6 +299,7 @@ func (b *bench) readCoordinators(ctx context.Context, build map[string]float64, 
 			return fmt.Errorf("routes of %s: %w", p.Name, err)
 		}
 		build[p.Name] = float64(resp.BuildUs) / 1000
+		serve[p.Name] = float64(resp.ServeUs) / 1000
 		if rss != nil {
 			v, err := rssOf(p.PID())
 			if err != nil {
