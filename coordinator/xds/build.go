@@ -48,7 +48,7 @@ const (
 	ADS Flavour = "ads"
 )
 
-// flavours are the flavours every model is built in.
+// flavours are the flavours a model can be built in.
 var flavours = []Flavour{ADS, Classic}
 
 // Names fixed by Deephaven's bootstrap and clients.
@@ -137,12 +137,13 @@ func mustAny(m proto.Message) *anypb.Any {
 // (see Server); Build is the same resources as one snapshot, for tests and
 // tools.
 func Build(m Model, f Flavour) (*cache.Snapshot, error) {
-	out, err := new(builder).build(canonical(m))
-	if err != nil {
-		return nil, err
-	}
 	if f != ADS && f != Classic {
 		return nil, fmt.Errorf("unknown xDS flavour %q", f)
+	}
+	b := &builder{flavours: []Flavour{f}}
+	out, err := b.build(canonical(m))
+	if err != nil {
+		return nil, err
 	}
 	snap := &cache.Snapshot{VersionMap: map[string]map[string]string{}}
 	for typ, es := range out.resources(f) {
@@ -271,15 +272,38 @@ type workerEntry struct {
 // builder keeps, from one build to the next, the resources that do not
 // change: the listeners and the workers'.
 type builder struct {
+	// flavours are the flavours whose clusters and listeners it builds:
+	// those some client asked for. Deephaven's Envoy needs only the classic
+	// ones, grpc-go only the ADS ones, and a worker's clusters are the
+	// larger part of a build.
+	flavours  []Flavour
 	workers   map[workerKey]*workerEntry
 	builds    uint64
 	listeners map[Flavour]entry
 }
 
+// addFlavour has later builds make f's clusters and listener too, and
+// says whether f is new.
+func (b *builder) addFlavour(f Flavour) bool {
+	if slices.Contains(b.flavours, f) {
+		return false
+	}
+	b.flavours = append(b.flavours, f)
+	slices.Sort(b.flavours)
+	// The workers remembered lack f's clusters: the next build makes them
+	// all anew.
+	b.workers = nil
+	return true
+}
+
 // table is one build's resources, each type in the canonical model's
 // order.
 type table struct {
-	clusters  map[Flavour][]entry
+	clusters  map[Flavour][]entry // of the flavours built
+	// clusterCount is how many clusters each flavour has.
+	clusterCount int
+	// extraClusters are the extra routes', the same in every flavour.
+	extraClusters []entry
 	clas      []entry
 	routes    []entry // rds_config's, first match first
 	rds       entry   // rds_config itself
@@ -314,25 +338,26 @@ func (b *builder) build(m Model) (*built, error) {
 		return nil, err
 	}
 	if b.listeners == nil {
-		ls := map[Flavour]entry{}
-		for _, f := range flavours {
-			if ls[f], err = newEntry(httpListener(f)); err != nil {
+		b.listeners = map[Flavour]entry{}
+	}
+	for _, f := range b.flavours {
+		if _, ok := b.listeners[f]; !ok {
+			if b.listeners[f], err = newEntry(httpListener(f)); err != nil {
 				return nil, err
 			}
 		}
-		b.listeners = ls
 	}
 	t.listeners = b.listeners
 	if t.rds, err = routeConfig(t.routes); err != nil {
 		return nil, err
 	}
 	out := &built{table: t}
-	for _, f := range flavours {
+	for _, f := range b.flavours {
 		if err := consistent(snapshotOf(out.resources(f)), f); err != nil {
 			return nil, fmt.Errorf("%s snapshot: %w", f, err)
 		}
 	}
-	out.counts = Counts{Clusters: len(t.clusters[ADS]), LoadAssignments: len(t.clas), Routes: len(t.routes)}
+	out.counts = Counts{Clusters: t.clusterCount, LoadAssignments: len(t.clas), Routes: len(t.routes)}
 	b.forgetUnused()
 	return out, nil
 }
@@ -409,11 +434,12 @@ func (b *builder) table(m Model) (*table, error) {
 	}
 	clusters := len(services) + len(m.Workers) + len(m.ExtraRoutes)
 	t := &table{
-		clusters: map[Flavour][]entry{},
-		clas:     make([]entry, 0, len(services)+len(m.Workers)),
-		routes:   make([]entry, 0, 2*len(m.Workers)+2*len(m.ExtraRoutes)+6),
+		clusters:     map[Flavour][]entry{},
+		clusterCount: clusters,
+		clas:         make([]entry, 0, len(services)+len(m.Workers)),
+		routes:       make([]entry, 0, 2*len(m.Workers)+2*len(m.ExtraRoutes)+6),
 	}
-	for _, f := range flavours {
+	for _, f := range b.flavours {
 		t.clusters[f] = make([]entry, 0, clusters)
 	}
 	for i, s := range services {
@@ -424,7 +450,7 @@ func (b *builder) table(m Model) (*table, error) {
 			return nil, fmt.Errorf("service %s listed twice", s.Name)
 		}
 		name := ServiceCluster(s.Name)
-		for _, f := range flavours {
+		for _, f := range b.flavours {
 			e, err := newEntry(edsCluster(f, name, s.TLS, "", s.HTTP2))
 			if err != nil {
 				return nil, err
@@ -443,7 +469,7 @@ func (b *builder) table(m Model) (*table, error) {
 		return nil, err
 	}
 	for _, we := range workers {
-		for _, f := range flavours {
+		for _, f := range b.flavours {
 			t.clusters[f] = append(t.clusters[f], we.clusters[f])
 		}
 		t.clas = append(t.clas, we.cla)
@@ -461,12 +487,13 @@ func (b *builder) table(m Model) (*table, error) {
 		if r.Port <= 0 || r.Port > 65535 {
 			return nil, fmt.Errorf("extra route %s (%s): port %d out of range", r.Name, r.Origin, r.Port)
 		}
-		name := ExtraCluster(r.Name)
-		for _, f := range flavours {
-			e, err := newEntry(dnsCluster(name, r.Host, uint32(r.Port), r.TLS))
-			if err != nil {
-				return nil, fmt.Errorf("extra route %s (%s): %w", r.Name, r.Origin, err)
-			}
+		// The same cluster in every flavour: it names no config source.
+		e, err := newEntry(dnsCluster(ExtraCluster(r.Name), r.Host, uint32(r.Port), r.TLS))
+		if err != nil {
+			return nil, fmt.Errorf("extra route %s (%s): %w", r.Name, r.Origin, err)
+		}
+		t.extraClusters = append(t.extraClusters, e)
+		for _, f := range b.flavours {
 			t.clusters[f] = append(t.clusters[f], e)
 		}
 	}
@@ -537,7 +564,7 @@ func (b *builder) workerEntries(ws []Worker) ([]*workerEntry, error) {
 	}
 	errs := make([]error, len(missing))
 	parallel(len(missing), func(j int) {
-		entries[missing[j]], errs[j] = newWorkerEntry(keys[missing[j]])
+		entries[missing[j]], errs[j] = newWorkerEntry(keys[missing[j]], b.flavours)
 	})
 	for _, err := range errs {
 		if err != nil {
@@ -574,9 +601,9 @@ func hasService(ss []Service, name string) bool {
 	return false
 }
 
-func newWorkerEntry(k workerKey) (*workerEntry, error) {
+func newWorkerEntry(k workerKey, flavours []Flavour) (*workerEntry, error) {
 	name := WorkerCluster(k.Name)
-	we := &workerEntry{clusters: map[Flavour]entry{}}
+	we := &workerEntry{clusters: make(map[Flavour]entry, len(flavours))}
 	for _, f := range flavours {
 		e, err := newEntry(edsCluster(f, name, k.TLS, k.Host, k.HTTP2))
 		if err != nil {

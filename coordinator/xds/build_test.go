@@ -299,7 +299,7 @@ func TestSnapshotsValidAndConsistent(t *testing.T) {
 // back as the whole configuration.
 func TestRouteConfigBytes(t *testing.T) {
 	for _, m := range []Model{{}, clusterModel(), scaleModel(100)} {
-		var b builder
+		b := builder{flavours: flavours}
 		out, err := b.build(canonical(m))
 		if err != nil {
 			t.Fatal(err)
@@ -343,7 +343,7 @@ func TestConsistentChecksAPIListenerRoutes(t *testing.T) {
 // The builder reuses the last build's workers: what it builds must be what
 // a fresh build makes.
 func TestIncrementalBuildMatchesFreshBuild(t *testing.T) {
-	var b builder
+	b := builder{flavours: flavours}
 	steps := []func(m *Model){
 		func(*Model) {},
 		func(m *Model) { m.Workers[3].Port = 1 },

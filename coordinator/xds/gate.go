@@ -8,20 +8,26 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 )
 
-// gate holds clients' watches until the server has its first model. An
-// empty linear cache would answer at once that there is nothing: Envoy
-// would drop every cluster and route it has, and a restarted coordinator
-// withholds xDS until raft has given it back its state for that reason.
+// gate holds each client's watch until its cache has been served once:
+// the endpoints and routes from the first model on, a flavour's clusters
+// and listener from the first build that made them. An empty linear cache
+// would answer at once that there is nothing, and Envoy would drop every
+// cluster and route it has (a restarted coordinator withholds xDS until
+// raft has given it back its state for that reason).
 type gate struct {
 	next cache.Cache
+	// want hears the flavour of every client that asks for clusters or
+	// listeners, before its watch is made: the server builds them for it.
+	want func(Flavour)
 
 	mu      sync.Mutex
-	opened  bool
+	opened  map[feedKey]bool
 	pending map[*heldWatch]struct{}
 }
 
-// heldWatch is a watch made before the gate opened.
+// heldWatch is a watch made before its cache was served.
 type heldWatch struct {
+	key    feedKey
 	create func() (func(), error)
 	cancel func() // the cache's, once the watch reached it
 	done   bool   // cancelled by the server
@@ -29,33 +35,38 @@ type heldWatch struct {
 
 var _ cache.Cache = (*gate)(nil)
 
-func newGate(next cache.Cache) *gate {
-	return &gate{next: next, pending: map[*heldWatch]struct{}{}}
+func newGate(next cache.Cache, want func(Flavour)) *gate {
+	return &gate{next: next, want: want, opened: map[feedKey]bool{}, pending: map[*heldWatch]struct{}{}}
 }
 
-// open passes the held watches on, and every later one at once.
-func (g *gate) open() {
+// open passes the watches held for cache k on, and every later one at once.
+func (g *gate) open(k feedKey) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.opened {
+	if g.opened[k] {
 		return
 	}
-	g.opened = true
+	g.opened[k] = true
 	for w := range g.pending {
-		// A watch the cache refuses (a type nobody serves) ends its
-		// stream only once the client asks again: it stays unanswered.
-		w.cancel, _ = w.create()
+		if w.key == k {
+			// A watch the cache refuses ends its stream only once the
+			// client asks again: it stays unanswered.
+			w.cancel, _ = w.create()
+			delete(g.pending, w)
+		}
 	}
-	g.pending = nil
 }
 
-func (g *gate) hold(create func() (func(), error)) (func(), error) {
+func (g *gate) hold(k feedKey, create func() (func(), error)) (func(), error) {
+	if k.flavour != "" {
+		g.want(k.flavour)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.opened {
+	if g.opened[k] {
 		return create()
 	}
-	w := &heldWatch{create: create}
+	w := &heldWatch{key: k, create: create}
 	g.pending[w] = struct{}{}
 	return func() {
 		g.mu.Lock()
@@ -72,11 +83,13 @@ func (g *gate) hold(create func() (func(), error)) (func(), error) {
 }
 
 func (g *gate) CreateWatch(req *cache.Request, sub cache.Subscription, value chan cache.Response) (func(), error) {
-	return g.hold(func() (func(), error) { return g.next.CreateWatch(req, sub, value) })
+	k := keyOf(cache.GetResponseType(req.GetTypeUrl()), FlavourOf(req.GetNode()))
+	return g.hold(k, func() (func(), error) { return g.next.CreateWatch(req, sub, value) })
 }
 
 func (g *gate) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, value chan cache.DeltaResponse) (func(), error) {
-	return g.hold(func() (func(), error) { return g.next.CreateDeltaWatch(req, sub, value) })
+	k := keyOf(cache.GetResponseType(req.GetTypeUrl()), FlavourOf(req.GetNode()))
+	return g.hold(k, func() (func(), error) { return g.next.CreateDeltaWatch(req, sub, value) })
 }
 
 // Fetch is REST xDS, which the server does not offer.

@@ -55,10 +55,9 @@ func (t *table) views() []RouteView {
 		fromWire(e, cla)
 		endpoints[cla.GetClusterName()] = hostPorts(cla)
 	}
-	for _, e := range t.clusters[ADS] {
-		if cla := e.res.(*cluster.Cluster).GetLoadAssignment(); cla != nil {
-			endpoints[cla.GetClusterName()] = hostPorts(cla)
-		}
+	for _, e := range t.extraClusters {
+		cla := e.res.(*cluster.Cluster).GetLoadAssignment()
+		endpoints[cla.GetClusterName()] = hostPorts(cla)
 	}
 	out := make([]RouteView, len(t.routes))
 	for i, e := range t.routes {

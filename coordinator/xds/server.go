@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -61,6 +63,9 @@ type Server struct {
 	prefix string
 	xds    serverv3.Server
 	nacks  nackGuard
+	// wanted are the flavours some client asked for, read without the
+	// lock on every request: a build holds it.
+	wanted [2]atomic.Bool
 
 	mu       sync.Mutex // one Update at a time; guards the fields below
 	b        builder
@@ -154,7 +159,7 @@ func NewServer(ctx context.Context, log *slog.Logger) *Server {
 		mux.Caches[k.String()] = c
 		s.served[k] = map[string]entry{}
 	}
-	s.gate = newGate(mux)
+	s.gate = newGate(mux, s.want)
 	s.xds = serverv3.NewServer(ctx, s.gate, serverv3.CallbackFuncs{
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			s.nacks.request(id, req)
@@ -201,6 +206,31 @@ func (s *Server) Update(m Model) error {
 	if s.built && equal(c, s.model) {
 		return nil
 	}
+	return s.build(c)
+}
+
+// want builds flavour f's resources from now on, if no client asked for
+// them before: their first client waits for them.
+func (s *Server) want(f Flavour) {
+	wanted := &s.wanted[slices.Index(flavours, f)]
+	if wanted.Load() {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wanted.Store(true)
+	if !s.b.addFlavour(f) || !s.built {
+		return // the first model will be built with it
+	}
+	if err := s.build(s.model); err != nil {
+		// The model was served in other flavours: this is a bug, and
+		// the flavour's clients wait on.
+		s.log.Error("xDS resources of a new flavour refused", "flavour", f, "err", err)
+	}
+}
+
+// build builds and serves c. s.mu is held.
+func (s *Server) build(c Model) error {
 	start := time.Now()
 	out, err := s.b.build(c)
 	if err != nil {
@@ -208,10 +238,13 @@ func (s *Server) Update(m Model) error {
 	}
 	built := time.Now()
 	for _, k := range feeds {
+		if k.flavour != "" && !slices.Contains(s.b.flavours, k.flavour) {
+			continue
+		}
 		s.serve(k, out.resources(cmp.Or(k.flavour, ADS))[k.typ])
+		s.gate.open(k)
 	}
 	s.model, s.built = c, true
-	s.gate.open()
 	took, served := built.Sub(start), time.Since(built)
 
 	versions := map[Flavour]map[string]string{}

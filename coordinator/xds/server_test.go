@@ -511,6 +511,9 @@ func TestUpdatesReachOnlyChangedTypes(t *testing.T) {
 		{"extra host", func(m *Model) { m.ExtraRoutes[0].Host = "other.example.com" }, []string{resource.ClusterType}},
 	} {
 		s := NewServer(t.Context(), slog.New(slog.DiscardHandler))
+		for _, f := range flavours {
+			s.want(f)
+		}
 		if err := s.Update(clusterModel()); err != nil {
 			t.Fatal(err)
 		}
@@ -606,4 +609,38 @@ func TestReconnectingClientGetsCurrentResources(t *testing.T) {
 	}
 	resp := first(curAddr, had.GetVersionInfo())
 	checkServed(t, "EDS after reconnecting", resp.GetResources(), onlyResources(mustBuild(t, m, Classic), resource.EndpointType, names...), resource.EndpointType)
+}
+
+// A flavour's clusters and listener are built once a client of that
+// flavour asks for them, not before: Deephaven's Envoy needs only the
+// classic ones, grpc-go only the ADS ones.
+func TestFlavourBuiltWhenAskedFor(t *testing.T) {
+	s, addr := startServer(t)
+	m := clusterModel()
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.b.flavours) != 0 {
+		t.Fatalf("flavours %v built before any client asked", s.b.flavours)
+	}
+	c := sotwclient.NewADSClient(testCtx(t), envoyNode, resource.ClusterType)
+	if err := c.InitConnect(dial(t, addr)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Fetch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkServed(t, "CDS", resp.Resources, mustBuild(t, m, Classic), resource.ClusterType)
+	if !slices.Equal(s.b.flavours, []Flavour{Classic}) {
+		t.Errorf("flavours %v built, want only classic", s.b.flavours)
+	}
+	// Later changes build the classic flavour only.
+	m.Workers = append(m.Workers, Worker{Name: "worker_3", Prefix: "/worker/q3", Host: "10.0.0.4", Port: 24003, Node: "query3", HTTP2: true})
+	if err := s.Update(m); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.Versions[ADS][resource.ClusterType] != s.prefix+"0" || st.Versions[Classic][resource.ClusterType] != s.prefix+"2" {
+		t.Errorf("cluster versions %s (ads), %s (classic); want ads never served", st.Versions[ADS][resource.ClusterType], st.Versions[Classic][resource.ClusterType])
+	}
 }
