@@ -299,15 +299,15 @@ func (b *builder) addFlavour(f Flavour) bool {
 // table is one build's resources, each type in the canonical model's
 // order.
 type table struct {
-	clusters  map[Flavour][]entry // of the flavours built
+	clusters map[Flavour][]entry // of the flavours built
 	// clusterCount is how many clusters each flavour has.
 	clusterCount int
 	// extraClusters are the extra routes', the same in every flavour.
 	extraClusters []entry
-	clas      []entry
-	routes    []entry // rds_config's, first match first
-	rds       entry   // rds_config itself
-	listeners map[Flavour]entry
+	clas          []entry
+	routes        []entry // rds_config's, first match first
+	rds           entry   // rds_config itself
+	listeners     map[Flavour]entry
 }
 
 // built is a build's result.
