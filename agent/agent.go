@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,7 +39,8 @@ type Agent struct {
 	node *config.Node
 	mgr  *supervise.Manager
 
-	reloadMu sync.Mutex
+	reloadMu   sync.Mutex
+	pkgVersion atomic.Pointer[string] // "NAME VERSION" of the installed Deephaven package
 }
 
 // New loads and validates the configuration in file.
@@ -89,13 +91,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	if tcpLis != nil {
 		apiAddr = cfg.API.Addr(tcpLis.Addr().String())
 	}
+	inst, closeSrc, err := a.newInstaller()
+	if err != nil {
+		lis.Close()
+		if tcpLis != nil {
+			tcpLis.Close()
+		}
+		return err
+	}
+	defer closeSrc()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Gossip outlives ctx a little: it must announce the leave after the
 	// supervisor has stopped, so it has a context of its own.
 	gctx, gcancel := context.WithCancel(context.Background())
 	defer gcancel()
-	g, err := a.startGossip(gctx, apiAddr)
+	pkg := inst.Installed(ctx)
+	a.pkgVersion.Store(&pkg)
+	g, err := a.startGossip(gctx, apiAddr, pkg)
 	if err != nil {
 		lis.Close()
 		if tcpLis != nil {
@@ -106,6 +119,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// One API, two doors: the unix socket for dhctl on the node, TCP with
 	// mutual TLS for coordinators and remote operators.
 	apiSrv := api.NewServer(a.mgr, a.Reload, g, apiAddr)
+	apiSrv.Installer = inst
+	apiSrv.PackageVersion = func() string { return *a.pkgVersion.Load() }
+	inst.Changed = func() { a.publishVersions(g, inst) }
 	reg, err := a.workerRegistry(g)
 	if err != nil {
 		return err
@@ -154,6 +170,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			boot.Run(ctx)
 		}
 	}()
+	instDone := make(chan struct{})
+	go func() { defer close(instDone); inst.Run(ctx) }()
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(ctx) }()
 	pubDone := make(chan struct{})
@@ -188,6 +206,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	stops.Wait()
 	err = <-mgrDone
+	<-instDone
 	<-pubDone
 	<-workersDone
 	<-bootDone

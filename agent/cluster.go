@@ -15,7 +15,7 @@ import (
 // startGossip joins the cluster when the node's config asks for it,
 // publishing apiAddr (the TCP API peers dial; "" without one). The returned
 // gossip is nil when the node runs alone.
-func (a *Agent) startGossip(ctx context.Context, apiAddr string) (*gossip.Gossip, error) {
+func (a *Agent) startGossip(ctx context.Context, apiAddr, pkgVersion string) (*gossip.Gossip, error) {
 	cfg := a.node.Agent
 	if !cfg.Gossip.Enabled() {
 		return nil, nil
@@ -25,6 +25,7 @@ func (a *Agent) startGossip(ctx context.Context, apiAddr string) (*gossip.Gossip
 		APIAddr:          apiAddr,
 		DeephavenVersion: deephavenVersion(cfg.LauncherDir),
 		DhvisorVersion:   version.Version,
+		PackageVersion:   pkgVersion,
 	}, a.log)
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/api"
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/ops"
+	"github.com/dhvisor/dhvisor/coordinator/pkgstore"
 	"github.com/dhvisor/dhvisor/coordinator/raftnode"
 	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/config"
@@ -102,8 +104,12 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		}
 	}()
 
+	store, err := pkgstore.Open(filepath.Join(cfg.DataDir, "packages"))
+	if err != nil {
+		return err
+	}
 	defaults := ops.Defaults{MinHealthyTime: cfg.Operations.MinHealthyTime.D(), HealthyDeadline: cfg.Operations.HealthyDeadline.D(), ProgressDeadline: cfg.Operations.ProgressDeadline.D()}
-	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS)}
+	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS), Store: store}
 	defer srv.Close()
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)), grpc.ChainUnaryInterceptor(api.Authorize), grpc.ChainStreamInterceptor(api.AuthorizeStream))
 	pb.RegisterCoordinatorServer(gs, srv)
@@ -137,7 +143,11 @@ func (c *Coordinator) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(5)
+	wg.Add(6)
+	go func() {
+		defer wg.Done()
+		prunePackages(ctx, state, store, c.log)
+	}()
 	go func() {
 		defer wg.Done()
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -311,6 +321,15 @@ func (h gossipHealth) Services(node string) map[string]ops.ServiceHealth {
 	return out
 }
 
+func (h gossipHealth) NodeState(node string) string {
+	for _, v := range h.g.View() {
+		if v.Name == node {
+			return v.State
+		}
+	}
+	return ""
+}
+
 func (h gossipHealth) Subscribe() (<-chan struct{}, func()) { return h.g.Subscribe() }
 
 // listenXDS opens the xDS port: mutual TLS with the cluster CA (any role:
@@ -336,4 +355,27 @@ func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
 		return nil, nil, fmt.Errorf("envoy.xds.listen %s: %w", cfg.Envoy.XDS.Listen, err)
 	}
 	return l, grpc.NewServer(opts...), nil
+}
+
+// prunePackages removes this replica's copies of packages no longer
+// recorded (the state keeps fsm.MaxPackages), on every change of the state.
+func prunePackages(ctx context.Context, state *fsm.FSM, store *pkgstore.Store, log *slog.Logger) {
+	tick := time.NewTicker(10 * time.Minute) // a package written but never recorded (upload refused) goes too
+	defer tick.Stop()
+	for {
+		changed := state.Changed()
+		keep := map[string]bool{}
+		for _, p := range state.Packages() {
+			keep[p.Sha256] = true
+		}
+		if removed := store.Prune(keep, 10*time.Minute); len(removed) > 0 {
+			log.Info("removed packages no longer recorded", "sha256", removed)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-tick.C:
+		}
+	}
 }

@@ -63,7 +63,7 @@ func (inv *inventory) sync(ctx context.Context, full bool) {
 		host, _, _ := net.SplitHostPort(v.Addr)
 		next := &pb.Node{
 			Name: v.Name, ApiAddr: v.Meta.APIAddr, Roles: v.Meta.Roles, State: v.State, Host: host,
-			DhvisorVersion: v.Meta.DhvisorVersion, DeephavenVersion: v.Meta.DeephavenVersion,
+			DhvisorVersion: v.Meta.DhvisorVersion, DeephavenVersion: v.Meta.DeephavenVersion, PackageVersion: v.Meta.PackageVersion,
 		}
 		if rec != nil {
 			next.Services = rec.Services

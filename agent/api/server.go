@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dhvisor/dhvisor/agent/install"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
@@ -41,6 +42,10 @@ type Server struct {
 	// Workers passes dispatchers' worker sets on; nil on a node that
 	// cannot reach the coordinators (no tls files).
 	Workers *workers.Registry
+	// Installer installs packages for upgrades; PackageVersion is what it
+	// last found installed ("NAME VERSION").
+	Installer      *install.Installer
+	PackageVersion func() string
 }
 
 // NewServer returns the API over mgr and, when the node gossips, g. apiAddr
@@ -269,7 +274,7 @@ func (s *Server) Cluster(_ context.Context, req *pb.ClusterRequest) (*pb.Cluster
 		now := time.Now()
 		resp.Nodes = []*pb.NodeInfo{gossip.NodeView{
 			Name: node.Agent.Node, State: gossip.NodeAlive, StateSince: s.started, Learned: now,
-			Meta:     gossip.NodeMeta{Roles: node.Agent.Roles, APIAddr: s.apiAddr, DhvisorVersion: version.Version},
+			Meta:     gossip.NodeMeta{Roles: node.Agent.Roles, APIAddr: s.apiAddr, DhvisorVersion: version.Version, PackageVersion: s.packageVersion()},
 			Services: Compact(s.mgr.Snapshot()),
 		}.Proto()}
 	} else {
@@ -388,4 +393,41 @@ func (w chunkWriter) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+func (s *Server) packageVersion() string {
+	if s.PackageVersion == nil {
+		return ""
+	}
+	return s.PackageVersion()
+}
+
+// Install implements pb.AgentServer: one install step of an upgrade. The
+// step goes on if the caller goes away; the last message has the result.
+func (s *Server) Install(req *pb.InstallRequest, stream grpc.ServerStreamingServer[pb.InstallProgress]) error {
+	if s.Installer == nil {
+		return status.Error(codes.FailedPrecondition, "this agent installs no packages")
+	}
+	// Progress comes from the install's goroutine; Install returns only
+	// once it sends no more, so the result is the last message.
+	var sendErr error
+	res, err := s.Installer.Install(stream.Context(), req, func(p *pb.InstallProgress) {
+		if sendErr == nil {
+			sendErr = stream.Send(p)
+		}
+	})
+	var re *install.RequestError
+	switch {
+	case errors.As(err, &re):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, install.ErrShuttingDown):
+		return status.Error(codes.Unavailable, err.Error())
+	case err != nil:
+		return toStatus(err)
+	}
+	phase := "done"
+	if res.Failed {
+		phase = "failed"
+	}
+	return stream.Send(&pb.InstallProgress{Phase: phase, Message: res.Message, Result: res})
 }

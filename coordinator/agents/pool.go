@@ -80,6 +80,31 @@ func (p *Pool) Status(ctx context.Context, node string) (*pb.StatusResponse, err
 	return resp, nil
 }
 
+// Install implements ops.Agents.
+func (p *Pool) Install(ctx context.Context, node string, req *pb.InstallRequest, progress func(*pb.InstallProgress)) (*pb.InstallResult, error) {
+	c, err := p.client(node)
+	if err != nil {
+		return nil, err
+	}
+	stream, err := c.Install(ctx, req)
+	if err != nil {
+		return nil, classify(node, err)
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil, &ops.Unavailable{Err: fmt.Errorf("%s: the install step ended without a result", node)}
+		}
+		if err != nil {
+			return nil, classify(node, err)
+		}
+		if msg.Result != nil {
+			return msg.Result, nil
+		}
+		progress(msg)
+	}
+}
+
 // classify marks transport failures (agent down, restarting, unreachable) as
 // ops.Unavailable, which the engine retries; the agent's own refusals are
 // returned as they are.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/ops"
+	"github.com/dhvisor/dhvisor/coordinator/pkgstore"
 	"github.com/dhvisor/dhvisor/coordinator/raftnode"
 	"github.com/dhvisor/dhvisor/internal/conncache"
 	"github.com/dhvisor/dhvisor/internal/gossip"
@@ -53,6 +54,8 @@ type Server struct {
 	// RouteTable is the route table this replica serves Envoy; nil when it
 	// serves no xDS.
 	RouteTable func() *pb.RoutesResponse
+	// Store holds this replica's copies of upgrade packages.
+	Store *pkgstore.Store
 
 	connsOnce sync.Once
 	conns     *conncache.Cache
@@ -197,7 +200,13 @@ func (s *Server) Audit(_ context.Context, req *pb.AuditRequest) (*pb.AuditRespon
 
 // Plan implements pb.CoordinatorServer.
 func (s *Server) Plan(_ context.Context, req *pb.OpRequest) (*pb.Operation, error) {
-	op, err := ops.Plan(req, s.FSM.Nodes(), s.FSM.Desired(), s.Defaults)
+	var op *pb.Operation
+	var err error
+	if req.Action == ops.ActUpgrade {
+		op, err = ops.PlanUpgrade(req, ops.UpgradeInput{Nodes: s.FSM.Nodes(), Desired: s.FSM.Desired(), Packages: s.FSM.Packages(), History: s.FSM.Ops(0)}, s.Defaults)
+	} else {
+		op, err = ops.Plan(req, s.FSM.Nodes(), s.FSM.Desired(), s.Defaults)
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -141,10 +141,11 @@ func Authorize(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler
 	return handler(ctx, req)
 }
 
-// AuthorizeStream is Authorize for streaming calls, none of which agents may make.
+// AuthorizeStream is Authorize for streaming calls: agents may only fetch
+// packages.
 func AuthorizeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if id, ok := tlsutil.PeerIdentity(ss.Context()); ok && id.Role == tlsutil.RoleAgent {
-		return status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers", info.FullMethod)
+	if id, ok := tlsutil.PeerIdentity(ss.Context()); ok && id.Role == tlsutil.RoleAgent && info.FullMethod != pb.Coordinator_FetchPackage_FullMethodName {
+		return status.Errorf(codes.PermissionDenied, "%s: an agent certificate may only register its node's workers and fetch packages", info.FullMethod)
 	}
 	return handler(srv, ss)
 }

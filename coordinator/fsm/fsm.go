@@ -66,7 +66,7 @@ func New() *FSM {
 }
 
 func emptyState() *pb.State {
-	return &pb.State{Nodes: map[string]*pb.Node{}, Peers: map[string]*pb.Peer{}, Desired: map[string]*pb.Desired{}, Workers: map[string]*pb.WorkerSet{}}
+	return &pb.State{Nodes: map[string]*pb.Node{}, Peers: map[string]*pb.Peer{}, Desired: map[string]*pb.Desired{}, Workers: map[string]*pb.WorkerSet{}, Packages: map[string]*pb.Package{}}
 }
 
 // Changed returns a channel closed at the next change of the state.
@@ -269,6 +269,12 @@ func (f *FSM) apply(index uint64, cmd *pb.Command) (any, string) {
 		return f.expireWorkers(c.WorkerExpire)
 	case *pb.Command_WorkerDiff:
 		return f.diffWorkers(at, c.WorkerDiff)
+	case *pb.Command_PackageAdd:
+		return f.addPackage(at, cmd.Who, c.PackageAdd)
+	case *pb.Command_PackageRemove:
+		return f.removePackage(c.PackageRemove)
+	case *pb.Command_UpgradeRevert:
+		return f.revertUpgrade(at, c.UpgradeRevert)
 	}
 	return rejected("unknown command"), "unknown command"
 }
@@ -316,7 +322,9 @@ func (f *FSM) updateStep(at int64, u *pb.StepUpdate) (any, string) {
 	if next.Message != "" {
 		what += " (" + next.Message + ")"
 	}
-	if next.State == StepDone {
+	// An upgrade stops services only to start them again: what an
+	// operator stopped is not its business.
+	if next.State == StepDone && op.Request.GetAction() != ActUpgrade {
 		for _, svc := range next.Services {
 			f.setDesired(next.Node, svc, next.Action == "stop", op.CreatedBy, at)
 		}
@@ -418,6 +426,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if st.Workers == nil {
 		st.Workers = map[string]*pb.WorkerSet{}
+	}
+	if st.Packages == nil {
+		st.Packages = map[string]*pb.Package{}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -23,6 +23,9 @@ type Agents interface {
 	// failure to reach the agent at all, which is worth retrying.
 	Control(ctx context.Context, node string, req *agentpb.ControlRequest, progress func(*agentpb.Progress)) error
 	Status(ctx context.Context, node string) (*agentpb.StatusResponse, error)
+	// Install runs an install step on node's agent and returns its result
+	// (a failed install is a result, not an error).
+	Install(ctx context.Context, node string, req *agentpb.InstallRequest, progress func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error)
 }
 
 // Unavailable marks an error reaching an agent (as opposed to the agent
@@ -42,6 +45,9 @@ type ServiceHealth struct {
 type Health interface {
 	// Services returns the states of node's services now.
 	Services(node string) map[string]ServiceHealth
+	// NodeState is the node's membership: alive, suspect, dead, left, or
+	// "" when gossip does not know it.
+	NodeState(node string) string
 	// Subscribe returns a channel that fires when the view changes, and a
 	// function that ends the subscription.
 	Subscribe() (<-chan struct{}, func())
@@ -61,6 +67,13 @@ type Engine struct {
 	Now     func() time.Time // nil: time.Now
 	// RetryInterval between attempts to reach an unreachable agent.
 	RetryInterval time.Duration
+}
+
+func (e *Engine) retryInterval() time.Duration {
+	if e.RetryInterval == 0 {
+		return 500 * time.Millisecond
+	}
+	return e.RetryInterval
 }
 
 func (e *Engine) now() time.Time {
@@ -124,10 +137,13 @@ func (e *Engine) runOp(ctx context.Context, id string) error {
 		}
 		si := firstOpenStage(op)
 		if si < 0 {
+			if op.Reverting {
+				return e.setOp(ctx, id, fsm.OpFailed, revertedMessage(op))
+			}
 			return e.setOp(ctx, id, fsm.OpDone, doneMessage(op))
 		}
 		deadline := lastProgress.Add(ms(op.Request.ProgressDeadlineMs))
-		failed, err := e.runStage(ctx, op, si, deadline)
+		failed, died, err := e.runStage(ctx, op, si, deadline)
 		if err != nil {
 			return err
 		}
@@ -135,10 +151,26 @@ func (e *Engine) runOp(ctx context.Context, id string) error {
 			return nil
 		}
 		if failed != "" {
+			// A dead node is no failure of the upgrade: reverting would
+			// need that node too. The operator brings it back and resumes.
+			if died {
+				return e.setOp(ctx, id, fsm.OpPaused, failed+"; when the node is back, `dhctl upgrade resume "+id+"` goes on where it stopped")
+			}
+			if u := op.Request.GetUpgrade(); u.GetAutoRevert() && !op.Reverting {
+				if err := e.revert(ctx, id, failed); err != nil {
+					return err
+				}
+				lastProgress = e.now()
+				continue
+			}
 			if op.Request.OnFailure == "abort" {
 				return e.setOp(ctx, id, fsm.OpFailed, failed)
 			}
-			return e.setOp(ctx, id, fsm.OpPaused, failed+"; fix it, then `dhctl ops resume "+id+"` to retry, or `dhctl ops abort "+id+"`")
+			cmd := "dhctl ops"
+			if op.Request.Action == ActUpgrade {
+				cmd = "dhctl upgrade"
+			}
+			return e.setOp(ctx, id, fsm.OpPaused, failed+"; fix it, then `"+cmd+" resume "+id+"` to retry, or `"+cmd+" abort "+id+"`")
 		}
 		lastProgress = e.now()
 	}
@@ -146,8 +178,11 @@ func (e *Engine) runOp(ctx context.Context, id string) error {
 
 func firstOpenStage(op *pb.Operation) int {
 	for i, st := range op.Stages {
+		if op.Reverting && i < int(op.RevertFrom) {
+			continue // a failed step of the upgrade stays failed
+		}
 		for _, s := range st.Steps {
-			if s.State != fsm.StepDone {
+			if !fsm.StepFinished(s.State) {
 				return i
 			}
 		}
@@ -156,6 +191,9 @@ func firstOpenStage(op *pb.Operation) int {
 }
 
 func doneMessage(op *pb.Operation) string {
+	if op.Request.GetAction() == ActUpgrade {
+		return upgradedMessage(op)
+	}
 	steps, svcs := 0, 0
 	for _, st := range op.Stages {
 		steps += len(st.Steps)
@@ -168,7 +206,8 @@ func doneMessage(op *pb.Operation) string {
 
 // runStage runs the stage's unfinished steps at once and returns a failure
 // message if any failed. Raft errors (leadership lost) come back as err.
-func (e *Engine) runStage(ctx context.Context, op *pb.Operation, si int, deadline time.Time) (string, error) {
+// died reports a step that failed because its node died.
+func (e *Engine) runStage(ctx context.Context, op *pb.Operation, si int, deadline time.Time) (failed string, died bool, err error) {
 	sctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	var (
@@ -178,14 +217,14 @@ func (e *Engine) runStage(ctx context.Context, op *pb.Operation, si int, deadlin
 		raftErr  error
 	)
 	for i, s := range op.Stages[si].Steps {
-		if s.State == fsm.StepDone {
+		if fsm.StepFinished(s.State) {
 			continue
 		}
 		ref := &pb.StepRef{OpId: op.Id, Stage: int32(si), Step: int32(i)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			msg, err := e.runStep(sctx, ctx, op.Request, ref, proto.Clone(s).(*pb.Step))
+			msg, nodeDied, err := e.runStep(sctx, ctx, op, ref, proto.Clone(s).(*pb.Step))
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && raftErr == nil {
@@ -194,16 +233,17 @@ func (e *Engine) runStage(ctx context.Context, op *pb.Operation, si int, deadlin
 			if msg != "" {
 				failures = append(failures, msg)
 			}
+			died = died || nodeDied
 		}()
 	}
 	wg.Wait()
 	if raftErr != nil {
-		return "", raftErr
+		return "", false, raftErr
 	}
 	if len(failures) > 0 && errors.Is(sctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		failures = append(failures, fmt.Sprintf("no progress within the progress deadline (%v)", ms(op.Request.ProgressDeadlineMs)))
 	}
-	return strings.Join(failures, "; "), nil
+	return strings.Join(failures, "; "), died, nil
 }
 
 // stepToken identifies a step to the agent, which acts on it at most once.
@@ -211,11 +251,13 @@ func stepToken(ref *pb.StepRef) string {
 	return fmt.Sprintf("%s/%d/%d", ref.OpId, ref.Stage, ref.Step)
 }
 
-// runStep takes one step to done or failed. It returns a failure message, or
-// an error when the outcome could not be recorded (leadership lost). sctx
-// bounds the work (progress deadline); ctx, the leadership, bounds the
-// recording of a failure.
-func (e *Engine) runStep(sctx, ctx context.Context, req *pb.OpRequest, ref *pb.StepRef, s *pb.Step) (string, error) {
+// runStep takes one step to done or failed. It returns a failure message
+// (and whether the step failed because its node died), or an error when the
+// outcome could not be recorded (leadership lost). sctx bounds the work
+// (progress deadline); ctx, the leadership, bounds the recording of a
+// failure.
+func (e *Engine) runStep(sctx, ctx context.Context, op *pb.Operation, ref *pb.StepRef, s *pb.Step) (string, bool, error) {
+	req := op.Request
 	s.State = fsm.StepRunning
 	s.Attempts++
 	s.Message = ""
@@ -226,39 +268,71 @@ func (e *Engine) runStep(sctx, ctx context.Context, req *pb.OpRequest, ref *pb.S
 		s.Message = "resumed"
 	}
 	if err := e.setStep(ctx, ref, s); err != nil {
-		return "", err
+		return "", false, err
 	}
 	where := fmt.Sprintf("%s %s on %s", s.Action, strings.Join(s.Services, ","), s.Node)
-	fail := func(msg string) (string, error) {
+	if len(s.Services) == 0 {
+		where = fmt.Sprintf("%s on %s", s.Action, s.Node)
+	}
+	stepCtx, cancel := context.WithCancelCause(sctx)
+	defer cancel(nil)
+	if req.Action == ActUpgrade {
+		// A node that dies mid-upgrade pauses it (see runOp).
+		defer e.watchNode(stepCtx, s.Node, cancel)()
+	}
+	fail := func(msg string) (string, bool, error) {
 		if ctx.Err() != nil {
-			return "", nil // leadership lost: the next leader resumes the step
+			return "", false, nil // leadership lost: the next leader resumes the step
+		}
+		died := errors.Is(context.Cause(stepCtx), errNodeDown)
+		if died {
+			msg = context.Cause(stepCtx).Error()
 		}
 		s.State, s.Message, s.EndedUnixMs = fsm.StepFailed, msg, e.now().UnixMilli()
 		if err := e.setStep(ctx, ref, s); err != nil {
-			return "", err
+			return "", false, err
 		}
-		return where + ": " + msg, nil
+		return where + ": " + msg + outputTail(s.Output), died, nil
 	}
-	hctx, cancel := context.WithTimeout(sctx, ms(req.HealthyDeadlineMs))
-	defer cancel()
-	if err := e.control(hctx, s, stepToken(ref)); err != nil {
-		return fail(err.Error())
-	}
-	s.OkUnixMs = e.now().UnixMilli()
-	if s.Action != ActStop && req.MinHealthyTimeMs > 0 {
-		// The hold is visible while it lasts: "OK, holding".
-		if err := e.setStep(ctx, ref, s); err != nil {
-			return "", err
+	switch s.Action {
+	case ActInstall, ActRevert:
+		res, err := e.install(stepCtx, op, s, stepToken(ref))
+		if res != nil {
+			s.VersionBefore, s.VersionAfter, s.Output = res.Before, res.After, ""
+			if res.Failed {
+				s.Output = res.Output
+			}
 		}
-		if err := e.hold(hctx, s, ms(req.MinHealthyTimeMs)); err != nil {
+		switch {
+		case err != nil:
 			return fail(err.Error())
+		case res.Failed:
+			return fail(res.Message)
+		}
+		s.Message = installMessage(res)
+		e.learnPackage(ctx, s.Package, res)
+	default:
+		hctx, cancelHealthy := context.WithTimeout(stepCtx, ms(req.HealthyDeadlineMs))
+		defer cancelHealthy()
+		if err := e.control(hctx, s, stepToken(ref)); err != nil {
+			return fail(err.Error())
+		}
+		s.OkUnixMs = e.now().UnixMilli()
+		if s.Action != ActStop && req.MinHealthyTimeMs > 0 {
+			// The hold is visible while it lasts: "OK, holding".
+			if err := e.setStep(ctx, ref, s); err != nil {
+				return "", false, err
+			}
+			if err := e.hold(hctx, s, ms(req.MinHealthyTimeMs)); err != nil {
+				return fail(err.Error())
+			}
 		}
 	}
 	s.State, s.EndedUnixMs = fsm.StepDone, e.now().UnixMilli()
 	if err := e.setStep(ctx, ref, s); err != nil {
-		return "", err
+		return "", false, err
 	}
-	return "", nil
+	return "", false, nil
 }
 
 var controlActions = map[string]agentpb.Action{
@@ -269,10 +343,7 @@ var controlActions = map[string]agentpb.Action{
 
 // control sends the step to the agent, retrying while it cannot be reached.
 func (e *Engine) control(ctx context.Context, s *pb.Step, token string) error {
-	retry := e.RetryInterval
-	if retry == 0 {
-		retry = 500 * time.Millisecond
-	}
+	retry := e.retryInterval()
 	for {
 		req := &agentpb.ControlRequest{Action: controlActions[s.Action], Services: s.Services, Block: true, OpToken: token}
 		if dl, ok := ctx.Deadline(); ok {

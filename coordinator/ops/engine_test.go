@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -30,10 +31,64 @@ type fakeAgents struct {
 	block       map[string]chan struct{} // node -> released when closed
 	failing     map[string]string        // node/service -> failure message
 	statusCalls int
+
+	// Packages: what each node has installed, the version in each package
+	// (by sha256 or path), and the nodes whose install of a version fails.
+	versions    map[string]string
+	pkgVersions map[string]string
+	failInstall map[string]string                 // node -> version whose install fails there
+	installed   map[string]*agentpb.InstallResult // by token
+	installs    []string                          // "node=version" per real install
+	// blockInstall holds a node's install answers until closed.
+	blockInstall map[string]chan struct{}
 }
 
 func newFakeAgents() *fakeAgents {
-	return &fakeAgents{tokens: map[string]bool{}, pids: map[string]int32{}, block: map[string]chan struct{}{}, failing: map[string]string{}}
+	return &fakeAgents{tokens: map[string]bool{}, pids: map[string]int32{}, block: map[string]chan struct{}{}, failing: map[string]string{},
+		versions: map[string]string{}, pkgVersions: map[string]string{}, failInstall: map[string]string{}, installed: map[string]*agentpb.InstallResult{}, blockInstall: map[string]chan struct{}{}}
+}
+
+// Install installs at once and then, for a blocked node, waits before
+// answering: like the real agent, the install goes on when the caller goes
+// away, and a repeat of the token returns what was done.
+func (f *fakeAgents) Install(ctx context.Context, node string, req *agentpb.InstallRequest, _ func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error) {
+	f.mu.Lock()
+	res, ok := f.installed[req.OpToken]
+	if ok {
+		res = proto.Clone(res).(*agentpb.InstallResult)
+		res.Repeated = true
+	} else {
+		v := f.pkgVersions[req.Package.Sha256+req.Package.Path]
+		res = &agentpb.InstallResult{Package: "illumon-db", Version: v, Before: f.versions[node]}
+		switch {
+		case req.ExpectVersion != "" && v != req.ExpectVersion:
+			res.Failed, res.Message, res.After = true, "the node ran "+req.ExpectVersion+" before", f.versions[node]
+		case f.failInstall[node] == v:
+			f.versions[node] = v + " (half-configured)"
+			res.Failed, res.Message, res.After = true, "dpkg exited with status 1", f.versions[node]
+			res.Output = "Setting up illumon-db (" + v + ") ...\npostinst: cannot configure illumon-db " + v
+		default:
+			f.versions[node], res.After = v, v
+			f.installs = append(f.installs, node+"="+v)
+		}
+		f.installed[req.OpToken] = res
+	}
+	wait := f.blockInstall[node]
+	f.mu.Unlock()
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return res, nil
+}
+
+func (f *fakeAgents) installsDone() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.installs...)
 }
 
 func (f *fakeAgents) Control(ctx context.Context, node string, req *agentpb.ControlRequest, progress func(*agentpb.Progress)) error {
@@ -86,6 +141,7 @@ func (f *fakeAgents) actedOn() []string {
 type okHealth struct{}
 
 func (okHealth) Services(string) map[string]ServiceHealth { return nil }
+func (okHealth) NodeState(string) string                  { return "alive" }
 func (okHealth) Subscribe() (<-chan struct{}, func()) {
 	return make(chan struct{}), func() {}
 }
@@ -303,6 +359,9 @@ func (unreachable) Control(context.Context, string, *agentpb.ControlRequest, fun
 func (unreachable) Status(context.Context, string) (*agentpb.StatusResponse, error) {
 	return nil, &Unavailable{Err: errors.New("connection refused")}
 }
+func (unreachable) Install(context.Context, string, *agentpb.InstallRequest, func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error) {
+	return nil, &Unavailable{Err: errors.New("connection refused")}
+}
 
 // A service replaced during the health hold restarts the hold.
 func TestEngineHoldSeesRestart(t *testing.T) {
@@ -339,6 +398,7 @@ func (h staleHealth) Services(string) map[string]ServiceHealth {
 	return map[string]ServiceHealth{"db_tdcp": {State: "Initializing", Since: h.since}}
 }
 func (staleHealth) Subscribe() (<-chan struct{}, func()) { return make(chan struct{}), func() {} }
+func (staleHealth) NodeState(string) string              { return "alive" }
 
 // Gossip that lags the agent is not a fall: the hold ends on time, with two
 // status calls (start and end of the hold), not a loop of them.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/dhvisor/dhvisor/internal/graph"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
@@ -106,6 +108,9 @@ func normalize(req *pb.OpRequest, def Defaults) *pb.OpRequest {
 		Action: req.Action, Nodes: req.Nodes, Except: req.Except, BatchSize: req.BatchSize,
 		MinHealthyTimeMs: req.MinHealthyTimeMs, HealthyDeadlineMs: req.HealthyDeadlineMs,
 		ProgressDeadlineMs: req.ProgressDeadlineMs, OnFailure: req.OnFailure, Label: req.Label,
+	}
+	if req.Upgrade != nil {
+		r.Upgrade = proto.Clone(req.Upgrade).(*pb.UpgradeSpec)
 	}
 	for _, s := range req.Services {
 		if s != "all" {

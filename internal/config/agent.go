@@ -34,6 +34,7 @@ type Agent struct {
 	Gossip      Gossip            `yaml:"gossip"`
 	API         Endpoint          `yaml:"api"`
 	Workers     WorkerRegistry    `yaml:"workers"`
+	Packages    Packages          `yaml:"packages"`
 	TLS         tlsutil.Files     `yaml:"tls"`
 	Envoy       EnvoyContainer    `yaml:"envoy"`
 	Vars        map[string]string `yaml:"vars"`
@@ -163,6 +164,7 @@ func (a *Agent) applyDefaults(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	a.Packages.applyDefaults(a.StateDir, dir)
 	if a.Alert.Timeout == 0 {
 		a.Alert.Timeout = Duration(30 * time.Second)
 	}
@@ -182,6 +184,7 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 	n.Agent.Gossip.validate(es, src, org)
 	n.validateAPI(es, src, org)
 	n.validateWorkers(es, src, org)
+	n.validatePackages(es, src, org)
 	var names []string
 	seen := map[string]bool{}
 	for i, r := range n.Agent.Roles {

@@ -490,7 +490,8 @@ func encodeMeta(m NodeMeta) []byte {
 	b = appendString(b, m.APIAddr)
 	b = appendString(b, m.DeephavenVersion)
 	b = appendString(b, m.DhvisorVersion)
-	return appendString(b, m.Kind)
+	b = appendString(b, m.Kind)
+	return appendString(b, m.PackageVersion)
 }
 
 func decodeMeta(b []byte) (NodeMeta, error) {
@@ -514,6 +515,9 @@ func decodeMeta(b []byte) (NodeMeta, error) {
 	// Kind came later: agents of earlier releases end the meta here.
 	if len(r.b) > 0 {
 		m.Kind = r.string()
+	}
+	if len(r.b) > 0 {
+		m.PackageVersion = r.string()
 	}
 	return m, r.err
 }

@@ -213,6 +213,7 @@ func TestMeta(t *testing.T) {
 	}{
 		{"typical", NodeMeta{Roles: []string{"infra", "query", "merge"}, APIAddr: "10.1.2.3:7947", DeephavenVersion: "1.20240517.344", DhvisorVersion: "0.3.1"}, false},
 		{"empty", NodeMeta{}, false},
+		{"upgraded", NodeMeta{Roles: []string{"query"}, DeephavenVersion: "1.20240517.344", PackageVersion: "illumon-db 1.20240517.344-1"}, false},
 		{"coordinator", NodeMeta{Kind: KindCoordinator, APIAddr: "10.1.2.4:8125", DhvisorVersion: "0.4.0"}, false},
 		{"too big", NodeMeta{Roles: []string{strings.Repeat("r", 300), strings.Repeat("s", 300)}}, true},
 	}

@@ -83,6 +83,9 @@ type NodeMeta struct {
 	APIAddr          string // the member's mutual-TLS API address, host:port
 	DeephavenVersion string
 	DhvisorVersion   string
+	// PackageVersion is the Deephaven package installed, "NAME VERSION"
+	// as the node's package tool says; it changes with an upgrade.
+	PackageVersion string
 }
 
 // KindCoordinator marks a coordinator's membership: it gossips to see node
@@ -141,7 +144,7 @@ type Gossip struct {
 	queue *memberlist.TransmitLimitedQueue
 	alive atomic.Int32 // live members including us, from events
 	kick  chan struct{}
-	meta  []byte // set once by New
+	meta  atomic.Pointer[[]byte] // encoded NodeMeta; SetMeta replaces it
 
 	// mu guards everything below. Lock order: memberlist calls its event
 	// delegate with its own node lock held, and those callbacks take mu; so
@@ -219,13 +222,13 @@ func New(cfg Config) (*Gossip, error) {
 		timing:    timing,
 		log:       lg.With("component", "gossip"),
 		mlLog:     lg.With("component", "memberlist"),
-		meta:      meta,
 		kick:      make(chan struct{}, 1),
 		nodes:     make(map[string]*nodeRec),
 		subs:      make(map[chan struct{}]struct{}),
 		badFormat: make(map[byte]bool),
 		leaveMsg:  make(chan struct{}, 1),
 	}
+	g.meta.Store(&meta)
 	g.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return max(1, int(g.alive.Load())) },
 		RetransmitMult: g.timing.RetransmitMult,
@@ -241,6 +244,27 @@ func checkMeta(m NodeMeta) ([]byte, error) {
 		return nil, fmt.Errorf("gossip: node meta encodes to %d bytes; memberlist allows at most %d (shorten roles or addresses)", len(b), memberlist.MetaMaxSize)
 	}
 	return b, nil
+}
+
+// Meta returns what the node publishes about itself.
+func (g *Gossip) Meta() NodeMeta {
+	m, _ := decodeMeta(*g.meta.Load())
+	return m
+}
+
+// SetMeta replaces what the node publishes about itself (after an upgrade
+// changed its versions) and announces it to the cluster.
+func (g *Gossip) SetMeta(m NodeMeta) error {
+	b, err := checkMeta(m)
+	if err != nil {
+		return err
+	}
+	g.meta.Store(&b)
+	ml := g.ml.Load()
+	if ml == nil {
+		return nil // not started: memberlist reads it when it starts
+	}
+	return ml.UpdateNode(5 * time.Second)
 }
 
 // Start creates the memberlist (it listens when Start returns) and starts
@@ -900,10 +924,11 @@ func (b *nodeBroadcast) Finished() {
 type delegate struct{ g *Gossip }
 
 func (d *delegate) NodeMeta(limit int) []byte {
-	if len(d.g.meta) > limit { // checked in New; never panic memberlist
+	meta := *d.g.meta.Load()
+	if len(meta) > limit { // checked in New and SetMeta; never panic memberlist
 		return nil
 	}
-	return slices.Clone(d.g.meta)
+	return slices.Clone(meta)
 }
 
 func (d *delegate) NotifyMsg(b []byte) {

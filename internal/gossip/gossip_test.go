@@ -40,6 +40,20 @@ func TestConvergeWithinOneSecond(t *testing.T) {
 	if v.Meta.APIAddr != "127.0.0.1:9000" || len(v.Meta.Roles) != 1 || v.Meta.Roles[0] != "query" {
 		t.Errorf("meta = %+v", v.Meta)
 	}
+	// Meta set later (an upgrade changed the versions) reaches the others.
+	m := nodes[4].Meta()
+	m.PackageVersion = "illumon-db 2.0-1"
+	if err := nodes[4].SetMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, func() (bool, string) {
+		for _, n := range nodes {
+			if v, _ := viewOf(n.Gossip, nodes[4].name); v.Meta.PackageVersion != m.PackageVersion || v.Meta.APIAddr != "127.0.0.1:9000" {
+				return false, fmt.Sprintf("%s sees meta %+v", n.name, v.Meta)
+			}
+		}
+		return true, ""
+	})
 	// An unchanged list is a no-op: no new version.
 	before, _ := viewOf(src.Gossip, src.name)
 	src.SetLocal(before.Services)

@@ -7,7 +7,7 @@ func (v NodeView) Proto() *pb.NodeInfo {
 	ni := &pb.NodeInfo{
 		Name: v.Name, Addr: v.Addr, State: v.State, StateSinceUnixMs: v.StateSince.UnixMilli(),
 		Roles: v.Meta.Roles, ApiAddr: v.Meta.APIAddr, DeephavenVersion: v.Meta.DeephavenVersion, DhvisorVersion: v.Meta.DhvisorVersion,
-		Version: v.Version, KeyIds: v.KeyIDs, Kind: v.Meta.Kind,
+		Version: v.Version, KeyIds: v.KeyIDs, Kind: v.Meta.Kind, PackageVersion: v.Meta.PackageVersion,
 	}
 	if !v.Learned.IsZero() {
 		ni.LearnedUnixMs = v.Learned.UnixMilli()

@@ -1275,9 +1275,12 @@ type NodeInfo struct {
 	KeyIds []string `protobuf:"bytes,12,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
 	// "coordinator" for a coordinator replica, which gossips to see health
 	// but supervises nothing; empty for a node agent.
-	Kind          string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Kind string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The Deephaven package installed on the node, "NAME VERSION" as its
+	// package tool reports it; empty when none is.
+	PackageVersion string `protobuf:"bytes,14,opt,name=package_version,json=packageVersion,proto3" json:"package_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
@@ -1397,6 +1400,13 @@ func (x *NodeInfo) GetKeyIds() []string {
 func (x *NodeInfo) GetKind() string {
 	if x != nil {
 		return x.Kind
+	}
+	return ""
+}
+
+func (x *NodeInfo) GetPackageVersion() string {
+	if x != nil {
+		return x.PackageVersion
 	}
 	return ""
 }
@@ -1866,6 +1876,340 @@ func (x *RegisterWorkersResponse) GetCoordinator() string {
 	return ""
 }
 
+// PackageRef says where an agent gets a package: from the coordinators that
+// hold it (by sha256), or from a path on the node.
+type PackageRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	FileName      string                 `protobuf:"bytes,3,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"` // as uploaded: tools such as apt and dnf want the extension
+	Sources       []string               `protobuf:"bytes,4,rep,name=sources,proto3" json:"sources,omitempty"`                   // coordinator API addresses holding it, tried in turn
+	Path          string                 `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`                         // instead of sources: the file is on the node here
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackageRef) Reset() {
+	*x = PackageRef{}
+	mi := &file_agentpb_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackageRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackageRef) ProtoMessage() {}
+
+func (x *PackageRef) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackageRef.ProtoReflect.Descriptor instead.
+func (*PackageRef) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PackageRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *PackageRef) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *PackageRef) GetFileName() string {
+	if x != nil {
+		return x.FileName
+	}
+	return ""
+}
+
+func (x *PackageRef) GetSources() []string {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+func (x *PackageRef) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type InstallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The upgrade step: a request with a token already done returns the
+	// recorded result and installs nothing; one in flight is waited for.
+	OpToken   string      `protobuf:"bytes,1,opt,name=op_token,json=opToken,proto3" json:"op_token,omitempty"`
+	Package   *PackageRef `protobuf:"bytes,2,opt,name=package,proto3" json:"package,omitempty"`
+	TimeoutMs int64       `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // 0 = the agent's packages.timeout
+	// A revert: the version the node must end on (the one it ran before the
+	// upgrade); installing a lower version is allowed.
+	ExpectVersion string `protobuf:"bytes,4,opt,name=expect_version,json=expectVersion,proto3" json:"expect_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallRequest) Reset() {
+	*x = InstallRequest{}
+	mi := &file_agentpb_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallRequest) ProtoMessage() {}
+
+func (x *InstallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallRequest.ProtoReflect.Descriptor instead.
+func (*InstallRequest) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *InstallRequest) GetOpToken() string {
+	if x != nil {
+		return x.OpToken
+	}
+	return ""
+}
+
+func (x *InstallRequest) GetPackage() *PackageRef {
+	if x != nil {
+		return x.Package
+	}
+	return nil
+}
+
+func (x *InstallRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *InstallRequest) GetExpectVersion() string {
+	if x != nil {
+		return x.ExpectVersion
+	}
+	return ""
+}
+
+type InstallProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         string                 `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"` // fetching, installing, done, failed
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"` // fetched so far
+	Total         int64                  `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`
+	Result        *InstallResult         `protobuf:"bytes,5,opt,name=result,proto3" json:"result,omitempty"` // on the last message only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallProgress) Reset() {
+	*x = InstallProgress{}
+	mi := &file_agentpb_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallProgress) ProtoMessage() {}
+
+func (x *InstallProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallProgress.ProtoReflect.Descriptor instead.
+func (*InstallProgress) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *InstallProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *InstallProgress) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *InstallProgress) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *InstallProgress) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *InstallProgress) GetResult() *InstallResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+type InstallResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Package       string                 `protobuf:"bytes,1,opt,name=package,proto3" json:"package,omitempty"` // the package name, read from the file
+	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"` // the file's version
+	Before        string                 `protobuf:"bytes,3,opt,name=before,proto3" json:"before,omitempty"`   // installed before the step ("" when none)
+	After         string                 `protobuf:"bytes,4,opt,name=after,proto3" json:"after,omitempty"`     // installed after it
+	Failed        bool                   `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	Output        string                 `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"` // the package tool's output (its tail)
+	Message       string                 `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	Unchanged     bool                   `protobuf:"varint,8,opt,name=unchanged,proto3" json:"unchanged,omitempty"` // the node already ran this version: nothing installed
+	Repeated      bool                   `protobuf:"varint,9,opt,name=repeated,proto3" json:"repeated,omitempty"`   // the step had already been done: this is its recorded result
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallResult) Reset() {
+	*x = InstallResult{}
+	mi := &file_agentpb_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallResult) ProtoMessage() {}
+
+func (x *InstallResult) ProtoReflect() protoreflect.Message {
+	mi := &file_agentpb_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallResult.ProtoReflect.Descriptor instead.
+func (*InstallResult) Descriptor() ([]byte, []int) {
+	return file_agentpb_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *InstallResult) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *InstallResult) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *InstallResult) GetBefore() string {
+	if x != nil {
+		return x.Before
+	}
+	return ""
+}
+
+func (x *InstallResult) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *InstallResult) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
+}
+
+func (x *InstallResult) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *InstallResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *InstallResult) GetUnchanged() bool {
+	if x != nil {
+		return x.Unchanged
+	}
+	return false
+}
+
+func (x *InstallResult) GetRepeated() bool {
+	if x != nil {
+		return x.Repeated
+	}
+	return false
+}
+
 var File_agentpb_agent_proto protoreflect.FileDescriptor
 
 const file_agentpb_agent_proto_rawDesc = "" +
@@ -1963,7 +2307,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\n" +
 	"local_node\x18\x01 \x01(\tR\tlocalNode\x12%\n" +
 	"\x0egossip_enabled\x18\x02 \x01(\bR\rgossipEnabled\x120\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x1a.dhvisor.agent.v1.NodeInfoR\x05nodes\"\xa8\x03\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x1a.dhvisor.agent.v1.NodeInfoR\x05nodes\"\xd1\x03\n" +
 	"\bNodeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
@@ -1978,7 +2322,8 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	" \x01(\x03R\rlearnedUnixMs\x129\n" +
 	"\bservices\x18\v \x03(\v2\x1d.dhvisor.agent.v1.NodeServiceR\bservices\x12\x17\n" +
 	"\akey_ids\x18\f \x03(\tR\x06keyIds\x12\x12\n" +
-	"\x04kind\x18\r \x01(\tR\x04kind\"\x93\x02\n" +
+	"\x04kind\x18\r \x01(\tR\x04kind\x12'\n" +
+	"\x0fpackage_version\x18\x0e \x01(\tR\x0epackageVersion\"\x93\x02\n" +
 	"\vNodeService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
@@ -2024,14 +2369,43 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\aworkers\x18\x01 \x01(\x05R\aworkers\x121\n" +
 	"\x15lease_expires_unix_ms\x18\x02 \x01(\x03R\x12leaseExpiresUnixMs\x12\x18\n" +
 	"\achanged\x18\x03 \x01(\bR\achanged\x12 \n" +
-	"\vcoordinator\x18\x04 \x01(\tR\vcoordinator*\x81\x01\n" +
+	"\vcoordinator\x18\x04 \x01(\tR\vcoordinator\"\x83\x01\n" +
+	"\n" +
+	"PackageRef\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1b\n" +
+	"\tfile_name\x18\x03 \x01(\tR\bfileName\x12\x18\n" +
+	"\asources\x18\x04 \x03(\tR\asources\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\"\xa9\x01\n" +
+	"\x0eInstallRequest\x12\x19\n" +
+	"\bop_token\x18\x01 \x01(\tR\aopToken\x126\n" +
+	"\apackage\x18\x02 \x01(\v2\x1c.dhvisor.agent.v1.PackageRefR\apackage\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\x12%\n" +
+	"\x0eexpect_version\x18\x04 \x01(\tR\rexpectVersion\"\xa6\x01\n" +
+	"\x0fInstallProgress\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x12\x14\n" +
+	"\x05total\x18\x04 \x01(\x03R\x05total\x127\n" +
+	"\x06result\x18\x05 \x01(\v2\x1f.dhvisor.agent.v1.InstallResultR\x06result\"\xf5\x01\n" +
+	"\rInstallResult\x12\x18\n" +
+	"\apackage\x18\x01 \x01(\tR\apackage\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
+	"\x06before\x18\x03 \x01(\tR\x06before\x12\x14\n" +
+	"\x05after\x18\x04 \x01(\tR\x05after\x12\x16\n" +
+	"\x06failed\x18\x05 \x01(\bR\x06failed\x12\x16\n" +
+	"\x06output\x18\x06 \x01(\tR\x06output\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x1c\n" +
+	"\tunchanged\x18\b \x01(\bR\tunchanged\x12\x1a\n" +
+	"\brepeated\x18\t \x01(\bR\brepeated*\x81\x01\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACTION_START\x10\x01\x12\x0f\n" +
 	"\vACTION_STOP\x10\x02\x12\x12\n" +
 	"\x0eACTION_RESTART\x10\x03\x12\x12\n" +
 	"\x0eACTION_MONITOR\x10\x04\x12\x14\n" +
-	"\x10ACTION_UNMONITOR\x10\x052\xcc\x05\n" +
+	"\x10ACTION_UNMONITOR\x10\x052\x9e\x06\n" +
 	"\x05Agent\x12K\n" +
 	"\x06Status\x12\x1f.dhvisor.agent.v1.StatusRequest\x1a .dhvisor.agent.v1.StatusResponse\x12I\n" +
 	"\aControl\x12 .dhvisor.agent.v1.ControlRequest\x1a\x1a.dhvisor.agent.v1.Progress0\x01\x12B\n" +
@@ -2041,7 +2415,8 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\aCluster\x12 .dhvisor.agent.v1.ClusterRequest\x1a!.dhvisor.agent.v1.ClusterResponse\x12W\n" +
 	"\n" +
 	"GossipKeys\x12#.dhvisor.agent.v1.GossipKeysRequest\x1a$.dhvisor.agent.v1.GossipKeysResponse\x12f\n" +
-	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12C\n" +
+	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12P\n" +
+	"\aInstall\x12 .dhvisor.agent.v1.InstallRequest\x1a!.dhvisor.agent.v1.InstallProgress0\x01\x12C\n" +
 	"\x04Logs\x12\x1d.dhvisor.agent.v1.LogsRequest\x1a\x1a.dhvisor.agent.v1.LogChunk0\x01B*Z(github.com/dhvisor/dhvisor/proto/agentpbb\x06proto3"
 
 var (
@@ -2057,7 +2432,7 @@ func file_agentpb_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agentpb_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_agentpb_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_agentpb_agent_proto_goTypes = []any{
 	(Action)(0),                     // 0: dhvisor.agent.v1.Action
 	(GossipKeysRequest_Op)(0),       // 1: dhvisor.agent.v1.GossipKeysRequest.Op
@@ -2084,6 +2459,10 @@ var file_agentpb_agent_proto_goTypes = []any{
 	(*Worker)(nil),                  // 22: dhvisor.agent.v1.Worker
 	(*RegisterWorkersRequest)(nil),  // 23: dhvisor.agent.v1.RegisterWorkersRequest
 	(*RegisterWorkersResponse)(nil), // 24: dhvisor.agent.v1.RegisterWorkersResponse
+	(*PackageRef)(nil),              // 25: dhvisor.agent.v1.PackageRef
+	(*InstallRequest)(nil),          // 26: dhvisor.agent.v1.InstallRequest
+	(*InstallProgress)(nil),         // 27: dhvisor.agent.v1.InstallProgress
+	(*InstallResult)(nil),           // 28: dhvisor.agent.v1.InstallResult
 }
 var file_agentpb_agent_proto_depIdxs = []int32{
 	6,  // 0: dhvisor.agent.v1.StatusResponse.services:type_name -> dhvisor.agent.v1.ServiceStatus
@@ -2096,29 +2475,33 @@ var file_agentpb_agent_proto_depIdxs = []int32{
 	19, // 7: dhvisor.agent.v1.NodeInfo.services:type_name -> dhvisor.agent.v1.NodeService
 	1,  // 8: dhvisor.agent.v1.GossipKeysRequest.op:type_name -> dhvisor.agent.v1.GossipKeysRequest.Op
 	22, // 9: dhvisor.agent.v1.RegisterWorkersRequest.workers:type_name -> dhvisor.agent.v1.Worker
-	4,  // 10: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
-	11, // 11: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
-	12, // 12: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
-	12, // 13: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
-	14, // 14: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
-	16, // 15: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
-	20, // 16: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
-	23, // 17: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	2,  // 18: dhvisor.agent.v1.Agent.Logs:input_type -> dhvisor.agent.v1.LogsRequest
-	5,  // 19: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
-	13, // 20: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
-	13, // 21: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
-	13, // 22: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
-	15, // 23: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
-	17, // 24: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
-	21, // 25: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
-	24, // 26: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	3,  // 27: dhvisor.agent.v1.Agent.Logs:output_type -> dhvisor.agent.v1.LogChunk
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	25, // 10: dhvisor.agent.v1.InstallRequest.package:type_name -> dhvisor.agent.v1.PackageRef
+	28, // 11: dhvisor.agent.v1.InstallProgress.result:type_name -> dhvisor.agent.v1.InstallResult
+	4,  // 12: dhvisor.agent.v1.Agent.Status:input_type -> dhvisor.agent.v1.StatusRequest
+	11, // 13: dhvisor.agent.v1.Agent.Control:input_type -> dhvisor.agent.v1.ControlRequest
+	12, // 14: dhvisor.agent.v1.Agent.Up:input_type -> dhvisor.agent.v1.OrderRequest
+	12, // 15: dhvisor.agent.v1.Agent.Down:input_type -> dhvisor.agent.v1.OrderRequest
+	14, // 16: dhvisor.agent.v1.Agent.Reload:input_type -> dhvisor.agent.v1.ReloadRequest
+	16, // 17: dhvisor.agent.v1.Agent.Cluster:input_type -> dhvisor.agent.v1.ClusterRequest
+	20, // 18: dhvisor.agent.v1.Agent.GossipKeys:input_type -> dhvisor.agent.v1.GossipKeysRequest
+	23, // 19: dhvisor.agent.v1.Agent.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	26, // 20: dhvisor.agent.v1.Agent.Install:input_type -> dhvisor.agent.v1.InstallRequest
+	2,  // 21: dhvisor.agent.v1.Agent.Logs:input_type -> dhvisor.agent.v1.LogsRequest
+	5,  // 22: dhvisor.agent.v1.Agent.Status:output_type -> dhvisor.agent.v1.StatusResponse
+	13, // 23: dhvisor.agent.v1.Agent.Control:output_type -> dhvisor.agent.v1.Progress
+	13, // 24: dhvisor.agent.v1.Agent.Up:output_type -> dhvisor.agent.v1.Progress
+	13, // 25: dhvisor.agent.v1.Agent.Down:output_type -> dhvisor.agent.v1.Progress
+	15, // 26: dhvisor.agent.v1.Agent.Reload:output_type -> dhvisor.agent.v1.ReloadResponse
+	17, // 27: dhvisor.agent.v1.Agent.Cluster:output_type -> dhvisor.agent.v1.ClusterResponse
+	21, // 28: dhvisor.agent.v1.Agent.GossipKeys:output_type -> dhvisor.agent.v1.GossipKeysResponse
+	24, // 29: dhvisor.agent.v1.Agent.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	27, // 30: dhvisor.agent.v1.Agent.Install:output_type -> dhvisor.agent.v1.InstallProgress
+	3,  // 31: dhvisor.agent.v1.Agent.Logs:output_type -> dhvisor.agent.v1.LogChunk
+	22, // [22:32] is the sub-list for method output_type
+	12, // [12:22] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_agentpb_agent_proto_init() }
@@ -2132,7 +2515,7 @@ func file_agentpb_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentpb_agent_proto_rawDesc), len(file_agentpb_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	Agent_Cluster_FullMethodName         = "/dhvisor.agent.v1.Agent/Cluster"
 	Agent_GossipKeys_FullMethodName      = "/dhvisor.agent.v1.Agent/GossipKeys"
 	Agent_RegisterWorkers_FullMethodName = "/dhvisor.agent.v1.Agent/RegisterWorkers"
+	Agent_Install_FullMethodName         = "/dhvisor.agent.v1.Agent/Install"
 	Agent_Logs_FullMethodName            = "/dhvisor.agent.v1.Agent/Logs"
 )
 
@@ -56,6 +57,11 @@ type AgentClient interface {
 	// passes it to the coordinators, which route them in Envoy. The set is
 	// held under a lease: re-send it (changed or not) within lease_ttl_ms.
 	RegisterWorkers(ctx context.Context, in *RegisterWorkersRequest, opts ...grpc.CallOption) (*RegisterWorkersResponse, error)
+	// Install installs a package with the node's package tool, as one step of
+	// an upgrade: fetched from the coordinators in chunks (resumable) or read
+	// from a path on the node, sha256-verified, installed at most once per
+	// op_token. The last message carries the result.
+	Install(ctx context.Context, in *InstallRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InstallProgress], error)
 	// Logs streams the output a service's runtime keeps (the Envoy
 	// container's, as `docker logs` shows it).
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
@@ -176,9 +182,28 @@ func (c *agentClient) RegisterWorkers(ctx context.Context, in *RegisterWorkersRe
 	return out, nil
 }
 
+func (c *agentClient) Install(ctx context.Context, in *InstallRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[InstallProgress], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[3], Agent_Install_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[InstallRequest, InstallProgress]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_InstallClient = grpc.ServerStreamingClient[InstallProgress]
+
 func (c *agentClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[3], Agent_Logs_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[4], Agent_Logs_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -218,6 +243,11 @@ type AgentServer interface {
 	// passes it to the coordinators, which route them in Envoy. The set is
 	// held under a lease: re-send it (changed or not) within lease_ttl_ms.
 	RegisterWorkers(context.Context, *RegisterWorkersRequest) (*RegisterWorkersResponse, error)
+	// Install installs a package with the node's package tool, as one step of
+	// an upgrade: fetched from the coordinators in chunks (resumable) or read
+	// from a path on the node, sha256-verified, installed at most once per
+	// op_token. The last message carries the result.
+	Install(*InstallRequest, grpc.ServerStreamingServer[InstallProgress]) error
 	// Logs streams the output a service's runtime keeps (the Envoy
 	// container's, as `docker logs` shows it).
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error
@@ -254,6 +284,9 @@ func (UnimplementedAgentServer) GossipKeys(context.Context, *GossipKeysRequest) 
 }
 func (UnimplementedAgentServer) RegisterWorkers(context.Context, *RegisterWorkersRequest) (*RegisterWorkersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterWorkers not implemented")
+}
+func (UnimplementedAgentServer) Install(*InstallRequest, grpc.ServerStreamingServer[InstallProgress]) error {
+	return status.Error(codes.Unimplemented, "method Install not implemented")
 }
 func (UnimplementedAgentServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error {
 	return status.Error(codes.Unimplemented, "method Logs not implemented")
@@ -402,6 +435,17 @@ func _Agent_RegisterWorkers_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_Install_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(InstallRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServer).Install(m, &grpc.GenericServerStream[InstallRequest, InstallProgress]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_InstallServer = grpc.ServerStreamingServer[InstallProgress]
+
 func _Agent_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(LogsRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -455,6 +499,11 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Down",
 			Handler:       _Agent_Down_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Install",
+			Handler:       _Agent_Install_Handler,
 			ServerStreams: true,
 		},
 		{

@@ -78,7 +78,445 @@ func (x ControlOpRequest_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ControlOpRequest_Op.Descriptor instead.
 func (ControlOpRequest_Op) EnumDescriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{20, 0}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{27, 0}
+}
+
+type PackageChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Package               `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"` // the first message of an upload: what follows
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackageChunk) Reset() {
+	*x = PackageChunk{}
+	mi := &file_coordpb_coord_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackageChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackageChunk) ProtoMessage() {}
+
+func (x *PackageChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackageChunk.ProtoReflect.Descriptor instead.
+func (*PackageChunk) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PackageChunk) GetHeader() *Package {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *PackageChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type Package struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Sha256         string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size           int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	FileName       string                 `protobuf:"bytes,3,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
+	Replicas       []string               `protobuf:"bytes,4,rep,name=replicas,proto3" json:"replicas,omitempty"` // coordinator ids holding the bytes
+	UploadedBy     string                 `protobuf:"bytes,5,opt,name=uploaded_by,json=uploadedBy,proto3" json:"uploaded_by,omitempty"`
+	UploadedUnixMs int64                  `protobuf:"varint,6,opt,name=uploaded_unix_ms,json=uploadedUnixMs,proto3" json:"uploaded_unix_ms,omitempty"`
+	// Learned from the first install: the package's name and version.
+	Name          string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Package) Reset() {
+	*x = Package{}
+	mi := &file_coordpb_coord_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Package) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Package) ProtoMessage() {}
+
+func (x *Package) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Package.ProtoReflect.Descriptor instead.
+func (*Package) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Package) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Package) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Package) GetFileName() string {
+	if x != nil {
+		return x.FileName
+	}
+	return ""
+}
+
+func (x *Package) GetReplicas() []string {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *Package) GetUploadedBy() string {
+	if x != nil {
+		return x.UploadedBy
+	}
+	return ""
+}
+
+func (x *Package) GetUploadedUnixMs() int64 {
+	if x != nil {
+		return x.UploadedUnixMs
+	}
+	return 0
+}
+
+func (x *Package) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Package) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+type FetchPackageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPackageRequest) Reset() {
+	*x = FetchPackageRequest{}
+	mi := &file_coordpb_coord_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPackageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPackageRequest) ProtoMessage() {}
+
+func (x *FetchPackageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPackageRequest.ProtoReflect.Descriptor instead.
+func (*FetchPackageRequest) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FetchPackageRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *FetchPackageRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type PackagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackagesRequest) Reset() {
+	*x = PackagesRequest{}
+	mi := &file_coordpb_coord_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackagesRequest) ProtoMessage() {}
+
+func (x *PackagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackagesRequest.ProtoReflect.Descriptor instead.
+func (*PackagesRequest) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{3}
+}
+
+type PackagesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Packages      []*Package             `protobuf:"bytes,1,rep,name=packages,proto3" json:"packages,omitempty"` // newest first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackagesResponse) Reset() {
+	*x = PackagesResponse{}
+	mi := &file_coordpb_coord_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackagesResponse) ProtoMessage() {}
+
+func (x *PackagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackagesResponse.ProtoReflect.Descriptor instead.
+func (*PackagesResponse) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PackagesResponse) GetPackages() []*Package {
+	if x != nil {
+		return x.Packages
+	}
+	return nil
+}
+
+// UpgradeSpec is what an upgrade (action "upgrade") installs, and how.
+type UpgradeSpec struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	PackageSha256  string                 `protobuf:"bytes,1,opt,name=package_sha256,json=packageSha256,proto3" json:"package_sha256,omitempty"`    // an uploaded package
+	Path           string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`                                           // or: the file is at this path on every node
+	Strategy       string                 `protobuf:"bytes,3,opt,name=strategy,proto3" json:"strategy,omitempty"`                                   // full (default) or rolling
+	MaxParallel    int32                  `protobuf:"varint,4,opt,name=max_parallel,json=maxParallel,proto3" json:"max_parallel,omitempty"`         // nodes at once: rolling batches, full installs; 0 = 1 rolling, all full
+	AutoRevert     bool                   `protobuf:"varint,5,opt,name=auto_revert,json=autoRevert,proto3" json:"auto_revert,omitempty"`            // on failure, reinstall the previous package on the nodes done and restart them
+	PreviousSha256 string                 `protobuf:"bytes,6,opt,name=previous_sha256,json=previousSha256,proto3" json:"previous_sha256,omitempty"` // the package to revert to (default: the last upgrade's that completed)
+	PreviousPath   string                 `protobuf:"bytes,7,opt,name=previous_path,json=previousPath,proto3" json:"previous_path,omitempty"`       // or its path on every node
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpgradeSpec) Reset() {
+	*x = UpgradeSpec{}
+	mi := &file_coordpb_coord_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeSpec) ProtoMessage() {}
+
+func (x *UpgradeSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeSpec.ProtoReflect.Descriptor instead.
+func (*UpgradeSpec) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UpgradeSpec) GetPackageSha256() string {
+	if x != nil {
+		return x.PackageSha256
+	}
+	return ""
+}
+
+func (x *UpgradeSpec) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *UpgradeSpec) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *UpgradeSpec) GetMaxParallel() int32 {
+	if x != nil {
+		return x.MaxParallel
+	}
+	return 0
+}
+
+func (x *UpgradeSpec) GetAutoRevert() bool {
+	if x != nil {
+		return x.AutoRevert
+	}
+	return false
+}
+
+func (x *UpgradeSpec) GetPreviousSha256() string {
+	if x != nil {
+		return x.PreviousSha256
+	}
+	return ""
+}
+
+func (x *UpgradeSpec) GetPreviousPath() string {
+	if x != nil {
+		return x.PreviousPath
+	}
+	return ""
+}
+
+type UpgradeRevert struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OpId          string                 `protobuf:"bytes,1,opt,name=op_id,json=opId,proto3" json:"op_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"` // why the upgrade failed
+	Stages        []*Stage               `protobuf:"bytes,3,rep,name=stages,proto3" json:"stages,omitempty"` // appended: reinstall the previous package, restart
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpgradeRevert) Reset() {
+	*x = UpgradeRevert{}
+	mi := &file_coordpb_coord_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpgradeRevert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpgradeRevert) ProtoMessage() {}
+
+func (x *UpgradeRevert) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpgradeRevert.ProtoReflect.Descriptor instead.
+func (*UpgradeRevert) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UpgradeRevert) GetOpId() string {
+	if x != nil {
+		return x.OpId
+	}
+	return ""
+}
+
+func (x *UpgradeRevert) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *UpgradeRevert) GetStages() []*Stage {
+	if x != nil {
+		return x.Stages
+	}
+	return nil
 }
 
 type WorkersRequest struct {
@@ -90,7 +528,7 @@ type WorkersRequest struct {
 
 func (x *WorkersRequest) Reset() {
 	*x = WorkersRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[0]
+	mi := &file_coordpb_coord_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +540,7 @@ func (x *WorkersRequest) String() string {
 func (*WorkersRequest) ProtoMessage() {}
 
 func (x *WorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[0]
+	mi := &file_coordpb_coord_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +553,7 @@ func (x *WorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkersRequest.ProtoReflect.Descriptor instead.
 func (*WorkersRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{0}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkersRequest) GetNode() string {
@@ -135,7 +573,7 @@ type WorkersResponse struct {
 
 func (x *WorkersResponse) Reset() {
 	*x = WorkersResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[1]
+	mi := &file_coordpb_coord_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -147,7 +585,7 @@ func (x *WorkersResponse) String() string {
 func (*WorkersResponse) ProtoMessage() {}
 
 func (x *WorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[1]
+	mi := &file_coordpb_coord_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -160,7 +598,7 @@ func (x *WorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkersResponse.ProtoReflect.Descriptor instead.
 func (*WorkersResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{1}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WorkersResponse) GetAnsweredBy() string {
@@ -185,7 +623,7 @@ type RoutesRequest struct {
 
 func (x *RoutesRequest) Reset() {
 	*x = RoutesRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[2]
+	mi := &file_coordpb_coord_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -197,7 +635,7 @@ func (x *RoutesRequest) String() string {
 func (*RoutesRequest) ProtoMessage() {}
 
 func (x *RoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[2]
+	mi := &file_coordpb_coord_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -210,7 +648,7 @@ func (x *RoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoutesRequest.ProtoReflect.Descriptor instead.
 func (*RoutesRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{2}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{9}
 }
 
 type RoutesResponse struct {
@@ -228,7 +666,7 @@ type RoutesResponse struct {
 
 func (x *RoutesResponse) Reset() {
 	*x = RoutesResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[3]
+	mi := &file_coordpb_coord_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -240,7 +678,7 @@ func (x *RoutesResponse) String() string {
 func (*RoutesResponse) ProtoMessage() {}
 
 func (x *RoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[3]
+	mi := &file_coordpb_coord_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -253,7 +691,7 @@ func (x *RoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoutesResponse.ProtoReflect.Descriptor instead.
 func (*RoutesResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{3}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RoutesResponse) GetAnsweredBy() string {
@@ -317,7 +755,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_coordpb_coord_proto_msgTypes[4]
+	mi := &file_coordpb_coord_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +767,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[4]
+	mi := &file_coordpb_coord_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +780,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{4}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Route) GetMatch() string {
@@ -382,7 +820,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[5]
+	mi := &file_coordpb_coord_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +832,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[5]
+	mi := &file_coordpb_coord_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +845,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{5}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StatusRequest) GetNode() string {
@@ -428,7 +866,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[6]
+	mi := &file_coordpb_coord_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +878,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[6]
+	mi := &file_coordpb_coord_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +891,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{6}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetCluster() *agentpb.ClusterResponse {
@@ -485,7 +923,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[7]
+	mi := &file_coordpb_coord_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +935,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[7]
+	mi := &file_coordpb_coord_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +948,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{7}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{14}
 }
 
 type NodesResponse struct {
@@ -522,7 +960,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[8]
+	mi := &file_coordpb_coord_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -534,7 +972,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[8]
+	mi := &file_coordpb_coord_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -547,7 +985,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{8}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NodesResponse) GetNodes() []*Node {
@@ -565,7 +1003,7 @@ type PeersRequest struct {
 
 func (x *PeersRequest) Reset() {
 	*x = PeersRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[9]
+	mi := &file_coordpb_coord_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +1015,7 @@ func (x *PeersRequest) String() string {
 func (*PeersRequest) ProtoMessage() {}
 
 func (x *PeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[9]
+	mi := &file_coordpb_coord_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +1028,7 @@ func (x *PeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeersRequest.ProtoReflect.Descriptor instead.
 func (*PeersRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{9}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{16}
 }
 
 type PeersResponse struct {
@@ -606,7 +1044,7 @@ type PeersResponse struct {
 
 func (x *PeersResponse) Reset() {
 	*x = PeersResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[10]
+	mi := &file_coordpb_coord_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +1056,7 @@ func (x *PeersResponse) String() string {
 func (*PeersResponse) ProtoMessage() {}
 
 func (x *PeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[10]
+	mi := &file_coordpb_coord_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +1069,7 @@ func (x *PeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeersResponse.ProtoReflect.Descriptor instead.
 func (*PeersResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{10}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PeersResponse) GetAnsweredBy() string {
@@ -680,7 +1118,7 @@ type PeerStatus struct {
 
 func (x *PeerStatus) Reset() {
 	*x = PeerStatus{}
-	mi := &file_coordpb_coord_proto_msgTypes[11]
+	mi := &file_coordpb_coord_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +1130,7 @@ func (x *PeerStatus) String() string {
 func (*PeerStatus) ProtoMessage() {}
 
 func (x *PeerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[11]
+	mi := &file_coordpb_coord_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +1143,7 @@ func (x *PeerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerStatus.ProtoReflect.Descriptor instead.
 func (*PeerStatus) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{11}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PeerStatus) GetPeer() *Peer {
@@ -741,7 +1179,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[12]
+	mi := &file_coordpb_coord_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +1191,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[12]
+	mi := &file_coordpb_coord_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +1204,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{12}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -806,7 +1244,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[13]
+	mi := &file_coordpb_coord_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +1256,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[13]
+	mi := &file_coordpb_coord_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +1269,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{13}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -850,7 +1288,7 @@ type TransferRequest struct {
 
 func (x *TransferRequest) Reset() {
 	*x = TransferRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[14]
+	mi := &file_coordpb_coord_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1300,7 @@ func (x *TransferRequest) String() string {
 func (*TransferRequest) ProtoMessage() {}
 
 func (x *TransferRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[14]
+	mi := &file_coordpb_coord_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1313,7 @@ func (x *TransferRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferRequest.ProtoReflect.Descriptor instead.
 func (*TransferRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{14}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TransferRequest) GetId() string {
@@ -894,7 +1332,7 @@ type ListOpsRequest struct {
 
 func (x *ListOpsRequest) Reset() {
 	*x = ListOpsRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[15]
+	mi := &file_coordpb_coord_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1344,7 @@ func (x *ListOpsRequest) String() string {
 func (*ListOpsRequest) ProtoMessage() {}
 
 func (x *ListOpsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[15]
+	mi := &file_coordpb_coord_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1357,7 @@ func (x *ListOpsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOpsRequest.ProtoReflect.Descriptor instead.
 func (*ListOpsRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{15}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListOpsRequest) GetLimit() int32 {
@@ -938,7 +1376,7 @@ type ListOpsResponse struct {
 
 func (x *ListOpsResponse) Reset() {
 	*x = ListOpsResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[16]
+	mi := &file_coordpb_coord_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1388,7 @@ func (x *ListOpsResponse) String() string {
 func (*ListOpsResponse) ProtoMessage() {}
 
 func (x *ListOpsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[16]
+	mi := &file_coordpb_coord_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1401,7 @@ func (x *ListOpsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOpsResponse.ProtoReflect.Descriptor instead.
 func (*ListOpsResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{16}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListOpsResponse) GetOps() []*Operation {
@@ -982,7 +1420,7 @@ type GetOpRequest struct {
 
 func (x *GetOpRequest) Reset() {
 	*x = GetOpRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[17]
+	mi := &file_coordpb_coord_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1432,7 @@ func (x *GetOpRequest) String() string {
 func (*GetOpRequest) ProtoMessage() {}
 
 func (x *GetOpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[17]
+	mi := &file_coordpb_coord_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1445,7 @@ func (x *GetOpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOpRequest.ProtoReflect.Descriptor instead.
 func (*GetOpRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{17}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetOpRequest) GetId() string {
@@ -1026,7 +1464,7 @@ type AuditRequest struct {
 
 func (x *AuditRequest) Reset() {
 	*x = AuditRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[18]
+	mi := &file_coordpb_coord_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1476,7 @@ func (x *AuditRequest) String() string {
 func (*AuditRequest) ProtoMessage() {}
 
 func (x *AuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[18]
+	mi := &file_coordpb_coord_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1489,7 @@ func (x *AuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRequest.ProtoReflect.Descriptor instead.
 func (*AuditRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{18}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AuditRequest) GetLimit() int32 {
@@ -1070,7 +1508,7 @@ type AuditResponse struct {
 
 func (x *AuditResponse) Reset() {
 	*x = AuditResponse{}
-	mi := &file_coordpb_coord_proto_msgTypes[19]
+	mi := &file_coordpb_coord_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1520,7 @@ func (x *AuditResponse) String() string {
 func (*AuditResponse) ProtoMessage() {}
 
 func (x *AuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[19]
+	mi := &file_coordpb_coord_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1533,7 @@ func (x *AuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditResponse.ProtoReflect.Descriptor instead.
 func (*AuditResponse) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{19}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AuditResponse) GetEntries() []*AuditEntry {
@@ -1115,7 +1553,7 @@ type ControlOpRequest struct {
 
 func (x *ControlOpRequest) Reset() {
 	*x = ControlOpRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[20]
+	mi := &file_coordpb_coord_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1565,7 @@ func (x *ControlOpRequest) String() string {
 func (*ControlOpRequest) ProtoMessage() {}
 
 func (x *ControlOpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[20]
+	mi := &file_coordpb_coord_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1578,7 @@ func (x *ControlOpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlOpRequest.ProtoReflect.Descriptor instead.
 func (*ControlOpRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{20}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ControlOpRequest) GetId() string {
@@ -1171,13 +1609,14 @@ type OpRequest struct {
 	ProgressDeadlineMs int64                  `protobuf:"varint,8,opt,name=progress_deadline_ms,json=progressDeadlineMs,proto3" json:"progress_deadline_ms,omitempty"` // some step must complete within this; 0 = default
 	OnFailure          string                 `protobuf:"bytes,9,opt,name=on_failure,json=onFailure,proto3" json:"on_failure,omitempty"`                               // pause (default) or abort
 	Label              string                 `protobuf:"bytes,10,opt,name=label,proto3" json:"label,omitempty"`                                                       // what the operator typed, for lists: "restart all"
+	Upgrade            *UpgradeSpec           `protobuf:"bytes,11,opt,name=upgrade,proto3" json:"upgrade,omitempty"`                                                   // action upgrade
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *OpRequest) Reset() {
 	*x = OpRequest{}
-	mi := &file_coordpb_coord_proto_msgTypes[21]
+	mi := &file_coordpb_coord_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1628,7 @@ func (x *OpRequest) String() string {
 func (*OpRequest) ProtoMessage() {}
 
 func (x *OpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[21]
+	mi := &file_coordpb_coord_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1641,7 @@ func (x *OpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpRequest.ProtoReflect.Descriptor instead.
 func (*OpRequest) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{21}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *OpRequest) GetAction() string {
@@ -1275,6 +1714,13 @@ func (x *OpRequest) GetLabel() string {
 	return ""
 }
 
+func (x *OpRequest) GetUpgrade() *UpgradeSpec {
+	if x != nil {
+		return x.Upgrade
+	}
+	return nil
+}
+
 type Operation struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"` // op-<raft index>
@@ -1288,13 +1734,18 @@ type Operation struct {
 	EndedUnixMs   int64    `protobuf:"varint,8,opt,name=ended_unix_ms,json=endedUnixMs,proto3" json:"ended_unix_ms,omitempty"`
 	Stages        []*Stage `protobuf:"bytes,9,rep,name=stages,proto3" json:"stages,omitempty"`
 	Skipped       []string `protobuf:"bytes,10,rep,name=skipped,proto3" json:"skipped,omitempty"` // node/service left out, with why
+	// An upgrade reverting after a failure: the stages from revert_from on
+	// put the previous package back; failure says what failed.
+	Reverting     bool   `protobuf:"varint,11,opt,name=reverting,proto3" json:"reverting,omitempty"`
+	Failure       string `protobuf:"bytes,12,opt,name=failure,proto3" json:"failure,omitempty"`
+	RevertFrom    int32  `protobuf:"varint,13,opt,name=revert_from,json=revertFrom,proto3" json:"revert_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_coordpb_coord_proto_msgTypes[22]
+	mi := &file_coordpb_coord_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1757,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[22]
+	mi := &file_coordpb_coord_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1770,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{22}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Operation) GetId() string {
@@ -1392,6 +1843,27 @@ func (x *Operation) GetSkipped() []string {
 	return nil
 }
 
+func (x *Operation) GetReverting() bool {
+	if x != nil {
+		return x.Reverting
+	}
+	return false
+}
+
+func (x *Operation) GetFailure() string {
+	if x != nil {
+		return x.Failure
+	}
+	return ""
+}
+
+func (x *Operation) GetRevertFrom() int32 {
+	if x != nil {
+		return x.RevertFrom
+	}
+	return 0
+}
+
 // A stage's steps may run at once (in batches); a stage starts when the one
 // before it is done.
 type Stage struct {
@@ -1403,7 +1875,7 @@ type Stage struct {
 
 func (x *Stage) Reset() {
 	*x = Stage{}
-	mi := &file_coordpb_coord_proto_msgTypes[23]
+	mi := &file_coordpb_coord_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1887,7 @@ func (x *Stage) String() string {
 func (*Stage) ProtoMessage() {}
 
 func (x *Stage) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[23]
+	mi := &file_coordpb_coord_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1900,7 @@ func (x *Stage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stage.ProtoReflect.Descriptor instead.
 func (*Stage) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{23}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Stage) GetSteps() []*Step {
@@ -1451,13 +1923,21 @@ type Step struct {
 	OkUnixMs      int64  `protobuf:"varint,7,opt,name=ok_unix_ms,json=okUnixMs,proto3" json:"ok_unix_ms,omitempty"` // every service reached its goal; the health hold starts
 	EndedUnixMs   int64  `protobuf:"varint,8,opt,name=ended_unix_ms,json=endedUnixMs,proto3" json:"ended_unix_ms,omitempty"`
 	Attempts      int32  `protobuf:"varint,9,opt,name=attempts,proto3" json:"attempts,omitempty"` // > 1 when a new leader resumed the step
+	// Install and revert steps (upgrades): the package (sha256 of an
+	// uploaded one, or a path on the node) and what the node's tool did.
+	Package       string `protobuf:"bytes,10,opt,name=package,proto3" json:"package,omitempty"`
+	PackagePath   string `protobuf:"bytes,11,opt,name=package_path,json=packagePath,proto3" json:"package_path,omitempty"`
+	VersionBefore string `protobuf:"bytes,12,opt,name=version_before,json=versionBefore,proto3" json:"version_before,omitempty"`
+	VersionAfter  string `protobuf:"bytes,13,opt,name=version_after,json=versionAfter,proto3" json:"version_after,omitempty"`
+	Output        string `protobuf:"bytes,14,opt,name=output,proto3" json:"output,omitempty"`                                    // the tool's output when it failed
+	ExpectVersion string `protobuf:"bytes,15,opt,name=expect_version,json=expectVersion,proto3" json:"expect_version,omitempty"` // revert: the version the node ran before
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_coordpb_coord_proto_msgTypes[24]
+	mi := &file_coordpb_coord_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1949,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[24]
+	mi := &file_coordpb_coord_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1962,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{24}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Step) GetNode() string {
@@ -1548,21 +2028,64 @@ func (x *Step) GetAttempts() int32 {
 	return 0
 }
 
+func (x *Step) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *Step) GetPackagePath() string {
+	if x != nil {
+		return x.PackagePath
+	}
+	return ""
+}
+
+func (x *Step) GetVersionBefore() string {
+	if x != nil {
+		return x.VersionBefore
+	}
+	return ""
+}
+
+func (x *Step) GetVersionAfter() string {
+	if x != nil {
+		return x.VersionAfter
+	}
+	return ""
+}
+
+func (x *Step) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *Step) GetExpectVersion() string {
+	if x != nil {
+		return x.ExpectVersion
+	}
+	return ""
+}
+
 type State struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nodes         map[string]*Node       `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Peers         map[string]*Peer       `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Ops           []*Operation           `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`                                                                                   // oldest first
-	Desired       map[string]*Desired    `protobuf:"bytes,4,rep,name=desired,proto3" json:"desired,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key node/service
-	Audit         []*AuditEntry          `protobuf:"bytes,5,rep,name=audit,proto3" json:"audit,omitempty"`                                                                               // oldest first, bounded
-	Workers       map[string]*WorkerSet  `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key node/dispatcher
+	Ops           []*Operation           `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`                                                                                      // oldest first
+	Desired       map[string]*Desired    `protobuf:"bytes,4,rep,name=desired,proto3" json:"desired,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`    // key node/service
+	Audit         []*AuditEntry          `protobuf:"bytes,5,rep,name=audit,proto3" json:"audit,omitempty"`                                                                                  // oldest first, bounded
+	Workers       map[string]*WorkerSet  `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`    // key node/dispatcher
+	Packages      map[string]*Package    `protobuf:"bytes,20,rep,name=packages,proto3" json:"packages,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key sha256
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *State) Reset() {
 	*x = State{}
-	mi := &file_coordpb_coord_proto_msgTypes[25]
+	mi := &file_coordpb_coord_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +2097,7 @@ func (x *State) String() string {
 func (*State) ProtoMessage() {}
 
 func (x *State) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[25]
+	mi := &file_coordpb_coord_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +2110,7 @@ func (x *State) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use State.ProtoReflect.Descriptor instead.
 func (*State) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{25}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *State) GetNodes() map[string]*Node {
@@ -1632,6 +2155,13 @@ func (x *State) GetWorkers() map[string]*WorkerSet {
 	return nil
 }
 
+func (x *State) GetPackages() map[string]*Package {
+	if x != nil {
+		return x.Packages
+	}
+	return nil
+}
+
 type Node struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1642,14 +2172,15 @@ type Node struct {
 	Services         []*ServiceDef          `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"` // in the node's start order
 	State            string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`       // alive, suspect, dead, left: as the leader last saw it
 	UpdatedUnixMs    int64                  `protobuf:"varint,8,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
-	Host             string                 `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"` // the address peers reach the node at (its gossip address)
+	Host             string                 `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`                                            // the address peers reach the node at (its gossip address)
+	PackageVersion   string                 `protobuf:"bytes,10,opt,name=package_version,json=packageVersion,proto3" json:"package_version,omitempty"` // "NAME VERSION" of the Deephaven package installed
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_coordpb_coord_proto_msgTypes[26]
+	mi := &file_coordpb_coord_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +2192,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[26]
+	mi := &file_coordpb_coord_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +2205,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{26}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Node) GetName() string {
@@ -1740,6 +2271,13 @@ func (x *Node) GetHost() string {
 	return ""
 }
 
+func (x *Node) GetPackageVersion() string {
+	if x != nil {
+		return x.PackageVersion
+	}
+	return ""
+}
+
 type ServiceDef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1751,7 +2289,7 @@ type ServiceDef struct {
 
 func (x *ServiceDef) Reset() {
 	*x = ServiceDef{}
-	mi := &file_coordpb_coord_proto_msgTypes[27]
+	mi := &file_coordpb_coord_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +2301,7 @@ func (x *ServiceDef) String() string {
 func (*ServiceDef) ProtoMessage() {}
 
 func (x *ServiceDef) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[27]
+	mi := &file_coordpb_coord_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +2314,7 @@ func (x *ServiceDef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceDef.ProtoReflect.Descriptor instead.
 func (*ServiceDef) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{27}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ServiceDef) GetName() string {
@@ -1812,7 +2350,7 @@ type Peer struct {
 
 func (x *Peer) Reset() {
 	*x = Peer{}
-	mi := &file_coordpb_coord_proto_msgTypes[28]
+	mi := &file_coordpb_coord_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2362,7 @@ func (x *Peer) String() string {
 func (*Peer) ProtoMessage() {}
 
 func (x *Peer) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[28]
+	mi := &file_coordpb_coord_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2375,7 @@ func (x *Peer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Peer.ProtoReflect.Descriptor instead.
 func (*Peer) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{28}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Peer) GetId() string {
@@ -1886,7 +2424,7 @@ type WorkerSet struct {
 
 func (x *WorkerSet) Reset() {
 	*x = WorkerSet{}
-	mi := &file_coordpb_coord_proto_msgTypes[29]
+	mi := &file_coordpb_coord_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +2436,7 @@ func (x *WorkerSet) String() string {
 func (*WorkerSet) ProtoMessage() {}
 
 func (x *WorkerSet) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[29]
+	mi := &file_coordpb_coord_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +2449,7 @@ func (x *WorkerSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerSet.ProtoReflect.Descriptor instead.
 func (*WorkerSet) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{29}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WorkerSet) GetNode() string {
@@ -1981,7 +2519,7 @@ type WorkerDiff struct {
 
 func (x *WorkerDiff) Reset() {
 	*x = WorkerDiff{}
-	mi := &file_coordpb_coord_proto_msgTypes[30]
+	mi := &file_coordpb_coord_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2531,7 @@ func (x *WorkerDiff) String() string {
 func (*WorkerDiff) ProtoMessage() {}
 
 func (x *WorkerDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[30]
+	mi := &file_coordpb_coord_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2544,7 @@ func (x *WorkerDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerDiff.ProtoReflect.Descriptor instead.
 func (*WorkerDiff) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{30}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WorkerDiff) GetNode() string {
@@ -2069,7 +2607,7 @@ type WorkerLease struct {
 
 func (x *WorkerLease) Reset() {
 	*x = WorkerLease{}
-	mi := &file_coordpb_coord_proto_msgTypes[31]
+	mi := &file_coordpb_coord_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2619,7 @@ func (x *WorkerLease) String() string {
 func (*WorkerLease) ProtoMessage() {}
 
 func (x *WorkerLease) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[31]
+	mi := &file_coordpb_coord_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2632,7 @@ func (x *WorkerLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerLease.ProtoReflect.Descriptor instead.
 func (*WorkerLease) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{31}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WorkerLease) GetNode() string {
@@ -2132,7 +2670,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_coordpb_coord_proto_msgTypes[32]
+	mi := &file_coordpb_coord_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2682,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[32]
+	mi := &file_coordpb_coord_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2695,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{32}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Desired) GetNode() string {
@@ -2207,7 +2745,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_coordpb_coord_proto_msgTypes[33]
+	mi := &file_coordpb_coord_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2757,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[33]
+	mi := &file_coordpb_coord_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2770,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{33}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AuditEntry) GetIndex() uint64 {
@@ -2274,7 +2812,7 @@ type StepRef struct {
 
 func (x *StepRef) Reset() {
 	*x = StepRef{}
-	mi := &file_coordpb_coord_proto_msgTypes[34]
+	mi := &file_coordpb_coord_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2824,7 @@ func (x *StepRef) String() string {
 func (*StepRef) ProtoMessage() {}
 
 func (x *StepRef) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[34]
+	mi := &file_coordpb_coord_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2837,7 @@ func (x *StepRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRef.ProtoReflect.Descriptor instead.
 func (*StepRef) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{34}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *StepRef) GetOpId() string {
@@ -2340,6 +2878,9 @@ type Command struct {
 	//	*Command_WorkerRenew
 	//	*Command_WorkerExpire
 	//	*Command_WorkerDiff
+	//	*Command_PackageAdd
+	//	*Command_UpgradeRevert
+	//	*Command_PackageRemove
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2347,7 +2888,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_coordpb_coord_proto_msgTypes[35]
+	mi := &file_coordpb_coord_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2900,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[35]
+	mi := &file_coordpb_coord_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2913,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{35}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Command) GetAtUnixMs() int64 {
@@ -2486,6 +3027,33 @@ func (x *Command) GetWorkerDiff() *WorkerDiff {
 	return nil
 }
 
+func (x *Command) GetPackageAdd() *Package {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_PackageAdd); ok {
+			return x.PackageAdd
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUpgradeRevert() *UpgradeRevert {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_UpgradeRevert); ok {
+			return x.UpgradeRevert
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPackageRemove() string {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_PackageRemove); ok {
+			return x.PackageRemove
+		}
+	}
+	return ""
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2533,6 +3101,19 @@ type Command_WorkerDiff struct {
 	WorkerDiff *WorkerDiff `protobuf:"bytes,30,opt,name=worker_diff,json=workerDiff,proto3,oneof"`
 }
 
+type Command_PackageAdd struct {
+	// Upgrades (high numbers leave room for other commands).
+	PackageAdd *Package `protobuf:"bytes,40,opt,name=package_add,json=packageAdd,proto3,oneof"`
+}
+
+type Command_UpgradeRevert struct {
+	UpgradeRevert *UpgradeRevert `protobuf:"bytes,41,opt,name=upgrade_revert,json=upgradeRevert,proto3,oneof"`
+}
+
+type Command_PackageRemove struct {
+	PackageRemove string `protobuf:"bytes,42,opt,name=package_remove,json=packageRemove,proto3,oneof"` // sha256
+}
+
 func (*Command_NodeUpsert) isCommand_Cmd() {}
 
 func (*Command_PeerUpsert) isCommand_Cmd() {}
@@ -2553,6 +3134,12 @@ func (*Command_WorkerExpire) isCommand_Cmd() {}
 
 func (*Command_WorkerDiff) isCommand_Cmd() {}
 
+func (*Command_PackageAdd) isCommand_Cmd() {}
+
+func (*Command_UpgradeRevert) isCommand_Cmd() {}
+
+func (*Command_PackageRemove) isCommand_Cmd() {}
+
 type StepUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *StepRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -2563,7 +3150,7 @@ type StepUpdate struct {
 
 func (x *StepUpdate) Reset() {
 	*x = StepUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[36]
+	mi := &file_coordpb_coord_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +3162,7 @@ func (x *StepUpdate) String() string {
 func (*StepUpdate) ProtoMessage() {}
 
 func (x *StepUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[36]
+	mi := &file_coordpb_coord_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +3175,7 @@ func (x *StepUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepUpdate.ProtoReflect.Descriptor instead.
 func (*StepUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{36}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StepUpdate) GetRef() *StepRef {
@@ -2617,7 +3204,7 @@ type OpUpdate struct {
 
 func (x *OpUpdate) Reset() {
 	*x = OpUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[37]
+	mi := &file_coordpb_coord_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2629,7 +3216,7 @@ func (x *OpUpdate) String() string {
 func (*OpUpdate) ProtoMessage() {}
 
 func (x *OpUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[37]
+	mi := &file_coordpb_coord_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2642,7 +3229,7 @@ func (x *OpUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpUpdate.ProtoReflect.Descriptor instead.
 func (*OpUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{37}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *OpUpdate) GetOpId() string {
@@ -2677,7 +3264,39 @@ var File_coordpb_coord_proto protoreflect.FileDescriptor
 
 const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
-	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\"$\n" +
+	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\"[\n" +
+	"\fPackageChunk\x127\n" +
+	"\x06header\x18\x01 \x01(\v2\x1f.dhvisor.coordinator.v1.PackageR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xe7\x01\n" +
+	"\aPackage\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1b\n" +
+	"\tfile_name\x18\x03 \x01(\tR\bfileName\x12\x1a\n" +
+	"\breplicas\x18\x04 \x03(\tR\breplicas\x12\x1f\n" +
+	"\vuploaded_by\x18\x05 \x01(\tR\n" +
+	"uploadedBy\x12(\n" +
+	"\x10uploaded_unix_ms\x18\x06 \x01(\x03R\x0euploadedUnixMs\x12\x12\n" +
+	"\x04name\x18\a \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\b \x01(\tR\aversion\"E\n" +
+	"\x13FetchPackageRequest\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\x11\n" +
+	"\x0fPackagesRequest\"O\n" +
+	"\x10PackagesResponse\x12;\n" +
+	"\bpackages\x18\x01 \x03(\v2\x1f.dhvisor.coordinator.v1.PackageR\bpackages\"\xf6\x01\n" +
+	"\vUpgradeSpec\x12%\n" +
+	"\x0epackage_sha256\x18\x01 \x01(\tR\rpackageSha256\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1a\n" +
+	"\bstrategy\x18\x03 \x01(\tR\bstrategy\x12!\n" +
+	"\fmax_parallel\x18\x04 \x01(\x05R\vmaxParallel\x12\x1f\n" +
+	"\vauto_revert\x18\x05 \x01(\bR\n" +
+	"autoRevert\x12'\n" +
+	"\x0fprevious_sha256\x18\x06 \x01(\tR\x0epreviousSha256\x12#\n" +
+	"\rprevious_path\x18\a \x01(\tR\fpreviousPath\"s\n" +
+	"\rUpgradeRevert\x12\x13\n" +
+	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x125\n" +
+	"\x06stages\x18\x03 \x03(\v2\x1d.dhvisor.coordinator.v1.StageR\x06stages\"$\n" +
 	"\x0eWorkersRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"i\n" +
 	"\x0fWorkersResponse\x12\x1f\n" +
@@ -2750,7 +3369,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bOP_PAUSE\x10\x01\x12\r\n" +
 	"\tOP_RESUME\x10\x02\x12\f\n" +
-	"\bOP_ABORT\x10\x03\"\xd2\x02\n" +
+	"\bOP_ABORT\x10\x03\"\x91\x03\n" +
 	"\tOpRequest\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x1a\n" +
 	"\bservices\x18\x02 \x03(\tR\bservices\x12\x14\n" +
@@ -2764,7 +3383,8 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
 	"on_failure\x18\t \x01(\tR\tonFailure\x12\x14\n" +
 	"\x05label\x18\n" +
-	" \x01(\tR\x05label\"\xec\x02\n" +
+	" \x01(\tR\x05label\x12=\n" +
+	"\aupgrade\x18\v \x01(\v2#.dhvisor.coordinator.v1.UpgradeSpecR\aupgrade\"\xc5\x03\n" +
 	"\tOperation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12;\n" +
 	"\arequest\x18\x02 \x01(\v2!.dhvisor.coordinator.v1.OpRequestR\arequest\x12\x14\n" +
@@ -2777,9 +3397,13 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\rended_unix_ms\x18\b \x01(\x03R\vendedUnixMs\x125\n" +
 	"\x06stages\x18\t \x03(\v2\x1d.dhvisor.coordinator.v1.StageR\x06stages\x12\x18\n" +
 	"\askipped\x18\n" +
-	" \x03(\tR\askipped\";\n" +
+	" \x03(\tR\askipped\x12\x1c\n" +
+	"\treverting\x18\v \x01(\bR\treverting\x12\x18\n" +
+	"\afailure\x18\f \x01(\tR\afailure\x12\x1f\n" +
+	"\vrevert_from\x18\r \x01(\x05R\n" +
+	"revertFrom\";\n" +
 	"\x05Stage\x122\n" +
-	"\x05steps\x18\x01 \x03(\v2\x1c.dhvisor.coordinator.v1.StepR\x05steps\"\x84\x02\n" +
+	"\x05steps\x18\x01 \x03(\v2\x1c.dhvisor.coordinator.v1.StepR\x05steps\"\xcc\x03\n" +
 	"\x04Step\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bservices\x18\x02 \x03(\tR\bservices\x12\x16\n" +
@@ -2790,14 +3414,22 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
 	"ok_unix_ms\x18\a \x01(\x03R\bokUnixMs\x12\"\n" +
 	"\rended_unix_ms\x18\b \x01(\x03R\vendedUnixMs\x12\x1a\n" +
-	"\battempts\x18\t \x01(\x05R\battempts\"\xee\x05\n" +
+	"\battempts\x18\t \x01(\x05R\battempts\x12\x18\n" +
+	"\apackage\x18\n" +
+	" \x01(\tR\apackage\x12!\n" +
+	"\fpackage_path\x18\v \x01(\tR\vpackagePath\x12%\n" +
+	"\x0eversion_before\x18\f \x01(\tR\rversionBefore\x12#\n" +
+	"\rversion_after\x18\r \x01(\tR\fversionAfter\x12\x16\n" +
+	"\x06output\x18\x0e \x01(\tR\x06output\x12%\n" +
+	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\x95\a\n" +
 	"\x05State\x12>\n" +
 	"\x05nodes\x18\x01 \x03(\v2(.dhvisor.coordinator.v1.State.NodesEntryR\x05nodes\x12>\n" +
 	"\x05peers\x18\x02 \x03(\v2(.dhvisor.coordinator.v1.State.PeersEntryR\x05peers\x123\n" +
 	"\x03ops\x18\x03 \x03(\v2!.dhvisor.coordinator.v1.OperationR\x03ops\x12D\n" +
 	"\adesired\x18\x04 \x03(\v2*.dhvisor.coordinator.v1.State.DesiredEntryR\adesired\x128\n" +
 	"\x05audit\x18\x05 \x03(\v2\".dhvisor.coordinator.v1.AuditEntryR\x05audit\x12D\n" +
-	"\aworkers\x18\x06 \x03(\v2*.dhvisor.coordinator.v1.State.WorkersEntryR\aworkers\x1aV\n" +
+	"\aworkers\x18\x06 \x03(\v2*.dhvisor.coordinator.v1.State.WorkersEntryR\aworkers\x12G\n" +
+	"\bpackages\x18\x14 \x03(\v2+.dhvisor.coordinator.v1.State.PackagesEntryR\bpackages\x1aV\n" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
@@ -2811,7 +3443,10 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\v2\x1f.dhvisor.coordinator.v1.DesiredR\x05value:\x028\x01\x1a]\n" +
 	"\fWorkersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x127\n" +
-	"\x05value\x18\x02 \x01(\v2!.dhvisor.coordinator.v1.WorkerSetR\x05value:\x028\x01\"\xb3\x02\n" +
+	"\x05value\x18\x02 \x01(\v2!.dhvisor.coordinator.v1.WorkerSetR\x05value:\x028\x01\x1a\\\n" +
+	"\rPackagesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.dhvisor.coordinator.v1.PackageR\x05value:\x028\x01\"\xdc\x02\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bapi_addr\x18\x02 \x01(\tR\aapiAddr\x12\x14\n" +
@@ -2821,7 +3456,9 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\bservices\x18\x06 \x03(\v2\".dhvisor.coordinator.v1.ServiceDefR\bservices\x12\x14\n" +
 	"\x05state\x18\a \x01(\tR\x05state\x12&\n" +
 	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\x12\x12\n" +
-	"\x04host\x18\t \x01(\tR\x04host\"v\n" +
+	"\x04host\x18\t \x01(\tR\x04host\x12'\n" +
+	"\x0fpackage_version\x18\n" +
+	" \x01(\tR\x0epackageVersion\"v\n" +
 	"\n" +
 	"ServiceDef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
@@ -2877,7 +3514,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\aStepRef\x12\x13\n" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\x05R\x05stage\x12\x12\n" +
-	"\x04step\x18\x03 \x01(\x05R\x04step\"\xd0\x05\n" +
+	"\x04step\x18\x03 \x01(\x05R\x04step\"\x8d\a\n" +
 	"\aCommand\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x01 \x01(\x03R\batUnixMs\x12\x10\n" +
@@ -2898,7 +3535,11 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\fworker_renew\x18\x11 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\vworkerRenew\x12J\n" +
 	"\rworker_expire\x18\x12 \x01(\v2#.dhvisor.coordinator.v1.WorkerLeaseH\x00R\fworkerExpire\x12E\n" +
 	"\vworker_diff\x18\x1e \x01(\v2\".dhvisor.coordinator.v1.WorkerDiffH\x00R\n" +
-	"workerDiffB\x05\n" +
+	"workerDiff\x12B\n" +
+	"\vpackage_add\x18( \x01(\v2\x1f.dhvisor.coordinator.v1.PackageH\x00R\n" +
+	"packageAdd\x12N\n" +
+	"\x0eupgrade_revert\x18) \x01(\v2%.dhvisor.coordinator.v1.UpgradeRevertH\x00R\rupgradeRevert\x12'\n" +
+	"\x0epackage_remove\x18* \x01(\tH\x00R\rpackageRemoveB\x05\n" +
 	"\x03cmd\"q\n" +
 	"\n" +
 	"StepUpdate\x121\n" +
@@ -2908,7 +3549,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12!\n" +
-	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\x8a\v\n" +
+	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\xd8\x0e\n" +
 	"\vCoordinator\x12W\n" +
 	"\x06Status\x12%.dhvisor.coordinator.v1.StatusRequest\x1a&.dhvisor.coordinator.v1.StatusResponse\x12T\n" +
 	"\x05Nodes\x12$.dhvisor.coordinator.v1.NodesRequest\x1a%.dhvisor.coordinator.v1.NodesResponse\x12T\n" +
@@ -2925,7 +3566,12 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\bTransfer\x12'.dhvisor.coordinator.v1.TransferRequest\x1a%.dhvisor.coordinator.v1.PeersResponse\x12f\n" +
 	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12Z\n" +
 	"\aWorkers\x12&.dhvisor.coordinator.v1.WorkersRequest\x1a'.dhvisor.coordinator.v1.WorkersResponse\x12W\n" +
-	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponseB*Z(github.com/dhvisor/dhvisor/proto/coordpbb\x06proto3"
+	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponse\x12X\n" +
+	"\rUploadPackage\x12$.dhvisor.coordinator.v1.PackageChunk\x1a\x1f.dhvisor.coordinator.v1.Package(\x01\x12[\n" +
+	"\x10ReplicatePackage\x12$.dhvisor.coordinator.v1.PackageChunk\x1a\x1f.dhvisor.coordinator.v1.Package(\x01\x12c\n" +
+	"\fFetchPackage\x12+.dhvisor.coordinator.v1.FetchPackageRequest\x1a$.dhvisor.coordinator.v1.PackageChunk0\x01\x12]\n" +
+	"\bPackages\x12'.dhvisor.coordinator.v1.PackagesRequest\x1a(.dhvisor.coordinator.v1.PackagesResponse\x12Q\n" +
+	"\rRecordPackage\x12\x1f.dhvisor.coordinator.v1.Package\x1a\x1f.dhvisor.coordinator.v1.PackageB*Z(github.com/dhvisor/dhvisor/proto/coordpbb\x06proto3"
 
 var (
 	file_coordpb_coord_proto_rawDescOnce sync.Once
@@ -2940,136 +3586,162 @@ func file_coordpb_coord_proto_rawDescGZIP() []byte {
 }
 
 var file_coordpb_coord_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_coordpb_coord_proto_goTypes = []any{
 	(ControlOpRequest_Op)(0),                // 0: dhvisor.coordinator.v1.ControlOpRequest.Op
-	(*WorkersRequest)(nil),                  // 1: dhvisor.coordinator.v1.WorkersRequest
-	(*WorkersResponse)(nil),                 // 2: dhvisor.coordinator.v1.WorkersResponse
-	(*RoutesRequest)(nil),                   // 3: dhvisor.coordinator.v1.RoutesRequest
-	(*RoutesResponse)(nil),                  // 4: dhvisor.coordinator.v1.RoutesResponse
-	(*Route)(nil),                           // 5: dhvisor.coordinator.v1.Route
-	(*StatusRequest)(nil),                   // 6: dhvisor.coordinator.v1.StatusRequest
-	(*StatusResponse)(nil),                  // 7: dhvisor.coordinator.v1.StatusResponse
-	(*NodesRequest)(nil),                    // 8: dhvisor.coordinator.v1.NodesRequest
-	(*NodesResponse)(nil),                   // 9: dhvisor.coordinator.v1.NodesResponse
-	(*PeersRequest)(nil),                    // 10: dhvisor.coordinator.v1.PeersRequest
-	(*PeersResponse)(nil),                   // 11: dhvisor.coordinator.v1.PeersResponse
-	(*PeerStatus)(nil),                      // 12: dhvisor.coordinator.v1.PeerStatus
-	(*JoinRequest)(nil),                     // 13: dhvisor.coordinator.v1.JoinRequest
-	(*RemoveRequest)(nil),                   // 14: dhvisor.coordinator.v1.RemoveRequest
-	(*TransferRequest)(nil),                 // 15: dhvisor.coordinator.v1.TransferRequest
-	(*ListOpsRequest)(nil),                  // 16: dhvisor.coordinator.v1.ListOpsRequest
-	(*ListOpsResponse)(nil),                 // 17: dhvisor.coordinator.v1.ListOpsResponse
-	(*GetOpRequest)(nil),                    // 18: dhvisor.coordinator.v1.GetOpRequest
-	(*AuditRequest)(nil),                    // 19: dhvisor.coordinator.v1.AuditRequest
-	(*AuditResponse)(nil),                   // 20: dhvisor.coordinator.v1.AuditResponse
-	(*ControlOpRequest)(nil),                // 21: dhvisor.coordinator.v1.ControlOpRequest
-	(*OpRequest)(nil),                       // 22: dhvisor.coordinator.v1.OpRequest
-	(*Operation)(nil),                       // 23: dhvisor.coordinator.v1.Operation
-	(*Stage)(nil),                           // 24: dhvisor.coordinator.v1.Stage
-	(*Step)(nil),                            // 25: dhvisor.coordinator.v1.Step
-	(*State)(nil),                           // 26: dhvisor.coordinator.v1.State
-	(*Node)(nil),                            // 27: dhvisor.coordinator.v1.Node
-	(*ServiceDef)(nil),                      // 28: dhvisor.coordinator.v1.ServiceDef
-	(*Peer)(nil),                            // 29: dhvisor.coordinator.v1.Peer
-	(*WorkerSet)(nil),                       // 30: dhvisor.coordinator.v1.WorkerSet
-	(*WorkerDiff)(nil),                      // 31: dhvisor.coordinator.v1.WorkerDiff
-	(*WorkerLease)(nil),                     // 32: dhvisor.coordinator.v1.WorkerLease
-	(*Desired)(nil),                         // 33: dhvisor.coordinator.v1.Desired
-	(*AuditEntry)(nil),                      // 34: dhvisor.coordinator.v1.AuditEntry
-	(*StepRef)(nil),                         // 35: dhvisor.coordinator.v1.StepRef
-	(*Command)(nil),                         // 36: dhvisor.coordinator.v1.Command
-	(*StepUpdate)(nil),                      // 37: dhvisor.coordinator.v1.StepUpdate
-	(*OpUpdate)(nil),                        // 38: dhvisor.coordinator.v1.OpUpdate
-	nil,                                     // 39: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
-	nil,                                     // 40: dhvisor.coordinator.v1.State.NodesEntry
-	nil,                                     // 41: dhvisor.coordinator.v1.State.PeersEntry
-	nil,                                     // 42: dhvisor.coordinator.v1.State.DesiredEntry
-	nil,                                     // 43: dhvisor.coordinator.v1.State.WorkersEntry
-	(*agentpb.ClusterResponse)(nil),         // 44: dhvisor.agent.v1.ClusterResponse
-	(*agentpb.EnvoyUpstream)(nil),           // 45: dhvisor.agent.v1.EnvoyUpstream
-	(*agentpb.Worker)(nil),                  // 46: dhvisor.agent.v1.Worker
-	(*agentpb.RegisterWorkersRequest)(nil),  // 47: dhvisor.agent.v1.RegisterWorkersRequest
-	(*agentpb.RegisterWorkersResponse)(nil), // 48: dhvisor.agent.v1.RegisterWorkersResponse
+	(*PackageChunk)(nil),                    // 1: dhvisor.coordinator.v1.PackageChunk
+	(*Package)(nil),                         // 2: dhvisor.coordinator.v1.Package
+	(*FetchPackageRequest)(nil),             // 3: dhvisor.coordinator.v1.FetchPackageRequest
+	(*PackagesRequest)(nil),                 // 4: dhvisor.coordinator.v1.PackagesRequest
+	(*PackagesResponse)(nil),                // 5: dhvisor.coordinator.v1.PackagesResponse
+	(*UpgradeSpec)(nil),                     // 6: dhvisor.coordinator.v1.UpgradeSpec
+	(*UpgradeRevert)(nil),                   // 7: dhvisor.coordinator.v1.UpgradeRevert
+	(*WorkersRequest)(nil),                  // 8: dhvisor.coordinator.v1.WorkersRequest
+	(*WorkersResponse)(nil),                 // 9: dhvisor.coordinator.v1.WorkersResponse
+	(*RoutesRequest)(nil),                   // 10: dhvisor.coordinator.v1.RoutesRequest
+	(*RoutesResponse)(nil),                  // 11: dhvisor.coordinator.v1.RoutesResponse
+	(*Route)(nil),                           // 12: dhvisor.coordinator.v1.Route
+	(*StatusRequest)(nil),                   // 13: dhvisor.coordinator.v1.StatusRequest
+	(*StatusResponse)(nil),                  // 14: dhvisor.coordinator.v1.StatusResponse
+	(*NodesRequest)(nil),                    // 15: dhvisor.coordinator.v1.NodesRequest
+	(*NodesResponse)(nil),                   // 16: dhvisor.coordinator.v1.NodesResponse
+	(*PeersRequest)(nil),                    // 17: dhvisor.coordinator.v1.PeersRequest
+	(*PeersResponse)(nil),                   // 18: dhvisor.coordinator.v1.PeersResponse
+	(*PeerStatus)(nil),                      // 19: dhvisor.coordinator.v1.PeerStatus
+	(*JoinRequest)(nil),                     // 20: dhvisor.coordinator.v1.JoinRequest
+	(*RemoveRequest)(nil),                   // 21: dhvisor.coordinator.v1.RemoveRequest
+	(*TransferRequest)(nil),                 // 22: dhvisor.coordinator.v1.TransferRequest
+	(*ListOpsRequest)(nil),                  // 23: dhvisor.coordinator.v1.ListOpsRequest
+	(*ListOpsResponse)(nil),                 // 24: dhvisor.coordinator.v1.ListOpsResponse
+	(*GetOpRequest)(nil),                    // 25: dhvisor.coordinator.v1.GetOpRequest
+	(*AuditRequest)(nil),                    // 26: dhvisor.coordinator.v1.AuditRequest
+	(*AuditResponse)(nil),                   // 27: dhvisor.coordinator.v1.AuditResponse
+	(*ControlOpRequest)(nil),                // 28: dhvisor.coordinator.v1.ControlOpRequest
+	(*OpRequest)(nil),                       // 29: dhvisor.coordinator.v1.OpRequest
+	(*Operation)(nil),                       // 30: dhvisor.coordinator.v1.Operation
+	(*Stage)(nil),                           // 31: dhvisor.coordinator.v1.Stage
+	(*Step)(nil),                            // 32: dhvisor.coordinator.v1.Step
+	(*State)(nil),                           // 33: dhvisor.coordinator.v1.State
+	(*Node)(nil),                            // 34: dhvisor.coordinator.v1.Node
+	(*ServiceDef)(nil),                      // 35: dhvisor.coordinator.v1.ServiceDef
+	(*Peer)(nil),                            // 36: dhvisor.coordinator.v1.Peer
+	(*WorkerSet)(nil),                       // 37: dhvisor.coordinator.v1.WorkerSet
+	(*WorkerDiff)(nil),                      // 38: dhvisor.coordinator.v1.WorkerDiff
+	(*WorkerLease)(nil),                     // 39: dhvisor.coordinator.v1.WorkerLease
+	(*Desired)(nil),                         // 40: dhvisor.coordinator.v1.Desired
+	(*AuditEntry)(nil),                      // 41: dhvisor.coordinator.v1.AuditEntry
+	(*StepRef)(nil),                         // 42: dhvisor.coordinator.v1.StepRef
+	(*Command)(nil),                         // 43: dhvisor.coordinator.v1.Command
+	(*StepUpdate)(nil),                      // 44: dhvisor.coordinator.v1.StepUpdate
+	(*OpUpdate)(nil),                        // 45: dhvisor.coordinator.v1.OpUpdate
+	nil,                                     // 46: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	nil,                                     // 47: dhvisor.coordinator.v1.State.NodesEntry
+	nil,                                     // 48: dhvisor.coordinator.v1.State.PeersEntry
+	nil,                                     // 49: dhvisor.coordinator.v1.State.DesiredEntry
+	nil,                                     // 50: dhvisor.coordinator.v1.State.WorkersEntry
+	nil,                                     // 51: dhvisor.coordinator.v1.State.PackagesEntry
+	(*agentpb.ClusterResponse)(nil),         // 52: dhvisor.agent.v1.ClusterResponse
+	(*agentpb.EnvoyUpstream)(nil),           // 53: dhvisor.agent.v1.EnvoyUpstream
+	(*agentpb.Worker)(nil),                  // 54: dhvisor.agent.v1.Worker
+	(*agentpb.RegisterWorkersRequest)(nil),  // 55: dhvisor.agent.v1.RegisterWorkersRequest
+	(*agentpb.RegisterWorkersResponse)(nil), // 56: dhvisor.agent.v1.RegisterWorkersResponse
 }
 var file_coordpb_coord_proto_depIdxs = []int32{
-	30, // 0: dhvisor.coordinator.v1.WorkersResponse.sets:type_name -> dhvisor.coordinator.v1.WorkerSet
-	5,  // 1: dhvisor.coordinator.v1.RoutesResponse.routes:type_name -> dhvisor.coordinator.v1.Route
-	39, // 2: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
-	44, // 3: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
-	11, // 4: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
-	23, // 5: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
-	27, // 6: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
-	12, // 7: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
-	29, // 8: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
-	23, // 9: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
-	34, // 10: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
-	0,  // 11: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
-	22, // 12: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
-	24, // 13: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
-	25, // 14: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
-	40, // 15: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
-	41, // 16: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
-	23, // 17: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
-	42, // 18: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
-	34, // 19: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
-	43, // 20: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
-	28, // 21: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
-	45, // 22: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
-	46, // 23: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
-	46, // 24: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
-	27, // 25: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
-	29, // 26: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
-	23, // 27: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
-	37, // 28: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
-	38, // 29: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
-	30, // 30: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
-	32, // 31: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
-	32, // 32: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
-	31, // 33: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
-	35, // 34: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
-	25, // 35: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
-	27, // 36: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
-	29, // 37: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
-	33, // 38: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
-	30, // 39: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
-	6,  // 40: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
-	8,  // 41: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
-	10, // 42: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
-	16, // 43: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
-	18, // 44: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	18, // 45: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	19, // 46: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
-	22, // 47: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
-	22, // 48: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
-	21, // 49: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
-	13, // 50: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
-	14, // 51: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
-	15, // 52: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
-	47, // 53: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	1,  // 54: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
-	3,  // 55: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
-	7,  // 56: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
-	9,  // 57: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
-	11, // 58: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
-	17, // 59: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
-	23, // 60: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
-	23, // 61: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
-	20, // 62: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
-	23, // 63: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
-	23, // 64: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
-	23, // 65: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
-	11, // 66: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
-	11, // 67: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
-	11, // 68: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
-	48, // 69: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	2,  // 70: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
-	4,  // 71: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
-	56, // [56:72] is the sub-list for method output_type
-	40, // [40:56] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	2,  // 0: dhvisor.coordinator.v1.PackageChunk.header:type_name -> dhvisor.coordinator.v1.Package
+	2,  // 1: dhvisor.coordinator.v1.PackagesResponse.packages:type_name -> dhvisor.coordinator.v1.Package
+	31, // 2: dhvisor.coordinator.v1.UpgradeRevert.stages:type_name -> dhvisor.coordinator.v1.Stage
+	37, // 3: dhvisor.coordinator.v1.WorkersResponse.sets:type_name -> dhvisor.coordinator.v1.WorkerSet
+	12, // 4: dhvisor.coordinator.v1.RoutesResponse.routes:type_name -> dhvisor.coordinator.v1.Route
+	46, // 5: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	52, // 6: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
+	18, // 7: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
+	30, // 8: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
+	34, // 9: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
+	19, // 10: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
+	36, // 11: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
+	30, // 12: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
+	41, // 13: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
+	0,  // 14: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
+	6,  // 15: dhvisor.coordinator.v1.OpRequest.upgrade:type_name -> dhvisor.coordinator.v1.UpgradeSpec
+	29, // 16: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
+	31, // 17: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
+	32, // 18: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
+	47, // 19: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
+	48, // 20: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
+	30, // 21: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
+	49, // 22: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
+	41, // 23: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
+	50, // 24: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
+	51, // 25: dhvisor.coordinator.v1.State.packages:type_name -> dhvisor.coordinator.v1.State.PackagesEntry
+	35, // 26: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
+	53, // 27: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	54, // 28: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
+	54, // 29: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
+	34, // 30: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
+	36, // 31: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
+	30, // 32: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
+	44, // 33: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
+	45, // 34: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
+	37, // 35: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
+	39, // 36: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
+	39, // 37: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
+	38, // 38: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
+	2,  // 39: dhvisor.coordinator.v1.Command.package_add:type_name -> dhvisor.coordinator.v1.Package
+	7,  // 40: dhvisor.coordinator.v1.Command.upgrade_revert:type_name -> dhvisor.coordinator.v1.UpgradeRevert
+	42, // 41: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
+	32, // 42: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
+	34, // 43: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
+	36, // 44: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
+	40, // 45: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
+	37, // 46: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
+	2,  // 47: dhvisor.coordinator.v1.State.PackagesEntry.value:type_name -> dhvisor.coordinator.v1.Package
+	13, // 48: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
+	15, // 49: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
+	17, // 50: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
+	23, // 51: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
+	25, // 52: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	25, // 53: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	26, // 54: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
+	29, // 55: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
+	29, // 56: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
+	28, // 57: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
+	20, // 58: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
+	21, // 59: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
+	22, // 60: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
+	55, // 61: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	8,  // 62: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
+	10, // 63: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
+	1,  // 64: dhvisor.coordinator.v1.Coordinator.UploadPackage:input_type -> dhvisor.coordinator.v1.PackageChunk
+	1,  // 65: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:input_type -> dhvisor.coordinator.v1.PackageChunk
+	3,  // 66: dhvisor.coordinator.v1.Coordinator.FetchPackage:input_type -> dhvisor.coordinator.v1.FetchPackageRequest
+	4,  // 67: dhvisor.coordinator.v1.Coordinator.Packages:input_type -> dhvisor.coordinator.v1.PackagesRequest
+	2,  // 68: dhvisor.coordinator.v1.Coordinator.RecordPackage:input_type -> dhvisor.coordinator.v1.Package
+	14, // 69: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
+	16, // 70: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
+	18, // 71: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
+	24, // 72: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
+	30, // 73: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 74: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
+	27, // 75: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
+	30, // 76: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 77: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 78: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
+	18, // 79: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
+	18, // 80: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
+	18, // 81: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
+	56, // 82: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	9,  // 83: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
+	11, // 84: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
+	2,  // 85: dhvisor.coordinator.v1.Coordinator.UploadPackage:output_type -> dhvisor.coordinator.v1.Package
+	2,  // 86: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:output_type -> dhvisor.coordinator.v1.Package
+	1,  // 87: dhvisor.coordinator.v1.Coordinator.FetchPackage:output_type -> dhvisor.coordinator.v1.PackageChunk
+	5,  // 88: dhvisor.coordinator.v1.Coordinator.Packages:output_type -> dhvisor.coordinator.v1.PackagesResponse
+	2,  // 89: dhvisor.coordinator.v1.Coordinator.RecordPackage:output_type -> dhvisor.coordinator.v1.Package
+	69, // [69:90] is the sub-list for method output_type
+	48, // [48:69] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_coordpb_coord_proto_init() }
@@ -3077,7 +3749,7 @@ func file_coordpb_coord_proto_init() {
 	if File_coordpb_coord_proto != nil {
 		return
 	}
-	file_coordpb_coord_proto_msgTypes[35].OneofWrappers = []any{
+	file_coordpb_coord_proto_msgTypes[42].OneofWrappers = []any{
 		(*Command_NodeUpsert)(nil),
 		(*Command_PeerUpsert)(nil),
 		(*Command_PeerRemove)(nil),
@@ -3088,6 +3760,9 @@ func file_coordpb_coord_proto_init() {
 		(*Command_WorkerRenew)(nil),
 		(*Command_WorkerExpire)(nil),
 		(*Command_WorkerDiff)(nil),
+		(*Command_PackageAdd)(nil),
+		(*Command_UpgradeRevert)(nil),
+		(*Command_PackageRemove)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3095,7 +3770,7 @@ func file_coordpb_coord_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordpb_coord_proto_rawDesc), len(file_coordpb_coord_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   43,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,22 +27,27 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Coordinator_Status_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Status"
-	Coordinator_Nodes_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Nodes"
-	Coordinator_Peers_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Peers"
-	Coordinator_ListOps_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/ListOps"
-	Coordinator_GetOp_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/GetOp"
-	Coordinator_WatchOp_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/WatchOp"
-	Coordinator_Audit_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Audit"
-	Coordinator_Plan_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Plan"
-	Coordinator_StartOp_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/StartOp"
-	Coordinator_ControlOp_FullMethodName       = "/dhvisor.coordinator.v1.Coordinator/ControlOp"
-	Coordinator_Join_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Join"
-	Coordinator_Remove_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Remove"
-	Coordinator_Transfer_FullMethodName        = "/dhvisor.coordinator.v1.Coordinator/Transfer"
-	Coordinator_RegisterWorkers_FullMethodName = "/dhvisor.coordinator.v1.Coordinator/RegisterWorkers"
-	Coordinator_Workers_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/Workers"
-	Coordinator_Routes_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Routes"
+	Coordinator_Status_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Status"
+	Coordinator_Nodes_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Nodes"
+	Coordinator_Peers_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Peers"
+	Coordinator_ListOps_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/ListOps"
+	Coordinator_GetOp_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/GetOp"
+	Coordinator_WatchOp_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/WatchOp"
+	Coordinator_Audit_FullMethodName            = "/dhvisor.coordinator.v1.Coordinator/Audit"
+	Coordinator_Plan_FullMethodName             = "/dhvisor.coordinator.v1.Coordinator/Plan"
+	Coordinator_StartOp_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/StartOp"
+	Coordinator_ControlOp_FullMethodName        = "/dhvisor.coordinator.v1.Coordinator/ControlOp"
+	Coordinator_Join_FullMethodName             = "/dhvisor.coordinator.v1.Coordinator/Join"
+	Coordinator_Remove_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Remove"
+	Coordinator_Transfer_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/Transfer"
+	Coordinator_RegisterWorkers_FullMethodName  = "/dhvisor.coordinator.v1.Coordinator/RegisterWorkers"
+	Coordinator_Workers_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Workers"
+	Coordinator_Routes_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Routes"
+	Coordinator_UploadPackage_FullMethodName    = "/dhvisor.coordinator.v1.Coordinator/UploadPackage"
+	Coordinator_ReplicatePackage_FullMethodName = "/dhvisor.coordinator.v1.Coordinator/ReplicatePackage"
+	Coordinator_FetchPackage_FullMethodName     = "/dhvisor.coordinator.v1.Coordinator/FetchPackage"
+	Coordinator_Packages_FullMethodName         = "/dhvisor.coordinator.v1.Coordinator/Packages"
+	Coordinator_RecordPackage_FullMethodName    = "/dhvisor.coordinator.v1.Coordinator/RecordPackage"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -74,6 +79,20 @@ type CoordinatorClient interface {
 	// Routes is the route table this replica serves Envoy: match, cluster,
 	// endpoints, in the order Envoy tries them.
 	Routes(ctx context.Context, in *RoutesRequest, opts ...grpc.CallOption) (*RoutesResponse, error)
+	// Packages for upgrades. UploadPackage takes the header, then the bytes
+	// in chunks; the replica that receives it copies it to every other
+	// coordinator and records it (name, size, sha256, holders) in raft once a
+	// majority holds it. The bytes stay on disk beside raft, not in its log.
+	UploadPackage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PackageChunk, Package], error)
+	// ReplicatePackage is the copy from one coordinator to another.
+	ReplicatePackage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PackageChunk, Package], error)
+	// FetchPackage streams a stored package from offset (agents resume an
+	// interrupted fetch); agents may call it.
+	FetchPackage(ctx context.Context, in *FetchPackageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PackageChunk], error)
+	Packages(ctx context.Context, in *PackagesRequest, opts ...grpc.CallOption) (*PackagesResponse, error)
+	// RecordPackage is a write (forwarded to the leader): a replica records a
+	// package it and its peers hold.
+	RecordPackage(ctx context.Context, in *Package, opts ...grpc.CallOption) (*Package, error)
 }
 
 type coordinatorClient struct {
@@ -253,6 +272,71 @@ func (c *coordinatorClient) Routes(ctx context.Context, in *RoutesRequest, opts 
 	return out, nil
 }
 
+func (c *coordinatorClient) UploadPackage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PackageChunk, Package], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[1], Coordinator_UploadPackage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PackageChunk, Package]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_UploadPackageClient = grpc.ClientStreamingClient[PackageChunk, Package]
+
+func (c *coordinatorClient) ReplicatePackage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PackageChunk, Package], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[2], Coordinator_ReplicatePackage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PackageChunk, Package]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_ReplicatePackageClient = grpc.ClientStreamingClient[PackageChunk, Package]
+
+func (c *coordinatorClient) FetchPackage(ctx context.Context, in *FetchPackageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PackageChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[3], Coordinator_FetchPackage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchPackageRequest, PackageChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_FetchPackageClient = grpc.ServerStreamingClient[PackageChunk]
+
+func (c *coordinatorClient) Packages(ctx context.Context, in *PackagesRequest, opts ...grpc.CallOption) (*PackagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PackagesResponse)
+	err := c.cc.Invoke(ctx, Coordinator_Packages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) RecordPackage(ctx context.Context, in *Package, opts ...grpc.CallOption) (*Package, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Package)
+	err := c.cc.Invoke(ctx, Coordinator_RecordPackage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -282,6 +366,20 @@ type CoordinatorServer interface {
 	// Routes is the route table this replica serves Envoy: match, cluster,
 	// endpoints, in the order Envoy tries them.
 	Routes(context.Context, *RoutesRequest) (*RoutesResponse, error)
+	// Packages for upgrades. UploadPackage takes the header, then the bytes
+	// in chunks; the replica that receives it copies it to every other
+	// coordinator and records it (name, size, sha256, holders) in raft once a
+	// majority holds it. The bytes stay on disk beside raft, not in its log.
+	UploadPackage(grpc.ClientStreamingServer[PackageChunk, Package]) error
+	// ReplicatePackage is the copy from one coordinator to another.
+	ReplicatePackage(grpc.ClientStreamingServer[PackageChunk, Package]) error
+	// FetchPackage streams a stored package from offset (agents resume an
+	// interrupted fetch); agents may call it.
+	FetchPackage(*FetchPackageRequest, grpc.ServerStreamingServer[PackageChunk]) error
+	Packages(context.Context, *PackagesRequest) (*PackagesResponse, error)
+	// RecordPackage is a write (forwarded to the leader): a replica records a
+	// package it and its peers hold.
+	RecordPackage(context.Context, *Package) (*Package, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -339,6 +437,21 @@ func (UnimplementedCoordinatorServer) Workers(context.Context, *WorkersRequest) 
 }
 func (UnimplementedCoordinatorServer) Routes(context.Context, *RoutesRequest) (*RoutesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Routes not implemented")
+}
+func (UnimplementedCoordinatorServer) UploadPackage(grpc.ClientStreamingServer[PackageChunk, Package]) error {
+	return status.Error(codes.Unimplemented, "method UploadPackage not implemented")
+}
+func (UnimplementedCoordinatorServer) ReplicatePackage(grpc.ClientStreamingServer[PackageChunk, Package]) error {
+	return status.Error(codes.Unimplemented, "method ReplicatePackage not implemented")
+}
+func (UnimplementedCoordinatorServer) FetchPackage(*FetchPackageRequest, grpc.ServerStreamingServer[PackageChunk]) error {
+	return status.Error(codes.Unimplemented, "method FetchPackage not implemented")
+}
+func (UnimplementedCoordinatorServer) Packages(context.Context, *PackagesRequest) (*PackagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Packages not implemented")
+}
+func (UnimplementedCoordinatorServer) RecordPackage(context.Context, *Package) (*Package, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordPackage not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -642,6 +755,67 @@ func _Coordinator_Routes_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_UploadPackage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CoordinatorServer).UploadPackage(&grpc.GenericServerStream[PackageChunk, Package]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_UploadPackageServer = grpc.ClientStreamingServer[PackageChunk, Package]
+
+func _Coordinator_ReplicatePackage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CoordinatorServer).ReplicatePackage(&grpc.GenericServerStream[PackageChunk, Package]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_ReplicatePackageServer = grpc.ClientStreamingServer[PackageChunk, Package]
+
+func _Coordinator_FetchPackage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchPackageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CoordinatorServer).FetchPackage(m, &grpc.GenericServerStream[FetchPackageRequest, PackageChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_FetchPackageServer = grpc.ServerStreamingServer[PackageChunk]
+
+func _Coordinator_Packages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PackagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Packages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Packages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Packages(ctx, req.(*PackagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_RecordPackage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Package)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).RecordPackage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_RecordPackage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).RecordPackage(ctx, req.(*Package))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -709,11 +883,34 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Routes",
 			Handler:    _Coordinator_Routes_Handler,
 		},
+		{
+			MethodName: "Packages",
+			Handler:    _Coordinator_Packages_Handler,
+		},
+		{
+			MethodName: "RecordPackage",
+			Handler:    _Coordinator_RecordPackage_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchOp",
 			Handler:       _Coordinator_WatchOp_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "UploadPackage",
+			Handler:       _Coordinator_UploadPackage_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ReplicatePackage",
+			Handler:       _Coordinator_ReplicatePackage_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "FetchPackage",
+			Handler:       _Coordinator_FetchPackage_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -521,6 +521,7 @@ type Event struct {
 	Node    string
 	Service string
 	PID     int
+	Release string // the stand-in's --release: the package it came from
 }
 
 // Events reads the record file.
@@ -536,7 +537,11 @@ func (c *Cluster) Events() ([]Event, error) {
 		var ns int64
 		var e Event
 		var who string
-		if _, err := fmt.Sscanf(sc.Text(), "%d %s %s %d", &ns, &e.Kind, &who, &e.PID); err != nil {
+		f := strings.Fields(sc.Text())
+		if len(f) == 5 {
+			e.Release = f[4]
+		}
+		if _, err := fmt.Sscanf(strings.Join(f[:min(len(f), 4)], " "), "%d %s %s %d", &ns, &e.Kind, &who, &e.PID); err != nil {
 			return nil, fmt.Errorf("record line %q: %v", sc.Text(), err)
 		}
 		e.At = time.Unix(0, ns)

@@ -231,6 +231,7 @@ type config struct {
 	exitAtStart int     // negative: don't
 	faults      []fault // applied in order once the ports are open
 	record      string
+	release     string // the package release the binary came from, for upgrade tests
 	pidfile     string
 	logFile     string
 	daemonize   bool
@@ -338,6 +339,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&growMax, "grow-max", "", "stop --grow at this `size`, e.g. 200MiB")
 	fs.DurationVar(&cfg.termDelay, "term-delay", 0, "on SIGTERM wait this `duration` before closing the ports and exiting")
 	fs.StringVar(&cfg.record, "record", "", "append start/stop lines to this `file`")
+	fs.StringVar(&cfg.release, "release", "", "the package `release` this binary came from: shown by GET / and added to record lines as a fifth field")
 	fs.StringVar(&cfg.pidfile, "pidfile", "", "write the service's pid to this `file`")
 	fs.StringVar(&cfg.logFile, "log", "", "append logs to this `file` instead of stderr")
 	fs.BoolVar(&cfg.daemonize, "daemonize", false, "fork into the background in a new session; exit 0 once listening")
@@ -376,6 +378,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flag values that are optional need '=', e.g. --crash=3)", fs.Arg(0))
+	}
+	if strings.IndexFunc(cfg.release, unicode.IsSpace) >= 0 {
+		return nil, fmt.Errorf("--release %q: must be without spaces, it is a field of the record file", cfg.release)
 	}
 	if cfg.name == "" || strings.IndexFunc(cfg.name, unicode.IsSpace) >= 0 {
 		return nil, fmt.Errorf("--name %q: must be non-empty without spaces, it is a field of the record file", cfg.name)

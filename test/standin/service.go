@@ -177,7 +177,11 @@ func (s *service) record(event string) {
 	}
 	f, err := os.OpenFile(s.cfg.record, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err == nil {
-		_, err = fmt.Fprintf(f, "%d %s %s %d\n", time.Now().UnixNano(), event, s.cfg.name, s.pid)
+		line := fmt.Sprintf("%d %s %s %d", time.Now().UnixNano(), event, s.cfg.name, s.pid)
+		if s.cfg.release != "" {
+			line += " " + s.cfg.release
+		}
+		_, err = io.WriteString(f, line+"\n")
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -316,6 +320,7 @@ func (s *service) grow(stop chan struct{}, base, rate, max int64) {
 
 type info struct {
 	Name    string    `json:"name"`
+	Release string    `json:"release,omitempty"`
 	Worker  string    `json:"worker,omitempty"`
 	PID     int       `json:"pid"`
 	Port    int       `json:"port"`
@@ -384,7 +389,7 @@ func (s *service) fileDigest(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *service) identity(w http.ResponseWriter, r *http.Request) {
-	in := info{Name: s.cfg.name, Worker: s.cfg.worker, PID: s.pid, Started: s.started, Healthy: !s.unhealthy.Load() && !s.stopping.Load()}
+	in := info{Name: s.cfg.name, Release: s.cfg.release, Worker: s.cfg.worker, PID: s.pid, Started: s.started, Healthy: !s.unhealthy.Load() && !s.stopping.Load()}
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
 		in.Port = a.Port
 	}

@@ -1,0 +1,192 @@
+package install
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+)
+
+// Source streams a stored package from the coordinator at addr, starting at
+// offset, into w (the gRPC client in production).
+type Source interface {
+	Fetch(ctx context.Context, addr, sha256 string, offset int64, w io.Writer) error
+}
+
+var shaRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// validateRef checks a package reference from the coordinator.
+func validateRef(ref *pb.PackageRef) error {
+	switch {
+	case ref == nil:
+		return errors.New("package: missing")
+	case ref.Path != "":
+		if !filepath.IsAbs(ref.Path) {
+			return fmt.Errorf("package.path %q: must be absolute", ref.Path)
+		}
+		if ref.Sha256 != "" && !shaRE.MatchString(ref.Sha256) {
+			return fmt.Errorf("package.sha256 %q: expected 64 lowercase hex digits", ref.Sha256)
+		}
+	case !shaRE.MatchString(ref.Sha256):
+		return fmt.Errorf("package.sha256 %q: expected 64 lowercase hex digits", ref.Sha256)
+	case ref.Size <= 0:
+		return fmt.Errorf("package.size %d: must be positive", ref.Size)
+	case len(ref.Sources) == 0:
+		return errors.New("package.sources: no coordinator holds the package")
+	case ref.FileName == "" || filepath.Base(ref.FileName) != ref.FileName || ref.FileName == "." || ref.FileName == "..":
+		return fmt.Errorf("package.file_name %q: expected a plain file name", ref.FileName)
+	}
+	return nil
+}
+
+// fetch returns the package as a verified local file: the path given, or a
+// copy in the cache, fetched from the sources and resumed from what an
+// earlier, interrupted fetch left.
+func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress func(*pb.InstallProgress)) (string, error) {
+	if ref.Path != "" {
+		st, err := os.Stat(ref.Path)
+		if err != nil {
+			return "", fmt.Errorf("package %s: %w", ref.Path, err)
+		}
+		if !st.Mode().IsRegular() {
+			return "", fmt.Errorf("package %s: not a regular file", ref.Path)
+		}
+		if ref.Sha256 != "" {
+			if err := verify(ref.Path, ref.Sha256); err != nil {
+				return "", err
+			}
+		}
+		return ref.Path, nil
+	}
+	dir := filepath.Join(in.cfg.CacheDir, ref.Sha256)
+	file := filepath.Join(dir, ref.FileName)
+	if _, err := os.Stat(file); err == nil {
+		// Verified when it was fetched; checked again, as a disk can rot
+		// and the install must be of exactly what was uploaded.
+		if err := verify(file, ref.Sha256); err == nil {
+			return file, nil
+		}
+		os.Remove(file)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", err
+	}
+	part := file + ".part"
+	f, err := os.OpenFile(part, os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	have, err := io.Copy(h, f) // what an interrupted fetch left
+	if err != nil {
+		return "", err
+	}
+	if have > ref.Size {
+		if err := f.Truncate(0); err != nil {
+			return "", err
+		}
+		h.Reset()
+		have = 0
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return "", err
+		}
+	}
+	w := &progressWriter{f: f, h: h, n: have, total: ref.Size, progress: progress}
+	var errs []error
+	for _, addr := range ref.Sources {
+		if w.n >= ref.Size {
+			break
+		}
+		if w.n > 0 {
+			in.log.Info("resuming a package fetch", "sha256", ref.Sha256, "from", addr, "offset", w.n)
+		}
+		err := in.src.Fetch(ctx, addr, ref.Sha256, w.n, w)
+		if err == nil && w.n == ref.Size {
+			break
+		}
+		if err == nil {
+			err = fmt.Errorf("stream ended at %d of %d bytes", w.n, ref.Size)
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if w.n != ref.Size {
+		return "", fmt.Errorf("fetching the package (%d of %d bytes so far, kept to resume): %w", w.n, ref.Size, errors.Join(errs...))
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != ref.Sha256 {
+		os.Remove(part)
+		return "", fmt.Errorf("fetched package has sha256 %s, expected %s: discarded", got, ref.Sha256)
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(part, file); err != nil {
+		return "", err
+	}
+	return file, nil
+}
+
+// progressWriter appends fetched bytes to the partial file, hashing them.
+type progressWriter struct {
+	f        *os.File
+	h        hash.Hash
+	n, total int64
+	last     int64
+	progress func(*pb.InstallProgress)
+}
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	if w.n+int64(len(p)) > w.total {
+		return 0, fmt.Errorf("the coordinator sent more than the package's %d bytes", w.total)
+	}
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	// Progress every 5% is enough to show and cheap to send.
+	if w.progress != nil && (w.n-w.last >= w.total/20 || w.n == w.total) {
+		w.last = w.n
+		w.progress(&pb.InstallProgress{Phase: "fetching", Bytes: w.n, Total: w.total})
+	}
+	return n, err
+}
+
+func verify(file, want string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return fmt.Errorf("package %s has sha256 %s, expected %s", file, got, want)
+	}
+	return nil
+}
+
+// prune removes cached packages other than keep (the package just
+// installed and the one it replaced, which a revert may need).
+func (in *Installer) prune(keep ...string) {
+	ents, err := os.ReadDir(in.cfg.CacheDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if e.IsDir() && !contains(keep, e.Name()) {
+			os.RemoveAll(filepath.Join(in.cfg.CacheDir, e.Name()))
+		}
+	}
+}

@@ -1,0 +1,353 @@
+package install
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/internal/config"
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+	"github.com/dhvisor/dhvisor/test/debpkg"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// needDpkg: these tests install real packages with dpkg into a private
+// root, which needs root (file ownership); CI runs them.
+func needDpkg(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("dpkg-deb"); err != nil || os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("dpkg and root are needed; CI must run this (%v)", err)
+		}
+		t.Skip("needs dpkg and root")
+	}
+}
+
+// memSource serves packages from memory, optionally failing once after
+// cutAt bytes (an interrupted transfer).
+type memSource struct {
+	mu      sync.Mutex
+	blobs   map[string][]byte
+	cutAt   map[string]int64 // by address: end the stream with an error after this many bytes, once
+	offsets []string         // "addr@offset" of every fetch
+}
+
+func (s *memSource) Fetch(_ context.Context, addr, sha string, offset int64, w io.Writer) error {
+	s.mu.Lock()
+	b, ok := s.blobs[sha]
+	s.offsets = append(s.offsets, fmt.Sprintf("%s@%d", addr, offset))
+	cut, cutting := s.cutAt[addr]
+	delete(s.cutAt, addr)
+	s.mu.Unlock()
+	if !ok {
+		return errors.New("no such package")
+	}
+	end := int64(len(b))
+	if cutting && offset+cut < end {
+		end = offset + cut
+	}
+	for p := offset; p < end; p += 1000 {
+		if _, err := w.Write(b[p:min(p+1000, end)]); err != nil {
+			return err
+		}
+	}
+	if end < int64(len(b)) {
+		return errors.New("connection reset")
+	}
+	return nil
+}
+
+type fixture struct {
+	t      *testing.T
+	dir    string
+	root   string
+	count  string // one line per run of the install command
+	debs   map[string]string
+	src    *memSource
+	in     *Installer
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	needDpkg(t)
+	f := &fixture{t: t, dir: t.TempDir(), debs: map[string]string{}, src: &memSource{blobs: map[string][]byte{}, cutAt: map[string]int64{}}}
+	f.root = filepath.Join(f.dir, "root")
+	f.count = filepath.Join(f.dir, "installs.log")
+	if err := debpkg.InitRoot(f.root); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []debpkg.Spec{{Version: "1.0"}, {Version: "2.0"}, {Version: "3.0", FailPostinstIf: "etc/fail"}} {
+		s.Name, s.Standin = "illumon-db", "/bin/true"
+		deb, err := debpkg.Build(f.dir, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.debs[s.Version] = deb
+		b, _ := os.ReadFile(deb)
+		f.src.blobs[sum(b)] = b
+	}
+	f.start()
+	return f
+}
+
+func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+
+// cfg counts every run of the install command, then runs dpkg into root.
+func (f *fixture) cfg() config.Packages {
+	install := append([]string{"/bin/sh", "-c", `echo "$0" >> ` + f.count + `; exec "$@"`, "{{.Version}}"}, debpkg.InstallCommand(f.root)...)
+	return config.Packages{Name: "illumon-db", Tool: "auto", Install: install, Query: debpkg.QueryCommand(f.root), CacheDir: filepath.Join(f.dir, "cache"), Timeout: config.Duration(time.Minute)}
+}
+
+// start runs a new installer on the same journal, as a restarted agent.
+func (f *fixture) start() {
+	f.in = New(f.cfg(), f.src, filepath.Join(f.dir, "journal.json"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel, f.done = cancel, make(chan struct{})
+	go func() { f.in.Run(ctx); close(f.done) }()
+	f.t.Cleanup(f.stop)
+}
+
+func (f *fixture) stop() {
+	f.cancel()
+	<-f.done
+}
+
+func (f *fixture) ref(version string) *pb.PackageRef {
+	b, _ := os.ReadFile(f.debs[version])
+	return &pb.PackageRef{Sha256: sum(b), Size: int64(len(b)), FileName: filepath.Base(f.debs[version]), Sources: []string{"c1", "c2"}}
+}
+
+func (f *fixture) install(token string, ref *pb.PackageRef, expect string) *pb.InstallResult {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := f.in.Install(ctx, &pb.InstallRequest{OpToken: token, Package: ref, ExpectVersion: expect}, nil)
+	if err != nil {
+		f.t.Fatalf("install %s: %v", token, err)
+	}
+	return res
+}
+
+func (f *fixture) installs() []string {
+	b, _ := os.ReadFile(f.count)
+	return strings.Fields(string(b))
+}
+
+func (f *fixture) installed() string {
+	f.t.Helper()
+	s, _ := debpkg.Installed(f.root, "illumon-db")
+	return s
+}
+
+// An upgrade and a revert with the real dpkg: versions before and after,
+// one install per step token however often the step is sent, the tool's
+// output on a failing postinst, and a revert over the half-configured
+// package.
+func TestInstallUpgradeFailRevert(t *testing.T) {
+	f := newFixture(t)
+	if err := debpkg.Install(f.root, f.debs["1.0"]); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.in.Installed(context.Background()); got != "illumon-db 1.0" {
+		t.Fatalf("installed: %q", got)
+	}
+
+	res := f.install("op-1/1/0", f.ref("2.0"), "")
+	if res.Failed || res.Before != "1.0" || res.After != "2.0" || res.Package != "illumon-db" || res.Version != "2.0" {
+		t.Fatalf("upgrade: %+v", res)
+	}
+	again := f.install("op-1/1/0", f.ref("2.0"), "")
+	if !again.Repeated || again.After != "2.0" || again.Before != "1.0" {
+		t.Fatalf("repeated step: %+v", again)
+	}
+	if got := f.installs(); len(got) != 1 {
+		t.Fatalf("install command runs %v, want one", got)
+	}
+	if same := f.install("op-2/1/0", f.ref("2.0"), ""); !same.Unchanged || same.Failed {
+		t.Fatalf("a new step to the installed version: %+v", same)
+	}
+	if got := f.installs(); len(got) != 1 {
+		t.Fatalf("install command runs %v: the installed version was installed again", got)
+	}
+
+	if err := os.MkdirAll(filepath.Join(f.root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.root, "etc/fail"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := f.install("op-3/1/0", f.ref("3.0"), "")
+	if !bad.Failed || !strings.Contains(bad.Output, "postinst: cannot configure illumon-db 3.0") || !strings.Contains(bad.Message, "exited with status 1") || bad.After != "3.0 (half-configured)" {
+		t.Fatalf("failing postinst: %+v", bad)
+	}
+	if got := f.installed(); got != "iF 3.0" {
+		t.Fatalf("dpkg says %q", got)
+	}
+	if wrong := f.install("op-3/2/0", f.ref("1.0"), "2.0"); !wrong.Failed || !strings.Contains(wrong.Message, "the node ran 2.0 before") {
+		t.Fatalf("revert to a package of another version than the node ran: %+v", wrong)
+	}
+	back := f.install("op-3/2/1", f.ref("2.0"), "2.0")
+	if back.Failed || back.After != "2.0" || back.Before != "3.0 (half-configured)" {
+		t.Fatalf("revert: %+v", back)
+	}
+	if got := f.installed(); got != "ii 2.0" {
+		t.Fatalf("after the revert dpkg says %q", got)
+	}
+	// Packages of failed steps leave the cache; the installed one stays.
+	ents, _ := os.ReadDir(filepath.Join(f.dir, "cache"))
+	if len(ents) != 1 || ents[0].Name() != f.ref("2.0").Sha256 {
+		t.Errorf("cache holds %v, want only 2.0's package", ents)
+	}
+}
+
+// A fetch cut off half-way resumes from where it stopped, from the next
+// coordinator; a package whose bytes do not match its sha256 is refused and
+// its bytes discarded.
+func TestFetchResumesAndVerifies(t *testing.T) {
+	f := newFixture(t)
+	ref := f.ref("1.0")
+	f.src.cutAt["c1"] = ref.Size / 3
+	res := f.install("op-1/0/0", ref, "")
+	if res.Failed || res.After != "1.0" {
+		t.Fatalf("install: %+v", res)
+	}
+	if len(f.src.offsets) != 2 || f.src.offsets[0] != "c1@0" || f.src.offsets[1] != fmt.Sprintf("c2@%d", ref.Size/3) || !strings.HasPrefix(f.src.offsets[1], "c2@") || f.src.offsets[1] == "c2@0" {
+		t.Fatalf("fetches %v: the second should resume where the first stopped", f.src.offsets)
+	}
+
+	bad := f.ref("2.0")
+	f.src.blobs[bad.Sha256] = bytes.Repeat([]byte("x"), int(bad.Size))
+	res = f.install("op-2/0/0", bad, "")
+	if !res.Failed || !strings.Contains(res.Message, "expected "+bad.Sha256) {
+		t.Fatalf("corrupt package: %+v", res)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "cache", bad.Sha256, bad.FileName+".part")); !os.IsNotExist(err) {
+		t.Errorf("corrupt bytes kept: %v", err)
+	}
+	if got := f.installed(); got != "ii 1.0" {
+		t.Errorf("dpkg says %q after a refused package", got)
+	}
+}
+
+// An agent killed while the package tool ran: the next agent waits for that
+// tool, then asks what is installed and marks the step done (the install
+// finished) or runs it again (it did not).
+func TestAgentRestartedMidInstall(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		finished    bool // the tool the old agent left finished the install
+		wantMessage string
+		wantRuns    int
+	}{
+		{"tool finished", true, "finished while the agent was down", 0},
+		{"tool did not", false, "", 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			ref := f.ref("2.0")
+			if tt.finished {
+				if err := debpkg.Install(f.root, f.debs["2.0"]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// What the killed agent left: the step running, its tool alive.
+			tool := exec.Command("sleep", "0.5")
+			if err := tool.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waited := make(chan struct{})
+			go func() { _ = tool.Wait(); close(waited) }()
+			f.stop()
+			rec := &record{Token: "op-1/1/0", State: stateRunning, Sha256: ref.Sha256, PID: tool.Process.Pid}
+			if st, err := readStart(tool.Process.Pid); err == nil {
+				rec.PIDStart = st
+			}
+			f.in.save(rec)
+			f.start()
+			t0 := time.Now()
+			res := f.install("op-1/1/0", ref, "")
+			<-waited
+			if time.Since(t0) < 300*time.Millisecond {
+				t.Errorf("the step did not wait for the tool the old agent started")
+			}
+			if res.Failed || res.After != "2.0" || !strings.Contains(res.Message, tt.wantMessage) {
+				t.Fatalf("resumed step: %+v", res)
+			}
+			if got := len(f.installs()); got != tt.wantRuns {
+				t.Errorf("install command ran %d times, want %d", got, tt.wantRuns)
+			}
+		})
+	}
+}
+
+func TestRequestValidation(t *testing.T) {
+	f := newFixture(t)
+	good := f.ref("1.0")
+	for _, tt := range []struct {
+		name string
+		req  *pb.InstallRequest
+		want string
+	}{
+		{"no token", &pb.InstallRequest{Package: good}, "op_token: required"},
+		{"no package", &pb.InstallRequest{OpToken: "t"}, "package: missing"},
+		{"bad sha", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: "abc", Size: 1, FileName: "x.deb", Sources: []string{"c"}}}, "package.sha256"},
+		{"no sources", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: good.Sha256, Size: 1, FileName: "x.deb"}}, "package.sources"},
+		{"path in name", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: good.Sha256, Size: 1, FileName: "../x.deb", Sources: []string{"c"}}}, "package.file_name"},
+		{"relative path", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Path: "x.deb"}}, "must be absolute"},
+		{"negative timeout", &pb.InstallRequest{OpToken: "t", Package: good, TimeoutMs: -1}, "timeout_ms"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.in.Install(context.Background(), tt.req, nil)
+			var re *RequestError
+			if !errors.As(err, &re) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want a RequestError with %q", err, tt.want)
+			}
+		})
+	}
+	// A path on the node is used as it is.
+	res := f.install("op-1/0/0", &pb.PackageRef{Path: f.debs["1.0"], Sha256: good.Sha256}, "")
+	if res.Failed || res.After != "1.0" {
+		t.Fatalf("install from a path: %+v", res)
+	}
+}
+
+func TestParseQuery(t *testing.T) {
+	for in, want := range map[string]Installed{
+		"":           {},
+		"1.2-1":      {Version: "1.2-1", Clean: true},
+		"(none):1.2": {Version: "1.2", Clean: true},
+		"ii  1.0":    {Version: "1.0", Clean: true, Status: "ii"},
+		"iF 3.0":     {Version: "3.0", Status: "iF"},
+		"iU 3.0":     {Version: "3.0", Status: "iU"},
+		"un 1.0":     {},
+		"rc 1.0":     {},
+		"iiR 1.0":    {Version: "1.0", Status: "iiR"},
+	} {
+		if got := parseQuery(in); got != want {
+			t.Errorf("parseQuery(%q) = %+v, want %+v", in, got, want)
+		}
+	}
+}
+
+func readStart(pid int) (uint64, error) {
+	st, err := procfs.ReadStat(pid)
+	return st.StartTicks, err
+}

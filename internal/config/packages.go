@@ -1,0 +1,123 @@
+package config
+
+import (
+	"bytes"
+	"maps"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"text/template"
+	"time"
+)
+
+// Packages is how the agent installs the Deephaven package in an upgrade
+// (agent.yaml packages:).
+type Packages struct {
+	// Name is the Deephaven package whose installed version the node
+	// reports until an upgrade names another (default illumon-db).
+	Name string `yaml:"name"`
+	// Tool is the package tool: auto (default: by the package's format,
+	// the first of dnf, yum, rpm or apt-get, dpkg the node has), or one of
+	// them by name.
+	Tool string `yaml:"tool"`
+	// Install is a command template replacing the tool's install command:
+	// {{.File}}, {{.Package}}, {{.Version}}, {{.Downgrade}} (a revert).
+	Install []string `yaml:"install"`
+	// Query is a command template printing the installed version of
+	// {{.Package}}, optionally after dpkg's status abbreviation ("ii 1.2-1");
+	// no output or a "not installed" failure means none is.
+	Query []string `yaml:"query"`
+	// CacheDir keeps fetched packages (default <state_dir>/packages).
+	CacheDir string `yaml:"cache_dir"`
+	// Timeout bounds one install (default 30m).
+	Timeout Duration `yaml:"timeout"`
+}
+
+// PackageTools are the tools packages.tool may name, with the programs each
+// needs on the node.
+var PackageTools = map[string][]string{
+	"dnf": {"dnf", "rpm"}, "yum": {"yum", "rpm"}, "rpm": {"rpm"},
+	"apt": {"apt-get", "dpkg-query", "dpkg-deb"}, "dpkg": {"dpkg", "dpkg-query", "dpkg-deb"},
+}
+
+// PackageCommand is what packages.install and packages.query templates see.
+type PackageCommand struct {
+	File, Package, Version string
+	Downgrade              bool
+}
+
+// Command expands the command template tmpl for this package.
+func (c PackageCommand) Command(tmpl []string) ([]string, error) {
+	out := make([]string, len(tmpl))
+	for i, a := range tmpl {
+		t, err := template.New("").Option("missingkey=error").Parse(a)
+		if err != nil {
+			return nil, err
+		}
+		var b bytes.Buffer
+		if err := t.Execute(&b, c); err != nil {
+			return nil, err
+		}
+		out[i] = b.String()
+	}
+	return out, nil
+}
+
+func (p *Packages) applyDefaults(stateDir, dir string) {
+	if p.Name == "" {
+		p.Name = "illumon-db"
+	}
+	if p.Tool == "" {
+		p.Tool = "auto"
+	}
+	if p.CacheDir == "" {
+		p.CacheDir = filepath.Join(stateDir, "packages")
+	} else if !filepath.IsAbs(p.CacheDir) {
+		p.CacheDir = filepath.Join(dir, p.CacheDir)
+	}
+	if p.Timeout == 0 {
+		p.Timeout = Duration(30 * time.Minute)
+	}
+}
+
+// validatePackages checks packages: its tool exists on this node, its
+// templates parse and name only what they may.
+func (n *Node) validatePackages(es *Errors, src *source, org origins) {
+	p := n.Agent.Packages
+	loc := func(path ...string) int {
+		_, l := locate(org, src.root, src.file, append([]string{"packages"}, path...)...)
+		return l
+	}
+	if p.Tool != "auto" {
+		progs, ok := PackageTools[p.Tool]
+		if !ok {
+			names := append(slices.Sorted(maps.Keys(PackageTools)), "auto")
+			es.add(src.file, loc("tool"), "packages.tool", "%q is not a package tool (expected one of %s)", p.Tool, strings.Join(names, ", "))
+		} else if len(p.Install) == 0 || len(p.Query) == 0 {
+			for _, prog := range progs {
+				if _, err := exec.LookPath(prog); err != nil {
+					es.add(src.file, loc("tool"), "packages.tool", "%s needs %s, which is not on this node's PATH", p.Tool, prog)
+				}
+			}
+		}
+	}
+	if p.Timeout < 0 {
+		es.add(src.file, loc("timeout"), "packages.timeout", "must not be negative")
+	}
+	sample := PackageCommand{File: "/tmp/x.rpm", Package: "illumon-db", Version: "1.0", Downgrade: true}
+	for _, f := range []struct {
+		key  string
+		tmpl []string
+	}{{"install", p.Install}, {"query", p.Query}} {
+		for i, a := range f.tmpl {
+			if _, err := sample.Command([]string{a}); err != nil {
+				es.add(src.file, loc(f.key, strconv.Itoa(i)), "packages."+f.key+"."+strconv.Itoa(i), "template %q: %v (it may use {{.File}}, {{.Package}}, {{.Version}}, {{.Downgrade}})", a, cleanTemplateErr(err))
+			}
+		}
+		if len(f.tmpl) > 0 && strings.TrimSpace(f.tmpl[0]) == "" {
+			es.add(src.file, loc(f.key, "0"), "packages."+f.key+".0", "the program to run is empty")
+		}
+	}
+}
