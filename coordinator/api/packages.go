@@ -49,6 +49,9 @@ func (s *Server) UploadPackage(stream grpc.ClientStreamingServer[pb.PackageChunk
 	if err != nil {
 		return err
 	}
+	if err := s.waitApplied(ctx, func() bool { return s.FSM.Package(hdr.Sha256) != nil }); err != nil {
+		return err
+	}
 	return stream.SendAndClose(got)
 }
 
@@ -236,7 +239,9 @@ func (s *Server) Packages(context.Context, *pb.PackagesRequest) (*pb.PackagesRes
 // RecordPackage implements pb.CoordinatorServer.
 func (s *Server) RecordPackage(ctx context.Context, req *pb.Package) (*pb.Package, error) {
 	if !s.Raft.IsLeader() {
-		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Package, error) { return c.RecordPackage(ctx, req) })
+		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Package, error) {
+			return c.RecordPackage(ctx, req)
+		})
 	}
 	res, err := s.commit(ctx, principal(ctx), &pb.Command{Cmd: &pb.Command_PackageAdd{PackageAdd: req}})
 	if err != nil {

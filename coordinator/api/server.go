@@ -215,10 +215,35 @@ func (s *Server) Plan(_ context.Context, req *pb.OpRequest) (*pb.Operation, erro
 
 // ---- writes ----
 
+// waitApplied waits until done holds in this replica's state. A follower
+// that forwarded a write answers the caller's next read from its own state,
+// which applies the leader's entry a moment later: the caller must find
+// what it just wrote (the operation it started, the package it uploaded).
+func (s *Server) waitApplied(ctx context.Context, done func() bool) error {
+	timeout := time.After(10 * time.Second)
+	for {
+		changed := s.FSM.Changed()
+		if done() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		case <-timeout:
+			return status.Errorf(codes.Unavailable, "the write is committed, but coordinator %s has not applied it yet; retry the read", s.Raft.ID())
+		}
+	}
+}
+
 // StartOp implements pb.CoordinatorServer.
 func (s *Server) StartOp(ctx context.Context, req *pb.OpRequest) (*pb.Operation, error) {
 	if !s.Raft.IsLeader() {
-		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Operation, error) { return c.StartOp(ctx, req) })
+		op, err := forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Operation, error) { return c.StartOp(ctx, req) })
+		if err != nil {
+			return nil, err
+		}
+		return op, s.waitApplied(ctx, func() bool { _, ok := s.FSM.Op(op.Id); return ok })
 	}
 	op, err := s.Plan(ctx, req)
 	if err != nil {

@@ -103,9 +103,6 @@ func (n *Node) validatePackages(es *Errors, src *source, org origins) {
 			}
 		}
 	}
-	if p.Timeout < 0 {
-		es.add(src.file, loc("timeout"), "packages.timeout", "must not be negative")
-	}
 	sample := PackageCommand{File: "/tmp/x.rpm", Package: "illumon-db", Version: "1.0", Downgrade: true}
 	for _, f := range []struct {
 		key  string

@@ -135,6 +135,9 @@ func renderCluster(w io.Writer, resp *pb.ClusterResponse, now time.Time, color b
 		if n.DeephavenVersion != "" {
 			facts = append(facts, "Deephaven "+n.DeephavenVersion)
 		}
+		if n.PackageVersion != "" {
+			facts = append(facts, "package "+n.PackageVersion)
+		}
 		if n.DhvisorVersion != "" {
 			facts = append(facts, "dhvisor "+n.DhvisorVersion)
 		}
@@ -201,7 +204,7 @@ func (o *options) nodesCmd() *cobra.Command {
 				}
 				now := time.Now()
 				tw := tabwriter.NewWriter(o.out, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tDHVISOR\tADDRESS\tGOSSIP KEYS")
+				fmt.Fprintln(tw, "NODE\tSTATE\tFOR\tROLES\tSERVICES OK\tDEEPHAVEN\tPACKAGE\tDHVISOR\tADDRESS\tGOSSIP KEYS")
 				down := 0
 				for _, n := range resp.Nodes {
 					ok := 0
@@ -220,7 +223,7 @@ func (o *options) nodesCmd() *cobra.Command {
 					if name == resp.LocalNode {
 						name += " *"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), roles, ok, len(n.Services), dash(n.DeephavenVersion), dash(n.DhvisorVersion), dash(n.Addr), dash(strings.Join(n.KeyIds, ",")))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\n", name, n.State, ago(now, n.StateSinceUnixMs), roles, ok, len(n.Services), dash(n.DeephavenVersion), dash(n.PackageVersion), dash(n.DhvisorVersion), dash(n.Addr), dash(strings.Join(n.KeyIds, ",")))
 				}
 				tw.Flush()
 				if down > 0 {

@@ -32,9 +32,16 @@ type opFlags struct {
 func (f *opFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.BoolVar(&f.local, "local", false, "act on this node only, through its agent, even when coordinators are known")
-	fl.StringSliceVar(&f.nodes, "node", nil, "cluster: only these nodes (repeatable)")
 	fl.StringSliceVar(&f.except, "except", nil, "cluster: leave these services out (e.g. iris_controller,db_query_server)")
 	fl.IntVar(&f.batchSize, "batch-size", 0, "cluster: nodes acted on at once within a stage (0: all)")
+	f.addGate(cmd)
+}
+
+// addGate adds the flags every cluster-wide operation has: where, the
+// health gate, what to do on failure, and how to follow it.
+func (f *opFlags) addGate(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringSliceVar(&f.nodes, "node", nil, "cluster: only these nodes (repeatable)")
 	fl.DurationVar(&f.minHealthy, "min-healthy-time", 0, "cluster: how long services must stay OK before the next stage (default: the coordinator's, 10s)")
 	fl.DurationVar(&f.healthyDeadline, "healthy-deadline", 0, "cluster: a step must be healthy within this (default: the coordinator's, 5m)")
 	fl.DurationVar(&f.progressDeadline, "progress-deadline", 0, "cluster: the operation fails if no step completes within this (default 10m)")
@@ -86,24 +93,39 @@ func (o *options) clusterOp(cmd *cobra.Command, f *opFlags, action string, servi
 	if err != nil {
 		return true, err
 	}
+	return true, o.startOp(ctx, c, f, req)
+}
+
+// startOp prints the plan (--dry-run), or starts the operation and follows
+// it unless --detach.
+func (o *options) startOp(ctx context.Context, c pb.CoordinatorClient, f *opFlags, req *pb.OpRequest) error {
+	label := req.Label
 	if f.dryRun {
 		op, err := c.Plan(ctx, req)
 		if err != nil {
-			return true, rpcError(err)
+			return rpcError(err)
 		}
 		fmt.Fprintf(o.out, "plan for %s (nothing done):\n", label)
 		renderOp(o.out, op, time.Now(), false)
-		return true, nil
+		return nil
 	}
 	op, err := c.StartOp(ctx, req)
 	if err != nil {
-		return true, rpcError(err)
+		return rpcError(err)
 	}
 	if f.detach {
-		fmt.Fprintf(o.out, "%s started: %s; follow it with `dhctl ops show %s --follow`\n", op.Id, label, op.Id)
-		return true, nil
+		fmt.Fprintf(o.out, "%s started: %s; follow it with `dhctl %s %s --follow`\n", op.Id, label, showCommand(op), op.Id)
+		return nil
 	}
-	return true, o.follow(ctx, c, op.Id)
+	return o.follow(ctx, c, op.Id)
+}
+
+// showCommand is how an operator looks at op.
+func showCommand(op *pb.Operation) string {
+	if op.GetRequest().GetAction() == "upgrade" {
+		return "upgrade status"
+	}
+	return "ops show"
 }
 
 // follow shows an operation live until it ends. Interrupting dhctl leaves
@@ -195,7 +217,7 @@ func printChanges(w io.Writer, prev, op *pb.Operation) {
 			if was == nil && s.State == "pending" {
 				continue
 			}
-			fmt.Fprintf(w, "%s stage %d: %s %s on %s: %s%s\n", time.Now().Format("15:04:05.000"), i+1, s.Action, strings.Join(s.Services, ","), s.Node, stepWord(s), suffix(s.Message))
+			fmt.Fprintf(w, "%s stage %d: %s %s on %s: %s%s\n", time.Now().Format("15:04:05.000"), i+1, s.Action, stepWhat(s), s.Node, stepWord(s), suffix(s.Message))
 		}
 	}
 	if prev == nil || prev.State != op.State {
@@ -237,6 +259,9 @@ func renderOp(w io.Writer, op *pb.Operation, now time.Time, color bool) {
 	if r != nil {
 		fmt.Fprintf(w, "  health gate: OK for %v within %v per step; on failure %s\n", time.Duration(r.MinHealthyTimeMs)*time.Millisecond, time.Duration(r.HealthyDeadlineMs)*time.Millisecond, r.OnFailure)
 	}
+	if r.GetUpgrade() != nil {
+		renderUpgrade(w, op, now, color)
+	}
 	for i, st := range op.Stages {
 		for j, s := range st.Steps {
 			stage := ""
@@ -257,7 +282,12 @@ func renderOp(w io.Writer, op *pb.Operation, now time.Time, color bool) {
 			if s.Message != "" && s.State != "done" {
 				detail += " " + s.Message
 			}
-			fmt.Fprintf(w, "  %-8s %s %-16s %-8s %-52s %s %s\n", stage, paint(color, stepColor(s.State), mark), s.Node, s.Action, strings.Join(s.Services, ","), paint(color, stepColor(s.State), state), detail)
+			fmt.Fprintf(w, "  %-8s %s %-16s %-8s %-52s %s %s\n", stage, paint(color, stepColor(s.State), mark), s.Node, s.Action, stepWhat(s), paint(color, stepColor(s.State), state), detail)
+			if s.State == "failed" && s.Output != "" {
+				for _, line := range lastLines(s.Output, 10) {
+					fmt.Fprintf(w, "  %-8s   | %s\n", "", line)
+				}
+			}
 		}
 	}
 	for _, s := range op.Skipped {
@@ -269,12 +299,44 @@ func stepCounts(op *pb.Operation) (done, all int) {
 	for _, st := range op.Stages {
 		for _, s := range st.Steps {
 			all++
-			if s.State == "done" {
+			if s.State == "done" || s.State == "skipped" {
 				done++
 			}
 		}
 	}
 	return done, all
+}
+
+// stepWhat is what a step acts on: its services, or for an install the
+// versions.
+func stepWhat(s *pb.Step) string {
+	if len(s.Services) > 0 {
+		return strings.Join(s.Services, ",")
+	}
+	switch {
+	case s.VersionAfter != "":
+		return dashIfNone(s.VersionBefore) + " -> " + s.VersionAfter
+	case s.PackagePath != "":
+		return s.PackagePath
+	case s.Package != "":
+		return "package " + s.Package[:min(12, len(s.Package))]
+	}
+	return ""
+}
+
+func dashIfNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func lastLines(s string, n int) []string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
 }
 
 func stepMark(s *pb.Step) string {

@@ -56,6 +56,10 @@ type Options struct {
 	// PortOffset moves every node's service ports (on top of the per-node
 	// offset), so two clusters can run on one host at once.
 	PortOffset int
+	// Program replaces the stand-in binary in every service's command (a
+	// template such as {{.LauncherDir}}/launch: the launcher a package
+	// installed).
+	Program string
 }
 
 // Proc is one running daemon.
@@ -180,7 +184,11 @@ func (c *Cluster) writeAgent(i int, n NodeSpec, gossipAddr, apiAddr string, seed
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	cmd := []string{filepath.Join(c.Opt.Bin, "dh-standin"), "--name=" + n.Name + "/{{.Name}}", "--ports={{.Ports}}", "--record=" + c.Record}
+	program := filepath.Join(c.Opt.Bin, "dh-standin")
+	if c.Opt.Program != "" {
+		program = c.Opt.Program
+	}
+	cmd := []string{program, "--name=" + n.Name + "/{{.Name}}", "--ports={{.Ports}}", "--record=" + c.Record}
 	cmd = append(cmd, c.Opt.Standin...)
 	quoted := make([]string, len(cmd))
 	for j, a := range cmd {

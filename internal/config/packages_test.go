@@ -1,0 +1,64 @@
+package config
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPackages(t *testing.T) {
+	base := "node: n1\nroles: [query]\nroles_dir: roles.d\nstate_dir: /var/lib/dhv\n" + standinDefaults
+	tests := []struct {
+		name  string
+		extra string
+		want  string // an error with file:line and field; "" valid
+	}{
+		{"defaults", "", ""},
+		{"templates", "packages:\n  install: [dpkg, --root=/r, -i, '{{.File}}']\n  query: [dpkg-query, -W, '{{.Package}}']\n", ""},
+		{"unknown tool", "packages:\n  tool: zypper\n", `agent.yaml:10: packages.tool: "zypper" is not a package tool (expected one of apt, dnf, dpkg, rpm, yum, auto)`},
+		{"bad template", "packages:\n  install:\n    - dpkg\n    - '{{.Fil}}'\n", `agent.yaml:12: packages.install.1: template "{{.Fil}}"`},
+		{"unclosed template", "packages:\n  query: ['{{.Package']\n", `agent.yaml:10: packages.query.0: template "{{.Package"`},
+		{"empty program", "packages:\n  install: ['', x]\n", `agent.yaml:10: packages.install.0: the program to run is empty`},
+		{"negative timeout", "packages:\n  timeout: -1s\n", `agent.yaml:10: duration "-1s" must not be negative`},
+		{"unknown field", "packages:\n  tools: dpkg\n", `agent.yaml:10: packages.tools: unknown field`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"agent.yaml": base + tt.extra})
+			n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := n.Agent.Packages
+				if p.Name != "illumon-db" || p.Tool != "auto" || p.CacheDir != "/var/lib/dhv/packages" || p.Timeout.D() != 30*time.Minute {
+					t.Errorf("defaults: %+v", p)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
+	// A tool named explicitly must be on the node.
+	dir := writeFiles(t, map[string]string{"agent.yaml": base + "packages:\n  tool: dnf\n"})
+	if _, err := LoadAgent(filepath.Join(dir, "agent.yaml")); err == nil || !strings.Contains(err.Error(), "packages.tool: dnf needs dnf, which is not on this node's PATH") {
+		if have("dnf") {
+			t.Skip("this machine has dnf")
+		}
+		t.Fatalf("got %v", err)
+	}
+	// The template sees the package.
+	argv, err := PackageCommand{File: "/c/x.deb", Package: "illumon-db", Version: "2.0", Downgrade: true}.Command([]string{"tool", "{{if .Downgrade}}--downgrade{{end}}", "{{.Package}}={{.Version}}", "{{.File}}"})
+	if err != nil || strings.Join(argv, " ") != "tool --downgrade illumon-db=2.0 /c/x.deb" {
+		t.Fatalf("expanded %v, %v", argv, err)
+	}
+}
+
+func have(prog string) bool {
+	_, err := exec.LookPath(prog)
+	return err == nil
+}

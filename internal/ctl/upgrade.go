@@ -1,0 +1,338 @@
+package ctl
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	pb "github.com/dhvisor/dhvisor/proto/coordpb"
+)
+
+// uploadChunk is the data per message of an upload.
+const uploadChunk = 256 << 10
+
+type upgradeFlags struct {
+	op          opFlags
+	path        bool
+	strategy    string
+	maxParallel int
+	autoRevert  bool
+	previous    string
+}
+
+func (o *options) upgradeCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "upgrade", Short: "Patch upgrades: install a Deephaven package on every node, in dependency order, health-gated"}
+	var f upgradeFlags
+	start := &cobra.Command{
+		Use:   "start PACKAGE.rpm|PACKAGE.deb",
+		Short: "Upload the package to the coordinators and upgrade the cluster with it",
+		Long: `Upload the package once to the coordinators (or, with --path, use the file
+already at that path on every node) and upgrade every node.
+
+Strategy full (Deephaven's documented procedure): stop every service in
+reverse dependency order, install on every node at once, start
+configuration_server, authentication_server, the query and merge nodes and
+the rest of the infrastructure node, each gated on health. Strategy rolling:
+node by node (or --max-parallel at a time), in dependency order: stop the
+node's services, install, start them, hold them healthy, then the next.
+
+--auto-revert puts the previous package back (and restarts) on every node
+the upgrade reached when a step fails; the previous package is --previous,
+or by default the package of the last upgrade that completed.`,
+		Args: exactArgs(1, "the package file (.rpm or .deb)"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.upgradeStart(cmd, &f, args[0])
+		},
+	}
+	fl := start.Flags()
+	fl.BoolVar(&f.path, "path", false, "PACKAGE (and --previous) is already at this absolute path on every node: nothing is uploaded")
+	fl.StringVar(&f.strategy, "strategy", "full", "full (stop all, install everywhere, start in dependency order) or rolling (node by node)")
+	fl.IntVar(&f.maxParallel, "max-parallel", 0, "nodes at once: rolling batches (default 1), full installs (default all)")
+	fl.BoolVar(&f.autoRevert, "auto-revert", false, "on failure, reinstall the previous package on the nodes done and restart them")
+	fl.StringVar(&f.previous, "previous", "", "with --auto-revert: the package the nodes run now (default: the last completed upgrade's)")
+	f.op.addGate(start)
+
+	var followFlag bool
+	status := &cobra.Command{
+		Use: "status [ID]", Short: "The upgrade's plan and progress per node (default: the newest upgrade)", Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
+				id, err := upgradeID(ctx, c, args)
+				if err != nil {
+					return err
+				}
+				if followFlag {
+					return o.follow(ctx, c, id)
+				}
+				op, err := c.GetOp(ctx, &pb.GetOpRequest{Id: id})
+				if err != nil {
+					return rpcError(err)
+				}
+				renderOp(o.out, op, time.Now(), isTerminal(o.out))
+				return opResult(op)
+			})
+		},
+	}
+	status.Flags().BoolVarP(&followFlag, "follow", "f", false, "keep showing progress until the upgrade ends")
+	control := func(name string, op pb.ControlOpRequest_Op, short string) *cobra.Command {
+		return &cobra.Command{
+			Use: name + " [ID]", Short: short, Args: cobra.MaximumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
+					id, err := upgradeID(ctx, c, args)
+					if err != nil {
+						return err
+					}
+					res, err := c.ControlOp(ctx, &pb.ControlOpRequest{Id: id, Op: op})
+					if err != nil {
+						return rpcError(err)
+					}
+					fmt.Fprintf(o.out, "%s %s\n", res.Id, res.State)
+					return nil
+				})
+			},
+		}
+	}
+	packages := &cobra.Command{
+		Use: "packages", Short: "The packages the coordinators hold", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.callCoord(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.CoordinatorClient) error {
+				resp, err := c.Packages(ctx, &pb.PackagesRequest{})
+				if err != nil {
+					return rpcError(err)
+				}
+				fmt.Fprintf(o.out, "%-14s %-40s %-24s %10s  %-12s %-20s %s\n", "SHA256", "FILE", "PACKAGE", "SIZE", "HELD BY", "UPLOADED", "BY")
+				for _, p := range resp.Packages {
+					fmt.Fprintf(o.out, "%-14s %-40s %-24s %10s  %-12s %-20s %s\n", p.Sha256[:12], p.FileName, dash(strings.TrimSpace(p.Name+" "+p.Version)), humanBytes(uint64(p.Size)),
+						strings.Join(p.Replicas, ","), time.UnixMilli(p.UploadedUnixMs).Format("2006-01-02 15:04:05"), p.UploadedBy)
+				}
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(start, status, packages,
+		control("pause", pb.ControlOpRequest_OP_PAUSE, "Pause the upgrade: running steps finish, no new stage starts"),
+		control("resume", pb.ControlOpRequest_OP_RESUME, "Resume a paused upgrade; failed steps are tried again"),
+		control("abort", pb.ControlOpRequest_OP_ABORT, "Abort the upgrade: running steps finish, nothing else is done (nodes stay as they are)"),
+	)
+	return cmd
+}
+
+// withCoord runs f with a client of the coordinators and no overall
+// timeout (a follow lasts as long as the upgrade); each call has its own.
+func (o *options) withCoord(ctx context.Context, f func(ctx context.Context, c pb.CoordinatorClient) error) error {
+	c, closeConn, found, err := o.coordClient(ctx)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fail(ExitError, "no coordinator found: list them in %s (coordinators:) or with --coordinator host:port", o.coord.config)
+	}
+	defer closeConn()
+	return f(ctx, c)
+}
+
+// upgradeID is the ID given, else the newest upgrade's.
+func upgradeID(ctx context.Context, c pb.CoordinatorClient, args []string) (string, error) {
+	if len(args) == 1 {
+		return args[0], nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := c.ListOps(ctx, &pb.ListOpsRequest{Limit: 200})
+	if err != nil {
+		return "", rpcError(err)
+	}
+	for _, op := range resp.Ops {
+		if op.GetRequest().GetAction() == "upgrade" {
+			return op.Id, nil
+		}
+	}
+	return "", fail(ExitError, "no upgrade has run yet (`dhctl upgrade start PACKAGE`)")
+}
+
+func (o *options) upgradeStart(cmd *cobra.Command, f *upgradeFlags, file string) error {
+	if f.maxParallel < 0 {
+		return fail(ExitError, "--max-parallel %d: expected 0 (the strategy's default) or more", f.maxParallel)
+	}
+	if f.strategy != "full" && f.strategy != "rolling" {
+		return fail(ExitError, "--strategy %q: expected full or rolling", f.strategy)
+	}
+	if f.previous != "" && !f.autoRevert {
+		return fail(ExitError, "--previous is the package --auto-revert puts back; add --auto-revert")
+	}
+	label := "upgrade " + filepath.Base(file)
+	req, err := f.op.request("upgrade", nil, label)
+	if err != nil {
+		return err
+	}
+	u := &pb.UpgradeSpec{Strategy: f.strategy, MaxParallel: int32(f.maxParallel), AutoRevert: f.autoRevert}
+	req.Upgrade = u
+	return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
+		if f.path {
+			for _, p := range []string{file, f.previous} {
+				if p != "" && !filepath.IsAbs(p) {
+					return fail(ExitError, "--path: %q must be the absolute path of the package on every node", p)
+				}
+			}
+			u.Path, u.PreviousPath = file, f.previous
+		} else {
+			sha, err := o.upload(ctx, c, file)
+			if err != nil {
+				return err
+			}
+			u.PackageSha256 = sha
+			if f.previous != "" {
+				if u.PreviousSha256, err = o.upload(ctx, c, f.previous); err != nil {
+					return err
+				}
+			}
+		}
+		return o.startOp(ctx, c, &f.op, req)
+	})
+}
+
+// upload sends the package to the coordinators unless they hold it, and
+// returns its sha256. A dry run uploads too: the plan is checked against
+// the package, and the upload changes nothing on the nodes.
+func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file string) (string, error) {
+	name := filepath.Base(file)
+	if !strings.HasSuffix(name, ".rpm") && !strings.HasSuffix(name, ".deb") {
+		return "", fail(ExitError, "%s: expected a .rpm or .deb package", file)
+	}
+	fh, err := os.Open(file)
+	if err != nil {
+		return "", fail(ExitError, "%v", err)
+	}
+	defer fh.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, fh)
+	if err != nil {
+		return "", fail(ExitError, "%s: %v", file, err)
+	}
+	sha := hex.EncodeToString(h.Sum(nil))
+	resp, err := c.Packages(ctx, &pb.PackagesRequest{})
+	if err != nil {
+		return "", rpcError(err)
+	}
+	for _, p := range resp.Packages {
+		if p.Sha256 == sha {
+			fmt.Fprintf(o.out, "%s (%s) is already held by %s\n", name, sha[:12], strings.Join(p.Replicas, ", "))
+			return sha, nil
+		}
+	}
+	if _, err := fh.Seek(0, io.SeekStart); err != nil {
+		return "", fail(ExitError, "%s: %v", file, err)
+	}
+	stream, err := c.UploadPackage(ctx)
+	if err != nil {
+		return "", rpcError(err)
+	}
+	buf := make([]byte, uploadChunk)
+	sent, last := int64(0), time.Now()
+	first := &pb.PackageChunk{Header: &pb.Package{Sha256: sha, Size: size, FileName: name}}
+	for {
+		n, rerr := io.ReadFull(fh, buf)
+		if n > 0 || first != nil {
+			m := &pb.PackageChunk{Data: buf[:n]}
+			if first != nil {
+				m.Header, first = first.Header, nil
+			}
+			if err := stream.Send(m); err != nil {
+				_, err = stream.CloseAndRecv() // the server's reason
+				return "", rpcError(err)
+			}
+			sent += int64(n)
+			if time.Since(last) > time.Second {
+				fmt.Fprintf(o.errOut, "uploading %s: %d%%\n", name, sent*100/size)
+				last = time.Now()
+			}
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			break
+		}
+		if rerr != nil {
+			return "", fail(ExitError, "%s: %v", file, rerr)
+		}
+	}
+	p, err := stream.CloseAndRecv()
+	if err != nil {
+		return "", rpcError(err)
+	}
+	fmt.Fprintf(o.out, "uploaded %s (%s, %s), held by %s\n", name, sha[:12], humanBytes(uint64(size)), strings.Join(p.Replicas, ", "))
+	return sha, nil
+}
+
+// renderUpgrade draws what an upgrade installs and a progress bar per node
+// with its current step.
+func renderUpgrade(w io.Writer, op *pb.Operation, now time.Time, color bool) {
+	u := op.Request.Upgrade
+	what := u.Path
+	if what == "" {
+		what = "package " + u.PackageSha256[:min(12, len(u.PackageSha256))]
+	}
+	line := fmt.Sprintf("  %s, strategy %s", what, u.Strategy)
+	if u.MaxParallel > 0 {
+		line += fmt.Sprintf(", %d nodes at once", u.MaxParallel)
+	}
+	if u.AutoRevert {
+		prev := u.PreviousPath
+		if prev == "" {
+			prev = "package " + u.PreviousSha256[:min(12, len(u.PreviousSha256))]
+		}
+		line += ", auto-revert to " + prev
+	}
+	fmt.Fprintln(w, line)
+	if op.Reverting {
+		fmt.Fprintf(w, "  %s: %s\n", paint(color, "31", "reverting"), op.Failure)
+	}
+	type progress struct {
+		done, all int
+		current   *pb.Step
+	}
+	per := map[string]*progress{}
+	var order []string
+	for _, st := range op.Stages {
+		for _, s := range st.Steps {
+			p := per[s.Node]
+			if p == nil {
+				p = &progress{}
+				per[s.Node] = p
+				order = append(order, s.Node)
+			}
+			p.all++
+			switch {
+			case s.State == "done" || s.State == "skipped":
+				p.done++
+			case p.current == nil || (s.State != "pending" && p.current.State == "pending"):
+				p.current = s
+			}
+		}
+	}
+	const width = 20
+	for _, node := range order {
+		p := per[node]
+		filled := p.done * width / max(p.all, 1)
+		bar := strings.Repeat("█", filled) + strings.Repeat("░", width-filled)
+		cur := "done"
+		if s := p.current; s != nil {
+			cur = s.Action + ": " + stepWord(s)
+			if s.State == "running" && s.StartedUnixMs > 0 {
+				cur += fmt.Sprintf(" %.1fs", now.Sub(time.UnixMilli(s.StartedUnixMs)).Seconds())
+			}
+			if s.State == "failed" {
+				cur += ": " + s.Message
+			}
+		}
+		fmt.Fprintf(w, "  %-16s %s %3d%%  %s\n", node, paint(color, "32", bar), p.done*100/max(p.all, 1), cur)
+	}
+}
