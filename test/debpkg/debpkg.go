@@ -100,12 +100,8 @@ func QueryCommand(root string) []string {
 	return []string{"dpkg-query", "--admindir=" + filepath.Join(root, "var/lib/dpkg"), "-W", "-f=${db:Status-Abbrev} ${Version}\\n", "{{.Package}}"}
 }
 
-// AgentYAML is the packages: section of an agent.yaml installing into root.
-func AgentYAML(name, root string) string {
-	return fmt.Sprintf("packages:\n  name: %s\n  install: [%s]\n  query: [%s]\n", name, quote(InstallCommand(root)), quote(QueryCommand(root)))
-}
-
-func quote(argv []string) string {
+// YAMLList writes argv as a YAML flow list of single-quoted strings.
+func YAMLList(argv []string) string {
 	q := make([]string, len(argv))
 	for i, a := range argv {
 		q[i] = "'" + strings.ReplaceAll(a, "'", "''") + "'"

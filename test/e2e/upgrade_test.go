@@ -78,7 +78,7 @@ func startUpgradeCluster(t *testing.T, hold time.Duration) *upgradeCluster {
 		u.roots[n.Name] = root
 		// Each run of the install command leaves a line in installs.log.
 		install := append([]string{"/bin/sh", "-c", `echo "$0" >> ` + filepath.Join(root, "installs.log") + `; exec "$@"`, "{{.Version}}"}, debpkg.InstallCommand(root)...)
-		nodes[i].Extra = fmt.Sprintf("launcher_dir: %s\npackages:\n  install: [%s]\n  query: [%s]\n", filepath.Join(root, "usr/illumon/latest/bin"), yamlList(install), yamlList(debpkg.QueryCommand(root)))
+		nodes[i].Extra = fmt.Sprintf("launcher_dir: %s\npackages:\n  install: [%s]\n  query: [%s]\n", filepath.Join(root, "usr/illumon/latest/bin"), debpkg.YAMLList(install), debpkg.YAMLList(debpkg.QueryCommand(root)))
 	}
 	u.Cluster = startClusterWith(t, devcluster.Options{
 		Coordinators: 3, Nodes: nodes, MinHealthyTime: hold,
@@ -88,14 +88,6 @@ func startUpgradeCluster(t *testing.T, hold time.Duration) *upgradeCluster {
 		t.Fatal(err)
 	}
 	return u
-}
-
-func yamlList(argv []string) string {
-	q := make([]string, len(argv))
-	for i, a := range argv {
-		q[i] = "'" + strings.ReplaceAll(a, "'", "''") + "'"
-	}
-	return strings.Join(q, ", ")
 }
 
 // installs lists the versions each node's install command ran for.
