@@ -178,7 +178,7 @@ func (f *routeFeed) build(now time.Time) (xds.Model, time.Time) {
 			}
 			svc := services[def.Name]
 			if svc == nil {
-				svc = &xds.Service{Name: def.Name, TLS: up.Tls, HTTP2: up.Http2}
+				svc = &xds.Service{Name: def.Name, TLS: up.Tls, HTTP2: up.Http2, Routes: up.Routes, Default: up.DefaultRoute}
 				services[def.Name] = svc
 			}
 			if alive[name] && health[name][def.Name].State == "OK" {

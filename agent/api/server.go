@@ -100,7 +100,8 @@ func (s *Server) Status(_ context.Context, req *pb.StatusRequest) (*pb.StatusRes
 	for _, st := range sts {
 		ps := ToProto(st)
 		if svc := node.Services[st.Name]; svc != nil && svc.Envoy != nil {
-			ps.Envoy = &pb.EnvoyUpstream{PortName: svc.Envoy.Port, Port: int32(svc.Ports[svc.Envoy.Port]), Tls: svc.Envoy.TLS, Http2: svc.Envoy.HTTP2}
+			ps.Envoy = &pb.EnvoyUpstream{PortName: svc.Envoy.Port, Port: int32(svc.Ports[svc.Envoy.Port]), Tls: svc.Envoy.TLS, Http2: svc.Envoy.HTTP2,
+				Routes: svc.Envoy.Routes, DefaultRoute: svc.Envoy.Default}
 		}
 		resp.Services = append(resp.Services, ps)
 	}

@@ -59,21 +59,6 @@ const (
 	PrefixHeader    = "envoy-prefix" // Core+ clients name their worker with it
 )
 
-// The Deephaven services the routes name. They get a cluster, empty if the
-// model lacks them, so that no route ever names a missing cluster.
-const (
-	WebAPIService     = "web_api_service"
-	AuthService       = "authentication_server"
-	ControllerService = "iris_controller"
-	ACLWriterService  = "db_acl_write_server"
-)
-
-// gRPC services routed by path to their server.
-const (
-	authAPIPrefix       = "/io.deephaven.proto.auth.grpc.AuthApi/"
-	controllerAPIPrefix = "/io.deephaven.proto.controller.grpc.ControllerApi/"
-)
-
 // ServiceCluster, WorkerCluster and ExtraCluster name the clusters; the
 // prefixes keep a worker named like a service from colliding with it.
 func ServiceCluster(name string) string { return "svc_" + name }
@@ -427,11 +412,6 @@ func consistent(snap *cache.Snapshot, f Flavour) error {
 // resources from the last build.
 func (b *builder) table(m Model) (*table, error) {
 	services := m.Services
-	for _, name := range []string{WebAPIService, AuthService, ControllerService, ACLWriterService} {
-		if !hasService(services, name) {
-			services = append(services[:len(services):len(services)], Service{Name: name})
-		}
-	}
 	clusters := len(services) + len(m.Workers) + len(m.ExtraRoutes)
 	t := &table{
 		clusters:     map[Flavour][]entry{},
@@ -499,7 +479,8 @@ func (b *builder) table(m Model) (*table, error) {
 	}
 
 	// First match wins: a worker's header beats every path, a worker's
-	// path beats the services', and the catch-all comes last.
+	// path beats the services' and the extra routes, of which the most
+	// specific comes first, and the default comes last.
 	for _, we := range workers {
 		if we.headerRoute != nil {
 			t.routes = append(t.routes, *we.headerRoute)
@@ -508,9 +489,11 @@ func (b *builder) table(m Model) (*table, error) {
 	for _, we := range workers {
 		t.routes = append(t.routes, we.pathRoute)
 	}
-	static := []*route.Route{
-		prefixRoute(authAPIPrefix, ServiceCluster(AuthService), ""),
-		prefixRoute(controllerAPIPrefix, ServiceCluster(ControllerService), ""),
+	var static []*route.Route
+	for _, s := range services {
+		for _, prefix := range s.Routes {
+			static = append(static, prefixRoute(prefix, ServiceCluster(s.Name), ""))
+		}
 	}
 	for _, r := range m.ExtraRoutes {
 		name := ExtraCluster(r.Name)
@@ -521,12 +504,14 @@ func (b *builder) table(m Model) (*table, error) {
 		p := strings.TrimSuffix(r.Prefix, "/")
 		static = append(static, pathRoute(p, name, r.PrefixRewrite), prefixRoute(p+"/", name, r.PrefixRewrite))
 	}
-	static = append(static,
-		prefixRoute("/iriside", ServiceCluster(WebAPIService), ""),
-		prefixRoute("/iris/", ServiceCluster(WebAPIService), ""),
-		prefixRoute("/acl/", ServiceCluster(ACLWriterService), ""),
-		prefixRoute("/", ServiceCluster(WebAPIService), ""),
-	)
+	// Stable: at equal specificity the services' routes stay first.
+	slices.SortStableFunc(static, func(a, b *route.Route) int { return specificity(b) - specificity(a) })
+	for _, s := range services {
+		if s.Default {
+			static = append(static, prefixRoute("/", ServiceCluster(s.Name), ""))
+			break // services are sorted: the first one marked wins
+		}
+	}
 	for _, r := range static {
 		e, err := newEntry(r)
 		if err != nil {
@@ -592,13 +577,13 @@ func parallel(n int, fn func(i int)) {
 	wg.Wait()
 }
 
-func hasService(ss []Service, name string) bool {
-	for _, s := range ss {
-		if s.Name == name {
-			return true
-		}
+// specificity orders routes: a longer match first, and an exact path
+// before a prefix of the same length.
+func specificity(r *route.Route) int {
+	if p := r.GetMatch().GetPath(); p != "" {
+		return 2*len(p) + 1
 	}
-	return false
+	return 2 * len(r.GetMatch().GetPrefix())
 }
 
 func newWorkerEntry(k workerKey, flavours []Flavour) (*workerEntry, error) {

@@ -44,11 +44,12 @@ func TestRoutesOrderAndMatches(t *testing.T) {
 		{"prefix / header envoy-prefix=/worker/q2", "", "worker_worker_2", "10.0.0.3:24002"},
 		{"prefix /worker/worker_1/", "/", "worker_worker_1", "10.0.0.2:24001"},
 		{"prefix /worker/worker_2/", "/", "worker_worker_2", "10.0.0.3:24002"},
-		{"prefix /io.deephaven.proto.auth.grpc.AuthApi/", "", "svc_authentication_server", "infra.example.com:9031 query2.example.com:9031"},
+		// Then the longest match first, services' and extra routes alike.
 		{"prefix /io.deephaven.proto.controller.grpc.ControllerApi/", "", "svc_iris_controller", "10.0.0.1:20126"},
+		{"prefix /io.deephaven.proto.auth.grpc.AuthApi/", "", "svc_authentication_server", "infra.example.com:9031 query2.example.com:9031"},
 		{"prefix /docs/api/", "/api/", "extra_docs", "10.0.0.9:80"},
-		{"path /grafana", "/", "extra_grafana", "grafana.example.com:443"},
 		{"prefix /grafana/", "/", "extra_grafana", "grafana.example.com:443"},
+		{"path /grafana", "/", "extra_grafana", "grafana.example.com:443"},
 		{"prefix /iriside", "", "svc_web_api_service", "10.0.0.1:8123"},
 		{"prefix /iris/", "", "svc_web_api_service", "10.0.0.1:8123"},
 		{"prefix /acl/", "", "svc_db_acl_write_server", ""},
@@ -80,8 +81,8 @@ func TestExtraRouteMatchesWithAndWithoutSlash(t *testing.T) {
 		exact  bool
 		want   []string
 	}{
-		{"/grafana", false, []string{"path /grafana", "prefix /grafana/"}},
-		{"/grafana/", false, []string{"path /grafana", "prefix /grafana/"}},
+		{"/grafana", false, []string{"prefix /grafana/", "path /grafana"}},
+		{"/grafana/", false, []string{"prefix /grafana/", "path /grafana"}},
 		{"/grafana", true, []string{"prefix /grafana"}},
 		{"/grafana/", true, []string{"prefix /grafana/"}},
 	} {
@@ -114,10 +115,10 @@ func TestClusterOptions(t *testing.T) {
 			http2, tls bool
 			sni        string
 		}{
-			{ServiceCluster(WebAPIService), cluster.Cluster_EDS, false, false, ""},
-			{ServiceCluster(AuthService), cluster.Cluster_EDS, true, true, ""}, // two hosts: auto_host_sni only
-			{ServiceCluster(ControllerService), cluster.Cluster_EDS, true, false, ""},
-			{ServiceCluster(ACLWriterService), cluster.Cluster_EDS, false, false, ""}, // absent from the model
+			{ServiceCluster(webAPI), cluster.Cluster_EDS, false, false, ""},
+			{ServiceCluster(auth), cluster.Cluster_EDS, true, true, ""}, // two hosts: auto_host_sni only
+			{ServiceCluster(controller), cluster.Cluster_EDS, true, false, ""},
+			{ServiceCluster(aclWriter), cluster.Cluster_EDS, false, false, ""}, // absent from the model
 			{ServiceCluster("configuration_server"), cluster.Cluster_EDS, true, true, ""},
 			{WorkerCluster("worker_1"), cluster.Cluster_EDS, true, false, ""},
 			{WorkerCluster("tls_worker"), cluster.Cluster_EDS, true, true, "q3.example.com"},
@@ -237,7 +238,7 @@ func TestEndpoints(t *testing.T) {
 	}{
 		{ServiceCluster("db_query_server"), map[string][]uint32{"query1": {1, 2}, "query2": {1}}, map[string]uint32{"query1": 2, "query2": 1}},
 		{WorkerCluster("worker_1"), map[string][]uint32{"query1": {24001}}, map[string]uint32{"query1": 1}},
-		{ServiceCluster(ACLWriterService), map[string][]uint32{}, nil},
+		{ServiceCluster(aclWriter), map[string][]uint32{}, nil},
 		{ServiceCluster("configuration_server"), map[string][]uint32{}, nil},
 	} {
 		cla, ok := clas[tc.cluster].(*endpoint.ClusterLoadAssignment)
@@ -385,7 +386,7 @@ func TestBuildRefuses(t *testing.T) {
 		want   string
 	}{
 		{"duplicate worker", func(m *Model) { m.Workers = append(m.Workers, m.Workers[0]) }, "registered twice"},
-		{"duplicate service", func(m *Model) { m.Services = append(m.Services, Service{Name: WebAPIService}) }, "listed twice"},
+		{"duplicate service", func(m *Model) { m.Services = append(m.Services, Service{Name: webAPI}) }, "listed twice"},
 		{"duplicate extra route", func(m *Model) { m.ExtraRoutes = append(m.ExtraRoutes, m.ExtraRoutes[0]) }, "defined twice"},
 		{"nameless worker", func(m *Model) { m.Workers[0].Name = "" }, "without a name"},
 		{"hostless worker", func(m *Model) { m.Workers[0].Host = "" }, "worker worker_2"},
@@ -449,6 +450,43 @@ func TestMarshalReadsBack(t *testing.T) {
 		fromWire(e, back)
 		if !proto.Equal(back, res) {
 			t.Errorf("%T %s: read back as %v", res, e.name, back)
+		}
+	}
+}
+
+// Routes come from the services' definitions (roles/services.yaml): after
+// the workers', the most specific match first, a service's before an extra
+// route's of the same match; the default service's catch-all last, or none.
+func TestServiceRoutes(t *testing.T) {
+	extra := func(name, prefix string, exact bool) config.ExtraRoute {
+		return config.ExtraRoute{Name: name, Host: "h.example.com", Port: 80, Prefix: prefix, PrefixRewrite: "/", ExactPrefix: exact}
+	}
+	for _, tc := range []struct {
+		name     string
+		services []Service
+		extras   []config.ExtraRoute
+		want     []string // match -> cluster
+	}{
+		{"a site's own service", []Service{{Name: "grafana_proxy", Routes: []string{"/grafana/"}}}, nil,
+			[]string{"prefix /grafana/ -> svc_grafana_proxy"}},
+		{"no default, no catch-all", []Service{{Name: "a", Routes: []string{"/a/"}}, {Name: "b"}}, nil,
+			[]string{"prefix /a/ -> svc_a"}},
+		{"the first default service by name", []Service{{Name: "b", Default: true}, {Name: "a", Default: true}}, nil,
+			[]string{"prefix / -> svc_a"}},
+		{"longest first, service before extra", []Service{{Name: "s", Routes: []string{"/x/", "/x/long/"}, Default: true}},
+			[]config.ExtraRoute{extra("e", "/x/", true), extra("f", "/x/lo", true), extra("g", "/x/", false)},
+			[]string{"prefix /x/long/ -> svc_s", "prefix /x/lo -> extra_f", "prefix /x/ -> svc_s", "prefix /x/ -> extra_e", "prefix /x/ -> extra_g", "path /x -> extra_g", "prefix / -> svc_s"}},
+	} {
+		views, err := Routes(Model{Services: tc.services, ExtraRoutes: tc.extras})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, v := range views {
+			got = append(got, v.Match()+" -> "+v.Cluster)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, tc.want)
 		}
 	}
 }

@@ -23,6 +23,7 @@ func canonical(m Model) Model {
 			return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.Host, b.Host), cmp.Compare(a.Port, b.Port))
 		})
 		c.Services[i].Endpoints = slices.Compact(eps)
+		c.Services[i].Routes = slices.Sorted(slices.Values(c.Services[i].Routes))
 	}
 	slices.SortFunc(c.Services, func(a, b Service) int { return strings.Compare(a.Name, b.Name) })
 	// Usually sorted already (one dispatcher's set is): checking is cheaper
@@ -43,6 +44,7 @@ func equal(a, b Model) bool {
 	return slices.Equal(a.Workers, b.Workers) &&
 		slices.Equal(a.ExtraRoutes, b.ExtraRoutes) &&
 		slices.EqualFunc(a.Services, b.Services, func(x, y Service) bool {
-			return x.Name == y.Name && x.TLS == y.TLS && x.HTTP2 == y.HTTP2 && slices.Equal(x.Endpoints, y.Endpoints)
+			return x.Name == y.Name && x.TLS == y.TLS && x.HTTP2 == y.HTTP2 && x.Default == y.Default &&
+				slices.Equal(x.Routes, y.Routes) && slices.Equal(x.Endpoints, y.Endpoints)
 		})
 }

@@ -106,15 +106,15 @@ const tableMethod = "/io.deephaven.proto.backplane.grpc.TableService/ExportedTab
 
 func TestGRPCGoRoutes(t *testing.T) {
 	s, addr := startServer(t)
-	web, auth, w1, w2, w1b, extra := startStandIn(t, "web"), startStandIn(t, "auth"), startStandIn(t, "w1"),
+	web, authSI, w1, w2, w1b, extra := startStandIn(t, "web"), startStandIn(t, "auth"), startStandIn(t, "w1"),
 		startStandIn(t, "w2"), startStandIn(t, "w1b"), startStandIn(t, "extra")
 	worker := func(name string, si standIn) Worker {
 		return Worker{Name: name, Prefix: "/worker/" + name, Host: "127.0.0.1", Port: si.port, Node: "query1", Dispatcher: "db_query_server", HTTP2: true}
 	}
 	m := Model{
 		Services: []Service{
-			{Name: WebAPIService, Endpoints: []Endpoint{{Node: "infra", Host: "127.0.0.1", Port: web.port}}},
-			{Name: AuthService, HTTP2: true, Endpoints: []Endpoint{{Node: "infra", Host: "127.0.0.1", Port: auth.port}}},
+			{Name: webAPI, Default: true, Endpoints: []Endpoint{{Node: "infra", Host: "127.0.0.1", Port: web.port}}},
+			{Name: auth, HTTP2: true, Routes: []string{"/io.deephaven.proto.auth.grpc.AuthApi/"}, Endpoints: []Endpoint{{Node: "infra", Host: "127.0.0.1", Port: authSI.port}}},
 		},
 		Workers: []Worker{worker("w1", w1), worker("w2", w2)},
 		ExtraRoutes: []config.ExtraRoute{

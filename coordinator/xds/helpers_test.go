@@ -13,18 +13,29 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// Services the tests route to.
+const (
+	webAPI     = "web_api_service"
+	auth       = "authentication_server"
+	controller = "iris_controller"
+	aclWriter  = "db_acl_write_server"
+)
+
 // clusterModel is a small Deephaven cluster: an infra node, two query
 // nodes with a worker each, and two extra routes.
 func clusterModel() Model {
 	return Model{
+		// The routes of Deephaven's Envoy guide, as roles/services.yaml
+		// has them.
 		Services: []Service{
-			{Name: WebAPIService, Endpoints: []Endpoint{{Node: "infra", Host: "10.0.0.1", Port: 8123}}},
-			{Name: AuthService, HTTP2: true, TLS: true, Endpoints: []Endpoint{
+			{Name: webAPI, Routes: []string{"/iriside", "/iris/"}, Default: true, Endpoints: []Endpoint{{Node: "infra", Host: "10.0.0.1", Port: 8123}}},
+			{Name: auth, HTTP2: true, TLS: true, Routes: []string{"/io.deephaven.proto.auth.grpc.AuthApi/"}, Endpoints: []Endpoint{
 				{Node: "query2", Host: "query2.example.com", Port: 9031},
 				{Node: "infra", Host: "infra.example.com", Port: 9031},
 			}},
-			{Name: ControllerService, HTTP2: true, Endpoints: []Endpoint{{Node: "infra", Host: "10.0.0.1", Port: 20126}}},
+			{Name: controller, HTTP2: true, Routes: []string{"/io.deephaven.proto.controller.grpc.ControllerApi/"}, Endpoints: []Endpoint{{Node: "infra", Host: "10.0.0.1", Port: 20126}}},
 			{Name: "configuration_server", HTTP2: true, TLS: true},
+			{Name: aclWriter, Routes: []string{"/acl/"}}, // no healthy instance
 		},
 		Workers: []Worker{
 			{Name: "worker_2", Prefix: "/worker/q2", Host: "10.0.0.3", Port: 24002, Kind: "Core+", Nonce: "n2", Node: "query2", Dispatcher: "db_query_server", HTTP2: true},

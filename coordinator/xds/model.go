@@ -18,9 +18,11 @@ type Model struct {
 // Service is a Deephaven service Envoy routes to: one EDS cluster whose
 // endpoints are its healthy instances.
 type Service struct {
-	Name      string // the service name, e.g. web_api_service
-	TLS       bool   // Envoy speaks TLS to it
-	HTTP2     bool   // gRPC: HTTP/2 upstream; else HTTP/1.1 (websocket upgrades)
+	Name      string   // the service name, e.g. web_api_service
+	TLS       bool     // Envoy speaks TLS to it
+	HTTP2     bool     // gRPC: HTTP/2 upstream; else HTTP/1.1 (websocket upgrades)
+	Routes    []string // path prefixes routed to it
+	Default   bool     // it takes what no other route takes
 	Endpoints []Endpoint
 }
 

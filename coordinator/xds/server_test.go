@@ -213,7 +213,7 @@ func TestClassicStreamsPerType(t *testing.T) {
 			}
 		}
 	}
-	eds := []string{ServiceCluster(WebAPIService), WorkerCluster("worker_1")}
+	eds := []string{ServiceCluster(webAPI), WorkerCluster("worker_1")}
 
 	edsStream, err := endpointservice.NewEndpointDiscoveryServiceClient(conn).StreamEndpoints(ctx)
 	if err != nil {

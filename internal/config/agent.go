@@ -261,12 +261,43 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 	})
 }
 
-// validateNode checks what involves several services: ports, dependencies, order.
+// validateNode checks what involves several services: ports, Envoy routes,
+// dependencies, order.
 func (n *Node) validateNode(es *Errors, cat *Catalogue, loc func(name string, path ...string) (string, int)) {
 	type owner struct{ svc, port string }
 	ports := map[int]owner{}
+	// blame reports a clash between two services' settings on the side the
+	// operator wrote in this node's file, which is where the fix belongs.
+	blame := func(svc string, path []string, other string, otherPath []string, format string, args ...any) {
+		f, l := loc(svc, path...)
+		if of, ol := loc(other, otherPath...); of == n.File && f != n.File {
+			svc, other, f, l, path = other, svc, of, ol, otherPath
+		}
+		es.add(f, l, "services."+svc+"."+strings.Join(path[:2], "."), format, append(args, other)...)
+	}
+	type route struct {
+		svc  string
+		path []string
+	}
+	routes := map[string]route{} // by prefix
+	var defaultRoute string
 	for _, name := range sortedKeys(n.Services) {
 		s := n.Services[name]
+		if e := s.Envoy; e != nil {
+			for i, r := range e.Routes {
+				at := []string{"envoy", "routes", strconv.Itoa(i)}
+				if prev, dup := routes[r]; dup && prev.svc != name {
+					blame(name, at, prev.svc, prev.path, "%q is also routed to %s; a prefix goes to one service", r)
+				}
+				routes[r] = route{name, at}
+			}
+			if e.Default {
+				if defaultRoute != "" {
+					blame(name, []string{"envoy", "default"}, defaultRoute, []string{"envoy", "default"}, "%s takes Envoy's default route too; one service may")
+				}
+				defaultRoute = name
+			}
+		}
 		for _, pn := range sortedKeys(s.Ports) {
 			p := s.Ports[pn]
 			if prev, dup := ports[p]; dup {

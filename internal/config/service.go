@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -41,11 +42,17 @@ type Service struct {
 }
 
 // EnvoyUpstream is how Envoy reaches a service: the coordinator makes it an
-// EDS cluster of the service's healthy instances on that port.
+// EDS cluster of the service's healthy instances on that port, and routes
+// to it what its routes say.
 type EnvoyUpstream struct {
 	Port  string `yaml:"port"`  // a name from ports:
 	TLS   bool   `yaml:"tls"`   // Envoy speaks TLS to the service
 	HTTP2 bool   `yaml:"http2"` // HTTP/2 upstream (gRPC); else HTTP/1.1 (websocket upgrades)
+	// Routes are the path prefixes Envoy sends to the service (a gRPC
+	// service's is /package.Service/).
+	Routes []string `yaml:"routes"`
+	// Default makes the service take every request no other route takes.
+	Default bool `yaml:"default"`
 }
 
 // Check is one health check. Type is process, tcp, http, https, grpc or exec.
@@ -238,6 +245,21 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 			bad("missing: the name of the port Envoy reaches the service on (ports: %s)", []any{portNames(s.Ports)}, "envoy", "port")
 		} else if _, ok := s.Ports[e.Port]; !ok {
 			bad("%q is not a port name of this service (%s)", []any{e.Port, portNames(s.Ports)}, "envoy", "port")
+		}
+		seen := map[string]bool{}
+		for i, r := range e.Routes {
+			at := []string{"envoy", "routes", strconv.Itoa(i)}
+			switch {
+			case r == "/":
+				bad("%q would take every request: set envoy.default: true instead", []any{r}, at...)
+			case !strings.HasPrefix(r, "/") || strings.ContainsAny(r, " \t\r\n?#"):
+				bad("%q is not a path prefix (expected /something, no spaces, ? or #)", []any{r}, at...)
+			case strings.HasPrefix(r, "/worker/"):
+				bad("%q: /worker/ is the query workers' (routed by their dispatchers)", []any{r}, at...)
+			case seen[r]:
+				bad("%q is listed twice", []any{r}, at...)
+			}
+			seen[r] = true
 		}
 	}
 	for i := range s.Checks {

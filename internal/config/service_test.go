@@ -2,6 +2,7 @@ package config
 
 import (
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -18,13 +19,13 @@ func TestServiceEnvoyUpstream(t *testing.T) {
 	}
 	want := map[string]EnvoyUpstream{
 		"configuration_server":  {Port: "websocket", TLS: true, HTTP2: true},
-		"authentication_server": {Port: "websocket", TLS: true, HTTP2: true},
-		"db_acl_write_server":   {Port: "websocket", TLS: true, HTTP2: true},
-		"iris_controller":       {Port: "websocket", TLS: true, HTTP2: true},
+		"authentication_server": {Port: "websocket", TLS: true, HTTP2: true, Routes: []string{"/io.deephaven.proto.auth.grpc.AuthApi/"}},
+		"db_acl_write_server":   {Port: "websocket", TLS: true, HTTP2: true, Routes: []string{"/acl/"}},
+		"iris_controller":       {Port: "websocket", TLS: true, HTTP2: true, Routes: []string{"/io.deephaven.proto.controller.grpc.ControllerApi/"}},
 		"db_query_server":       {Port: "websocket", TLS: true, HTTP2: true},
 		"db_merge_server":       {Port: "websocket", TLS: true, HTTP2: true},
 		// The override changes tls only.
-		"web_api_service": {Port: "web", TLS: false, HTTP2: false},
+		"web_api_service": {Port: "web", TLS: false, HTTP2: false, Routes: []string{"/iriside", "/iris/"}, Default: true},
 	}
 	for _, name := range n.ServiceNames() {
 		s := n.Services[name]
@@ -32,7 +33,7 @@ func TestServiceEnvoyUpstream(t *testing.T) {
 		switch {
 		case !routed && s.Envoy != nil:
 			t.Errorf("%s: envoy %+v, want none", name, *s.Envoy)
-		case routed && (s.Envoy == nil || *s.Envoy != w):
+		case routed && (s.Envoy == nil || !reflect.DeepEqual(*s.Envoy, w)):
 			t.Errorf("%s: envoy %+v, want %+v", name, s.Envoy, w)
 		}
 	}
@@ -45,7 +46,7 @@ func TestServiceEnvoyUpstream(t *testing.T) {
 	if n, err = LoadAgent(filepath.Join(dir, "agent.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	if e := n.Services["client_update_service"].Envoy; e == nil || *e != (EnvoyUpstream{Port: "https", TLS: true}) {
+	if e := n.Services["client_update_service"].Envoy; e == nil || !reflect.DeepEqual(*e, EnvoyUpstream{Port: "https", TLS: true}) {
 		t.Errorf("client_update_service envoy %+v", e)
 	}
 }
@@ -54,7 +55,13 @@ func TestServiceEnvoyUpstreamInvalid(t *testing.T) {
 	for _, tt := range []struct{ name, services, want string }{
 		{"unknown port name", "  web_api_service: {envoy: {port: webx}}\n", `agent.yaml:7: services.web_api_service.envoy.port: "webx" is not a port name of this service ([web])`},
 		{"no port", "  mine: {command: [x], ports: {a: 1234}, envoy: {tls: true}}\n", `agent.yaml:7: services.mine.envoy.port: missing: the name of the port Envoy reaches the service on (ports: [a])`},
-		{"unknown field", "  web_api_service: {envoy: {http: true}}\n", `agent.yaml:7: services.web_api_service.envoy.http: unknown field (expected one of http2, port, tls)`},
+		{"unknown field", "  web_api_service: {envoy: {http: true}}\n", `agent.yaml:7: services.web_api_service.envoy.http: unknown field (expected one of default, http2, port, routes, tls)`},
+		{"catch-all route", "  web_api_service: {envoy: {routes: [/]}}\n", `agent.yaml:7: services.web_api_service.envoy.routes.0: "/" would take every request: set envoy.default: true instead`},
+		{"not a path", "  web_api_service: {envoy: {routes: [/iris/, iris]}}\n", `agent.yaml:7: services.web_api_service.envoy.routes.1: "iris" is not a path prefix (expected /something, no spaces, ? or #)`},
+		{"a worker's path", "  web_api_service: {envoy: {routes: [/worker/x/]}}\n", `services.web_api_service.envoy.routes.0: "/worker/x/": /worker/ is the query workers'`},
+		{"twice", "  web_api_service: {envoy: {routes: [/a/, /a/]}}\n", `services.web_api_service.envoy.routes.1: "/a/" is listed twice`},
+		{"two services, one prefix", "  db_acl_write_server: {envoy: {routes: [/iris/]}}\n", `agent.yaml:7: services.db_acl_write_server.envoy.routes: "/iris/" is also routed to web_api_service; a prefix goes to one service`},
+		{"two defaults", "  iris_controller: {envoy: {default: true}}\n", `agent.yaml:7: services.iris_controller.envoy.default: web_api_service takes Envoy's default route too; one service may`},
 		{"not a boolean", "  web_api_service: {envoy: {tls: maybe}}\n", `agent.yaml:7: services.web_api_service: "maybe" is a str, expected true or false`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -639,6 +639,8 @@ type EnvoyUpstream struct {
 	Port          int32                  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	Tls           bool                   `protobuf:"varint,3,opt,name=tls,proto3" json:"tls,omitempty"`
 	Http2         bool                   `protobuf:"varint,4,opt,name=http2,proto3" json:"http2,omitempty"`
+	Routes        []string               `protobuf:"bytes,5,rep,name=routes,proto3" json:"routes,omitempty"`                                  // path prefixes Envoy sends to the service
+	DefaultRoute  bool                   `protobuf:"varint,6,opt,name=default_route,json=defaultRoute,proto3" json:"default_route,omitempty"` // it takes what no other route takes
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -697,6 +699,20 @@ func (x *EnvoyUpstream) GetTls() bool {
 func (x *EnvoyUpstream) GetHttp2() bool {
 	if x != nil {
 		return x.Http2
+	}
+	return false
+}
+
+func (x *EnvoyUpstream) GetRoutes() []string {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *EnvoyUpstream) GetDefaultRoute() bool {
+	if x != nil {
+		return x.DefaultRoute
 	}
 	return false
 }
@@ -2259,12 +2275,14 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\rContainerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
-	"\x05image\x18\x03 \x01(\tR\x05image\"h\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\"\xa5\x01\n" +
 	"\rEnvoyUpstream\x12\x1b\n" +
 	"\tport_name\x18\x01 \x01(\tR\bportName\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x10\n" +
 	"\x03tls\x18\x03 \x01(\bR\x03tls\x12\x14\n" +
-	"\x05http2\x18\x04 \x01(\bR\x05http2\"\x8a\x01\n" +
+	"\x05http2\x18\x04 \x01(\bR\x05http2\x12\x16\n" +
+	"\x06routes\x18\x05 \x03(\tR\x06routes\x12#\n" +
+	"\rdefault_route\x18\x06 \x01(\bR\fdefaultRoute\"\x8a\x01\n" +
 	"\vCheckResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
