@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -141,9 +142,10 @@ type Gossip struct {
 	keys   *KeyManager
 
 	ml    atomic.Pointer[memberlist.Memberlist]
-	queue *memberlist.TransmitLimitedQueue
+	queue *broadcastQueue
 	alive atomic.Int32 // live members including us, from events
 	kick  chan struct{}
+	push  chan struct{}          // our list changed: pushLoop sends it
 	meta  atomic.Pointer[[]byte] // encoded NodeMeta; SetMeta replaces it
 
 	// mu guards everything below. Lock order: memberlist calls its event
@@ -154,6 +156,7 @@ type Gossip struct {
 	local     nodeState // our own list as published
 	clock     uint64    // last version issued (hybrid logical clock)
 	oversize  bool      // our list did not fit one packet even shrunk
+	pushMsg   []byte    // our list as pushLoop sends it; nil when it does not fit
 	subs      map[chan struct{}]struct{}
 	badFormat map[byte]bool // unknown formats already logged
 
@@ -223,15 +226,16 @@ func New(cfg Config) (*Gossip, error) {
 		log:       lg.With("component", "gossip"),
 		mlLog:     lg.With("component", "memberlist"),
 		kick:      make(chan struct{}, 1),
+		push:      make(chan struct{}, 1),
 		nodes:     make(map[string]*nodeRec),
 		subs:      make(map[chan struct{}]struct{}),
 		badFormat: make(map[byte]bool),
 		leaveMsg:  make(chan struct{}, 1),
 	}
 	g.meta.Store(&meta)
-	g.queue = &memberlist.TransmitLimitedQueue{
-		NumNodes:       func() int { return max(1, int(g.alive.Load())) },
-		RetransmitMult: g.timing.RetransmitMult,
+	g.queue = &broadcastQueue{
+		numNodes: func() int { return max(1, int(g.alive.Load())) },
+		mult:     g.timing.RetransmitMult,
 	}
 	g.keys = newKeyManager(g, cfg.Keyring, cfg.KeyFile)
 	g.local = nodeState{Name: cfg.NodeName, KeyIDs: g.keys.ids()}
@@ -329,8 +333,9 @@ func (g *Gossip) Start(ctx context.Context) error {
 
 	lctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go g.joinLoop(lctx)
+	go g.pushLoop(lctx)
 	// ctx ends our life like Shutdown does. AfterFunc runs Shutdown in its
 	// own goroutine, which exists only once ctx is done; Shutdown stops it.
 	g.stopCtx = context.AfterFunc(ctx, func() { _ = g.Shutdown() })
@@ -382,8 +387,14 @@ func (g *Gossip) publishLocked(finished chan struct{}) {
 	rec := g.recLocked(g.cfg.NodeName, now)
 	rec.st = st
 	rec.learned = now
+	g.pushMsg = nil
 	if fits {
-		g.queue.QueueBroadcast(&nodeBroadcast{name: st.Name, version: st.Version, msg: msg, finished: finished})
+		g.queue.Queue(&nodeBroadcast{name: st.Name, version: st.Version, msg: msg, finished: finished})
+		g.pushMsg = msg
+		select {
+		case g.push <- struct{}{}:
+		default:
+		}
 	} else if finished != nil {
 		// Nothing will be sent; don't make Leave wait for it.
 		select {
@@ -566,7 +577,7 @@ func (g *Gossip) queueRelay(n *nodeState, msg []byte) {
 	if len(msg) > maxBroadcastBytes {
 		return // its origin could not gossip it either; push-pull carries it
 	}
-	g.queue.QueueBroadcast(&nodeBroadcast{name: n.Name, version: n.Version, msg: msg})
+	g.queue.Queue(&nodeBroadcast{name: n.Name, version: n.Version, msg: msg})
 }
 
 // View returns every node this agent knows of (dead and left ones until
@@ -719,6 +730,44 @@ func (g *Gossip) Shutdown() error {
 	g.subs = nil
 	g.mu.Unlock()
 	return err
+}
+
+// pushLoop sends this node's newest list straight to every member as soon
+// as it changes. Gossip alone reaches everyone only with high probability:
+// each node that learns a list passes it to a few random others, and in a
+// burst (a cluster-wide restart) about one peer in a hundred still lacked
+// a list after several rounds, until the next push-pull 15 s later; the
+// coordinators route Envoy by this health. One packet per member per change
+// is cheap at a Deephaven cluster's size, and gossip still carries the
+// list to any member the packet misses.
+func (g *Gossip) pushLoop(ctx context.Context) {
+	defer g.wg.Done()
+	ml := g.ml.Load()
+	var sent []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.push:
+		}
+		g.mu.Lock()
+		msg := g.pushMsg
+		g.mu.Unlock()
+		if msg == nil || bytes.Equal(msg, sent) {
+			continue
+		}
+		// Not under mu: memberlist takes its node lock here, and holds it
+		// while it calls our event delegate, which takes mu.
+		for _, m := range ml.Members() {
+			if m.Name == g.cfg.NodeName {
+				continue
+			}
+			if err := ml.SendBestEffort(m, msg); err != nil && ctx.Err() == nil {
+				g.log.Debug("gossip: pushing our list", "to", m.Name, "err", err)
+			}
+		}
+		sent = msg
+	}
 }
 
 // ---- joining ----
@@ -901,11 +950,11 @@ type nodeBroadcast struct {
 	finished chan struct{}
 }
 
-// Invalidates drops a queued older message about the same node (or the
-// same key, for key operations): only the newest is worth sending.
-func (b *nodeBroadcast) Invalidates(other memberlist.Broadcast) bool {
-	o, ok := other.(*nodeBroadcast)
-	return ok && o.keyOp == b.keyOp && o.name == b.name && o.version <= b.version
+// Invalidates says whether b makes o obsolete: an older message about the
+// same node (or the same key, for key operations); only the newest is
+// worth sending.
+func (b *nodeBroadcast) Invalidates(o *nodeBroadcast) bool {
+	return o.keyOp == b.keyOp && o.name == b.name && o.version <= b.version
 }
 
 func (b *nodeBroadcast) Message() []byte { return b.msg }
@@ -948,13 +997,13 @@ func (d *delegate) NotifyMsg(b []byte) {
 		}
 	case m.KeyOp != nil:
 		if g.keys.applyRemote(*m.KeyOp) {
-			g.queue.QueueBroadcast(keyOpBroadcast(*m.KeyOp, slices.Clone(b)))
+			g.queue.Queue(keyOpBroadcast(*m.KeyOp, slices.Clone(b)))
 		}
 	}
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.g.queue.GetBroadcasts(overhead, limit)
+	return d.g.queue.Get(overhead, limit)
 }
 
 // LocalState is our whole view for a push-pull: every known node's latest

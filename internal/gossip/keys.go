@@ -272,7 +272,7 @@ func (k *KeyManager) local(op byte, b64 string) error {
 	}
 	k.mu.Unlock()
 
-	k.g.queue.QueueBroadcast(keyOpBroadcast(o, encodeKeyOp(o)))
+	k.g.queue.Queue(keyOpBroadcast(o, encodeKeyOp(o)))
 	k.g.log.Info("gossip: key "+opVerb(op), "key_id", id, "by", "this node", "persisted", k.path != "")
 	if changed {
 		k.g.republish()
