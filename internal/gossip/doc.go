@@ -11,11 +11,13 @@
 //
 //   - Membership and liveness: memberlist's own probes and gossip. NodeMeta
 //     (roles, API address, versions) rides in memberlist's alive messages.
-//   - A node's service list: a gossip user message, versioned, broadcast
-//     through a memberlist.TransmitLimitedQueue. A newer list of a node
-//     replaces a queued older one (Invalidates). Receivers apply a list only
-//     if its version is newer than what they hold and then relay it once;
-//     see queueRelay for why relaying is needed.
+//   - A node's service list: a user message, versioned, sent straight to
+//     every member when it changes (pushLoop) and broadcast by gossip
+//     through a queue of our own (queue.go: memberlist's loses messages).
+//     A newer list of a node replaces a queued older one (Invalidates).
+//     Receivers apply a list only if its version is newer than what they
+//     hold and then relay it once; see queueRelay for why relaying is
+//     needed.
 //   - Full state: on every push-pull (join, and every PushPullInterval)
 //     each side sends all the nodes it knows with their latest list and
 //     liveness, merged by version, so a late joiner or a healed partition
