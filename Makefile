@@ -41,6 +41,7 @@ bench: build
 	$(GO) run ./scripts/bench/gossip
 	$(GO) run ./scripts/bench/coord
 	$(GO) run ./scripts/bench/xds
+	$(GO) run ./scripts/bench/envoy
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dhvisor/dhvisor/agent/install"
+	"github.com/dhvisor/dhvisor/agent/runtime"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
@@ -306,7 +307,7 @@ func Compact(sts []supervise.Status) []gossip.ServiceHealth {
 			out[i].Started = s.StartedAt
 		}
 		if c := s.Container; c != nil {
-			out[i].Container = shortID(c.ID) + " " + c.Image
+			out[i].Container = runtime.ShortID(c.ID) + " " + c.Image
 		}
 	}
 	return out
@@ -351,14 +352,6 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *pb.RegisterWorkersReq
 		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not this node (%s)", req.Node, s.mgr.Node().Agent.Node)
 	}
 	return s.Workers.Register(ctx, req)
-}
-
-// shortID is a container id as docker ps shows it.
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 // Logs implements pb.AgentServer.

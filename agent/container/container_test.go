@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/test/devcluster"
 	"github.com/dhvisor/dhvisor/test/envoyfixture"
 )
 
@@ -54,16 +54,6 @@ type nodeOpts struct {
 	image string
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func (n *envoyNode) yaml(o nodeOpts) string {
 	args := fmt.Sprintf("[%s]", strings.Join(envoyfixture.Args(n.listen, n.admin), ", "))
 	return fmt.Sprintf(`node: envoytest
@@ -80,6 +70,7 @@ envoy:
   mounts: [{source: %s, target: /etc/envoy/tls/server.pem}]
   ready: {interval: 200ms, timeout: 200ms, failures: 2}
   start_grace: 5s
+  stop_timeout: 1s
   restart: {min_uptime: 2s, backoff_initial: 50ms, backoff_max: 200ms, limit: 3, window: 1m}
 `, n.dir, n.name, o.image, n.host, args, n.listen, n.admin, n.dir, n.pem)
 }
@@ -94,7 +85,11 @@ func startNode(t *testing.T, o nodeOpts) *envoyNode {
 	}
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
-	n := &envoyNode{t: t, dir: t.TempDir(), host: o.host, name: "dhvtest-envoy-" + hex.EncodeToString(suffix), listen: freePort(t), admin: freePort(t)}
+	ports, err := devcluster.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &envoyNode{t: t, dir: t.TempDir(), host: o.host, name: "dhvtest-envoy-" + hex.EncodeToString(suffix), listen: ports[0], admin: ports[1]}
 	n.pem = filepath.Join(n.dir, "server.pem")
 	write(t, n.pem, "certificate 1")
 	write(t, filepath.Join(n.dir, "bootstrap.yaml"), "# a site's own bootstrap\n")
@@ -226,6 +221,26 @@ func (n *envoyNode) creations(t0 time.Time) int {
 	return len(strings.Split(out, "\n"))
 }
 
+// recreatedOnce waits for the container that replaces first's, serving, and
+// checks that, several checks later, it is the only one created since t0.
+func (n *envoyNode) recreatedOnce(what string, first supervise.Status, t0 time.Time) supervise.Status {
+	n.t.Helper()
+	st := n.waitFor(what, 20*time.Second, func(st supervise.Status) bool {
+		return st.State == supervise.OK && st.Container != nil && st.Container.ID != first.Container.ID
+	})
+	if st.Restarts != first.Restarts {
+		n.t.Errorf("a configuration change counted as a restart: %d -> %d", first.Restarts, st.Restarts)
+	}
+	time.Sleep(3 * fastTiming.Recheck)
+	if c := n.creations(t0); c != 1 {
+		n.t.Fatalf("%s: %d containers created, want exactly 1", what, c)
+	}
+	if id := n.status().Container.ID; id != st.Container.ID {
+		n.t.Fatalf("%s: recreated again: %s -> %s", what, st.Container.ID, id)
+	}
+	return st
+}
+
 // containers lists every container of that name, running or not.
 func (n *envoyNode) containers() []string {
 	out := n.docker("ps", "-a", "--filter", "name=^"+n.name+"$", "--format", "{{.ID}} {{.Status}}")
@@ -288,26 +303,13 @@ func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
 	// The key follows the certificate a moment later, as tools write them;
 	// the runtime waits for the files to settle before it recreates.
 	write(t, n.pem, "certificate 2 with its key")
-	st := n.waitFor("recreated after the certificate changed", 20*time.Second, func(st supervise.Status) bool {
-		return st.State == supervise.OK && st.Container != nil && st.Container.ID != first.Container.ID
-	})
-	if st.Restarts != first.Restarts {
-		t.Errorf("a configuration change counted as a restart: %d -> %d", first.Restarts, st.Restarts)
-	}
+	n.recreatedOnce("recreated after the certificate changed", first, t0)
 	got, err := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := sha256hex("certificate 2 with its key"); got != want {
 		t.Fatalf("the container sees the certificate %s, want the new one %s", got, want)
-	}
-	// Several file and inspection checks later, still the same container.
-	time.Sleep(3 * fastTiming.Recheck)
-	if c := n.creations(t0); c != 1 {
-		t.Fatalf("%d containers created after one certificate change, want exactly 1", c)
-	}
-	if id := n.status().Container.ID; id != st.Container.ID {
-		t.Fatalf("recreated again: %s -> %s", st.Container.ID, id)
 	}
 }
 
@@ -321,18 +323,53 @@ func TestEnvoyImageChangedRecreatesOnce(t *testing.T) {
 	if _, err := n.mgr.Reload(context.Background(), n.load(nodeOpts{image: imageV2})); err != nil {
 		t.Fatal(err)
 	}
-	st := n.waitFor("recreated on the new image", 20*time.Second, func(st supervise.Status) bool {
-		return st.State == supervise.OK && st.Container != nil && st.Container.ID != first.Container.ID
-	})
+	st := n.recreatedOnce("recreated on the new image", first, t0)
 	if st.Container.Image != imageV2 {
 		t.Fatalf("image %s, want %s", st.Container.Image, imageV2)
 	}
 	if img := n.docker("inspect", "--format", "{{.Config.Image}}", n.name); img != imageV2 {
 		t.Fatalf("engine says image %s", img)
 	}
-	time.Sleep(3 * fastTiming.Recheck)
-	if c := n.creations(t0); c != 1 {
-		t.Fatalf("%d containers created after one image change, want exactly 1", c)
+}
+
+func TestEnvoyTagMovedRecreatesOnce(t *testing.T) {
+	envoyfixture.Require(t)
+	const moving = "dhv-envoy-test:moving"
+	ctx := context.Background()
+	if err := envoyfixture.BuildImage(ctx, envoyfixture.DefaultHost, moving); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = envoyfixture.Docker(context.Background(), envoyfixture.DefaultHost, "rmi", "-f", moving)
+	})
+	n := startNode(t, nodeOpts{image: moving})
+	first := n.waitOK("first start")
+	t0 := time.Now()
+	// The same tag now names another image (a docker pull of a moved tag).
+	if err := envoyfixture.BuildImage(ctx, envoyfixture.DefaultHost, moving, "DH_FIXTURE_VERSION=moved"); err != nil {
+		t.Fatal(err)
+	}
+	n.recreatedOnce("recreated on the image the tag names now", first, t0)
+	want := n.docker("image", "inspect", "--format", "{{.Id}}", moving)
+	if got := n.docker("inspect", "--format", "{{.Image}}", n.name); got != want {
+		t.Fatalf("container runs image %s, the tag names %s", got, want)
+	}
+}
+
+func TestEnvoyHungIsRestarted(t *testing.T) {
+	envoyfixture.Require(t)
+	buildImages(t, envoyfixture.DefaultHost)
+	n := startNode(t, nodeOpts{})
+	first := n.waitOK("first start")
+	// A hung Envoy answers nothing and ignores SIGTERM: the ready probe
+	// times out, and the stop ends in SIGKILL after stop_timeout.
+	if err := envoyfixture.Fault(n.admin, "hang"); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor("restarted", 20*time.Second, func(st supervise.Status) bool { return st.Restarts == first.Restarts+1 })
+	st := n.waitOK("ready again after the restart")
+	if st.PID == first.PID || st.LastExit == nil || st.LastExit.Signal != "SIGKILL" {
+		t.Fatalf("status %+v, last exit %+v", st, st.LastExit)
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/dhvisor/dhvisor/agent/runtime"
 )
 
 // Docker is the Docker Engine API. The client negotiates the API version
@@ -138,20 +140,20 @@ func (d *Docker) Create(ctx context.Context, c Create) (string, error) {
 }
 
 func (d *Docker) Start(ctx context.Context, id string) error {
-	return classify("start "+short(id), d.cli.ContainerStart(ctx, id, container.StartOptions{}))
+	return classify("start "+runtime.ShortID(id), d.cli.ContainerStart(ctx, id, container.StartOptions{}))
 }
 
 func (d *Docker) Stop(ctx context.Context, id string, timeout time.Duration) error {
 	secs := int((timeout + time.Second - 1) / time.Second)
-	return classify("stop "+short(id), d.cli.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}))
+	return classify("stop "+runtime.ShortID(id), d.cli.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}))
 }
 
 func (d *Docker) Kill(ctx context.Context, id string) error {
-	return classify("kill "+short(id), d.cli.ContainerKill(ctx, id, "KILL"))
+	return classify("kill "+runtime.ShortID(id), d.cli.ContainerKill(ctx, id, "KILL"))
 }
 
 func (d *Docker) Remove(ctx context.Context, id string) error {
-	return classify("remove "+short(id), d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}))
+	return classify("remove "+runtime.ShortID(id), d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}))
 }
 
 func (d *Docker) List(ctx context.Context, labels map[string]string) ([]Info, error) {
@@ -219,20 +221,12 @@ func (d *Docker) Logs(ctx context.Context, id string, tail int, follow bool, w i
 	}
 	rc, err := d.cli.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow, Tail: t})
 	if err != nil {
-		return classify("logs "+short(id), err)
+		return classify("logs "+runtime.ShortID(id), err)
 	}
 	defer rc.Close()
 	// Without a TTY the engine multiplexes stdout and stderr in frames.
 	if _, err := stdcopy.StdCopy(w, w, rc); err != nil && ctx.Err() == nil {
-		return classify("logs "+short(id), err)
+		return classify("logs "+runtime.ShortID(id), err)
 	}
 	return nil
-}
-
-// short is the id as docker ps shows it.
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

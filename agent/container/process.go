@@ -247,6 +247,10 @@ func (w *watcher) endSignal(code int) string {
 		return "SIGKILL (out of memory)"
 	case w.signal != "" && code > 128:
 		return w.signal
+	case code > 128 && code < 128+65:
+		// No kill event: a signal from outside the engine (the shell's
+		// 128+n convention of the container's exit code).
+		return unix.SignalName(syscall.Signal(code - 128))
 	}
 	return ""
 }

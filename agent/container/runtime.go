@@ -219,7 +219,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		if err != nil {
 			return nil, r.engineFailed(ctx, err)
 		}
-		r.log.Info("created container", "container", name, "id", short(id), "image", d.create.Image)
+		r.log.Info("created container", "container", name, "id", runtime.ShortID(id), "image", d.create.Image)
 		cur.ID = id
 	}
 	since := time.Now()
@@ -262,14 +262,14 @@ func (r *Runtime) Logs(ctx context.Context, spec runtime.Spec, tail int, follow 
 // dockerUser turns a run user (and group) into what the engine takes. Names
 // are this host's, as the container's own /etc/passwd rarely has them.
 func dockerUser(name, group string) (string, error) {
-	if g, ok := strings.CutPrefix(name, ":"); ok || name == "" {
-		if name == "" && group == "" {
-			return "", nil
-		}
-		name, group = "", g+group
-	}
 	if u, g, ok := strings.Cut(name, ":"); ok {
 		name, group = u, g
+	}
+	if name == "" {
+		if group != "" {
+			return "", fmt.Errorf("container group %q needs a user too", group)
+		}
+		return "", nil // the image's
 	}
 	uid := name
 	if _, err := strconv.Atoi(name); err != nil {

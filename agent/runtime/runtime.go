@@ -48,6 +48,14 @@ type Container struct {
 	StartedAt time.Time
 }
 
+// ShortID is a container id as docker ps shows it.
+func ShortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
 // NoticeKind is what a runtime tells the supervisor about a running process
 // besides its end.
 type NoticeKind int

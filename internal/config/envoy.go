@@ -171,9 +171,6 @@ func (e *EnvoyContainer) applyDefaults(a *Agent, dir string) {
 	setDur(&r.BackoffInitial, 200*time.Millisecond)
 	setDur(&r.BackoffMax, 30*time.Second)
 	setDur(&r.Window, 5*time.Minute)
-	if r.Limit == 0 {
-		r.Limit = 5
-	}
 }
 
 // envoyService validates the envoy: section and returns the service that
@@ -188,6 +185,12 @@ func (n *Node) envoyService(es *Errors, src *source, org origins, hasRole bool) 
 		return nil
 	}
 	e := &n.Agent.Envoy
+	// The limit defaults to 5 only when unset: limit: 0 says never give up.
+	if rn, _ := mapValue(node, "restart"); rn == nil {
+		e.Restart.Limit = 5
+	} else if ln, _ := mapValue(rn, "limit"); ln == nil {
+		e.Restart.Limit = 5
+	}
 	at := func(path ...string) int {
 		_, l := locate(org, node, src.file, path...)
 		if node == nil {

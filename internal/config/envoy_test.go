@@ -60,6 +60,19 @@ envoy:
 	}
 }
 
+func TestEnvoyRestartLimitZero(t *testing.T) {
+	for yaml, want := range map[string]int{"": 5, "  restart: {min_uptime: 1s}\n": 5, "  restart: {limit: 0}\n": 0, "  restart: {limit: 2}\n": 2} {
+		dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [envoy]\nenvoy:\n  bootstrap: /b.yaml\n" + yaml})
+		n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.Services[EnvoyService].Restart.Limit; got != want {
+			t.Errorf("%q: limit %d, want %d", yaml, got, want)
+		}
+	}
+}
+
 func TestEnvoyInvalid(t *testing.T) {
 	const head = "node: edge1\nroles: [envoy]\n"
 	cases := []struct {

@@ -180,7 +180,7 @@ func renderEnvoy(w io.Writer, resp *agentpb.StatusResponse, now time.Time, color
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "  %s\t%s\n", k, v) }
 	if c := s.Container; c != nil {
-		row("container", c.Name+" "+shortID(c.Id))
+		row("container", c.Name+" "+c.Id)
 		row("image", c.Image)
 	} else {
 		row("container", "none running")
@@ -201,12 +201,4 @@ func renderEnvoy(w io.Writer, resp *agentpb.StatusResponse, now time.Time, color
 		row("message", s.Message)
 	}
 	tw.Flush()
-}
-
-// shortID is a container id as docker ps shows it.
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

@@ -122,7 +122,7 @@ func renderStatus(w io.Writer, resp *pb.StatusResponse, now time.Time, color boo
 	var notes []string
 	for _, s := range resp.Services {
 		if c := s.Container; c != nil {
-			notes = append(notes, fmt.Sprintf("  %s: container %s %s, image %s", s.Name, c.Name, shortID(c.Id), c.Image))
+			notes = append(notes, fmt.Sprintf("  %s: container %s, image %s, id %s", s.Name, c.Name, c.Image, c.Id))
 		}
 		if s.State != "OK" && s.Message != "" {
 			notes = append(notes, fmt.Sprintf("  %s: %s", s.Name, s.Message))

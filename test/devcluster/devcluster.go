@@ -98,7 +98,7 @@ func Start(opt Options) (*Cluster, error) {
 	if err := c.certificates(); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(4*opt.Coordinators + 3*len(opt.Nodes))
+	ports, err := FreePorts(4*opt.Coordinators + 3*len(opt.Nodes))
 	if err != nil {
 		return nil, err
 	}
@@ -560,7 +560,8 @@ func (c *Cluster) Events() ([]Event, error) {
 }
 
 // freePorts reserves n ports the kernel says are free now.
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n loopback ports free a moment ago, each different.
+func FreePorts(n int) ([]int, error) {
 	var out []int
 	var ls []net.Listener
 	defer func() {

@@ -1,0 +1,98 @@
+package container
+
+import (
+	"os"
+	"os/user"
+	"path/filepath"
+	"testing"
+
+	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+func TestDockerUser(t *testing.T) {
+	root, err := user.Lookup("root")
+	if err != nil {
+		t.Skip("no root user to resolve")
+	}
+	cases := []struct {
+		user, group, want string
+		bad               bool
+	}{
+		{"", "", "", false},
+		{"101", "", "101", false},
+		{"101:102", "", "101:102", false},
+		{"101", "102", "101:102", false},
+		{"root", "", root.Uid + ":" + root.Gid, false},
+		{"root:root", "", root.Uid + ":" + root.Gid, false},
+		{":0", "", "", true},
+		{"no-such-user-here", "", "", true},
+		{"101", "no-such-group-here", "", true},
+	}
+	for _, c := range cases {
+		got, err := dockerUser(c.user, c.group)
+		if (err != nil) != c.bad || got != c.want {
+			t.Errorf("dockerUser(%q, %q) = %q, %v; want %q, error %v", c.user, c.group, got, err, c.want, c.bad)
+		}
+	}
+}
+
+func TestChanged(t *testing.T) {
+	old := map[string]string{"image x": "a", "settings": "s", "file /c.pem": "1"}
+	cases := []struct {
+		cur  map[string]string
+		want string
+	}{
+		{map[string]string{"image x": "b", "settings": "s", "file /c.pem": "1"}, "image x"},
+		{map[string]string{"image x": "a", "settings": "s", "file /c.pem": "2"}, "file /c.pem"},
+		{map[string]string{"image y": "a", "settings": "t", "file /c.pem": "1"}, "image y, settings, image x (gone)"},
+		{old, "settings"}, // same parts yet another hash: only settings can say
+	}
+	for _, c := range cases {
+		if got := changed(old, c.cur); got != c.want {
+			t.Errorf("changed(%v) = %q, want %q", c.cur, got, c.want)
+		}
+	}
+}
+
+func TestDigestAndFingerprint(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if err := os.MkdirAll(certs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	put := func(p, s string) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(filepath.Join(certs, "a.pem"), "A")
+	put(filepath.Join(dir, "b.pem"), "B")
+	spec := runtime.Spec{Container: &config.Container{Mounts: []config.Mount{{Source: certs, Target: "/c"}, {Source: filepath.Join(dir, "b.pem"), Target: "/b.pem"}}}}
+
+	d1, err := digestPath(certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f1 := fingerprint(spec)
+	put(filepath.Join(certs, "a.pem"), "A2")
+	d2, _ := digestPath(certs)
+	if d1 == d2 || fingerprint(spec) == f1 {
+		t.Fatal("a file changed below a mounted directory and neither digest nor fingerprint moved")
+	}
+	put(filepath.Join(certs, "a.pem"), "A")
+	if d3, _ := digestPath(certs); d3 != d1 {
+		t.Fatal("the digest is not of the content alone")
+	}
+	if _, err := digestPath(filepath.Join(dir, "missing.pem")); err == nil {
+		t.Fatal("a missing mount source has a digest")
+	}
+	f := fingerprint(spec)
+	if err := os.Remove(filepath.Join(dir, "b.pem")); err != nil {
+		t.Fatal(err)
+	}
+	if fingerprint(spec) == f {
+		t.Fatal("a removed file left the fingerprint as it was")
+	}
+}
