@@ -411,19 +411,16 @@ func TestEnvoyCrashLoopingImageFails(t *testing.T) {
 	}
 }
 
-func TestEnvoySurvivesDockerdOutage(t *testing.T) {
-	envoyfixture.Require(t)
-	outage := 30 * time.Second
-	if testing.Short() {
-		outage = 5 * time.Second
-	}
-	// A private engine, to stop and start (the machine's is shared); its
-	// directory short, for the sockets below it.
+// privateDockerd starts an engine of the test's own, to stop and start
+// (the machine's is shared), with the stand-in image.
+func privateDockerd(t *testing.T, args ...string) *envoyfixture.Dockerd {
+	t.Helper()
+	// Its directory short, for the sockets below it.
 	dir, err := os.MkdirTemp("/tmp", "dhvd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := envoyfixture.StartDockerd(dir)
+	d, err := envoyfixture.StartDockerd(dir, args...)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
@@ -436,6 +433,16 @@ func TestEnvoySurvivesDockerdOutage(t *testing.T) {
 	if err := envoyfixture.BuildImage(context.Background(), d.Host, imageV1); err != nil {
 		t.Fatal(err)
 	}
+	return d
+}
+
+func TestEnvoySurvivesDockerdOutage(t *testing.T) {
+	envoyfixture.Require(t)
+	outage := 30 * time.Second
+	if testing.Short() {
+		outage = 5 * time.Second
+	}
+	d := privateDockerd(t)
 	n := startNode(t, nodeOpts{host: d.Host})
 	first := n.waitOK("first start")
 
@@ -472,4 +479,28 @@ func TestEnvoySurvivesDockerdOutage(t *testing.T) {
 func sha256hex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
+}
+
+// With live-restore the container runs on while the engine is down: the
+// agent reports the outage, then takes the same container over again, with
+// no restart.
+func TestEnvoyKeptThroughLiveRestore(t *testing.T) {
+	envoyfixture.Require(t)
+	d := privateDockerd(t, "--live-restore")
+	n := startNode(t, nodeOpts{host: d.Host})
+	first := n.waitOK("first start")
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor("outage reported", 10*time.Second, func(st supervise.Status) bool { return st.State == supervise.ConnFailed })
+	if !envoyfixture.Ready(n.admin) {
+		t.Fatal("Envoy stopped with the engine despite live-restore")
+	}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	st := n.waitOK("seen again")
+	if st.PID != first.PID || st.Container.ID != first.Container.ID || st.Restarts != first.Restarts {
+		t.Fatalf("the running container was not kept: %+v -> %+v", first, st)
+	}
 }

@@ -641,7 +641,9 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 		case !reflect.DeepEqual(prev, node.Services[name]):
 			res.Changed = append(res.Changed, name)
 			n := node.Services[name]
-			if !reflect.DeepEqual(prev.Command, n.Command) || !reflect.DeepEqual(prev.Env, n.Env) || prev.User != n.User || prev.Group != n.Group || prev.WorkDir != n.WorkDir {
+			// A container's runtime applies such changes itself (it
+			// recreates the container once).
+			if n.Container == nil && (!reflect.DeepEqual(prev.Command, n.Command) || !reflect.DeepEqual(prev.Env, n.Env) || prev.User != n.User || prev.Group != n.Group || prev.WorkDir != n.WorkDir) {
 				res.RestartNeeded = append(res.RestartNeeded, name)
 			}
 		}

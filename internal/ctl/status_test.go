@@ -34,6 +34,38 @@ func TestRenderStatus(t *testing.T) {
 	}
 }
 
+func TestRenderEnvoy(t *testing.T) {
+	now := time.Unix(10_000, 0)
+	id := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	resp := &pb.StatusResponse{Node: "edge1", Services: []*pb.ServiceStatus{{
+		Name: "envoy", State: "OK", Pid: 4242, StartedUnixMs: now.Add(-3 * time.Minute).UnixMilli(), StateSinceUnixMs: now.Add(-2 * time.Minute).UnixMilli(), Restarts: 1,
+		Container: &pb.ContainerInfo{Id: id, Name: "deephaven_envoy", Image: "envoyproxy/envoy:v1.31.2"},
+		LastCheck: &pb.CheckResult{Name: "ready", Ok: true, Message: "ok", AtUnixMs: now.Add(-time.Second).UnixMilli()},
+		LastExit:  &pb.ExitInfo{Code: 137, Signal: "SIGKILL", AtUnixMs: now.Add(-3 * time.Minute).UnixMilli()},
+	}}}
+	var b bytes.Buffer
+	renderEnvoy(&b, resp, now, false)
+	for _, want := range []string{
+		"Envoy on edge1: OK for 2m00s",
+		"container  deephaven_envoy " + id,
+		"image      envoyproxy/envoy:v1.31.2",
+		"uptime     3m00s (pid 4242)",
+		"restarts   1",
+		"ready      ready ok (1s ago)",
+		"last exit  killed by SIGKILL, 3m00s ago",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	resp.Services[0].Container, resp.Services[0].Pid, resp.Services[0].State, resp.Services[0].Message = nil, 0, "Connection failed", "docker engine unreachable"
+	renderEnvoy(&b, resp, now, false)
+	if out := b.String(); !strings.Contains(out, "container  none running") || !strings.Contains(out, "message    docker engine unreachable") {
+		t.Errorf("output:\n%s", out)
+	}
+}
+
 func TestHumanDuration(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		5 * time.Second: "5s", 90 * time.Second: "1m30s", 3*time.Hour + 5*time.Minute: "3h05m", 50 * time.Hour: "2d02h",

@@ -209,15 +209,17 @@ func Fault(admin int, kind string) error {
 type Dockerd struct {
 	Dir  string
 	Host string
+	args []string
 	cmd  *exec.Cmd
 	log  *os.File
 }
 
 // StartDockerd starts a private engine with its state under dir (keep dir
 // short: the engine's sockets live below it). It uses the host network
-// only, as the machine's engine does.
-func StartDockerd(dir string) (*Dockerd, error) {
-	d := &Dockerd{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock")}
+// only, as the machine's engine does; args are more of dockerd's flags
+// (--live-restore).
+func StartDockerd(dir string, args ...string) (*Dockerd, error) {
+	d := &Dockerd{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), args: args}
 	return d, d.Start()
 }
 
@@ -228,9 +230,9 @@ func (d *Dockerd) Start() error {
 		return err
 	}
 	d.log = log
-	d.cmd = exec.Command("dockerd", "--iptables=false", "--bridge=none", "-H", d.Host,
+	d.cmd = exec.Command("dockerd", append([]string{"--iptables=false", "--bridge=none", "-H", d.Host,
 		"--data-root", filepath.Join(d.Dir, "data"), "--exec-root", filepath.Join(d.Dir, "x"),
-		"--pidfile", filepath.Join(d.Dir, "docker.pid"))
+		"--pidfile", filepath.Join(d.Dir, "docker.pid")}, d.args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
@@ -271,10 +273,20 @@ func (d *Dockerd) Stop() error {
 	return d.log.Close()
 }
 
-// Remove stops the engine and deletes its directory, with the network
-// namespace mount the engine leaves behind.
+// Remove stops the engine and deletes its directory, with the mounts the
+// engine leaves behind (its network namespace; with --live-restore its
+// data root too).
 func (d *Dockerd) Remove() error {
 	err := d.Stop()
-	_ = unix.Unmount(filepath.Join(d.Dir, "x", "netns", "default"), unix.MNT_DETACH)
+	b, _ := os.ReadFile("/proc/self/mounts")
+	var mounts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], d.Dir+"/") {
+			mounts = append(mounts, f[1])
+		}
+	}
+	for i := len(mounts) - 1; i >= 0; i-- { // the deepest last mounted
+		_ = unix.Unmount(mounts[i], unix.MNT_DETACH)
+	}
 	return errors.Join(err, os.RemoveAll(d.Dir))
 }

@@ -276,7 +276,7 @@ func processOf(admin int) (int64, error) {
 }
 
 func report(w io.Writer, r *results) {
-	fmt.Fprintf(w, "\nEnvoy container: docker kill -> the stand-in serving /ready again from a new process\n")
+	fmt.Fprintf(w, "\nEnvoy container: killed -> the stand-in serving /ready again from a new process\n")
 	fmt.Fprintf(w, "(%d rounds, a kill every %s per container; load %s -> %s)\n\n", r.Rounds, r.Spacing, r.Load[0], r.Load[1])
 	fmt.Fprintf(w, "%-36s %5s %9s %9s %9s %9s\n", "series", "n", "p50", "p90", "p99", "max")
 	for _, name := range []string{agentDockerKill, agentSIGKILL, dockerSIGKILL} {

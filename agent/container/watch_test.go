@@ -1,0 +1,211 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+// fakeEngine is an in-memory engine for the watcher's logic: one running
+// container whose events the test sends, and an engine that can be made
+// unreachable.
+type fakeEngine struct {
+	mu      sync.Mutex
+	info    Info
+	imageID string
+	down    bool
+	streams chan chan Event // each Events call hands the test its channel
+	errs    chan error      // breaks the current stream
+}
+
+func newFakeEngine(pid int) *fakeEngine {
+	return &fakeEngine{info: Info{ID: "c0ffee0000000000", Running: true, Pid: pid}, imageID: "sha256:1",
+		streams: make(chan chan Event, 8), errs: make(chan error, 1)}
+}
+
+func (f *fakeEngine) set(fn func(*fakeEngine)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func (f *fakeEngine) Ping(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return ErrUnreachable
+	}
+	return nil
+}
+
+func (f *fakeEngine) Inspect(context.Context, string) (Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return Info{}, ErrUnreachable
+	}
+	return f.info, nil
+}
+
+func (f *fakeEngine) ImageID(context.Context, string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.imageID, nil
+}
+
+func (f *fakeEngine) Events(ctx context.Context, _ string, _ time.Time) (<-chan Event, <-chan error) {
+	ch := make(chan Event)
+	f.streams <- ch
+	return ch, f.errs
+}
+
+func (f *fakeEngine) Pull(context.Context, string) error                      { return errors.New("no registry") }
+func (f *fakeEngine) Create(context.Context, Create) (string, error)          { return "", errors.New("unused") }
+func (f *fakeEngine) Start(context.Context, string) error                     { return nil }
+func (f *fakeEngine) Stop(context.Context, string, time.Duration) error       { return nil }
+func (f *fakeEngine) Kill(context.Context, string) error                      { return nil }
+func (f *fakeEngine) Remove(context.Context, string) error                    { return nil }
+func (f *fakeEngine) List(context.Context, map[string]string) ([]Info, error) { return nil, nil }
+func (f *fakeEngine) Logs(context.Context, string, int, bool, io.Writer) error {
+	return nil
+}
+
+// watched starts a watcher on the fake engine's container, with a mounted
+// file, and returns the process and the first event stream.
+func watched(t *testing.T, f *fakeEngine) (*process, chan Event, string) {
+	t.Helper()
+	dir := t.TempDir()
+	pem := filepath.Join(dir, "server.pem")
+	if err := os.WriteFile(pem, []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := New(f, Timing{Recheck: time.Hour, FileCheck: 10 * time.Millisecond, Reconnect: 10 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	spec := runtime.Spec{Name: "envoy", Owner: dir, Container: &config.Container{Name: "e", Image: "envoy:1", Mounts: []config.Mount{{Source: pem, Target: "/p.pem"}}}}
+	d, err := rt.desire(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := rt.watch(spec, d, f.info, procIdentity(f.info.Pid), time.Now())
+	t.Cleanup(p.Release)
+	return p, <-f.streams, pem
+}
+
+func nextNotice(t *testing.T, p *process) runtime.Notice {
+	t.Helper()
+	select {
+	case <-p.Noticed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notice")
+	}
+	ns := p.Notices()
+	if len(ns) == 0 {
+		t.Fatal("noticed without notices")
+	}
+	return ns[0]
+}
+
+func ended(t *testing.T, p *process) runtime.Exit {
+	t.Helper()
+	select {
+	case <-p.Done():
+		return p.Exit()
+	case <-time.After(5 * time.Second):
+		t.Fatal("not ended")
+	}
+	return runtime.Exit{}
+}
+
+func TestWatcherEvents(t *testing.T) {
+	at := time.Unix(1700000000, 0)
+	cases := []struct {
+		name   string
+		events []Event
+		want   runtime.Exit
+	}{
+		{"docker kill", []Event{{Action: "kill", Attrs: map[string]string{"signal": "9"}}, {Action: "die", Attrs: map[string]string{"exitCode": "137"}, Time: at}}, runtime.Exit{Code: 137, Signal: "SIGKILL", At: at}},
+		{"crash", []Event{{Action: "die", Attrs: map[string]string{"exitCode": "3"}, Time: at}}, runtime.Exit{Code: 3, At: at}},
+		{"killed from outside the engine", []Event{{Action: "die", Attrs: map[string]string{"exitCode": "143"}, Time: at}}, runtime.Exit{Code: 143, Signal: "SIGTERM", At: at}},
+		{"out of memory", []Event{{Action: "oom"}, {Action: "die", Attrs: map[string]string{"exitCode": "137"}, Time: at}}, runtime.Exit{Code: 137, Signal: "SIGKILL (out of memory)", At: at}},
+		{"removed", []Event{{Action: "destroy", Time: at}}, runtime.Exit{Code: -1, Signal: "removal of the container", At: at}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeEngine(os.Getpid())
+			p, evs, _ := watched(t, f)
+			for _, ev := range c.events {
+				evs <- ev
+			}
+			if got := ended(t, p); got != c.want {
+				t.Fatalf("exit %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestWatcherNotices(t *testing.T) {
+	f := newFakeEngine(os.Getpid())
+	p, evs, pem := watched(t, f)
+
+	evs <- Event{Action: "health_status: unhealthy"}
+	if n := nextNotice(t, p); n.Kind != runtime.Unhealthy {
+		t.Fatalf("notice %+v", n)
+	}
+
+	// The engine goes away: Unseen; back with the container running: Seen.
+	f.set(func(f *fakeEngine) { f.down = true })
+	f.errs <- ErrUnreachable
+	if n := nextNotice(t, p); n.Kind != runtime.Unseen {
+		t.Fatalf("notice %+v", n)
+	}
+	f.set(func(f *fakeEngine) { f.down = false })
+	if n := nextNotice(t, p); n.Kind != runtime.Seen {
+		t.Fatalf("notice %+v", n)
+	}
+	<-f.streams // resubscribed
+
+	// A mounted file changes: one Stale, naming it, however long it waits.
+	if err := os.WriteFile(pem, []byte("two"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n := nextNotice(t, p); n.Kind != runtime.Stale || n.Message != "file "+pem+" changed" {
+		t.Fatalf("notice %+v", n)
+	}
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case <-p.Noticed():
+		t.Fatalf("a second notice for the same change: %+v", p.Notices())
+	default:
+	}
+
+	// The image the tag names changes, seen on a retarget: Stale again.
+	f.set(func(f *fakeEngine) { f.imageID = "sha256:2" })
+	spec := runtime.Spec{Name: "envoy", Owner: filepath.Dir(pem), Container: &config.Container{Name: "e", Image: "envoy:1", Mounts: []config.Mount{{Source: pem, Target: "/p.pem"}}}}
+	p.Retarget(spec)
+	if n := nextNotice(t, p); n.Kind != runtime.Stale || n.Message != "file "+pem+", image envoy:1 changed" {
+		t.Fatalf("notice %+v", n)
+	}
+
+	// Back while the engine was away, the container is gone: it ended.
+	f.set(func(f *fakeEngine) { f.down = true })
+	f.errs <- ErrUnreachable
+	_ = nextNotice(t, p)
+	f.set(func(f *fakeEngine) { f.down = false; f.info.Running, f.info.ExitCode = false, 0 })
+	if e := ended(t, p); e.Code != 0 {
+		t.Fatalf("exit %+v", e)
+	}
+}
+
+func procIdentity(pid int) procfs.Identity {
+	id, _ := procfs.IdentityOf(pid)
+	return id
+}
