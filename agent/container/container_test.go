@@ -311,6 +311,27 @@ func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
 	if want := sha256hex("certificate 2 with its key"); got != want {
 		t.Fatalf("the container sees the certificate %s, want the new one %s", got, want)
 	}
+
+	// Unmonitored, the agent keeps its hands off; monitored again, it
+	// applies the change it held.
+	ctx := context.Background()
+	if err := n.mgr.Control(ctx, supervise.Unmonitor, []string{config.EnvoyService}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	held := n.status()
+	write(t, n.pem, "certificate 3")
+	time.Sleep(2 * fastTiming.Recheck)
+	if st := n.status(); st.Container.ID != held.Container.ID || st.State != supervise.NotMonitored {
+		t.Fatalf("an unmonitored container was touched: %+v", st)
+	}
+	t1 := time.Now()
+	if err := n.mgr.Control(ctx, supervise.Monitor, []string{config.EnvoyService}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.recreatedOnce("recreated once monitored again", held, t1)
+	if got, _ := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem"); got != sha256hex("certificate 3") {
+		t.Fatalf("the container sees %s, want certificate 3", got)
+	}
 }
 
 func TestEnvoyImageChangedRecreatesOnce(t *testing.T) {

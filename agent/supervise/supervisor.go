@@ -80,6 +80,7 @@ type Supervisor struct {
 	checks    *checkRunner
 	hyst      []*check.Hysteresis
 	stepToken string // the token of the command being handled, recorded with a new pid
+	staleWhy  string // the process must be replaced to take a change (held while unmonitored)
 	restartC  <-chan time.Time
 	restartT  *time.Timer
 	sampleT   *time.Ticker
@@ -275,7 +276,7 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 			m.FastFailures, m.RecentRestarts = 0, nil
 		})
 		if s.proc != nil {
-			s.resumeMonitoring()
+			s.resumeMonitoring(ctx)
 			return nil
 		}
 		s.cancelRestart()
@@ -304,7 +305,7 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 	case actMonitor:
 		s.remember(func(m *state.Service) { m.Monitored = true; m.Failed = false })
 		if s.proc != nil {
-			s.resumeMonitoring()
+			s.resumeMonitoring(ctx)
 			return nil
 		}
 		if s.remembered().DesiredRunning {
@@ -394,10 +395,12 @@ func (s *Supervisor) onNotices(ctx context.Context, ns []runtime.Notice) {
 			s.stopChecks()
 			s.setState(ConnFailed, n.Message)
 		case runtime.Seen:
-			if s.remembered().Monitored {
-				s.setState(Initializing, n.Message+"; waiting for checks")
-				s.startChecks()
+			if !s.remembered().Monitored {
+				s.setState(NotMonitored, n.Message)
+				continue
 			}
+			s.setState(Initializing, n.Message+"; waiting for checks")
+			s.startChecks()
 		case runtime.Stale:
 			s.replace(ctx, n.Message)
 		case runtime.Unhealthy:
@@ -409,7 +412,11 @@ func (s *Supervisor) onNotices(ctx context.Context, ns []runtime.Notice) {
 // replace recreates a running service whose inputs changed: not a failure,
 // so the restart policy does not count it.
 func (s *Supervisor) replace(ctx context.Context, why string) {
-	if !s.remembered().DesiredRunning {
+	if m := s.remembered(); !m.DesiredRunning || !m.Monitored {
+		// Not monitored: the agent keeps its hands off until an operator
+		// monitors or restarts it, which takes the change.
+		s.log.Info("not replacing an unmonitored service until it is monitored again", "why", why)
+		s.staleWhy = why
 		return
 	}
 	s.log.Info("replacing the service to apply a change", "why", why)
@@ -424,6 +431,7 @@ func (s *Supervisor) replace(ctx context.Context, why string) {
 // attach makes p the service's process and starts watching it.
 func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	s.proc = p
+	s.staleWhy = ""
 	s.graceEnd = started.Add(s.spec.StartGrace.D())
 	s.graceOver = false
 	id := p.Identity()
@@ -596,9 +604,13 @@ func (s *Supervisor) setState(st State, msg string) {
 
 // resumeMonitoring puts a running process back under its checks (after
 // unmonitor, or a Failed verdict the operator overrides with start).
-func (s *Supervisor) resumeMonitoring() {
+func (s *Supervisor) resumeMonitoring(ctx context.Context) {
 	if s.checks != nil {
 		return // monitored all along
+	}
+	if why := s.staleWhy; why != "" {
+		s.replace(ctx, why+" while not monitored")
+		return
 	}
 	s.setState(Initializing, "monitoring resumed; waiting for checks")
 	s.startChecks()
