@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,6 +48,25 @@ type envoyNode struct {
 	pem    string // a mounted certificate
 	mgr    *supervise.Manager
 	stop   func()
+	log    logBuffer
+}
+
+// logBuffer collects an agent's log for a failed test.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 type nodeOpts struct {
@@ -95,6 +115,9 @@ func startNode(t *testing.T, o nodeOpts) *envoyNode {
 	write(t, filepath.Join(n.dir, "bootstrap.yaml"), "# a site's own bootstrap\n")
 	t.Cleanup(func() {
 		_, _ = envoyfixture.Docker(context.Background(), n.host, "rm", "-f", n.name)
+		if t.Failed() {
+			t.Logf("agent log:\n%s", n.log.String())
+		}
 	})
 	n.run(o)
 	return n
@@ -139,10 +162,12 @@ func (n *envoyNode) run(o nodeOpts) {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The agent's log is shown when the test fails.
+	var out io.Writer = &n.log
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+		out = os.Stderr
 	}
+	log := slog.New(slog.NewTextHandler(out, nil))
 	rts := supervise.Runtimes{config.RuntimeDocker: container.New(eng, fastTiming, log)}
 	n.mgr = supervise.NewManager(node, rts, state.New(filepath.Join(n.dir, "state", "agent-state.json")), log)
 	if err := os.MkdirAll(filepath.Join(n.dir, "state"), 0o750); err != nil {
@@ -210,15 +235,16 @@ func (n *envoyNode) docker(args ...string) string {
 	return out
 }
 
-// creations counts the engine's create events for the container since t0.
-func (n *envoyNode) creations(t0 time.Time) int {
+// creations lists the engine's create events for the container since t0
+// (time in ns, container id).
+func (n *envoyNode) creations(t0 time.Time) []string {
 	n.t.Helper()
 	out := n.docker("events", "--since", fmt.Sprintf("%d.%09d", t0.Unix(), t0.Nanosecond()), "--until", fmt.Sprint(time.Now().Unix()+1),
-		"--filter", "type=container", "--filter", "event=create", "--filter", "container="+n.name, "--format", "{{.ID}}")
+		"--filter", "type=container", "--filter", "event=create", "--filter", "container="+n.name, "--format", "{{.TimeNano}} {{.ID}}")
 	if out == "" {
-		return 0
+		return nil
 	}
-	return len(strings.Split(out, "\n"))
+	return strings.Split(out, "\n")
 }
 
 // recreatedOnce waits for the container that replaces first's, serving, and
@@ -232,8 +258,8 @@ func (n *envoyNode) recreatedOnce(what string, first supervise.Status, t0 time.T
 		n.t.Errorf("a configuration change counted as a restart: %d -> %d", first.Restarts, st.Restarts)
 	}
 	time.Sleep(3 * fastTiming.Recheck)
-	if c := n.creations(t0); c != 1 {
-		n.t.Fatalf("%s: %d containers created, want exactly 1", what, c)
+	if c := n.creations(t0); len(c) != 1 {
+		n.t.Fatalf("%s: %d containers created since %d, want exactly 1: %q", what, len(c), t0.UnixNano(), c)
 	}
 	if id := n.status().Container.ID; id != st.Container.ID {
 		n.t.Fatalf("%s: recreated again: %s -> %s", what, st.Container.ID, id)

@@ -197,11 +197,13 @@ func (w *watcher) follow(ctx context.Context, since *time.Time, recheck, files <
 			if err := w.p.rt.engine.Ping(ctx); err != nil {
 				return err
 			}
-			w.checkInputs(ctx)
+			// Files being written are left to the file check, which waits
+			// for them to settle.
+			if !w.filesMoving() {
+				w.checkInputs(ctx)
+			}
 		case <-files:
-			fp := fingerprint(w.spec)
-			if fp != w.fp {
-				w.fp, w.moving = fp, true
+			if w.filesMoving() {
 				continue
 			}
 			if w.moving {
@@ -210,10 +212,23 @@ func (w *watcher) follow(ctx context.Context, since *time.Time, recheck, files <
 			}
 		case spec := <-w.p.retarget:
 			w.spec = spec
-			w.fp = fingerprint(spec)
-			w.checkInputs(ctx)
+			if !w.filesMoving() {
+				w.checkInputs(ctx)
+			}
 		}
 	}
+}
+
+// filesMoving takes the mounted files' fingerprint and reports whether it
+// changed since the last one: then they are being written, and hashing
+// waits until they stay as they are for a whole file check.
+func (w *watcher) filesMoving() bool {
+	fp := fingerprint(w.spec)
+	if fp == w.fp {
+		return false
+	}
+	w.fp, w.moving = fp, true
+	return true
 }
 
 // event handles one container event; true when the container ended.
