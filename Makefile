@@ -42,6 +42,7 @@ bench: build
 	$(GO) run ./scripts/bench/coord
 	$(GO) run ./scripts/bench/xds
 	$(GO) run ./scripts/bench/envoy
+	$(GO) run ./scripts/bench/upgrade
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sync"
+	"time"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -66,12 +68,22 @@ func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress fun
 		}
 		return ref.Path, nil
 	}
+	// One fetch of a package at a time: an install step waits for the
+	// prefetch of its package and then finds it in the cache.
+	lock := in.fetchLock(ref.Sha256)
+	lock.Lock()
+	defer lock.Unlock()
 	dir := filepath.Join(in.cfg.CacheDir, ref.Sha256)
 	file := filepath.Join(dir, ref.FileName)
-	if _, err := os.Stat(file); err == nil {
-		// Verified when it was fetched; checked again, as a disk can rot
-		// and the install must be of exactly what was uploaded.
+	if st, err := os.Stat(file); err == nil {
+		// Verified when this agent fetched it and unchanged since, or
+		// checked now (a file from before a restart: a disk can rot, and
+		// the install must be of exactly what was uploaded).
+		if in.wasVerified(ref.Sha256, st.ModTime()) {
+			return file, nil
+		}
 		if err := verify(file, ref.Sha256); err == nil {
+			in.markVerified(ref.Sha256, file)
 			return file, nil
 		}
 		os.Remove(file)
@@ -99,6 +111,9 @@ func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress fun
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return "", err
 		}
+	}
+	if progress == nil {
+		progress = func(*pb.InstallProgress) {}
 	}
 	w := &progressWriter{f: f, h: h, n: have, total: ref.Size, progress: progress}
 	var errs []error
@@ -134,7 +149,36 @@ func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress fun
 	if err := os.Rename(part, file); err != nil {
 		return "", err
 	}
+	in.markVerified(ref.Sha256, file)
 	return file, nil
+}
+
+func (in *Installer) fetchLock(sha string) *sync.Mutex {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	l := in.fetching[sha]
+	if l == nil {
+		l = &sync.Mutex{}
+		in.fetching[sha] = l
+	}
+	return l
+}
+
+func (in *Installer) wasVerified(sha string, mtime time.Time) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	at, ok := in.verified[sha]
+	return ok && at.Equal(mtime)
+}
+
+func (in *Installer) markVerified(sha, file string) {
+	st, err := os.Stat(file)
+	if err != nil {
+		return
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.verified[sha] = st.ModTime()
 }
 
 // progressWriter appends fetched bytes to the partial file, hashing them.
@@ -186,7 +230,12 @@ func (in *Installer) prune(keep ...string) {
 	}
 	for _, e := range ents {
 		if e.IsDir() && !contains(keep, e.Name()) {
-			os.RemoveAll(filepath.Join(in.cfg.CacheDir, e.Name()))
+			// Not a package being fetched (an upgrade's prefetch).
+			lock := in.fetchLock(e.Name())
+			if lock.TryLock() {
+				os.RemoveAll(filepath.Join(in.cfg.CacheDir, e.Name()))
+				lock.Unlock()
+			}
 		}
 	}
 }

@@ -87,6 +87,8 @@ type Installer struct {
 	mu       sync.Mutex
 	j        journal
 	inflight map[string]chan struct{} // steps running now, by token
+	fetching map[string]*sync.Mutex   // one fetch of a package at a time, by sha256
+	verified map[string]time.Time     // cached packages verified since the agent started: their mtime then
 	ctx      context.Context
 	ready    chan struct{}
 	wg       sync.WaitGroup
@@ -94,7 +96,8 @@ type Installer struct {
 
 // New returns an installer keeping its journal in journalPath.
 func New(cfg config.Packages, src Source, journalPath string, log *slog.Logger) *Installer {
-	in := &Installer{cfg: cfg, src: src, log: log, path: journalPath, inflight: map[string]chan struct{}{}, ready: make(chan struct{})}
+	in := &Installer{cfg: cfg, src: src, log: log, path: journalPath, inflight: map[string]chan struct{}{}, ready: make(chan struct{}),
+		fetching: map[string]*sync.Mutex{}, verified: map[string]time.Time{}}
 	in.j.Package = cfg.Name
 	if b, err := os.ReadFile(journalPath); err == nil {
 		if err := json.Unmarshal(b, &in.j); err != nil {
@@ -146,6 +149,9 @@ func (in *Installer) Installed(ctx context.Context) string {
 func (in *Installer) Install(ctx context.Context, req *pb.InstallRequest, progress func(*pb.InstallProgress)) (*pb.InstallResult, error) {
 	if err := validateRef(req.Package); err != nil {
 		return nil, &RequestError{err}
+	}
+	if req.FetchOnly {
+		return in.prefetch(ctx, req)
 	}
 	if req.OpToken == "" {
 		return nil, &RequestError{errors.New("op_token: required (an install is a step of an upgrade)")}
@@ -218,6 +224,26 @@ func (in *Installer) Install(ctx context.Context, req *pb.InstallRequest, progre
 // ErrShuttingDown: the agent is stopping; an install under way goes on
 // and the next agent picks the step up.
 var ErrShuttingDown = errors.New("the agent is shutting down; an install under way goes on and the step is picked up when the agent is back")
+
+// prefetch fetches and verifies a package into the cache, installing
+// nothing.
+func (in *Installer) prefetch(ctx context.Context, req *pb.InstallRequest) (*pb.InstallResult, error) {
+	if req.Package.Path != "" {
+		return nil, &RequestError{errors.New("fetch_only: the package is a path on the node; there is nothing to fetch")}
+	}
+	select {
+	case <-in.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(in.ctx, cancel)()
+	if _, err := in.fetch(ctx, req.Package, nil); err != nil {
+		return &pb.InstallResult{Failed: true, Message: err.Error()}, nil
+	}
+	return &pb.InstallResult{Message: "fetched and verified"}, nil
+}
 
 // RequestError is a request the installer refuses as malformed.
 type RequestError struct{ Err error }

@@ -351,3 +351,26 @@ func readStart(pid int) (uint64, error) {
 	st, err := procfs.ReadStat(pid)
 	return st.StartTicks, err
 }
+
+// A prefetch fills the cache without installing; the install step then
+// installs without fetching again.
+func TestPrefetch(t *testing.T) {
+	f := newFixture(t)
+	ref := f.ref("2.0")
+	res, err := f.in.Install(context.Background(), &pb.InstallRequest{Package: ref, FetchOnly: true}, nil)
+	if err != nil || res.Failed {
+		t.Fatalf("prefetch: %v %+v", err, res)
+	}
+	if got := f.installed(); !strings.Contains(got, "no packages found") || len(f.installs()) != 0 {
+		t.Fatalf("a prefetch installed: %q %v", got, f.installs())
+	}
+	if res := f.install("op-1/1/0", ref, ""); res.Failed || res.After != "2.0" {
+		t.Fatalf("install: %+v", res)
+	}
+	if len(f.src.offsets) != 1 {
+		t.Errorf("fetches %v: the install fetched again", f.src.offsets)
+	}
+	if _, err := f.in.Install(context.Background(), &pb.InstallRequest{Package: &pb.PackageRef{Path: "/x.deb"}, FetchOnly: true}, nil); err == nil {
+		t.Error("a prefetch of a path was accepted")
+	}
+}

@@ -116,6 +116,10 @@ func (s *Supervisor) stopChecks() {
 	s.checks = nil
 }
 
+// startProbeCap is the longest pause between probes of a service that has
+// not passed its check yet.
+const startProbeCap = 50 * time.Millisecond
+
 func (r *checkRunner) loop(ctx context.Context, index int, p check.Probe, interval, timeout time.Duration) {
 	defer r.wg.Done()
 	// The first probe runs at once: a fast service should be OK in
@@ -124,7 +128,10 @@ func (r *checkRunner) loop(ctx context.Context, index int, p check.Probe, interv
 	defer t.Stop()
 	started := false
 	// Until the first success, retry quickly and then less so: a restarted
-	// stand-in listens within ~20 ms, a JVM within seconds.
+	// stand-in listens within ~20 ms, a JVM within seconds. The cap is what
+	// an ordered start (up, a restart or an upgrade) waits, on average half
+	// of it, per dependency level after the service listens: a local probe
+	// every 50 ms while a service starts costs nothing worth saving.
 	retry := 10 * time.Millisecond
 	for {
 		select {
@@ -153,7 +160,7 @@ func (r *checkRunner) loop(ctx context.Context, index int, p check.Probe, interv
 		next := interval
 		if !started {
 			next = min(interval, retry)
-			retry = min(2*retry, 200*time.Millisecond)
+			retry = min(2*retry, startProbeCap)
 		}
 		t.Reset(next)
 	}

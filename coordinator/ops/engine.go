@@ -130,6 +130,9 @@ func (e *Engine) setStep(ctx context.Context, ref *pb.StepRef, s *pb.Step) error
 // runOp walks op's stages until it ends, is paused, or leadership is lost.
 func (e *Engine) runOp(ctx context.Context, id string) error {
 	lastProgress := e.now()
+	if op, ok := e.FSM.Op(id); ok && op.Request.GetAction() == ActUpgrade && !op.Reverting {
+		defer e.prefetch(ctx, op)()
+	}
 	for {
 		op, ok := e.FSM.Op(id)
 		if !ok || op.State != fsm.OpRunning {

@@ -39,6 +39,7 @@ type fakeAgents struct {
 	failInstall map[string]string                 // node -> version whose install fails there
 	installed   map[string]*agentpb.InstallResult // by token
 	installs    []string                          // "node=version" per real install
+	prefetched  []string                          // nodes asked to fetch a package ahead of their install
 	// blockInstall holds a node's install answers until closed.
 	blockInstall map[string]chan struct{}
 }
@@ -53,6 +54,11 @@ func newFakeAgents() *fakeAgents {
 // away, and a repeat of the token returns what was done.
 func (f *fakeAgents) Install(ctx context.Context, node string, req *agentpb.InstallRequest, _ func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error) {
 	f.mu.Lock()
+	if req.FetchOnly {
+		f.prefetched = append(f.prefetched, node)
+		f.mu.Unlock()
+		return &agentpb.InstallResult{Message: "fetched"}, nil
+	}
 	res, ok := f.installed[req.OpToken]
 	if ok {
 		res = proto.Clone(res).(*agentpb.InstallResult)

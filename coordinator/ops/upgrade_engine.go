@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
@@ -45,6 +46,43 @@ func (e *Engine) watchNode(ctx context.Context, node string, cancel context.Canc
 		close(stop)
 		<-done
 		unsubscribe()
+	}
+}
+
+// prefetch has every node whose install is still to come fetch the package
+// now, while its services run, so the install steps (in a full upgrade, the
+// cluster's downtime) do not wait for the transfer. It is best effort: an
+// install step fetches whatever is missing. The returned function stops it.
+func (e *Engine) prefetch(ctx context.Context, op *pb.Operation) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	seen := map[string]bool{}
+	for _, st := range op.Stages[:revertEnd(op)] {
+		for _, s := range st.Steps {
+			if s.Action != ActInstall || fsm.StepFinished(s.State) || s.PackagePath != "" || seen[s.Node] {
+				continue
+			}
+			seen[s.Node] = true
+			ref, err := e.packageRef(s)
+			if err != nil {
+				continue // the install step reports it
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := e.Agents.Install(ctx, s.Node, &agentpb.InstallRequest{Package: ref, FetchOnly: true}, func(*agentpb.InstallProgress) {})
+				switch {
+				case err != nil && ctx.Err() == nil:
+					e.Log.Info("prefetching the package; the install step will fetch it", "node", s.Node, "err", err)
+				case err == nil && res.Failed:
+					e.Log.Info("prefetching the package; the install step will fetch it", "node", s.Node, "err", res.Message)
+				}
+			}()
+		}
+	}
+	return func() {
+		cancel()
+		wg.Wait()
 	}
 }
 

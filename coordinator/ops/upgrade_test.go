@@ -196,6 +196,12 @@ func TestEngineUpgradeFull(t *testing.T) {
 	if got := h.agents.installsDone(); strings.Join(slices.Sorted(slices.Values(got)), " ") != "infra=2.0 merge-1=2.0 query-1=2.0 query-2=2.0" {
 		t.Errorf("installs: %s", got)
 	}
+	h.agents.mu.Lock()
+	prefetched := slices.Sorted(slices.Values(h.agents.prefetched))
+	h.agents.mu.Unlock()
+	if strings.Join(prefetched, " ") != "infra merge-1 query-1 query-2" {
+		t.Errorf("prefetched on %v, want every node once", prefetched)
+	}
 	// Every instance stopped once and started once.
 	if got := len(h.agents.actedOn()); got != 40 {
 		t.Errorf("acted %d times, want 40 (20 stops, 20 starts)", got)

@@ -1980,6 +1980,10 @@ type InstallRequest struct {
 	// A revert: the version the node must end on (the one it ran before the
 	// upgrade); installing a lower version is allowed.
 	ExpectVersion string `protobuf:"bytes,4,opt,name=expect_version,json=expectVersion,proto3" json:"expect_version,omitempty"`
+	// Only fetch and verify the package into the cache, so the install step
+	// finds it there: an upgrade fetches to every node at its start, while
+	// the services still run. Not a step: no token is needed or recorded.
+	FetchOnly     bool `protobuf:"varint,5,opt,name=fetch_only,json=fetchOnly,proto3" json:"fetch_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2040,6 +2044,13 @@ func (x *InstallRequest) GetExpectVersion() string {
 		return x.ExpectVersion
 	}
 	return ""
+}
+
+func (x *InstallRequest) GetFetchOnly() bool {
+	if x != nil {
+		return x.FetchOnly
+	}
+	return false
 }
 
 type InstallProgress struct {
@@ -2394,13 +2405,15 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1b\n" +
 	"\tfile_name\x18\x03 \x01(\tR\bfileName\x12\x18\n" +
 	"\asources\x18\x04 \x03(\tR\asources\x12\x12\n" +
-	"\x04path\x18\x05 \x01(\tR\x04path\"\xa9\x01\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\"\xc8\x01\n" +
 	"\x0eInstallRequest\x12\x19\n" +
 	"\bop_token\x18\x01 \x01(\tR\aopToken\x126\n" +
 	"\apackage\x18\x02 \x01(\v2\x1c.dhvisor.agent.v1.PackageRefR\apackage\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\x12%\n" +
-	"\x0eexpect_version\x18\x04 \x01(\tR\rexpectVersion\"\xa6\x01\n" +
+	"\x0eexpect_version\x18\x04 \x01(\tR\rexpectVersion\x12\x1d\n" +
+	"\n" +
+	"fetch_only\x18\x05 \x01(\bR\tfetchOnly\"\xa6\x01\n" +
 	"\x0fInstallProgress\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +

@@ -385,3 +385,67 @@ func TestUpgradeAutoRevert(t *testing.T) {
 		t.Errorf("dhctl upgrade status (%v):\n%s", err, out)
 	}
 }
+
+// A node whose agent dies during a rolling upgrade pauses it when the
+// upgrade reaches it; with the agent back, `dhctl upgrade resume` finishes
+// it, and no node installs twice.
+func TestUpgradeNodeDiesPausesThenResumes(t *testing.T) {
+	u := startUpgradeCluster(t, 300*time.Millisecond)
+	ctx := context.Background()
+	if out, err := u.Ctl(ctx, "upgrade", "start", u.debs["2.0"], "--strategy", "rolling", "--detach"); err != nil {
+		t.Fatalf("dhctl upgrade start: %v\n%s", err, out)
+	}
+	id := upgradeOp(t, u.Cluster).Id
+	cl, closeConn, err := u.Client(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeConn()
+	// The rolling order is infra, merge-1, query-1, query-2: kill query-2's
+	// agent (its services run on) while the upgrade is at the first node.
+	var victim *devcluster.Proc
+	for _, a := range u.Agents {
+		if a.Name == "query-2" {
+			victim = a
+		}
+	}
+	waitOp(t, cl, id, 60*time.Second, func(o *pb.Operation) bool { return o.Stages[0].Steps[0].State != "pending" })
+	victim.Kill()
+	paused := waitOp(t, cl, id, 90*time.Second, func(o *pb.Operation) bool { return o.State != "running" })
+	if paused.State != "paused" || !strings.Contains(paused.Message, "node query-2 is dead") || !strings.Contains(paused.Message, "dhctl upgrade resume") {
+		t.Fatalf("upgrade %s: %s", paused.State, paused.Message)
+	}
+	if out, err := u.Ctl(ctx, "upgrade", "resume"); err == nil {
+		// Resumed at once, with the node still dead: it pauses again.
+		waitOp(t, cl, id, 60*time.Second, func(o *pb.Operation) bool { return o.State == "paused" })
+	} else {
+		t.Fatalf("dhctl upgrade resume: %v\n%s", err, out)
+	}
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := cl.Status(ctx, &pb.StatusRequest{Node: "query-2"})
+		if err == nil && len(st.Cluster.Nodes) == 1 && st.Cluster.Nodes[0].State == "alive" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("query-2 not alive again: %v %v", st, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := u.Ctl(ctx, "upgrade", "resume", id); err != nil {
+		t.Fatalf("dhctl upgrade resume: %v\n%s", err, out)
+	}
+	done := waitOp(t, cl, id, 90*time.Second, func(o *pb.Operation) bool { return o.State != "running" })
+	if done.State != "done" {
+		t.Fatalf("upgrade %s: %s", done.State, done.Message)
+	}
+	for _, n := range classicNodes {
+		if got := u.installs(n.Name); !slices.Equal(got, []string{"2.0"}) {
+			t.Errorf("%s ran the install command for %v, want once for 2.0", n.Name, got)
+		}
+	}
+	u.checkVersions(t, map[string]string{"infra": "2.0", "query-1": "2.0", "query-2": "2.0", "merge-1": "2.0"})
+}
