@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/relay"
 	"github.com/dhvisor/dhvisor/internal/atomicfile"
 	"github.com/dhvisor/dhvisor/internal/config"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -170,8 +171,8 @@ func (in *Installer) Install(ctx context.Context, req *pb.InstallRequest, progre
 	if progress == nil {
 		progress = func(*pb.InstallProgress) {}
 	}
-	out := &relay{progress: progress}
-	defer out.detach()
+	out := relay.New(progress)
+	defer out.Detach()
 	for {
 		in.mu.Lock()
 		if in.ctx.Err() != nil {
@@ -187,7 +188,7 @@ func (in *Installer) Install(ctx context.Context, req *pb.InstallRequest, progre
 		}
 		if wait, busy := in.inflight[req.OpToken]; busy {
 			in.mu.Unlock()
-			out.send(&pb.InstallProgress{Phase: "waiting", Message: "waiting for an earlier request of this step"})
+			out.Send(&pb.InstallProgress{Phase: "waiting", Message: "waiting for an earlier request of this step"})
 			select {
 			case <-wait:
 				continue
@@ -201,7 +202,7 @@ func (in *Installer) Install(ctx context.Context, req *pb.InstallRequest, progre
 		in.wg.Add(1)
 		go func() {
 			defer in.wg.Done()
-			r := in.step(req, rec, out.send)
+			r := in.step(req, rec, out.Send)
 			in.mu.Lock()
 			delete(in.inflight, req.OpToken)
 			in.mu.Unlock()
@@ -461,24 +462,4 @@ func (in *Installer) tool(format string) (tool, error) {
 		return t, nil
 	}
 	return chooseTool(in.cfg, formatDeb)
-}
-
-// relay passes progress to the caller until it goes away.
-type relay struct {
-	mu       sync.Mutex
-	progress func(*pb.InstallProgress)
-}
-
-func (r *relay) send(p *pb.InstallProgress) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.progress != nil {
-		r.progress(p)
-	}
-}
-
-func (r *relay) detach() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.progress = nil
 }

@@ -3,8 +3,9 @@ package supervise
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
+
+	"github.com/dhvisor/dhvisor/agent/relay"
 )
 
 // DefaultStepTimeout bounds an operation step whose request sets no timeout:
@@ -44,7 +45,7 @@ func (m *Manager) ControlStep(ctx context.Context, token string, timeout time.Du
 	if m.ctx.Err() != nil {
 		return errors.New("the agent is shutting down")
 	}
-	out := &relay{progress: progress}
+	out := relay.New(progress)
 	prev, mine := m.joinStep(token)
 	result := make(chan error, 1)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
@@ -54,7 +55,7 @@ func (m *Manager) ControlStep(ctx context.Context, token string, timeout time.Du
 		defer context.AfterFunc(agent, cancel)()
 		if prev != nil {
 			for _, s := range sups {
-				out.send(Progress{Service: s.name, State: s.Status().State, Message: "waiting for an earlier request of this operation step"})
+				out.Send(Progress{Service: s.name, State: s.Status().State, Message: "waiting for an earlier request of this operation step"})
 			}
 			select {
 			case <-prev:
@@ -63,13 +64,13 @@ func (m *Manager) ControlStep(ctx context.Context, token string, timeout time.Du
 				return
 			}
 		}
-		result <- m.control(sctx, act, svc, block, token, out.send)
+		result <- m.control(sctx, act, svc, block, token, out.Send)
 	})
 	select {
 	case err := <-result:
 		return err
 	case <-ctx.Done():
-		out.detach()
+		out.Detach()
 		return ctx.Err()
 	}
 }
@@ -103,25 +104,4 @@ func (m *Manager) stepDone(name, token string) bool {
 	}
 	s := m.sup(name)
 	return s != nil && s.remembered().LastOpToken == token
-}
-
-// relay passes a step's progress to its caller until the caller goes away;
-// the step goes on without it.
-type relay struct {
-	mu       sync.Mutex
-	progress func(Progress)
-}
-
-func (r *relay) send(p Progress) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.progress != nil {
-		r.progress(p)
-	}
-}
-
-func (r *relay) detach() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.progress = nil
 }

@@ -143,11 +143,17 @@ func (o *options) coordinatorsFromAgent(ctx context.Context) []string {
 	return addrs
 }
 
-// callCoord runs f against the coordinators; without any it fails, naming
-// how to point dhctl at them.
+// callCoord runs f against the coordinators within timeout; without any it
+// fails, naming how to point dhctl at them.
 func (o *options) callCoord(ctx context.Context, timeout time.Duration, f func(ctx context.Context, c pb.CoordinatorClient) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	return o.withCoord(ctx, f)
+}
+
+// withCoord is callCoord without an overall timeout: following an
+// operation lasts as long as the operation.
+func (o *options) withCoord(ctx context.Context, f func(ctx context.Context, c pb.CoordinatorClient) error) error {
 	c, closeConn, found, err := o.coordClient(ctx)
 	if err != nil {
 		return err

@@ -410,15 +410,7 @@ func (o *options) opsCmd() *cobra.Command {
 				id = args[0]
 			}
 			if followFlag {
-				c, closeConn, found, err := o.coordClient(cmd.Context())
-				if err != nil {
-					return err
-				}
-				if !found {
-					return fail(ExitError, "no coordinator found: list them in %s (coordinators:) or with --coordinator host:port", o.coord.config)
-				}
-				defer closeConn()
-				return o.follow(cmd.Context(), c, id)
+				return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error { return o.follow(ctx, c, id) })
 			}
 			return o.callCoord(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.CoordinatorClient) error {
 				op, err := c.GetOp(ctx, &pb.GetOpRequest{Id: id})

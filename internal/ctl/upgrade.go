@@ -127,20 +127,6 @@ or by default the package of the last upgrade that completed.`,
 	return cmd
 }
 
-// withCoord runs f with a client of the coordinators and no overall
-// timeout (a follow lasts as long as the upgrade); each call has its own.
-func (o *options) withCoord(ctx context.Context, f func(ctx context.Context, c pb.CoordinatorClient) error) error {
-	c, closeConn, found, err := o.coordClient(ctx)
-	if err != nil {
-		return err
-	}
-	if !found {
-		return fail(ExitError, "no coordinator found: list them in %s (coordinators:) or with --coordinator host:port", o.coord.config)
-	}
-	defer closeConn()
-	return f(ctx, c)
-}
-
 // upgradeID is the ID given, else the newest upgrade's.
 func upgradeID(ctx context.Context, c pb.CoordinatorClient, args []string) (string, error) {
 	if len(args) == 1 {

@@ -118,15 +118,7 @@ func TestClusterRestartAllSurvivesLeaderKill(t *testing.T) {
 	if done.State != "done" {
 		t.Fatalf("operation %s: %s", done.State, done.Message)
 	}
-	resumed := 0
-	for _, st := range done.Stages {
-		for _, s := range st.Steps {
-			if s.Attempts > 1 {
-				resumed++
-			}
-		}
-	}
-	t.Logf("steps resumed by the new leader: %d", resumed)
+	t.Logf("steps resumed by the new leader: %d", resumedSteps(done))
 
 	events, err := c.Events()
 	if err != nil {
@@ -144,6 +136,19 @@ func TestClusterRestartAllSurvivesLeaderKill(t *testing.T) {
 	}
 	defer closeBack()
 	waitOp(t, back, op.Id, 30*time.Second, func(o *pb.Operation) bool { return o.State == "done" })
+}
+
+// resumedSteps counts the steps a new leader sent again.
+func resumedSteps(op *pb.Operation) int {
+	n := 0
+	for _, st := range op.Stages {
+		for _, s := range st.Steps {
+			if s.Attempts > 1 {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // waitOp polls until cond holds for the operation, tolerating a replica

@@ -291,15 +291,7 @@ func TestUpgradeRollingSurvivesLeaderKill(t *testing.T) {
 	if done.State != "done" {
 		t.Fatalf("upgrade %s: %s", done.State, done.Message)
 	}
-	resumed := 0
-	for _, st := range done.Stages {
-		for _, s := range st.Steps {
-			if s.Attempts > 1 {
-				resumed++
-			}
-		}
-	}
-	t.Logf("steps resumed by the new leader: %d", resumed)
+	t.Logf("steps resumed by the new leader: %d", resumedSteps(done))
 	for _, n := range classicNodes {
 		if got := u.installs(n.Name); !slices.Equal(got, []string{"2.0"}) {
 			t.Errorf("%s ran the install command for %v, want once for 2.0", n.Name, got)
