@@ -24,7 +24,10 @@
 //
 // Then --big workers are registered at once: the time until every
 // subscriber has them, each coordinator's snapshot build time (as it
-// reports it) and each dhcoord's resident memory.
+// reports it; the three build at once on the same two cores) and each
+// dhcoord's resident memory; then one worker replaced, five times; then a
+// follower is restarted and its first build of them read, made while the
+// other replicas are idle, as on a coordinator of its own host.
 package main
 
 import (

@@ -62,9 +62,15 @@ type bigResult struct {
 	RSSBytes   map[string]int64   `json:"rss_bytes"`
 	// One worker replaced in the big set: the slowest build of each
 	// coordinator, and registration -> all subscribers updated.
-	ChangeBuildMS    map[string]float64 `json:"change_build_ms"`
-	ChangeServeMS    map[string]float64 `json:"change_serve_ms"`
-	ChangeAllClients benchkit.Stats     `json:"change_all_clients"`
+	ChangeBuildMS map[string]float64 `json:"change_build_ms"`
+	ChangeServeMS map[string]float64 `json:"change_serve_ms"`
+	// A follower restarted with the workers in its state: its first build
+	// (the others idle, as on a coordinator of its own host), and its
+	// memory once it serves them.
+	Restarted        string         `json:"restarted"`
+	RestartBuildMS   float64        `json:"restart_build_ms"`
+	RestartRSSBytes  int64          `json:"restart_rss_bytes"`
+	ChangeAllClients benchkit.Stats `json:"change_all_clients"`
 }
 
 // grpcCap bounds the wait for grpc-go to route a new worker.
@@ -277,7 +283,34 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 		}
 	}
 	r.ChangeAllClients = benchkit.Summarise(all)
-	return r, nil
+	return r, b.measureRestart(ctx, &r, fmt.Sprintf("bigt-%d", bigChanges-1))
+}
+
+// measureRestart restarts a follower and reads its first build of the
+// workers in its state, once a new subscriber has the last of them.
+func (b *bench) measureRestart(ctx context.Context, r *bigResult, last string) error {
+	i := (b.cl.Leader(ctx) + 1) % len(b.cl.Coords)
+	p := b.cl.Coords[i]
+	p.Stop()
+	if err := p.Start(); err != nil {
+		return err
+	}
+	s, err := newSubscriber(ctx, b.cl, i, len(b.subs))
+	if err != nil {
+		return fmt.Errorf("subscribe at the restarted %s: %w", p.Name, err)
+	}
+	defer s.close()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := s.wait(wctx, last); err != nil {
+		return fmt.Errorf("the restarted %s: %w", p.Name, err)
+	}
+	build, serve, rss := map[string]float64{}, map[string]float64{}, map[string]int64{}
+	if err := b.readCoordinators(ctx, build, serve, rss); err != nil {
+		return err
+	}
+	r.Restarted, r.RestartBuildMS, r.RestartRSSBytes = p.Name, build[p.Name], rss[p.Name]
+	return nil
 }
 
 // bigChanges is how many single-worker changes are measured at --big.
