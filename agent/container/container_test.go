@@ -316,6 +316,18 @@ func TestEnvoyContainerKilledIsRestartedAndCounted(t *testing.T) {
 	if c := n.containers(); len(c) != 1 {
 		t.Fatalf("containers %q", c)
 	}
+
+	// Removed behind the agent's back: created again, and counted.
+	n.docker("rm", "-f", n.name)
+	st = n.waitFor("created again after docker rm", 20*time.Second, func(st supervise.Status) bool {
+		return st.State == supervise.OK && st.Container != nil && st.Container.ID != again.Container.ID
+	})
+	if st.Restarts != again.Restarts+1 {
+		t.Fatalf("restarts %d -> %d", again.Restarts, st.Restarts)
+	}
+	if c := n.containers(); len(c) != 1 {
+		t.Fatalf("containers %q", c)
+	}
 }
 
 func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
@@ -549,5 +561,33 @@ func TestEnvoyKeptThroughLiveRestore(t *testing.T) {
 	st := n.waitOK("seen again")
 	if st.PID != first.PID || st.Container.ID != first.Container.ID || st.Restarts != first.Restarts {
 		t.Fatalf("the running container was not kept: %+v -> %+v", first, st)
+	}
+}
+
+// Following the log goes on across a restart: the new run's lines come.
+func TestEnvoyLogsFollowAcrossRestart(t *testing.T) {
+	envoyfixture.Require(t)
+	buildImages(t, envoyfixture.DefaultHost)
+	n := startNode(t, nodeOpts{})
+	first := n.waitOK("first start")
+	ctx, cancel := context.WithCancel(context.Background())
+	var out logBuffer
+	done := make(chan error, 1)
+	go func() { done <- n.mgr.Logs(ctx, config.EnvoyService, 0, true, &out) }()
+	n.docker("kill", n.name)
+	n.waitFor("restarted", 20*time.Second, func(st supervise.Status) bool { return st.Restarts == first.Restarts+1 && st.State == supervise.OK })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "listening on") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted container's lines did not follow; got %q", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if c := strings.Count(out.String(), "listening on"); c != 1 {
+		t.Fatalf("%d start lines, want the new run's one (tail 0):\n%s", c, out.String())
 	}
 }

@@ -214,12 +214,15 @@ func (d *Docker) Events(ctx context.Context, id string, since time.Time) (<-chan
 	return out, outErr
 }
 
-func (d *Docker) Logs(ctx context.Context, id string, tail int, follow bool, w io.Writer) error {
-	t := "all"
+func (d *Docker) Logs(ctx context.Context, id string, since time.Time, tail int, follow bool, w io.Writer) error {
+	opts := container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow, Tail: "all"}
 	if tail >= 0 {
-		t = strconv.Itoa(tail)
+		opts.Tail = strconv.Itoa(tail)
 	}
-	rc, err := d.cli.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: follow, Tail: t})
+	if !since.IsZero() {
+		opts.Since = strconv.FormatFloat(float64(since.UnixNano())/1e9, 'f', 9, 64)
+	}
+	rc, err := d.cli.ContainerLogs(ctx, id, opts)
 	if err != nil {
 		return classify("logs "+runtime.ShortID(id), err)
 	}

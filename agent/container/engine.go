@@ -42,8 +42,11 @@ type Engine interface {
 	// Events delivers the container's events from since on, until ctx
 	// ends or the stream breaks (an error on the second channel).
 	Events(ctx context.Context, id string, since time.Time) (<-chan Event, <-chan error)
-	// Logs writes the container's output (stdout and stderr) to w.
-	Logs(ctx context.Context, id string, tail int, follow bool, w io.Writer) error
+	// Logs writes the container's output (stdout and stderr) to w: what
+	// it wrote since since (all when zero), the last tail lines of it (all
+	// when tail < 0), then with follow new output until the container
+	// stops or ctx ends.
+	Logs(ctx context.Context, id string, since time.Time, tail int, follow bool, w io.Writer) error
 }
 
 // Errors an Engine returns (wrapped).

@@ -251,12 +251,37 @@ func (r *Runtime) Adopt(procfs.Identity) (runtime.Process, error) {
 // Find finds nothing, for the same reason.
 func (r *Runtime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }
 
-// Logs writes the container's output.
+// Logs writes the container's output. Following goes on across restarts
+// and recreations of the container, as an operator following Envoy's log
+// expects, until ctx ends.
 func (r *Runtime) Logs(ctx context.Context, spec runtime.Spec, tail int, follow bool, w io.Writer) error {
 	if spec.Container == nil {
 		return errors.New("not a container service")
 	}
-	return r.engine.Logs(ctx, spec.Container.Name, tail, follow, w)
+	name := spec.Container.Name
+	var since time.Time
+	for {
+		err := r.engine.Logs(ctx, name, since, tail, follow, w)
+		switch {
+		case !follow:
+			return err
+		case ctx.Err() != nil:
+			return nil
+		case err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrUnreachable):
+			return err
+		}
+		// The container stopped (or is away): what its next run writes
+		// comes next, from whichever container then has the name.
+		if since.IsZero() || err == nil {
+			since = time.Now()
+		}
+		tail = -1
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(r.timing.Reconnect):
+		}
+	}
 }
 
 // dockerUser turns a run user (and group) into what the engine takes. Names

@@ -76,7 +76,7 @@ func (f *fakeEngine) Stop(context.Context, string, time.Duration) error       { 
 func (f *fakeEngine) Kill(context.Context, string) error                      { return nil }
 func (f *fakeEngine) Remove(context.Context, string) error                    { return nil }
 func (f *fakeEngine) List(context.Context, map[string]string) ([]Info, error) { return nil, nil }
-func (f *fakeEngine) Logs(context.Context, string, int, bool, io.Writer) error {
+func (f *fakeEngine) Logs(context.Context, string, time.Time, int, bool, io.Writer) error {
 	return nil
 }
 
