@@ -58,8 +58,7 @@ type hooks struct {
 // Supervisor runs the loop of one service.
 type Supervisor struct {
 	name  string
-	owner string // this agent, as processes are marked with it
-	rts   Runtimes
+	owner string          // this agent, as processes are marked with it
 	rt    runtime.Runtime // the one the service's runtime: names
 	log   *slog.Logger
 	hooks hooks
@@ -97,7 +96,6 @@ func newSupervisor(spec *config.Service, mem state.Service, owner string, rts Ru
 	s := &Supervisor{
 		name:   spec.Name,
 		owner:  owner,
-		rts:    rts,
 		rt:     rts.of(spec),
 		log:    log.With("service", spec.Name),
 		hooks:  h,
@@ -471,6 +469,7 @@ func (s *Supervisor) detach() {
 	s.remember(func(m *state.Service) { m.PID, m.StartTicks = 0, 0 })
 	s.mu.Lock()
 	s.status.PID, s.status.CPUPercent, s.status.RSSBytes = 0, 0, 0
+	s.status.Container = nil
 	s.mu.Unlock()
 }
 

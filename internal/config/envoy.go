@@ -75,11 +75,11 @@ type EnvoyReady struct {
 	Successes int      `yaml:"successes"`
 }
 
-// Mount is one bind mount into a container.
+// Mount is one bind mount into a container; the agent makes every mount
+// read-only.
 type Mount struct {
-	Source   string `yaml:"source"` // on the host
-	Target   string `yaml:"target"` // in the container
-	ReadOnly bool   `yaml:"-"`      // every mount the agent makes is read-only
+	Source string `yaml:"source"` // on the host
+	Target string `yaml:"target"` // in the container
 }
 
 // Container is how a service runs as a container: what `docker run` is told
@@ -238,7 +238,7 @@ func (n *Node) envoyService(es *Errors, src *source, org origins, hasRole bool) 
 			return
 		}
 		targets[target] = source
-		c.Mounts = append(c.Mounts, Mount{Source: source, Target: target, ReadOnly: true})
+		c.Mounts = append(c.Mounts, Mount{Source: source, Target: target})
 	}
 	if e.Bootstrap != "" {
 		mount(e.Bootstrap, EnvoyBootstrapPath, "bootstrap")

@@ -71,8 +71,8 @@ upgrades. Paths are as Envoy sees them, inside its container.`,
 	f.StringVar(&opts.XDSTLS.CA, "ca", "/etc/dhvisor/tls/ca.pem", "the cluster CA, for xDS over mutual TLS")
 	f.StringVar(&opts.XDSTLS.Cert, "cert", "/etc/dhvisor/tls/agent.pem", "the node's agent certificate, for xDS over mutual TLS")
 	f.StringVar(&opts.XDSTLS.Key, "key", "/etc/dhvisor/tls/agent-key.pem", "its key")
-	f.StringVar(&opts.ServerCert, "server-cert", "/etc/envoy/tls/server.pem", "the certificate chain Envoy presents to clients")
-	f.StringVar(&opts.ServerKey, "server-key", "/etc/envoy/tls/server-key.pem", "its key")
+	f.StringVar(&opts.ServerCert, "server-cert", config.EnvoyServerCertPath, "the certificate chain Envoy presents to clients")
+	f.StringVar(&opts.ServerKey, "server-key", config.EnvoyServerKeyPath, "its key")
 	f.BoolVar(&opts.ListenerPlaintext, "listener-plaintext", false, "serve the listener without TLS (TLS terminated in front of Envoy)")
 	cmd.AddCommand(boot, o.envoyStatusCmd(), o.envoyRestartCmd(), o.envoyLogsCmd())
 	return cmd
