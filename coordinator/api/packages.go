@@ -45,7 +45,7 @@ func (s *Server) UploadPackage(stream grpc.ClientStreamingServer[pb.PackageChunk
 			len(holders), len(servers), strings.Join(holders, ", "), need, strings.Join(failures, "; "))
 	}
 	rec := &pb.Package{Sha256: hdr.Sha256, Size: hdr.Size, FileName: hdr.FileName, Replicas: holders}
-	got, err := s.RecordPackage(ctx, rec)
+	got, err := s.recordPackage(ctx, rec)
 	if err != nil {
 		return err
 	}
@@ -236,8 +236,16 @@ func (s *Server) Packages(context.Context, *pb.PackagesRequest) (*pb.PackagesRes
 	return &pb.PackagesResponse{Packages: s.FSM.Packages()}, nil
 }
 
-// RecordPackage implements pb.CoordinatorServer.
+// RecordPackage implements pb.CoordinatorServer: only a coordinator that
+// took an upload records it (it knows who holds the bytes).
 func (s *Server) RecordPackage(ctx context.Context, req *pb.Package) (*pb.Package, error) {
+	if id, _ := tlsutil.PeerIdentity(ctx); id.Role != tlsutil.RoleCoordinator {
+		return nil, status.Error(codes.PermissionDenied, "only coordinators record packages; upload one with UploadPackage (dhctl upgrade start)")
+	}
+	return s.recordPackage(ctx, req)
+}
+
+func (s *Server) recordPackage(ctx context.Context, req *pb.Package) (*pb.Package, error) {
 	if !s.Raft.IsLeader() {
 		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Package, error) {
 			return c.RecordPackage(ctx, req)

@@ -349,3 +349,33 @@ func TestEngineUpgradeNodeDiesPauses(t *testing.T) {
 		t.Fatalf("got %s (reverting %v): %s", got.State, got.Reverting, got.Message)
 	}
 }
+
+// Without auto-revert a failed install pauses the upgrade (on_failure
+// pause) with the node and the tool's output; the nodes after it wait.
+func TestEngineUpgradeFailurePauses(t *testing.T) {
+	h := newHarness(t)
+	h.agents.failInstall["merge-1"] = "2.0"
+	op := h.lead(h.startUpgrade(&pb.UpgradeSpec{PackageSha256: shaV2, Strategy: StrategyRolling}).Id, nil)
+	if op.State != fsm.OpPaused || op.Reverting {
+		t.Fatalf("upgrade %s (reverting %v): %s", op.State, op.Reverting, op.Message)
+	}
+	for _, want := range []string{"install on merge-1: dpkg exited with status 1", "postinst: cannot configure illumon-db 2.0", "`dhctl upgrade resume " + op.Id + "`"} {
+		if !strings.Contains(op.Message, want) {
+			t.Errorf("message lacks %q: %s", want, op.Message)
+		}
+	}
+	if got := strings.Join(h.agents.installsDone(), " "); got != "infra=2.0" {
+		t.Errorf("installs: %s", got)
+	}
+	var failed *pb.Step
+	for _, st := range op.Stages {
+		for _, s := range st.Steps {
+			if s.State == fsm.StepFailed {
+				failed = s
+			}
+		}
+	}
+	if failed == nil || failed.Node != "merge-1" || !strings.Contains(failed.Output, "postinst") || failed.VersionAfter != "2.0 (half-configured)" {
+		t.Errorf("failed step: %v", failed)
+	}
+}
