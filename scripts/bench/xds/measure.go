@@ -295,13 +295,19 @@ func (b *bench) measureRestart(ctx context.Context, r *bigResult, last string) e
 	if err := p.Start(); err != nil {
 		return err
 	}
-	s, err := newSubscriber(ctx, b.cl, i, len(b.subs))
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	// Its xDS port opens once it has read its state.
+	var s *subscriber
+	err := benchkit.PollUntil(wctx, 20*time.Millisecond, 30*time.Second, func() (bool, error) {
+		var err error
+		s, err = newSubscriber(wctx, b.cl, i, len(b.subs))
+		return err == nil, err
+	})
 	if err != nil {
 		return fmt.Errorf("subscribe at the restarted %s: %w", p.Name, err)
 	}
 	defer s.close()
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
 	if _, err := s.wait(wctx, last); err != nil {
 		return fmt.Errorf("the restarted %s: %w", p.Name, err)
 	}
