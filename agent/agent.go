@@ -22,12 +22,14 @@ import (
 	"github.com/dhvisor/dhvisor/agent/container"
 	"github.com/dhvisor/dhvisor/agent/envoy"
 	"github.com/dhvisor/dhvisor/agent/runtime/exec"
+	"github.com/dhvisor/dhvisor/agent/runtime/systemd"
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/agent/supervise"
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/conncache"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -38,6 +40,7 @@ type Agent struct {
 	log  *slog.Logger
 	node *config.Node
 	mgr  *supervise.Manager
+	rts  supervise.Runtimes
 
 	reloadMu   sync.Mutex
 	pkgVersion atomic.Pointer[string] // "NAME VERSION" of the installed Deephaven package
@@ -74,6 +77,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		config.RuntimeExec:   exec.Runtime{},
 		config.RuntimeDocker: container.New(docker, container.DefaultTiming, a.log.With("runtime", config.RuntimeDocker)),
 	}
+	if sd := openSystemd(ctx, a.log, cfg.StateDir); sd != nil {
+		defer sd.Close()
+		rts[config.RuntimeSystemd] = sd
+	}
+	if err := checkRuntimes(a.node, rts); err != nil {
+		return err
+	}
+	a.rts = rts
 	a.mgr = supervise.NewManager(a.node, rts, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
 	a.mgr.Load()
 	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
@@ -182,12 +193,28 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
+	// Ready for systemd once the API serves and every service's loop
+	// answers; from then on the watchdog is fed only while they do.
+	watchdogDone := make(chan struct{})
+	go func() {
+		defer close(watchdogDone)
+		if err := a.mgr.Ping(ctx); err != nil {
+			return // stopping before we were ever ready
+		}
+		sdnotify.Ready()
+		sdnotify.Watchdog(ctx, a.log, a.mgr.Ping)
+	}()
+	if os.Getenv(TestHooksEnv) == "1" {
+		go a.testHooks(ctx)
+	}
+
 	var serveErr error
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 		cancel()
 	}
+	sdnotify.Stopping()
 	var stops sync.WaitGroup
 	for _, d := range doors {
 		stops.Add(1)
@@ -207,6 +234,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	stops.Wait()
 	err = <-mgrDone
 	<-instDone
+	<-watchdogDone
 	<-pubDone
 	<-workersDone
 	<-bootDone
@@ -229,6 +257,10 @@ func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
 	defer a.reloadMu.Unlock()
 	node, err := config.LoadAgent(a.file)
 	if err != nil {
+		a.log.Error("reload refused; running configuration unchanged", "err", err)
+		return supervise.ReloadResult{}, err
+	}
+	if err := checkRuntimes(node, a.rts); err != nil {
 		a.log.Error("reload refused; running configuration unchanged", "err", err)
 		return supervise.ReloadResult{}, err
 	}
@@ -355,4 +387,31 @@ func (a *Agent) listenWorkers(reg *workers.Registry) (net.Listener, error) {
 	}
 	a.log.Info("worker registry listening", "addr", l.Addr().String())
 	return l, nil
+}
+
+// openSystemd connects the systemd runtime when systemd is the host's init
+// system; nil when it is not, or does not answer (services that need it
+// are then refused by checkRuntimes).
+func openSystemd(ctx context.Context, log *slog.Logger, owner string) *systemd.Runtime {
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		return nil // not booted with systemd (sd_booted)
+	}
+	sd, err := systemd.New(ctx, log, owner)
+	if err != nil {
+		log.Warn("systemd runtime unavailable", "err", err)
+		return nil
+	}
+	return sd
+}
+
+// checkRuntimes refuses a configuration whose services need a runtime the
+// host does not offer.
+func checkRuntimes(node *config.Node, rts supervise.Runtimes) error {
+	var errs []error
+	for _, name := range node.ServiceNames() {
+		if r := node.Services[name].Runtime; rts[r] == nil {
+			errs = append(errs, fmt.Errorf("services.%s.runtime: %s is not available on this host (is it booted with systemd, and is the agent root?)", name, r))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	"github.com/dhvisor/dhvisor/internal/version"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
@@ -175,11 +176,28 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		registerSelf(ctx, srv, state, self, c.log)
 	}()
 	c.log.Info("coordinator running", "node", cfg.Node, "api", apiAddr, "raft", rn.Addr(), "xds", xdsAddr, "data_dir", cfg.DataDir, "version", version.Version)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// Ready for systemd once the state from before a restart is back
+		// (or no quorum could confirm it within the bound the route feed
+		// waits too); alive while the replicated state answers.
+		rn.WaitRestored(ctx, restoreWait)
+		if ctx.Err() != nil {
+			return
+		}
+		sdnotify.Ready()
+		sdnotify.Watchdog(ctx, c.log, func(context.Context) error {
+			state.Nodes() // takes the FSM's lock, which raft's apply loop holds while applying
+			return nil
+		})
+	}()
 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	sdnotify.Stopping()
 	cancel()
 	// xDS streams never end on their own (they end with ctx, cancelled
 	// above); open WatchOp streams would hold a graceful stop of the API.

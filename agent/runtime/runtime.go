@@ -1,16 +1,33 @@
 // Package runtime is the boundary between the supervisor and whatever runs a
 // service's process: child processes of the agent (package exec), a
-// container (package container) or, on systemd hosts, units.
+// container (package container) or, on systemd hosts, transient units
+// (package systemd).
 package runtime
 
 import (
 	"context"
 	"errors"
 	"io"
+	"sort"
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/internal/config"
+)
+
+// ServiceEnv and OwnerEnv mark every process the agent starts, whatever the
+// runtime, with its service name and its agent, so a process can be found
+// again even if the agent lost its state file, and never taken for another
+// agent's.
+const (
+	ServiceEnv = "DHVISOR_SERVICE"
+	OwnerEnv   = "DHVISOR_AGENT"
+)
+
+// Output is where a service's stdout and stderr go.
+const (
+	OutputFile    = "file"    // LogDir/<Name>.stdout.log, as Deephaven's own scripts do
+	OutputJournal = "journal" // the systemd journal (systemd runtime only)
 )
 
 // Spec is what a runtime needs to start one service.
@@ -22,7 +39,11 @@ type Spec struct {
 	Dir     string
 	User    string // empty: the agent's own user
 	Group   string // empty: the user's primary group
-	LogDir  string // stdout and stderr go to LogDir/<Name>.stdout.log
+	LogDir  string // with OutputFile, stdout and stderr go to LogDir/<Name>.stdout.log
+	Output  string // OutputFile (default) or OutputJournal
+	// StopTimeout is how long a stop waits after SIGTERM before SIGKILL;
+	// a runtime that stops through someone else (systemd) tells it.
+	StopTimeout time.Duration
 	// Container is the container the process runs in, for a runtime that
 	// runs containers; nil otherwise.
 	Container *config.Container
@@ -130,6 +151,13 @@ type Process interface {
 	Kill() error
 }
 
+// Metered is a Process whose runtime measures what the service uses
+// itself (a unit's cgroup); for the others the supervisor sums the
+// process tree.
+type Metered interface {
+	Usage() (procfs.Usage, error)
+}
+
 // Runtime starts and re-adopts processes.
 type Runtime interface {
 	Start(ctx context.Context, spec Spec) (Process, error)
@@ -141,4 +169,40 @@ type Runtime interface {
 	// or is stale), so that a service is never started twice. Processes of
 	// other agents on the host (tests, benchmarks) are never matched.
 	Find(owner, name string) (procfs.Identity, bool)
+}
+
+// Environment is a service's environment as the exec and systemd runtimes
+// give it: a minimal base, the agent's marks, then the service's own
+// variables.
+func Environment(spec Spec, home string) []string {
+	env := map[string]string{
+		"PATH":     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME":     home,
+		ServiceEnv: spec.Name,
+		OwnerEnv:   spec.Owner,
+	}
+	if spec.User != "" {
+		env["USER"], env["LOGNAME"] = spec.User, spec.User
+	}
+	for k, v := range spec.Env {
+		env[k] = v
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// WorkDir is where a service runs: its own directory, else its log
+// directory, else /.
+func WorkDir(spec Spec) string {
+	switch {
+	case spec.Dir != "":
+		return spec.Dir
+	case spec.LogDir != "":
+		return spec.LogDir
+	}
+	return "/"
 }

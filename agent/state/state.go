@@ -18,11 +18,15 @@ import (
 
 // Service is the remembered state of one service.
 type Service struct {
-	DesiredRunning bool        `json:"desired_running"`
-	Monitored      bool        `json:"monitored"`
-	Failed         bool        `json:"failed,omitempty"`
-	FailedReason   string      `json:"failed_reason,omitempty"`
-	PID            int         `json:"pid,omitempty"`
+	DesiredRunning bool   `json:"desired_running"`
+	Monitored      bool   `json:"monitored"`
+	Failed         bool   `json:"failed,omitempty"`
+	FailedReason   string `json:"failed_reason,omitempty"`
+	PID            int    `json:"pid,omitempty"`
+	// Runtime is the runtime that runs PID (exec when empty, as in files
+	// from before there were several): an agent adopts a process through
+	// the runtime that started it.
+	Runtime        string      `json:"runtime,omitempty"`
 	StartTicks     uint64      `json:"start_ticks,omitempty"`
 	StartedAt      time.Time   `json:"started_at,omitzero"`
 	Restarts       int         `json:"restarts"`

@@ -242,24 +242,31 @@ func (s *Supervisor) stopSampling() {
 	}
 }
 
-// observeUsage reads the process tree's memory and CPU into the status.
-// CPU is the share since the previous reading, or, when that is missing or
-// more than a minute old, the average since the process started (as ps
-// shows it).
+// observeUsage reads the service's memory and CPU into the status: from
+// the runtime when it measures them itself (a unit's cgroup), else from the
+// process tree. CPU is the share since the previous reading, or, when that
+// is missing or more than a minute old, the average since the process
+// started (as ps shows it).
 func (s *Supervisor) observeUsage(now time.Time) (procfs.Usage, float64, bool) {
 	s.mu.Lock()
-	pid, started := s.status.PID, s.status.StartedAt
+	p, started := s.metered, s.status.StartedAt
 	s.mu.Unlock()
-	if pid == 0 {
+	if p == nil {
 		return procfs.Usage{}, 0, false
 	}
-	u, err := procfs.TreeUsage(pid)
+	var u procfs.Usage
+	var err error
+	if m, ok := p.(runtime.Metered); ok {
+		u, err = m.Usage()
+	} else {
+		u, err = procfs.TreeUsage(p.Identity().PID)
+	}
 	if err != nil {
 		return procfs.Usage{}, 0, false // the exit event follows
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.status.PID != pid {
+	if s.metered != p {
 		return u, 0, false
 	}
 	if now.Sub(s.usageAt) > time.Minute {

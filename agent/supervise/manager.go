@@ -223,6 +223,33 @@ func (m *Manager) save() {
 	}
 }
 
+// Ping proves the supervisor works, for systemd's watchdog: the manager's
+// lock is free and every service's loop answers (or is blocked on purpose,
+// within its bound). It blocks while the manager is stuck: ctx bounds only
+// the wait for the loops.
+func (m *Manager) Ping(ctx context.Context) error {
+	m.mu.Lock()
+	sups := make([]*Supervisor, 0, len(m.sups))
+	for _, s := range m.sups {
+		sups = append(sups, s)
+	}
+	m.mu.Unlock()
+	for _, s := range sups {
+		if err := s.ping(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Freeze blocks the manager for good, as a deadlock would: nothing gets
+// status and the watchdog probe hangs. It exists for the watchdog test
+// only (the agent's test hooks) and is never called otherwise.
+func (m *Manager) Freeze() {
+	m.mu.Lock()
+	select {}
+}
+
 // Node returns the configuration in force.
 func (m *Manager) Node() *config.Node {
 	m.mu.Lock()
@@ -736,7 +763,7 @@ func (m *Manager) Logs(ctx context.Context, name string, tail int, follow bool, 
 	if spec == nil {
 		return fmt.Errorf("%s was removed by a reload", name)
 	}
-	lr, ok := sups[0].rt.(runtime.LogReader)
+	lr, ok := sups[0].rts.of(spec).(runtime.LogReader)
 	if !ok {
 		return fmt.Errorf("%s writes its output to %s, not to its runtime", name, filepath.Join(spec.LogDir, name+".stdout.log"))
 	}

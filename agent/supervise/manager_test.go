@@ -145,7 +145,11 @@ func startManager(t *testing.T, node *config.Node, rt runtime.Runtime) (*Manager
 // runManager runs a manager on the state file stateFile until stop, as one
 // agent's life.
 func runManager(node *config.Node, rt runtime.Runtime, stateFile string) (*Manager, *alertLog, func()) {
-	m := NewManager(node, Runtimes{config.RuntimeExec: rt}, state.New(stateFile), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return runManagerOn(node, Runtimes{config.RuntimeExec: rt}, stateFile)
+}
+
+func runManagerOn(node *config.Node, rts Runtimes, stateFile string) (*Manager, *alertLog, func()) {
+	m := NewManager(node, rts, state.New(stateFile), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	alerts := &alertLog{}
 	m.alertHook = func(st Status, event, desc string) {
 		alerts.mu.Lock()
@@ -322,4 +326,64 @@ func TestExecCheckForUnknownUserFails(t *testing.T) {
 	if st.LastCheck.OK || !strings.Contains(st.LastCheck.Message, "no-such-user-dhv") || st.State == OK {
 		t.Fatalf("check %+v, state %s; want a failed check naming the user", st.LastCheck, st.State)
 	}
+}
+
+// TestRuntimeSelection: each service starts on the runtime its config
+// names, and a running process stays with the runtime that started it when
+// the configuration switches runtimes: the next agent adopts it there
+// instead of starting a second copy on the new one.
+func TestRuntimeSelection(t *testing.T) {
+	execRT, sysRT := newFakeRuntime(), newFakeRuntime()
+	sysRT.nextPID = 5000 // pids of the two apart
+	rts := Runtimes{config.RuntimeExec: execRT, config.RuntimeSystemd: sysRT}
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	m, _, stop := runManagerOn(testNode(t, "  a: {runtime: systemd}\n  b: {}\n"), rts, stateFile)
+	waitState(t, m, "a", OK)
+	waitState(t, m, "b", OK)
+	if err := m.Ping(context.Background()); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	stop()
+	if got := sysRT.startLog(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("systemd runtime started %v, want [a]", got)
+	}
+	if got := execRT.startLog(); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("exec runtime started %v, want [b]", got)
+	}
+
+	// Both switch runtimes; the next agent adopts each where it runs.
+	m, _, stop = runManagerOn(testNode(t, "  a: {}\n  b: {runtime: systemd}\n"), rts, stateFile)
+	defer stop()
+	for _, name := range []string{"a", "b"} {
+		if st := waitState(t, m, name, OK); st.Restarts != 0 {
+			t.Errorf("%s restarted", name)
+		}
+	}
+	if len(sysRT.startLog()) != 1 || len(execRT.startLog()) != 1 {
+		t.Fatalf("after the switch: systemd started %v, exec started %v; want nothing new", sysRT.startLog(), execRT.startLog())
+	}
+	// A restart applies the new runtime.
+	if err := m.Control(context.Background(), Restart, []string{"a"}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := execRT.startLog(); !slices.Equal(got, []string{"b", "a"}) {
+		t.Fatalf("after restart, exec runtime started %v, want [b a]", got)
+	}
+}
+
+// TestPingWaitsOnlyForIdleLoops: a loop blocked in a start (on purpose,
+// within its bound) does not fail the watchdog's probe.
+func TestPingWaitsOnlyForIdleLoops(t *testing.T) {
+	rt := newFakeRuntime()
+	g := newGate()
+	rt.gates["slow"] = g
+	m, _ := startManager(t, testNode(t, "  slow: {}\n  quick: {}\n"), rt)
+	<-g.entered
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := m.Ping(ctx); err != nil {
+		t.Fatalf("ping with a start in progress: %v", err)
+	}
+	close(g.open)
+	waitState(t, m, "slow", OK)
 }

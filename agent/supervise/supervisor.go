@@ -29,6 +29,7 @@ const (
 	actMonitor
 	actUnmonitor
 	actUpdate
+	actPing // answered at once: the loop is alive (the watchdog's probe)
 )
 
 type command struct {
@@ -58,18 +59,23 @@ type hooks struct {
 // Supervisor runs the loop of one service.
 type Supervisor struct {
 	name  string
-	owner string          // this agent, as processes are marked with it
-	rt    runtime.Runtime // the one the service's runtime: names
+	owner string // this agent, as processes are marked with it
+	rts   Runtimes
 	log   *slog.Logger
 	hooks hooks
 	cmds  chan command
 	stop  context.CancelFunc // ends run; set by the manager that runs it
+	// busyUntil (unix ns, 0 when idle) bounds an operation the loop is
+	// blocked in on purpose (a stop waiting out stop_timeout): until then
+	// the watchdog does not expect it to answer.
+	busyUntil atomic.Int64
 
 	mu      sync.Mutex // guards status, mem and usage; the loop is the only writer of status and mem
 	status  Status
 	mem     state.Service
 	cpu     procfs.CPUMeter
 	usageAt time.Time
+	metered runtime.Process // the process usage is read from (the loop's proc)
 
 	// Owned by the loop goroutine.
 	spec      *config.Service
@@ -96,7 +102,7 @@ func newSupervisor(spec *config.Service, mem state.Service, owner string, rts Ru
 	s := &Supervisor{
 		name:   spec.Name,
 		owner:  owner,
-		rt:     rts.of(spec),
+		rts:    rts,
 		log:    log.With("service", spec.Name),
 		hooks:  h,
 		cmds:   make(chan command),
@@ -112,10 +118,14 @@ func newSupervisor(spec *config.Service, mem state.Service, owner string, rts Ru
 // of returns the runtime spec's service runs in; one the node lacks fails
 // every start with a message rather than the agent.
 func (rts Runtimes) of(spec *config.Service) runtime.Runtime {
-	if rt, ok := rts[spec.Runtime]; ok {
+	return rts.named(spec.Runtime)
+}
+
+func (rts Runtimes) named(name string) runtime.Runtime {
+	if rt, ok := rts[name]; ok {
 		return rt
 	}
-	return missingRuntime(spec.Runtime)
+	return missingRuntime(name)
 }
 
 // Status returns a copy of the current status.
@@ -149,20 +159,26 @@ func (s *Supervisor) do(ctx context.Context, c command) error {
 }
 
 // adopt takes over the process an earlier agent left running, if it is
-// still that exact process. Called before run.
+// still that exact process. It stays with the runtime that started it,
+// whatever the configuration says now (a changed runtime: takes effect at
+// the next start). Called before run.
 func (s *Supervisor) adopt() {
 	var id procfs.Identity
+	rtName := s.mem.Runtime
+	if rtName == "" {
+		rtName = s.spec.Runtime // a state file from before runtimes were recorded
+	}
 	if s.mem.PID != 0 {
 		id = procfs.Identity{PID: s.mem.PID, StartTicks: s.mem.StartTicks}
-	} else if found, ok := s.rt.Find(s.owner, s.name); ok {
+	} else if name, found, ok := s.find(); ok {
 		// No record (state lost): the process carries our mark, so it is
 		// ours, and starting another copy would fight it for its ports.
-		id = found
-		s.log.Warn("found running process without a state record; adopting it", "pid", id.PID)
+		id, rtName = found, name
+		s.log.Warn("found running process without a state record; adopting it", "pid", id.PID, "runtime", name)
 	} else {
 		return
 	}
-	p, err := s.rt.Adopt(id)
+	p, err := s.rts.named(rtName).Adopt(id)
 	if errors.Is(err, runtime.ErrAdoptedByStart) {
 		s.log.Info("the running instance from before the agent restart is taken over when the service starts", "pid", id.PID)
 	} else if err != nil {
@@ -180,9 +196,25 @@ func (s *Supervisor) adopt() {
 			started = t
 		}
 	}
-	s.log.Info("re-adopted running process", "pid", id.PID, "started", started)
+	s.log.Info("re-adopted running process", "pid", id.PID, "started", started, "runtime", rtName)
 	s.setState(Initializing, "re-adopted after agent restart; waiting for checks")
-	s.attach(p, started)
+	s.attach(p, rtName, started)
+}
+
+// find asks every runtime, in name order, for an unrecorded process of the
+// service.
+func (s *Supervisor) find() (string, procfs.Identity, bool) {
+	names := make([]string, 0, len(s.rts))
+	for name := range s.rts {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if id, ok := s.rts[name].Find(s.owner, s.name); ok {
+			return name, id, true
+		}
+	}
+	return "", procfs.Identity{}, false
 }
 
 // needsStart reports whether the service should run but has no process.
@@ -317,6 +349,8 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 		s.stopChecks()
 		s.setState(NotMonitored, "monitoring disabled by operator")
 		return nil
+	case actPing:
+		return nil
 	case actUpdate:
 		s.spec = c.spec
 		s.setLimits()
@@ -341,7 +375,9 @@ func (s *Supervisor) start(ctx context.Context) error {
 	if s.proc != nil {
 		return nil
 	}
-	p, err := s.rt.Start(ctx, s.runtimeSpec())
+	defer s.busy(2 * time.Minute)() // a systemd start job waits for systemd
+	rtName := s.spec.Runtime
+	p, err := s.rts.named(rtName).Start(ctx, s.runtimeSpec())
 	if errors.Is(err, runtime.ErrUnavailable) {
 		// Not the service failing: what runs it is out of reach (a
 		// container engine restarting). Retry without counting.
@@ -365,7 +401,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 	if w, ok := p.(runtime.Watched); ok && !w.Container().StartedAt.IsZero() {
 		started = w.Container().StartedAt // a running container taken over
 	}
-	s.attach(p, started)
+	s.attach(p, rtName, started)
 	return nil
 }
 
@@ -376,7 +412,8 @@ func (s *Supervisor) runtimeSpec() runtime.Spec { return runtimeSpec(s.owner, s.
 
 // runtimeSpec is what a runtime needs of a service to run it for owner.
 func runtimeSpec(owner string, spec *config.Service) runtime.Spec {
-	return runtime.Spec{Name: spec.Name, Owner: owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group, LogDir: spec.LogDir, Container: spec.Container}
+	return runtime.Spec{Name: spec.Name, Owner: owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group,
+		LogDir: spec.LogDir, Output: spec.Output, StopTimeout: spec.StopTimeout.D(), Container: spec.Container}
 }
 
 // onNotices acts on what the runtime reports of a running process.
@@ -426,8 +463,9 @@ func (s *Supervisor) replace(ctx context.Context, why string) {
 	_ = s.start(ctx) // a failure schedules the next try itself
 }
 
-// attach makes p the service's process and starts watching it.
-func (s *Supervisor) attach(p runtime.Process, started time.Time) {
+// attach makes p, run by the runtime named rtName, the service's process
+// and starts watching it.
+func (s *Supervisor) attach(p runtime.Process, rtName string, started time.Time) {
 	s.proc = p
 	s.staleWhy = ""
 	s.graceEnd = started.Add(s.spec.StartGrace.D())
@@ -439,7 +477,7 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 	// leave a new process whose step a new coordinator leader would redo.
 	token := s.stepToken
 	s.rememberNow(func(m *state.Service) {
-		m.PID, m.StartTicks, m.StartedAt = id.PID, id.StartTicks, started
+		m.PID, m.StartTicks, m.StartedAt, m.Runtime = id.PID, id.StartTicks, started, rtName
 		if token != "" {
 			m.LastOpToken = token
 		}
@@ -452,6 +490,7 @@ func (s *Supervisor) attach(p runtime.Process, started time.Time) {
 		s.status.Container = &c
 	}
 	s.status.CPUPercent, s.status.RSSBytes = 0, 0
+	s.metered = p
 	s.cpu.Reset()
 	s.mu.Unlock()
 	s.memLimit.Reset()
@@ -470,6 +509,7 @@ func (s *Supervisor) detach() {
 	s.mu.Lock()
 	s.status.PID, s.status.CPUPercent, s.status.RSSBytes = 0, 0, 0
 	s.status.Container = nil
+	s.metered = nil
 	s.mu.Unlock()
 }
 
@@ -481,6 +521,8 @@ func (s *Supervisor) stopProcess(ctx context.Context, why string) error {
 	}
 	s.stopChecks()
 	p := s.proc
+	// The runtime waits out stop_timeout, then kills and waits for the end.
+	defer s.busy(s.spec.StopTimeout.D() + time.Minute)()
 	exit, err := p.Stop(ctx, s.spec.StopTimeout.D())
 	if err != nil {
 		return fmt.Errorf("stop %s: %w", s.name, err)
@@ -599,6 +641,24 @@ func (s *Supervisor) setState(st State, msg string) {
 	s.status.State, s.status.Message = st, msg
 	s.mu.Unlock()
 	s.changed()
+}
+
+// busy marks the loop as blocked on purpose for at most d; the returned
+// function marks it idle again.
+func (s *Supervisor) busy(d time.Duration) func() {
+	s.busyUntil.Store(time.Now().Add(d).UnixNano())
+	return func() { s.busyUntil.Store(0) }
+}
+
+// ping checks that the loop answers, unless it is blocked on purpose.
+func (s *Supervisor) ping(ctx context.Context) error {
+	if until := s.busyUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+		return nil
+	}
+	if err := s.do(ctx, command{act: actPing}); err != nil {
+		return fmt.Errorf("the loop of %s does not answer: %w", s.name, err)
+	}
+	return nil
 }
 
 // resumeMonitoring puts a running process back under its checks (after

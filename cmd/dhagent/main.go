@@ -13,6 +13,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/logging"
 	"github.com/dhvisor/dhvisor/internal/version"
 )
 
@@ -38,7 +39,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "dhagent: --log-level %q: expected debug, info, warn or error\n", *level)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	log := logging.New("dhagent", lv)
 
 	a, err := agent.New(*cfg, log)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/coordinator"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/logging"
 	"github.com/dhvisor/dhvisor/internal/version"
 )
 
@@ -39,7 +40,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "dhcoord: --log-level %q: expected debug, info, warn or error\n", *level)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	log := logging.New("dhcoord", lv)
 	cfg, err := config.LoadCoordinator(*file)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "dhcoord: configuration refused:\n%v\n", err)

@@ -16,6 +16,7 @@ type Service struct {
 	Description string            `yaml:"description"`
 	Enabled     *bool             `yaml:"enabled"`
 	Runtime     string            `yaml:"runtime"`
+	Output      string            `yaml:"output"`
 	User        string            `yaml:"user"`
 	Group       string            `yaml:"group"`
 	Command     []string          `yaml:"command"`
@@ -111,6 +112,15 @@ const (
 // RuntimeExec runs services as child processes of the agent.
 const RuntimeExec = "exec"
 
+// RuntimeSystemd runs each service as a transient unit in dhvisor.slice.
+const RuntimeSystemd = "systemd"
+
+// Outputs: where a service's stdout and stderr go.
+const (
+	OutputFile    = "file"    // <log_dir>/<name>.stdout.log
+	OutputJournal = "journal" // the systemd journal (runtime systemd)
+)
+
 // IsEnabled reports whether the node should run the service.
 func (s *Service) IsEnabled() bool { return s.Enabled == nil || *s.Enabled }
 
@@ -151,6 +161,9 @@ func portNames(m map[string]int) string {
 func (s *Service) applyDefaults() {
 	if s.Runtime == "" {
 		s.Runtime = RuntimeExec
+	}
+	if s.Output == "" {
+		s.Output = OutputFile
 	}
 	setDur(&s.StartGrace, 120*time.Second)
 	setDur(&s.StopTimeout, 30*time.Second)
@@ -206,8 +219,14 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 	switch {
 	case s.Runtime == RuntimeDocker && s.Container == nil:
 		bad("runtime %q is only for the Envoy container, which agent.yaml's envoy: section configures", []any{s.Runtime}, "runtime")
-	case s.Runtime != RuntimeExec && s.Runtime != RuntimeDocker:
-		bad("runtime %q is not supported by this agent (expected %q)", []any{s.Runtime}, "runtime")
+	case s.Runtime != RuntimeExec && s.Runtime != RuntimeSystemd && s.Runtime != RuntimeDocker:
+		bad("runtime %q is not supported (expected %s or %s)", []any{s.Runtime, RuntimeExec, RuntimeSystemd}, "runtime")
+	}
+	switch {
+	case s.Output != "" && s.Output != OutputFile && s.Output != OutputJournal:
+		bad("output %q is not supported (expected %s or %s)", []any{s.Output, OutputFile, OutputJournal}, "output")
+	case s.Output == OutputJournal && s.Runtime != RuntimeSystemd:
+		bad("output journal needs runtime systemd (this service's runtime is %s)", []any{s.Runtime}, "output")
 	}
 	if s.Container == nil && (len(s.Command) == 0 || s.Command[0] == "") {
 		bad("a command is required (the program and its arguments, e.g. [/usr/illumon/latest/bin/iris, run, %s])", []any{s.Name}, "command")

@@ -73,3 +73,40 @@ func TestServiceEnvoyUpstreamInvalid(t *testing.T) {
 		})
 	}
 }
+
+func TestServiceRuntime(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + `  runtime: systemd
+services:
+  tailer1: {runtime: exec}
+  web_api_service: {output: journal}
+`})
+	n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string][2]string{
+		"configuration_server": {RuntimeSystemd, OutputFile},
+		"tailer1":              {RuntimeExec, OutputFile},
+		"web_api_service":      {RuntimeSystemd, OutputJournal},
+	} {
+		if s := n.Services[name]; s.Runtime != want[0] || s.Output != want[1] {
+			t.Errorf("%s: runtime %s output %s, want %v", name, s.Runtime, s.Output, want)
+		}
+	}
+}
+
+func TestServiceRuntimeInvalid(t *testing.T) {
+	for _, tt := range []struct{ name, services, want string }{
+		{"unknown runtime", "  tailer1: {runtime: podman}\n", `agent.yaml:7: services.tailer1.runtime: runtime "podman" is not supported (expected exec or systemd)`},
+		{"unknown output", "  tailer1: {output: syslog}\n", `agent.yaml:7: services.tailer1.output: output "syslog" is not supported (expected file or journal)`},
+		{"journal without systemd", "  tailer1: {output: journal}\n", `agent.yaml:7: services.tailer1.output: output journal needs runtime systemd (this service's runtime is exec)`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + "services:\n" + tt.services})
+			_, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"sync"
 	"syscall"
@@ -20,14 +19,6 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
-)
-
-// ServiceEnv and OwnerEnv mark every process the agent starts with its
-// service name and its agent, so a process can be found again even if the
-// agent lost its state file.
-const (
-	ServiceEnv = "DHVISOR_SERVICE"
-	OwnerEnv   = "DHVISOR_AGENT"
 )
 
 // Runtime is the exec runtime.
@@ -45,21 +36,15 @@ func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, e
 	if err != nil {
 		return nil, err
 	}
-	out, err := openLog(spec, cred)
+	out, err := runtime.OpenLog(spec, cred)
 	if err != nil {
 		return nil, err
 	}
 	defer out.Close()
 
 	cmd := osexec.Command(spec.Command[0], spec.Command[1:]...)
-	cmd.Env = environment(spec, home)
-	cmd.Dir = spec.Dir
-	if cmd.Dir == "" {
-		cmd.Dir = spec.LogDir
-	}
-	if cmd.Dir == "" {
-		cmd.Dir = "/"
-	}
+	cmd.Env = runtime.Environment(spec, home)
+	cmd.Dir = runtime.WorkDir(spec)
 	cmd.Stdout, cmd.Stderr = out, out
 	// No Pdeathsig: services must outlive an agent that is killed or upgraded.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
@@ -98,7 +83,7 @@ func (Runtime) Adopt(id procfs.Identity) (runtime.Process, error) {
 
 // Find scans /proc for the process group leader carrying the service's mark.
 func (Runtime) Find(owner, name string) (procfs.Identity, bool) {
-	want, wantOwner := ServiceEnv+"="+name, OwnerEnv+"="+owner
+	want, wantOwner := runtime.ServiceEnv+"="+name, runtime.OwnerEnv+"="+owner
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return procfs.Identity{}, false
@@ -136,47 +121,6 @@ func hasEnv(environ []byte, kv string) bool {
 		environ = environ[i+1:]
 	}
 	return false
-}
-
-func openLog(spec runtime.Spec, cred *syscall.Credential) (*os.File, error) {
-	if spec.LogDir == "" {
-		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	}
-	if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
-		return nil, fmt.Errorf("log directory: %w", err)
-	}
-	name := filepath.Join(spec.LogDir, spec.Name+".stdout.log")
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("log file: %w", err)
-	}
-	if cred != nil {
-		// The service may reopen or rotate its own output file.
-		_ = os.Chown(spec.LogDir, int(cred.Uid), int(cred.Gid))
-		_ = f.Chown(int(cred.Uid), int(cred.Gid))
-	}
-	return f, nil
-}
-
-func environment(spec runtime.Spec, home string) []string {
-	env := map[string]string{
-		"PATH":     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME":     home,
-		ServiceEnv: spec.Name,
-		OwnerEnv:   spec.Owner,
-	}
-	if spec.User != "" {
-		env["USER"], env["LOGNAME"] = spec.User, spec.User
-	}
-	for k, v := range spec.Env {
-		env[k] = v
-	}
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func unwrapExec(err error) error {
@@ -301,6 +245,9 @@ func (p *process) signal(sig unix.Signal) error {
 }
 
 func (p *process) Kill() error { return p.signal(unix.SIGKILL) }
+
+// Usage sums the process tree: a launcher script and the JVM it started.
+func (p *process) Usage() (procfs.Usage, error) { return procfs.TreeUsage(p.id.PID) }
 
 func (p *process) Stop(ctx context.Context, timeout time.Duration) (runtime.Exit, error) {
 	if err := p.signal(unix.SIGTERM); err != nil {

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	agentexec "github.com/dhvisor/dhvisor/agent/runtime/exec"
+	agentruntime "github.com/dhvisor/dhvisor/agent/runtime"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
@@ -217,7 +217,7 @@ func (n *agentNode) stop() {
 // (runtime/exec's OwnerEnv), which makes the match exact: nobody else's
 // processes are touched. It returns what it killed.
 func sweepServices(root string) []string {
-	prefix := []byte(agentexec.OwnerEnv + "=" + root + string(filepath.Separator))
+	prefix := []byte(agentruntime.OwnerEnv + "=" + root + string(filepath.Separator))
 	var killed []string
 	for round := 0; round < 3; round++ {
 		found := false
@@ -262,7 +262,7 @@ func ownedBy(pid int, stateDir string) bool {
 	if err != nil {
 		return false
 	}
-	want := []byte(agentexec.OwnerEnv + "=" + stateDir)
+	want := []byte(agentruntime.OwnerEnv + "=" + stateDir)
 	for _, kv := range bytes.Split(env, []byte{0}) {
 		if bytes.Equal(kv, want) {
 			return true

@@ -1,0 +1,300 @@
+package systemd
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/test/sysdbox"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// insideEnv is set when the test binary runs inside the systemd container.
+const insideEnv = "DHVISOR_TEST_INSIDE_SYSTEMD"
+
+const owner = "/var/lib/dhvisor-test"
+
+func TestUnitName(t *testing.T) {
+	for in, want := range map[string]string{
+		"configuration_server": "dhvisor-configuration_server.service",
+		"db-merge.2":           "dhvisor-db-merge.2.service",
+		"a b/c":                `dhvisor-a\x20b\x2fc.service`,
+		".hidden":              `dhvisor-\x2ehidden.service`,
+	} {
+		if got := UnitName(in); got != want {
+			t.Errorf("UnitName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestVersionAtLeast(t *testing.T) {
+	for v, want := range map[string]bool{`"252.39-1~deb12u2"`: true, "239 (239-74.el8_8)": false, "240": true, "": false} {
+		if got := versionAtLeast(v, 240); got != want {
+			t.Errorf("versionAtLeast(%q) = %v", v, got)
+		}
+	}
+}
+
+// TestSystemdRuntime drives a real systemd: on the host it starts a
+// systemd container and runs itself in there.
+func TestSystemdRuntime(t *testing.T) {
+	if os.Getenv(insideEnv) == "" {
+		sysdbox.Start(t).RunInside("TestSystemdRuntime", insideEnv+"=1")
+		return
+	}
+	ctx := context.Background()
+	r, err := New(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// Service users must reach their log directory and stand-in files.
+	logs := t.TempDir()
+	if err := os.Chmod(filepath.Dir(logs), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := func(t *testing.T, spec runtime.Spec) runtime.Process {
+		t.Helper()
+		spec.Owner = owner
+		if spec.LogDir == "" {
+			spec.LogDir = logs
+		}
+		if spec.StopTimeout == 0 {
+			spec.StopTimeout = 5 * time.Second
+		}
+		p, err := r.Start(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.Kill(); waitDone(t, p) })
+		return p
+	}
+
+	t.Run("exit events", func(t *testing.T) {
+		tests := []struct {
+			name   string
+			argv   []string
+			kill   bool
+			code   int
+			signal string
+		}{
+			{name: "exit code", argv: []string{"/bin/sh", "-c", "sleep 0.2; exit 7"}, code: 7},
+			{name: "clean exit", argv: []string{"/bin/sh", "-c", "sleep 0.2"}, code: 0},
+			{name: "kill -9", argv: []string{"/bin/sleep", "30"}, kill: true, code: -1, signal: "SIGKILL"},
+		}
+		for i, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				p := start(t, runtime.Spec{Name: "exit" + strconv.Itoa(i), Command: tt.argv})
+				if tt.kill {
+					_ = syscall.Kill(p.Identity().PID, syscall.SIGKILL)
+				}
+				e := waitDone(t, p)
+				if e.Code != tt.code || e.Signal != tt.signal {
+					t.Fatalf("exit %+v, want code %d signal %q", e, tt.code, tt.signal)
+				}
+			})
+		}
+	})
+
+	t.Run("unit in the slice with environment, directory and output file", func(t *testing.T) {
+		dir := t.TempDir()
+		p := start(t, runtime.Spec{Name: "env", Dir: dir, Env: map[string]string{"FOO": "bar"},
+			Command: []string{"/bin/sh", "-c", `echo "$FOO $DHVISOR_SERVICE $DHVISOR_AGENT $(pwd)"; exec sleep 30`}})
+		want := "bar env " + owner + " " + dir + "\n"
+		waitFile(t, filepath.Join(logs, "env.stdout.log"), want)
+		cg, err := os.ReadFile("/proc/" + strconv.Itoa(p.Identity().PID) + "/cgroup")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(cg), "/dhvisor.slice/dhvisor-env.service") {
+			t.Fatalf("not in dhvisor.slice:\n%s", cg)
+		}
+		show, _ := exec.Command("systemctl", "show", "dhvisor-env.service", "-p", "Restart", "-p", "Slice", "-p", "TimeoutStopUSec").Output()
+		for _, w := range []string{"Restart=no", "Slice=dhvisor.slice", "TimeoutStopUSec=5s"} {
+			if !strings.Contains(string(show), w) {
+				t.Errorf("systemctl show lacks %s:\n%s", w, show)
+			}
+		}
+	})
+
+	t.Run("stop escalates and takes everything in the unit", func(t *testing.T) {
+		pidFile := filepath.Join(t.TempDir(), "child.pid")
+		p := start(t, runtime.Spec{Name: "stubborn", StopTimeout: 300 * time.Millisecond,
+			Command: []string{"/bin/sh", "-c", "trap '' TERM; sh -c 'trap \"\" TERM; echo $$ > " + pidFile + "; sleep 30' & wait"}})
+		child := waitPID(t, pidFile)
+		began := time.Now()
+		e, err := p.Stop(ctx, 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Signal != "SIGKILL" {
+			t.Errorf("stop ended with %+v, want SIGKILL", e)
+		}
+		if took := time.Since(began); took > 5*time.Second {
+			t.Errorf("stop took %s", took)
+		}
+		if (procfs.Identity{PID: child.PID, StartTicks: child.StartTicks}).Alive() {
+			t.Fatal("the launcher's child survived the stop")
+		}
+	})
+
+	t.Run("a unit that ended is restarted at once under its name", func(t *testing.T) {
+		for i := range 20 {
+			p, err := r.Start(ctx, runtime.Spec{Name: "again", Owner: owner, LogDir: logs, StopTimeout: time.Second, Command: []string{"/bin/sh", "-c", "exit 3"}})
+			if err != nil {
+				t.Fatalf("start %d: %v", i, err)
+			}
+			if e := waitDone(t, p); e.Code != 3 {
+				t.Fatalf("run %d: exit %+v, want code 3", i, e)
+			}
+		}
+	})
+
+	t.Run("a new agent adopts the unit; others' units are not its", func(t *testing.T) {
+		// Not start(): its cleanup would wait for a released process.
+		p, err := r.Start(ctx, runtime.Spec{Name: "adopt", Owner: owner, LogDir: logs, StopTimeout: time.Second, Command: []string{"/bin/sleep", "30"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := p.Identity()
+		p.Release()
+		r2, err := New(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r2.Close()
+		if got, ok := r2.Find(owner, "adopt"); !ok || got != id {
+			t.Fatalf("Find = %+v %v, want %+v", got, ok, id)
+		}
+		if _, ok := r2.Find("/other/agent", "adopt"); ok {
+			t.Fatal("Find matched another agent's unit")
+		}
+		other, err := New(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), "/other/agent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer other.Close()
+		if _, err := other.Adopt(id); err == nil {
+			t.Fatal("adopted another agent's unit")
+		}
+		if _, err := r2.Adopt(procfs.Identity{PID: id.PID, StartTicks: id.StartTicks + 1}); err == nil {
+			t.Fatal("adopted with the wrong start time")
+		}
+		if _, err := r2.Adopt(procfs.Identity{PID: os.Getpid()}); err == nil {
+			t.Fatal("adopted a process outside dhvisor's units")
+		}
+		q, err := r2.Adopt(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = syscall.Kill(id.PID, syscall.SIGKILL)
+		if e := waitDone(t, q); e.Signal != "SIGKILL" {
+			t.Fatalf("adopted unit's exit %+v", e)
+		}
+	})
+
+	t.Run("usage counts everything in the unit's cgroup", func(t *testing.T) {
+		p := start(t, runtime.Spec{Name: "usage", Command: []string{"/bin/sh", "-c", "sleep 30 & sleep 30 & while :; do :; done"}})
+		time.Sleep(300 * time.Millisecond) // some CPU to count
+		u, err := p.(runtime.Metered).Usage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Procs != 3 || u.RSSBytes == 0 || u.CPUTicks == 0 {
+			t.Fatalf("usage %+v, want 3 processes with memory and CPU", u)
+		}
+	})
+
+	t.Run("runs as the service user", func(t *testing.T) {
+		start(t, runtime.Spec{Name: "user", User: "nobody", Command: []string{"/bin/sh", "-c", "id -un; exec sleep 30"}})
+		waitFile(t, filepath.Join(logs, "user.stdout.log"), "nobody\n")
+	})
+
+	t.Run("output to the journal", func(t *testing.T) {
+		start(t, runtime.Spec{Name: "journal", Output: runtime.OutputJournal, Command: []string{"/bin/sh", "-c", "echo journal-marker-42; exec sleep 30"}})
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, _ := exec.Command("journalctl", "-u", "dhvisor-journal.service", "-o", "cat", "--no-pager").Output()
+			if strings.Contains(string(out), "journal-marker-42") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("not in the journal:\n%s", out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("start errors", func(t *testing.T) {
+		for _, tt := range []struct {
+			spec runtime.Spec
+			want string
+		}{
+			{runtime.Spec{Name: "nobin", Command: []string{"/no/such/binary"}}, "203"},
+			{runtime.Spec{Name: "nouser", User: "no-such-user", Command: []string{"/bin/true"}}, "run user"},
+		} {
+			tt.spec.Owner, tt.spec.LogDir = owner, logs
+			if _, err := r.Start(ctx, tt.spec); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("%s: err %v, want one mentioning %q", tt.spec.Name, err, tt.want)
+			}
+		}
+	})
+}
+
+func waitDone(t *testing.T, p runtime.Process) runtime.Exit {
+	t.Helper()
+	select {
+	case <-p.Done():
+		return p.Exit()
+	case <-time.After(10 * time.Second):
+		t.Fatal("unit did not end")
+	}
+	return runtime.Exit{}
+}
+
+func waitFile(t *testing.T, file, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(file)
+		if string(b) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %q, want %q", file, b, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitPID(t *testing.T, file string) procfs.Identity {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(file)
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			id, err := procfs.IdentityOf(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pid written")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

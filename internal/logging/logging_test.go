@@ -1,0 +1,55 @@
+package logging
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"maps"
+	"testing"
+
+	"github.com/coreos/go-systemd/v22/journal"
+)
+
+type entry struct {
+	msg    string
+	pri    journal.Priority
+	fields map[string]string
+}
+
+func TestJournalHandler(t *testing.T) {
+	var got []entry
+	send := func(msg string, pri journal.Priority, fields map[string]string) error {
+		got = append(got, entry{msg, pri, maps.Clone(fields)})
+		return nil
+	}
+	log := slog.New(NewJournalHandler("dhagent", slog.LevelInfo, send, nil))
+	log.Debug("hidden")
+	log.With("service", "configuration_server").WithGroup("check").Warn("probe failed", "name", "tcp:websocket", "err", errors.New("refused here"))
+	log.Error("bad", "1st", 1, "_x", "y")
+	if len(got) != 2 {
+		t.Fatalf("%d entries, want 2 (debug is below the level)", len(got))
+	}
+	want := entry{
+		msg: `probe failed service=configuration_server check.name=tcp:websocket check.err="refused here"`,
+		pri: journal.PriWarning,
+		fields: map[string]string{"SYSLOG_IDENTIFIER": "dhagent", "SERVICE": "configuration_server",
+			"CHECK_NAME": "tcp:websocket", "CHECK_ERR": "refused here"},
+	}
+	if got[0].msg != want.msg || got[0].pri != want.pri || !maps.Equal(got[0].fields, want.fields) {
+		t.Errorf("entry\n%+v\nwant\n%+v", got[0], want)
+	}
+	if got[1].pri != journal.PriErr || got[1].fields["F_1ST"] != "1" || got[1].fields["X"] != "y" {
+		t.Errorf("field names not made valid: %+v", got[1])
+	}
+}
+
+func TestJournalHandlerFallsBack(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(NewJournalHandler("dhcoord", slog.LevelInfo, func(string, journal.Priority, map[string]string) error {
+		return errors.New("journald is gone")
+	}, &buf))
+	log.Info("still logged", "k", "v")
+	if buf.String() != "INFO still logged k=v\n" {
+		t.Fatalf("fallback wrote %q", buf.String())
+	}
+}
