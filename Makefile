@@ -9,7 +9,13 @@ STATICCHECK ?= $(shell command -v staticcheck || echo $$(go env GOPATH)/bin/stat
 # Without the tag everything works, with reflection's marshalling.
 export GOFLAGS := $(strip $(GOFLAGS) -tags=vtprotobuf)
 
-.PHONY: all build demo demo-stop test lint unit e2e bench proto clean
+# Packages: version from git (scripts/packaging/version.sh), nfpm from the
+# Go proxy (scripts/setup.sh installs it).
+PKG_VERSION    = $(shell scripts/packaging/version.sh)
+PKG_MAINTAINER ?= dhvisor maintainers <dhvisor@deephaven.io>
+NFPM ?= $(shell command -v nfpm || echo $$(go env GOPATH)/bin/nfpm)
+
+.PHONY: all build demo demo-stop test lint unit e2e bench proto clean packages
 
 all: build
 
@@ -43,6 +49,18 @@ bench: build
 	$(GO) run ./scripts/bench/xds
 	$(GO) run ./scripts/bench/envoy
 	$(GO) run ./scripts/bench/upgrade
+
+# dist/dhvisor_<version>_amd64.deb and dist/dhvisor-<version>.x86_64.rpm:
+# static binaries, roles, systemd units, the default agent.yaml (a config
+# file, kept on upgrade), dhctl's man pages and completions.
+packages:
+	rm -rf dist/build && mkdir -p dist/build
+	v=$(PKG_VERSION); ld="-s -w -X github.com/dhvisor/dhvisor/internal/version.Version=$$v"; \
+	for c in dhagent dhcoord dhctl; do CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$$ld" -o dist/build/$$c ./cmd/$$c || exit 1; done; \
+	$(GO) run ./scripts/packaging/gendocs --out dist/build --version $$v && \
+	rm -f dist/dhvisor_*_amd64.deb dist/dhvisor-*.x86_64.rpm && \
+	DHVISOR_VERSION=$$v DHVISOR_MAINTAINER="$(PKG_MAINTAINER)" $(NFPM) pkg -f packaging/nfpm.yaml -p deb -t dist/dhvisor_$${v}_amd64.deb && \
+	DHVISOR_VERSION=$$v DHVISOR_MAINTAINER="$(PKG_MAINTAINER)" $(NFPM) pkg -f packaging/nfpm.yaml -p rpm -t dist/dhvisor-$$v.x86_64.rpm
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \

@@ -17,6 +17,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)   # network namespaces for the 
 command -v tc >/dev/null || need_apt+=(iproute2)
 command -v iptables >/dev/null || need_apt+=(iptables)   # packet loss in the gossip soak (no netem in some kernels)
 command -v dockerd >/dev/null || need_apt+=(docker.io)   # the Envoy container's tests and benchmark
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)  # the root file system of the systemd container (package tests)
+command -v rpm >/dev/null || need_apt+=(rpm)             # rpm -qp on the built .rpm
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq
@@ -43,5 +45,12 @@ gobin=$(go env GOPATH)/bin
 [[ -x $gobin/staticcheck ]] || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 [[ -x $gobin/protoc-gen-go ]] || go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 [[ -x $gobin/protoc-gen-go-grpc ]] || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+[[ -x $gobin/nfpm ]] || go install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.48.0   # make packages
 go mod download
+
+# The image with a real systemd that the systemd runtime's and the
+# packages' tests run (debootstrap, once per machine, about a minute).
+if [[ $(id -u) -eq 0 ]] && docker version >/dev/null 2>&1; then
+  scripts/testbed/systemd-image.sh >/dev/null
+fi
 echo "setup: done"
