@@ -206,3 +206,30 @@ func WorkDir(spec Spec) string {
 	}
 	return "/"
 }
+
+// Escalate is how a stop goes for a runtime that signals itself: term asks
+// the process to end; if it has not ended (done) after timeout, kill ends
+// it. It returns the exit once done, or ctx's error.
+func Escalate(ctx context.Context, done <-chan struct{}, exit func() Exit, timeout time.Duration, term, kill func() error) (Exit, error) {
+	if err := term(); err != nil {
+		return Exit{}, err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return exit(), nil
+	case <-ctx.Done():
+		return Exit{}, ctx.Err()
+	case <-t.C:
+	}
+	if err := kill(); err != nil {
+		return Exit{}, err
+	}
+	select {
+	case <-done:
+		return exit(), nil
+	case <-ctx.Done():
+		return Exit{}, ctx.Err()
+	}
+}

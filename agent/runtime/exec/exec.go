@@ -246,29 +246,8 @@ func (p *process) signal(sig unix.Signal) error {
 
 func (p *process) Kill() error { return p.signal(unix.SIGKILL) }
 
-// Usage sums the process tree: a launcher script and the JVM it started.
-func (p *process) Usage() (procfs.Usage, error) { return procfs.TreeUsage(p.id.PID) }
-
 func (p *process) Stop(ctx context.Context, timeout time.Duration) (runtime.Exit, error) {
-	if err := p.signal(unix.SIGTERM); err != nil {
-		return runtime.Exit{}, err
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return p.exit, nil
-	case <-ctx.Done():
-		return runtime.Exit{}, ctx.Err()
-	case <-t.C:
-	}
-	if err := p.signal(unix.SIGKILL); err != nil {
-		return runtime.Exit{}, err
-	}
-	select {
-	case <-p.done:
-		return p.exit, nil
-	case <-ctx.Done():
-		return runtime.Exit{}, ctx.Err()
-	}
+	return runtime.Escalate(ctx, p.done, p.Exit, timeout,
+		func() error { return p.signal(unix.SIGTERM) },
+		func() error { return p.signal(unix.SIGKILL) })
 }

@@ -762,27 +762,12 @@ func (p *process) Stop(ctx context.Context, timeout time.Duration) (runtime.Exit
 	if err != nil {
 		return runtime.Exit{}, err
 	}
-	if _, err := conn.StopUnitContext(ctx, p.unit, "replace", nil); err != nil && !noSuchUnit(err) {
-		return runtime.Exit{}, fmt.Errorf("systemd: stop %s: %w", p.unit, err)
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return p.exit, nil
-	case <-ctx.Done():
-		return runtime.Exit{}, ctx.Err()
-	case <-t.C:
-	}
-	if err := p.Kill(); err != nil {
-		return runtime.Exit{}, err
-	}
-	select {
-	case <-p.done:
-		return p.exit, nil
-	case <-ctx.Done():
-		return runtime.Exit{}, ctx.Err()
-	}
+	return runtime.Escalate(ctx, p.done, p.Exit, timeout, func() error {
+		if _, err := conn.StopUnitContext(ctx, p.unit, "replace", nil); err != nil && !noSuchUnit(err) {
+			return fmt.Errorf("systemd: stop %s: %w", p.unit, err)
+		}
+		return nil
+	}, p.Kill)
 }
 
 // Kill sends SIGKILL to every process of the unit.
