@@ -463,6 +463,15 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		return nil, err
 	}
 	p.noteStatus(st)
+	if result != "done" {
+		// The job's verdict and the unit's exit status come over two
+		// connections; the status may still be on its way (and the unit
+		// already collected, so not to be read).
+		select {
+		case <-p.exitNoted:
+		case <-time.After(2 * time.Second):
+		}
+	}
 	if result != "done" && !p.ranAndEnded() {
 		r.unwatch(p)
 		return nil, fmt.Errorf("unit %s did not start: %s", unit, p.startFailure(result, st.result))
@@ -652,13 +661,16 @@ type process struct {
 	unit string
 	path dbus.ObjectPath
 
-	mu       sync.Mutex
-	id       procfs.Identity
-	group    *cgroup.Group
-	running  bool // the unit was seen running this process
-	execPID  uint32
-	execCode int32
-	status   int32
+	mu      sync.Mutex
+	id      procfs.Identity
+	group   *cgroup.Group
+	running bool // the unit was seen running this process
+	// exitNoted is closed once systemd reported how the main process ended.
+	exitNoted chan struct{}
+	noted     sync.Once
+	execPID   uint32
+	execCode  int32
+	status    int32
 
 	done     chan struct{}
 	finished sync.Once
@@ -667,7 +679,7 @@ type process struct {
 }
 
 func (r *Runtime) newProcess(unit string) *process {
-	return &process{rt: r, unit: unit, path: unitPath(unit), done: make(chan struct{})}
+	return &process{rt: r, unit: unit, path: unitPath(unit), done: make(chan struct{}), exitNoted: make(chan struct{})}
 }
 
 // arm records the process once systemd has started it (or it was found).
@@ -700,6 +712,7 @@ func (p *process) noteExit(changed map[string]dbus.Variant) {
 	p.execCode = code
 	p.status, _ = changed["ExecMainStatus"].Value().(int32)
 	p.execPID, _ = changed["ExecMainPID"].Value().(uint32)
+	p.noted.Do(func() { close(p.exitNoted) })
 }
 
 func (p *process) noteStatus(st unitStatus) {
@@ -709,6 +722,7 @@ func (p *process) noteStatus(st unitStatus) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.execCode, p.status, p.execPID = st.execCode, st.execStatus, st.execPID
+	p.noted.Do(func() { close(p.exitNoted) })
 }
 
 // recordedExit is the exit systemd reported for this process, if any.
