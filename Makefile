@@ -44,6 +44,7 @@ lint:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./agent/... ./internal/... ./coordinator ./coordinator/xds
 	$(GO) run ./scripts/bench/restart --samples 60
+	$(GO) run ./scripts/bench/systemd --samples 60
 	$(GO) run ./scripts/bench/gossip
 	$(GO) run ./scripts/bench/coord
 	$(GO) run ./scripts/bench/xds

@@ -1,8 +1,8 @@
 // Package sysdbox is a TEST FIXTURE: a Docker container whose PID 1 is a
-// real systemd (Debian bookworm), for tests of the systemd runtime and of
-// the packages. The image is built once per machine by
-// scripts/testbed/systemd-image.sh. Containers are named dhv-sysd-<random>
-// and removed when the test ends; no other container is touched.
+// real systemd (Debian bookworm), for the tests of the systemd runtime and
+// of the packages, and for the systemd benchmark. The image is built once
+// per machine by scripts/testbed/systemd-image.sh. Containers are named
+// dhv-sysd-<random> and removed at the end; no other container is touched.
 //
 // The container shares the host's network (there is no bridge here) and
 // cgroup tree (cgroup v1 hosts included: systemd 252 runs there in its
@@ -12,6 +12,7 @@ package sysdbox
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,8 +24,89 @@ import (
 
 // Box is one running container.
 type Box struct {
-	t    testing.TB
 	Name string
+	t    testing.TB // nil outside tests
+}
+
+// EnsureImage returns the name of the systemd image, building it (from the
+// repository at root) if needed.
+func EnsureImage(root string) (string, error) {
+	cmd := exec.Command(filepath.Join(root, "scripts/testbed/systemd-image.sh"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("systemd image: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// Launch runs a new container of image and waits until its systemd has
+// booted. Close removes it.
+func Launch(image string) (*Box, error) {
+	var suffix [4]byte
+	_, _ = rand.Read(suffix[:])
+	b := &Box{Name: "dhv-sysd-" + hex.EncodeToString(suffix[:])}
+	out, err := exec.Command("docker", "run", "-d", "--name", b.Name, "--hostname", b.Name,
+		"--network", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+		"--tmpfs", "/run", "--tmpfs", "/run/lock", "-e", "container=docker",
+		// systemd halts on SIGRTMIN+3; SIGTERM would only make it re-execute.
+		"--stop-signal", "SIGRTMIN+3",
+		image, "/lib/systemd/systemd").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("docker run: %v: %s", err, out)
+	}
+	// Until systemd has set up its socket, systemctl cannot connect at
+	// all; then is-system-running --wait returns once boot is over:
+	// "running", or "degraded" when some unit failed.
+	var state string
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		out, _ := b.Exec("timeout", "60", "systemctl", "is-system-running", "--wait")
+		if state = strings.TrimSpace(out); !strings.Contains(state, "Failed to connect") {
+			break
+		}
+	}
+	if state != "running" && state != "degraded" {
+		logs, _ := exec.Command("docker", "logs", "--tail", "50", b.Name).CombinedOutput()
+		b.Close()
+		return nil, fmt.Errorf("%s: systemd did not boot (state %q): %s", b.Name, state, logs)
+	}
+	return b, nil
+}
+
+// Close stops and removes the container.
+func (b *Box) Close() {
+	_ = exec.Command("docker", "stop", "-t", "10", b.Name).Run()
+	_ = exec.Command("docker", "rm", "-f", b.Name).Run()
+}
+
+// Exec runs a command in the container and returns its combined output.
+func (b *Box) Exec(args ...string) (string, error) {
+	return b.ExecEnv(nil, args...)
+}
+
+// ExecEnv is Exec with extra environment variables (KEY=VALUE).
+func (b *Box) ExecEnv(env []string, args ...string) (string, error) {
+	argv := []string{"exec"}
+	for _, e := range env {
+		argv = append(argv, "-e", e)
+	}
+	argv = append(append(argv, b.Name), args...)
+	out, err := exec.Command("docker", argv...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// CopyIn copies a file or directory from the host into the container.
+func (b *Box) CopyIn(src, dst string) error {
+	if _, err := b.Exec("mkdir", "-p", filepath.Dir(dst)); err != nil {
+		return err
+	}
+	if out, err := exec.Command("docker", "cp", src, b.Name+":"+dst).CombinedOutput(); err != nil {
+		return fmt.Errorf("docker cp %s: %v: %s", src, err, out)
+	}
+	return nil
 }
 
 // Need fails the test when Docker is not usable and the run is in CI
@@ -48,87 +130,29 @@ func missing(t testing.TB, what string) {
 	t.Skipf("this test needs %s", what)
 }
 
-// Image returns the name of the systemd image, building it if needed.
-func Image(t testing.TB) string {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(RepoRoot(t), "scripts/testbed/systemd-image.sh"))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("systemd image: %v", err)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// Start runs a new container and waits until its systemd has booted.
+// Start runs a new container for the test, removed when it ends (after
+// logging the container's journal if the test failed).
 func Start(t testing.TB) *Box {
 	t.Helper()
 	Need(t)
-	image := Image(t)
-	var suffix [4]byte
-	_, _ = rand.Read(suffix[:])
-	b := &Box{t: t, Name: "dhv-sysd-" + hex.EncodeToString(suffix[:])}
-	out, err := exec.Command("docker", "run", "-d", "--name", b.Name, "--hostname", b.Name,
-		"--network", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-		"--tmpfs", "/run", "--tmpfs", "/run/lock", "-e", "container=docker",
-		// systemd halts on SIGRTMIN+3; SIGTERM would only make it re-execute.
-		"--stop-signal", "SIGRTMIN+3",
-		image, "/lib/systemd/systemd").CombinedOutput()
+	image, err := EnsureImage(RepoRoot(t))
 	if err != nil {
-		t.Fatalf("docker run: %v: %s", err, out)
+		t.Fatal(err)
 	}
-	t.Cleanup(b.remove)
-	// is-system-running --wait returns once boot is over: "running", or
-	// "degraded" when some unit failed (shown, as it may explain a failure).
-	// Until systemd has set up its socket, systemctl cannot connect at all.
-	var state string
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		out, _ := b.Exec("timeout", "60", "systemctl", "is-system-running", "--wait")
-		if state = strings.TrimSpace(out); !strings.Contains(state, "Failed to connect") {
-			break
+	b, err := Launch(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.t = t
+	t.Cleanup(func() {
+		if t.Failed() {
+			if out, err := b.Exec("journalctl", "--no-pager", "-n", "200"); err == nil {
+				t.Logf("journal of %s (last 200 lines):\n%s", b.Name, out)
+			}
 		}
-	}
-	switch state {
-	case "running":
-	case "degraded":
-		failed, _ := b.Exec("systemctl", "--failed", "--no-legend")
-		t.Logf("%s booted degraded: %s", b.Name, failed)
-	default:
-		logs, _ := exec.Command("docker", "logs", "--tail", "50", b.Name).CombinedOutput()
-		t.Fatalf("%s: systemd did not boot (state %q): %s", b.Name, state, logs)
-	}
+		b.Close()
+	})
 	return b
-}
-
-func (b *Box) remove() {
-	if b.t.Failed() {
-		if out, err := b.Exec("journalctl", "--no-pager", "-n", "200"); err == nil {
-			b.t.Logf("journal of %s (last 200 lines):\n%s", b.Name, out)
-		}
-	}
-	_ = exec.Command("docker", "stop", "-t", "10", b.Name).Run()
-	if out, err := exec.Command("docker", "rm", "-f", b.Name).CombinedOutput(); err != nil {
-		b.t.Logf("docker rm %s: %v: %s", b.Name, err, out)
-	}
-}
-
-// Exec runs a command in the container and returns its combined output.
-func (b *Box) Exec(args ...string) (string, error) {
-	return b.ExecEnv(nil, args...)
-}
-
-// ExecEnv is Exec with extra environment variables (KEY=VALUE).
-func (b *Box) ExecEnv(env []string, args ...string) (string, error) {
-	argv := []string{"exec"}
-	for _, e := range env {
-		argv = append(argv, "-e", e)
-	}
-	argv = append(append(argv, b.Name), args...)
-	out, err := exec.Command("docker", argv...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return string(out), nil
 }
 
 // Must is Exec that fails the test on an error.
@@ -141,12 +165,11 @@ func (b *Box) Must(args ...string) string {
 	return out
 }
 
-// Copy copies a file or directory from the host into the container.
+// Copy is CopyIn that fails the test on an error.
 func (b *Box) Copy(src, dst string) {
 	b.t.Helper()
-	b.Must("mkdir", "-p", filepath.Dir(dst))
-	if out, err := exec.Command("docker", "cp", src, b.Name+":"+dst).CombinedOutput(); err != nil {
-		b.t.Fatalf("docker cp %s: %v: %s", src, err, out)
+	if err := b.CopyIn(src, dst); err != nil {
+		b.t.Fatal(err)
 	}
 }
 
@@ -182,7 +205,7 @@ func RepoRoot(t testing.TB) string {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			t.Fatal("repository root (go.mod) not found")
+			t.Fatal(errors.New("repository root (go.mod) not found"))
 		}
 		dir = parent
 	}
