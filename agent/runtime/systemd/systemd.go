@@ -275,8 +275,22 @@ func (r *Runtime) handle(s *dbus.Signal) {
 			p.setRunning()
 		} else if p.hasRun() {
 			p.finish(r.exitOf(p))
+			if st == "failed" {
+				r.collect(p.unit)
+			}
 		}
 	}
+}
+
+// collect resets a failed unit, which unloads it (its exit was read).
+func (r *Runtime) collect(unit string) {
+	conn, err := r.connection()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = conn.ResetFailedUnitContext(ctx, unit)
 }
 
 // ended reports whether a unit in ActiveState st has no process left.
@@ -302,6 +316,9 @@ func (r *Runtime) resync(ctx context.Context) {
 			r.log.Warn("unit ended without a signal; caught by the re-check", "unit", p.unit)
 			p.noteStatus(st)
 			p.finish(r.exitOf(p))
+			if st.active == "failed" {
+				r.collect(p.unit)
+			}
 		}
 	}
 }
@@ -408,11 +425,10 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		sd.PropExecStart(literal(spec.Command), false),
 		{Name: "Environment", Value: dbus.MakeVariant(runtime.Environment(spec, home))},
 		{Name: "WorkingDirectory", Value: dbus.MakeVariant(runtime.WorkDir(spec))},
-		// dhvisor decides about restarts, and a unit that ended must
-		// leave at once, failed or not, so that the restart can reuse
-		// its name.
+		// dhvisor decides about restarts. A unit that ended cleanly is
+		// collected at once; a failed one stays until the runtime has read
+		// how it ended, then is reset (collected) so its name is free.
 		{Name: "Restart", Value: dbus.MakeVariant("no")},
-		{Name: "CollectMode", Value: dbus.MakeVariant("inactive-or-failed")},
 		{Name: "StartLimitIntervalUSec", Value: dbus.MakeVariant(uint64(0))},
 		// A stop reaches everything in the unit: a launcher and its JVM.
 		{Name: "KillMode", Value: dbus.MakeVariant("control-group")},
@@ -463,14 +479,8 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		return nil, err
 	}
 	p.noteStatus(st)
-	if result != "done" {
-		// The job's verdict and the unit's exit status come over two
-		// connections; the status may still be on its way (and the unit
-		// already collected, so not to be read).
-		select {
-		case <-p.exitNoted:
-		case <-time.After(2 * time.Second):
-		}
+	if st.active == "failed" {
+		r.collect(unit) // read above
 	}
 	if result != "done" && !p.ranAndEnded() {
 		r.unwatch(p)
@@ -661,16 +671,13 @@ type process struct {
 	unit string
 	path dbus.ObjectPath
 
-	mu      sync.Mutex
-	id      procfs.Identity
-	group   *cgroup.Group
-	running bool // the unit was seen running this process
-	// exitNoted is closed once systemd reported how the main process ended.
-	exitNoted chan struct{}
-	noted     sync.Once
-	execPID   uint32
-	execCode  int32
-	status    int32
+	mu       sync.Mutex
+	id       procfs.Identity
+	group    *cgroup.Group
+	running  bool // the unit was seen running this process
+	execPID  uint32
+	execCode int32
+	status   int32
 
 	done     chan struct{}
 	finished sync.Once
@@ -679,7 +686,7 @@ type process struct {
 }
 
 func (r *Runtime) newProcess(unit string) *process {
-	return &process{rt: r, unit: unit, path: unitPath(unit), done: make(chan struct{}), exitNoted: make(chan struct{})}
+	return &process{rt: r, unit: unit, path: unitPath(unit), done: make(chan struct{})}
 }
 
 // arm records the process once systemd has started it (or it was found).
@@ -712,7 +719,6 @@ func (p *process) noteExit(changed map[string]dbus.Variant) {
 	p.execCode = code
 	p.status, _ = changed["ExecMainStatus"].Value().(int32)
 	p.execPID, _ = changed["ExecMainPID"].Value().(uint32)
-	p.noted.Do(func() { close(p.exitNoted) })
 }
 
 func (p *process) noteStatus(st unitStatus) {
@@ -722,7 +728,6 @@ func (p *process) noteStatus(st unitStatus) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.execCode, p.status, p.execPID = st.execCode, st.execStatus, st.execPID
-	p.noted.Do(func() { close(p.exitNoted) })
 }
 
 // recordedExit is the exit systemd reported for this process, if any.
