@@ -379,3 +379,34 @@ func TestEngineUpgradeFailurePauses(t *testing.T) {
 		t.Errorf("failed step: %v", failed)
 	}
 }
+
+// The full strategy with auto-revert: the installs run everywhere at once,
+// one fails, and every node goes back to 1.0: everything stopped again,
+// reinstalled, started in dependency order.
+func TestEngineUpgradeFullAutoRevert(t *testing.T) {
+	h := newHarness(t)
+	h.agents.failInstall["query-1"] = "2.0"
+	op := h.lead(h.startUpgrade(&pb.UpgradeSpec{PackageSha256: shaV2, AutoRevert: true, PreviousSha256: shaV1}).Id, nil)
+	if op.State != fsm.OpFailed || !op.Reverting || !strings.Contains(op.Message, "install on query-1") {
+		t.Fatalf("upgrade %s (reverting %v): %s", op.State, op.Reverting, op.Message)
+	}
+	installs := h.agents.installsDone()
+	if len(installs) != 7 {
+		t.Fatalf("installs: %v", installs)
+	}
+	if got := strings.Join(slices.Sorted(slices.Values(installs[:3])), " "); got != "infra=2.0 merge-1=2.0 query-2=2.0" {
+		t.Errorf("upgrade installs: %s", got)
+	}
+	if got := strings.Join(slices.Sorted(slices.Values(installs[3:])), " "); got != "infra=1.0 merge-1=1.0 query-1=1.0 query-2=1.0" {
+		t.Errorf("revert installs: %s", got)
+	}
+	want := renderActions(&pb.Operation{Stages: op.Stages[:4]}) + "\nrevert infra merge-1 query-1 query-2\n" + renderActions(&pb.Operation{Stages: op.Stages[5:op.RevertFrom]})
+	if got := renderActions(&pb.Operation{Stages: op.Stages[op.RevertFrom:]}); got != want {
+		t.Errorf("revert plan:\n%s\nwant:\n%s", got, want)
+	}
+	for n, v := range h.agents.versions {
+		if v != "1.0" {
+			t.Errorf("%s ends on %s", n, v)
+		}
+	}
+}
