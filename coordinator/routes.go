@@ -236,7 +236,7 @@ func nodeHost(n *pb.Node) string {
 // table is the route table served now, for `dhctl routes`.
 func (f *routeFeed) table(xdsAddr string) *pb.RoutesResponse {
 	st := f.xds.Status()
-	resp := &pb.RoutesResponse{XdsAddr: xdsAddr, BuildUs: st.BuildTime.Microseconds(), ServeUs: st.ServeTime.Microseconds(), Versions: map[string]string{}}
+	resp := &pb.RoutesResponse{XdsAddr: xdsAddr, BuildUs: st.BuildTime.Microseconds(), ServeUs: st.ServeTime.Microseconds(), FullBuildUs: st.FullBuildTime.Microseconds(), Versions: map[string]string{}}
 	for flavour, types := range st.Versions {
 		for typ, v := range types {
 			resp.Versions[string(flavour)+" "+typ[strings.LastIndex(typ, ".")+1:]] = v

@@ -289,6 +289,7 @@ type table struct {
 	clusterCount int
 	// extraClusters are the extra routes', the same in every flavour.
 	extraClusters []entry
+	newWorkers    int // workers built anew, not reused
 	clas          []entry
 	routes        []entry // rds_config's, first match first
 	rds           entry   // rds_config itself
@@ -304,6 +305,9 @@ type built struct {
 // Counts are how many resources a build made.
 type Counts struct {
 	Clusters, LoadAssignments, Routes int
+	// Workers is how many workers there are, NewWorkers how many of them
+	// the build made anew (the others' resources it reused).
+	Workers, NewWorkers int
 }
 
 // resources are the resources a client of flavour f gets, by type.
@@ -342,7 +346,7 @@ func (b *builder) build(m Model) (*built, error) {
 			return nil, fmt.Errorf("%s snapshot: %w", f, err)
 		}
 	}
-	out.counts = Counts{Clusters: t.clusterCount, LoadAssignments: len(t.clas), Routes: len(t.routes)}
+	out.counts = Counts{Clusters: t.clusterCount, LoadAssignments: len(t.clas), Routes: len(t.routes), Workers: len(m.Workers), NewWorkers: t.newWorkers}
 	b.forgetUnused()
 	return out, nil
 }
@@ -444,7 +448,7 @@ func (b *builder) table(m Model) (*table, error) {
 		t.clas = append(t.clas, e.bytesOnly())
 	}
 
-	workers, err := b.workerEntries(m.Workers)
+	workers, err := b.workerEntries(m.Workers, &t.newWorkers)
 	if err != nil {
 		return nil, err
 	}
@@ -525,7 +529,7 @@ func (b *builder) table(m Model) (*table, error) {
 // workerEntries are the workers' resources: the last build's for workers
 // that did not change, new ones for the others, built in parallel since a
 // coordinator's first build makes them all.
-func (b *builder) workerEntries(ws []Worker) ([]*workerEntry, error) {
+func (b *builder) workerEntries(ws []Worker, made *int) ([]*workerEntry, error) {
 	if b.workers == nil {
 		b.workers = make(map[workerKey]*workerEntry, len(ws))
 	}
@@ -560,6 +564,7 @@ func (b *builder) workerEntries(ws []Worker) ([]*workerEntry, error) {
 		entries[i].used = b.builds
 		b.workers[keys[i]] = entries[i]
 	}
+	*made = len(missing)
 	return entries, nil
 }
 

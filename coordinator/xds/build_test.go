@@ -345,19 +345,25 @@ func TestConsistentChecksAPIListenerRoutes(t *testing.T) {
 // a fresh build makes.
 func TestIncrementalBuildMatchesFreshBuild(t *testing.T) {
 	b := builder{flavours: flavours}
-	steps := []func(m *Model){
-		func(*Model) {},
-		func(m *Model) { m.Workers[3].Port = 1 },
-		func(m *Model) { m.Workers = m.Workers[:40] },
-		func(m *Model) { m.Workers[0].TLS = true; m.Workers[1].Host = "h.example.com" },
-		func(m *Model) { m.Workers = append(m.Workers, Worker{Name: "new", Host: "10.9.9.9", Port: 9}) },
+	steps := []struct {
+		change func(m *Model)
+		made   int // workers built anew
+	}{
+		{func(*Model) {}, 50},
+		{func(m *Model) { m.Workers[3].Port = 1 }, 1},
+		{func(m *Model) { m.Workers = m.Workers[:40] }, 0},
+		{func(m *Model) { m.Workers[0].TLS = true; m.Workers[1].Host = "h.example.com" }, 2},
+		{func(m *Model) { m.Workers = append(m.Workers, Worker{Name: "new", Host: "10.9.9.9", Port: 9}) }, 1},
 	}
 	m := scaleModel(50)
 	for i, step := range steps {
-		step(&m)
+		step.change(&m)
 		got, err := b.build(canonical(m))
 		if err != nil {
 			t.Fatal(err)
+		}
+		if got.counts.NewWorkers != step.made || got.counts.Workers != len(m.Workers) {
+			t.Errorf("step %d: made %d of %d workers, want %d of %d", i, got.counts.NewWorkers, got.counts.Workers, step.made, len(m.Workers))
 		}
 		for _, f := range flavours {
 			want := mustBuild(t, m, f)

@@ -122,6 +122,9 @@ type Status struct {
 	// ServeTime is how long handing them to the caches took, which
 	// answers every client waiting for a change.
 	ServeTime time.Duration
+	// FullBuildTime is how long the last build that made every worker's
+	// resources anew took (a coordinator's first, or a flavour's).
+	FullBuildTime time.Duration
 	Counts
 	Rejected      uint64 // responses clients rejected (NACKs)
 	LastRejection string // the last rejection's message
@@ -256,7 +259,11 @@ func (s *Server) build(c Model) error {
 		}
 	}
 	s.statusMu.Lock()
-	s.status = Status{Versions: versions, Built: start, BuildTime: took, ServeTime: served, Counts: out.counts}
+	full := s.status.FullBuildTime
+	if out.counts.Workers > 0 && out.counts.NewWorkers == out.counts.Workers {
+		full = took
+	}
+	s.status = Status{Versions: versions, Built: start, BuildTime: took, ServeTime: served, FullBuildTime: full, Counts: out.counts}
 	s.table = out.table
 	s.statusMu.Unlock()
 	s.log.Debug("xDS resources updated", "build", took, "serve", served, "clusters", out.counts.Clusters, "routes", out.counts.Routes)

@@ -468,6 +468,10 @@ func TestUpdateSkipsUnchangedModel(t *testing.T) {
 	if st.Clusters == 0 || st.LoadAssignments == 0 || st.Routes == 0 || st.BuildTime <= 0 {
 		t.Errorf("status %+v", st)
 	}
+	// The first build made every worker; the later ones reused them.
+	if first.FullBuildTime != first.BuildTime || st.FullBuildTime != first.FullBuildTime || st.NewWorkers != 0 {
+		t.Errorf("full build %v then %v (builds %v, %v; %d new)", first.FullBuildTime, st.FullBuildTime, first.BuildTime, st.BuildTime, st.NewWorkers)
+	}
 	if n := len(s.Routes()); n != st.Routes {
 		t.Errorf("%d routes served, status says %d", n, st.Routes)
 	}

@@ -54,8 +54,8 @@ func (o *options) routesCmd() *cobra.Command {
 				for _, t := range slices.Sorted(maps.Keys(resp.Versions)) {
 					vs = append(vs, t+" "+resp.Versions[t])
 				}
-				fmt.Fprintf(o.out, "served by %s on %s; versions: %s; built in %s, handed to the clients in %s\n", resp.AnsweredBy, dash(resp.XdsAddr), strings.Join(vs, ", "),
-					time.Duration(resp.BuildUs)*time.Microsecond, time.Duration(resp.ServeUs)*time.Microsecond)
+				fmt.Fprintf(o.out, "served by %s on %s; versions: %s; built in %s (building every worker anew: %s), handed to the clients in %s\n", resp.AnsweredBy, dash(resp.XdsAddr), strings.Join(vs, ", "),
+					time.Duration(resp.BuildUs)*time.Microsecond, time.Duration(resp.FullBuildUs)*time.Microsecond, time.Duration(resp.ServeUs)*time.Microsecond)
 				if resp.ExtraRoutesError != "" {
 					fmt.Fprintf(o.out, "extra routes file refused, the previous extra routes stay:\n%s\n", resp.ExtraRoutesError)
 					return fail(ExitNotOK, "extra routes refused")

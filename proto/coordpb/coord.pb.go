@@ -659,7 +659,8 @@ type RoutesResponse struct {
 	ExtraRoutesError string                 `protobuf:"bytes,4,opt,name=extra_routes_error,json=extraRoutesError,proto3" json:"extra_routes_error,omitempty"`                                 // why the extra routes file was refused; the previous routes stay
 	BuildUs          int64                  `protobuf:"varint,5,opt,name=build_us,json=buildUs,proto3" json:"build_us,omitempty"`                                                             // how long the last snapshot took to build
 	XdsAddr          string                 `protobuf:"bytes,6,opt,name=xds_addr,json=xdsAddr,proto3" json:"xds_addr,omitempty"`
-	ServeUs          int64                  `protobuf:"varint,7,opt,name=serve_us,json=serveUs,proto3" json:"serve_us,omitempty"` // how long handing it to the clients' caches took
+	ServeUs          int64                  `protobuf:"varint,7,opt,name=serve_us,json=serveUs,proto3" json:"serve_us,omitempty"`               // how long handing it to the clients' caches took
+	FullBuildUs      int64                  `protobuf:"varint,8,opt,name=full_build_us,json=fullBuildUs,proto3" json:"full_build_us,omitempty"` // the last build that made every worker's resources anew
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -739,6 +740,13 @@ func (x *RoutesResponse) GetXdsAddr() string {
 func (x *RoutesResponse) GetServeUs() int64 {
 	if x != nil {
 		return x.ServeUs
+	}
+	return 0
+}
+
+func (x *RoutesResponse) GetFullBuildUs() int64 {
+	if x != nil {
+		return x.FullBuildUs
 	}
 	return 0
 }
@@ -3303,7 +3311,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x125\n" +
 	"\x04sets\x18\x02 \x03(\v2!.dhvisor.coordinator.v1.WorkerSetR\x04sets\"\x0f\n" +
-	"\rRoutesRequest\"\xf6\x02\n" +
+	"\rRoutesRequest\"\x9a\x03\n" +
 	"\x0eRoutesResponse\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x125\n" +
@@ -3312,7 +3320,8 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x12extra_routes_error\x18\x04 \x01(\tR\x10extraRoutesError\x12\x19\n" +
 	"\bbuild_us\x18\x05 \x01(\x03R\abuildUs\x12\x19\n" +
 	"\bxds_addr\x18\x06 \x01(\tR\axdsAddr\x12\x19\n" +
-	"\bserve_us\x18\a \x01(\x03R\aserveUs\x1a;\n" +
+	"\bserve_us\x18\a \x01(\x03R\aserveUs\x12\"\n" +
+	"\rfull_build_us\x18\b \x01(\x03R\vfullBuildUs\x1a;\n" +
 	"\rVersionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +

@@ -57,7 +57,7 @@ type sizeResult struct {
 type bigResult struct {
 	Workers    int                `json:"workers"`
 	AllClients float64            `json:"all_clients_ms"`
-	BuildMS    map[string]float64 `json:"build_ms"` // per coordinator, as it reports it
+	BuildMS    map[string]float64 `json:"build_ms"` // per coordinator, as it reports its build of every worker
 	ServeMS    map[string]float64 `json:"serve_ms"` // handing the build to the clients' caches
 	RSSBytes   map[string]int64   `json:"rss_bytes"`
 	// One worker replaced in the big set: the slowest build of each
@@ -229,7 +229,7 @@ func (b *bench) measureGRPC(ctx context.Context, n int, base []string, port int)
 }
 
 func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) {
-	r := bigResult{Workers: n, BuildMS: map[string]float64{}, ServeMS: map[string]float64{}, RSSBytes: map[string]int64{}}
+	r := bigResult{Workers: n}
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("big-%d", i)
@@ -247,8 +247,13 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 	}
 	// Every replica has built it by now (its subscribers have it): read
 	// what each reports, and its memory while it serves them.
-	if err := b.readCoordinators(ctx, r.BuildMS, r.ServeMS, r.RSSBytes); err != nil {
+	first, err := b.readCoordinators(ctx)
+	if err != nil {
 		return r, err
+	}
+	r.BuildMS, r.ServeMS, r.RSSBytes = map[string]float64{}, map[string]float64{}, map[string]int64{}
+	for name, t := range first {
+		r.BuildMS[name], r.ServeMS[name], r.RSSBytes[name] = t.full, t.serve, t.rss
 	}
 	// Then the usual change at this size: one worker replaced.
 	r.ChangeBuildMS, r.ChangeServeMS = map[string]float64{}, map[string]float64{}
@@ -273,13 +278,13 @@ func (b *bench) measureBig(ctx context.Context, n, port int) (bigResult, error) 
 			}
 		}
 		all = append(all, benchkit.MS(last.Sub(start)))
-		builds, serves := map[string]float64{}, map[string]float64{}
-		if err := b.readCoordinators(ctx, builds, serves, nil); err != nil {
+		now, err := b.readCoordinators(ctx)
+		if err != nil {
 			return r, err
 		}
-		for name, ms := range builds {
-			r.ChangeBuildMS[name] = max(r.ChangeBuildMS[name], ms)
-			r.ChangeServeMS[name] = max(r.ChangeServeMS[name], serves[name])
+		for name, t := range now {
+			r.ChangeBuildMS[name] = max(r.ChangeBuildMS[name], t.build)
+			r.ChangeServeMS[name] = max(r.ChangeServeMS[name], t.serve)
 		}
 	}
 	r.ChangeAllClients = benchkit.Summarise(all)
@@ -311,43 +316,46 @@ func (b *bench) measureRestart(ctx context.Context, r *bigResult, last string) e
 	if _, err := s.wait(wctx, last); err != nil {
 		return fmt.Errorf("the restarted %s: %w", p.Name, err)
 	}
-	build, serve, rss := map[string]float64{}, map[string]float64{}, map[string]int64{}
-	if err := b.readCoordinators(ctx, build, serve, rss); err != nil {
+	now, err := b.readCoordinators(ctx)
+	if err != nil {
 		return err
 	}
-	r.Restarted, r.RestartBuildMS, r.RestartRSSBytes = p.Name, build[p.Name], rss[p.Name]
+	r.Restarted, r.RestartBuildMS, r.RestartRSSBytes = p.Name, now[p.Name].full, now[p.Name].rss
 	return nil
 }
 
 // bigChanges is how many single-worker changes are measured at --big.
 const bigChanges = 5
 
-// readCoordinators reads each coordinator's last snapshot build and serve
-// times, and its resident memory when rss is not nil.
-func (b *bench) readCoordinators(ctx context.Context, build, serve map[string]float64, rss map[string]int64) error {
+// coordTimes are what a coordinator reports of its builds (ms), and its
+// resident memory.
+type coordTimes struct {
+	build, serve, full float64 // the last build, its serving, the last build of every worker
+	rss                int64
+}
+
+// readCoordinators reads what each coordinator reports of its builds.
+func (b *bench) readCoordinators(ctx context.Context) (map[string]coordTimes, error) {
+	out := map[string]coordTimes{}
 	for i, p := range b.cl.Coords {
 		c, closeConn, err := b.cl.Client(i)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		resp, err := c.Routes(cctx, &pb.RoutesRequest{})
 		cancel()
 		closeConn()
 		if err != nil {
-			return fmt.Errorf("routes of %s: %w", p.Name, err)
+			return nil, fmt.Errorf("routes of %s: %w", p.Name, err)
 		}
-		build[p.Name] = float64(resp.BuildUs) / 1000
-		serve[p.Name] = float64(resp.ServeUs) / 1000
-		if rss != nil {
-			v, err := rssOf(p.PID())
-			if err != nil {
-				return err
-			}
-			rss[p.Name] = v
+		rss, err := rssOf(p.PID())
+		if err != nil {
+			return nil, err
 		}
+		out[p.Name] = coordTimes{build: float64(resp.BuildUs) / 1000, serve: float64(resp.ServeUs) / 1000, full: float64(resp.FullBuildUs) / 1000, rss: rss}
 	}
-	return nil
+	return out, nil
 }
 
 func rssOf(pid int) (int64, error) {
