@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
@@ -51,7 +52,9 @@ type sizeResult struct {
 	// latencies cost, and what other load on the machine does not change.
 	CoordCPUMS float64 `json:"coordinators_cpu_ms_per_change"`
 	AgentCPUMS float64 `json:"agents_cpu_ms_per_change"`
-	DeltaBytes int64   `json:"delta_bytes_per_change"`
+	// The measuring clients' (this process), on the same cores.
+	ClientCPUMS float64 `json:"clients_cpu_ms_per_change"`
+	DeltaBytes  int64   `json:"delta_bytes_per_change"`
 }
 
 type bigResult struct {
@@ -139,7 +142,7 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 	var perClient, all, delta, httpDone, ofLeader, ofFollowers []float64
 	var sotwBytes, deltaBytes int64
 	leader := b.cl.Leader(ctx)
-	coordCPU, agentCPU := cpuTime(b.cl.Coords), cpuTime(b.cl.Agents)
+	coordCPU, agentCPU, clientCPU := cpuTime(b.cl.Coords), cpuTime(b.cl.Agents), ownCPUTime()
 	for k := range b.o.trials {
 		name := fmt.Sprintf("t%d-%d", n, k)
 		for _, s := range b.subs {
@@ -187,6 +190,7 @@ func (b *bench) measure(ctx context.Context, n, port int) (sizeResult, error) {
 	}
 	r.CoordCPUMS = benchkit.MS(cpuTime(b.cl.Coords)-coordCPU) / float64(b.o.trials)
 	r.AgentCPUMS = benchkit.MS(cpuTime(b.cl.Agents)-agentCPU) / float64(b.o.trials)
+	r.ClientCPUMS = benchkit.MS(ownCPUTime()-clientCPU) / float64(b.o.trials)
 	grpcGo, notRouted, err := b.measureGRPC(ctx, n, base, port)
 	if err != nil {
 		return r, err
@@ -375,6 +379,15 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ownCPUTime is the CPU time this process has used.
+func ownCPUTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // cpuTime is the CPU time the processes have used.

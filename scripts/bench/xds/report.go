@@ -28,7 +28,7 @@ func report(w io.Writer, r *results) {
 		}
 		line(w, "delta-xDS subscriber received it", s.Delta)
 		fmt.Fprintf(w, "  bytes sent per change: state of the world %d, delta %d\n", s.SotWBytes, s.DeltaBytes)
-		fmt.Fprintf(w, "  CPU per change: the 3 coordinators %s, the agents %s\n", benchkit.FmtMS(s.CoordCPUMS), benchkit.FmtMS(s.AgentCPUMS))
+		fmt.Fprintf(w, "  CPU per change: the 3 coordinators %s, the agents %s, the measuring clients %s\n", benchkit.FmtMS(s.CoordCPUMS), benchkit.FmtMS(s.AgentCPUMS), benchkit.FmtMS(s.ClientCPUMS))
 		if s.Workers == 1000 {
 			fmt.Fprintf(w, "  target: p99 registration -> update at %d clients < %s: %s\n", r.Clients, benchkit.FmtMS(benchkit.MS(targetUpdateP99)), benchkit.Verdict(s.PerClient.P99 < benchkit.MS(targetUpdateP99)))
 		}
