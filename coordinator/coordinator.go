@@ -181,14 +181,19 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		defer wg.Done()
 		// Ready for systemd once the state from before a restart is back
 		// (or no quorum could confirm it within the bound the route feed
-		// waits too); alive while the replicated state answers.
+		// waits too); alive while raft's main loop answers (a request for
+		// the configuration goes through it) and the replicated state can
+		// be read (raft's apply loop holds its lock while applying).
 		rn.WaitRestored(ctx, restoreWait)
 		if ctx.Err() != nil {
 			return
 		}
 		sdnotify.Ready()
 		sdnotify.Watchdog(ctx, c.log, func(context.Context) error {
-			state.Nodes() // takes the FSM's lock, which raft's apply loop holds while applying
+			if _, err := rn.Servers(); err != nil {
+				return err
+			}
+			state.Nodes()
 			return nil
 		})
 	}()

@@ -87,6 +87,12 @@ services:
 	})
 	pids = waitAllOK(t, box, names)
 
+	// Under systemd the agent logs to the journal with its attributes as
+	// fields: one service's lines are found by its name.
+	if j := box.Must("journalctl", "-u", "dhagent.service", "SERVICE=beta", "-o", "cat", "--no-pager"); !strings.Contains(j, "process ended unexpectedly") {
+		t.Errorf("journalctl SERVICE=beta lacks the crash:\n%s", j)
+	}
+
 	// systemctl restart dhagent: a new agent, the same services.
 	agentPID := mainPID(t, box, "dhagent.service")
 	box.Must("systemctl", "restart", "dhagent.service")
@@ -123,6 +129,25 @@ services:
 	assertSamePIDs(t, pids, waitAllOK(t, box, names))
 	box.Must("rm", "-r", "/etc/systemd/system/dhagent.service.d")
 	box.Must("systemctl", "daemon-reload")
+
+	// dhcoord is a Type=notify unit too: systemctl start returns once the
+	// replica has its state and serves.
+	box.Must("dhctl", "tls", "ca", "create", "--dir", "/etc/dhvisor/tls")
+	box.Must("dhctl", "tls", "cert", "create", "--coordinator", "--name", "c1", "--dir", "/etc/dhvisor/tls")
+	cp := freePorts(t, 4)
+	writeIn(t, box, "/etc/dhvisor/coordinator.yaml", fmt.Sprintf(`node: c1
+api: {listen: 127.0.0.1:%d}
+raft:
+  listen: 127.0.0.1:%d
+  bootstrap: [{id: c1, addr: "127.0.0.1:%d"}]
+gossip: {bind: 127.0.0.1:%d, seeds: ["127.0.0.1:%d"]}
+tls: {ca: tls/ca.pem, cert: tls/coordinator-c1.pem, key: tls/coordinator-c1-key.pem}
+envoy: {xds: {listen: 127.0.0.1:%d}}
+`, cp[0], cp[1], cp[1], cp[2], cp[2], cp[3]))
+	box.Must("systemctl", "start", "dhcoord.service")
+	if out := box.Must("systemctl", "show", "dhcoord.service", "-p", "ActiveState", "-p", "WatchdogUSec"); !strings.Contains(out, "ActiveState=active") || !strings.Contains(out, "WatchdogUSec=30s") {
+		t.Fatalf("dhcoord after start:\n%s", out)
+	}
 
 	// Reinstalling (an upgrade path) keeps the edited config and restarts
 	// the running agent; the services keep running.
