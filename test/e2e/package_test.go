@@ -44,7 +44,7 @@ func TestPackageInstallsAWorkingNode(t *testing.T) {
 		t.Fatalf("dhagent after install: is-active %q, want inactive", out)
 	}
 
-	ports := freePorts(t, 3)
+	ports := freePorts(t, 4)
 	config := fmt.Sprintf(`# edited by the operator
 node: pkgtest
 roles: []
@@ -59,16 +59,19 @@ services:
   alpha: {ports: {main: %d}}
   beta: {ports: {main: %d}, depends_on: [alpha]}
   gamma: {ports: {main: %d}}
-`, ports[0], ports[1], ports[2])
+  delta: {ports: {main: %d}, runtime: exec}
+`, ports[0], ports[1], ports[2], ports[3])
 	writeIn(t, box, "/etc/dhvisor/agent.yaml", config)
 	box.Must("systemctl", "enable", "--now", "dhagent.service")
 	// Type=notify: active means the agent said READY.
 	if out := box.Must("systemctl", "is-active", "dhagent.service"); strings.TrimSpace(out) != "active" {
 		t.Fatalf("dhagent not active: %s", out)
 	}
-	names := []string{"alpha", "beta", "gamma"}
+	// delta runs on the exec runtime: a child of dhagent, in its control
+	// group (KillMode=process keeps it there across agent restarts).
+	names := []string{"alpha", "beta", "gamma", "delta"}
 	pids := waitAllOK(t, box, names)
-	for _, n := range names {
+	for _, n := range names[:3] {
 		show := box.Must("systemctl", "show", "dhvisor-"+n+".service", "-p", "MainPID", "-p", "Slice", "-p", "ActiveState", "-p", "Restart")
 		want := fmt.Sprintf("MainPID=%d\n", pids[n])
 		for _, w := range []string{want, "Slice=dhvisor.slice", "ActiveState=active", "Restart=no"} {

@@ -274,10 +274,13 @@ func (r *Runtime) handle(s *dbus.Signal) {
 		if !ended(st) {
 			p.setRunning()
 		} else if p.hasRun() {
-			p.finish(r.exitOf(p))
+			exit := r.exitOf(p)
+			// Collected before the end is told: the restart that follows
+			// reuses the unit's name.
 			if st == "failed" {
 				r.collect(p.unit)
 			}
+			p.finish(exit)
 		}
 	}
 }
@@ -315,10 +318,11 @@ func (r *Runtime) resync(ctx context.Context) {
 		if ended(st.active) || st.load == "not-found" {
 			r.log.Warn("unit ended without a signal; caught by the re-check", "unit", p.unit)
 			p.noteStatus(st)
-			p.finish(r.exitOf(p))
+			exit := r.exitOf(p)
 			if st.active == "failed" {
 				r.collect(p.unit)
 			}
+			p.finish(exit)
 		}
 	}
 }
