@@ -169,6 +169,16 @@ func ProcessAge(pid int) (time.Duration, error) {
 	return time.Since(started), nil
 }
 
+// KeepOrRemove keeps a run's temporary directory (its configs and logs)
+// and returns it for Finish to name, or removes it and returns "".
+func KeepOrRemove(tmp string, keep bool) string {
+	if keep {
+		return tmp
+	}
+	os.RemoveAll(tmp)
+	return ""
+}
+
 // Finish ends a harness run: it prints the report, writes the raw results
 // to jsonOut (if set), explains runErr, names the directory kept for
 // inspection (kept, "" if none) and returns the exit status.

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+	"github.com/dhvisor/dhvisor/test/devcluster"
 	"github.com/dhvisor/dhvisor/test/sysdbox"
 )
 
@@ -102,12 +103,14 @@ func outer(ctx context.Context, samples int) (result, error) {
 	}
 	var list []string
 	var svcYAML strings.Builder
+	ports, err := devcluster.FreePorts(perRuntime * len(runtimes))
+	if err != nil {
+		return res, err
+	}
 	for i := range perRuntime {
 		for _, rt := range runtimes {
-			port, err := freePort()
-			if err != nil {
-				return res, err
-			}
+			port := ports[0]
+			ports = ports[1:]
 			name := fmt.Sprintf("%s%d", rt, i+1)
 			list = append(list, fmt.Sprintf("%s:%d", name, port))
 			fmt.Fprintf(&svcYAML, "  %s: {runtime: %s, ports: {main: %d}}\n", name, rt, port)
@@ -166,15 +169,6 @@ services:
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func cgroupVersion() string {

@@ -113,12 +113,7 @@ func run() int {
 	}
 	err = bench(ctx, o, tmp, res)
 	res.Load = benchkit.Loadavg()
-	kept := ""
-	if err != nil || o.keep {
-		kept = tmp
-	} else {
-		os.RemoveAll(tmp)
-	}
+	kept := benchkit.KeepOrRemove(tmp, err != nil || o.keep)
 	return benchkit.Finish(ctx, func(w io.Writer) { report(w, res) }, res, o.jsonOut, err, kept)
 }
 

@@ -369,10 +369,11 @@ func (g *grpcClient) routed(ctx context.Context, worker string) (time.Time, erro
 
 // startWorker runs the stand-in worker every registered worker points at.
 func (b *bench) startWorker() (int, error) {
-	port, err := freePort()
+	ports, err := devcluster.FreePorts(1)
 	if err != nil {
 		return 0, err
 	}
+	port := ports[0]
 	cmd := exec.Command(filepath.Join(b.root, "bin", "dh-standin"), "--worker", "bench", "--listen", fmt.Sprintf("127.0.0.1:%d", port))
 	if err := cmd.Start(); err != nil {
 		return 0, err

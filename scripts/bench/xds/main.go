@@ -126,12 +126,7 @@ func run() int {
 	res.Host.LoadEnd = benchkit.Loadavg()
 	res.Finished = time.Now().UTC()
 	b.close()
-	kept := ""
-	if err != nil || o.keep {
-		kept = tmp
-	} else {
-		os.RemoveAll(tmp)
-	}
+	kept := benchkit.KeepOrRemove(tmp, err != nil || o.keep)
 	return benchkit.Finish(ctx, func(w io.Writer) { report(w, res) }, res, o.jsonOut, err, kept)
 }
 
