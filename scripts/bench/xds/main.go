@@ -3,7 +3,7 @@
 // node with stand-in services, mutual TLS everywhere). It is what `make
 // bench` runs after the coordinator benchmark.
 //
-//	go run ./scripts/bench/xds [--trials 40] [--clients 10] [--sizes 100,1000] [--big 10000] [--json FILE]
+//	go run ./scripts/bench/xds [--trials 100] [--clients 10] [--sizes 100,1000] [--big 10000] [--json FILE]
 //
 // For each size N, the query node's dispatcher registers N workers through
 // its agent's HTTP endpoint (as a dispatcher's hook would), then --trials
@@ -71,7 +71,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	var o options
 	var sizes string
-	flag.IntVar(&o.trials, "trials", 40, "registrations measured per size")
+	flag.IntVar(&o.trials, "trials", 100, "registrations measured per size (x --clients samples: p99 of 1,000)")
 	flag.IntVar(&o.clients, "clients", 10, "ADS subscribers")
 	flag.IntVar(&o.grpcTrials, "grpc-trials", 10, "registrations measured with the grpc-go client per size")
 	flag.StringVar(&sizes, "sizes", "100,1000", "worker counts measured, comma-separated")
