@@ -448,10 +448,11 @@ func (b *builder) table(m Model) (*table, error) {
 		t.clas = append(t.clas, e.bytesOnly())
 	}
 
-	workers, err := b.workerEntries(m.Workers, &t.newWorkers)
+	workers, made, err := b.workerEntries(m.Workers)
 	if err != nil {
 		return nil, err
 	}
+	t.newWorkers = made
 	for _, we := range workers {
 		for _, f := range b.flavours {
 			t.clusters[f] = append(t.clusters[f], we.clusters[f])
@@ -528,20 +529,20 @@ func (b *builder) table(m Model) (*table, error) {
 
 // workerEntries are the workers' resources: the last build's for workers
 // that did not change, new ones for the others, built in parallel since a
-// coordinator's first build makes them all.
-func (b *builder) workerEntries(ws []Worker, made *int) ([]*workerEntry, error) {
+// coordinator's first build makes them all. made is how many it made.
+func (b *builder) workerEntries(ws []Worker) (entries []*workerEntry, made int, err error) {
 	if b.workers == nil {
 		b.workers = make(map[workerKey]*workerEntry, len(ws))
 	}
-	entries := make([]*workerEntry, len(ws))
+	entries = make([]*workerEntry, len(ws))
 	keys := make([]workerKey, len(ws))
 	var missing []int
 	for i, w := range ws {
 		if w.Name == "" {
-			return nil, fmt.Errorf("worker on %s:%d without a name", w.Host, w.Port)
+			return nil, 0, fmt.Errorf("worker on %s:%d without a name", w.Host, w.Port)
 		}
 		if i > 0 && ws[i-1].Name == w.Name {
-			return nil, fmt.Errorf("worker %s registered twice (%s, %s)", w.Name, ws[i-1].Dispatcher, w.Dispatcher)
+			return nil, 0, fmt.Errorf("worker %s registered twice (%s, %s)", w.Name, ws[i-1].Dispatcher, w.Dispatcher)
 		}
 		keys[i] = workerKey{Name: w.Name, Prefix: w.Prefix, Host: w.Host, Node: w.Node, Port: w.Port, TLS: w.TLS, HTTP2: w.HTTP2}
 		if we, ok := b.workers[keys[i]]; ok {
@@ -557,15 +558,14 @@ func (b *builder) workerEntries(ws []Worker, made *int) ([]*workerEntry, error) 
 	})
 	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	for _, i := range missing {
 		entries[i].used = b.builds
 		b.workers[keys[i]] = entries[i]
 	}
-	*made = len(missing)
-	return entries, nil
+	return entries, len(missing), nil
 }
 
 // parallel calls fn for 0..n-1 on every processor, when n is worth it.

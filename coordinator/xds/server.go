@@ -56,7 +56,6 @@ func FlavourOf(n *core.Node) Flavour {
 // only the load assignments that changed (Envoy and grpc-go keep the
 // others), not all of them.
 type Server struct {
-	ctx    context.Context
 	log    *slog.Logger
 	gate   *gate
 	caches map[feedKey]*cache.LinearCache
@@ -138,7 +137,7 @@ func NewServer(ctx context.Context, log *slog.Logger) *Server {
 		log = slog.Default()
 	}
 	s := &Server{
-		ctx: ctx, log: log,
+		log:      log,
 		nacks:    nackGuard{log: log, last: map[int64]map[string]sent{}},
 		caches:   map[feedKey]*cache.LinearCache{},
 		served:   map[feedKey]map[string]entry{},
