@@ -288,10 +288,16 @@ func (s *Server) commitOp(ctx context.Context, cmd *pb.Command) (*pb.Operation, 
 // FailedPrecondition.
 func (s *Server) commit(ctx context.Context, who string, cmd *pb.Command) (any, error) {
 	res, err := s.propose(ctx, who, cmd)
+	return res, refusal(err)
+}
+
+// refusal turns the FSM's refusal of a command into FailedPrecondition,
+// with the FSM's reason; other errors pass.
+func refusal(err error) error {
 	if errors.Is(err, fsm.ErrRejected) {
-		return nil, status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), fsm.ErrRejected.Error()+": "))
+		return status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), fsm.ErrRejected.Error()+": "))
 	}
-	return res, err
+	return err
 }
 
 // propose proposes cmd as the caller and returns what Apply returned; a

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -79,11 +78,8 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 		// whatever the set holds now.
 		_, err = s.propose(ctx, who, whole)
 	}
-	if errors.Is(err, fsm.ErrRejected) {
-		return nil, status.Error(codes.FailedPrecondition, strings.TrimPrefix(err.Error(), fsm.ErrRejected.Error()+": "))
-	}
 	if err != nil {
-		return nil, err
+		return nil, refusal(err)
 	}
 	if resp.Changed {
 		s.Raft.Announce()
