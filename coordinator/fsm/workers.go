@@ -115,7 +115,10 @@ func (f *FSM) setWorkers(at int64, ws *pb.WorkerSet) (any, string) {
 			return err, what
 		}
 	}
-	next := proto.Clone(ws).(*pb.WorkerSet)
+	// The set is the command Apply just decoded, no one else's: the state
+	// keeps it, where a copy of thousands of workers on every replica
+	// would be work for nothing.
+	next := ws
 	slices.SortFunc(next.Workers, byName)
 	next.UpdatedUnixMs = at
 	next.Revision = 1
@@ -160,9 +163,7 @@ func (f *FSM) diffWorkers(at int64, d *pb.WorkerDiff) (any, string) {
 			workers = append(workers, w)
 		}
 	}
-	for _, w := range d.Upsert {
-		workers = append(workers, proto.Clone(w).(*agentpb.Worker))
-	}
+	workers = append(workers, d.Upsert...) // decoded by Apply: ours to keep
 	if len(workers) == 0 {
 		f.store(key, nil)
 		return nil, ""
