@@ -49,13 +49,6 @@ func (q *broadcastQueue) Queue(b *nodeBroadcast) {
 	q.items = append(q.items, &queued{b: b, seq: q.seq})
 }
 
-// Len is how many messages wait.
-func (q *broadcastQueue) Len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.items)
-}
-
 // Get returns messages for one packet of limit bytes, each costing
 // overhead more: the least sent first, the newest first among those, as
 // memberlist orders its own. A message sent its share of times leaves the
