@@ -12,10 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dhvisor/dhvisor/internal/atomicfile"
 )
 
 // MaxSize bounds one package.
@@ -88,40 +89,20 @@ func (s *Store) Write(sha string, size int64, r io.Reader) error {
 			return fmt.Errorf("not enough space in %s for a package of %d MiB: %d MiB free, and %d MiB are kept for raft", s.dir, size>>20, free>>20, spare>>20)
 		}
 	}
-	tmp, err := os.CreateTemp(s.dir, "."+sha+".part-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(r, size+1))
-	if err != nil {
-		tmp.Close()
-		return err
-	}
-	if n != size {
-		tmp.Close()
-		return fmt.Errorf("%w: %d bytes received, %d stated", ErrMismatch, n, size)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
-		tmp.Close()
-		return fmt.Errorf("%w: sha256 is %s, %s stated", ErrMismatch, got, sha)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), s.path(sha)); err != nil {
-		return err
-	}
-	if d, err := os.Open(s.dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.WriteFrom(s.path(sha), 0o600, func(w io.Writer) error {
+		h := sha256.New()
+		n, err := io.Copy(io.MultiWriter(w, h), io.LimitReader(r, size+1))
+		switch {
+		case err != nil:
+			return err
+		case n != size:
+			return fmt.Errorf("%w: %d bytes received, %d stated", ErrMismatch, n, size)
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+			return fmt.Errorf("%w: sha256 is %s, %s stated", ErrMismatch, got, sha)
+		}
+		return nil
+	})
 }
 
 // Prune removes packages not in keep and older than age (a package just
@@ -135,7 +116,7 @@ func (s *Store) Prune(keep map[string]bool, age time.Duration) []string {
 	var removed []string
 	for _, e := range ents {
 		name := e.Name()
-		partial := strings.HasPrefix(name, ".") && strings.Contains(name, ".part-")
+		partial := atomicfile.IsTemp(name)
 		if !partial && (!shaRE.MatchString(name) || keep[name]) {
 			continue
 		}
