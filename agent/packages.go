@@ -63,18 +63,8 @@ func (s coordSource) Fetch(ctx context.Context, addr, sha string, offset int64, 
 	if err != nil {
 		return err
 	}
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if _, err := w.Write(chunk.Data); err != nil {
-			return err
-		}
-	}
+	_, err = io.Copy(w, coordpb.NewPackageReader(nil, stream.Recv))
+	return err
 }
 
 type noSource struct{}

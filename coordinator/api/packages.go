@@ -19,10 +19,6 @@ import (
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
-// chunkSize is the data per message of a package stream, well under
-// gRPC's 4 MiB message limit.
-const chunkSize = 256 << 10
-
 // UploadPackage implements pb.CoordinatorServer. The replica that takes the
 // upload copies the package to every other coordinator and records it once
 // a majority holds it: whichever replica leads later, and any single one
@@ -87,8 +83,7 @@ func (s *Server) receive(stream grpc.ClientStreamingServer[pb.PackageChunk, pb.P
 	if err := validFileName(hdr.FileName); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	r := &chunkReader{buf: first.Data, recv: stream.Recv}
-	if err := s.Store.Write(hdr.Sha256, hdr.Size, r); err != nil {
+	if err := s.Store.Write(hdr.Sha256, hdr.Size, pb.NewPackageReader(first.Data, stream.Recv)); err != nil {
 		if errors.Is(err, pkgstore.ErrMismatch) {
 			return nil, status.Error(codes.DataLoss, err.Error())
 		}
@@ -156,55 +151,11 @@ func (s *Server) replicateTo(ctx context.Context, id string, p *pb.Package) erro
 	if err != nil {
 		return err
 	}
-	if err := sendFile(stream.Send, f, p); err != nil {
+	if err := pb.SendPackage(stream.Send, f, p); err != nil {
 		return err
 	}
 	_, err = stream.CloseAndRecv()
 	return err
-}
-
-// sendFile sends header (if any) and then the rest of f in chunks.
-func sendFile(send func(*pb.PackageChunk) error, f io.Reader, header *pb.Package) error {
-	buf := make([]byte, chunkSize)
-	first := true
-	for {
-		n, err := io.ReadFull(f, buf)
-		if n > 0 || (first && header != nil) {
-			m := &pb.PackageChunk{Data: buf[:n]}
-			if first {
-				m.Header = header
-			}
-			if serr := send(m); serr != nil {
-				return serr
-			}
-			first = false
-		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// chunkReader reads the bytes of a package stream.
-type chunkReader struct {
-	buf  []byte
-	recv func() (*pb.PackageChunk, error)
-}
-
-func (c *chunkReader) Read(p []byte) (int, error) {
-	for len(c.buf) == 0 {
-		m, err := c.recv()
-		if err != nil {
-			return 0, err // io.EOF at the end of the stream
-		}
-		c.buf = m.Data
-	}
-	n := copy(p, c.buf)
-	c.buf = c.buf[n:]
-	return n, nil
 }
 
 // FetchPackage implements pb.CoordinatorServer: agents fetch a package, or
@@ -228,7 +179,7 @@ func (s *Server) FetchPackage(req *pb.FetchPackageRequest, stream grpc.ServerStr
 	if _, err := f.Seek(req.Offset, io.SeekStart); err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
-	return sendFile(stream.Send, f, nil)
+	return pb.SendPackage(stream.Send, f, nil)
 }
 
 // Packages implements pb.CoordinatorServer.

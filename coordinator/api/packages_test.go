@@ -46,7 +46,7 @@ func upload(c pb.CoordinatorClient, hdr *pb.Package, data []byte) (*pb.Package, 
 	if err != nil {
 		return nil, err
 	}
-	if err := sendFile(stream.Send, bytes.NewReader(data), hdr); err != nil && !errors.Is(err, io.EOF) {
+	if err := pb.SendPackage(stream.Send, bytes.NewReader(data), hdr); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
 	return stream.CloseAndRecv()
@@ -57,17 +57,7 @@ func fetch(c pb.CoordinatorClient, sha string, offset int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []byte
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return out, err
-		}
-		out = append(out, m.Data...)
-	}
+	return io.ReadAll(pb.NewPackageReader(nil, stream.Recv))
 }
 
 // An upload is stored, verified and recorded (one replica: a majority on

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,9 +15,6 @@ import (
 
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
-
-// uploadChunk is the data per message of an upload.
-const uploadChunk = 256 << 10
 
 type upgradeFlags struct {
 	op          opFlags
@@ -223,32 +219,15 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	if err != nil {
 		return "", rpcError(err)
 	}
-	buf := make([]byte, uploadChunk)
-	sent, last := int64(0), time.Now()
-	first := &pb.PackageChunk{Header: &pb.Package{Sha256: sha, Size: size, FileName: name}}
-	for {
-		n, rerr := io.ReadFull(fh, buf)
-		if n > 0 || first != nil {
-			m := &pb.PackageChunk{Data: buf[:n]}
-			if first != nil {
-				m.Header, first = first.Header, nil
-			}
-			if err := stream.Send(m); err != nil {
-				_, err = stream.CloseAndRecv() // the server's reason
-				return "", rpcError(err)
-			}
-			sent += int64(n)
-			if time.Since(last) > time.Second {
-				fmt.Fprintf(o.errOut, "uploading %s: %d%%\n", name, sent*100/size)
-				last = time.Now()
-			}
+	var sendErr error
+	send := func(m *pb.PackageChunk) error { sendErr = stream.Send(m); return sendErr }
+	progress := &uploadProgress{r: fh, name: name, size: size, out: o.errOut, last: time.Now()}
+	if err := pb.SendPackage(send, progress, &pb.Package{Sha256: sha, Size: size, FileName: name}); err != nil {
+		if sendErr != nil {
+			_, err = stream.CloseAndRecv() // the server's reason
+			return "", rpcError(err)
 		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
-			break
-		}
-		if rerr != nil {
-			return "", fail(ExitError, "%s: %v", file, rerr)
-		}
+		return "", fail(ExitError, "%s: %v", file, err)
 	}
 	p, err := stream.CloseAndRecv()
 	if err != nil {
@@ -256,6 +235,26 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	}
 	fmt.Fprintf(o.out, "uploaded %s (%s, %s), held by %s\n", name, sha[:12], humanBytes(uint64(size)), strings.Join(p.Replicas, ", "))
 	return sha, nil
+}
+
+// uploadProgress tells, once a second, how much of the package was read
+// to be sent.
+type uploadProgress struct {
+	r          io.Reader
+	name       string
+	size, sent int64
+	out        io.Writer
+	last       time.Time
+}
+
+func (u *uploadProgress) Read(p []byte) (int, error) {
+	n, err := u.r.Read(p)
+	u.sent += int64(n)
+	if time.Since(u.last) > time.Second {
+		fmt.Fprintf(u.out, "uploading %s: %d%%\n", u.name, u.sent*100/u.size)
+		u.last = time.Now()
+	}
+	return n, err
 }
 
 // renderUpgrade draws what an upgrade installs and a progress bar per node
