@@ -194,7 +194,12 @@ func (h *harness) apply(cmd *pb.Command) (any, error) {
 func (h *harness) start(req *pb.OpRequest) *pb.Operation {
 	h.t.Helper()
 	st := h.fsm.State()
-	op, err := Plan(req, classicCluster(h.t), st.Desired, Defaults{HealthyDeadline: 5 * time.Second, ProgressDeadline: 10 * time.Second})
+	return h.create(Plan(req, classicCluster(h.t), st.Desired, Defaults{HealthyDeadline: 5 * time.Second, ProgressDeadline: 10 * time.Second}))
+}
+
+// create records a planned operation, as the API does.
+func (h *harness) create(op *pb.Operation, err error) *pb.Operation {
+	h.t.Helper()
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -176,15 +176,7 @@ func (h *harness) startUpgrade(u *pb.UpgradeSpec) *pb.Operation {
 	for _, n := range []string{"infra", "query-1", "query-2", "merge-1"} {
 		h.agents.versions[n] = "1.0"
 	}
-	op, err := PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: u, Label: "upgrade"}, UpgradeInput{Nodes: classicCluster(h.t), Packages: h.fsm.Packages()}, testDefaults)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	res, err := h.apply(&pb.Command{Who: "operator:test", Cmd: &pb.Command_OpCreate{OpCreate: op}})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return res.(*pb.Operation)
+	return h.create(PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: u, Label: "upgrade"}, UpgradeInput{Nodes: classicCluster(h.t), Packages: h.fsm.Packages()}, testDefaults))
 }
 
 func TestEngineUpgradeFull(t *testing.T) {
