@@ -68,9 +68,6 @@ func (f *FSM) addPackage(at int64, who string, p *pb.Package) (any, string) {
 	case len(p.Replicas) == 0:
 		return rejected("no coordinator holds the package"), what
 	}
-	if f.st.Packages == nil {
-		f.st.Packages = map[string]*pb.Package{}
-	}
 	if cur := f.st.Packages[p.Sha256]; cur != nil {
 		if cur.Size != p.Size {
 			return rejected("package %s is recorded with size %d, not %d", ShortSHA(p.Sha256), cur.Size, p.Size), what
