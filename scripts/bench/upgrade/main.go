@@ -19,14 +19,12 @@
 //     stops count as nothing (a stand-in exits at once on SIGTERM), nor do
 //     the 1 ms health holds;
 //   - orchestration overhead: wall - own work, everything dhvisor adds:
-//     raft commits, agent calls, process starts and exits, health probes,
-//     the package's transfer and checks.
+//     raft commits, agent calls, process starts and exits, health probes
+//     and holds, the package's transfer and checks.
 package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -154,18 +152,14 @@ func bench(ctx context.Context, o options, tmp string, res *results) error {
 	if err := cl.WaitReady(ctx, 2*time.Minute); err != nil {
 		return err
 	}
-	shas := map[string]string{}
-	for v, deb := range debs {
+	for _, deb := range debs {
 		// A dry run uploads the package and plans: the timed runs then start
 		// at StartOp.
 		if out, err := cl.Ctl(ctx, "upgrade", "start", deb, "--dry-run"); err != nil {
 			return fmt.Errorf("upload %s: %v\n%s", deb, err, out)
 		}
-		if shas[v], err = fileSHA(deb); err != nil {
-			return err
-		}
 	}
-	deps, err := dependsOn(ctx, cl)
+	shas, deps, err := recorded(ctx, cl, debs)
 	if err != nil {
 		return err
 	}
@@ -249,13 +243,7 @@ func upgrade(ctx context.Context, cl *devcluster.Cluster, sha string, deps map[s
 		}
 		r.Stages = append(r.Stages, fmt.Sprintf("%s %s in %dms", action, benchkit.FmtMS(benchkit.MS(own)), last-first))
 	}
-	holds := 0.0
-	for _, st := range op.Stages {
-		if st.Steps[0].Action == "start" {
-			holds++ // 1 ms each, steps of a stage at once
-		}
-	}
-	r.OverheadMS = r.WallMS - r.OwnMS - holds
+	r.OverheadMS = r.WallMS - r.OwnMS
 	r.Ratio = r.OverheadMS / r.WallMS
 	return r, nil
 }
@@ -285,24 +273,40 @@ func chain(node string, svcs []string, deps map[string][]string) int {
 	return best
 }
 
-// dependsOn is every instance's depends_on as the coordinators recorded it.
-func dependsOn(ctx context.Context, cl *devcluster.Cluster) (map[string][]string, error) {
+// recorded is what the coordinators recorded: the sha256 of each version's
+// package, by its file name, and every instance's depends_on.
+func recorded(ctx context.Context, cl *devcluster.Cluster, debs map[string]string) (shas map[string]string, deps map[string][]string, err error) {
 	c, closeConn, err := cl.Client(max(cl.Leader(ctx), 0))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer closeConn()
-	resp, err := c.Nodes(ctx, &pb.NodesRequest{})
+	pkgs, err := c.Packages(ctx, &pb.PackagesRequest{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := map[string][]string{}
-	for _, n := range resp.Nodes {
-		for _, s := range n.Services {
-			out[n.Name+"/"+s.Name] = s.DependsOn
+	shas = map[string]string{}
+	for v, deb := range debs {
+		for _, p := range pkgs.Packages {
+			if p.FileName == filepath.Base(deb) {
+				shas[v] = p.Sha256
+			}
+		}
+		if shas[v] == "" {
+			return nil, nil, fmt.Errorf("%s: uploaded, but not among the coordinators' packages", deb)
 		}
 	}
-	return out, nil
+	nodes, err := c.Nodes(ctx, &pb.NodesRequest{})
+	if err != nil {
+		return nil, nil, err
+	}
+	deps = map[string][]string{}
+	for _, n := range nodes.Nodes {
+		for _, s := range n.Services {
+			deps[n.Name+"/"+s.Name] = s.DependsOn
+		}
+	}
+	return shas, deps, nil
 }
 
 // lastInstall is the node's latest dpkg run, from the times its install
@@ -318,19 +322,6 @@ func lastInstall(root string) (time.Duration, error) {
 		return 0, err
 	}
 	return time.Duration(b - a), nil
-}
-
-func fileSHA(file string) (string, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func report(w io.Writer, r *results) {
