@@ -407,11 +407,17 @@ func TestUpgradeNodeDiesPausesThenResumes(t *testing.T) {
 	if paused.State != "paused" || !strings.Contains(paused.Message, "node query-2 is dead") || !strings.Contains(paused.Message, "dhctl upgrade resume") {
 		t.Fatalf("upgrade %s: %s", paused.State, paused.Message)
 	}
-	if out, err := u.Ctl(ctx, "upgrade", "resume"); err == nil {
-		// Resumed at once, with the node still dead: it pauses again.
-		waitOp(t, cl, id, 60*time.Second, func(o *pb.Operation) bool { return o.State == "paused" })
-	} else {
+	// Resumed at once, with the node still dead: the step on it is tried
+	// again and the upgrade pauses again (not the first pause, which a
+	// replica that has not applied the resume yet still shows).
+	if out, err := u.Ctl(ctx, "upgrade", "resume"); err != nil {
 		t.Fatalf("dhctl upgrade resume: %v\n%s", err, out)
+	}
+	again := waitOp(t, cl, id, 60*time.Second, func(o *pb.Operation) bool {
+		return o.State == "paused" && attemptsOn(o, "query-2") > attemptsOn(paused, "query-2")
+	})
+	if !strings.Contains(again.Message, "node query-2 is dead") {
+		t.Fatalf("paused again: %s", again.Message)
 	}
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
@@ -440,4 +446,17 @@ func TestUpgradeNodeDiesPausesThenResumes(t *testing.T) {
 		}
 	}
 	u.checkVersions(t, map[string]string{"infra": "2.0", "query-1": "2.0", "query-2": "2.0", "merge-1": "2.0"})
+}
+
+// attemptsOn counts the attempts of the operation's steps on node.
+func attemptsOn(op *pb.Operation, node string) int32 {
+	var n int32
+	for _, st := range op.Stages {
+		for _, s := range st.Steps {
+			if s.Node == node {
+				n += s.Attempts
+			}
+		}
+	}
+	return n
 }
