@@ -265,12 +265,15 @@ func (in *Installer) find(token string) *record {
 // earlier attempt of it (nil if none). The returned record is in the
 // journal.
 func (in *Installer) step(req *pb.InstallRequest, prev *record, progress func(*pb.InstallProgress)) *record {
-	timeout := time.Duration(req.TimeoutMs) * time.Millisecond
-	if timeout == 0 {
-		timeout = in.cfg.Timeout.D()
+	// packages.timeout bounds the step, and the coordinator's deadline when
+	// that is sooner.
+	timeout := in.cfg.Timeout.D()
+	if t := time.Duration(req.TimeoutMs) * time.Millisecond; t > 0 {
+		timeout = min(timeout, t)
 	}
 	ctx, cancel := context.WithTimeout(in.ctx, timeout)
 	defer cancel()
+	deadline, _ := ctx.Deadline()
 	rec := &record{Token: req.OpToken, State: stateRunning, Sha256: req.Package.Sha256, Path: req.Package.Path}
 	if prev != nil {
 		rec.Before = prev.Before // the version before the first attempt
@@ -332,7 +335,10 @@ func (in *Installer) step(req *pb.InstallRequest, prev *record, progress func(*p
 	in.save(rec)
 	progress(&pb.InstallProgress{Phase: "installing", Message: fmt.Sprintf("%s %s over %s", rec.Package, rec.Version, before)})
 	in.log.Info("installing", "package", rec.Package, "version", rec.Version, "before", before.String(), "command", argv, "step", req.OpToken)
-	out, code, err := run(ctx, argv, timeout, func(pid int) {
+	// The tool runs under the agent's context, not the step's: at the
+	// deadline run kills it (a context would only let go of it), and when
+	// the agent stops it is left to finish.
+	out, code, err := run(in.ctx, argv, time.Until(deadline), func(pid int) {
 		rec.PID = pid
 		if st, err := procfs.ReadStat(pid); err == nil {
 			rec.PIDStart = st.StartTicks
@@ -348,6 +354,8 @@ func (in *Installer) step(req *pb.InstallRequest, prev *record, progress func(*p
 	switch {
 	case err != nil:
 		return fail("%s could not run: %v", argv[0], err)
+	case code != 0 && ctx.Err() != nil:
+		return fail("%s %s: %s killed after %v, the install's time limit (packages.timeout, or the coordinator's deadline when sooner); the node has %s", rec.Package, rec.Version, argv[0], timeout, after)
 	case code != 0:
 		return fail("%s %s: %s exited %s; the node has %s", rec.Package, rec.Version, argv[0], exitWord(code), after)
 	case qerr != nil:

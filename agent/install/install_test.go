@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -372,5 +373,41 @@ func TestPrefetch(t *testing.T) {
 	}
 	if _, err := f.in.Install(context.Background(), &pb.InstallRequest{Package: &pb.PackageRef{Path: "/x.deb"}, FetchOnly: true}, nil); err == nil {
 		t.Error("a prefetch of a path was accepted")
+	}
+}
+
+// packages.timeout bounds an install even when the coordinator allows the
+// step longer: the tool's whole process group is killed and the step fails
+// with what the tool said.
+func TestInstallTimeoutKillsTool(t *testing.T) {
+	f := newFixture(t)
+	cfg := f.cfg()
+	pidFile := filepath.Join(f.dir, "tool.pid")
+	cfg.Install = []string{"/bin/sh", "-c", "echo $$ > " + pidFile + "; echo unpacking; exec sleep 60"}
+	cfg.Timeout = config.Duration(2 * time.Second)
+	in := New(cfg, f.src, filepath.Join(f.dir, "timeout-journal.json"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { in.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	res, err := in.Install(ctx, &pb.InstallRequest{OpToken: "op-1/1/0", Package: &pb.PackageRef{Path: f.debs["2.0"]}, TimeoutMs: time.Minute.Milliseconds()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Failed || !strings.Contains(res.Output, "unpacking") || !strings.Contains(res.Output, "(killed after") || !strings.Contains(res.Message, "/bin/sh killed after 2s, the install's time limit") {
+		t.Fatalf("timed-out install: %+v", res)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Sscan(string(b), &pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the tool (pid %d) outlived its timeout: %v", pid, err)
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }

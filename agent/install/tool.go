@@ -235,7 +235,8 @@ const maxOutput = 16 << 10
 
 // run runs argv in its own process group, so that an agent killed while a
 // tool runs leaves it to finish (a package tool killed half-way leaves a
-// half-installed package), and kills the group when timeout passes. started
+// half-installed package), and kills the group when timeout passes (ctx
+// only lets go of it: the agent is stopping). started
 // is told the pid. It returns the combined output (its tail) and the exit
 // code; err is set only when the program could not run at all.
 func run(ctx context.Context, argv []string, timeout time.Duration, started func(pid int)) (string, int, error) {
@@ -263,10 +264,10 @@ func run(ctx context.Context, argv []string, timeout time.Duration, started func
 	case <-timer.C:
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
-		return out.String() + fmt.Sprintf("\n(killed after %v: packages.timeout)", timeout), -1, nil
+		return out.String() + fmt.Sprintf("\n(killed after %v)", timeout.Round(time.Millisecond)), -1, nil
 	case <-ctx.Done():
 		// The agent is stopping: leave the tool to finish, the next agent
-		// waits for it (see Installer.resume).
+		// waits for it (see Installer.step).
 		return out.String(), -1, ctx.Err()
 	}
 }
