@@ -45,7 +45,7 @@ func (r *Runtime) watch(spec runtime.Spec, d desired, in Info, ident procfs.Iden
 		cancel: cancel, finished: make(chan struct{}), done: make(chan struct{}),
 		retarget: make(chan runtime.Spec, 1), noticed: make(chan struct{}, 1),
 	}
-	w := &watcher{p: p, spec: spec, hash: d.hash, parts: d.parts, fp: fingerprint(spec)}
+	w := &watcher{p: p, spec: spec, hash: d.hash, parts: d.parts, last: d, fp: d.files}
 	go func() {
 		defer close(p.finished)
 		w.run(ctx, since)
@@ -125,12 +125,14 @@ func (p *process) Kill() error {
 type watcher struct {
 	p      *process
 	spec   runtime.Spec
-	hash   string
-	parts  map[string]string
-	told   string // the last input hash a Stale notice was sent for
-	fp     string // the mounted files' fingerprint
-	moving bool   // fp changed at the last file check: wait until it settles
-	signal string // from the last kill event
+	hash   string            // of the inputs the container was created from
+	parts  map[string]string // and their parts
+	last   desired           // the inputs as last resolved
+	told   string            // the last input hash a Stale notice was sent for
+	fp     string            // the mounted files' fingerprint
+	moving bool              // fp changed at the last file check: wait until it settles
+	away   bool              // the engine was out of reach: Seen is due once it answers
+	signal string            // from the last kill event
 	oom    bool
 }
 
@@ -149,6 +151,7 @@ func (w *watcher) run(ctx context.Context, since time.Time) {
 		// with live-restore) or be gone; only the engine can say which.
 		w.p.rt.log.Warn("container engine unreachable", "container", w.p.info.Name, "err", err)
 		w.p.notify(runtime.Unseen, "docker engine unreachable: "+err.Error())
+		w.away = true
 		for {
 			select {
 			case <-ctx.Done():
@@ -159,11 +162,6 @@ func (w *watcher) run(ctx context.Context, since time.Time) {
 				break
 			}
 		}
-		if ended := w.inspect(ctx); ended {
-			return
-		}
-		w.p.rt.log.Info("container engine reachable again; container still running", "container", w.p.info.Name)
-		w.p.notify(runtime.Seen, "docker engine reachable again; container still running")
 	}
 }
 
@@ -176,8 +174,13 @@ func (w *watcher) follow(ctx context.Context, since *time.Time, recheck, files <
 	// the subscription is missed; what an engine that restarted forgot,
 	// the inspection below covers.
 	evs, errs := w.p.rt.engine.Events(sctx, w.p.id, *since)
-	if ended := w.inspect(ctx); ended {
+	if ended, _ := w.inspect(ctx); ended {
 		return nil
+	}
+	if w.away {
+		w.away = false
+		w.p.rt.log.Info("container engine reachable again; container still running", "container", w.p.info.Name)
+		w.p.notify(runtime.Seen, "docker engine reachable again; container still running")
 	}
 	for {
 		select {
@@ -191,11 +194,16 @@ func (w *watcher) follow(ctx context.Context, since *time.Time, recheck, files <
 				return nil
 			}
 		case <-recheck:
-			if ended := w.inspect(ctx); ended {
+			ended, err := w.inspect(ctx)
+			if ended {
 				return nil
 			}
-			if err := w.p.rt.engine.Ping(ctx); err != nil {
-				return err
+			if err != nil {
+				// An engine on its way down may answer oddly before it
+				// stops answering: only a ping tells.
+				if err := w.p.rt.engine.Ping(ctx); err != nil {
+					return err
+				}
 			}
 			// Files being written are left to the file check, which waits
 			// for them to settle.
@@ -271,15 +279,16 @@ func (w *watcher) endSignal(code int) string {
 }
 
 // inspect checks the container is still the running one; true (and the
-// process ended) when it is not. An engine out of reach says nothing.
-func (w *watcher) inspect(ctx context.Context) bool {
+// process ended) when it is not. An engine that does not answer says
+// nothing but its error.
+func (w *watcher) inspect(ctx context.Context) (bool, error) {
 	in, err := w.p.rt.engine.Inspect(ctx, w.p.id)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		w.end(runtime.Exit{Code: -1, Signal: "removal of the container", At: time.Now()})
-		return true
+		return true, nil
 	case err != nil:
-		return false
+		return false, err
 	case !in.Running || in.Pid != w.p.ident.PID:
 		at := in.FinishedAt
 		if at.IsZero() || at.Year() < 2000 {
@@ -290,9 +299,9 @@ func (w *watcher) inspect(ctx context.Context) bool {
 			w.oom = true
 		}
 		w.end(runtime.Exit{Code: code, Signal: w.endSignal(code), At: at})
-		return true
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
 func (w *watcher) end(e runtime.Exit) {
@@ -300,16 +309,18 @@ func (w *watcher) end(e runtime.Exit) {
 	close(w.p.done)
 }
 
-// checkInputs hashes what the container would be created from now and
-// tells the supervisor once per change that it must be replaced.
+// checkInputs hashes what the container would be created from now (the
+// mounted files only if they changed since last read) and tells the
+// supervisor once per change that it must be replaced.
 func (w *watcher) checkInputs(ctx context.Context) {
-	d, err := w.p.rt.desire(ctx, w.spec)
+	d, err := w.p.rt.desire(ctx, w.spec, w.last)
 	if err != nil {
 		if !errors.Is(err, runtime.ErrUnavailable) {
 			w.p.rt.log.Warn("cannot check the container's inputs; keeping it as it is", "container", w.p.info.Name, "err", err)
 		}
 		return
 	}
+	w.last = d
 	if d.hash == w.hash || d.hash == w.told {
 		return
 	}

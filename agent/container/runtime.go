@@ -33,13 +33,14 @@ const (
 
 // Timing paces what is not event-driven.
 type Timing struct {
-	// Recheck inspects the container and re-hashes its inputs this often,
-	// a safety net under the events (and the way a tag moved to another
-	// image is seen).
+	// Recheck inspects the container and resolves its image again this
+	// often: a safety net under the events, and the way a tag moved to
+	// another image is seen.
 	Recheck time.Duration
-	// FileCheck stats the mounted files this often; a change is hashed
-	// once the files stop changing (a certificate and its key replaced
-	// one after the other recreate the container once).
+	// FileCheck stats the mounted files this often; they are read and
+	// hashed again only once what stat says of them changed and then
+	// stopped changing (a certificate and its key replaced one after the
+	// other recreate the container once).
 	FileCheck time.Duration
 	// Reconnect retries an unreachable engine this often.
 	Reconnect time.Duration
@@ -70,6 +71,9 @@ type desired struct {
 	create Create
 	hash   string
 	parts  map[string]string // part → digest: the image id, the settings, each mounted file
+	// files is the mounted files' fingerprint, taken before they were
+	// read: their digests in parts hold while it stays the same.
+	files string
 }
 
 // unavailable marks errors that mean "cannot start now" rather than "the
@@ -83,7 +87,9 @@ func unavailable(err error) error {
 
 // desire resolves spec to a container: the image's id (pulled if the
 // engine lacks it), the user's ids, and the digest of every mounted file.
-func (r *Runtime) desire(ctx context.Context, spec runtime.Spec) (desired, error) {
+// The files are read only if their fingerprint moved since prev was
+// resolved (the zero desired: always).
+func (r *Runtime) desire(ctx context.Context, spec runtime.Spec, prev desired) (desired, error) {
 	c := spec.Container
 	if c == nil {
 		return desired{}, errors.New("not a container service")
@@ -115,13 +121,23 @@ func (r *Runtime) desire(ctx context.Context, spec runtime.Spec) (desired, error
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		d.create.Env = append(d.create.Env, k+"="+spec.Env[k])
 	}
+	// Taken before the files are read: one written meanwhile moves it
+	// again, and is read again at the next file check.
+	d.files = fingerprint(spec)
 	for _, m := range c.Mounts {
 		d.create.Mounts = append(d.create.Mounts, Mount{Source: m.Source, Target: m.Target})
+		key := "file " + m.Source
+		if d.files == prev.files {
+			// The same sources (their paths are in the fingerprint), as
+			// they were when last read.
+			d.parts[key] = prev.parts[key]
+			continue
+		}
 		dg, err := digestPath(m.Source)
 		if err != nil {
 			return desired{}, fmt.Errorf("mount %s: %w", m.Source, err)
 		}
-		d.parts["file "+m.Source] = dg
+		d.parts[key] = dg
 	}
 	settings, _ := json.Marshal(d.create)
 	d.parts["settings"] = digest(settings)
@@ -194,7 +210,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	if err := r.engine.Ping(ctx); err != nil {
 		return nil, unavailable(err)
 	}
-	d, err := r.desire(ctx, spec)
+	d, err := r.desire(ctx, spec, desired{})
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +338,7 @@ func dockerUser(name, group string) (string, error) {
 }
 
 // maxDigest bounds what a mounted directory may hold: the runtime reads all
-// of it on every check.
+// of it at every start and whenever a file below it changed.
 const maxDigest = 64 << 20
 
 // digestPath is the content digest of a file, or of every regular file

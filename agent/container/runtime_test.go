@@ -1,10 +1,14 @@
 package container
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/dhvisor/dhvisor/agent/runtime"
 	"github.com/dhvisor/dhvisor/internal/config"
@@ -94,5 +98,64 @@ func TestDigestAndFingerprint(t *testing.T) {
 	}
 	if fingerprint(spec) == f {
 		t.Fatal("a removed file left the fingerprint as it was")
+	}
+}
+
+// TestDesireReadsFilesOnlyOnceChanged: resolved again with the previous
+// result, the mounted files are read again only when what stat says of them
+// moved, while the image is resolved every time (a moved tag is seen).
+func TestDesireReadsFilesOnlyOnceChanged(t *testing.T) {
+	pem := filepath.Join(t.TempDir(), "server.pem")
+	if err := os.WriteFile(pem, []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeEngine(os.Getpid())
+	rt := New(f, DefaultTiming, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	spec := runtime.Spec{Name: "envoy", Owner: "o", Container: &config.Container{Name: "e", Image: "envoy:1", Mounts: []config.Mount{{Source: pem, Target: "/p.pem"}}}}
+	resolve := func(prev desired) desired {
+		t.Helper()
+		d, err := rt.desire(context.Background(), spec, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	key := "file " + pem
+	first := resolve(desired{})
+
+	// Other content of the same size, written in place, its time put back:
+	// stat says nothing changed, so the file is not read again.
+	st, err := os.Stat(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pem, []byte("two"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(pem, st.ModTime(), st.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if again := resolve(first); again.parts[key] != first.parts[key] || again.hash != first.hash {
+		t.Fatalf("the unchanged-looking file was read again: %s -> %s", first.parts[key], again.parts[key])
+	}
+	fresh := resolve(desired{})
+	if fresh.parts[key] == first.parts[key] {
+		t.Fatal("a fresh resolution does not read the file")
+	}
+
+	// Its time moves: read again.
+	later := st.ModTime().Add(time.Second)
+	if err := os.Chtimes(pem, later, later); err != nil {
+		t.Fatal(err)
+	}
+	touched := resolve(first)
+	if touched.parts[key] != fresh.parts[key] {
+		t.Fatalf("a file whose time moved was not read again: %s, want %s", touched.parts[key], fresh.parts[key])
+	}
+
+	// The tag names another image: seen without any file changing.
+	f.set(func(f *fakeEngine) { f.imageID = "sha256:2" })
+	if moved := resolve(touched); moved.hash == touched.hash {
+		t.Fatalf("the image the tag names moved and the hash stayed %s", moved.hash)
 	}
 }

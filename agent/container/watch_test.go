@@ -91,7 +91,7 @@ func watched(t *testing.T, f *fakeEngine) (*process, chan Event, string) {
 	}
 	rt := New(f, Timing{Recheck: time.Hour, FileCheck: 10 * time.Millisecond, Reconnect: 10 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	spec := runtime.Spec{Name: "envoy", Owner: dir, Container: &config.Container{Name: "e", Image: "envoy:1", Mounts: []config.Mount{{Source: pem, Target: "/p.pem"}}}}
-	d, err := rt.desire(context.Background(), spec)
+	d, err := rt.desire(context.Background(), spec, desired{})
 	if err != nil {
 		t.Fatal(err)
 	}
