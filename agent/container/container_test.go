@@ -27,7 +27,8 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// Test images: one per test binary run, removed at the end of each test.
+// Test images, kept on the engine: BuildImage makes them again only when
+// the stand-in changed.
 const (
 	imageV1   = "dhv-envoy-test:v1"
 	imageV2   = "dhv-envoy-test:v2"

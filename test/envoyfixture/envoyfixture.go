@@ -61,7 +61,10 @@ var (
 )
 
 // standin builds the stand-in static (it runs in an empty image), once per
-// test binary.
+// test binary. Built without paths or version-control stamps, it is the same
+// binary from every checkout of the same source: tests of several worktrees
+// on one engine then share the images rather than retag them under each
+// other (a tag moved is a change the agent recreates the container for).
 func standin(ctx context.Context) (string, error) {
 	buildMu.Lock()
 	defer buildMu.Unlock()
@@ -77,7 +80,7 @@ func standin(ctx context.Context) (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "dh-standin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./test/standin")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-o", bin, "./test/standin")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
