@@ -273,9 +273,6 @@ func (a *Agent) Reload(ctx context.Context) (supervise.ReloadResult, error) {
 	if node.Agent.Envoy.Docker != old.Envoy.Docker {
 		a.log.Warn("envoy.docker changes take effect when the agent restarts")
 		node.Agent.Envoy.Docker = old.Envoy.Docker
-		if s := node.Services[config.EnvoyService]; s != nil && s.Container != nil {
-			s.Container.Engine = old.Envoy.Docker
-		}
 	}
 	res, err := a.mgr.Reload(ctx, node)
 	if err != nil {

@@ -81,17 +81,14 @@ func (d *Docker) Inspect(ctx context.Context, nameOrID string) (Info, error) {
 	if err != nil {
 		return Info{}, classify("inspect "+nameOrID, err)
 	}
-	in := Info{ID: r.ID, Name: strings.TrimPrefix(r.Name, "/"), ImageID: r.Image}
+	in := Info{ID: r.ID}
 	if r.Config != nil {
-		in.Image, in.Labels = r.Config.Image, r.Config.Labels
+		in.Labels = r.Config.Labels
 	}
 	if s := r.State; s != nil {
 		in.Running, in.Pid, in.ExitCode, in.OOMKilled = s.Running, s.Pid, s.ExitCode, s.OOMKilled
 		in.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 		in.FinishedAt, _ = time.Parse(time.RFC3339Nano, s.FinishedAt)
-		if s.Health != nil {
-			in.Health = string(s.Health.Status)
-		}
 	}
 	return in, nil
 }
@@ -154,29 +151,6 @@ func (d *Docker) Kill(ctx context.Context, id string) error {
 
 func (d *Docker) Remove(ctx context.Context, id string) error {
 	return classify("remove "+runtime.ShortID(id), d.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}))
-}
-
-func (d *Docker) List(ctx context.Context, labels map[string]string) ([]Info, error) {
-	f := filters.NewArgs()
-	for k, v := range labels {
-		f.Add("label", k+"="+v)
-	}
-	cs, err := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
-	if err != nil {
-		return nil, classify("list containers", err)
-	}
-	out := make([]Info, 0, len(cs))
-	for _, c := range cs {
-		in, err := d.Inspect(ctx, c.ID)
-		if errors.Is(err, ErrNotFound) {
-			continue // removed meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, in)
-	}
-	return out, nil
 }
 
 func (d *Docker) Events(ctx context.Context, id string, since time.Time) (<-chan Event, <-chan error) {

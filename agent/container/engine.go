@@ -37,8 +37,6 @@ type Engine interface {
 	Stop(ctx context.Context, id string, timeout time.Duration) error
 	Kill(ctx context.Context, id string) error
 	Remove(ctx context.Context, id string) error
-	// List returns the containers, running or not, carrying every label.
-	List(ctx context.Context, labels map[string]string) ([]Info, error)
 	// Events delivers the container's events from since on, until ctx
 	// ends or the stream breaks (an error on the second channel).
 	Events(ctx context.Context, id string, since time.Time) (<-chan Event, <-chan error)
@@ -74,9 +72,6 @@ type Mount struct {
 // Info is a container as the engine reports it.
 type Info struct {
 	ID         string
-	Name       string
-	Image      string // the reference it was created with
-	ImageID    string
 	Labels     map[string]string
 	Running    bool
 	Pid        int
@@ -84,7 +79,6 @@ type Info struct {
 	OOMKilled  bool
 	StartedAt  time.Time
 	FinishedAt time.Time
-	Health     string // the image's own health check: "", starting, healthy, unhealthy
 }
 
 // Event is one of the container's events.

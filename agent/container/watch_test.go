@@ -69,13 +69,12 @@ func (f *fakeEngine) Events(ctx context.Context, _ string, _ time.Time) (<-chan 
 	return ch, f.errs
 }
 
-func (f *fakeEngine) Pull(context.Context, string) error                      { return errors.New("no registry") }
-func (f *fakeEngine) Create(context.Context, Create) (string, error)          { return "", errors.New("unused") }
-func (f *fakeEngine) Start(context.Context, string) error                     { return nil }
-func (f *fakeEngine) Stop(context.Context, string, time.Duration) error       { return nil }
-func (f *fakeEngine) Kill(context.Context, string) error                      { return nil }
-func (f *fakeEngine) Remove(context.Context, string) error                    { return nil }
-func (f *fakeEngine) List(context.Context, map[string]string) ([]Info, error) { return nil, nil }
+func (f *fakeEngine) Pull(context.Context, string) error                { return errors.New("no registry") }
+func (f *fakeEngine) Create(context.Context, Create) (string, error)    { return "", errors.New("unused") }
+func (f *fakeEngine) Start(context.Context, string) error               { return nil }
+func (f *fakeEngine) Stop(context.Context, string, time.Duration) error { return nil }
+func (f *fakeEngine) Kill(context.Context, string) error                { return nil }
+func (f *fakeEngine) Remove(context.Context, string) error              { return nil }
 func (f *fakeEngine) Logs(context.Context, string, time.Time, int, bool, io.Writer) error {
 	return nil
 }

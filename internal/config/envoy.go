@@ -86,7 +86,6 @@ type Mount struct {
 // besides the service's user, command (the arguments after the image) and
 // environment. The network is always the host's.
 type Container struct {
-	Engine string // Docker Engine API address
 	Name   string
 	Image  string
 	Mounts []Mount
@@ -230,7 +229,7 @@ func (n *Node) envoyService(es *Errors, src *source, org origins, hasRole bool) 
 	if e.Ready.Failures < 1 || e.Ready.Successes < 1 {
 		bad([]string{"ready"}, "failures and successes must be at least 1")
 	}
-	c := &Container{Engine: e.Docker, Name: e.Container, Image: e.Image}
+	c := &Container{Name: e.Container, Image: e.Image}
 	targets := map[string]string{}
 	mount := func(source, target string, path ...string) {
 		if prev, dup := targets[target]; dup {

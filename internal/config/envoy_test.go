@@ -25,7 +25,7 @@ envoy:
 		t.Fatalf("services %v", n.ServiceNames())
 	}
 	c := s.Container
-	if s.Runtime != RuntimeDocker || c.Name != "deephaven_envoy" || c.Image != DefaultEnvoyImage || c.Engine != "unix:///var/run/docker.sock" {
+	if s.Runtime != RuntimeDocker || c.Name != "deephaven_envoy" || c.Image != DefaultEnvoyImage || n.Agent.Envoy.Docker != "unix:///var/run/docker.sock" {
 		t.Fatalf("service %+v container %+v", s, c)
 	}
 	if want := []string{"-c", EnvoyBootstrapPath}; !reflect.DeepEqual(s.Command, want) {
