@@ -36,10 +36,12 @@ type Bootstrapper struct {
 	changed <-chan struct{}
 	conns   *conncache.Cache
 	log     *slog.Logger
-	// Recheck asks the coordinators this often even without a change seen
-	// (a member added to raft before it gossips).
-	Recheck time.Duration
 }
+
+// recheck asks the coordinators this often even without a change seen (a
+// member added to raft before it gossips); failures retry sooner, backing
+// off up to it.
+const recheck = time.Minute
 
 // Options maps the envoy: section to the renderer's options: the paths are
 // the ones the container sees.
@@ -62,7 +64,7 @@ func Options(e config.EnvoyContainer) envoybootstrap.Options {
 // NewBootstrapper renders into file. It asks the coordinators (their API,
 // with the agent's certificate in conns) for their xDS addresses.
 func NewBootstrapper(file string, opts envoybootstrap.Options, coordinators func() map[string]string, changed <-chan struct{}, conns *conncache.Cache, log *slog.Logger) *Bootstrapper {
-	return &Bootstrapper{file: file, opts: opts, coordinators: coordinators, changed: changed, conns: conns, log: log, Recheck: time.Minute}
+	return &Bootstrapper{file: file, opts: opts, coordinators: coordinators, changed: changed, conns: conns, log: log}
 }
 
 // Run keeps the file current until ctx ends.
@@ -87,11 +89,11 @@ func (b *Bootstrapper) Run(ctx context.Context) {
 		if err := b.Update(ctx); err != nil {
 			b.log.Warn("envoy bootstrap not updated; the current one stays", "file", b.file, "err", err)
 			t.Reset(retry)
-			retry = min(2*retry, b.Recheck)
+			retry = min(2*retry, recheck)
 			continue
 		}
 		retry = time.Second
-		t.Reset(b.Recheck)
+		t.Reset(recheck)
 	}
 }
 
