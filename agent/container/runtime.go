@@ -261,7 +261,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 // Adopt leaves a running container to Start, which finds it by name and
 // knows what it should have been created from.
 func (r *Runtime) Adopt(procfs.Identity) (runtime.Process, error) {
-	return nil, runtime.ErrAdoptedByStart
+	return nil, errors.New("a container is taken over when the service starts: found by its name, kept if it runs what it should")
 }
 
 // Find finds nothing, for the same reason.

@@ -54,11 +54,6 @@ type Spec struct {
 // supervisor retries without counting it against the restart limit.
 var ErrUnavailable = errors.New("runtime unavailable")
 
-// ErrAdoptedByStart is Adopt's answer from a runtime that takes a running
-// instance over in Start instead (it finds it by name and knows what it
-// should have been created from).
-var ErrAdoptedByStart = errors.New("taken over by the next start")
-
 // Container names the container a process runs in.
 type Container struct {
 	ID    string // the engine's id
@@ -162,7 +157,8 @@ type Metered interface {
 type Runtime interface {
 	Start(ctx context.Context, spec Spec) (Process, error)
 	// Adopt takes over a process started by an earlier agent. It fails if
-	// that exact process (pid and start time) is no longer alive.
+	// that exact process (pid and start time) is no longer alive, or if
+	// the runtime takes running instances over in Start instead.
 	Adopt(id procfs.Identity) (Process, error)
 	// Find looks for a running process of the named service, started by
 	// this owner, that the agent has no record of (its state file was lost

@@ -754,16 +754,15 @@ func (m *Manager) alert(st Status, event, description string) {
 // until ctx ends. Services whose output goes to their log directory have
 // none to give here.
 func (m *Manager) Logs(ctx context.Context, name string, tail int, follow bool, w io.Writer) error {
-	sups, err := m.lookup([]string{name})
-	if err != nil {
-		return err
+	if _, err := m.lookup([]string{name}); err != nil {
+		return err // an unknown service
 	}
 	node := m.Node()
 	spec := node.Services[name]
 	if spec == nil {
 		return fmt.Errorf("%s was removed by a reload", name)
 	}
-	lr, ok := sups[0].rts.of(spec).(runtime.LogReader)
+	lr, ok := m.rts.named(spec.Runtime).(runtime.LogReader)
 	if !ok {
 		return fmt.Errorf("%s writes its output to %s, not to its runtime", name, filepath.Join(spec.LogDir, name+".stdout.log"))
 	}

@@ -115,12 +115,8 @@ func newSupervisor(spec *config.Service, mem state.Service, owner string, rts Ru
 	return s
 }
 
-// of returns the runtime spec's service runs in; one the node lacks fails
-// every start with a message rather than the agent.
-func (rts Runtimes) of(spec *config.Service) runtime.Runtime {
-	return rts.named(spec.Runtime)
-}
-
+// named returns the runtime of that name; one the node lacks fails every
+// start with a message rather than the agent.
 func (rts Runtimes) named(name string) runtime.Runtime {
 	if rt, ok := rts[name]; ok {
 		return rt
@@ -179,12 +175,8 @@ func (s *Supervisor) adopt() {
 		return
 	}
 	p, err := s.rts.named(rtName).Adopt(id)
-	if errors.Is(err, runtime.ErrAdoptedByStart) {
-		s.log.Info("the running instance from before the agent restart is taken over when the service starts", "pid", id.PID)
-	} else if err != nil {
-		s.log.Info("process from before the agent restart is gone", "pid", id.PID, "err", err)
-	}
 	if err != nil {
+		s.log.Info("process from before the agent restart not adopted", "pid", id.PID, "err", err)
 		s.mu.Lock()
 		s.mem.PID, s.mem.StartTicks = 0, 0
 		s.mu.Unlock()
