@@ -367,14 +367,10 @@ func (s *Server) Logs(req *pb.LogsRequest, stream grpc.ServerStreamingServer[pb.
 		tail = -1
 	}
 	err := s.mgr.Logs(stream.Context(), req.Service, tail, req.Follow, chunkWriter{stream})
-	var unknown *supervise.UnknownServiceError
-	switch {
-	case errors.As(err, &unknown):
-		return status.Error(codes.NotFound, err.Error())
-	case err != nil && stream.Context().Err() == nil:
-		return status.Error(codes.FailedPrecondition, err.Error())
+	if stream.Context().Err() != nil {
+		return nil // the caller stopped following
 	}
-	return nil
+	return toStatus(err)
 }
 
 // chunkWriter sends what is written as log chunks.

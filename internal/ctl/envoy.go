@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -162,9 +161,10 @@ func (o *options) envoyLogsCmd() *cobra.Command {
 	return cmd
 }
 
-// envoyRPCError says plainly that the node runs no Envoy.
+// envoyRPCError says plainly that the node runs no Envoy: the agent
+// answers NotFound for a service it does not run.
 func envoyRPCError(err error) error {
-	if status.Code(err) == codes.NotFound || strings.Contains(err.Error(), "unknown service") {
+	if status.Code(err) == codes.NotFound {
 		return fail(ExitError, "this node runs no Envoy container (its agent.yaml has no envoy role)")
 	}
 	return rpcError(err)

@@ -337,6 +337,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Errorf("restart with unknown name: exit %d\n%s", code, out)
 	}
 	same("restart with an unknown name")
+	// A node without the envoy role: said plainly, for status and logs alike.
+	for _, cmd := range []string{"status", "logs"} {
+		if out, code := n.dhctl("envoy", cmd); code != 2 || !strings.Contains(out, "this node runs no Envoy container") {
+			t.Errorf("envoy %s on a node without Envoy: exit %d\n%s", cmd, code, out)
+		}
+	}
 
 	out, code = n.dhctl("stop")
 	if code != 2 {
