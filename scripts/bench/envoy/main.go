@@ -88,11 +88,7 @@ func run() int {
 	}
 	err = measure(ctx, dir, res, *samples, *spacing)
 	res.Load[1] = benchkit.Loadavg()
-	kept := dir
-	if err == nil {
-		os.RemoveAll(dir)
-		kept = ""
-	}
+	kept := benchkit.KeepOrRemove(dir, err != nil)
 	return benchkit.Finish(ctx, func(w io.Writer) { report(w, res) }, res, *jsonOut, err, kept)
 }
 
