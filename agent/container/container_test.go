@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/test/devcluster"
 	"github.com/dhvisor/dhvisor/test/envoyfixture"
+	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -49,25 +49,7 @@ type envoyNode struct {
 	pem    string // a mounted certificate
 	mgr    *supervise.Manager
 	stop   func()
-	log    logBuffer
-}
-
-// logBuffer collects an agent's log for a failed test.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	log    syncbuf.Buffer // the agent's log, shown when the test fails
 }
 
 type nodeOpts struct {
@@ -572,7 +554,7 @@ func TestEnvoyLogsFollowAcrossRestart(t *testing.T) {
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
 	ctx, cancel := context.WithCancel(context.Background())
-	var out logBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- n.mgr.Logs(ctx, config.EnvoyService, 0, true, &out) }()
 	n.docker("kill", n.name)

@@ -1,7 +1,6 @@
 package gossip
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,34 +10,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"go.uber.org/goleak"
+
+	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// logBuf collects one node's log lines; printed if the test fails.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // testTiming is DefaultTiming with quicker join retries, so tests that
@@ -53,14 +35,14 @@ func testTiming() Timing {
 type node struct {
 	*Gossip
 	name string
-	logs *logBuf
+	logs *syncbuf.Buffer // one node's log lines; printed if the test fails
 }
 
 // startNode starts a node on 127.0.0.1 (port 0 unless set by opts) and
 // registers its Shutdown with the test.
 func startNode(t testing.TB, name string, opts ...func(*Config)) *node {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &syncbuf.Buffer{}
 	cfg := Config{
 		NodeName: name,
 		BindAddr: "127.0.0.1",

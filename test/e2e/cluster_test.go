@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
 // requireRoot fails in CI (where these tests must run) and skips elsewhere.
@@ -83,7 +84,7 @@ func (l *netLab) destroy() {
 // startIn starts an agent for n inside namespace ns.
 func (n *node) startIn(ns string) {
 	n.t.Helper()
-	n.log = &syncBuffer{}
+	n.log = &syncbuf.Buffer{}
 	cmd := exec.Command("ip", "netns", "exec", ns, filepath.Join(binDir, "dhagent"), "--config", n.config)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +24,7 @@ import (
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 	"github.com/dhvisor/dhvisor/test/devcluster"
+	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
 var binDir string
@@ -66,27 +66,9 @@ type node struct {
 	record string
 	alerts string
 	agent  *exec.Cmd
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	// nodeName is the node's name in agent.yaml.
 	nodeName string
-}
-
-// syncBuffer collects the agent's output while tests read it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // standinDefaults makes every service a stand-in run as the test's user,
@@ -134,7 +116,7 @@ func (n *node) writeConfig(extra string) {
 
 func (n *node) startAgent() {
 	n.t.Helper()
-	n.log = &syncBuffer{}
+	n.log = &syncbuf.Buffer{}
 	cmd := exec.Command(filepath.Join(binDir, "dhagent"), "--config", n.config)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

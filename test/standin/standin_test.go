@@ -6,8 +6,8 @@ package main
 
 import (
 	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/test/syncbuf"
 
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,28 +52,11 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is one stand-in started by a test; it is killed at cleanup.
 type proc struct {
 	t       *testing.T
 	cmd     *exec.Cmd
-	out     *syncBuffer
+	out     *syncbuf.Buffer
 	spawned time.Time
 	done    chan struct{}
 }
@@ -88,7 +70,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 		}
 	}
 	cmd.Env = append(cmd.Env, env...)
-	p := &proc{t: t, cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, cmd: cmd, out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	p.spawned = time.Now()
 	if err := cmd.Start(); err != nil {
