@@ -171,8 +171,9 @@ func (w *watcher) follow(ctx context.Context, since *time.Time, recheck, files <
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Subscribed from since (the start): nothing between the start and
-	// the subscription is missed; what an engine that restarted forgot,
-	// the inspection below covers.
+	// the subscription is missed; what an engine that restarted forgot, or
+	// one whose clock is not ours (a remote engine) left out, the
+	// inspection below covers.
 	evs, errs := w.p.rt.engine.Events(sctx, w.p.id, *since)
 	if ended, _ := w.inspect(ctx); ended {
 		return nil
