@@ -2,12 +2,12 @@ package container
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -107,15 +107,22 @@ func (d *Docker) Pull(ctx context.Context, ref string) error {
 		return classify("pull "+ref, err)
 	}
 	defer rc.Close()
-	// The pull goes on while its progress is read; errors arrive in it.
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		return classify("pull "+ref, err)
+	// The pull goes on while its progress (a JSON message at a time) is
+	// read; a failure arrives as a message with an error.
+	dec := json.NewDecoder(rc)
+	for {
+		var m struct {
+			Error string `json:"error"`
+		}
+		switch err := dec.Decode(&m); {
+		case errors.Is(err, io.EOF):
+			return nil
+		case err != nil:
+			return classify("pull "+ref, err)
+		case m.Error != "":
+			return fmt.Errorf("pull %s: %s", ref, m.Error)
+		}
 	}
-	if i := strings.Index(string(b), `"error"`); i >= 0 {
-		return fmt.Errorf("pull %s: %s", ref, strings.TrimSpace(string(b[i:])))
-	}
-	return nil
 }
 
 func (d *Docker) Create(ctx context.Context, c Create) (string, error) {
