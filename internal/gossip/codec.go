@@ -180,8 +180,9 @@ func appendService(b []byte, s ServiceHealth) []byte {
 		b = binary.AppendVarint(b, int64(s.Restarts))
 		b = appendTime(b, s.Since)
 		b = appendString(b, s.Message)
-		// Later fields: only when set, so a plain service costs no bytes
-		// (readers of earlier releases skip what follows Message).
+		// Later fields: only when set, so a service that is not running
+		// costs no bytes (readers of earlier releases skip what follows
+		// Message).
 		if s.Started.IsZero() && s.Container == "" {
 			return b
 		}
