@@ -80,8 +80,10 @@ func (p *Pool) Status(ctx context.Context, node string) (*pb.StatusResponse, err
 	return resp, nil
 }
 
-// Install implements ops.Agents.
-func (p *Pool) Install(ctx context.Context, node string, req *pb.InstallRequest, progress func(*pb.InstallProgress)) (*pb.InstallResult, error) {
+// Install implements ops.Agents. The agent's progress messages before the
+// result (fetching, installing) are passed over: a step's record holds
+// its outcome.
+func (p *Pool) Install(ctx context.Context, node string, req *pb.InstallRequest) (*pb.InstallResult, error) {
 	c, err := p.client(node)
 	if err != nil {
 		return nil, err
@@ -101,7 +103,6 @@ func (p *Pool) Install(ctx context.Context, node string, req *pb.InstallRequest,
 		if msg.Result != nil {
 			return msg.Result, nil
 		}
-		progress(msg)
 	}
 }
 

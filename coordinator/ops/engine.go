@@ -25,7 +25,7 @@ type Agents interface {
 	Status(ctx context.Context, node string) (*agentpb.StatusResponse, error)
 	// Install runs an install step on node's agent and returns its result
 	// (a failed install is a result, not an error).
-	Install(ctx context.Context, node string, req *agentpb.InstallRequest, progress func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error)
+	Install(ctx context.Context, node string, req *agentpb.InstallRequest) (*agentpb.InstallResult, error)
 }
 
 // Unavailable marks an error reaching an agent (as opposed to the agent

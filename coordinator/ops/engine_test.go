@@ -52,7 +52,7 @@ func newFakeAgents() *fakeAgents {
 // Install installs at once and then, for a blocked node, waits before
 // answering: like the real agent, the install goes on when the caller goes
 // away, and a repeat of the token returns what was done.
-func (f *fakeAgents) Install(ctx context.Context, node string, req *agentpb.InstallRequest, _ func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error) {
+func (f *fakeAgents) Install(ctx context.Context, node string, req *agentpb.InstallRequest) (*agentpb.InstallResult, error) {
 	f.mu.Lock()
 	if req.FetchOnly {
 		f.prefetched = append(f.prefetched, node)
@@ -370,7 +370,7 @@ func (unreachable) Control(context.Context, string, *agentpb.ControlRequest, fun
 func (unreachable) Status(context.Context, string) (*agentpb.StatusResponse, error) {
 	return nil, &Unavailable{Err: errors.New("connection refused")}
 }
-func (unreachable) Install(context.Context, string, *agentpb.InstallRequest, func(*agentpb.InstallProgress)) (*agentpb.InstallResult, error) {
+func (unreachable) Install(context.Context, string, *agentpb.InstallRequest) (*agentpb.InstallResult, error) {
 	return nil, &Unavailable{Err: errors.New("connection refused")}
 }
 

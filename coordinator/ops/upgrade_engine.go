@@ -70,7 +70,7 @@ func (e *Engine) prefetch(ctx context.Context, op *pb.Operation) func() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				res, err := e.Agents.Install(ctx, s.Node, &agentpb.InstallRequest{Package: ref, FetchOnly: true}, func(*agentpb.InstallProgress) {})
+				res, err := e.Agents.Install(ctx, s.Node, &agentpb.InstallRequest{Package: ref, FetchOnly: true})
 				switch {
 				case err != nil && ctx.Err() == nil:
 					e.Log.Info("prefetching the package; the install step will fetch it", "node", s.Node, "err", err)
@@ -99,7 +99,7 @@ func (e *Engine) install(ctx context.Context, op *pb.Operation, s *pb.Step, toke
 		if dl, ok := ctx.Deadline(); ok {
 			req.TimeoutMs = max(time.Until(dl).Milliseconds(), 1)
 		}
-		res, err := e.Agents.Install(ctx, s.Node, req, func(*agentpb.InstallProgress) {})
+		res, err := e.Agents.Install(ctx, s.Node, req)
 		var un *Unavailable
 		switch {
 		case err == nil:
