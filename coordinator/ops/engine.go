@@ -69,13 +69,6 @@ type Engine struct {
 	RetryInterval time.Duration
 }
 
-func (e *Engine) retryInterval() time.Duration {
-	if e.RetryInterval == 0 {
-		return 500 * time.Millisecond
-	}
-	return e.RetryInterval
-}
-
 func (e *Engine) now() time.Time {
 	if e.Now != nil {
 		return e.Now()
@@ -299,7 +292,7 @@ func (e *Engine) runStep(sctx, ctx context.Context, op *pb.Operation, ref *pb.St
 	}
 	switch s.Action {
 	case ActInstall, ActRevert:
-		res, err := e.install(stepCtx, op, s, stepToken(ref))
+		res, err := e.install(stepCtx, s, stepToken(ref))
 		if res != nil {
 			s.VersionBefore, s.VersionAfter, s.Output = res.Before, res.After, ""
 			if res.Failed {
@@ -346,33 +339,50 @@ var controlActions = map[string]agentpb.Action{
 
 // control sends the step to the agent, retrying while it cannot be reached.
 func (e *Engine) control(ctx context.Context, s *pb.Step, token string) error {
-	retry := e.retryInterval()
-	for {
-		req := &agentpb.ControlRequest{Action: controlActions[s.Action], Services: s.Services, Block: true, OpToken: token}
-		if dl, ok := ctx.Deadline(); ok {
-			req.TimeoutMs = max(time.Until(dl).Milliseconds(), 1)
-		}
-		var last *agentpb.Progress
-		err := e.Agents.Control(ctx, s.Node, req, func(p *agentpb.Progress) {
+	var last *agentpb.Progress
+	err := e.callAgent(ctx, s, "not healthy within the healthy deadline", func(timeoutMs int64) error {
+		last = nil
+		req := &agentpb.ControlRequest{Action: controlActions[s.Action], Services: s.Services, Block: true, OpToken: token, TimeoutMs: timeoutMs}
+		return e.Agents.Control(ctx, s.Node, req, func(p *agentpb.Progress) {
 			if p.Failed {
 				last = p
 			}
 		})
+	})
+	if err != nil && last != nil && ctx.Err() == nil {
+		return fmt.Errorf("%s: %s (%s)", last.Service, last.State, last.Message)
+	}
+	return err
+}
+
+// callAgent makes a call of the step to its node's agent, again while the
+// agent cannot be reached (restarting, say), until ctx ends; late says
+// which deadline that is. call gets the time left, for the agent to bound
+// its work by.
+func (e *Engine) callAgent(ctx context.Context, s *pb.Step, late string, call func(timeoutMs int64) error) error {
+	retry := e.RetryInterval
+	if retry == 0 {
+		retry = 500 * time.Millisecond
+	}
+	for {
+		var timeoutMs int64
+		if dl, ok := ctx.Deadline(); ok {
+			timeoutMs = max(time.Until(dl).Milliseconds(), 1)
+		}
+		err := call(timeoutMs)
 		var un *Unavailable
 		switch {
 		case err == nil:
 			return nil
 		case errors.As(err, &un) && ctx.Err() == nil:
-			e.Log.Warn("agent unreachable; retrying", "node", s.Node, "err", err)
+			e.Log.Warn("agent unreachable; retrying", "node", s.Node, "action", s.Action, "err", err)
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("not healthy within the healthy deadline: %v", err)
+				return fmt.Errorf("%s: %v", late, err)
 			case <-time.After(retry):
 			}
 		case ctx.Err() != nil:
-			return fmt.Errorf("not healthy within the healthy deadline (%v)", err)
-		case last != nil:
-			return fmt.Errorf("%s: %s (%s)", last.Service, last.State, last.Message)
+			return fmt.Errorf("%s (%v)", late, err)
 		default:
 			return err
 		}

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -89,34 +88,21 @@ func (e *Engine) prefetch(ctx context.Context, op *pb.Operation) func() {
 // install sends an install or revert step to the node's agent, retrying
 // while it cannot be reached (an agent restarting: the step's token makes
 // a repeat wait for, or return, what was done).
-func (e *Engine) install(ctx context.Context, op *pb.Operation, s *pb.Step, token string) (*agentpb.InstallResult, error) {
+func (e *Engine) install(ctx context.Context, s *pb.Step, token string) (*agentpb.InstallResult, error) {
 	ref, err := e.packageRef(s)
 	if err != nil {
 		return nil, err
 	}
-	req := &agentpb.InstallRequest{OpToken: token, Package: ref, ExpectVersion: s.ExpectVersion}
-	for {
-		if dl, ok := ctx.Deadline(); ok {
-			req.TimeoutMs = max(time.Until(dl).Milliseconds(), 1)
-		}
-		res, err := e.Agents.Install(ctx, s.Node, req)
-		var un *Unavailable
-		switch {
-		case err == nil:
-			return res, nil
-		case errors.As(err, &un) && ctx.Err() == nil:
-			e.Log.Warn("agent unreachable; retrying the install step", "node", s.Node, "err", err)
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("no progress within the progress deadline: %v", err)
-			case <-time.After(e.retryInterval()):
-			}
-		case ctx.Err() != nil:
-			return nil, fmt.Errorf("no progress within the progress deadline (%v)", err)
-		default:
-			return nil, err
-		}
+	var res *agentpb.InstallResult
+	err = e.callAgent(ctx, s, "no progress within the progress deadline", func(timeoutMs int64) error {
+		var err error
+		res, err = e.Agents.Install(ctx, s.Node, &agentpb.InstallRequest{OpToken: token, Package: ref, ExpectVersion: s.ExpectVersion, TimeoutMs: timeoutMs})
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return res, nil
 }
 
 // packageRef tells the agent where the step's package is: a path on the

@@ -1,6 +1,8 @@
 package ops
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
@@ -163,6 +166,13 @@ func TestPlanUpgradeRefuses(t *testing.T) {
 // creates the upgrade op; every node runs 1.0.
 func (h *harness) startUpgrade(u *pb.UpgradeSpec) *pb.Operation {
 	h.t.Helper()
+	return h.startUpgradeWith(&pb.OpRequest{Upgrade: u})
+}
+
+// startUpgradeWith is startUpgrade with more of the request than the
+// upgrade's spec.
+func (h *harness) startUpgradeWith(req *pb.OpRequest) *pb.Operation {
+	h.t.Helper()
 	for _, cmd := range []*pb.Command{
 		{Cmd: &pb.Command_PeerUpsert{PeerUpsert: &pb.Peer{Id: "c1", ApiAddr: "127.0.0.1:1"}}},
 		{Cmd: &pb.Command_PackageAdd{PackageAdd: &pb.Package{Sha256: shaV1, Size: 10, FileName: "illumon-db_1.0.deb", Replicas: []string{"c1"}}}},
@@ -176,7 +186,8 @@ func (h *harness) startUpgrade(u *pb.UpgradeSpec) *pb.Operation {
 	for _, n := range []string{"infra", "query-1", "query-2", "merge-1"} {
 		h.agents.versions[n] = "1.0"
 	}
-	return h.create(PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: u, Label: "upgrade"}, UpgradeInput{Nodes: classicCluster(h.t), Packages: h.fsm.Packages()}, testDefaults))
+	req.Action, req.Label = ActUpgrade, "upgrade"
+	return h.create(PlanUpgrade(req, UpgradeInput{Nodes: classicCluster(h.t), Packages: h.fsm.Packages()}, testDefaults))
 }
 
 func TestEngineUpgradeFull(t *testing.T) {
@@ -400,5 +411,24 @@ func TestEngineUpgradeFullAutoRevert(t *testing.T) {
 		if v != "1.0" {
 			t.Errorf("%s ends on %s", n, v)
 		}
+	}
+}
+
+// installUnreachable is agents that act on services but cannot be reached
+// for installs (an agent restarting, say).
+type installUnreachable struct{ *fakeAgents }
+
+func (installUnreachable) Install(context.Context, string, *agentpb.InstallRequest) (*agentpb.InstallResult, error) {
+	return nil, &Unavailable{Err: errors.New("connection refused")}
+}
+
+// An install step whose agent cannot be reached is retried until the
+// progress deadline, which pauses the upgrade.
+func TestEngineUpgradeUnreachableAgent(t *testing.T) {
+	h := newHarness(t)
+	h.eng.Agents = installUnreachable{h.agents}
+	op := h.lead(h.startUpgradeWith(&pb.OpRequest{ProgressDeadlineMs: 300, Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, Strategy: StrategyRolling}}).Id, nil)
+	if op.State != fsm.OpPaused || !strings.Contains(op.Message, "install on infra: no progress within the progress deadline") || !strings.Contains(op.Message, "connection refused") {
+		t.Fatalf("upgrade %s: %s", op.State, op.Message)
 	}
 }
