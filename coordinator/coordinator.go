@@ -181,19 +181,19 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		defer wg.Done()
 		// Ready for systemd once the state from before a restart is back
 		// (or no quorum could confirm it within the bound the route feed
-		// waits too); alive while raft's main loop answers (a request for
-		// the configuration goes through it) and the replicated state can
-		// be read (raft's apply loop holds its lock while applying).
+		// waits too); alive while raft's main loop answers and the
+		// replicated state's lock can be taken (raft's apply holds it while
+		// applying; Changed takes it and copies nothing).
 		rn.WaitRestored(ctx, restoreWait)
 		if ctx.Err() != nil {
 			return
 		}
 		sdnotify.Ready()
 		sdnotify.Watchdog(ctx, c.log, func(context.Context) error {
-			if _, err := rn.Servers(); err != nil {
+			if err := rn.Alive(); err != nil {
 				return err
 			}
-			state.Nodes()
+			state.Changed()
 			return nil
 		})
 	}()

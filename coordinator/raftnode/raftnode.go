@@ -237,6 +237,20 @@ func (n *Node) Servers() ([]raft.Server, error) {
 	return f.Configuration().Servers, nil
 }
 
+// Alive proves that raft's main loop answers, for systemd's watchdog: a
+// verification of leadership is handled by that loop in every role (a
+// follower or candidate answers "not the leader" at once, a leader after one
+// round of heartbeats, or when it steps down). GetConfiguration would prove
+// nothing: it reads a copy the loop keeps outside itself. Alive blocks while
+// the loop is stuck.
+func (n *Node) Alive() error {
+	err := n.Raft.VerifyLeader().Error()
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		return nil
+	}
+	return err
+}
+
 // Shutdown stops raft and closes the transport and the log.
 func (n *Node) Shutdown() error {
 	err := n.Raft.Shutdown().Error()

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -195,4 +197,87 @@ func TestFollowerAndTransfer(t *testing.T) {
 	if id, _ := f.node.Leader(); id != f.cfg.ID {
 		t.Errorf("Leader() = %q", id)
 	}
+}
+
+// Alive is answered by every replica's raft main loop: the leader's after a
+// round of heartbeats, a follower's at once.
+func TestAlive(t *testing.T) {
+	reps := threeReplicas(t)
+	l := leader(t, reps)
+	for _, r := range reps {
+		if err := r.node.Alive(); err != nil {
+			t.Errorf("%s (leader %v): %v", r.cfg.ID, r == l, err)
+		}
+	}
+}
+
+// A raft whose main loop is stuck (here in its log store, as a hung disk
+// would hold it) does not answer Alive until the loop moves again; a probe
+// reading what the loop keeps outside itself would answer at once.
+func TestAliveBlocksWhileTheMainLoopIsStuck(t *testing.T) {
+	logs := &gatedLogs{InmemStore: raft.NewInmemStore(), gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	conf := raft.DefaultConfig()
+	conf.LocalID = "solo"
+	conf.HeartbeatTimeout, conf.ElectionTimeout, conf.LeaderLeaseTimeout = 50*time.Millisecond, 50*time.Millisecond, 50*time.Millisecond
+	conf.Logger = newHCLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	addr, trans := raft.NewInmemTransport("")
+	r, err := raft.NewRaft(conf, fsm.New(), logs, raft.NewInmemStore(), raft.NewInmemSnapshotStore(), trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Shutdown().Error() }()
+	if err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: addr}}}).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); r.State() != raft.Leader; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader")
+		}
+	}
+	n := &Node{Raft: r}
+	if err := n.Alive(); err != nil {
+		t.Fatalf("healthy: %v", err)
+	}
+
+	release := sync.OnceFunc(func() { close(logs.gate) })
+	defer release() // before the shutdown, which waits for the loop
+	logs.stuck.Store(true)
+	applied := r.Apply([]byte("x"), 0) // the leader's main loop stores it, and hangs there
+	<-logs.entered
+	alive := make(chan error, 1)
+	go func() { alive <- n.Alive() }()
+	select {
+	case err := <-alive:
+		t.Fatalf("Alive answered (%v) while the main loop is stuck", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	select {
+	case err := <-alive:
+		if err != nil {
+			t.Fatalf("after the loop moved on: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Alive did not answer once the main loop moved on")
+	}
+	_ = applied.Error()
+}
+
+// gatedLogs is a log store whose StoreLogs waits for gate while stuck.
+type gatedLogs struct {
+	*raft.InmemStore
+	stuck   atomic.Bool
+	gate    chan struct{}
+	entered chan struct{}
+}
+
+func (g *gatedLogs) StoreLogs(logs []*raft.Log) error {
+	if g.stuck.Load() {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		<-g.gate
+	}
+	return g.InmemStore.StoreLogs(logs)
 }
