@@ -24,12 +24,6 @@ const (
 	OwnerEnv   = "DHVISOR_AGENT"
 )
 
-// Output is where a service's stdout and stderr go.
-const (
-	OutputFile    = "file"    // LogDir/<Name>.stdout.log, as Deephaven's own scripts do
-	OutputJournal = "journal" // the systemd journal (systemd runtime only)
-)
-
 // Spec is what a runtime needs to start one service.
 type Spec struct {
 	Name    string
@@ -39,8 +33,8 @@ type Spec struct {
 	Dir     string
 	User    string // empty: the agent's own user
 	Group   string // empty: the user's primary group
-	LogDir  string // with OutputFile, stdout and stderr go to LogDir/<Name>.stdout.log
-	Output  string // OutputFile (default) or OutputJournal
+	LogDir  string // with config.OutputFile, stdout and stderr go to LogDir/<Name>.stdout.log
+	Output  string // config.OutputFile (also when empty) or config.OutputJournal
 	// StopTimeout is how long a stop waits after SIGTERM before SIGKILL;
 	// a runtime that stops through someone else (systemd) tells it.
 	StopTimeout time.Duration

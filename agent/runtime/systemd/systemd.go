@@ -25,6 +25,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/cgroup"
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/internal/config"
 )
 
 // Slice holds every unit dhvisor starts: `systemctl status dhvisor.slice`
@@ -451,7 +452,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	if spec.Group != "" {
 		props = append(props, sd.Property{Name: "Group", Value: dbus.MakeVariant(spec.Group)})
 	}
-	if spec.Output == runtime.OutputJournal {
+	if spec.Output == config.OutputJournal {
 		props = append(props,
 			sd.Property{Name: "StandardOutput", Value: dbus.MakeVariant("journal")},
 			sd.Property{Name: "StandardError", Value: dbus.MakeVariant("journal")})

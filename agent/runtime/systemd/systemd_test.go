@@ -17,6 +17,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/test/sysdbox"
 )
 
@@ -224,7 +225,7 @@ func TestSystemdRuntime(t *testing.T) {
 	})
 
 	t.Run("output to the journal", func(t *testing.T) {
-		start(t, runtime.Spec{Name: "journal", Output: runtime.OutputJournal, Command: []string{"/bin/sh", "-c", "echo journal-marker-42; exec sleep 30"}})
+		start(t, runtime.Spec{Name: "journal", Output: config.OutputJournal, Command: []string{"/bin/sh", "-c", "echo journal-marker-42; exec sleep 30"}})
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			out, _ := exec.Command("journalctl", "-u", "dhvisor-journal.service", "-o", "cat", "--no-pager").Output()
