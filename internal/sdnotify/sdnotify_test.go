@@ -19,12 +19,15 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestPingsOnlyWhileTheProbeSucceeds(t *testing.T) {
 	var healthy, hung atomic.Bool
 	healthy.Store(true)
-	var pings atomic.Int32
+	// run pings right after a probe returns and before it starts the next,
+	// so a probe started means every earlier probe's ping is counted.
+	var probes, pings atomic.Int32
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), 5*time.Millisecond, func(pctx context.Context) error {
+			probes.Add(1)
 			if hung.Load() {
 				<-pctx.Done()
 				return pctx.Err()
@@ -35,28 +38,30 @@ func TestPingsOnlyWhileTheProbeSucceeds(t *testing.T) {
 			return nil
 		}, func() { pings.Add(1) })
 	}()
-	waitPings := func(min int32) {
+	waitFor := func(n *atomic.Int32, min int32) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
-		for pings.Load() < min {
+		for n.Load() < min {
 			if time.Now().After(deadline) {
-				t.Fatalf("%d pings, want at least %d", pings.Load(), min)
+				t.Fatalf("%d, want at least %d", n.Load(), min)
 			}
 			time.Sleep(time.Millisecond)
 		}
 	}
-	waitPings(3)
+	waitFor(&pings, 3)
 	for _, stuck := range []func(){func() { healthy.Store(false) }, func() { hung.Store(true) }} {
 		stuck()
-		time.Sleep(20 * time.Millisecond) // a probe in flight may still ping
-		before := pings.Load()
-		time.Sleep(50 * time.Millisecond) // ten intervals
+		// The probe that starts after this one is the first to see the
+		// change; once it starts, the one in flight has pinged or not.
+		waitFor(&probes, probes.Load()+2)
+		before, from := pings.Load(), probes.Load()
+		waitFor(&probes, from+10)
 		if n := pings.Load(); n != before {
-			t.Fatalf("%d pings while the probe fails or hangs", n-before)
+			t.Fatalf("%d pings in %d probes that failed or hung", n-before, probes.Load()-from)
 		}
 		healthy.Store(true)
 		hung.Store(false)
-		waitPings(before + 2)
+		waitFor(&pings, before+2)
 	}
 	cancel()
 	<-done
