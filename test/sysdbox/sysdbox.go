@@ -12,7 +12,6 @@ package sysdbox
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
 )
 
 // Box is one running container.
@@ -195,20 +196,11 @@ func (b *Box) WaitFor(timeout time.Duration, what string, cond func() (bool, str
 // RepoRoot finds the repository from the test's working directory.
 func RepoRoot(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	root, err := benchkit.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal(errors.New("repository root (go.mod) not found"))
-		}
-		dir = parent
-	}
+	return root
 }
 
 // RunInside runs the calling test binary's test named run inside the box
