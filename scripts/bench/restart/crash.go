@@ -4,14 +4,10 @@ import (
 	"github.com/dhvisor/dhvisor/agent/procfs"
 
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,97 +54,7 @@ type sample struct {
 	StartedMS  *float64 `json:"started_ms,omitempty"`
 }
 
-const (
-	servePoll     = time.Millisecond
-	sampleTimeout = 30 * time.Second // one kill, from SIGKILL to settled
-)
-
-// httpClient never reuses a connection (each answer must come from whoever
-// holds the port now) and ignores any proxy settings. It closes with
-// SO_LINGER 0, a reset: polling at 1kHz with ordinary closes leaves
-// thousands of TIME_WAIT sockets, and a new connection that happens to reuse
-// one's port numbers can stall for a SYN retransmission, which would be
-// timed as restart latency.
-var httpClient = &http.Client{
-	Transport: &http.Transport{
-		DisableKeepAlives: true,
-		Proxy:             nil,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if tc, ok := c.(*net.TCPConn); ok {
-				_ = tc.SetLinger(0)
-			}
-			return c, err
-		},
-	},
-	Timeout: time.Second,
-}
-
-// waitServing polls port every servePoll until a process other than old
-// answers, and returns its pid and the time since start in milliseconds.
-// Each attempt runs on its own, so one that stalls (say, connected to the
-// dying process just before its socket closed) cannot delay seeing the new
-// process; the number in flight is bounded.
-func waitServing(ctx context.Context, port, old int, start time.Time) (int, float64, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	type hit struct {
-		pid int
-		at  float64
-	}
-	hits := make(chan hit, 1)
-	inflight := make(chan struct{}, 32)
-	tick := time.NewTicker(servePoll)
-	defer tick.Stop()
-	for {
-		select {
-		case inflight <- struct{}{}:
-			wg.Add(1)
-			go func() {
-				defer func() { <-inflight; wg.Done() }()
-				pid, err := servingPID(ctx, port)
-				if err == nil && pid != old {
-					select {
-					case hits <- hit{pid, ms(time.Since(start))}:
-					default: // another attempt got there first
-					}
-				}
-			}()
-		default: // too many attempts stalled: skip this tick
-		}
-		select {
-		case h := <-hits:
-			return h.pid, h.at, nil
-		case <-ctx.Done():
-			return 0, 0, ctx.Err()
-		case <-tick.C:
-		}
-	}
-}
-
-// servingPID asks the stand-in on port for its pid (GET / answers JSON).
-func servingPID(ctx context.Context, port int) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(port)+"/", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var v struct {
-		PID int `json:"pid"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return 0, err
-	}
-	if v.PID <= 0 {
-		return 0, errors.New("no pid in answer")
-	}
-	return v.PID, nil
-}
+const sampleTimeout = 30 * time.Second // one kill, from SIGKILL to settled
 
 // settled waits until the supervisor reports svc OK with the pid that
 // serves its port, and returns that pid.

@@ -5,6 +5,8 @@ import "github.com/dhvisor/dhvisor/scripts/bench/benchkit"
 // The harnesses share their statistics and polling (package benchkit).
 type stats = benchkit.Stats
 
+const servePoll = benchkit.ServePoll
+
 var (
 	summarise = benchkit.Summarise
 	repoRoot  = benchkit.RepoRoot
@@ -16,4 +18,7 @@ var (
 	verdict   = benchkit.Verdict
 	pollUntil = benchkit.PollUntil
 	sleepCtx  = benchkit.SleepCtx
+
+	waitServing = benchkit.WaitServing
+	servingPID  = benchkit.ServingPID
 )

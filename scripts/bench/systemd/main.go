@@ -17,8 +17,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,7 +197,6 @@ func inside(samples int, list string) int {
 		return fail(fmt.Errorf("services not all OK: %w", err))
 	}
 	out := map[string][]float64{}
-	client := &http.Client{Timeout: 200 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 0))
 	for i := 0; i < samples*len(runtimes); i++ {
 		s := svcs[i%len(svcs)]
@@ -216,14 +213,13 @@ func inside(samples int, list string) int {
 		killed := time.Now()
 		// Answering means a new process answers: the dying one may still
 		// hold its socket for a moment after the kill.
-		url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) + "/"
-		for pid := answeredBy(client, url); pid == 0 || pid == before; pid = answeredBy(client, url) {
-			if time.Since(killed) > 30*time.Second {
-				return fail(fmt.Errorf("%s did not come back", s.name))
-			}
-			time.Sleep(500 * time.Microsecond)
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, took, err := benchkit.WaitServing(sctx, s.port, before, killed)
+		cancel()
+		if err != nil {
+			return fail(fmt.Errorf("%s did not come back: %w", s.name, err))
 		}
-		out[s.runtime] = append(out[s.runtime], benchkit.MS(time.Since(killed)))
+		out[s.runtime] = append(out[s.runtime], took)
 		// The next kill starts from a steady state: the restart seen by
 		// the agent, every service OK.
 		if err := benchkit.PollUntil(ctx, 5*time.Millisecond, 30*time.Second, func() (bool, error) {
@@ -239,22 +235,6 @@ func inside(samples int, list string) int {
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
 	return 0
-}
-
-// answeredBy is the pid of the stand-in answering url, 0 if none does.
-func answeredBy(c *http.Client, url string) int {
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	var who struct {
-		PID int `json:"pid"`
-	}
-	if json.NewDecoder(resp.Body).Decode(&who) != nil {
-		return 0
-	}
-	return who.PID
 }
 
 type status struct {
