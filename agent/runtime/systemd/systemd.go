@@ -687,7 +687,6 @@ type process struct {
 	done     chan struct{}
 	finished sync.Once
 	exit     runtime.Exit
-	released sync.Once
 }
 
 func (r *Runtime) newProcess(unit string) *process {
@@ -771,7 +770,7 @@ func (p *process) Done() <-chan struct{} { return p.done }
 func (p *process) Exit() runtime.Exit    { return p.exit }
 
 // Release forgets the unit; it keeps running for the next agent.
-func (p *process) Release() { p.released.Do(func() { p.rt.unwatch(p) }) }
+func (p *process) Release() { p.rt.unwatch(p) }
 
 // Stop has systemd stop the unit: SIGTERM to everything in it, SIGKILL
 // after the unit's stop timeout, or after timeout if that is shorter (the
