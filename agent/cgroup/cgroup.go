@@ -9,7 +9,6 @@ package cgroup
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -305,5 +304,5 @@ func readKeyed(file string, keys []string) ([]uint64, error) {
 
 func exists(file string) bool {
 	_, err := os.Stat(file)
-	return !errors.Is(err, os.ErrNotExist) && err == nil
+	return err == nil
 }
