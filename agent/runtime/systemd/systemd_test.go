@@ -209,13 +209,19 @@ func TestSystemdRuntime(t *testing.T) {
 
 	t.Run("usage counts everything in the unit's cgroup", func(t *testing.T) {
 		p := start(t, runtime.Spec{Name: "usage", Command: []string{"/bin/sh", "-c", "sleep 30 & sleep 30 & while :; do :; done"}})
-		time.Sleep(300 * time.Millisecond) // some CPU to count
-		u, err := p.(runtime.Metered).Usage()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if u.Procs != 3 || u.RSSBytes == 0 || u.CPUTicks == 0 {
-			t.Fatalf("usage %+v, want 3 processes with memory and CPU", u)
+		// Until the shell has forked both sleeps and spun long enough for a
+		// tick of CPU: no fixed wait is enough on a loaded machine.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			u, err := p.(runtime.Metered).Usage()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Procs == 3 && u.RSSBytes > 0 && u.CPUTicks > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("usage %+v, want 3 processes with memory and CPU", u)
+			}
 		}
 	})
 
