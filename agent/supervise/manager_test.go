@@ -2,9 +2,11 @@ package supervise
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -368,6 +370,49 @@ func TestRuntimeSelection(t *testing.T) {
 	}
 	if got := execRT.startLog(); !slices.Equal(got, []string{"b", "a"}) {
 		t.Fatalf("after restart, exec runtime started %v, want [b a]", got)
+	}
+}
+
+// TestStateWithoutRuntimeIsExec: a state file from before runtimes were
+// recorded held only exec processes; an agent configured for another
+// runtime since adopts the process on exec rather than starting a second
+// copy beside it.
+func TestStateWithoutRuntimeIsExec(t *testing.T) {
+	execRT, sysRT := newFakeRuntime(), newFakeRuntime()
+	rts := Runtimes{config.RuntimeExec: execRT, config.RuntimeSystemd: sysRT}
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	m, _, stop := runManagerOn(testNode(t, "  a: {}\n"), rts, stateFile)
+	waitState(t, m, "a", OK)
+	stop()
+	b, err := os.ReadFile(stateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file struct {
+		Version  int                       `json:"version"`
+		Services map[string]map[string]any `json:"services"`
+	}
+	if err := json.Unmarshal(b, &file); err != nil {
+		t.Fatal(err)
+	}
+	if file.Services["a"]["runtime"] != config.RuntimeExec {
+		t.Fatalf("state records runtime %v, want exec", file.Services["a"]["runtime"])
+	}
+	delete(file.Services["a"], "runtime")
+	if b, err = json.Marshal(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stateFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	m, _, stop = runManagerOn(testNode(t, "  a: {runtime: systemd}\n"), rts, stateFile)
+	defer stop()
+	if st := waitState(t, m, "a", OK); st.Restarts != 0 || st.PID != execRT.proc("a").id.PID {
+		t.Errorf("a: pid %d restarts %d, want the exec process %d adopted", st.PID, st.Restarts, execRT.proc("a").id.PID)
+	}
+	if got := sysRT.startLog(); len(got) != 0 {
+		t.Fatalf("systemd runtime started %v beside the running exec process", got)
 	}
 }
 

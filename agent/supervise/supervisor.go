@@ -162,7 +162,7 @@ func (s *Supervisor) adopt() {
 	var id procfs.Identity
 	rtName := s.mem.Runtime
 	if rtName == "" {
-		rtName = s.spec.Runtime // a state file from before runtimes were recorded
+		rtName = config.RuntimeExec // a state file from before runtimes were recorded: exec ran everything then
 	}
 	if s.mem.PID != 0 {
 		id = procfs.Identity{PID: s.mem.PID, StartTicks: s.mem.StartTicks}
