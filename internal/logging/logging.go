@@ -134,7 +134,9 @@ func priority(l slog.Level) journal.Priority {
 
 // fieldName makes an attribute key a journal field name: upper-case
 // letters, digits and "_", not starting with "_" (those are the journal's
-// own trusted fields) or a digit.
+// own trusted fields) or a digit, and not one of the fields every entry
+// already has (an attribute "message" would add a second MESSAGE: JSON
+// output would make it an array, and MESSAGE= matches would find it).
 func fieldName(key string) string {
 	var b strings.Builder
 	for _, r := range key {
@@ -148,7 +150,7 @@ func fieldName(key string) string {
 		}
 	}
 	name := strings.TrimLeft(b.String(), "_")
-	if name == "" || name[0] >= '0' && name[0] <= '9' {
+	if name == "" || name[0] >= '0' && name[0] <= '9' || name == "MESSAGE" || name == "PRIORITY" || name == "SYSLOG_IDENTIFIER" {
 		name = "F_" + name
 	}
 	return name

@@ -25,7 +25,7 @@ func TestJournalHandler(t *testing.T) {
 	log := slog.New(NewJournalHandler("dhagent", slog.LevelInfo, send, nil))
 	log.Debug("hidden")
 	log.With("service", "configuration_server").WithGroup("check").Warn("probe failed", "name", "tcp:websocket", "err", errors.New("refused here"))
-	log.Error("bad", "1st", 1, "_x", "y")
+	log.Error("bad", "1st", 1, "_x", "y", "message", "m", "priority", "p", "syslog_identifier", "s")
 	if len(got) != 2 {
 		t.Fatalf("%d entries, want 2 (debug is below the level)", len(got))
 	}
@@ -38,8 +38,9 @@ func TestJournalHandler(t *testing.T) {
 	if got[0].msg != want.msg || got[0].pri != want.pri || !maps.Equal(got[0].fields, want.fields) {
 		t.Errorf("entry\n%+v\nwant\n%+v", got[0], want)
 	}
-	if got[1].pri != journal.PriErr || got[1].fields["F_1ST"] != "1" || got[1].fields["X"] != "y" {
-		t.Errorf("field names not made valid: %+v", got[1])
+	wantFields := map[string]string{"SYSLOG_IDENTIFIER": "dhagent", "F_1ST": "1", "X": "y", "F_MESSAGE": "m", "F_PRIORITY": "p", "F_SYSLOG_IDENTIFIER": "s"}
+	if got[1].pri != journal.PriErr || !maps.Equal(got[1].fields, wantFields) {
+		t.Errorf("field names not made valid, or an entry's own fields taken:\n%+v\nwant fields %v", got[1], wantFields)
 	}
 }
 
