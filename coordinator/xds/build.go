@@ -32,6 +32,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/dhvisor/dhvisor/internal/envoybootstrap"
 )
 
 // Flavour is how a client gets the resources: the same clusters, endpoints
@@ -53,9 +55,11 @@ var flavours = []Flavour{ADS, Classic}
 
 // Names fixed by Deephaven's bootstrap and clients.
 const (
-	ListenerName    = "deephaven"    // grpc-go clients dial xds:///deephaven
-	RouteConfigName = "rds_config"   // the RDS name in Deephaven's bootstrap
-	XDSClusterName  = "xds_service"  // the bootstrap's static cluster for this server
+	ListenerName = "deephaven" // grpc-go clients dial xds:///deephaven
+	// The names the bootstrap dhvisor renders (Deephaven's) gives: the RDS
+	// name, and the static cluster of this server.
+	RouteConfigName = envoybootstrap.RouteConfigName
+	XDSClusterName  = envoybootstrap.XDSClusterName
 	PrefixHeader    = "envoy-prefix" // Core+ clients name their worker with it
 )
 
