@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 // readPID reads the pid a test script wrote to path.
@@ -101,11 +102,8 @@ func TestExec(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.needRoot && os.Geteuid() != 0 {
-				if os.Getenv("CI") == "true" {
-					t.Fatal("CI must run this as root")
-				}
-				t.Skip("changing user needs root")
+			if tt.needRoot {
+				need.Root(t, "to change user")
 			}
 			timeout := tt.timeout
 			if timeout == 0 {

@@ -22,6 +22,7 @@ import (
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/test/devcluster"
 	"github.com/dhvisor/dhvisor/test/envoyfixture"
+	"github.com/dhvisor/dhvisor/test/need"
 	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
@@ -270,7 +271,7 @@ func buildImages(t *testing.T, host string) {
 }
 
 func TestEnvoyContainerKilledIsRestartedAndCounted(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
@@ -314,7 +315,7 @@ func TestEnvoyContainerKilledIsRestartedAndCounted(t *testing.T) {
 }
 
 func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
@@ -356,7 +357,7 @@ func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
 }
 
 func TestEnvoyImageChangedRecreatesOnce(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
@@ -375,7 +376,7 @@ func TestEnvoyImageChangedRecreatesOnce(t *testing.T) {
 }
 
 func TestEnvoyTagMovedRecreatesOnce(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	const moving = "dhv-envoy-test:moving"
 	ctx := context.Background()
 	if err := envoyfixture.BuildImage(ctx, envoyfixture.DefaultHost, moving); err != nil {
@@ -399,7 +400,7 @@ func TestEnvoyTagMovedRecreatesOnce(t *testing.T) {
 }
 
 func TestEnvoyHungIsRestarted(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
@@ -416,7 +417,7 @@ func TestEnvoyHungIsRestarted(t *testing.T) {
 }
 
 func TestEnvoyUnreadyIsRestartedAfterFailures(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
@@ -435,7 +436,7 @@ func TestEnvoyUnreadyIsRestartedAfterFailures(t *testing.T) {
 }
 
 func TestEnvoyCrashLoopingImageFails(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{image: imageLoop})
 	st := n.waitFor("Failed after the restart limit", 30*time.Second, func(st supervise.Status) bool { return st.State == supervise.Failed })
@@ -479,7 +480,7 @@ func privateDockerd(t *testing.T, args ...string) *envoyfixture.Dockerd {
 }
 
 func TestEnvoySurvivesDockerdOutage(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	outage := 30 * time.Second
 	if testing.Short() {
 		outage = 5 * time.Second
@@ -527,7 +528,7 @@ func sha256hex(s string) string {
 // agent reports the outage, then takes the same container over again, with
 // no restart.
 func TestEnvoyKeptThroughLiveRestore(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	d := privateDockerd(t, "--live-restore")
 	n := startNode(t, nodeOpts{host: d.Host})
 	first := n.waitOK("first start")
@@ -549,7 +550,7 @@ func TestEnvoyKeptThroughLiveRestore(t *testing.T) {
 
 // Following the log goes on across a restart: the new run's lines come.
 func TestEnvoyLogsFollowAcrossRestart(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")

@@ -11,20 +11,11 @@ import (
 	"time"
 
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+	"github.com/dhvisor/dhvisor/test/need"
 	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
 // requireRoot fails in CI (where these tests must run) and skips elsewhere.
-func requireRoot(t *testing.T, what string) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s needs root; CI must run it", what)
-	}
-	t.Skipf("%s needs root", what)
-}
 
 func ipCmd(t *testing.T, args ...string) {
 	t.Helper()
@@ -44,7 +35,7 @@ type netLab struct {
 
 func newNetLab(t *testing.T, n int) *netLab {
 	t.Helper()
-	requireRoot(t, "network namespaces")
+	need.Root(t, "network namespaces")
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatal("iproute2 (ip) is required: apt-get install iproute2")
 	}

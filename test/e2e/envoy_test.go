@@ -13,6 +13,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/test/devcluster"
 	"github.com/dhvisor/dhvisor/test/envoyfixture"
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 // TestEnvoyNode runs an Envoy node in a cluster with a coordinator: the
@@ -20,7 +21,7 @@ import (
 // (stand-in) Envoy container on it, restarts it when it is killed, and
 // dhctl shows and drives it.
 func TestEnvoyNode(t *testing.T) {
-	envoyfixture.Require(t)
+	need.Docker(t)
 	const image = "dhv-envoy-e2e:v1"
 	ctx := context.Background()
 	if err := envoyfixture.BuildImage(ctx, envoyfixture.DefaultHost, image); err != nil {

@@ -14,6 +14,7 @@ import (
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 	"github.com/dhvisor/dhvisor/test/debpkg"
 	"github.com/dhvisor/dhvisor/test/devcluster"
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 // failMarker, in a node's root, makes release 3.0's postinst fail there.
@@ -30,7 +31,7 @@ var (
 func testDebs(t *testing.T) map[string]string {
 	t.Helper()
 	if _, err := os.Stat("/usr/bin/dpkg-deb"); err != nil || os.Geteuid() != 0 {
-		requireRoot(t, "installing packages with dpkg")
+		need.Root(t, "installing packages with dpkg")
 		if err != nil {
 			t.Fatalf("dpkg-deb: %v", err)
 		}

@@ -23,7 +23,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,18 +30,6 @@ import (
 
 // DefaultHost is the machine's shared Docker engine.
 const DefaultHost = "unix:///var/run/docker.sock"
-
-// Require skips the test when Docker is not there, or fails it in CI
-// (CI=true), where Docker must be.
-func Require(t testing.TB) {
-	t.Helper()
-	if _, err := Docker(context.Background(), DefaultHost, "version", "--format", "{{.Server.APIVersion}}"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("Docker is required in CI (scripts/setup.sh installs and starts it): %v", err)
-		}
-		t.Skipf("no Docker engine: %v", err)
-	}
-}
 
 // Docker runs the docker command line against the engine at host.
 func Docker(ctx context.Context, host string, args ...string) (string, error) {

@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/dhvisor/dhvisor/test/need"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,25 +111,12 @@ func (b *Box) CopyIn(src, dst string) error {
 	return nil
 }
 
-// Need fails the test when Docker is not usable and the run is in CI
-// (where everything the tests need must be there), and skips it
-// elsewhere.
+// Need is what the test needs to run a box: root (containers with the
+// host's cgroups) and a Docker engine.
 func Need(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		missing(t, "root (to run containers with the host's cgroups)")
-	}
-	if out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
-		missing(t, fmt.Sprintf("a Docker engine (docker version: %v: %s)", err, strings.TrimSpace(string(out))))
-	}
-}
-
-func missing(t testing.TB, what string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("this test needs %s; scripts/setup.sh provides it", what)
-	}
-	t.Skipf("this test needs %s", what)
+	need.Root(t, "to run containers with the host's cgroups")
+	need.Docker(t)
 }
 
 // Start runs a new container for the test, removed when it ends (after

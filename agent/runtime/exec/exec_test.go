@@ -14,6 +14,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -151,12 +152,7 @@ func TestStartErrors(t *testing.T) {
 // TestRunsAsServiceUser needs root, as the agent has in production; in CI it
 // must run, not skip.
 func TestRunsAsServiceUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI must run this test as root")
-		}
-		t.Skip("needs root")
-	}
+	need.Root(t, "to run a service as its user")
 	// The service user must reach its log directory, and t.TempDir's
 	// parents are private.
 	dir, err := os.MkdirTemp("", "dhv-user-test")
