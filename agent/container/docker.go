@@ -89,6 +89,7 @@ func (d *Docker) Inspect(ctx context.Context, nameOrID string) (Info, error) {
 		in.Running, in.Pid, in.ExitCode, in.OOMKilled = s.Running, s.Pid, s.ExitCode, s.OOMKilled
 		in.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 		in.FinishedAt, _ = time.Parse(time.RFC3339Nano, s.FinishedAt)
+		in.Removing = s.Status == container.StateRemoving || s.Dead
 	}
 	return in, nil
 }

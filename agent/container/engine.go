@@ -79,6 +79,10 @@ type Info struct {
 	OOMKilled  bool
 	StartedAt  time.Time
 	FinishedAt time.Time
+	// Removing: the engine is removing it (after a docker rm -f of a
+	// running one, the die event comes before the removal ends) and will
+	// not start it again.
+	Removing bool
 }
 
 // Event is one of the container's events.

@@ -216,6 +216,9 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	}
 	name := spec.Container.Name
 	cur, err := r.engine.Inspect(ctx, name)
+	if err == nil && cur.Removing {
+		cur, err = r.removed(ctx, name)
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		cur = Info{}
@@ -256,6 +259,30 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		return nil, fmt.Errorf("container %s: its process %d: %w", name, in.Pid, err)
 	}
 	return r.watch(spec, d, in, id, since), nil
+}
+
+// removalWait bounds the wait for a container the engine is removing.
+const removalWait = 10 * time.Second
+
+// removed waits until the engine has removed the container called name
+// (ErrNotFound), which it is removing: starting it again fails, and
+// creating another of its name waits for the name.
+func (r *Runtime) removed(ctx context.Context, name string) (Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, removalWait)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		in, err := r.engine.Inspect(ctx, name)
+		if err != nil || !in.Removing {
+			return in, err
+		}
+		select {
+		case <-ctx.Done():
+			return Info{}, fmt.Errorf("container %s: still being removed after %s", name, removalWait)
+		case <-tick.C:
+		}
+	}
 }
 
 // Adopt leaves a running container to Start, which finds it by name and

@@ -2,6 +2,7 @@ package container
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -157,5 +158,39 @@ func TestDesireReadsFilesOnlyOnceChanged(t *testing.T) {
 	f.set(func(f *fakeEngine) { f.imageID = "sha256:2" })
 	if moved := resolve(touched); moved.hash == touched.hash {
 		t.Fatalf("the image the tag names moved and the hash stayed %s", moved.hash)
+	}
+}
+
+// removingEngine is removing its container for the first inspections.
+type removingEngine struct {
+	*fakeEngine
+	left int // inspections that still find it being removed
+}
+
+func (e *removingEngine) Inspect(context.Context, string) (Info, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.left == 0 {
+		return Info{}, ErrNotFound
+	}
+	e.left--
+	return Info{ID: "c0ffee", Removing: true}, nil
+}
+
+// A container the engine is removing (docker rm -f) is waited for, not
+// started: the engine refuses to, and that failed start counted as a
+// restart of its own.
+func TestRemovedWaitsForTheEngine(t *testing.T) {
+	e := &removingEngine{fakeEngine: newFakeEngine(1), left: 3}
+	r := &Runtime{engine: e, log: slog.New(slog.DiscardHandler)}
+	in, err := r.removed(context.Background(), "envoy")
+	if !errors.Is(err, ErrNotFound) || in.ID != "" || e.left != 0 {
+		t.Fatalf("removed: %+v, %v (%d inspections left)", in, err, e.left)
+	}
+	e.left = 1 << 20
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := r.removed(ctx, "envoy"); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("a removal that never ends: %v", err)
 	}
 }
