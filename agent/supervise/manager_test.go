@@ -32,6 +32,9 @@ type fakeRuntime struct {
 	procs   map[string]*fakeProc
 	failing map[string]error // Start fails for these services
 	gates   map[string]*gate // Start waits for these services' gate to open
+	// bounds is, for each start, how long its context gave it (0: no
+	// deadline).
+	bounds []time.Duration
 }
 
 // gate holds a service's start until the test opens it.
@@ -53,8 +56,13 @@ func newFakeRuntime() *fakeRuntime {
 	return &fakeRuntime{nextPID: 1000, procs: map[string]*fakeProc{}, failing: map[string]error{}, gates: map[string]*gate{}}
 }
 
-func (f *fakeRuntime) Start(_ context.Context, spec runtime.Spec) (runtime.Process, error) {
+func (f *fakeRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
 	f.mu.Lock()
+	var bound time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		bound = time.Until(dl)
+	}
+	f.bounds = append(f.bounds, bound)
 	g := f.gates[spec.Name]
 	f.mu.Unlock()
 	if g != nil {
@@ -431,4 +439,23 @@ func TestPingWaitsOnlyForIdleLoops(t *testing.T) {
 	}
 	close(g.open)
 	waitState(t, m, "slow", OK)
+}
+
+// A runtime's start is bounded by the time the loop tells the watchdog it
+// may be blocked: an image pull that hangs fails the start, rather than
+// have systemd kill the whole agent.
+func TestStartIsBounded(t *testing.T) {
+	rt := newFakeRuntime()
+	m, _ := startManager(t, testNode(t, "  s: {}\n"), rt)
+	waitState(t, m, "s", OK)
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for i, b := range rt.bounds {
+		if b <= 0 || b > startLimit {
+			t.Errorf("start %d had %s to run, want at most %s", i, b, startLimit)
+		}
+	}
+	if len(rt.bounds) == 0 {
+		t.Error("no start")
+	}
 }

@@ -361,15 +361,23 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 	return fmt.Errorf("unknown action %d", c.act)
 }
 
+// startLimit bounds a runtime's start (a systemd start job, an image
+// pull): the loop is blocked meanwhile, and the watchdog, which would
+// otherwise have systemd kill the whole agent, allows it that long. A
+// start that takes longer fails, and the restart policy tries again.
+const startLimit = 2 * time.Minute
+
 // start launches the process. On failure the restart policy schedules the
 // next try, and the error is returned for an operator's request.
 func (s *Supervisor) start(ctx context.Context) error {
 	if s.proc != nil {
 		return nil
 	}
-	defer s.busy(2 * time.Minute)() // a systemd start job waits for systemd
+	defer s.busy(startLimit)()
+	sctx, cancel := context.WithTimeout(ctx, startLimit)
+	defer cancel()
 	rtName := s.spec.Runtime
-	p, err := s.rts.named(rtName).Start(ctx, s.runtimeSpec())
+	p, err := s.rts.named(rtName).Start(sctx, s.runtimeSpec())
 	if errors.Is(err, runtime.ErrUnavailable) {
 		// Not the service failing: what runs it is out of reach (a
 		// container engine restarting). Retry without counting.
