@@ -277,17 +277,20 @@ func TestAgentRestartedMidInstall(t *testing.T) {
 			go func() { _ = tool.Wait(); close(waited) }()
 			f.stop()
 			rec := &record{Token: "op-1/1/0", State: stateRunning, Sha256: ref.Sha256, PID: tool.Process.Pid}
-			if st, err := readStart(tool.Process.Pid); err == nil {
-				rec.PIDStart = st
+			st, err := procfs.ReadStat(tool.Process.Pid)
+			if err != nil {
+				t.Fatal(err)
 			}
+			rec.PIDStart = st.StartTicks
 			f.in.save(rec)
 			f.start()
-			t0 := time.Now()
 			res := f.install("op-1/1/0", ref, "")
-			<-waited
-			if time.Since(t0) < 300*time.Millisecond {
-				t.Errorf("the step did not wait for the tool the old agent started")
+			// The tool has exited (gone, or a zombie until the goroutine
+			// above reaps it) by the time the step answers.
+			if st, err := procfs.ReadStat(rec.PID); err == nil && st.StartTicks == rec.PIDStart && st.State != 'Z' {
+				t.Errorf("the step answered while the tool the old agent started still ran")
 			}
+			<-waited
 			if res.Failed || res.After != "2.0" || !strings.Contains(res.Message, tt.wantMessage) {
 				t.Fatalf("resumed step: %+v", res)
 			}
@@ -345,11 +348,6 @@ func TestParseQuery(t *testing.T) {
 			t.Errorf("parseQuery(%q) = %+v, want %+v", in, got, want)
 		}
 	}
-}
-
-func readStart(pid int) (uint64, error) {
-	st, err := procfs.ReadStat(pid)
-	return st.StartTicks, err
 }
 
 // A prefetch fills the cache without installing; the install step then
