@@ -424,19 +424,8 @@ func (o *options) opsCmd() *cobra.Command {
 	}
 	show.Flags().BoolVarP(&followFlag, "follow", "f", false, "keep showing progress until the operation ends")
 	control := func(name string, op pb.ControlOpRequest_Op, short string) *cobra.Command {
-		return &cobra.Command{
-			Use: name + " ID", Short: short, Args: exactArgs(1, "the operation's ID (see dhctl ops list)"),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				return o.callCoord(cmd.Context(), 30*time.Second, func(ctx context.Context, c pb.CoordinatorClient) error {
-					res, err := c.ControlOp(ctx, &pb.ControlOpRequest{Id: args[0], Op: op})
-					if err != nil {
-						return rpcError(err)
-					}
-					fmt.Fprintf(o.out, "%s %s\n", res.Id, res.State)
-					return nil
-				})
-			},
-		}
+		return o.opControlCmd(name+" ID", short, exactArgs(1, "the operation's ID (see dhctl ops list)"), op,
+			func(_ context.Context, _ pb.CoordinatorClient, args []string) (string, error) { return args[0], nil })
 	}
 	cmd.AddCommand(list, show,
 		control("pause", pb.ControlOpRequest_OP_PAUSE, "Pause: running steps finish, no new stage starts"),
@@ -444,4 +433,26 @@ func (o *options) opsCmd() *cobra.Command {
 		control("abort", pb.ControlOpRequest_OP_ABORT, "Abort: running steps finish, nothing else is done"),
 	)
 	return cmd
+}
+
+// opControlCmd is a command that pauses, resumes or aborts the operation id
+// picks from the arguments.
+func (o *options) opControlCmd(use, short string, args cobra.PositionalArgs, op pb.ControlOpRequest_Op, id func(context.Context, pb.CoordinatorClient, []string) (string, error)) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Args: args,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.callCoord(cmd.Context(), 30*time.Second, func(ctx context.Context, c pb.CoordinatorClient) error {
+				opID, err := id(ctx, c, args)
+				if err != nil {
+					return err
+				}
+				res, err := c.ControlOp(ctx, &pb.ControlOpRequest{Id: opID, Op: op})
+				if err != nil {
+					return rpcError(err)
+				}
+				fmt.Fprintf(o.out, "%s %s\n", res.Id, res.State)
+				return nil
+			})
+		},
+	}
 }

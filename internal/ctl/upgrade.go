@@ -61,7 +61,13 @@ or by default the package of the last upgrade that completed.`,
 	status := &cobra.Command{
 		Use: "status [ID]", Short: "The upgrade's plan and progress per node (default: the newest upgrade)", Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
+			call := o.withCoord // following lasts as long as the upgrade
+			if !followFlag {
+				call = func(ctx context.Context, f func(context.Context, pb.CoordinatorClient) error) error {
+					return o.callCoord(ctx, 10*time.Second, f)
+				}
+			}
+			return call(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
 				id, err := upgradeID(ctx, c, args)
 				if err != nil {
 					return err
@@ -80,23 +86,7 @@ or by default the package of the last upgrade that completed.`,
 	}
 	status.Flags().BoolVarP(&followFlag, "follow", "f", false, "keep showing progress until the upgrade ends")
 	control := func(name string, op pb.ControlOpRequest_Op, short string) *cobra.Command {
-		return &cobra.Command{
-			Use: name + " [ID]", Short: short, Args: cobra.MaximumNArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
-					id, err := upgradeID(ctx, c, args)
-					if err != nil {
-						return err
-					}
-					res, err := c.ControlOp(ctx, &pb.ControlOpRequest{Id: id, Op: op})
-					if err != nil {
-						return rpcError(err)
-					}
-					fmt.Fprintf(o.out, "%s %s\n", res.Id, res.State)
-					return nil
-				})
-			},
-		}
+		return o.opControlCmd(name+" [ID]", short, cobra.MaximumNArgs(1), op, upgradeID)
 	}
 	packages := &cobra.Command{
 		Use: "packages", Short: "The packages the coordinators hold", Args: cobra.NoArgs,
