@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
 )
 
 // DefaultHost is the machine's shared Docker engine.
@@ -55,7 +57,7 @@ var (
 func standin(ctx context.Context) (string, error) {
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	root, err := moduleRoot()
+	root, err := benchkit.RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -75,18 +77,6 @@ func standin(ctx context.Context) (string, error) {
 	}
 	binaries[root] = bin
 	return bin, nil
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("not inside the dhvisor module")
-	}
-	return filepath.Dir(mod), nil
 }
 
 // BuildImage makes tag an image of the stand-in with the extra environment
