@@ -274,7 +274,7 @@ func propose(ctx context.Context, rn *raftnode.Node, cmd *pb.Command) (any, erro
 	if err != nil {
 		return nil, err
 	}
-	res, err := rn.Apply(ctx, data)
+	res, _, err := rn.Apply(ctx, data)
 	if err != nil {
 		return nil, err
 	}

@@ -45,9 +45,6 @@ func (s *Server) UploadPackage(stream grpc.ClientStreamingServer[pb.PackageChunk
 	if err != nil {
 		return err
 	}
-	if err := s.waitApplied(ctx, func() bool { return s.FSM.Package(hdr.Sha256) != nil }); err != nil {
-		return err
-	}
 	return stream.SendAndClose(got)
 }
 
@@ -138,7 +135,7 @@ func (s *Server) replicateTo(ctx context.Context, id string, p *pb.Package) erro
 	if peer == nil || peer.ApiAddr == "" {
 		return errors.New("its API address is not known yet")
 	}
-	c, err := s.leaderClient(peer.ApiAddr)
+	c, err := s.peerClient(peer.ApiAddr)
 	if err != nil {
 		return err
 	}

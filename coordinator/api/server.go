@@ -11,6 +11,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -39,7 +40,10 @@ import (
 // operating-system user behind an operator certificate, for the audit log.
 const (
 	mdPrincipal = "x-dhvisor-principal"
-	MDUser      = "x-dhvisor-user"
+	// mdApplied is the leader's log index of a write, for the follower that
+	// forwarded it.
+	mdApplied = "x-dhvisor-applied-index"
+	MDUser    = "x-dhvisor-user"
 )
 
 // Server implements pb.CoordinatorServer.
@@ -215,35 +219,10 @@ func (s *Server) Plan(_ context.Context, req *pb.OpRequest) (*pb.Operation, erro
 
 // ---- writes ----
 
-// waitApplied waits until done holds in this replica's state. A follower
-// that forwarded a write answers the caller's next read from its own state,
-// which applies the leader's entry a moment later: the caller must find
-// what it just wrote (the operation it started, the package it uploaded).
-func (s *Server) waitApplied(ctx context.Context, done func() bool) error {
-	timeout := time.After(10 * time.Second)
-	for {
-		changed := s.FSM.Changed()
-		if done() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-changed:
-		case <-timeout:
-			return status.Errorf(codes.Unavailable, "the write is committed, but coordinator %s has not applied it yet; retry the read", s.Raft.ID())
-		}
-	}
-}
-
 // StartOp implements pb.CoordinatorServer.
 func (s *Server) StartOp(ctx context.Context, req *pb.OpRequest) (*pb.Operation, error) {
 	if !s.Raft.IsLeader() {
-		op, err := forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Operation, error) { return c.StartOp(ctx, req) })
-		if err != nil {
-			return nil, err
-		}
-		return op, s.waitApplied(ctx, func() bool { _, ok := s.FSM.Op(op.Id); return ok })
+		return forward(s, ctx, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Operation, error) { return c.StartOp(ctx, req) })
 	}
 	op, err := s.Plan(ctx, req)
 	if err != nil {
@@ -309,13 +288,16 @@ func (s *Server) propose(ctx context.Context, who string, cmd *pb.Command) (any,
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	res, err := s.Raft.Apply(ctx, data)
+	res, index, err := s.Raft.Apply(ctx, data)
 	if err != nil {
 		if errors.Is(err, raftnode.ErrNotLeader) {
 			return nil, status.Errorf(codes.Unavailable, "leadership changed; retry: %v", err)
 		}
 		return nil, status.Errorf(codes.Unavailable, "raft: %v", err)
 	}
+	// A follower that forwarded the call waits until it has applied this
+	// entry too (see forward). Outside a gRPC call there is no one to tell.
+	_ = grpc.SetHeader(ctx, metadata.Pairs(mdApplied, strconv.FormatUint(index, 10)))
 	if rerr, ok := res.(error); ok {
 		return nil, rerr
 	}
@@ -433,7 +415,7 @@ func forward[T any](s *Server, ctx context.Context, call func(context.Context, p
 	if peer == nil || peer.ApiAddr == "" {
 		return zero, status.Errorf(codes.Unavailable, "the leader %s has not published its API address yet; retry", leader)
 	}
-	c, err := s.leaderClient(peer.ApiAddr)
+	conn, err := s.leaderConns().Get(peer.ApiAddr)
 	if err != nil {
 		return zero, status.Errorf(codes.Unavailable, "leader %s at %s: %v", leader, peer.ApiAddr, err)
 	}
@@ -442,15 +424,45 @@ func forward[T any](s *Server, ctx context.Context, call func(context.Context, p
 	if _, ok := tlsutil.PeerIdentity(ctx); ok {
 		ctx = metadata.AppendToOutgoingContext(ctx, mdPrincipal, principal(ctx))
 	}
-	return call(ctx, c)
+	var header metadata.MD
+	res, err := call(ctx, pb.NewCoordinatorClient(headerConn{conn, &header}))
+	if err != nil {
+		return zero, err
+	}
+	// The caller's next read comes to us: it must find what it just wrote
+	// (the operation it started or paused, the package it uploaded), which
+	// we apply a moment after the leader did.
+	var index uint64
+	for _, v := range header.Get(mdApplied) {
+		if i, err := strconv.ParseUint(v, 10, 64); err == nil {
+			index = max(index, i)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.FSM.WaitApplied(wctx, index); err != nil {
+		return zero, status.Errorf(codes.Unavailable, "the write is committed, but coordinator %s has not applied it yet; retry the read: %v", s.Raft.ID(), err)
+	}
+	return res, nil
 }
 
-func (s *Server) leaderClient(addr string) (pb.CoordinatorClient, error) {
+// peerClient is the API of the coordinator at addr.
+func (s *Server) peerClient(addr string) (pb.CoordinatorClient, error) {
 	c, err := s.leaderConns().Get(addr)
 	if err != nil {
 		return nil, err
 	}
 	return pb.NewCoordinatorClient(c), nil
+}
+
+// headerConn is a connection whose calls record the response headers.
+type headerConn struct {
+	*grpc.ClientConn
+	header *metadata.MD
+}
+
+func (c headerConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.ClientConn.Invoke(ctx, method, args, reply, append(opts, grpc.Header(c.header))...)
 }
 
 // principal is who a call comes from, for the audit log: the certificate's

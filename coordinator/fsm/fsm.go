@@ -6,6 +6,7 @@
 package fsm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -57,12 +58,13 @@ type FSM struct {
 	st      *pb.State
 	workers workerIndex   // of st.Workers
 	changed chan struct{} // closed on every change, then replaced
+	applied chan struct{} // closed when st.AppliedIndex moves, then replaced
 }
 
 // New returns an empty state.
 func New() *FSM {
 	st := emptyState()
-	return &FSM{st: st, workers: indexWorkers(st.Workers), changed: make(chan struct{})}
+	return &FSM{st: st, workers: indexWorkers(st.Workers), changed: make(chan struct{}), applied: make(chan struct{})}
 }
 
 func emptyState() *pb.State {
@@ -74,6 +76,26 @@ func (f *FSM) Changed() <-chan struct{} {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.changed
+}
+
+// WaitApplied waits until the state holds the raft log up to index. raft
+// itself counts an entry applied once it is handed to Apply, not when Apply
+// is done, so a follower that forwarded a write waits here before it
+// answers its caller's next read from this state.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.mu.RLock()
+		at, applied := f.st.AppliedIndex, f.applied
+		f.mu.RUnlock()
+		if at >= index {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("applied up to raft index %d, waiting for %d: %w", at, index, ctx.Err())
+		case <-applied:
+		}
+	}
 }
 
 // State returns a copy of the whole state.
@@ -211,11 +233,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 		// read; skipping keeps the log moving, and the audit says so.
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		defer f.advance(l.Index)
 		f.audit(l.Index, 0, "", fmt.Sprintf("unreadable command skipped: %v", err))
 		return fmt.Errorf("%w: unreadable command: %v", ErrRejected, err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer f.advance(l.Index)
 	res, what := f.apply(l.Index, &cmd)
 	if err, ok := res.(error); ok {
 		f.audit(l.Index, cmd.AtUnixMs, cmd.Who, what+" (refused: "+err.Error()+")")
@@ -227,6 +251,13 @@ func (f *FSM) Apply(l *raft.Log) any {
 	close(f.changed)
 	f.changed = make(chan struct{})
 	return res
+}
+
+// advance records that the log up to index is applied. f.mu is held.
+func (f *FSM) advance(index uint64) {
+	f.st.AppliedIndex = index
+	close(f.applied)
+	f.applied = make(chan struct{})
 }
 
 func rejected(format string, args ...any) error {
@@ -436,6 +467,8 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.workers = indexWorkers(st.Workers)
 	close(f.changed)
 	f.changed = make(chan struct{})
+	close(f.applied)
+	f.applied = make(chan struct{})
 	return nil
 }
 

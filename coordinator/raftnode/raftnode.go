@@ -203,9 +203,10 @@ func (n *Node) Leader() (id, addr string) {
 // ErrNotLeader is returned by Apply on a follower.
 var ErrNotLeader = errors.New("not the raft leader")
 
-// Apply commits data and returns the FSM's response. It fails with
-// ErrNotLeader on a follower (forward to the leader instead).
-func (n *Node) Apply(ctx context.Context, data []byte) (any, error) {
+// Apply commits data and returns the FSM's response and the entry's log
+// index. It fails with ErrNotLeader on a follower (forward to the leader
+// instead).
+func (n *Node) Apply(ctx context.Context, data []byte) (any, uint64, error) {
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -213,11 +214,11 @@ func (n *Node) Apply(ctx context.Context, data []byte) (any, error) {
 	f := n.Raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return nil, fmt.Errorf("%w: %v", ErrNotLeader, err)
+			return nil, 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
-		return nil, err
+		return nil, 0, err
 	}
-	return f.Response(), nil
+	return f.Response(), f.Index(), nil
 }
 
 // Announce has the leader tell the followers at once what it has

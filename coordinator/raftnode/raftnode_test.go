@@ -115,7 +115,7 @@ func write(t *testing.T, r *replica, i int) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := r.node.Apply(ctx, data); err != nil {
+	if _, _, err := r.node.Apply(ctx, data); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -185,7 +185,7 @@ func TestFollowerAndTransfer(t *testing.T) {
 		}
 	}
 	data, _ := fsm.Encode(&pb.Command{Cmd: &pb.Command_PeerRemove{PeerRemove: "x"}})
-	if _, err := f.node.Apply(context.Background(), data); !errors.Is(err, ErrNotLeader) {
+	if _, _, err := f.node.Apply(context.Background(), data); !errors.Is(err, ErrNotLeader) {
 		t.Errorf("follower apply: %v", err)
 	}
 	if err := l.node.Raft.LeadershipTransferToServer(raft.ServerID(f.cfg.ID), raft.ServerAddress(f.node.Addr())).Error(); err != nil {
@@ -280,4 +280,43 @@ func (g *gatedLogs) StoreLogs(logs []*raft.Log) error {
 		<-g.gate
 	}
 	return g.InmemStore.StoreLogs(logs)
+}
+
+// A write's index, waited for on a follower, means the follower's state
+// holds the write: what a follower that forwarded a write reads next.
+func TestFollowerWaitsForTheLeadersWrite(t *testing.T) {
+	reps := threeReplicas(t)
+	l := leader(t, reps)
+	var f *replica
+	for _, r := range reps {
+		if r != l {
+			f = r
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 20 {
+		name := fmt.Sprintf("w%03d", i)
+		data, err := fsm.Encode(&pb.Command{AtUnixMs: 1, Who: "test", Cmd: &pb.Command_NodeUpsert{NodeUpsert: &pb.Node{Name: name, State: "alive"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, index, err := l.node.Apply(ctx, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.fsm.WaitApplied(ctx, index); err != nil {
+			t.Fatal(err)
+		}
+		if f.fsm.Node(name) == nil {
+			t.Fatalf("write %d (index %d): the follower has applied it, yet its state lacks node %s", i, index, name)
+		}
+	}
+	// An index the log has not reached is waited for until the caller
+	// gives up.
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancelShort()
+	if err := f.fsm.WaitApplied(short, 1<<40); err == nil {
+		t.Fatal("waited for an index the log never reached")
+	}
 }

@@ -2079,14 +2079,17 @@ func (x *Step) GetExpectVersion() string {
 }
 
 type State struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         map[string]*Node       `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Peers         map[string]*Peer       `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Ops           []*Operation           `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`                                                                                      // oldest first
-	Desired       map[string]*Desired    `protobuf:"bytes,4,rep,name=desired,proto3" json:"desired,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`    // key node/service
-	Audit         []*AuditEntry          `protobuf:"bytes,5,rep,name=audit,proto3" json:"audit,omitempty"`                                                                                  // oldest first, bounded
-	Workers       map[string]*WorkerSet  `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`    // key node/dispatcher
-	Packages      map[string]*Package    `protobuf:"bytes,20,rep,name=packages,proto3" json:"packages,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key sha256
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Nodes    map[string]*Node       `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Peers    map[string]*Peer       `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Ops      []*Operation           `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`                                                                                      // oldest first
+	Desired  map[string]*Desired    `protobuf:"bytes,4,rep,name=desired,proto3" json:"desired,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`    // key node/service
+	Audit    []*AuditEntry          `protobuf:"bytes,5,rep,name=audit,proto3" json:"audit,omitempty"`                                                                                  // oldest first, bounded
+	Workers  map[string]*WorkerSet  `protobuf:"bytes,6,rep,name=workers,proto3" json:"workers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`    // key node/dispatcher
+	Packages map[string]*Package    `protobuf:"bytes,20,rep,name=packages,proto3" json:"packages,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key sha256
+	// The raft index of the last command applied, so a snapshot carries it:
+	// a follower waits on it to read its caller's own write.
+	AppliedIndex  uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2168,6 +2171,13 @@ func (x *State) GetPackages() map[string]*Package {
 		return x.Packages
 	}
 	return nil
+}
+
+func (x *State) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
 }
 
 type Node struct {
@@ -3430,7 +3440,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x0eversion_before\x18\f \x01(\tR\rversionBefore\x12#\n" +
 	"\rversion_after\x18\r \x01(\tR\fversionAfter\x12\x16\n" +
 	"\x06output\x18\x0e \x01(\tR\x06output\x12%\n" +
-	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\x95\a\n" +
+	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\xba\a\n" +
 	"\x05State\x12>\n" +
 	"\x05nodes\x18\x01 \x03(\v2(.dhvisor.coordinator.v1.State.NodesEntryR\x05nodes\x12>\n" +
 	"\x05peers\x18\x02 \x03(\v2(.dhvisor.coordinator.v1.State.PeersEntryR\x05peers\x123\n" +
@@ -3438,7 +3448,8 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\adesired\x18\x04 \x03(\v2*.dhvisor.coordinator.v1.State.DesiredEntryR\adesired\x128\n" +
 	"\x05audit\x18\x05 \x03(\v2\".dhvisor.coordinator.v1.AuditEntryR\x05audit\x12D\n" +
 	"\aworkers\x18\x06 \x03(\v2*.dhvisor.coordinator.v1.State.WorkersEntryR\aworkers\x12G\n" +
-	"\bpackages\x18\x14 \x03(\v2+.dhvisor.coordinator.v1.State.PackagesEntryR\bpackages\x1aV\n" +
+	"\bpackages\x18\x14 \x03(\v2+.dhvisor.coordinator.v1.State.PackagesEntryR\bpackages\x12#\n" +
+	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x1aV\n" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
