@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -385,20 +386,25 @@ func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
 func prunePackages(ctx context.Context, state *fsm.FSM, store *pkgstore.Store, log *slog.Logger) {
 	tick := time.NewTicker(10 * time.Minute) // a package written but never recorded (upload refused) goes too
 	defer tick.Stop()
+	var kept map[string]bool
+	ticked := true
 	for {
+		// Most changes are worker registrations and health: the store is
+		// looked at only when the package records change, or on the tick.
 		changed := state.Changed()
-		keep := map[string]bool{}
-		for _, p := range state.Packages() {
-			keep[p.Sha256] = true
+		if keep := state.PackageSums(); ticked || !maps.Equal(keep, kept) {
+			if removed := store.Prune(keep, 10*time.Minute); len(removed) > 0 {
+				log.Info("removed packages no longer recorded", "sha256", removed)
+			}
+			kept = keep
 		}
-		if removed := store.Prune(keep, 10*time.Minute); len(removed) > 0 {
-			log.Info("removed packages no longer recorded", "sha256", removed)
-		}
+		ticked = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
 		case <-tick.C:
+			ticked = true
 		}
 	}
 }

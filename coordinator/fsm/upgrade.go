@@ -44,6 +44,17 @@ func (f *FSM) Packages() []*pb.Package {
 	return out
 }
 
+// PackageSums returns the set of the recorded packages' SHA-256 sums.
+func (f *FSM) PackageSums() map[string]bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make(map[string]bool, len(f.st.Packages))
+	for sha := range f.st.Packages {
+		out[sha] = true
+	}
+	return out
+}
+
 // Package returns a copy of one package's record, or nil.
 func (f *FSM) Package(sha string) *pb.Package {
 	f.mu.RLock()
