@@ -107,7 +107,8 @@ func leader(t *testing.T, reps []*replica) *replica {
 	return nil
 }
 
-func write(t *testing.T, r *replica, i int) {
+// write has replica r add node n<i> and returns the entry's index.
+func write(t *testing.T, r *replica, i int) uint64 {
 	t.Helper()
 	data, err := fsm.Encode(&pb.Command{AtUnixMs: int64(i), Who: "test", Cmd: &pb.Command_NodeUpsert{NodeUpsert: &pb.Node{Name: fmt.Sprintf("n%03d", i), State: "alive"}}})
 	if err != nil {
@@ -115,9 +116,11 @@ func write(t *testing.T, r *replica, i int) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, _, err := r.node.Apply(ctx, data); err != nil {
+	_, index, err := r.node.Apply(ctx, data)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return index
 }
 
 // A replica down while the others write and snapshot comes back and ends
@@ -296,19 +299,11 @@ func TestFollowerWaitsForTheLeadersWrite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := range 20 {
-		name := fmt.Sprintf("w%03d", i)
-		data, err := fsm.Encode(&pb.Command{AtUnixMs: 1, Who: "test", Cmd: &pb.Command_NodeUpsert{NodeUpsert: &pb.Node{Name: name, State: "alive"}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, index, err := l.node.Apply(ctx, data)
-		if err != nil {
-			t.Fatal(err)
-		}
+		index := write(t, l, i)
 		if err := f.fsm.WaitApplied(ctx, index); err != nil {
 			t.Fatal(err)
 		}
-		if f.fsm.Node(name) == nil {
+		if name := fmt.Sprintf("n%03d", i); f.fsm.Node(name) == nil {
 			t.Fatalf("write %d (index %d): the follower has applied it, yet its state lacks node %s", i, index, name)
 		}
 	}
