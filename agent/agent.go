@@ -86,7 +86,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.rts = rts
 	a.mgr = supervise.NewManager(a.node, rts, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
-	a.mgr.Load()
+	a.mgr.Load(ctx)
 	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
 	if err != nil {
 		return fmt.Errorf("local API socket %s: %w", cfg.Socket, err)

@@ -157,7 +157,7 @@ func (n *envoyNode) run(o nodeOpts) {
 	if err := os.MkdirAll(filepath.Join(n.dir, "state"), 0o750); err != nil {
 		n.t.Fatal(err)
 	}
-	n.mgr.Load()
+	n.mgr.Load(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -353,6 +353,46 @@ func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
 	n.recreatedOnce("recreated once monitored again", held, t1)
 	if got, _ := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem"); got != sha256hex("certificate 3") {
 		t.Fatalf("the container sees %s, want certificate 3", got)
+	}
+}
+
+// An unmonitored Envoy stays the agent's across an agent restart: shown
+// with its process, left as it is though its certificate changed while
+// the agent was down, and stopped when the operator says stop.
+func TestEnvoyUnmonitoredKeptAcrossAgentRestart(t *testing.T) {
+	need.Docker(t)
+	buildImages(t, envoyfixture.DefaultHost)
+	n := startNode(t, nodeOpts{})
+	first := n.waitOK("first start")
+	ctx := context.Background()
+	if err := n.mgr.Control(ctx, supervise.Unmonitor, []string{config.EnvoyService}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.stop()
+	write(t, n.pem, "certificate 2")
+	n.run(nodeOpts{})
+	st := n.waitFor("re-adopted, unmonitored", 10*time.Second, func(st supervise.Status) bool { return st.State == supervise.NotMonitored })
+	if st.PID != first.PID || st.Container == nil || st.Container.ID != first.Container.ID {
+		t.Fatalf("after the agent restart: %+v, want the running container %s (pid %d)", st, first.Container.ID, first.PID)
+	}
+	time.Sleep(3 * fastTiming.FileCheck)
+	if st := n.status(); st.State != supervise.NotMonitored || st.PID != first.PID {
+		t.Fatalf("an unmonitored container was touched: %+v", st)
+	}
+	if err := n.mgr.Control(ctx, supervise.Stop, []string{config.EnvoyService}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor("stopped", 30*time.Second, func(st supervise.Status) bool { return st.State == supervise.Stopped && st.PID == 0 })
+	if running := n.docker("inspect", "--format", "{{.State.Running}}", n.name); running != "false" {
+		t.Fatalf("dhctl stop left the container running (%s)", running)
+	}
+	// Started again, it runs with the certificate written meanwhile.
+	if err := n.mgr.Control(ctx, supervise.Start, []string{config.EnvoyService}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	n.waitOK("started again")
+	if got, _ := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem"); got != sha256hex("certificate 2") {
+		t.Fatalf("the container sees %s, want certificate 2", got)
 	}
 }
 

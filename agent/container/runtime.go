@@ -285,13 +285,36 @@ func (r *Runtime) removed(ctx context.Context, name string) (Info, error) {
 	}
 }
 
-// Adopt leaves a running container to Start, which finds it by name and
-// knows what it should have been created from.
-func (r *Runtime) Adopt(procfs.Identity) (runtime.Process, error) {
-	return nil, errors.New("a container is taken over when the service starts: found by its name, kept if it runs what it should")
+// Adopt takes over the container an earlier agent left running: found by
+// its name, ours by its labels, and still running process id. It keeps
+// the inputs it was created from; if they changed meanwhile, the watcher
+// says so at once (Stale), and the supervisor replaces it unless it is
+// unmonitored. A monitored service adopted in vain is started, and Start
+// takes a running container over too.
+func (r *Runtime) Adopt(ctx context.Context, spec runtime.Spec, id procfs.Identity) (runtime.Process, error) {
+	if spec.Container == nil {
+		return nil, errors.New("not a container service")
+	}
+	name := spec.Container.Name
+	in, err := r.engine.Inspect(ctx, name)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("container %s: %w", name, err)
+	case in.Labels[LabelOwner] != spec.Owner || in.Labels[LabelService] != spec.Name:
+		return nil, fmt.Errorf("container %s is not this agent's %s", name, spec.Name)
+	case !in.Running || in.Removing:
+		return nil, fmt.Errorf("container %s is not running", name)
+	}
+	if now, err := procfs.IdentityOf(in.Pid); err != nil || now != id {
+		return nil, fmt.Errorf("container %s runs pid %d, not the recorded process %d", name, in.Pid, id.PID)
+	}
+	p := r.watch(spec, desired{hash: in.Labels[LabelHash], parts: partsOf(in.Labels)}, in, id, time.Now())
+	p.Retarget(spec)
+	return p, nil
 }
 
-// Find finds nothing, for the same reason.
+// Find finds nothing: with no record, a running container is taken over
+// by Start, which finds it by name.
 func (r *Runtime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }
 
 // Logs writes the container's output. Following goes on across restarts

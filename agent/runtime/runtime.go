@@ -150,10 +150,10 @@ type Metered interface {
 // Runtime starts and re-adopts processes.
 type Runtime interface {
 	Start(ctx context.Context, spec Spec) (Process, error)
-	// Adopt takes over a process started by an earlier agent. It fails if
-	// that exact process (pid and start time) is no longer alive, or if
-	// the runtime takes running instances over in Start instead.
-	Adopt(id procfs.Identity) (Process, error)
+	// Adopt takes over the process an earlier agent started for the
+	// service spec describes. It fails if that exact process (pid and
+	// start time) is no longer alive.
+	Adopt(ctx context.Context, spec Spec, id procfs.Identity) (Process, error)
 	// Find looks for a running process of the named service, started by
 	// this owner, that the agent has no record of (its state file was lost
 	// or is stale), so that a service is never started twice. Processes of

@@ -95,7 +95,7 @@ func NewManager(node *config.Node, rts Runtimes, store *state.Store, log *slog.L
 // Load reads the state file and re-adopts the processes an earlier agent
 // left running. It must finish before anything asks for status, and before
 // Run starts anything, or a service could be started twice.
-func (m *Manager) Load() {
+func (m *Manager) Load(ctx context.Context) {
 	mem, err := m.store.Load()
 	if err != nil {
 		m.log.Error("state file", "err", err)
@@ -109,7 +109,7 @@ func (m *Manager) Load() {
 			rec = state.Service{DesiredRunning: true, Monitored: true}
 		}
 		s := newSupervisor(m.node.Services[name], rec, m.node.Agent.StateDir, m.rts, m.log, m.hooks())
-		s.adopt()
+		s.adopt(ctx)
 		sups[name] = s
 	}
 	m.mu.Lock()
@@ -684,7 +684,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 	added := map[string]*Supervisor{}
 	for _, name := range res.Added {
 		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, node.Agent.StateDir, m.rts, m.log, m.hooks())
-		s.adopt()
+		s.adopt(ctx)
 		added[name] = s
 	}
 	m.mu.Lock()

@@ -86,7 +86,7 @@ func (f *fakeRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Pro
 
 // Adopt finds a process this runtime started that is still running, as a
 // new agent finds the one its predecessor left behind.
-func (f *fakeRuntime) Adopt(id procfs.Identity) (runtime.Process, error) {
+func (f *fakeRuntime) Adopt(_ context.Context, _ runtime.Spec, id procfs.Identity) (runtime.Process, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, p := range f.procs {
@@ -166,7 +166,7 @@ func runManagerOn(node *config.Node, rts Runtimes, stateFile string) (*Manager, 
 		alerts.events = append(alerts.events, st.Name+" "+event)
 		alerts.mu.Unlock()
 	}
-	m.Load()
+	m.Load(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = m.Run(ctx); close(done) }()
@@ -457,5 +457,38 @@ func TestStartIsBounded(t *testing.T) {
 	}
 	if len(rt.bounds) == 0 {
 		t.Error("no start")
+	}
+}
+
+// An unmonitored service the next agent adopts shows as not monitored, with
+// its process, and is still stopped by an operator's stop.
+func TestUnmonitoredAdoptedAsNotMonitored(t *testing.T) {
+	rt := newFakeRuntime()
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	node := testNode(t, "  a: {}\n")
+	m, _, stop := runManager(node, rt, stateFile)
+	waitState(t, m, "a", OK)
+	ctx := context.Background()
+	if err := m.Control(ctx, Unmonitor, []string{"a"}, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+
+	m, _, stop = runManager(node, rt, stateFile)
+	defer stop()
+	if st := waitState(t, m, "a", NotMonitored); st.PID != rt.proc("a").id.PID || st.Monitored {
+		t.Fatalf("after the agent restart: %+v, want pid %d not monitored", st, rt.proc("a").id.PID)
+	}
+	if err := m.Control(ctx, Stop, []string{"a"}, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "a", Stopped)
+	select {
+	case <-rt.proc("a").done:
+	default:
+		t.Fatal("stop left the adopted process running")
+	}
+	if got := rt.startLog(); len(got) != 1 {
+		t.Fatalf("started %v, want the one first start", got)
 	}
 }

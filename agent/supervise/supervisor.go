@@ -158,7 +158,7 @@ func (s *Supervisor) do(ctx context.Context, c command) error {
 // still that exact process. It stays with the runtime that started it,
 // whatever the configuration says now (a changed runtime: takes effect at
 // the next start). Called before run.
-func (s *Supervisor) adopt() {
+func (s *Supervisor) adopt(ctx context.Context) {
 	var id procfs.Identity
 	rtName := s.mem.Runtime
 	if rtName == "" {
@@ -174,7 +174,7 @@ func (s *Supervisor) adopt() {
 	} else {
 		return
 	}
-	p, err := s.rts.named(rtName).Adopt(id)
+	p, err := s.rts.named(rtName).Adopt(ctx, s.runtimeSpec(), id)
 	if err != nil {
 		s.log.Info("process from before the agent restart not adopted", "pid", id.PID, "err", err)
 		s.mu.Lock()
@@ -189,7 +189,11 @@ func (s *Supervisor) adopt() {
 		}
 	}
 	s.log.Info("re-adopted running process", "pid", id.PID, "started", started, "runtime", rtName)
-	s.setState(Initializing, "re-adopted after agent restart; waiting for checks")
+	if s.mem.Monitored {
+		s.setState(Initializing, "re-adopted after agent restart; waiting for checks")
+	} else {
+		s.setState(NotMonitored, "re-adopted after agent restart; not monitored")
+	}
 	s.attach(p, rtName, started)
 }
 
@@ -694,7 +698,7 @@ func (m missingRuntime) Start(context.Context, runtime.Spec) (runtime.Process, e
 	return nil, fmt.Errorf("runtime %q is not available in this agent", string(m))
 }
 
-func (m missingRuntime) Adopt(procfs.Identity) (runtime.Process, error) {
+func (m missingRuntime) Adopt(context.Context, runtime.Spec, procfs.Identity) (runtime.Process, error) {
 	return nil, fmt.Errorf("runtime %q is not available in this agent", string(m))
 }
 

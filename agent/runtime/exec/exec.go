@@ -67,7 +67,7 @@ func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, e
 }
 
 // Adopt watches a process that an earlier agent started.
-func (Runtime) Adopt(id procfs.Identity) (runtime.Process, error) {
+func (Runtime) Adopt(_ context.Context, _ runtime.Spec, id procfs.Identity) (runtime.Process, error) {
 	p, err := watch(id.PID, false)
 	if err != nil {
 		return nil, err

@@ -115,7 +115,7 @@ func TestReleaseAndAdopt(t *testing.T) {
 	if _, ok := (Runtime{}).Find("/var/lib/other-agent", "adoptee"); ok {
 		t.Fatal("found another agent's process")
 	}
-	q, err := Runtime{}.Adopt(id)
+	q, err := Runtime{}.Adopt(context.Background(), runtime.Spec{}, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,10 +127,10 @@ func TestReleaseAndAdopt(t *testing.T) {
 	// process is still the parent, so reap it to avoid a zombie.
 	var ws syscall.WaitStatus
 	_, _ = syscall.Wait4(id.PID, &ws, 0, nil)
-	if _, err := (Runtime{}).Adopt(id); err == nil {
+	if _, err := (Runtime{}).Adopt(context.Background(), runtime.Spec{}, id); err == nil {
 		t.Fatal("adopted a dead process")
 	}
-	if _, err := (Runtime{}).Adopt(procfs.Identity{PID: os.Getpid(), StartTicks: 1}); err == nil {
+	if _, err := (Runtime{}).Adopt(context.Background(), runtime.Spec{}, procfs.Identity{PID: os.Getpid(), StartTicks: 1}); err == nil {
 		t.Fatal("adopted a process whose start time does not match (pid reuse)")
 	}
 }

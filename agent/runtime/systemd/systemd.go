@@ -597,12 +597,12 @@ var spawnFailures = map[int32]string{
 
 // Adopt takes over the unit whose main process is id, if it is one of
 // this agent's: identified by unit, main pid and start time.
-func (r *Runtime) Adopt(id procfs.Identity) (runtime.Process, error) {
+func (r *Runtime) Adopt(ctx context.Context, _ runtime.Spec, id procfs.Identity) (runtime.Process, error) {
 	conn, err := r.connection()
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	unit, err := conn.GetUnitNameByPID(ctx, uint32(id.PID))
 	if err != nil {

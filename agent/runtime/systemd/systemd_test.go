@@ -188,16 +188,16 @@ func TestSystemdRuntime(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer other.Close()
-		if _, err := other.Adopt(id); err == nil {
+		if _, err := other.Adopt(ctx, runtime.Spec{}, id); err == nil {
 			t.Fatal("adopted another agent's unit")
 		}
-		if _, err := r2.Adopt(procfs.Identity{PID: id.PID, StartTicks: id.StartTicks + 1}); err == nil {
+		if _, err := r2.Adopt(ctx, runtime.Spec{}, procfs.Identity{PID: id.PID, StartTicks: id.StartTicks + 1}); err == nil {
 			t.Fatal("adopted with the wrong start time")
 		}
-		if _, err := r2.Adopt(procfs.Identity{PID: os.Getpid()}); err == nil {
+		if _, err := r2.Adopt(ctx, runtime.Spec{}, procfs.Identity{PID: os.Getpid()}); err == nil {
 			t.Fatal("adopted a process outside dhvisor's units")
 		}
-		q, err := r2.Adopt(id)
+		q, err := r2.Adopt(ctx, runtime.Spec{}, id)
 		if err != nil {
 			t.Fatal(err)
 		}
