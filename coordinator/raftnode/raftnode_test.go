@@ -107,6 +107,16 @@ func leader(t *testing.T, reps []*replica) *replica {
 	return nil
 }
 
+// follower is a replica other than the leader l.
+func follower(reps []*replica, l *replica) *replica {
+	for _, r := range reps {
+		if r != l {
+			return r
+		}
+	}
+	return nil
+}
+
 // write has replica r add node n<i> and returns the entry's index.
 func write(t *testing.T, r *replica, i int) uint64 {
 	t.Helper()
@@ -128,13 +138,7 @@ func write(t *testing.T, r *replica, i int) uint64 {
 func TestCatchUpFromSnapshot(t *testing.T) {
 	reps := threeReplicas(t)
 	l := leader(t, reps)
-	var down *replica
-	for _, r := range reps {
-		if r != l {
-			down = r
-			break
-		}
-	}
+	down := follower(reps, l)
 	for i := 0; i < 10; i++ {
 		write(t, l, i)
 	}
@@ -181,12 +185,7 @@ func TestCatchUpFromSnapshot(t *testing.T) {
 func TestFollowerAndTransfer(t *testing.T) {
 	reps := threeReplicas(t)
 	l := leader(t, reps)
-	var f *replica
-	for _, r := range reps {
-		if r != l {
-			f = r
-		}
-	}
+	f := follower(reps, l)
 	data, _ := fsm.Encode(&pb.Command{Cmd: &pb.Command_PeerRemove{PeerRemove: "x"}})
 	if _, _, err := f.node.Apply(context.Background(), data); !errors.Is(err, ErrNotLeader) {
 		t.Errorf("follower apply: %v", err)
@@ -290,12 +289,7 @@ func (g *gatedLogs) StoreLogs(logs []*raft.Log) error {
 func TestFollowerWaitsForTheLeadersWrite(t *testing.T) {
 	reps := threeReplicas(t)
 	l := leader(t, reps)
-	var f *replica
-	for _, r := range reps {
-		if r != l {
-			f = r
-		}
-	}
+	f := follower(reps, l)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := range 20 {
