@@ -13,7 +13,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"github.com/dhvisor/dhvisor/test/need"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dhvisor/dhvisor/scripts/bench/benchkit"
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 // Box is one running container.
@@ -192,8 +192,8 @@ func RepoRoot(t testing.TB) string {
 }
 
 // RunInside runs the calling test binary's test named run inside the box
-// with env set (so the test knows it is inside), streaming its output into
-// the test's log. It is how a package tests itself against a real systemd.
+// with env set (so the test knows it is inside), and logs its output when
+// it ends. It is how a package tests itself against a real systemd.
 func (b *Box) RunInside(run string, env ...string) {
 	b.t.Helper()
 	self, err := os.Executable()
