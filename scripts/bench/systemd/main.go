@@ -46,7 +46,6 @@ type result struct {
 	Ratio    map[string]float64        `json:"systemd_over_exec"`
 	Host     map[string]string         `json:"host"`
 	Versions map[string]string         `json:"versions"`
-	Notes    []string                  `json:"notes,omitempty"`
 }
 
 func main() {
