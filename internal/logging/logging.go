@@ -99,11 +99,9 @@ func (h *JournalHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	c := *h
 	c.attrs = slices.Clone(h.attrs)
 	for _, a := range attrs {
-		if len(h.groups) > 0 {
-			a = slog.Attr{Key: h.groups[len(h.groups)-1], Value: slog.GroupValue(a)}
-			for i := len(h.groups) - 2; i >= 0; i-- {
-				a = slog.Attr{Key: h.groups[i], Value: slog.GroupValue(a)}
-			}
+		// Inside the groups opened so far, innermost first.
+		for i := len(h.groups) - 1; i >= 0; i-- {
+			a = slog.Attr{Key: h.groups[i], Value: slog.GroupValue(a)}
 		}
 		c.attrs = append(c.attrs, a)
 	}

@@ -26,8 +26,9 @@ func TestJournalHandler(t *testing.T) {
 	log.Debug("hidden")
 	log.With("service", "configuration_server").WithGroup("check").Warn("probe failed", "name", "tcp:websocket", "err", errors.New("refused here"))
 	log.Error("bad", "1st", 1, "_x", "y", "message", "m", "priority", "p", "syslog_identifier", "s")
-	if len(got) != 2 {
-		t.Fatalf("%d entries, want 2 (debug is below the level)", len(got))
+	log.WithGroup("a").WithGroup("b").With("k", "v").Info("nested", "n", 2)
+	if len(got) != 3 {
+		t.Fatalf("%d entries, want 3 (debug is below the level)", len(got))
 	}
 	want := entry{
 		msg: `probe failed service=configuration_server check.name=tcp:websocket check.err="refused here"`,
@@ -41,6 +42,12 @@ func TestJournalHandler(t *testing.T) {
 	wantFields := map[string]string{"SYSLOG_IDENTIFIER": "dhagent", "F_1ST": "1", "X": "y", "F_MESSAGE": "m", "F_PRIORITY": "p", "F_SYSLOG_IDENTIFIER": "s"}
 	if got[1].pri != journal.PriErr || !maps.Equal(got[1].fields, wantFields) {
 		t.Errorf("field names not made valid, or an entry's own fields taken:\n%+v\nwant fields %v", got[1], wantFields)
+	}
+	// Attributes added inside groups belong to them, as the record's own do.
+	want = entry{msg: "nested a.b.k=v a.b.n=2", pri: journal.PriInfo,
+		fields: map[string]string{"SYSLOG_IDENTIFIER": "dhagent", "A_B_K": "v", "A_B_N": "2"}}
+	if got[2].msg != want.msg || got[2].pri != want.pri || !maps.Equal(got[2].fields, want.fields) {
+		t.Errorf("entry\n%+v\nwant\n%+v", got[2], want)
 	}
 }
 
