@@ -23,7 +23,7 @@ func (r *Relay[T]) Send(p T) {
 	}
 }
 
-// Detach stops passing progress on; Send returns once no call to the
+// Detach stops passing progress on. It returns once no call to the
 // caller's function is under way.
 func (r *Relay[T]) Detach() {
 	r.mu.Lock()
