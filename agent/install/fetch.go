@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sync"
 	"time"
 
@@ -229,7 +230,7 @@ func (in *Installer) prune(keep ...string) {
 		return
 	}
 	for _, e := range ents {
-		if e.IsDir() && !contains(keep, e.Name()) {
+		if e.IsDir() && !slices.Contains(keep, e.Name()) {
 			// Not a package being fetched (an upgrade's prefetch).
 			lock := in.fetchLock(e.Name())
 			if lock.TryLock() {

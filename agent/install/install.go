@@ -466,7 +466,7 @@ func (in *Installer) tool(format string) (tool, error) {
 	if format != "" {
 		return chooseTool(in.cfg, format)
 	}
-	if t, err := chooseTool(in.cfg, formatRPM); err == nil && t.query != nil {
+	if t, err := chooseTool(in.cfg, formatRPM); err == nil {
 		return t, nil
 	}
 	return chooseTool(in.cfg, formatDeb)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -93,7 +94,7 @@ func chooseTool(cfg config.Packages, format string) (tool, error) {
 		if !ok {
 			return tool{}, fmt.Errorf("packages.tool %q is not a package tool", cfg.Tool)
 		}
-		if len(cfg.Install) == 0 && !contains(autoOrder[format], t.name) {
+		if len(cfg.Install) == 0 && !slices.Contains(autoOrder[format], t.name) {
 			return tool{}, fmt.Errorf("packages.tool %s cannot install a .%s package", t.name, format)
 		}
 		return t, nil
@@ -103,19 +104,7 @@ func chooseTool(cfg config.Packages, format string) (tool, error) {
 			return tools[name], nil
 		}
 	}
-	if len(cfg.Install) > 0 && len(cfg.Query) > 0 {
-		return tool{name: "command"}, nil
-	}
 	return tool{}, fmt.Errorf("no tool for .%s packages on this node (looked for %s); install one or set packages.install and packages.query", format, strings.Join(autoOrder[format], ", "))
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func have(progs ...string) bool {
