@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 
@@ -190,7 +189,7 @@ func revertedMessage(op *pb.Operation) string {
 	var nodes []string
 	for _, st := range op.Stages[op.RevertFrom:] {
 		for _, s := range st.Steps {
-			if s.Action == ActRevert && !slices.Contains(nodes, s.Node) {
+			if s.Action == ActRevert { // one a node (RevertStages)
 				nodes = append(nodes, s.Node+" ("+s.VersionAfter+")")
 			}
 		}
