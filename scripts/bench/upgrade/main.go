@@ -64,7 +64,6 @@ type options struct {
 
 type runResult struct {
 	ID         string   `json:"id"`
-	From, To   string   `json:"-"`
 	Upgrade    string   `json:"upgrade"`
 	WallMS     float64  `json:"wall_ms"`
 	OwnMS      float64  `json:"own_ms"`
