@@ -309,11 +309,8 @@ func (in *Installer) step(req *pb.InstallRequest, prev *record, progress func(*p
 	if err != nil {
 		return fail("asking what is installed: %v", err)
 	}
-	if rec.Before == "" {
+	if rec.Before == "" && before.Version != "" {
 		rec.Before = before.String()
-		if before.Version == "" {
-			rec.Before = ""
-		}
 	}
 	if req.ExpectVersion != "" && rec.Version != req.ExpectVersion {
 		return fail("the package to revert to is %s %s, but the node ran %s before the upgrade: not installed", rec.Package, rec.Version, req.ExpectVersion)
