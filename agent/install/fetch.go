@@ -199,7 +199,7 @@ func (w *progressWriter) Write(p []byte) (int, error) {
 	w.h.Write(p[:n])
 	w.n += int64(n)
 	// Progress every 5% is enough to show and cheap to send.
-	if w.progress != nil && (w.n-w.last >= w.total/20 || w.n == w.total) {
+	if w.n-w.last >= w.total/20 || w.n == w.total {
 		w.last = w.n
 		w.progress(&pb.InstallProgress{Phase: "fetching", Bytes: w.n, Total: w.total})
 	}
