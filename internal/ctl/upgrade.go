@@ -142,6 +142,13 @@ func (o *options) upgradeStart(cmd *cobra.Command, f *upgradeFlags, file string)
 	if f.previous != "" && !f.autoRevert {
 		return fail(ExitError, "--previous is the package --auto-revert puts back; add --auto-revert")
 	}
+	if f.path {
+		for _, p := range []string{file, f.previous} {
+			if p != "" && !filepath.IsAbs(p) {
+				return fail(ExitError, "--path: %q must be the absolute path of the package on every node", p)
+			}
+		}
+	}
 	label := "upgrade " + filepath.Base(file)
 	req, err := f.op.request("upgrade", nil, label)
 	if err != nil {
@@ -151,11 +158,6 @@ func (o *options) upgradeStart(cmd *cobra.Command, f *upgradeFlags, file string)
 	req.Upgrade = u
 	return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
 		if f.path {
-			for _, p := range []string{file, f.previous} {
-				if p != "" && !filepath.IsAbs(p) {
-					return fail(ExitError, "--path: %q must be the absolute path of the package on every node", p)
-				}
-			}
 			u.Path, u.PreviousPath = file, f.previous
 		} else {
 			sha, err := o.upload(ctx, c, file)

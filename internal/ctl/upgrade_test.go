@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,27 @@ func TestRenderUpgrade(t *testing.T) {
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+}
+
+// Bad arguments are refused before any coordinator is asked (none is
+// configured here).
+func TestUpgradeStartRefusesArguments(t *testing.T) {
+	t.Setenv("DHCTL_CONFIG", filepath.Join(t.TempDir(), "dhctl.yaml"))
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-parallel", "-1", "a.deb"}, "--max-parallel -1: expected 0"},
+		{[]string{"--strategy", "canary", "a.deb"}, `--strategy "canary": expected full or rolling`},
+		{[]string{"--previous", "/srv/old.deb", "a.deb"}, "add --auto-revert"},
+		{[]string{"--path", "a.deb"}, `--path: "a.deb" must be the absolute path`},
+		{[]string{"--path", "--auto-revert", "--previous", "old.deb", "/srv/a.deb"}, `--path: "old.deb" must be the absolute path`},
+	} {
+		args := append([]string{"upgrade", "start"}, tt.args...)
+		if _, errOut := run(t, ExitError, args...); !strings.Contains(errOut, tt.want) {
+			t.Errorf("dhctl %s: %q, want %q", strings.Join(args, " "), errOut, tt.want)
 		}
 	}
 }
