@@ -382,7 +382,8 @@ func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
 }
 
 // prunePackages removes this replica's copies of packages no longer
-// recorded (the state keeps fsm.MaxPackages), on every change of the state.
+// recorded (the state keeps fsm.MaxPackages): at start, when the package
+// records change, and every 10 minutes.
 func prunePackages(ctx context.Context, state *fsm.FSM, store *pkgstore.Store, log *slog.Logger) {
 	tick := time.NewTicker(10 * time.Minute) // a package written but never recorded (upload refused) goes too
 	defer tick.Stop()

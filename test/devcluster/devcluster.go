@@ -559,7 +559,6 @@ func (c *Cluster) Events() ([]Event, error) {
 	return out, sc.Err()
 }
 
-// freePorts reserves n ports the kernel says are free now.
 // FreePorts returns n loopback ports free a moment ago, each different.
 func FreePorts(n int) ([]int, error) {
 	var out []int

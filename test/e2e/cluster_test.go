@@ -15,8 +15,6 @@ import (
 	"github.com/dhvisor/dhvisor/test/syncbuf"
 )
 
-// requireRoot fails in CI (where these tests must run) and skips elsewhere.
-
 func ipCmd(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
