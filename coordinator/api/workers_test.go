@@ -63,7 +63,7 @@ func (r *recorder) commands() []string {
 }
 
 // singleReplica is a one-replica raft cluster, its leader elected.
-func singleReplica(t *testing.T, state raft.FSM) *raftnode.Node {
+func singleReplica(t *testing.T, state raftnode.FSM) *raftnode.Node {
 	t.Helper()
 	dir := t.TempDir()
 	ca, key, err := tlsutil.CreateCA(dir, "", time.Hour)

@@ -71,13 +71,24 @@ type Node struct {
 	meta       *metadb.BoltMetaDB
 	id         string
 	addr       string
-	// openedAt is the last log index on disk when the replica started.
-	openedAt uint64
+	fsm        FSM
+	// restoredAt is the last command in the log when the replica started,
+	// after its snapshot: the state holds what it held before the restart
+	// once it has applied that.
+	restoredAt uint64
+}
+
+// FSM is the replicated state. raft counts an entry applied once it hands
+// it to the FSM, before Apply is done: WaitApplied says when the state
+// holds it.
+type FSM interface {
+	raft.FSM
+	WaitApplied(ctx context.Context, index uint64) error
 }
 
 // Open starts the replica with fsm. It bootstraps a new cluster only when
 // there is no existing state and Bootstrap is set.
-func Open(cfg Config, fsm raft.FSM) (*Node, error) {
+func Open(cfg Config, fsm FSM) (*Node, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -137,7 +148,7 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
 	})
-	n := &Node{trans: trans, logs: logs, meta: meta, id: cfg.ID, addr: string(trans.LocalAddr())}
+	n := &Node{trans: trans, logs: logs, meta: meta, id: cfg.ID, addr: string(trans.LocalAddr()), fsm: fsm}
 	existing, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
 		n.closeStores()
@@ -159,30 +170,51 @@ func Open(cfg Config, fsm raft.FSM) (*Node, error) {
 		return nil, err
 	}
 	n.Raft, n.Leadership = r, leadership
-	n.openedAt = r.LastIndex()
+	if n.restoredAt, err = lastCommand(logs, snaps, r.LastIndex()); err != nil {
+		_ = r.Shutdown().Error()
+		n.closeStores()
+		return nil, fmt.Errorf("raft log in %s: %w", cfg.DataDir, err)
+	}
 	return n, nil
 }
 
-// WaitRestored waits until the replica has applied every entry its log held
-// when it started, so its state is at least what it was before a restart
+// lastCommand is the index of the last command in the log up to last and
+// after the newest snapshot (which raft has restored already), or 0. What
+// follows it, if anything, is raft's own (an election's no-op, a
+// configuration), which the state never sees.
+func lastCommand(logs raft.LogStore, snaps raft.SnapshotStore, last uint64) (uint64, error) {
+	first, err := logs.FirstIndex()
+	if err != nil {
+		return 0, err
+	}
+	metas, err := snaps.List()
+	if err != nil {
+		return 0, err
+	}
+	if len(metas) > 0 {
+		first = max(first, metas[0].Index+1)
+	}
+	for i := last; i >= first && i > 0; i-- {
+		var l raft.Log
+		if err := logs.GetLog(i, &l); err != nil {
+			return 0, fmt.Errorf("entry %d: %w", i, err)
+		}
+		if l.Type == raft.LogCommand {
+			return i, nil
+		}
+	}
+	return 0, nil
+}
+
+// WaitRestored waits until the replica's state holds every command its log
+// held when it started, so that it is at least what it was before a restart
 // (raft restores only the snapshot at start; the entries after it are
 // applied once a leader confirms them). It gives up after maxWait, when no
 // quorum can confirm them, and says whether the state was restored.
 func (n *Node) WaitRestored(ctx context.Context, maxWait time.Duration) bool {
-	deadline := time.Now().Add(maxWait)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for n.Raft.AppliedIndex() < n.openedAt {
-		if time.Now().After(deadline) {
-			return false
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-tick.C:
-		}
-	}
-	return true
+	ctx, cancel := context.WithTimeout(ctx, maxWait)
+	defer cancel()
+	return n.fsm.WaitApplied(ctx, n.restoredAt) == nil
 }
 
 // Addr is the transport's advertised address.

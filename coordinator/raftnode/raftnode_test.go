@@ -309,3 +309,103 @@ func TestFollowerWaitsForTheLeadersWrite(t *testing.T) {
 		t.Fatal("waited for an index the log never reached")
 	}
 }
+
+// A restarted replica is restored once its state holds the commands its log
+// held, not when raft has handed them to the state (raft's AppliedIndex),
+// which is before it has applied them.
+func TestWaitRestoredWaitsForTheState(t *testing.T) {
+	reps := threeReplicas(t)
+	l := leader(t, reps)
+	f := follower(reps, l)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var last uint64
+	for i := range 10 {
+		last = write(t, l, i)
+	}
+	if err := f.fsm.WaitApplied(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.node.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restarted, it applies the log again (no snapshot yet), each entry
+	// held until the gate opens.
+	gated := gatedFSM{FSM: fsm.New(), gate: make(chan struct{})}
+	release := sync.OnceFunc(func() { close(gated.gate) })
+	defer release() // before the cleanup's shutdown, which waits for Apply
+	f.fsm = gated.FSM
+	n, err := Open(f.cfg, gated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.node = n
+	for n.Raft.AppliedIndex() < last {
+		if ctx.Err() != nil {
+			t.Fatalf("raft applied up to %d, want %d", n.Raft.AppliedIndex(), last)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n.WaitRestored(ctx, 100*time.Millisecond) {
+		t.Fatal("restored while the state has applied nothing")
+	}
+	release()
+	if !n.WaitRestored(ctx, 10*time.Second) {
+		t.Fatal("not restored once the state could apply the log")
+	}
+	if got := len(f.fsm.Nodes()); got != 10 {
+		t.Errorf("restored with %d nodes, want 10", got)
+	}
+}
+
+// gatedFSM is a state whose Apply waits for gate.
+type gatedFSM struct {
+	*fsm.FSM
+	gate chan struct{}
+}
+
+func (g gatedFSM) Apply(l *raft.Log) any {
+	<-g.gate
+	return g.FSM.Apply(l)
+}
+
+// The command a restart waits for is the last one after the snapshot;
+// raft's own entries after it never reach the state.
+func TestLastCommand(t *testing.T) {
+	cmd, noop, conf := raft.LogCommand, raft.LogNoop, raft.LogConfiguration
+	for _, tc := range []struct {
+		name     string
+		types    []raft.LogType // of entries 1..n
+		snapshot uint64         // 0: none
+		want     uint64
+	}{
+		{"empty", nil, 0, 0},
+		{"command last", []raft.LogType{conf, noop, cmd, cmd}, 0, 4},
+		{"an election after it", []raft.LogType{conf, noop, cmd, cmd, noop, conf}, 0, 4},
+		{"only raft's own", []raft.LogType{conf, noop}, 0, 0},
+		{"in the snapshot", []raft.LogType{conf, noop, cmd, cmd, noop}, 4, 0},
+		{"after the snapshot", []raft.LogType{conf, noop, cmd, cmd, noop}, 3, 4},
+	} {
+		logs := raft.NewInmemStore()
+		for i, typ := range tc.types {
+			if err := logs.StoreLog(&raft.Log{Index: uint64(i + 1), Term: 1, Type: typ}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		snaps := raft.NewInmemSnapshotStore()
+		if tc.snapshot > 0 {
+			sink, err := snaps.Create(raft.SnapshotVersionMax, tc.snapshot, 1, raft.Configuration{}, 1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sink.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := lastCommand(logs, snaps, uint64(len(tc.types)))
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %d, %v; want %d", tc.name, got, err, tc.want)
+		}
+	}
+}
