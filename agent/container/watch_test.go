@@ -79,21 +79,31 @@ func (f *fakeEngine) Logs(context.Context, string, time.Time, int, bool, io.Writ
 	return nil
 }
 
-// watched starts a watcher on the fake engine's container, with a mounted
-// file, and returns the process and the first event stream.
-func watched(t *testing.T, f *fakeEngine) (*process, chan Event, string) {
+// fakeService is a runtime on the fake engine, with fast file checks, and
+// a service with a mounted file: what the fake engine's container was
+// created from (d) and that file.
+func fakeService(t *testing.T, f *fakeEngine) (rt *Runtime, spec runtime.Spec, d desired, pem string) {
 	t.Helper()
 	dir := t.TempDir()
-	pem := filepath.Join(dir, "server.pem")
+	pem = filepath.Join(dir, "server.pem")
 	if err := os.WriteFile(pem, []byte("one"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rt := New(f, Timing{Recheck: time.Hour, FileCheck: 10 * time.Millisecond, Reconnect: 10 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	spec := runtime.Spec{Name: "envoy", Owner: dir, Container: &config.Container{Name: "e", Image: "envoy:1", Mounts: []config.Mount{{Source: pem, Target: "/p.pem"}}}}
+	rt = New(f, Timing{Recheck: time.Hour, FileCheck: 10 * time.Millisecond, Reconnect: 10 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	spec = runtime.Spec{Name: "envoy", Owner: dir, Container: &config.Container{Name: "e", Image: "envoy:1", Mounts: []config.Mount{{Source: pem, Target: "/p.pem"}}}}
 	d, err := rt.desire(context.Background(), spec, desired{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.set(func(f *fakeEngine) { f.info.Labels = d.create.Labels })
+	return rt, spec, d, pem
+}
+
+// watched starts a watcher on the fake engine's container, with a mounted
+// file, and returns the process and the first event stream.
+func watched(t *testing.T, f *fakeEngine) (*process, chan Event, string) {
+	t.Helper()
+	rt, spec, d, pem := fakeService(t, f)
 	p := rt.watch(spec, d, f.info, procIdentity(f.info.Pid), time.Now())
 	t.Cleanup(p.Release)
 	return p, <-f.streams, pem
@@ -207,4 +217,74 @@ func TestWatcherNotices(t *testing.T) {
 func procIdentity(pid int) procfs.Identity {
 	id, _ := procfs.IdentityOf(pid)
 	return id
+}
+
+// An adopted container is only this agent's own, still running, recorded
+// process; and it keeps the inputs its labels say it was created from, so
+// that what changed while no agent watched is told (Stale) at once, and
+// only that.
+func TestAdopt(t *testing.T) {
+	ctx := context.Background()
+	refused := []struct {
+		name   string
+		change func(f *fakeEngine, id *procfs.Identity)
+	}{
+		{"another agent's", func(f *fakeEngine, _ *procfs.Identity) {
+			f.info.Labels = map[string]string{LabelOwner: "/other", LabelService: "envoy"}
+		}},
+		{"not running", func(f *fakeEngine, _ *procfs.Identity) { f.info.Running = false }},
+		{"being removed", func(f *fakeEngine, _ *procfs.Identity) { f.info.Removing = true }},
+		{"another process", func(_ *fakeEngine, id *procfs.Identity) { id.StartTicks++ }},
+	}
+	for _, c := range refused {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeEngine(os.Getpid())
+			rt, spec, _, _ := fakeService(t, f)
+			id := procIdentity(f.info.Pid)
+			f.set(func(f *fakeEngine) { c.change(f, &id) })
+			if p, err := rt.Adopt(ctx, spec, id); err == nil {
+				p.(*process).Release()
+				t.Fatal("adopted")
+			}
+		})
+	}
+	adopt := func(t *testing.T, rt *Runtime, spec runtime.Spec, f *fakeEngine) *process {
+		t.Helper()
+		p, err := rt.Adopt(ctx, spec, procIdentity(f.info.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.(*process).Release)
+		return p.(*process)
+	}
+
+	t.Run("file changed meanwhile", func(t *testing.T) {
+		f := newFakeEngine(os.Getpid())
+		rt, spec, _, pem := fakeService(t, f)
+		if err := os.WriteFile(pem, []byte("two"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := adopt(t, rt, spec, f)
+		if n := nextNotice(t, p); n.Kind != runtime.Stale || n.Message != "file "+pem+" changed" {
+			t.Fatalf("notice %+v", n)
+		}
+	})
+
+	// Unchanged, the labels' inputs are the spec's: nothing is told over
+	// many file checks, and what changes next is told alone.
+	t.Run("unchanged", func(t *testing.T) {
+		f := newFakeEngine(os.Getpid())
+		rt, spec, _, _ := fakeService(t, f)
+		p := adopt(t, rt, spec, f)
+		select {
+		case <-p.Noticed():
+			t.Fatalf("notices for an unchanged container: %+v", p.Notices())
+		case <-time.After(20 * rt.timing.FileCheck):
+		}
+		f.set(func(f *fakeEngine) { f.imageID = "sha256:2" })
+		p.Retarget(spec) // checks again, whether or not the first check came before the image moved
+		if n := nextNotice(t, p); n.Kind != runtime.Stale || n.Message != "image envoy:1 changed" {
+			t.Fatalf("notice %+v", n)
+		}
+	})
 }
