@@ -46,6 +46,12 @@ func (r *Runtime) watch(spec runtime.Spec, d desired, in Info, ident procfs.Iden
 		retarget: make(chan runtime.Spec, 1), noticed: make(chan struct{}, 1),
 	}
 	w := &watcher{p: p, spec: spec, hash: d.hash, parts: d.parts, last: d, fp: d.files}
+	if d.files == "" {
+		// Files this agent never read (an adopted container): read, and
+		// the inputs checked, at the first file check that finds them
+		// still, as files seen changing are.
+		w.fp, w.moving = fingerprint(spec), true
+	}
 	go func() {
 		defer close(p.finished)
 		w.run(ctx, since)

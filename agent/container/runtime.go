@@ -72,7 +72,9 @@ type desired struct {
 	hash   string
 	parts  map[string]string // part → digest: the image id, the settings, each mounted file
 	// files is the mounted files' fingerprint, taken before they were
-	// read: their digests in parts hold while it stays the same.
+	// read: their digests in parts hold while it stays the same. Empty
+	// when this agent did not read them: an adopted container's inputs are
+	// those its labels record.
 	files string
 }
 
@@ -288,9 +290,9 @@ func (r *Runtime) removed(ctx context.Context, name string) (Info, error) {
 // Adopt takes over the container an earlier agent left running: found by
 // its name, ours by its labels, and still running process id. It keeps
 // the inputs it was created from; if they changed meanwhile, the watcher
-// says so at once (Stale), and the supervisor replaces it unless it is
-// unmonitored. A monitored service adopted in vain is started, and Start
-// takes a running container over too.
+// says so at its first file check (Stale), and the supervisor replaces it
+// unless it is unmonitored. A monitored service adopted in vain is
+// started, and Start takes a running container over too.
 func (r *Runtime) Adopt(ctx context.Context, spec runtime.Spec, id procfs.Identity) (runtime.Process, error) {
 	if spec.Container == nil {
 		return nil, errors.New("not a container service")
@@ -308,9 +310,7 @@ func (r *Runtime) Adopt(ctx context.Context, spec runtime.Spec, id procfs.Identi
 	if now, err := procfs.IdentityOf(in.Pid); err != nil || now != id {
 		return nil, fmt.Errorf("container %s runs pid %d, not the recorded process %d", name, in.Pid, id.PID)
 	}
-	p := r.watch(spec, desired{hash: in.Labels[LabelHash], parts: partsOf(in.Labels)}, in, id, time.Now())
-	p.Retarget(spec)
-	return p, nil
+	return r.watch(spec, desired{hash: in.Labels[LabelHash], parts: partsOf(in.Labels)}, in, id, time.Now()), nil
 }
 
 // Find finds nothing: with no record, a running container is taken over
