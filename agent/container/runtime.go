@@ -204,6 +204,12 @@ func partsOf(labels map[string]string) map[string]string {
 	return m
 }
 
+// ours says whether the container is the one this agent runs spec's
+// service in.
+func ours(in Info, spec runtime.Spec) bool {
+	return in.Labels[LabelOwner] == spec.Owner && in.Labels[LabelService] == spec.Name
+}
+
 // Start ensures the container spec describes is running and returns it:
 // one already running from the same inputs is taken over as it is (an
 // agent restart), a stopped one is started again (it keeps its id and
@@ -226,7 +232,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		cur = Info{}
 	case err != nil:
 		return nil, unavailable(err)
-	case cur.Labels[LabelOwner] != spec.Owner || cur.Labels[LabelService] != spec.Name:
+	case !ours(cur, spec):
 		return nil, fmt.Errorf("a container named %s exists that this agent did not create (owner %q); remove it (docker rm -f %s) or name another in envoy.container", name, cur.Labels[LabelOwner], name)
 	case cur.Labels[LabelHash] != d.hash:
 		r.log.Info("recreating container", "container", name, "changed", changed(partsOf(cur.Labels), d.parts))
@@ -302,7 +308,7 @@ func (r *Runtime) Adopt(ctx context.Context, spec runtime.Spec, id procfs.Identi
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("container %s: %w", name, err)
-	case in.Labels[LabelOwner] != spec.Owner || in.Labels[LabelService] != spec.Name:
+	case !ours(in, spec):
 		return nil, fmt.Errorf("container %s is not this agent's %s", name, spec.Name)
 	case !in.Running || in.Removing:
 		return nil, fmt.Errorf("container %s is not running", name)
