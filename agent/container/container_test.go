@@ -210,6 +210,27 @@ func (n *envoyNode) waitOK(what string) supervise.Status {
 	return st
 }
 
+// control runs an operator's action on the Envoy service, as dhctl does.
+func (n *envoyNode) control(act supervise.Action, block bool) {
+	n.t.Helper()
+	if err := n.mgr.Control(context.Background(), act, []string{config.EnvoyService}, block, nil); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// wantCertificate checks that the container sees the mounted certificate
+// with that content.
+func (n *envoyNode) wantCertificate(content string) {
+	n.t.Helper()
+	got, err := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem")
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if want := sha256hex(content); got != want {
+		n.t.Fatalf("the container sees the certificate %s, want %s (%q)", got, want, content)
+	}
+}
+
 func (n *envoyNode) docker(args ...string) string {
 	n.t.Helper()
 	out, err := envoyfixture.Docker(context.Background(), n.host, args...)
@@ -326,20 +347,11 @@ func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
 	// the runtime waits for the files to settle before it recreates.
 	write(t, n.pem, "certificate 2 with its key")
 	n.recreatedOnce("recreated after the certificate changed", first, t0)
-	got, err := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := sha256hex("certificate 2 with its key"); got != want {
-		t.Fatalf("the container sees the certificate %s, want the new one %s", got, want)
-	}
+	n.wantCertificate("certificate 2 with its key")
 
 	// Unmonitored, the agent keeps its hands off; monitored again, it
 	// applies the change it held.
-	ctx := context.Background()
-	if err := n.mgr.Control(ctx, supervise.Unmonitor, []string{config.EnvoyService}, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	n.control(supervise.Unmonitor, false)
 	held := n.status()
 	write(t, n.pem, "certificate 3")
 	time.Sleep(2 * fastTiming.Recheck)
@@ -347,13 +359,9 @@ func TestEnvoyCertificateReplacedRecreatesOnce(t *testing.T) {
 		t.Fatalf("an unmonitored container was touched: %+v", st)
 	}
 	t1 := time.Now()
-	if err := n.mgr.Control(ctx, supervise.Monitor, []string{config.EnvoyService}, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	n.control(supervise.Monitor, false)
 	n.recreatedOnce("recreated once monitored again", held, t1)
-	if got, _ := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem"); got != sha256hex("certificate 3") {
-		t.Fatalf("the container sees %s, want certificate 3", got)
-	}
+	n.wantCertificate("certificate 3")
 }
 
 // An unmonitored Envoy stays the agent's across an agent restart: shown
@@ -364,10 +372,7 @@ func TestEnvoyUnmonitoredKeptAcrossAgentRestart(t *testing.T) {
 	buildImages(t, envoyfixture.DefaultHost)
 	n := startNode(t, nodeOpts{})
 	first := n.waitOK("first start")
-	ctx := context.Background()
-	if err := n.mgr.Control(ctx, supervise.Unmonitor, []string{config.EnvoyService}, false, nil); err != nil {
-		t.Fatal(err)
-	}
+	n.control(supervise.Unmonitor, false)
 	n.stop()
 	write(t, n.pem, "certificate 2")
 	n.run(nodeOpts{})
@@ -379,21 +384,15 @@ func TestEnvoyUnmonitoredKeptAcrossAgentRestart(t *testing.T) {
 	if st := n.status(); st.State != supervise.NotMonitored || st.PID != first.PID {
 		t.Fatalf("an unmonitored container was touched: %+v", st)
 	}
-	if err := n.mgr.Control(ctx, supervise.Stop, []string{config.EnvoyService}, true, nil); err != nil {
-		t.Fatal(err)
-	}
+	n.control(supervise.Stop, true)
 	n.waitFor("stopped", 30*time.Second, func(st supervise.Status) bool { return st.State == supervise.Stopped && st.PID == 0 })
 	if running := n.docker("inspect", "--format", "{{.State.Running}}", n.name); running != "false" {
 		t.Fatalf("dhctl stop left the container running (%s)", running)
 	}
 	// Started again, it runs with the certificate written meanwhile.
-	if err := n.mgr.Control(ctx, supervise.Start, []string{config.EnvoyService}, true, nil); err != nil {
-		t.Fatal(err)
-	}
+	n.control(supervise.Start, true)
 	n.waitOK("started again")
-	if got, _ := envoyfixture.FileDigest(n.admin, "/etc/envoy/tls/server.pem"); got != sha256hex("certificate 2") {
-		t.Fatalf("the container sees %s, want certificate 2", got)
-	}
+	n.wantCertificate("certificate 2")
 }
 
 func TestEnvoyImageChangedRecreatesOnce(t *testing.T) {
