@@ -309,17 +309,18 @@ func RevertStages(op *pb.Operation) []*pb.Stage {
 		}
 	}
 	if u.GetStrategy() == StrategyRolling {
-		// The forward plan is batches of stop, install, start stages.
+		// The forward plan is batches of stop, install and start stages. A
+		// batch opens with its stop, or with its install when its nodes have
+		// no services (and so no stop or start stage).
 		var batches [][]*pb.Stage
-		var cur []*pb.Stage
+		prev := ""
 		for _, st := range op.Stages[:revertEnd(op)] {
-			cur = append(cur, st)
-			if len(st.Steps) > 0 && st.Steps[0].Action == ActStart {
-				batches, cur = append(batches, cur), nil
+			action := st.Steps[0].Action
+			if action == ActStop || action == ActInstall && prev != ActStop {
+				batches = append(batches, nil)
 			}
-		}
-		if len(cur) > 0 {
-			batches = append(batches, cur)
+			batches[len(batches)-1] = append(batches[len(batches)-1], st)
+			prev = action
 		}
 		for i := len(batches) - 1; i >= 0; i-- {
 			var nodes []string

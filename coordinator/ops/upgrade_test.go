@@ -162,6 +162,34 @@ func TestPlanUpgradeRefuses(t *testing.T) {
 	}
 }
 
+// A rolling revert undoes each batch once, newest first, also batches of
+// nodes without services (no start stage closes them).
+func TestRevertStagesRolling(t *testing.T) {
+	in := upgradeInput(t)
+	for _, n := range []string{"bare-1", "bare-2"} {
+		in.Nodes[n] = &pb.Node{Name: n, State: "alive", PackageVersion: "illumon-db 1.0"}
+	}
+	op, err := PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, Strategy: StrategyRolling, AutoRevert: true, PreviousSha256: shaV1}}, in, testDefaults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every install ran, the last (bare-2's, the nodes without services
+	// come last) failed.
+	for _, st := range op.Stages {
+		for _, s := range st.Steps {
+			s.State, s.VersionBefore = fsm.StepDone, "1.0"
+			if s.Node == "bare-2" {
+				s.State = fsm.StepFailed
+			}
+		}
+	}
+	want := "revert bare-2\nrevert bare-1\n" +
+		"stop query-2:tailer1,log_aggregator_service,db_tdcp,db_query_server\nrevert query-2\nstart query-2:db_query_server,db_tdcp,log_aggregator_service,tailer1"
+	if got := renderActions(&pb.Operation{Stages: RevertStages(op)}); !strings.HasPrefix(got, want) || strings.Count(got, "revert ") != 6 {
+		t.Errorf("revert plan:\n%s\nwant 6 reverts, starting:\n%s", got, want)
+	}
+}
+
 // startUpgrade records the packages and a coordinator holding them, then
 // creates the upgrade op; every node runs 1.0.
 func (h *harness) startUpgrade(u *pb.UpgradeSpec) *pb.Operation {
