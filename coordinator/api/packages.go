@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,13 +30,13 @@ func (s *Server) UploadPackage(stream grpc.ClientStreamingServer[pb.PackageChunk
 		return err
 	}
 	ctx := stream.Context()
-	holders, failures := s.replicate(ctx, hdr)
-	holders = append(holders, s.Raft.ID())
-	slices.Sort(holders)
 	servers, err := s.Raft.Servers()
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "raft configuration: %v", err)
 	}
+	holders, failures := s.replicate(ctx, servers, hdr)
+	holders = append(holders, s.Raft.ID())
+	slices.Sort(holders)
 	if need := len(servers)/2 + 1; len(holders) < need {
 		return status.Errorf(codes.Unavailable, "the package reached %d of %d coordinators (%s), a majority (%d) must hold it: %s",
 			len(holders), len(servers), strings.Join(holders, ", "), need, strings.Join(failures, "; "))
@@ -99,13 +100,9 @@ func validFileName(name string) error {
 	return nil
 }
 
-// replicate copies a stored package to every other coordinator, at once,
-// and returns those that hold it and why the others do not.
-func (s *Server) replicate(ctx context.Context, p *pb.Package) (holders, failures []string) {
-	servers, err := s.Raft.Servers()
-	if err != nil {
-		return nil, []string{err.Error()}
-	}
+// replicate copies a stored package to every other coordinator of servers,
+// at once, and returns those that hold it and why the others do not.
+func (s *Server) replicate(ctx context.Context, servers []raft.Server, p *pb.Package) (holders, failures []string) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, srv := range servers {
