@@ -71,11 +71,10 @@ type Node struct {
 	meta       *metadb.BoltMetaDB
 	id         string
 	addr       string
+	snaps      raft.SnapshotStore
 	fsm        FSM
-	// restoredAt is the last command in the log when the replica started,
-	// after its snapshot: the state holds what it held before the restart
-	// once it has applied that.
-	restoredAt uint64
+	// openedAt is the last log index on disk when the replica started.
+	openedAt uint64
 }
 
 // FSM is the replicated state. raft counts an entry applied once it hands
@@ -148,7 +147,7 @@ func Open(cfg Config, fsm FSM) (*Node, error) {
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
 	})
-	n := &Node{trans: trans, logs: logs, meta: meta, id: cfg.ID, addr: string(trans.LocalAddr()), fsm: fsm}
+	n := &Node{trans: trans, logs: logs, meta: meta, snaps: snaps, id: cfg.ID, addr: string(trans.LocalAddr()), fsm: fsm}
 	existing, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
 		n.closeStores()
@@ -170,18 +169,15 @@ func Open(cfg Config, fsm FSM) (*Node, error) {
 		return nil, err
 	}
 	n.Raft, n.Leadership = r, leadership
-	if n.restoredAt, err = lastCommand(logs, snaps, r.LastIndex()); err != nil {
-		_ = r.Shutdown().Error()
-		n.closeStores()
-		return nil, fmt.Errorf("raft log in %s: %w", cfg.DataDir, err)
-	}
+	n.openedAt = r.LastIndex()
 	return n, nil
 }
 
 // lastCommand is the index of the last command in the log up to last and
-// after the newest snapshot (which raft has restored already), or 0. What
-// follows it, if anything, is raft's own (an election's no-op, a
-// configuration), which the state never sees.
+// after the newest snapshot (whose state the FSM holds), or 0. What follows
+// it, if anything, is raft's own (an election's no-op, a configuration),
+// which the state never sees. An entry gone from the log was compacted
+// after a snapshot, which holds it and every entry before it.
 func lastCommand(logs raft.LogStore, snaps raft.SnapshotStore, last uint64) (uint64, error) {
 	first, err := logs.FirstIndex()
 	if err != nil {
@@ -196,7 +192,9 @@ func lastCommand(logs raft.LogStore, snaps raft.SnapshotStore, last uint64) (uin
 	}
 	for i := last; i >= first && i > 0; i-- {
 		var l raft.Log
-		if err := logs.GetLog(i, &l); err != nil {
+		if err := logs.GetLog(i, &l); errors.Is(err, raft.ErrLogNotFound) {
+			return 0, nil
+		} else if err != nil {
 			return 0, fmt.Errorf("entry %d: %w", i, err)
 		}
 		if l.Type == raft.LogCommand {
@@ -206,7 +204,7 @@ func lastCommand(logs raft.LogStore, snaps raft.SnapshotStore, last uint64) (uin
 	return 0, nil
 }
 
-// WaitRestored waits until the replica's state holds every command its log
+// WaitRestored waits until the replica's state holds every entry its log
 // held when it started, so that it is at least what it was before a restart
 // (raft restores only the snapshot at start; the entries after it are
 // applied once a leader confirms them). It gives up after maxWait, when no
@@ -214,7 +212,23 @@ func lastCommand(logs raft.LogStore, snaps raft.SnapshotStore, last uint64) (uin
 func (n *Node) WaitRestored(ctx context.Context, maxWait time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, maxWait)
 	defer cancel()
-	return n.fsm.WaitApplied(ctx, n.restoredAt) == nil
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for n.Raft.AppliedIndex() < n.openedAt {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+	// raft counts an entry applied once it has handed it to the state, which
+	// may still be applying it and thousands before it. The log is read now,
+	// not at start: a tail no quorum had taken may have been replaced since.
+	last, err := lastCommand(n.logs, n.snaps, n.Raft.AppliedIndex())
+	if err != nil {
+		return false
+	}
+	return n.fsm.WaitApplied(ctx, last) == nil
 }
 
 // Addr is the transport's advertised address.
