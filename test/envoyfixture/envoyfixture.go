@@ -46,7 +46,7 @@ func Docker(ctx context.Context, host string, args ...string) (string, error) {
 
 var (
 	buildMu  sync.Mutex
-	binaries = map[string]string{} // module root → built stand-in
+	binaries = map[string][]byte{} // module root → the built stand-in
 )
 
 // standin builds the stand-in static (it runs in an empty image), once per
@@ -54,29 +54,36 @@ var (
 // binary from every checkout of the same source: tests of several worktrees
 // on one engine then share the images rather than retag them under each
 // other (a tag moved is a change the agent recreates the container for).
-func standin(ctx context.Context) (string, error) {
+// It is kept in memory: a build left on disk by every test binary filled
+// /tmp.
+func standin(ctx context.Context) ([]byte, error) {
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	root, err := benchkit.RepoRoot()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if b, ok := binaries[root]; ok {
 		return b, nil
 	}
 	dir, err := os.MkdirTemp("", "dhv-envoy-fixture")
 	if err != nil {
-		return "", err
+		return nil, err
 	}
+	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "dh-standin")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-o", bin, "./test/standin")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build the stand-in: %v\n%s", err, out)
+		return nil, fmt.Errorf("build the stand-in: %v\n%s", err, out)
 	}
-	binaries[root] = bin
-	return bin, nil
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, err
+	}
+	binaries[root] = b
+	return b, nil
 }
 
 // BuildImage makes tag an image of the stand-in with the extra environment
@@ -84,11 +91,7 @@ func standin(ctx context.Context) (string, error) {
 // The same binary and environment give the same image id, which is kept
 // when tag already names it.
 func BuildImage(ctx context.Context, host, tag string, env ...string) error {
-	bin, err := standin(ctx)
-	if err != nil {
-		return err
-	}
-	b, err := os.ReadFile(bin)
+	b, err := standin(ctx)
 	if err != nil {
 		return err
 	}
