@@ -190,7 +190,7 @@ func measure(ctx context.Context, dir string, res *results, samples int, spacing
 			return err
 		}
 		t0 := time.Now()
-		if how == agentDockerKill || how == dockerKill {
+		if how == agentDockerKill {
 			err = eng.Kill(ctx, s.name)
 		} else {
 			err = syscall.Kill(in.Pid, syscall.SIGKILL)
