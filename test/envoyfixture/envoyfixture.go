@@ -74,7 +74,10 @@ func standin(ctx context.Context) ([]byte, error) {
 	bin := filepath.Join(dir, "dh-standin")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-o", bin, "./test/standin")
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	// GOFLAGS of the caller's (make's -tags) would be written into the
+	// binary's build information: `make test` and `go test` would build
+	// different binaries and retag the shared images under each other.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build the stand-in: %v\n%s", err, out)
 	}
