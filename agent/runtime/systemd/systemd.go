@@ -68,11 +68,15 @@ type Runtime struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu       sync.Mutex
-	conn     *sd.Conn // method calls
-	sig      *dbus.Conn
-	signals  chan *dbus.Signal
-	watched  map[dbus.ObjectPath]*process
+	mu      sync.Mutex
+	conn    *sd.Conn // method calls
+	sig     *dbus.Conn
+	signals chan *dbus.Signal
+	watched map[dbus.ObjectPath]*process
+	// retired is, by unit, the invocation id of its run that ended last:
+	// that run's last signals may still wait to be read when the next run
+	// under the same name is watched, and must not end it.
+	retired  map[dbus.ObjectPath]string
 	execType bool // systemd ≥ 240: Type=exec, so a failed exec fails the start
 }
 
@@ -82,7 +86,7 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // bus) and starts following unit state changes until Close. owner is the
 // agent's identity (its state directory), which its units carry.
 func New(ctx context.Context, log *slog.Logger, owner string) (*Runtime, error) {
-	r := &Runtime{log: log.With("runtime", "systemd"), owner: owner, watched: map[dbus.ObjectPath]*process{}, done: make(chan struct{})}
+	r := &Runtime{log: log.With("runtime", "systemd"), owner: owner, watched: map[dbus.ObjectPath]*process{}, retired: map[dbus.ObjectPath]string{}, done: make(chan struct{})}
 	if err := r.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -254,18 +258,23 @@ func (r *Runtime) handle(s *dbus.Signal) {
 	if s.Name != ifaceProps+".PropertiesChanged" || len(s.Body) < 2 {
 		return
 	}
-	r.mu.Lock()
-	p := r.watched[s.Path]
-	r.mu.Unlock()
-	if p == nil {
-		return
-	}
 	iface, _ := s.Body[0].(string)
 	changed, _ := s.Body[1].(map[string]dbus.Variant)
+	// Every Unit signal carries the invocation id of the run it is about
+	// (systemd ≥ 232).
+	inv, _ := changed["InvocationID"].Value().([]byte)
+	r.mu.Lock()
+	p := r.watched[s.Path]
+	stale := iface == ifaceUnit && len(inv) > 0 && r.retired[s.Path] == string(inv)
+	r.mu.Unlock()
+	if p == nil || stale {
+		return
+	}
 	switch iface {
 	case ifaceService:
 		p.noteExit(changed)
 	case ifaceUnit:
+		p.noteInvocation(inv)
 		st, ok := changed["ActiveState"].Value().(string)
 		if !ok {
 			return
@@ -346,6 +355,7 @@ func (r *Runtime) exitOf(p *process) runtime.Exit {
 // unitStatus is what the runtime reads of a unit.
 type unitStatus struct {
 	load, active, result string
+	invocation           string // the run's invocation id (raw bytes)
 	mainPID, execPID     uint32
 	execCode, execStatus int32
 	env                  []string
@@ -363,6 +373,9 @@ func (r *Runtime) unitState(ctx context.Context, unit string) (unitStatus, error
 	st := unitStatus{}
 	st.load, _ = u["LoadState"].(string)
 	st.active, _ = u["ActiveState"].(string)
+	if inv, ok := u["InvocationID"].([]byte); ok {
+		st.invocation = string(inv)
+	}
 	if st.load != "loaded" {
 		return st, nil
 	}
@@ -405,6 +418,20 @@ func (r *Runtime) unwatch(p *process) {
 	defer r.mu.Unlock()
 	if r.watched[p.path] == p {
 		delete(r.watched, p.path)
+	}
+}
+
+// retire unwatches p, whose run ended, and ignores from now on what is
+// still to come about that run.
+func (r *Runtime) retire(p *process) {
+	r.unwatch(p)
+	p.mu.Lock()
+	inv := p.invocation
+	p.mu.Unlock()
+	if inv != "" {
+		r.mu.Lock()
+		r.retired[p.path] = inv
+		r.mu.Unlock()
 	}
 }
 
@@ -493,7 +520,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	}
 	if result != "done" || st.mainPID == 0 || ended(st.active) {
 		// Started and already over: the exit is the supervisor's to see.
-		p.arm(procfs.Identity{PID: int(st.execPID)}, nil)
+		p.arm(procfs.Identity{PID: int(st.execPID)}, st.invocation, nil)
 		p.finish(r.exitOf(p))
 		return p, nil
 	}
@@ -506,7 +533,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	if err != nil {
 		r.log.Warn("cannot read the unit's cgroup; no CPU or memory for it", "unit", unit, "err", err)
 	}
-	p.arm(id, g)
+	p.arm(id, st.invocation, g)
 	return p, nil
 }
 
@@ -633,7 +660,7 @@ func (r *Runtime) Adopt(ctx context.Context, _ runtime.Spec, id procfs.Identity)
 	if gerr != nil {
 		r.log.Warn("cannot read the unit's cgroup; no CPU or memory for it", "unit", unit, "err", gerr)
 	}
-	p.arm(id, g)
+	p.arm(id, st.invocation, g)
 	return p, nil
 }
 
@@ -676,13 +703,14 @@ type process struct {
 	unit string
 	path dbus.ObjectPath
 
-	mu       sync.Mutex
-	id       procfs.Identity
-	group    *cgroup.Group
-	running  bool // the unit was seen running this process
-	execPID  uint32
-	execCode int32
-	status   int32
+	mu         sync.Mutex
+	id         procfs.Identity
+	invocation string // the unit's run this process is, when systemd says
+	group      *cgroup.Group
+	running    bool // the unit was seen running this process
+	execPID    uint32
+	execCode   int32
+	status     int32
 
 	done     chan struct{}
 	finished sync.Once
@@ -694,10 +722,26 @@ func (r *Runtime) newProcess(unit string) *process {
 }
 
 // arm records the process once systemd has started it (or it was found).
-func (p *process) arm(id procfs.Identity, g *cgroup.Group) {
+func (p *process) arm(id procfs.Identity, invocation string, g *cgroup.Group) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.id, p.group, p.running = id, g, true
+	if invocation != "" {
+		p.invocation = invocation
+	}
+}
+
+// noteInvocation records the run's invocation id from its first signal: a
+// run that ends before Start has read it is retired by it too.
+func (p *process) noteInvocation(inv []byte) {
+	if len(inv) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.invocation == "" {
+		p.invocation = string(inv)
+	}
 }
 
 func (p *process) setRunning() {
@@ -755,7 +799,7 @@ func (p *process) recordedExit() (runtime.Exit, bool) {
 func (p *process) finish(e runtime.Exit) {
 	p.finished.Do(func() {
 		p.exit = e
-		p.rt.unwatch(p)
+		p.rt.retire(p)
 		close(p.done)
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
 	"go.uber.org/goleak"
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
@@ -46,6 +47,66 @@ func TestVersionAtLeast(t *testing.T) {
 		if got := versionAtLeast(v, 240); got != want {
 			t.Errorf("versionAtLeast(%q) = %v", v, got)
 		}
+	}
+}
+
+// TestStaleSignalsOfAnEndedRun: the last signals of a unit's run that
+// ended (systemd sends "failed" and "inactive" again as it collects the
+// unit) can still wait to be read when the service is started again under
+// the same unit name; they must neither end the new run's process nor count
+// as its start, before or after systemd reports it started. The first run
+// ends, as a service that crashes at once does, before Start has read it.
+func TestStaleSignalsOfAnEndedRun(t *testing.T) {
+	r := &Runtime{log: slog.New(slog.NewTextHandler(io.Discard, nil)), watched: map[dbus.ObjectPath]*process{}, retired: map[dbus.ObjectPath]string{}}
+	unit := UnitName("svc")
+	send := func(iface string, changed map[string]any) {
+		vs := map[string]dbus.Variant{}
+		for k, v := range changed {
+			vs[k] = dbus.MakeVariant(v)
+		}
+		r.handle(&dbus.Signal{Path: unitPath(unit), Name: ifaceProps + ".PropertiesChanged", Body: []any{iface, vs, []string{}}})
+	}
+	state := func(st string, inv []byte) { send(ifaceUnit, map[string]any{"ActiveState": st, "InvocationID": inv}) }
+	exit := func(pid uint32, code, status int32) {
+		send(ifaceService, map[string]any{"ExecMainPID": pid, "ExecMainCode": code, "ExecMainStatus": status})
+	}
+	trailing := func(inv []byte) {
+		exit(100, cldKilled, int32(syscall.SIGKILL))
+		state("failed", inv)
+		state("inactive", inv)
+	}
+	first, second := []byte("run-1-invocation"), []byte("run-2-invocation")
+
+	p1 := r.newProcess(unit)
+	r.watch(p1)
+	state("inactive", first)
+	state("activating", first)
+	exit(100, cldKilled, int32(syscall.SIGKILL))
+	state("failed", first)
+	if e := waitDone(t, p1); e.Signal != "SIGKILL" {
+		t.Fatalf("first run's exit %+v, want SIGKILL", e)
+	}
+
+	p2 := r.newProcess(unit)
+	r.watch(p2)
+	trailing(first)
+	if p2.hasRun() {
+		t.Fatal("the first run's signals count as the second run's start")
+	}
+	state("inactive", second)
+	state("activating", second)
+	trailing(first)
+	p2.arm(procfs.Identity{PID: 200}, string(second), nil)
+	trailing(first)
+	select {
+	case <-p2.Done():
+		t.Fatalf("the first run's end ended the second run: %+v", p2.Exit())
+	default:
+	}
+	exit(200, cldExited, 3)
+	state("failed", second)
+	if e := waitDone(t, p2); e.Code != 3 {
+		t.Fatalf("second run's exit %+v, want code 3", e)
 	}
 }
 
@@ -122,6 +183,13 @@ func TestSystemdRuntime(t *testing.T) {
 		}
 		if !strings.Contains(string(cg), "/dhvisor.slice/dhvisor-env.service") {
 			t.Fatalf("not in dhvisor.slice:\n%s", cg)
+		}
+		pr := p.(*process)
+		pr.mu.Lock()
+		inv := pr.invocation
+		pr.mu.Unlock()
+		if len(inv) != 16 {
+			t.Errorf("invocation id %x, want systemd's 16 bytes: a later run could take this run's last signals for its own", inv)
 		}
 		show, _ := exec.Command("systemctl", "show", "dhvisor-env.service", "-p", "Restart", "-p", "Slice", "-p", "TimeoutStopUSec").Output()
 		for _, w := range []string{"Restart=no", "Slice=dhvisor.slice", "TimeoutStopUSec=5s"} {
