@@ -295,6 +295,7 @@ func (n *Node) envoyService(es *Errors, src *source, org origins, hasRole bool) 
 		Container:   c,
 		Origin:      fmt.Sprintf("%s:%d", src.file, at()),
 	}
+	s.applyDaemonDefaults()
 	before := len(*es)
 	s.validate(es, func(path ...string) (string, int) {
 		// The service's fields come from the envoy: section under other names.

@@ -30,6 +30,33 @@ type Service struct {
 	StopTimeout Duration          `yaml:"stop_timeout"`
 	Restart     RestartPolicy     `yaml:"restart"`
 	Limits      Limits            `yaml:"limits"`
+
+	// A daemonizing service (monit's process model) gives Start: a
+	// program that returns once the service runs in the background. The
+	// agent then follows the process that Pidfile names (or the one whose
+	// command line Match matches) and stops it with Stop, if given, then
+	// signals. Without Start the agent runs Command in the foreground.
+	Start          *Program `yaml:"start"`
+	Stop           *Program `yaml:"stop"`
+	RestartProgram *Program `yaml:"restart_program"` // restart: is the restart policy
+	Pidfile        string   `yaml:"pidfile"`
+	Match          string   `yaml:"match"`
+	// StartTimeout bounds a daemonizing start: the start program must
+	// exit and the pidfile name the new process within it (monit's start
+	// timeout, 30s by default).
+	StartTimeout Duration `yaml:"start_timeout"`
+
+	// Groups name sets of services an operator acts on together (monit's
+	// group statement: dhctl restart -g GROUP).
+	Groups []string `yaml:"groups"`
+	// Mode is monit's: active (the agent starts, stops and restarts it),
+	// passive (only watched and alerted on, never started or restarted)
+	// or manual (active, but only once an operator starts it).
+	Mode string `yaml:"mode"`
+	// OnBoot is what the agent does with the service after the host
+	// rebooted: start it, leave it stopped (nostart), or keep what the
+	// operator last asked for (laststate, the default).
+	OnBoot string `yaml:"on_boot"`
 	// Envoy is how Envoy reaches the service, for the services Envoy
 	// routes to; nil for the others.
 	Envoy *EnvoyUpstream `yaml:"envoy"`
@@ -72,8 +99,19 @@ type Check struct {
 	Command       []string `yaml:"command"`
 	Interval      Duration `yaml:"interval"`
 	Timeout       Duration `yaml:"timeout"`
-	Failures      int      `yaml:"failures"`  // consecutive failures before the service is bad
+	Failures      int      `yaml:"failures"`  // failures before the service is bad
 	Successes     int      `yaml:"successes"` // consecutive successes before it is good again
+	// Within counts Failures among the last Within probes instead of in a
+	// row (monit's "N times within M cycles"); 0 means in a row.
+	Within int `yaml:"within"`
+	// Retries is how many more attempts one probe makes before it counts
+	// as failed (monit's retry).
+	Retries int `yaml:"retries"`
+	// ExpectStatusOp compares the HTTP status with ExpectStatus: one of
+	// = != < > <= >= (monit's status [operator] N); empty means =.
+	ExpectStatusOp string `yaml:"expect_status_op"`
+	// Action is what a bad check does: restart (the default) or alert.
+	Action string `yaml:"action"`
 }
 
 // RestartPolicy follows the design: restart at once after a run longer than
@@ -87,16 +125,27 @@ type RestartPolicy struct {
 	Limit              int      `yaml:"limit"` // 0: never give up
 	Window             Duration `yaml:"window"`
 	PermanentExitCodes []int    `yaml:"permanent_exit_codes"`
+	// LimitAction is what reaching Limit does: fail (Failed, not
+	// monitored, an alert; monit's unmonitor or timeout) or alert (an
+	// alert, and the restarts go on).
+	LimitAction string `yaml:"limit_action"`
+	// OnMissing is what a process that ended (or was never found) does:
+	// restart (the default) or alert (monit's "if does not exist then
+	// alert": reported, not restarted).
+	OnMissing string `yaml:"on_missing"`
 }
 
 // Limits are monit-style resource tests: over the limit for Cycles samples in
 // a row restarts the service. Zero disables a limit.
 type Limits struct {
-	Memory       ByteSize `yaml:"memory"`
-	MemoryCycles int      `yaml:"memory_cycles"`
-	CPUPercent   float64  `yaml:"cpu_percent"` // 100 = one full core
-	CPUCycles    int      `yaml:"cpu_cycles"`
-	Interval     Duration `yaml:"interval"` // sampling period, also feeds status
+	Memory        ByteSize `yaml:"memory"`
+	MemoryPercent float64  `yaml:"memory_percent"` // of the host's memory
+	MemoryCycles  int      `yaml:"memory_cycles"`
+	MemoryAction  string   `yaml:"memory_action"` // restart (the default) or alert
+	CPUPercent    float64  `yaml:"cpu_percent"`   // 100 = one full core
+	CPUCycles     int      `yaml:"cpu_cycles"`
+	CPUAction     string   `yaml:"cpu_action"` // restart (the default) or alert
+	Interval      Duration `yaml:"interval"`   // sampling period, also feeds status
 }
 
 // Check types.
@@ -107,6 +156,29 @@ const (
 	CheckHTTPS   = "https"
 	CheckGRPC    = "grpc"
 	CheckExec    = "exec"
+	CheckUDP     = "udp"  // a datagram sent, an answer or no ICMP refusal
+	CheckUnix    = "unix" // a connection to the unix socket at path
+)
+
+// Actions: what a bad check, a resource limit or a missing process does.
+const (
+	ActionRestart = "restart"
+	ActionAlert   = "alert"
+	ActionFail    = "fail" // restart.limit_action: give up (Failed)
+)
+
+// Modes (monit's mode statement).
+const (
+	ModeActive  = "active"
+	ModePassive = "passive"
+	ModeManual  = "manual"
+)
+
+// What a service does after a reboot (monit's onreboot).
+const (
+	OnBootStart     = "start"
+	OnBootNoStart   = "nostart"
+	OnBootLastState = "laststate"
 )
 
 // RuntimeExec runs services as child processes of the agent.
@@ -195,6 +267,7 @@ func (s *Service) applyDefaults() {
 		setInt(&c.Failures, 3)
 		setInt(&c.Successes, 1)
 	}
+	s.applyDaemonDefaults()
 }
 
 func setDur(d *Duration, def time.Duration) {
@@ -228,7 +301,8 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 	case s.Output == OutputJournal && s.Runtime != RuntimeSystemd:
 		bad("output journal needs runtime systemd (this service's runtime is %s)", []any{s.Runtime}, "output")
 	}
-	if s.Container == nil && (len(s.Command) == 0 || s.Command[0] == "") {
+	s.validateDaemon(bad)
+	if s.Container == nil && !s.Daemonizing() && !(s.IsPassive() && s.Followed()) && (len(s.Command) == 0 || s.Command[0] == "") {
 		bad("a command is required (the program and its arguments, e.g. [/usr/illumon/latest/bin/iris, run, %s])", []any{s.Name}, "command")
 	}
 	for name, p := range s.Ports {
@@ -313,11 +387,18 @@ func (c *Check) validate(s *Service, es *Errors, loc func(path ...string) (strin
 		if len(c.Command) == 0 {
 			bad("an exec check needs a command", nil, "command")
 		}
+	case CheckUDP:
+		needPort = true
+	case CheckUnix:
+		if !strings.HasPrefix(c.Path, "/") {
+			bad("a unix check needs the socket's absolute path (path: /run/x.sock)", nil, "path")
+		}
 	case "":
-		bad("type is required (one of process, tcp, http, https, grpc, exec)", nil)
+		bad("type is required (one of %s)", []any{checkTypeList}, "type")
 	default:
-		bad("unknown check type %q (expected one of process, tcp, http, https, grpc, exec)", []any{c.Type}, "type")
+		bad("unknown check type %q (expected one of %s)", []any{c.Type, checkTypeList}, "type")
 	}
+	c.validateOptions(bad)
 	if needPort {
 		if c.Port == "" {
 			bad("a %s check needs a port (a name from ports: or a number)", []any{c.Type}, "port")
@@ -332,6 +413,8 @@ func (c *Check) validate(s *Service, es *Errors, loc func(path ...string) (strin
 		bad("failures and successes must be at least 1", nil)
 	}
 }
+
+const checkTypeList = "process, tcp, udp, unix, http, https, grpc, exec"
 
 func dotted(path []string) string {
 	s := ""
