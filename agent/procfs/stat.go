@@ -172,6 +172,19 @@ func procPath(pid int, name string) string {
 	return "/proc/" + strconv.Itoa(pid) + "/" + name
 }
 
+// readProcUpTo is readProc for a file that may be longer than buf
+// (cmdline): what does not fit is cut off rather than an error.
+func readProcUpTo(path string, buf []byte) ([]byte, error) {
+	b, err := readProc(path, buf)
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Op == "read" && pe.Err == errBufferFull {
+		return buf, nil
+	}
+	return b, err
+}
+
+var errBufferFull = errors.New("file larger than buffer")
+
 // readProc reads a whole /proc file into buf and returns the filled part.
 //
 // The files read here are seq_files, which fill a read as far as the buffer
@@ -194,7 +207,7 @@ func readProc(path string, buf []byte) ([]byte, error) {
 	case err != nil:
 		return nil, &fs.PathError{Op: "read", Path: path, Err: err}
 	case n == len(buf):
-		return nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("file larger than buffer")}
+		return nil, &fs.PathError{Op: "read", Path: path, Err: errBufferFull}
 	}
 	return buf[:n], nil
 }
