@@ -74,7 +74,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer docker.Close()
 	rts := supervise.Runtimes{
-		config.RuntimeExec:   exec.Runtime{},
+		config.RuntimeExec:   exec.Runtime{Log: a.log.With("runtime", config.RuntimeExec)},
 		config.RuntimeDocker: container.New(docker, container.DefaultTiming, a.log.With("runtime", config.RuntimeDocker)),
 	}
 	if sd := openSystemd(ctx, a.log, cfg.StateDir); sd != nil {

@@ -321,7 +321,7 @@ func (r *Runtime) Adopt(ctx context.Context, spec runtime.Spec, id procfs.Identi
 
 // Find finds nothing: with no record, a running container is taken over
 // by Start, which finds it by name.
-func (r *Runtime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }
+func (r *Runtime) Find(runtime.Spec) (procfs.Identity, bool) { return procfs.Identity{}, false }
 
 // Logs writes the container's output. Following goes on across restarts
 // and recreations of the container, as an operator following Envoy's log

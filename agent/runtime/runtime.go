@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"regexp"
 	"sort"
 	"time"
 
@@ -41,6 +42,33 @@ type Spec struct {
 	// Container is the container the process runs in, for a runtime that
 	// runs containers; nil otherwise.
 	Container *config.Container
+	// Daemon is set for a service that puts itself in the background: it
+	// is started through a program and followed through its pidfile.
+	Daemon *Daemon
+}
+
+// Daemon is how a daemonizing service is run, as monit runs it: its start
+// program returns once the service runs in the background, the service
+// writes its pidfile (or is found by its command line), and the agent
+// follows the pid it names. Command is unused for such a service.
+type Daemon struct {
+	Start   Program
+	Stop    *Program // nil: the process is signalled
+	Restart *Program // nil: a restart is a stop, then a start
+	Pidfile string   // empty: found by Match
+	Match   *regexp.Regexp
+	// StartTimeout bounds the time from the start program's launch to a
+	// trusted pid in the pidfile.
+	StartTimeout time.Duration
+}
+
+// Program is a start, stop or restart program: run as User and Group
+// (the service's own when empty), killed after Timeout.
+type Program struct {
+	Command []string
+	User    string
+	Group   string
+	Timeout time.Duration
 }
 
 // ErrUnavailable wraps a Start that failed because what runs processes (a
@@ -154,11 +182,14 @@ type Runtime interface {
 	// service spec describes. It fails if that exact process (pid and
 	// start time) is no longer alive.
 	Adopt(ctx context.Context, spec Spec, id procfs.Identity) (Process, error)
-	// Find looks for a running process of the named service, started by
-	// this owner, that the agent has no record of (its state file was lost
-	// or is stale), so that a service is never started twice. Processes of
-	// other agents on the host (tests, benchmarks) are never matched.
-	Find(owner, name string) (procfs.Identity, bool)
+	// Find looks for a running process of the service spec describes
+	// that the agent has no record of (its state file was lost or is
+	// stale, or another supervisor started it), so that a service is never
+	// started twice: one marked as started by spec.Owner for this service,
+	// or the trusted process a daemonizing service's pidfile names.
+	// Processes of other agents on the host (tests, benchmarks) are never
+	// matched.
+	Find(spec Spec) (procfs.Identity, bool)
 }
 
 // Environment is a service's environment as the exec and systemd runtimes

@@ -102,7 +102,7 @@ func (f *fakeRuntime) Adopt(_ context.Context, _ runtime.Spec, id procfs.Identit
 	return nil, errors.New("no such process")
 }
 
-func (f *fakeRuntime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }
+func (f *fakeRuntime) Find(runtime.Spec) (procfs.Identity, bool) { return procfs.Identity{}, false }
 
 func (f *fakeRuntime) proc(name string) *fakeProc {
 	f.mu.Lock()

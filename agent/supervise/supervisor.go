@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -167,8 +168,9 @@ func (s *Supervisor) adopt(ctx context.Context) {
 	if s.mem.PID != 0 {
 		id = procfs.Identity{PID: s.mem.PID, StartTicks: s.mem.StartTicks}
 	} else if name, found, ok := s.find(); ok {
-		// No record (state lost): the process carries our mark, so it is
-		// ours, and starting another copy would fight it for its ports.
+		// No record (state lost, or another supervisor such as monit ran
+		// it): the process is the service's, and starting another copy
+		// would fight it for its ports.
 		id, rtName = found, name
 		s.log.Warn("found running process without a state record; adopting it", "pid", id.PID, "runtime", name)
 	} else {
@@ -180,14 +182,14 @@ func (s *Supervisor) adopt(ctx context.Context) {
 		s.mu.Lock()
 		s.mem.PID, s.mem.StartTicks = 0, 0
 		s.mu.Unlock()
+		if s.spec.Daemonizing() {
+			// The recorded process is gone; the pidfile may name the one
+			// that replaced it (monit ran the service meanwhile).
+			s.adoptFound(ctx)
+		}
 		return
 	}
-	started := s.mem.StartedAt
-	if st, err := procfs.ReadStat(id.PID); err == nil {
-		if t, err := st.StartTime(); err == nil {
-			started = t
-		}
-	}
+	started := processStart(id, s.mem.StartedAt)
 	s.log.Info("re-adopted running process", "pid", id.PID, "started", started, "runtime", rtName)
 	if s.mem.Monitored {
 		s.setState(Initializing, "re-adopted after agent restart; waiting for checks")
@@ -197,16 +199,49 @@ func (s *Supervisor) adopt(ctx context.Context) {
 	s.attach(p, rtName, started)
 }
 
-// find asks every runtime, in name order, for an unrecorded process of the
-// service.
+// adoptFound adopts the unrecorded process find finds, if any.
+func (s *Supervisor) adoptFound(ctx context.Context) bool {
+	name, id, ok := s.find()
+	if !ok {
+		return false
+	}
+	p, err := s.rts.named(name).Adopt(ctx, s.runtimeSpec(), id)
+	if err != nil {
+		s.log.Info("running process not adopted", "pid", id.PID, "runtime", name, "err", err)
+		return false
+	}
+	s.log.Info("adopted the service's running process instead of starting another", "pid", id.PID, "runtime", name)
+	s.setState(Initializing, "found running; adopted, waiting for checks")
+	s.attach(p, name, processStart(id, time.Now()))
+	return true
+}
+
+// processStart is when the process id started, else fallback.
+func processStart(id procfs.Identity, fallback time.Time) time.Time {
+	if st, err := procfs.ReadStat(id.PID); err == nil && st.StartTicks == id.StartTicks {
+		if t, err := st.StartTime(); err == nil {
+			return t
+		}
+	}
+	return fallback
+}
+
+// find asks every runtime, the service's own first and then in name
+// order, for an unrecorded process of the service.
 func (s *Supervisor) find() (string, procfs.Identity, bool) {
 	names := make([]string, 0, len(s.rts))
 	for name := range s.rts {
-		names = append(names, name)
+		if name != s.spec.Runtime {
+			names = append(names, name)
+		}
 	}
 	slices.Sort(names)
+	if _, ok := s.rts[s.spec.Runtime]; ok {
+		names = append([]string{s.spec.Runtime}, names...)
+	}
+	spec := s.runtimeSpec()
 	for _, name := range names {
-		if id, ok := s.rts[name].Find(s.owner, s.name); ok {
+		if id, ok := s.rts[name].Find(spec); ok {
 			return name, id, true
 		}
 	}
@@ -378,6 +413,11 @@ func (s *Supervisor) start(ctx context.Context) error {
 		return nil
 	}
 	defer s.busy(startLimit)()
+	if s.spec.Daemonizing() && s.adoptFound(ctx) {
+		// Started by someone else (an operator, monit before the take
+		// over): a second copy would find its pidfile and refuse.
+		return nil
+	}
 	sctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	rtName := s.spec.Runtime
@@ -417,7 +457,31 @@ func (s *Supervisor) runtimeSpec() runtime.Spec { return runtimeSpec(s.owner, s.
 // runtimeSpec is what a runtime needs of a service to run it for owner.
 func runtimeSpec(owner string, spec *config.Service) runtime.Spec {
 	return runtime.Spec{Name: spec.Name, Owner: owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group,
-		LogDir: spec.LogDir, Output: spec.Output, StopTimeout: spec.StopTimeout.D(), Container: spec.Container}
+		LogDir: spec.LogDir, Output: spec.Output, StopTimeout: spec.StopTimeout.D(), Container: spec.Container, Daemon: daemonSpec(spec)}
+}
+
+// daemonSpec is how a daemonizing service runs; nil for the others.
+func daemonSpec(spec *config.Service) *runtime.Daemon {
+	if !spec.Daemonizing() {
+		return nil
+	}
+	program := func(p *config.Program, def time.Duration) *runtime.Program {
+		if p == nil {
+			return nil
+		}
+		return &runtime.Program{Command: p.Command, User: p.User, Group: p.Group, Timeout: config.ProgramTimeout(p, def)}
+	}
+	d := &runtime.Daemon{
+		Start:        *program(spec.Start, spec.StartTimeout.D()),
+		Stop:         program(spec.Stop, spec.StopTimeout.D()),
+		Restart:      program(spec.RestartProgram, spec.StartTimeout.D()),
+		Pidfile:      spec.Pidfile,
+		StartTimeout: spec.StartTimeout.D(),
+	}
+	if spec.Match != "" {
+		d.Match = regexp.MustCompile(spec.Match) // validated with the config
+	}
+	return d
 }
 
 // onNotices acts on what the runtime reports of a running process.
@@ -525,8 +589,9 @@ func (s *Supervisor) stopProcess(ctx context.Context, why string) error {
 	}
 	s.stopChecks()
 	p := s.proc
-	// The runtime waits out stop_timeout, then kills and waits for the end.
-	defer s.busy(s.spec.StopTimeout.D() + time.Minute)()
+	// The runtime runs the stop program, waits out stop_timeout, then
+	// kills and waits for the end.
+	defer s.busy(config.ProgramTimeout(s.spec.Stop, 0) + s.spec.StopTimeout.D() + time.Minute)()
 	exit, err := p.Stop(ctx, s.spec.StopTimeout.D())
 	if err != nil {
 		return fmt.Errorf("stop %s: %w", s.name, err)
@@ -688,7 +753,7 @@ func exitText(e runtime.Exit) string {
 	case e.Code >= 0:
 		return fmt.Sprintf("exited with code %d", e.Code)
 	}
-	return "exited"
+	return "exited (not the agent's child: exit status unknown)"
 }
 
 // missingRuntime stands for a runtime the agent was not given.
@@ -702,4 +767,4 @@ func (m missingRuntime) Adopt(context.Context, runtime.Spec, procfs.Identity) (r
 	return nil, fmt.Errorf("runtime %q is not available in this agent", string(m))
 }
 
-func (missingRuntime) Find(string, string) (procfs.Identity, bool) { return procfs.Identity{}, false }
+func (missingRuntime) Find(runtime.Spec) (procfs.Identity, bool) { return procfs.Identity{}, false }

@@ -62,6 +62,12 @@ func ProgramTimeout(p *Program, def time.Duration) time.Duration {
 
 func (s *Service) applyDaemonDefaults() {
 	setDur(&s.StartTimeout, 30*time.Second)
+	if s.User == "" && s.Start != nil && s.Start.User != "" {
+		// The start program's user is the one the daemon runs as (monit's
+		// "start program = ... as uid U"): its pidfile must name a
+		// process of that user.
+		s.User, s.Group = s.Start.User, s.Start.Group
+	}
 	if s.Mode == "" {
 		s.Mode = ModeActive
 	}

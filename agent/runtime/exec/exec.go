@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -19,16 +20,30 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/runtime/daemon"
 )
 
 // Runtime is the exec runtime.
-type Runtime struct{}
+type Runtime struct {
+	Log *slog.Logger // nil: slog's default
+}
 
 var _ runtime.Runtime = Runtime{}
 
+func (r Runtime) logger() *slog.Logger {
+	if r.Log == nil {
+		return slog.Default()
+	}
+	return r.Log
+}
+
 // Start launches spec's command in a new process group, as spec's user,
-// with stdout and stderr appended to LogDir/<name>.stdout.log.
-func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
+// with stdout and stderr appended to LogDir/<name>.stdout.log; a
+// daemonizing service through its start program.
+func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
+	if spec.Daemon != nil {
+		return r.startDaemon(ctx, spec)
+	}
 	if len(spec.Command) == 0 {
 		return nil, errors.New("no command")
 	}
@@ -54,7 +69,7 @@ func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, e
 	pid := cmd.Process.Pid
 	// The child stays unreaped (a zombie at worst) until watch() reaps it, so
 	// the pid cannot be reused while we read its identity and open its pidfd.
-	p, err := watch(pid, true)
+	p, err := watch(pid, true, nil)
 	// Reaping is ours from here: os/exec must not wait on it too.
 	_ = cmd.Process.Release()
 	if err != nil {
@@ -66,9 +81,13 @@ func (Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, e
 	return p, nil
 }
 
-// Adopt watches a process that an earlier agent started.
-func (Runtime) Adopt(_ context.Context, _ runtime.Spec, id procfs.Identity) (runtime.Process, error) {
-	p, err := watch(id.PID, false)
+// Adopt watches a process that an earlier agent started, or, for a
+// daemonizing service, the process it found through the pidfile.
+func (r Runtime) Adopt(_ context.Context, spec runtime.Spec, id procfs.Identity) (runtime.Process, error) {
+	if spec.Daemon != nil {
+		return r.adoptDaemon(spec, id)
+	}
+	p, err := watch(id.PID, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -81,9 +100,19 @@ func (Runtime) Adopt(_ context.Context, _ runtime.Spec, id procfs.Identity) (run
 	return p, nil
 }
 
-// Find scans /proc for the process group leader carrying the service's mark.
-func (Runtime) Find(owner, name string) (procfs.Identity, bool) {
-	want, wantOwner := runtime.ServiceEnv+"="+name, runtime.OwnerEnv+"="+owner
+// Find scans /proc for the process group leader carrying the service's
+// mark; for a daemonizing service, it is the trusted process its pidfile
+// names (or its pattern matches), whoever started it: monit, an operator.
+func (Runtime) Find(spec runtime.Spec) (procfs.Identity, bool) {
+	if spec.Daemon != nil {
+		want, err := daemon.WantOf(spec)
+		if err != nil {
+			return procfs.Identity{}, false
+		}
+		p, err := daemon.Locate(spec.Daemon.Pidfile, want)
+		return p.ID, err == nil
+	}
+	want, wantOwner := runtime.ServiceEnv+"="+spec.Name, runtime.OwnerEnv+"="+spec.Owner
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return procfs.Identity{}, false
@@ -144,9 +173,12 @@ type process struct {
 	released chan struct{}
 	once     sync.Once
 	exit     runtime.Exit
+	// daemon is set for a daemonizing service's process, which is neither
+	// the agent's child nor necessarily a group leader.
+	daemon *daemonControl
 }
 
-func watch(pid int, child bool) (*process, error) {
+func watch(pid int, child bool, dc *daemonControl) (*process, error) {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: %w", pid, err)
@@ -169,6 +201,7 @@ func watch(pid int, child bool) (*process, error) {
 		wake:     w,
 		done:     make(chan struct{}),
 		released: make(chan struct{}),
+		daemon:   dc,
 	}
 	go p.wait(r)
 	return p, nil
@@ -204,8 +237,10 @@ func (p *process) wait(wake *os.File) {
 		}
 	}
 	// Whatever the main process left behind in its group (a JVM whose
-	// launcher died) would hold the ports the next start needs.
-	if p.pgid == p.id.PID {
+	// launcher died) would hold the ports the next start needs. Not for a
+	// daemon: its group may hold processes of other users (a setuid
+	// program it ran), which the agent has no business killing.
+	if p.daemon == nil && p.pgid == p.id.PID {
 		_ = unix.Kill(-p.pgid, unix.SIGKILL)
 	}
 	close(p.done)
@@ -244,9 +279,17 @@ func (p *process) signal(sig unix.Signal) error {
 	return nil
 }
 
-func (p *process) Kill() error { return p.signal(unix.SIGKILL) }
+func (p *process) Kill() error {
+	if p.daemon != nil {
+		return p.daemon.kill(p)
+	}
+	return p.signal(unix.SIGKILL)
+}
 
 func (p *process) Stop(ctx context.Context, timeout time.Duration) (runtime.Exit, error) {
+	if p.daemon != nil {
+		return p.daemon.stop(ctx, p, timeout)
+	}
 	return runtime.Escalate(ctx, p.done, p.Exit, timeout,
 		func() error { return p.signal(unix.SIGTERM) },
 		func() error { return p.signal(unix.SIGKILL) })

@@ -105,14 +105,14 @@ func TestReleaseAndAdopt(t *testing.T) {
 	if !id.Alive() {
 		t.Fatal("process died on release")
 	}
-	found, ok := Runtime{}.Find("/var/lib/test-agent", "adoptee")
+	found, ok := Runtime{}.Find(runtime.Spec{Owner: "/var/lib/test-agent", Name: "adoptee"})
 	if !ok || found != id {
 		t.Fatalf("Find = %v %v, want %v", found, ok, id)
 	}
-	if _, ok := (Runtime{}).Find("/var/lib/test-agent", "nosuch-service"); ok {
+	if _, ok := (Runtime{}).Find(runtime.Spec{Owner: "/var/lib/test-agent", Name: "nosuch-service"}); ok {
 		t.Fatal("found a process for an unknown service")
 	}
-	if _, ok := (Runtime{}).Find("/var/lib/other-agent", "adoptee"); ok {
+	if _, ok := (Runtime{}).Find(runtime.Spec{Owner: "/var/lib/other-agent", Name: "adoptee"}); ok {
 		t.Fatal("found another agent's process")
 	}
 	q, err := Runtime{}.Adopt(context.Background(), runtime.Spec{}, id)

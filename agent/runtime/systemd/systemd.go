@@ -25,6 +25,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/cgroup"
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/runtime/daemon"
 	"github.com/dhvisor/dhvisor/internal/config"
 )
 
@@ -438,7 +439,16 @@ func (r *Runtime) retire(p *process) {
 // Start runs spec as a transient unit and returns once systemd has
 // started its main process (or failed to).
 func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
-	if len(spec.Command) == 0 {
+	command := spec.Command
+	var want daemon.Want
+	if spec.Daemon != nil {
+		var err error
+		if want, err = r.prepareDaemon(spec); err != nil {
+			return nil, err
+		}
+		command = spec.Daemon.Start.Command
+	}
+	if len(command) == 0 {
 		return nil, errors.New("no command")
 	}
 	conn, err := r.connection()
@@ -454,7 +464,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	props := []sd.Property{
 		sd.PropDescription("dhvisor: " + spec.Name),
 		sd.PropSlice(Slice),
-		sd.PropExecStart(literal(spec.Command), false),
+		sd.PropExecStart(literal(command), false),
 		{Name: "Environment", Value: dbus.MakeVariant(runtime.Environment(spec, home))},
 		{Name: "WorkingDirectory", Value: dbus.MakeVariant(runtime.WorkDir(spec))},
 		// dhvisor decides about restarts. A unit that ended cleanly is
@@ -470,7 +480,10 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		{Name: "TasksAccounting", Value: dbus.MakeVariant(true)},
 		{Name: "SyslogIdentifier", Value: dbus.MakeVariant(spec.Name)},
 	}
-	if r.execType {
+	switch {
+	case spec.Daemon != nil:
+		props = append(props, daemonProps(spec.Daemon)...)
+	case r.execType:
 		props = append(props, sd.PropType("exec"))
 	}
 	if spec.User != "" {
@@ -528,6 +541,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	if err != nil {
 		// Ended between systemd's answer and this read; its signal follows.
 		id = procfs.Identity{PID: int(st.mainPID)}
+	}
+	if spec.Daemon != nil && err == nil {
+		if err := r.trustMain(ctx, conn, unit, id, want); err != nil {
+			_, _ = p.Stop(ctx, spec.StopTimeout)
+			r.unwatch(p)
+			return nil, err
+		}
 	}
 	g, err := cgroup.Of(id.PID)
 	if err != nil {
@@ -677,9 +697,9 @@ func (r *Runtime) check(st unitStatus, owner, unit string) error {
 	return fmt.Errorf("unit %s was not started by this agent (%s)", unit, owner)
 }
 
-// Find looks for the service's unit, running and started by owner.
-func (r *Runtime) Find(owner, name string) (procfs.Identity, bool) {
-	unit := UnitName(name)
+// Find looks for the service's unit, running and started by its owner.
+func (r *Runtime) Find(spec runtime.Spec) (procfs.Identity, bool) {
+	owner, unit := spec.Owner, UnitName(spec.Name)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := r.unitState(ctx, unit)
@@ -878,4 +898,68 @@ func signalName(n int32) string {
 func noSuchUnit(err error) bool {
 	var de dbus.Error
 	return errors.As(err, &de) && (de.Name == "org.freedesktop.systemd1.NoSuchUnit" || de.Name == "org.freedesktop.systemd1.UnitInactive")
+}
+
+// prepareDaemon makes way for a daemonizing service's unit, as the exec
+// runtime does: its stale pidfile goes, a copy running already (outside
+// the unit, or a foreign process its pidfile names) is refused. systemd
+// runs its programs as the unit's user, so they must be the service's.
+func (r *Runtime) prepareDaemon(spec runtime.Spec) (daemon.Want, error) {
+	d := spec.Daemon
+	if d.Pidfile == "" {
+		return daemon.Want{}, errors.New("a service found by match runs under the exec runtime (systemd follows a daemon through its pidfile)")
+	}
+	for name, p := range map[string]*runtime.Program{"start": &d.Start, "stop": d.Stop, "restart": d.Restart} {
+		if p != nil && (p.User != "" && p.User != spec.User || p.Group != "" && p.Group != spec.Group) {
+			return daemon.Want{}, fmt.Errorf("the %s program runs as %s:%s, but systemd runs a unit's programs as the service's user %q: use the exec runtime", name, p.User, p.Group, spec.User)
+		}
+	}
+	want, err := daemon.WantOf(spec)
+	if err != nil {
+		return daemon.Want{}, err
+	}
+	note, err := daemon.Prepare(spec, want)
+	if err != nil {
+		return daemon.Want{}, err
+	}
+	if note != "" {
+		r.log.Info("removed a stale pidfile before the start", "service", spec.Name, "why", note)
+	}
+	return want, nil
+}
+
+// daemonProps make the unit follow the daemon as monit would: systemd
+// waits for the start program, then for the pidfile, within the start
+// timeout, and runs the stop program before it signals what is left.
+func daemonProps(d *runtime.Daemon) []sd.Property {
+	props := []sd.Property{
+		sd.PropType("forking"),
+		{Name: "PIDFile", Value: dbus.MakeVariant(d.Pidfile)},
+		{Name: "TimeoutStartUSec", Value: dbus.MakeVariant(uint64(max(d.StartTimeout, 100*time.Millisecond) / time.Microsecond))},
+	}
+	if d.Stop != nil {
+		stop := sd.PropExecStart(literal(d.Stop.Command), false) // the same D-Bus form as every Exec*= line
+		stop.Name = "ExecStop"
+		props = append(props, stop)
+	}
+	return props
+}
+
+// trustMain accepts the unit's main process only if it is the service's:
+// systemd already keeps to a pid in the unit's own cgroup when the
+// pidfile is the service user's to write; the agent checks that and the
+// process's user again.
+func (r *Runtime) trustMain(ctx context.Context, conn *sd.Conn, unit string, id procfs.Identity, want daemon.Want) error {
+	p, err := daemon.Inspect(id.PID)
+	if err != nil {
+		return err
+	}
+	if err := want.Trust(p); err != nil {
+		return fmt.Errorf("unit %s: its pidfile names %w", unit, err)
+	}
+	in, err := conn.GetUnitNameByPID(ctx, uint32(id.PID))
+	if err != nil || in != unit {
+		return fmt.Errorf("unit %s: its pidfile names pid %d, which is in %q, not the unit", unit, id.PID, in)
+	}
+	return nil
 }

@@ -245,10 +245,10 @@ func TestSystemdRuntime(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer r2.Close()
-		if got, ok := r2.Find(owner, "adopt"); !ok || got != id {
+		if got, ok := r2.Find(runtime.Spec{Owner: owner, Name: "adopt"}); !ok || got != id {
 			t.Fatalf("Find = %+v %v, want %+v", got, ok, id)
 		}
-		if _, ok := r2.Find("/other/agent", "adopt"); ok {
+		if _, ok := r2.Find(runtime.Spec{Owner: "/other/agent", Name: "adopt"}); ok {
 			t.Fatal("Find matched another agent's unit")
 		}
 		other, err := New(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), "/other/agent")

@@ -1,0 +1,163 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dhvisor/dhvisor/agent/procfs"
+)
+
+func sleeper(t *testing.T) Proc {
+	t.Helper()
+	cmd := exec.Command("/bin/sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p, err := Inspect(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestTrust(t *testing.T) {
+	me := uint32(os.Getuid())
+	p := sleeper(t)
+	self, err := Inspect(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	initProc, err := Inspect(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		want Want
+		proc Proc
+		why  string // empty: trusted
+	}{
+		{name: "the service's process", want: Want{UID: me}, proc: p},
+		{name: "matching its pattern", want: Want{UID: me, Match: regexp.MustCompile(`^/bin/sleep 30$`)}, proc: p},
+		{name: "pattern does not match", want: Want{UID: me, Match: regexp.MustCompile(`java`)}, proc: p, why: "does not match"},
+		{name: "another user", want: Want{UID: me + 1}, proc: p, why: "does not run as the service's user"},
+		{name: "started before the start program", want: Want{UID: me, After: p.ID.StartTicks + 1}, proc: p, why: "started before the start program"},
+		{name: "started after it", want: Want{UID: me, After: p.ID.StartTicks}, proc: p},
+		{name: "init", want: Want{UID: initProc.Owner.UID}, proc: initProc, why: "is init"},
+		{name: "the agent", want: Want{UID: me}, proc: self, why: "is the agent itself"},
+		{name: "a kernel thread", want: Want{UID: 0}, proc: Proc{ID: procfs.Identity{PID: 99}, PPID: 2}, why: "is a kernel thread"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.want.Trust(tt.proc)
+			switch {
+			case tt.why == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.why != "" && (err == nil || !strings.Contains(err.Error(), tt.why)):
+				t.Fatalf("error %v, want %q", err, tt.why)
+			}
+		})
+	}
+}
+
+func TestClear(t *testing.T) {
+	me := uint32(os.Getuid())
+	live := sleeper(t)
+	dead := exec.Command("/bin/true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		content string
+		age     time.Duration // how long before the check the pidfile was written
+		removed bool
+		err     any // nil, *RunningError or *ForeignError
+	}{
+		{name: "no pidfile"},
+		{name: "garbage", content: "not-a-pid\n", removed: true},
+		{name: "empty", content: "", removed: true},
+		{name: "a dead pid", content: strconv.Itoa(dead.Process.Pid) + "\n", removed: true},
+		{name: "the service's live process", content: strconv.Itoa(live.ID.PID) + "\n", err: new(*RunningError)},
+		{name: "pid and launcher's extra words", content: strconv.Itoa(live.ID.PID) + " java\n", err: new(*RunningError)},
+		{name: "a pid reused by a newer process", content: strconv.Itoa(live.ID.PID) + "\n", age: time.Hour, removed: true},
+		{name: "someone else's older process", content: "1\n", err: new(*ForeignError)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "x.pid")
+			if tt.name != "no pidfile" {
+				if err := os.WriteFile(path, []byte(tt.content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				mt := time.Now().Add(-tt.age)
+				_ = os.Chtimes(path, mt, mt)
+			}
+			note, err := Clear(path, Want{UID: me})
+			switch target := tt.err.(type) {
+			case nil:
+				if err != nil {
+					t.Fatalf("error %v", err)
+				}
+			case **RunningError:
+				if !errors.As(err, target) {
+					t.Fatalf("error %v, want running", err)
+				}
+			case **ForeignError:
+				if !errors.As(err, target) {
+					t.Fatalf("error %v, want foreign", err)
+				}
+			}
+			_, statErr := os.Stat(path)
+			if gone := os.IsNotExist(statErr); tt.name != "no pidfile" && gone != tt.removed {
+				t.Fatalf("removed %v, want %v (note %q)", gone, tt.removed, note)
+			}
+			if tt.removed && note == "" {
+				t.Fatal("a removed pidfile needs a note for the log")
+			}
+		})
+	}
+}
+
+// A pidfile that is a link the service's user planted is not followed.
+func TestReadPidfileRefusesLinks(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target")
+	if err := os.WriteFile(target, []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "x.pid")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if os.Getuid() == 0 {
+		// Root's own links are followed; make it someone else's.
+		if err := os.Lchown(link, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ReadPidfile(link); err == nil {
+		t.Fatal("read through a link")
+	}
+}
+
+func TestFindMatchOldest(t *testing.T) {
+	a := sleeper(t)
+	time.Sleep(20 * time.Millisecond)
+	sleeper(t)
+	p, err := FindMatch(Want{UID: uint32(os.Getuid()), Match: regexp.MustCompile(`^/bin/sleep 30$`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ID.StartTicks > a.ID.StartTicks {
+		t.Fatalf("found %v, want the oldest (%v or older)", p, a)
+	}
+}
