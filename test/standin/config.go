@@ -235,8 +235,12 @@ type config struct {
 	pidfile     string
 	logFile     string
 	daemonize   bool
-	grpc        bool   // every port also answers any gRPC method (h2c)
-	worker      string // plays this query worker: implies grpc
+	// launcher daemonizes the way Deephaven's launcher and JVM do: the
+	// launcher returns at once, the JVM writes its own pidfile and refuses
+	// to start while one exists.
+	launcher bool
+	grpc     bool   // every port also answers any gRPC method (h2c)
+	worker   string // plays this query worker: implies grpc
 }
 
 type portsFlag struct{ ports *[]int }
@@ -343,6 +347,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&cfg.pidfile, "pidfile", "", "write the service's pid to this `file`")
 	fs.StringVar(&cfg.logFile, "log", "", "append logs to this `file` instead of stderr")
 	fs.BoolVar(&cfg.daemonize, "daemonize", false, "fork into the background in a new session; exit 0 once listening")
+	fs.BoolVar(&cfg.launcher, "launcher", false, "daemonize as Deephaven's launcher does: fork into the background in a new session and exit 0 at once; "+
+		"the background process writes --pidfile itself, and refuses to start (exit 1) while that file exists")
 	fs.BoolVar(&cfg.grpc, "grpc", false, "every port also answers any gRPC method (HTTP/2 without TLS) with an empty message and response headers "+
 		headerName+" (--name), "+headerPort+", "+headerMethod+" and, with --worker, "+headerWorker)
 	fs.StringVar(&cfg.worker, "worker", "", "play the query worker `NAME` a dispatcher started: --grpc on --listen; --name defaults to NAME")
@@ -375,6 +381,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		if !set["name"] {
 			cfg.name = cfg.worker
 		}
+	}
+	if cfg.launcher && (cfg.daemonize || cfg.pidfile == "") {
+		return nil, errors.New("--launcher needs --pidfile and excludes --daemonize")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flag values that are optional need '=', e.g. --crash=3)", fs.Arg(0))

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log"
 	"os"
 	"os/exec"
@@ -85,6 +87,54 @@ func daemonize(cfg *config, lg *log.Logger, args []string) int {
 		removePidfile(cfg.pidfile, pid)
 		return 1
 	}
+}
+
+// launch starts the service in a new session and returns at once, as
+// Deephaven's launcher starts its JVM: whether the service came up is for
+// whoever follows its pidfile to find out.
+func launch(cfg *config, lg *log.Logger, args []string) int {
+	exe, err := os.Executable()
+	if err != nil {
+		lg.Printf("launch: %v", err)
+		return 1
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), readyFDEnv+"="+launchedFD)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cfg.logFile != "" {
+		f, err := os.OpenFile(cfg.logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			lg.Printf("launch: %v", err)
+			return 1
+		}
+		defer f.Close()
+		cmd.Stdout, cmd.Stderr = f, f
+	}
+	if err := cmd.Start(); err != nil {
+		lg.Printf("launch: %v", err)
+		return 1
+	}
+	lg.Printf("launched pid %d", cmd.Process.Pid)
+	_ = cmd.Process.Release()
+	return 0
+}
+
+// createPidfile writes pid to path only if no pidfile is there; the file
+// is written whole under a temporary name and linked into place, so that
+// a reader never sees it empty.
+func createPidfile(path string, pid int) error {
+	tmp := fmt.Sprintf("%s.tmp.%d", path, pid)
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s exists: the service may be running already", path)
+		}
+		return err
+	}
+	return nil
 }
 
 // exitCode follows the shell's 128+signal convention so a child killed by a

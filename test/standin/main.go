@@ -45,6 +45,10 @@ import (
 // readiness on; its presence is also what marks the process as the child.
 const readyFDEnv = "DH_STANDIN_READY_FD"
 
+// launchedFD is readyFDEnv's value in a child that reports to nobody
+// (--launcher's): its parent did not wait.
+const launchedFD = "none"
+
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
@@ -78,8 +82,11 @@ func run(args []string) int {
 	// since several stand-ins often share one log.
 	lg := log.New(out, fmt.Sprintf("standin %s pid %d ", cfg.name, os.Getpid()), log.Lmsgprefix)
 
-	if cfg.daemonize && readyFD == "" {
+	switch {
+	case cfg.daemonize && readyFD == "":
 		return daemonize(cfg, lg, args)
+	case cfg.launcher && readyFD == "":
+		return launch(cfg, lg, args)
 	}
 	return newService(cfg, lg, started, readyFD).run()
 }

@@ -64,6 +64,14 @@ func (s *service) run() int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 
+	if s.cfg.launcher {
+		// As Deephaven's JVM: a pidfile left behind means another copy may
+		// run, and this one does not start.
+		if err := createPidfile(s.cfg.pidfile, s.pid); err != nil {
+			s.log.Printf("pidfile: %v; not starting", err)
+			return 1
+		}
+	}
 	s.record("start")
 	if s.cfg.pidfile != "" && s.readyFD == "" { // a daemon parent wrote it already
 		if err := writePidfile(s.cfg.pidfile, s.pid); err != nil {
@@ -126,7 +134,7 @@ func (s *service) run() int {
 		s.log.Printf("gRPC on every port: any method answers as %s", s.cfg.name)
 	}
 	s.log.Printf("listening on %s", addrList(addrs))
-	if s.readyFD != "" {
+	if s.readyFD != "" && s.readyFD != launchedFD {
 		if err := notifyReady(s.readyFD, addrs); err != nil {
 			s.log.Printf("daemonize: %v", err)
 		}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -325,6 +326,24 @@ func killFromPidfile(t *testing.T, pidfile string) {
 		defer cancel()
 		waitPid(ctx, t, pid)
 	})
+}
+
+// waitPidfile waits for a pidfile that a service writes itself.
+func waitPidfile(ctx context.Context, t *testing.T, path string) int {
+	t.Helper()
+	waitFor(ctx, t, func() bool { _, err := os.Stat(path); return err == nil })
+	return readPidfile(t, path)
+}
+
+func waitFor(ctx context.Context, t *testing.T, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatal("timed out waiting")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 func readPidfile(t *testing.T, path string) int {
@@ -815,6 +834,61 @@ func TestStandin(t *testing.T) {
 					if got, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd)); got != "/dev/null" {
 						t.Fatalf("fd %d is %q, want /dev/null", fd, got)
 					}
+				}
+			},
+		},
+		{
+			name: "launcher: returns at once, the service writes its own pidfile and refuses to start while one exists",
+			check: func(ctx context.Context, t *testing.T, _ *proc, dir string) {
+				pidfile, logf, rec := filepath.Join(dir, "l.pid"), filepath.Join(dir, "l.log"), filepath.Join(dir, "rec")
+				killFromPidfile(t, pidfile)
+				launch := func() int {
+					// The service takes a minute to come up; the launcher
+					// returns well within the test's timeout all the same.
+					parent := start(t, nil, "--name", "jvm", "--port", "0", "--launcher", "--start-delay", "1m",
+						"--pidfile", pidfile, "--log", logf, "--record", rec)
+					parent.waitCode(ctx, 0)
+					return parent.pid()
+				}
+				parentPID := launch()
+				pid := waitPidfile(ctx, t, pidfile)
+				if pid == parentPID || !alive(pid) {
+					t.Fatalf("pidfile names %d (launcher %d), alive %v", pid, parentPID, alive(pid))
+				}
+				if st, err := procfs.ReadStat(pid); err != nil || st.SID != pid {
+					t.Fatalf("session %d (%v), want its own (%d)", st.SID, err, pid)
+				}
+				// A second launch while it runs: refused by the service.
+				launch()
+				waitFor(ctx, t, func() bool {
+					b, _ := os.ReadFile(logf)
+					return strings.Contains(string(b), "exists: the service may be running already; not starting")
+				})
+				// Killed, it leaves its pidfile behind, and nothing starts
+				// over it until someone removes it.
+				syscall.Kill(pid, syscall.SIGKILL)
+				waitFor(ctx, t, func() bool { return !alive(pid) })
+				if got := readPidfile(t, pidfile); got != pid {
+					t.Fatalf("stale pidfile names %d, want %d", got, pid)
+				}
+				launch()
+				time.Sleep(100 * time.Millisecond)
+				if got := readPidfile(t, pidfile); got != pid {
+					t.Fatalf("a launch over a stale pidfile started pid %d", got)
+				}
+				os.Remove(pidfile)
+				launch()
+				pid2 := waitPidfile(ctx, t, pidfile)
+				syscall.Kill(pid2, syscall.SIGTERM)
+				waitFor(ctx, t, func() bool { _, err := os.Stat(pidfile); return os.IsNotExist(err) })
+				var starts []int
+				for _, l := range readRecord(t, rec) {
+					if l.event == "start" {
+						starts = append(starts, l.pid)
+					}
+				}
+				if !slices.Equal(starts, []int{pid, pid2}) {
+					t.Fatalf("started %v, want only %d then %d", starts, pid, pid2)
 				}
 			},
 		},
