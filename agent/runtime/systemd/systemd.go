@@ -529,7 +529,14 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	}
 	if result != "done" && !p.ranAndEnded() {
 		r.unwatch(p)
-		return nil, fmt.Errorf("unit %s did not start: %s", unit, p.startFailure(result, st.result))
+		msg := p.startFailure(result, st.result)
+		if spec.Daemon != nil && st.result == "timeout" {
+			// systemd waited for the start program and the pidfile; one
+			// naming a process outside the unit, from a pidfile not
+			// root's, it refuses and goes on waiting.
+			msg += fmt.Sprintf(": no process of the unit named in %s within the start timeout of %s (a pid outside the unit is refused)", spec.Daemon.Pidfile, spec.Daemon.StartTimeout)
+		}
+		return nil, fmt.Errorf("unit %s did not start: %s", unit, msg)
 	}
 	if result != "done" || st.mainPID == 0 || ended(st.active) {
 		// Started and already over: the exit is the supervisor's to see.
@@ -543,8 +550,12 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		id = procfs.Identity{PID: int(st.mainPID)}
 	}
 	if spec.Daemon != nil && err == nil {
-		if err := r.trustMain(ctx, conn, unit, id, want); err != nil {
-			_, _ = p.Stop(ctx, spec.StopTimeout)
+		if inUnit, err := r.trustMain(ctx, conn, unit, id, want); err != nil {
+			// Stopping a unit signals its main pid: never one that is
+			// not the unit's. That unit stays for an operator to see.
+			if inUnit {
+				_, _ = p.Stop(ctx, spec.StopTimeout)
+			}
 			r.unwatch(p)
 			return nil, err
 		}
@@ -945,21 +956,22 @@ func daemonProps(d *runtime.Daemon) []sd.Property {
 	return props
 }
 
-// trustMain accepts the unit's main process only if it is the service's:
-// systemd already keeps to a pid in the unit's own cgroup when the
-// pidfile is the service user's to write; the agent checks that and the
-// process's user again.
-func (r *Runtime) trustMain(ctx context.Context, conn *sd.Conn, unit string, id procfs.Identity, want daemon.Want) error {
-	p, err := daemon.Inspect(id.PID)
-	if err != nil {
-		return err
-	}
-	if err := want.Trust(p); err != nil {
-		return fmt.Errorf("unit %s: its pidfile names %w", unit, err)
-	}
+// trustMain accepts the unit's main process only if it is the service's.
+// systemd itself refuses a pid outside the unit's cgroup when the pidfile
+// is not root's, which is the case of every service user; a root-owned
+// pidfile it follows anywhere, so the agent checks the cgroup and the
+// user again. inUnit says whether the main process is the unit's own.
+func (r *Runtime) trustMain(ctx context.Context, conn *sd.Conn, unit string, id procfs.Identity, want daemon.Want) (inUnit bool, err error) {
 	in, err := conn.GetUnitNameByPID(ctx, uint32(id.PID))
 	if err != nil || in != unit {
-		return fmt.Errorf("unit %s: its pidfile names pid %d, which is in %q, not the unit", unit, id.PID, in)
+		return false, fmt.Errorf("unit %s: its pidfile names pid %d, which is in %q, not the unit: that process and the unit are left alone, for an operator to look at", unit, id.PID, in)
 	}
-	return nil
+	p, err := daemon.Inspect(id.PID)
+	if err != nil {
+		return true, err
+	}
+	if err := want.Trust(p); err != nil {
+		return true, fmt.Errorf("unit %s: its pidfile names %w", unit, err)
+	}
+	return true, nil
 }

@@ -313,6 +313,94 @@ func TestSystemdRuntime(t *testing.T) {
 		}
 	})
 
+	t.Run("daemonizing service: followed through its pidfile, stopped by its stop program", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.Chmod(dir, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		pidfile, stopped := filepath.Join(dir, "d.pid"), filepath.Join(dir, "stopped")
+		// The start program daemonizes the way Deephaven's launcher does:
+		// the service runs on in its own session and writes its pidfile.
+		launch := []string{"/bin/sh", "-c", "setsid /bin/sh -c 'echo $$ > " + pidfile + "; exec sleep 30' </dev/null >/dev/null 2>&1 &"}
+		daemonSpec := func(name, user string, start []string) runtime.Spec {
+			return runtime.Spec{Name: name, User: user, Daemon: &runtime.Daemon{
+				Start:        runtime.Program{Command: start},
+				Stop:         &runtime.Program{Command: []string{"/bin/sh", "-c", "touch " + stopped + "; kill $(cat " + pidfile + ")"}},
+				Pidfile:      pidfile,
+				StartTimeout: 10 * time.Second,
+			}}
+		}
+		// A stale pidfile naming a dead pid is removed before the start.
+		dead := exec.Command("/bin/true")
+		if err := dead.Run(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(pidfile, []byte(strconv.Itoa(dead.Process.Pid)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := start(t, daemonSpec("daemon", "", launch))
+		want := waitPID(t, pidfile)
+		if p.Identity() != want {
+			t.Fatalf("following %+v, want the pidfile's %+v", p.Identity(), want)
+		}
+		show, _ := exec.Command("systemctl", "show", "dhvisor-daemon.service", "-p", "Type", "-p", "PIDFile", "-p", "MainPID").Output()
+		for _, w := range []string{"Type=forking", "PIDFile=" + pidfile, "MainPID=" + strconv.Itoa(want.PID)} {
+			if !strings.Contains(string(show), w) {
+				t.Errorf("systemctl show lacks %s:\n%s", w, show)
+			}
+		}
+		if _, err := p.Stop(ctx, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(stopped); err != nil {
+			t.Errorf("the stop program did not run: %v", err)
+		}
+		if want.Alive() {
+			t.Fatal("the daemon survived the stop")
+		}
+
+		// kill -9 of the daemon ends the unit's run, seen as such.
+		_ = os.Remove(pidfile)
+		p = start(t, daemonSpec("daemon", "", launch))
+		_ = syscall.Kill(p.Identity().PID, syscall.SIGKILL)
+		if e := waitDone(t, p); e.Signal != "SIGKILL" {
+			t.Fatalf("exit %+v, want SIGKILL", e)
+		}
+
+		// A service user who names another process in its pidfile gets a
+		// refusal, and that process no signal.
+		self := strconv.Itoa(os.Getpid())
+		for _, foreign := range []string{"1", self} {
+			_ = os.Remove(pidfile)
+			spec := daemonSpec("foreign", "nobody", []string{"/bin/sh", "-c", "echo " + foreign + " > " + pidfile + "; sleep 30 & "})
+			spec.Owner, spec.LogDir, spec.StopTimeout = owner, logs, time.Second
+			spec.Daemon.StartTimeout = 2 * time.Second
+			p, err := r.Start(ctx, spec)
+			if err == nil {
+				_ = p.Kill()
+				t.Fatalf("pidfile naming pid %s: started, following %+v", foreign, p.Identity())
+			}
+			t.Logf("pidfile naming pid %s: %v", foreign, err)
+			if _, err := os.Stat(stopped); err == nil && foreign == "1" {
+				// The stop program is the service's: it may run, but
+				// nothing reached the foreign process (we are alive).
+				_ = os.Remove(stopped)
+			}
+			_ = exec.Command("systemctl", "stop", "dhvisor-foreign.service").Run()
+			_ = exec.Command("systemctl", "reset-failed", "dhvisor-foreign.service").Run()
+		}
+
+		// A start program that fails is the start's failure.
+		_ = os.Remove(pidfile)
+		spec := daemonSpec("daemonfail", "", []string{"/bin/sh", "-c", "echo cannot start; exit 3"})
+		spec.Owner, spec.LogDir, spec.StopTimeout = owner, logs, time.Second
+		_, err := r.Start(ctx, spec)
+		if err == nil {
+			t.Fatal("a start program that exits 3 started")
+		}
+		t.Logf("failing start program: %v", err)
+	})
+
 	t.Run("start errors", func(t *testing.T) {
 		for _, tt := range []struct {
 			spec runtime.Spec
