@@ -428,3 +428,10 @@ func BenchmarkTreeUsage(b *testing.B) {
 		}
 	}
 }
+
+func TestMemTotal(t *testing.T) {
+	total, err := MemTotal()
+	if err != nil || total < 64<<20 {
+		t.Fatalf("MemTotal() = %d, %v; want the host's memory", total, err)
+	}
+}

@@ -171,6 +171,18 @@ type Process interface {
 // Metered is a Process whose runtime measures what the service uses
 // itself (a unit's cgroup); for the others the supervisor sums the
 // process tree.
+// Restarter is a process with a restart program of its own (monit's
+// "restart program"): Restart runs it and returns the process that
+// replaced this one. ErrNoRestartProgram means a restart is a stop and a
+// start.
+type Restarter interface {
+	Restart(ctx context.Context) (Process, error)
+}
+
+// ErrNoRestartProgram is Restart's answer for a process restarted by a
+// stop and a start.
+var ErrNoRestartProgram = errors.New("no restart program")
+
 type Metered interface {
 	Usage() (procfs.Usage, error)
 }

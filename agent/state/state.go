@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,7 +40,11 @@ type Service struct {
 }
 
 type file struct {
-	Version  int                `json:"version"`
+	Version int `json:"version"`
+	// BootID is the kernel's boot id when the file was written: a file
+	// from an earlier boot means the host rebooted since (monit's
+	// "onreboot" applies).
+	BootID   string             `json:"boot_id,omitempty"`
 	Services map[string]Service `json:"services"`
 }
 
@@ -47,12 +52,31 @@ const version = 1
 
 // Store reads and writes the state file.
 type Store struct {
-	path string
-	mu   sync.Mutex
+	path     string
+	boot     string // this boot's id, written with every save
+	mu       sync.Mutex
+	rebooted bool
 }
 
+// bootIDFile names the current boot; it changes with every boot.
+const bootIDFile = "/proc/sys/kernel/random/boot_id"
+
 // New returns a store for path; nothing is read or written yet.
-func New(path string) *Store { return &Store{path: path} }
+func New(path string) *Store {
+	b, _ := os.ReadFile(bootIDFile)
+	return NewForBoot(path, strings.TrimSpace(string(b)))
+}
+
+// NewForBoot is New on a host whose current boot is boot.
+func NewForBoot(path, boot string) *Store { return &Store{path: path, boot: boot} }
+
+// Rebooted reports whether the file Load read was written in an earlier
+// boot of the host. A file without a boot id cannot tell: not rebooted.
+func (s *Store) Rebooted() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rebooted
+}
 
 // Path is the state file's path.
 func (s *Store) Path() string { return s.path }
@@ -82,6 +106,7 @@ func (s *Store) Load() (map[string]Service, error) {
 	if f.Services == nil {
 		f.Services = map[string]Service{}
 	}
+	s.rebooted = f.BootID != "" && s.boot != "" && f.BootID != s.boot
 	return f.Services, nil
 }
 
@@ -90,7 +115,7 @@ func (s *Store) Load() (map[string]Service, error) {
 func (s *Store) Save(services map[string]Service) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	data, err := json.MarshalIndent(file{Version: version, Services: services}, "", "  ")
+	data, err := json.MarshalIndent(file{Version: version, BootID: s.boot, Services: services}, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -47,3 +47,34 @@ func TestCorruptFileMovedAside(t *testing.T) {
 		})
 	}
 }
+
+func TestRebooted(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "state.json")
+	tests := []struct {
+		name         string
+		written, now string
+		want         bool
+	}{
+		{"same boot", "boot-1", "boot-1", false},
+		{"another boot", "boot-1", "boot-2", true},
+		{"file from before boot ids", "", "boot-2", false},
+		{"boot id unreadable now", "boot-1", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := NewForBoot(p, tt.written).Save(map[string]Service{"a": {}}); err != nil {
+				t.Fatal(err)
+			}
+			s := NewForBoot(p, tt.now)
+			if _, err := s.Load(); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Rebooted(); got != tt.want {
+				t.Fatalf("Rebooted() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(bootIDFile); len(strings.TrimSpace(string(b))) == 0 {
+		t.Fatalf("%s unreadable: the agent could not tell a reboot", bootIDFile)
+	}
+}

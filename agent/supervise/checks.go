@@ -189,6 +189,7 @@ func (s *Supervisor) evaluate(ctx context.Context) {
 	}
 	healthy, known := true, true
 	var bad string
+	alertOnly := true // every failing check says "then alert"
 	for i, h := range s.hyst {
 		if s.spec.Checks[i].Type == config.CheckProcess {
 			continue
@@ -200,6 +201,7 @@ func (s *Supervisor) evaluate(ctx context.Context) {
 		}
 		if !ok {
 			healthy = false
+			alertOnly = alertOnly && s.spec.Checks[i].Action == config.ActionAlert
 			if err := h.LastError(); err != nil && bad == "" {
 				bad = fmt.Sprintf("check %s failed %d times: %v", s.spec.Checks[i].Name, h.ConsecutiveFailures(), err)
 			}
@@ -209,6 +211,10 @@ func (s *Supervisor) evaluate(ctx context.Context) {
 	case !healthy:
 		if !s.graceOver && time.Now().Before(s.graceEnd) {
 			s.setState(Initializing, "within start grace period; "+bad)
+			return
+		}
+		if alertOnly {
+			s.alertUnhealthy(ConnFailed, bad)
 			return
 		}
 		s.restartUnhealthy(ctx, ConnFailed, bad)
@@ -227,7 +233,7 @@ func (s *Supervisor) startSampling() {
 	s.stopSampling()
 	s.observeUsage(time.Now())
 	l := s.spec.Limits
-	if l.Memory == 0 && l.CPUPercent == 0 {
+	if l.Memory == 0 && l.MemoryPercent == 0 && l.CPUPercent == 0 {
 		return
 	}
 	s.sampleT = time.NewTicker(l.Interval.D())
@@ -296,7 +302,15 @@ func (s *Supervisor) refreshUsage() {
 
 func (s *Supervisor) setLimits() {
 	l := s.spec.Limits
-	s.memLimit = check.Threshold{Limit: float64(l.Memory), Cycles: l.MemoryCycles}
+	limit := float64(l.Memory)
+	if l.MemoryPercent > 0 {
+		if total, err := procfs.MemTotal(); err == nil {
+			limit = float64(total) * l.MemoryPercent / 100
+		} else {
+			s.log.Warn("cannot read the host's memory; the memory limit in percent is not enforced", "err", err)
+		}
+	}
+	s.memLimit = check.Threshold{Limit: limit, Cycles: l.MemoryCycles}
 	s.cpuLimit = check.Threshold{Limit: l.CPUPercent, Cycles: l.CPUCycles}
 }
 
@@ -306,11 +320,22 @@ func (s *Supervisor) sample(ctx context.Context, now time.Time) {
 	if u.Procs == 0 || !s.remembered().Monitored {
 		return
 	}
+	l := s.spec.Limits
 	if s.memLimit.Observe(float64(u.RSSBytes)) {
-		s.restartUnhealthy(ctx, ResourceLimit, fmt.Sprintf("memory %s above limit %s for %d checks", config.ByteSize(u.RSSBytes), s.spec.Limits.Memory, s.spec.Limits.MemoryCycles))
+		s.limitMatched(ctx, l.MemoryAction, fmt.Sprintf("memory %s above limit %s for %d checks", config.ByteSize(u.RSSBytes), config.ByteSize(s.memLimit.Limit), l.MemoryCycles))
 		return
 	}
 	if ok && s.cpuLimit.Observe(pct) {
-		s.restartUnhealthy(ctx, ResourceLimit, fmt.Sprintf("cpu %.0f%% above limit %.0f%% for %d checks", pct, s.spec.Limits.CPUPercent, s.spec.Limits.CPUCycles))
+		s.limitMatched(ctx, l.CPUAction, fmt.Sprintf("cpu %.0f%% above limit %.0f%% for %d checks", pct, l.CPUPercent, l.CPUCycles))
 	}
+}
+
+// limitMatched acts on a resource limit: monit's "then restart" or
+// "then alert".
+func (s *Supervisor) limitMatched(ctx context.Context, action, why string) {
+	if action == config.ActionAlert {
+		s.alertUnhealthy(ResourceLimit, why)
+		return
+	}
+	s.restartUnhealthy(ctx, ResourceLimit, why)
 }

@@ -100,15 +100,21 @@ func (m *Manager) Load(ctx context.Context) {
 	if err != nil {
 		m.log.Error("state file", "err", err)
 	}
+	rebooted := m.store.Rebooted()
+	if rebooted {
+		m.log.Info("the host rebooted since the state was saved; applying each service's on_boot")
+	}
 	sups := map[string]*Supervisor{}
 	for _, name := range m.node.Names() {
+		spec := m.node.Services[name]
 		rec, ok := mem[name]
-		if !ok {
-			// A service new to this node runs by default, as monit starts
-			// everything at boot.
-			rec = state.Service{DesiredRunning: true, Monitored: true}
+		switch {
+		case !ok:
+			rec = initialRecord(spec)
+		case rebooted:
+			rec = afterReboot(spec, rec)
 		}
-		s := newSupervisor(m.node.Services[name], rec, m.node.Agent.StateDir, m.rts, m.log, m.hooks())
+		s := newSupervisor(spec, rec, m.node.Agent.StateDir, m.rts, m.log, m.hooks())
 		s.adopt(ctx)
 		sups[name] = s
 	}
@@ -683,7 +689,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 	}
 	added := map[string]*Supervisor{}
 	for _, name := range res.Added {
-		s := newSupervisor(node.Services[name], state.Service{DesiredRunning: true, Monitored: true}, node.Agent.StateDir, m.rts, m.log, m.hooks())
+		s := newSupervisor(node.Services[name], initialRecord(node.Services[name]), node.Agent.StateDir, m.rts, m.log, m.hooks())
 		s.adopt(ctx)
 		added[name] = s
 	}

@@ -35,6 +35,11 @@ type fakeRuntime struct {
 	// bounds is, for each start, how long its context gave it (0: no
 	// deadline).
 	bounds []time.Duration
+	// found holds processes started by someone else (an operator, monit),
+	// which Find finds and Adopt takes.
+	found map[string]*fakeProc
+	// restarts counts runs of services' restart programs.
+	restarts []string
 }
 
 // gate holds a service's start until the test opens it.
@@ -46,6 +51,8 @@ type gate struct {
 func newGate() *gate { return &gate{entered: make(chan struct{}, 1), open: make(chan struct{})} }
 
 type fakeProc struct {
+	rt   *fakeRuntime
+	name string
 	id   procfs.Identity
 	once sync.Once
 	done chan struct{}
@@ -53,7 +60,7 @@ type fakeProc struct {
 }
 
 func newFakeRuntime() *fakeRuntime {
-	return &fakeRuntime{nextPID: 1000, procs: map[string]*fakeProc{}, failing: map[string]error{}, gates: map[string]*gate{}}
+	return &fakeRuntime{nextPID: 1000, procs: map[string]*fakeProc{}, failing: map[string]error{}, gates: map[string]*gate{}, found: map[string]*fakeProc{}}
 }
 
 func (f *fakeRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
@@ -78,10 +85,24 @@ func (f *fakeRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Pro
 	if err := f.failing[spec.Name]; err != nil {
 		return nil, err
 	}
+	return f.newProc(spec.Name), nil
+}
+
+// newProc is a new running process of the service name; f.mu held.
+func (f *fakeRuntime) newProc(name string) *fakeProc {
 	f.nextPID++
-	p := &fakeProc{id: procfs.Identity{PID: f.nextPID, StartTicks: 1}, done: make(chan struct{})}
-	f.procs[spec.Name] = p
-	return p, nil
+	p := &fakeProc{rt: f, name: name, id: procfs.Identity{PID: f.nextPID, StartTicks: 1}, done: make(chan struct{})}
+	f.procs[name] = p
+	return p
+}
+
+// external runs a process of the service that the agent did not start.
+func (f *fakeRuntime) external(name string) *fakeProc {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.newProc(name)
+	f.found[name] = p
+	return p
 }
 
 // Adopt finds a process this runtime started that is still running, as a
@@ -102,7 +123,18 @@ func (f *fakeRuntime) Adopt(_ context.Context, _ runtime.Spec, id procfs.Identit
 	return nil, errors.New("no such process")
 }
 
-func (f *fakeRuntime) Find(runtime.Spec) (procfs.Identity, bool) { return procfs.Identity{}, false }
+func (f *fakeRuntime) Find(spec runtime.Spec) (procfs.Identity, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p := f.found[spec.Name]; p != nil {
+		select {
+		case <-p.done:
+		default:
+			return p.id, true
+		}
+	}
+	return procfs.Identity{}, false
+}
 
 func (f *fakeRuntime) proc(name string) *fakeProc {
 	f.mu.Lock()
@@ -124,6 +156,16 @@ func (p *fakeProc) Done() <-chan struct{}     { return p.done }
 func (p *fakeProc) Exit() runtime.Exit        { return p.exit }
 func (p *fakeProc) Release()                  {}
 func (p *fakeProc) Kill() error               { p.end(-1); return nil }
+
+// Restart plays a restart program: the process ends, another replaces it.
+func (p *fakeProc) Restart(context.Context) (runtime.Process, error) {
+	p.end(0)
+	p.rt.mu.Lock()
+	defer p.rt.mu.Unlock()
+	p.rt.restarts = append(p.rt.restarts, p.name)
+	return p.rt.newProc(p.name), nil
+}
+
 func (p *fakeProc) Stop(context.Context, time.Duration) (runtime.Exit, error) {
 	p.end(0)
 	return p.exit, nil

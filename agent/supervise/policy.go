@@ -5,8 +5,36 @@ import (
 	"slices"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/internal/config"
 )
+
+// initialRecord is what the agent starts from for a service it has no
+// record of: it runs, as monit starts everything, unless the service is
+// started only by an operator (mode manual, or on_boot nostart).
+func initialRecord(spec *config.Service) state.Service {
+	if spec.Mode == config.ModeManual || spec.OnBoot == config.OnBootNoStart {
+		return state.Service{}
+	}
+	return state.Service{DesiredRunning: true, Monitored: true}
+}
+
+// afterReboot applies the service's on_boot to its record from before the
+// host rebooted: start runs it again (a Failed verdict from the last boot
+// cleared), nostart leaves it stopped and unmonitored, laststate keeps
+// what the operator last asked for. A manual service is never started by a
+// reboot. The restart history of the last boot does not count.
+func afterReboot(spec *config.Service, rec state.Service) state.Service {
+	rec.FastFailures, rec.RecentRestarts = 0, nil
+	switch {
+	case spec.OnBoot == config.OnBootLastState:
+	case spec.OnBoot == config.OnBootStart && spec.Mode != config.ModeManual:
+		rec.DesiredRunning, rec.Monitored, rec.Failed, rec.FailedReason = true, true, false, ""
+	default:
+		rec.DesiredRunning, rec.Monitored = false, false
+	}
+	return rec
+}
 
 // restartDecision is what the restart policy says about one unplanned end of
 // a service's process.

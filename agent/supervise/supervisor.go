@@ -89,6 +89,8 @@ type Supervisor struct {
 	staleWhy  string // the process must be replaced to take a change (held while unmonitored)
 	restartC  <-chan time.Time
 	restartT  *time.Timer
+	findT     *time.Timer // looks again for a missing process the agent does not start
+	findC     <-chan time.Time
 	sampleT   *time.Ticker
 	sampling  atomic.Bool    // a timer samples usage (the service has limits)
 	retired   sync.WaitGroup // stopped check runners still winding down
@@ -251,11 +253,66 @@ func (s *Supervisor) find() (string, procfs.Identity, bool) {
 // needsStart reports whether the service should run but has no process.
 func (s *Supervisor) needsStart() bool {
 	m := s.remembered()
-	return m.DesiredRunning && m.Monitored && !m.Failed && s.Status().PID == 0
+	return m.DesiredRunning && m.Monitored && !m.Failed && s.Status().PID == 0 && !s.leavesMissing()
+}
+
+// leavesMissing reports whether a missing process is only reported, never
+// started by the agent on its own: monit's "mode passive", or "if does not
+// exist then alert". An operator's start still starts it.
+func (s *Supervisor) leavesMissing() bool {
+	return s.spec.IsPassive() || s.spec.Restart.OnMissing == config.ActionAlert
+}
+
+// findInterval paces the search for a missing process the agent leaves
+// to others: a pidfile or a command line to look at, as monit's cycle does.
+const findInterval = 2 * time.Second
+
+// missing reports a process the agent does not start on its own, and
+// looks for it again until it appears.
+func (s *Supervisor) missing(why string) {
+	reason := "mode passive"
+	if !s.spec.IsPassive() {
+		reason = "on_missing: alert"
+	}
+	msg := fmt.Sprintf("%s; not started by the agent (%s)", why, reason)
+	if s.Status().State != DoesNotExist {
+		s.hooks.alert(s.Status(), string(DoesNotExist), msg)
+	}
+	s.setState(DoesNotExist, msg)
+	s.armFind()
+}
+
+func (s *Supervisor) armFind() {
+	s.stopFind()
+	s.findT = time.NewTimer(findInterval)
+	s.findC = s.findT.C
+}
+
+func (s *Supervisor) stopFind() {
+	if s.findT != nil {
+		s.findT.Stop()
+		s.findT, s.findC = nil, nil
+	}
+}
+
+// lookAgain adopts the missing process if someone started it.
+func (s *Supervisor) lookAgain(ctx context.Context) {
+	m := s.remembered()
+	if s.proc != nil || !m.DesiredRunning || !m.Monitored {
+		return
+	}
+	if s.adoptFound(ctx) {
+		s.hooks.alert(s.Status(), "Exists", fmt.Sprintf("process found running (pid %d)", s.Status().PID))
+		return
+	}
+	s.armFind()
 }
 
 func (s *Supervisor) run(ctx context.Context) {
 	defer s.shutdown()
+	if m := s.remembered(); s.proc == nil && s.leavesMissing() && m.DesiredRunning && m.Monitored {
+		s.missing("not running at the agent's start")
+	}
 	for {
 		var procDone <-chan struct{}
 		if s.proc != nil {
@@ -285,6 +342,9 @@ func (s *Supervisor) run(ctx context.Context) {
 		case <-s.restartC:
 			s.restartC = nil
 			_ = s.start(ctx) // a failure schedules the next try itself
+		case <-s.findC:
+			s.findC = nil
+			s.lookAgain(ctx)
 		case now := <-sampleC:
 			s.sample(ctx, now)
 		case <-noticed:
@@ -298,6 +358,7 @@ func (s *Supervisor) shutdown() {
 	s.stopChecks()
 	s.stopSampling()
 	s.cancelRestart()
+	s.stopFind()
 	if s.proc != nil {
 		s.proc.Release()
 	}
@@ -358,6 +419,9 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 		s.cancelRestart()
 		if s.proc != nil {
 			s.setState(Restarting, "restart requested by operator")
+			if done, err := s.restartProgram(ctx, "restart requested by operator", false); done || err != nil {
+				return err
+			}
 			if err := s.stopProcess(ctx, "restart requested by operator"); err != nil {
 				return err
 			}
@@ -617,6 +681,9 @@ func (s *Supervisor) onExit(ctx context.Context) {
 		s.setState(NotMonitored, desc+"; not monitored, so not restarted")
 	case isPermanent(s.spec.Restart, exit.Code):
 		s.fail(fmt.Sprintf("%s: exit code %d is marked permanent, not restarting", desc, exit.Code))
+	case s.leavesMissing():
+		s.log.Warn("process ended; not restarted by the agent", "pid", p.Identity().PID, "exit", exitText(exit))
+		s.missing(desc)
 	default:
 		s.log.Warn("process ended unexpectedly", "pid", p.Identity().PID, "exit", exitText(exit), "uptime", uptime)
 		st := DoesNotExist
@@ -632,8 +699,14 @@ func (s *Supervisor) scheduleRestart(ctx context.Context, uptime time.Duration, 
 	m := s.remembered()
 	d := decideRestart(s.spec.Restart, uptime, m.FastFailures, m.RecentRestarts, time.Now(), s.jitter)
 	if d.giveUp {
-		s.fail(fmt.Sprintf("%s; %d restarts within %s", why, len(d.recent), s.spec.Restart.Window.D()))
-		return
+		limit := fmt.Sprintf("%s; %d restarts within %s", why, len(d.recent), s.spec.Restart.Window.D())
+		if s.spec.Restart.LimitAction != config.ActionAlert {
+			s.fail(limit)
+			return
+		}
+		// monit's "then alert": say so once per window, and go on.
+		s.hooks.alert(s.Status(), "Restart limit", limit)
+		d = decideRestart(s.spec.Restart, uptime, m.FastFailures, nil, time.Now(), s.jitter)
 	}
 	s.remember(func(m *state.Service) {
 		m.FastFailures, m.RecentRestarts = d.fastFailures, d.recent
@@ -678,14 +751,74 @@ func (s *Supervisor) restartUnhealthy(ctx context.Context, st State, why string)
 	if !s.remembered().Monitored {
 		return
 	}
+	if s.spec.IsPassive() {
+		s.alertUnhealthy(st, why)
+		return
+	}
 	s.setState(st, why+"; restarting")
 	s.log.Warn("restarting unhealthy service", "state", st, "why", why)
 	uptime := time.Since(s.Status().StartedAt)
+	if done, err := s.restartProgram(ctx, why, true); done {
+		return
+	} else if err != nil {
+		s.log.Error("restart program failed; stopping and starting instead", "err", err)
+	}
 	if err := s.stopProcess(ctx, why); err != nil {
 		s.log.Error("could not stop unhealthy service", "err", err)
 		return
 	}
 	s.scheduleRestart(ctx, uptime, st, why)
+}
+
+// alertUnhealthy reports a failure the service's configuration only
+// alerts on (monit's "then alert", or mode passive): the state says so,
+// the hook runs once as the state is entered, nothing is restarted.
+func (s *Supervisor) alertUnhealthy(st State, why string) {
+	if s.Status().State == st {
+		return
+	}
+	s.log.Warn("service unhealthy; alerting only", "state", st, "why", why)
+	s.setState(st, why+"; alert only, not restarted")
+	s.hooks.alert(s.Status(), string(st), why)
+}
+
+// restartProgram restarts the process through the service's restart
+// program when it has one; done says whether it did. A failed restart
+// program leaves the process to a stop and a start. counted: the restart
+// is the agent's own (not an operator's), which status counts.
+func (s *Supervisor) restartProgram(ctx context.Context, why string, counted bool) (done bool, err error) {
+	r, ok := s.proc.(runtime.Restarter)
+	if !ok || s.spec.RestartProgram == nil {
+		return false, nil
+	}
+	s.stopChecks()
+	defer s.busy(config.ProgramTimeout(s.spec.RestartProgram, s.spec.StartTimeout.D()) + s.spec.StopTimeout.D() + s.spec.StartTimeout.D())()
+	np, err := r.Restart(ctx)
+	if errors.Is(err, runtime.ErrNoRestartProgram) {
+		return false, nil
+	}
+	if err != nil {
+		if s.proc.Identity().Alive() {
+			return false, err
+		}
+		// The old process is gone and no new one can be followed: as a
+		// failed start.
+		s.detach()
+		s.scheduleRestart(ctx, 0, ExecFailed, "restart program: "+err.Error())
+		return true, err
+	}
+	rtName := s.remembered().Runtime
+	s.log.Info("restarted by the restart program", "why", why, "old_pid", s.proc.Identity().PID, "pid", np.Identity().PID)
+	s.detach()
+	if counted {
+		s.remember(func(m *state.Service) { m.Restarts++ })
+		s.mu.Lock()
+		s.status.Restarts = s.mem.Restarts
+		s.mu.Unlock()
+	}
+	s.setState(Initializing, "restarted by the restart program; waiting for checks")
+	s.attach(np, rtName, time.Now())
+	return true, nil
 }
 
 // remember changes what survives an agent restart; it is saved shortly.

@@ -44,12 +44,12 @@ func (r Runtime) startDaemon(ctx context.Context, spec runtime.Spec) (runtime.Pr
 	if err != nil {
 		return nil, err
 	}
-	return r.followDaemon(p, spec, want)
+	return followDaemon(r.logger(), p, spec, want)
 }
 
 // followDaemon watches p, the service's trusted process.
-func (r Runtime) followDaemon(p daemon.Proc, spec runtime.Spec, want daemon.Want) (*process, error) {
-	w, err := watch(p.ID.PID, false, &daemonControl{log: r.logger(), spec: spec, proc: p, uid: want.UID})
+func followDaemon(log *slog.Logger, p daemon.Proc, spec runtime.Spec, want daemon.Want) (*process, error) {
+	w, err := watch(p.ID.PID, false, &daemonControl{log: log, spec: spec, proc: p, uid: want.UID})
 	if err != nil {
 		return nil, err
 	}
@@ -100,6 +100,38 @@ func (c *daemonControl) stop(ctx context.Context, p *process, timeout time.Durat
 		signalAll(members, unix.SIGKILL)
 	}
 	return exit, err
+}
+
+// restart runs the restart program, which must end the process and leave
+// a new one in the pidfile, trusted as a start's would be.
+func (c *daemonControl) restart(ctx context.Context, p *process) (runtime.Process, error) {
+	prog := c.spec.Daemon.Restart
+	if prog == nil {
+		return nil, runtime.ErrNoRestartProgram
+	}
+	want, err := daemon.WantOf(c.spec)
+	if err != nil {
+		return nil, err
+	}
+	launched, err := runProgram(ctx, c.spec, *prog, "restart program")
+	if err != nil {
+		return nil, err
+	}
+	// The old process may still be on its way out when the program
+	// returns; a new one in the pidfile is only trusted once it is gone.
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(c.spec.StopTimeout):
+		return nil, fmt.Errorf("the restart program returned, but pid %d still runs after %s", p.id.PID, c.spec.StopTimeout)
+	}
+	want.After = launched
+	np, err := waitForPid(ctx, c.spec, want, c.spec.Daemon.StartTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return followDaemon(c.log, np, c.spec, want)
 }
 
 func signalAll(ps []daemon.Proc, sig unix.Signal) {
@@ -253,5 +285,5 @@ func (r Runtime) adoptDaemon(spec runtime.Spec, id procfs.Identity) (runtime.Pro
 	if err := want.Trust(p); err != nil {
 		return nil, err
 	}
-	return r.followDaemon(p, spec, want)
+	return followDaemon(r.logger(), p, spec, want)
 }

@@ -286,6 +286,14 @@ func (p *process) Kill() error {
 	return p.signal(unix.SIGKILL)
 }
 
+// Restart runs a daemonizing service's restart program.
+func (p *process) Restart(ctx context.Context) (runtime.Process, error) {
+	if p.daemon == nil {
+		return nil, runtime.ErrNoRestartProgram
+	}
+	return p.daemon.restart(ctx, p)
+}
+
 func (p *process) Stop(ctx context.Context, timeout time.Duration) (runtime.Exit, error) {
 	if p.daemon != nil {
 		return p.daemon.stop(ctx, p, timeout)
