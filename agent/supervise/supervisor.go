@@ -260,7 +260,7 @@ func (s *Supervisor) needsStart() bool {
 // started by the agent on its own: monit's "mode passive", or "if does not
 // exist then alert". An operator's start still starts it.
 func (s *Supervisor) leavesMissing() bool {
-	return s.spec.IsPassive() || s.spec.Restart.OnMissing == config.ActionAlert
+	return s.spec.IsPassive() || s.spec.CannotStart() || s.spec.Restart.OnMissing == config.ActionAlert
 }
 
 // findInterval paces the search for a missing process the agent leaves
@@ -270,9 +270,12 @@ const findInterval = 2 * time.Second
 // missing reports a process the agent does not start on its own, and
 // looks for it again until it appears.
 func (s *Supervisor) missing(why string) {
-	reason := "mode passive"
-	if !s.spec.IsPassive() {
-		reason = "on_missing: alert"
+	reason := "on_missing: alert"
+	switch {
+	case s.spec.IsPassive():
+		reason = "mode passive"
+	case s.spec.CannotStart():
+		reason = "it has no start program"
 	}
 	msg := fmt.Sprintf("%s; not started by the agent (%s)", why, reason)
 	if s.Status().State != DoesNotExist {
@@ -481,6 +484,11 @@ func (s *Supervisor) start(ctx context.Context) error {
 		// Started by someone else (an operator, monit before the take
 		// over): a second copy would find its pidfile and refuse.
 		return nil
+	}
+	if s.spec.CannotStart() {
+		// As monit's "start program not defined": watched, never started.
+		s.missing("cannot start it")
+		return errors.New("the service has no start program: the agent only watches it (it starts when its pidfile names a running process)")
 	}
 	sctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()

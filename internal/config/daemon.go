@@ -52,6 +52,13 @@ func (s *Service) Followed() bool { return s.Pidfile != "" || s.Match != "" }
 // IsPassive reports whether the agent only watches the service.
 func (s *Service) IsPassive() bool { return s.Mode == ModePassive }
 
+// CannotStart reports whether the agent has no way to start the service:
+// followed through a pidfile without a start program (monit accepts such a
+// check process and only watches it, as in mode passive).
+func (s *Service) CannotStart() bool {
+	return s.Followed() && s.Start == nil && len(s.Command) == 0
+}
+
 // ProgramTimeout is how long p may run: its own timeout, else def.
 func ProgramTimeout(p *Program, def time.Duration) time.Duration {
 	if p != nil && p.Timeout > 0 {
@@ -158,9 +165,6 @@ func (s *Service) validateDaemon(bad func(format string, args []any, path ...str
 			if p != nil {
 				bad("%s needs a start program (the daemonizing process model)", []any{name}, name)
 			}
-		}
-		if s.Followed() && !s.IsPassive() && len(s.Command) == 0 {
-			bad("a service followed through its pidfile needs a start program, unless mode is passive (watched only)", nil, "start")
 		}
 	}
 	if s.StartTimeout.D() < 100*time.Millisecond {

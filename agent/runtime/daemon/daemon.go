@@ -159,20 +159,33 @@ func ReadPidfile(path string) (Pidfile, error) {
 	if err != nil {
 		return Pidfile{}, err
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) == 0 {
-		return Pidfile{}, fmt.Errorf("%s: %w: empty", path, errNotAPid)
-	}
-	pid, err := strconv.Atoi(f[0])
-	if err != nil || pid <= 0 {
-		return Pidfile{}, fmt.Errorf("%s: %w: %q", path, errNotAPid, truncate(f[0], 32))
+	pid, err := parsePid(b)
+	if err != nil {
+		return Pidfile{}, fmt.Errorf("%s: %w", path, err)
 	}
 	sec, nsec := st.Mtim.Unix()
 	return Pidfile{PID: pid, Modified: time.Unix(sec, nsec)}, nil
 }
 
 var errNotAPid = errors.New("does not hold a process id")
+
+// maxPid is the kernel's limit on pid_max (PID_MAX_LIMIT on 64 bits).
+const maxPid = 1 << 22
+
+// parsePid reads a pidfile's content as monit does: the first word of the
+// first line is the pid, anything after it is ignored.
+func parsePid(b []byte) (int, error) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return 0, fmt.Errorf("%w: empty", errNotAPid)
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil || pid <= 0 || pid > maxPid {
+		return 0, fmt.Errorf("%w: %q", errNotAPid, truncate(f[0], 32))
+	}
+	return pid, nil
+}
 
 func truncate(s string, n int) string {
 	if len(s) > n {

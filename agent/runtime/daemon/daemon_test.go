@@ -161,3 +161,29 @@ func TestFindMatchOldest(t *testing.T) {
 		t.Fatalf("found %v, want the oldest (%v or older)", p, a)
 	}
 }
+
+func TestParsePid(t *testing.T) {
+	for in, want := range map[string]int{"42\n": 42, " 42 extra\nnext": 42, "42": 42, "4194304": 4194304} {
+		if got, err := parsePid([]byte(in)); err != nil || got != want {
+			t.Errorf("parsePid(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "\n42", "-1", "0", "4194305", "99999999999999999999", "abc", "0x10"} {
+		if got, err := parsePid([]byte(in)); err == nil {
+			t.Errorf("parsePid(%q) = %d, want an error", in, got)
+		}
+	}
+}
+
+// FuzzParsePid: a pidfile is the service user's to write.
+func FuzzParsePid(f *testing.F) {
+	for _, s := range []string{"42\n", "", " 1 2", "\x00", "4194304", "+7"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pid, err := parsePid(b)
+		if err == nil && (pid <= 0 || pid > maxPid) {
+			t.Fatalf("parsePid(%q) = %d", b, pid)
+		}
+	})
+}
