@@ -57,6 +57,7 @@ type evaluation struct {
 	props  map[string]Value
 	finals []finalRule
 	errs   Errors
+	seq    int
 }
 
 // Eval returns the properties as the process described by ctx sees them:
@@ -119,7 +120,8 @@ func (e *evaluation) file(f *File) {
 				e.conflict(s, r)
 				continue
 			}
-			e.props[s.key] = Value{Value: s.val, Pos: s.pos}
+			e.seq++
+			e.props[s.key] = Value{Value: s.val, Pos: s.pos, Seq: e.seq}
 			if s.kind == stmtFinalSet {
 				e.finals = append(e.finals, finalRule{pattern: s.key, pos: s.pos})
 			}

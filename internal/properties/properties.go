@@ -59,6 +59,9 @@ type Value struct {
 	// Final: the key was made final (final key=value, or finalize with a
 	// pattern it matches) in a scope this process is in.
 	Final bool
+	// Seq orders the values as they were assigned (included files first),
+	// which positions alone cannot across files.
+	Seq int
 }
 
 // Opener reads an included file. name is already resolved against the
