@@ -10,7 +10,7 @@ import (
 
 // LocalHosts are the names [host=...] matches for this host, as Deephaven's
 // DefaultConfigurationContext finds them: the hostname, its short name (up
-// to the first dot), the addresses it resolves to and their canonical
+// to the first dot; an address has none), the addresses it resolves to and their canonical
 // (reverse) names; lower-cased, without duplicates. A lookup that fails
 // leaves its names out, as Deephaven does; ctx bounds the lookups.
 func LocalHosts(ctx context.Context) []string {
@@ -31,7 +31,7 @@ func HostNames(ctx context.Context, r *net.Resolver, name string) []string {
 		}
 	}
 	add(name)
-	if i := strings.IndexByte(name, '.'); i > 0 {
+	if i := strings.IndexByte(name, '.'); i > 0 && net.ParseIP(name) == nil {
 		add(name[:i])
 	}
 	addrs, err := r.LookupHost(ctx, name)
