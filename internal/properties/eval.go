@@ -81,29 +81,22 @@ func (f *File) Eval(ctx Context) (map[string]Value, error) {
 
 func (e *evaluation) file(f *File) {
 	// Each file starts at the top scope: an included file is read as if on
-	// its own, whatever scope its includefiles line was in.
-	var stack [][]cond
-	in := func() bool {
-		for _, conds := range stack {
-			for _, c := range conds {
-				if !e.ctx.matches(c.key, c.values) {
-					return false
-				}
-			}
-		}
-		return true
-	}
+	// its own, whatever scope its includefiles line was in. in[i] says
+	// whether the scopes up to level i all hold, so each is matched once.
+	in := []bool{true}
 	for i := range f.stmts {
 		s := &f.stmts[i]
 		switch s.kind {
 		case stmtPush:
-			stack = append(stack, s.scope)
+			in = append(in, in[len(in)-1] && e.holds(s.scope))
 			continue
 		case stmtPop:
-			stack = stack[:len(stack)-1]
+			if len(in) > 1 { // Parse never makes an unmatched pop
+				in = in[:len(in)-1]
+			}
 			continue
 		}
-		if !in() {
+		if !in[len(in)-1] {
 			continue
 		}
 		switch s.kind {
@@ -127,6 +120,16 @@ func (e *evaluation) file(f *File) {
 			}
 		}
 	}
+}
+
+// holds says whether every condition of a scope matches.
+func (e *evaluation) holds(conds []cond) bool {
+	for _, c := range conds {
+		if !e.ctx.matches(c.key, c.values) {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *evaluation) conflict(s *stmt, r finalRule) {

@@ -209,36 +209,52 @@ func hasPrefixFold(s, prefix string) bool {
 
 // line reads the logical line l from byte off, as ParsedProperties.parseLine
 // does; what follows a scope's ], a { or a } on the same line is read as a
-// line of its own.
+// line of its own. Deephaven recurses for that; a loop keeps a line of a
+// million braces from growing the stack.
 func (p *parser) line(l logical, off int) {
-	s := l.text[off:]
-	if s == "" || s[0] == '#' || s[0] == '!' {
-		return
+	read := false
+	for off >= 0 {
+		s := l.text[off:]
+		if s == "" || s[0] == '#' || s[0] == '!' {
+			break
+		}
+		read = true
+		off = p.statement(l, off, s)
 	}
+	// Only now, as Deephaven does: [k=v] { includefiles=... on the first
+	// line is allowed.
+	if read {
+		p.firstDone = true
+	}
+}
+
+// statement reads one statement of the line at off (s is the line from
+// there) and returns where the rest of the line starts, or -1 if the
+// statement took the rest.
+func (p *parser) statement(l logical, off int, s string) int {
 	at := p.pos(l, off)
+	next := func(o int) int { return o + ltrimLen(l.text[o:]) }
 	switch {
 	case p.expecting != nil && s[0] != '{':
 		p.fail(at, "expected { to open the scope declared at %s, found %s", *p.expecting, quote(s))
 		// Taken as opened, so its } does not count as unmatched too.
 		p.scopes = append(p.scopes, *p.expecting)
 		p.expecting = nil
-		p.line(l, off)
-		return
+		return off
 	case p.expecting == nil && s[0] == '{':
 		p.fail(at, "unexpected { (expected it only after a scope declaration [key=value])")
 	case hasPrefixFold(s, prefixFinalize):
 		p.finalize(l, off+len(prefixFinalize))
 	case hasPrefixFold(s, prefixFinal):
-		rest := off + len(prefixFinal)
-		p.assign(l, rest+ltrimLen(l.text[rest:]), true)
+		p.assign(l, next(off+len(prefixFinal)), true)
 	case s[0] == '[':
-		// What follows the ] is read before firstDone is set, as Deephaven
-		// does: [k=v] { includefiles=... on the first line is allowed.
-		p.declareScope(l, off)
+		if end := p.declareScope(l, off); end >= 0 {
+			return next(end)
+		}
 	case s[0] == '{':
 		p.scopes = append(p.scopes, *p.expecting)
 		p.expecting = nil
-		p.rest(l, off+1)
+		return next(off + 1)
 	case s[0] == '}':
 		if len(p.scopes) == 0 {
 			p.fail(at, "} closes no scope (expected a [key=value] { before it)")
@@ -246,27 +262,25 @@ func (p *parser) line(l logical, off int) {
 			p.scopes = p.scopes[:len(p.scopes)-1]
 			p.stmts = append(p.stmts, stmt{kind: stmtPop, pos: at})
 		}
-		p.rest(l, off+1)
+		return next(off + 1)
 	default:
 		p.assign(l, off, false)
 	}
-	p.firstDone = true
-}
-
-func (p *parser) rest(l logical, off int) {
-	p.line(l, off+ltrimLen(l.text[off:]))
+	return -1
 }
 
 // declareScope reads [k1=v1|v2, k2=v3]: commas AND, | OR. Keys are
 // trimmed; values only left-trimmed and never split at blanks, as
 // Deephaven compares them ([host=a| b] matches "a" and " b", not "b").
-func (p *parser) declareScope(l logical, off int) {
+//
+// It returns where the line goes on after the ], or -1 if it has none.
+func (p *parser) declareScope(l logical, off int) int {
 	s := l.text[off:]
 	at := p.pos(l, off)
 	end := strings.IndexByte(s, ']')
 	if end < 0 {
 		p.fail(at, "the scope has no ] (expected [key=value, ...] on one line)")
-		return
+		return -1
 	}
 	section := s[1:end]
 	items := javaSplit(section, ",")
@@ -291,7 +305,7 @@ func (p *parser) declareScope(l logical, off int) {
 	}
 	p.stmts = append(p.stmts, stmt{kind: stmtPush, pos: at, scope: conds})
 	p.expecting = &at
-	p.rest(l, off+end+1)
+	return off + end + 1
 }
 
 // javaSplit is Java's String.split for a literal separator: trailing empty

@@ -210,6 +210,7 @@ func TestEval(t *testing.T) {
 		{"CR and CRLF end lines", "a=1\rb=2\r\nc=3", configServer, map[string]string{"a": "1", "b": "2", "c": "3"}},
 		{"unicode blank is left-trimmed", "\u2003a=\u2003x", configServer, map[string]string{"a": "x"}},
 		{"non-breaking space is not", "a=\u00a0x", configServer, map[string]string{"a": "\u00a0x"}},
+		{"deep scopes on one line", strings.Repeat("[host=infra-1] { ", 100000) + "a=1\n" + strings.Repeat("}", 100000) + " b=2\n", configServer, map[string]string{"a": "1", "b": "2"}},
 		{"escaped [ is a scope", `\u005bhost=infra-1] {` + "\na=1\n}\n", configServer, map[string]string{"a": "1"}},
 	}
 	for _, tt := range tests {
