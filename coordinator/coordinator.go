@@ -126,7 +126,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	xdsAddr := cfg.Envoy.XDS.Addr(xdsLis.Addr().String())
 	xdsSrv := xds.NewServer(ctx, c.log.With("component", "xds"))
 	xdsSrv.Register(xgs)
-	feed, err := newRouteFeed(cfg, state, g, xdsSrv, c.log)
+	feed, err := newRouteFeed(ctx, cfg, state, g, xdsSrv, c.log)
 	if err != nil {
 		return err
 	}

@@ -38,10 +38,10 @@ type routeFeed struct {
 	stamp    fileStamp
 }
 
-func newRouteFeed(cfg *config.Coordinator, state *fsm.FSM, g *gossip.Gossip, srv *xds.Server, log *slog.Logger) (*routeFeed, error) {
+func newRouteFeed(ctx context.Context, cfg *config.Coordinator, state *fsm.FSM, g *gossip.Gossip, srv *xds.Server, log *slog.Logger) (*routeFeed, error) {
 	f := &routeFeed{fsm: state, gossip: g, xds: srv, cfg: cfg, log: log.With("component", "xds")}
 	f.stamp = stampOf(cfg.Envoy.ExtraRoutesFile)
-	extra, err := config.LoadExtraRoutes(cfg)
+	extra, err := config.LoadExtraRoutes(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +88,7 @@ func (f *routeFeed) run(ctx context.Context, restored func(context.Context, time
 		case <-gossipChanged:
 		case <-expiry.C:
 		case <-poll.C:
-			if !f.reloadExtra() {
+			if !f.reloadExtra(ctx) {
 				continue
 			}
 		}
@@ -97,13 +97,13 @@ func (f *routeFeed) run(ctx context.Context, restored func(context.Context, time
 
 // reloadExtra re-reads the extra routes when their file changed, and says
 // whether they did. A refused file leaves the routes as they were.
-func (f *routeFeed) reloadExtra() bool {
+func (f *routeFeed) reloadExtra(ctx context.Context) bool {
 	st := stampOf(f.cfg.Envoy.ExtraRoutesFile)
 	if st == f.stamp {
 		return false
 	}
 	f.stamp = st
-	extra, err := config.LoadExtraRoutes(f.cfg)
+	extra, err := config.LoadExtraRoutes(ctx, f.cfg)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {

@@ -39,7 +39,7 @@ func BenchmarkRouteFeedChange(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srv := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
-	f, err := newRouteFeed(&config.Coordinator{}, state, nil, srv, slog.New(slog.DiscardHandler))
+	f, err := newRouteFeed(context.Background(), &config.Coordinator{}, state, nil, srv, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -88,7 +88,7 @@ func TestRouteFeed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srv := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
-	feed, err := newRouteFeed(cfg, state, nil, srv, slog.New(slog.DiscardHandler))
+	feed, err := newRouteFeed(ctx, cfg, state, nil, srv, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

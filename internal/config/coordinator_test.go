@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -57,7 +58,7 @@ func TestCoordinatorEnvoy(t *testing.T) {
 	if !reflect.DeepEqual(c.Envoy.Routes, yamlRoutes) {
 		t.Errorf("routes\n got %+v\nwant %+v", c.Envoy.Routes, yamlRoutes)
 	}
-	all, err := LoadExtraRoutes(c)
+	all, err := LoadExtraRoutes(context.Background(), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +71,7 @@ func TestCoordinatorEnvoy(t *testing.T) {
 	if err := os.WriteFile(c.Envoy.ExtraRoutesFile, []byte("envoy.xds.extra.routes.kibana.host=kibana2\nenvoy.xds.extra.routes.kibana.prefix=/kibana\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if all, err = LoadExtraRoutes(c); err != nil || len(all) != 3 || all[2].Host != "kibana2" {
+	if all, err = LoadExtraRoutes(context.Background(), c); err != nil || len(all) != 3 || all[2].Host != "kibana2" {
 		t.Fatalf("after the change: %+v, %v", all, err)
 	}
 
@@ -78,7 +79,7 @@ func TestCoordinatorEnvoy(t *testing.T) {
 	if err := os.WriteFile(c.Envoy.ExtraRoutesFile, []byte("envoy.xds.extra.routes.grafana.host=g\nenvoy.xds.extra.routes.grafana.prefix=/g\nenvoy.xds.extra.routes.d.host=d\nenvoy.xds.extra.routes.d.prefix=/docs\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = LoadExtraRoutes(c)
+	_, err = LoadExtraRoutes(context.Background(), c)
 	for _, w := range []string{
 		c.Envoy.ExtraRoutesFile + `:1: envoy.xds.extra.routes.grafana: route "grafana" is also defined in coordinator.yaml at ` + file + ":15",
 		c.Envoy.ExtraRoutesFile + `:3: envoy.xds.extra.routes.d.prefix: "/docs" is already the prefix of route "docs" (` + file + ":16)",
@@ -92,11 +93,11 @@ func TestCoordinatorEnvoy(t *testing.T) {
 	if err := os.WriteFile(c.Envoy.ExtraRoutesFile, []byte("envoy.xds.extra.routes.x.host=x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err = LoadExtraRoutes(c); err == nil || !strings.Contains(err.Error(), c.Envoy.ExtraRoutesFile+":1: envoy.xds.extra.routes.x.prefix: missing") {
+	if _, err = LoadExtraRoutes(context.Background(), c); err == nil || !strings.Contains(err.Error(), c.Envoy.ExtraRoutesFile+":1: envoy.xds.extra.routes.x.prefix: missing") {
 		t.Errorf("error %v", err)
 	}
 	os.Remove(c.Envoy.ExtraRoutesFile)
-	if _, err = LoadExtraRoutes(c); err == nil || !strings.Contains(err.Error(), "cannot read") {
+	if _, err = LoadExtraRoutes(context.Background(), c); err == nil || !strings.Contains(err.Error(), "cannot read") {
 		t.Errorf("error %v", err)
 	}
 }
@@ -110,7 +111,7 @@ func TestCoordinatorXDSDefaults(t *testing.T) {
 	if x := c.Envoy.XDS; x.Addr(x.Listen) != "10.0.0.5:9124" || !x.Plaintext {
 		t.Errorf("xds %+v", x)
 	}
-	if rs, err := LoadExtraRoutes(c); err != nil || len(rs) != 0 {
+	if rs, err := LoadExtraRoutes(context.Background(), c); err != nil || len(rs) != 0 {
 		t.Errorf("no routes configured: %v, %v", rs, err)
 	}
 }

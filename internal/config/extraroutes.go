@@ -1,19 +1,22 @@
 package config
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/dhvisor/dhvisor/internal/properties"
 )
 
 // ExtraRoute is one site route Envoy gets besides Deephaven's own, from
-// Deephaven's envoy.xds.extra.routes.<name>.* properties or from the
-// coordinator's envoy.extra_routes.
+// Deephaven's envoy.xds.extra.routes.<name>.* properties (as the
+// configuration server sees them) or from the coordinator's
+// envoy.extra_routes.
 type ExtraRoute struct {
 	Name          string
 	Host          string
@@ -134,6 +137,7 @@ type rawRoute struct {
 
 type rawVal struct {
 	value string
+	file  string // with includefiles, a route's keys may come from several files
 	line  int
 }
 
@@ -154,8 +158,13 @@ func routeNameOK(name string) bool {
 // false), and every check. ok is false when anything was refused.
 func (s routeSyntax) build(es *Errors, r *rawRoute) (ExtraRoute, bool) {
 	before := len(*es)
+	// Every key's problem is reported in the file that key came from.
 	bad := func(canonical string, line int, format string, args ...any) {
-		es.add(r.file, line, s.key(r.name, canonical), format, args...)
+		file := r.file
+		if v, ok := r.vals[canonical]; ok && v.line == line {
+			file = v.file
+		}
+		es.add(file, line, s.key(r.name, canonical), format, args...)
 	}
 	get := func(k string) (string, int, bool) {
 		v, ok := r.vals[k]
@@ -276,11 +285,11 @@ func (s routeSyntax) buildRoutes(es *Errors, raws []*rawRoute) []ExtraRoute {
 			continue
 		}
 		if prev, dup := byPrefix[prefixKey(rt.Prefix)]; dup {
-			line := r.line
+			file, line := r.file, r.line
 			if v, ok := r.vals["prefix"]; ok {
-				line = v.line
+				file, line = v.file, v.line
 			}
-			es.add(r.file, line, s.key(r.name, "prefix"), "%q is already the prefix of route %q (%s); two routes cannot share a prefix", rt.Prefix, prev.Name, prev.Origin)
+			es.add(file, line, s.key(r.name, "prefix"), "%q is already the prefix of route %q (%s); two routes cannot share a prefix", rt.Prefix, prev.Name, prev.Origin)
 			continue
 		}
 		byPrefix[prefixKey(rt.Prefix)] = rt
@@ -289,35 +298,64 @@ func (s routeSyntax) buildRoutes(es *Errors, raws []*rawRoute) []ExtraRoute {
 	return out
 }
 
+// ExtraRoutesProcess is the process whose view of Deephaven's properties
+// gives the extra routes: Deephaven's configuration server builds Envoy's
+// routes from envoy.xds.extra.routes.*, so a route written in another
+// process's scope is not one Envoy would get.
+const ExtraRoutesProcess = "configuration_server"
+
+// ExtraRoutesScope is the configuration server's scope on a host with
+// these names (see properties.LocalHosts): the service.name and
+// process.name Deephaven's launcher gives it.
+func ExtraRoutesScope(hosts []string) properties.Context {
+	return properties.Context{Hosts: hosts, Props: map[string]string{
+		"service.name": ExtraRoutesProcess,
+		"process.name": ExtraRoutesProcess,
+	}}
+}
+
+// exactAlias is accepted for exactPrefix in properties files.
+const exactAlias = "exact"
+
 // ParseExtraRoutes reads the envoy.xds.extra.routes.<name>.<key> properties
-// of a Deephaven properties file (file names it in messages) and ignores
-// every other property. Every problem is reported, with the file, the line
-// and the full key; any problem refuses the whole file. The routes are
-// sorted by name; each one's Origin is the line of its first key.
-//
-// The file is read as Deephaven reads properties: key=value, key: value or
-// key value; # and ! comment lines; a line ending in an odd number of
-// backslashes continues on the next; Java's escapes (\t, \n, \uXXXX, \=,
-// ...); the latest definition of a key wins. Deephaven's own syntax is
-// recognised but not evaluated: a scope line ([service.name=x] {, or any
-// line starting with "[") and lines of only braces are skipped, so keys
-// inside a scope block count as if written outside it (a route is for
-// Envoy, whichever service's scope it is written in); includefiles= is an
-// ordinary key here and the included files are not read. Values are trimmed
-// of surrounding whitespace.
-func ParseExtraRoutes(file string, data []byte) ([]ExtraRoute, error) {
+// of a Deephaven properties file (file names it in messages; open reads its
+// includefiles) as the process of scope sees them (ExtraRoutesScope), and
+// ignores every other property. The file is read by Deephaven's rules
+// (package properties): keys in a scope that does not match are not there,
+// a key is split from its value only at = or :, not at a blank. Every
+// problem is reported, with the file, the line and the full key; any
+// problem refuses the whole file. The routes are sorted by name; each
+// one's Origin is the place of its first key.
+func ParseExtraRoutes(file string, data []byte, open properties.Opener, scope properties.Context) ([]ExtraRoute, error) {
+	f, err := properties.Parse(file, data, open)
+	if err != nil {
+		return nil, err
+	}
+	props, err := f.Eval(scope)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for k := range props {
+		if strings.HasPrefix(k, ExtraRoutePropertyPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	// In the order they were assigned, so a route's first key is its
+	// origin, problems are listed as they appear, and of exact and
+	// exactPrefix the later holds.
+	sort.Slice(keys, func(i, j int) bool { return props[keys[i]].Seq < props[keys[j]].Seq })
 	var es Errors
 	byName := map[string]*rawRoute{}
 	var raws []*rawRoute
-	forEachProperty(data, func(line int, key, value string) {
-		rest, ok := strings.CutPrefix(key, ExtraRoutePropertyPrefix)
-		if !ok {
-			return
-		}
+	for _, key := range keys {
+		v := props[key]
+		file, line := v.Pos.File, v.Pos.Line
+		rest := strings.TrimPrefix(key, ExtraRoutePropertyPrefix)
 		i := strings.LastIndexByte(rest, '.')
 		if i <= 0 || i == len(rest)-1 {
 			es.add(file, line, key, "expected %s<name>.<key>, <key> one of %s", ExtraRoutePropertyPrefix, propertySyntax.known())
-			return
+			continue
 		}
 		name, written := rest[:i], rest[i+1:]
 		r := byName[name]
@@ -327,12 +365,15 @@ func ParseExtraRoutes(file string, data []byte) ([]ExtraRoute, error) {
 			raws = append(raws, r)
 		}
 		k := propertySyntax.canonical(written)
+		if written == exactAlias {
+			k = "exactPrefix"
+		}
 		if k == "" {
 			propertySyntax.unknownKey(&es, file, line, name, written)
-			return
+			continue
 		}
-		r.vals[k] = rawVal{value: value, line: line}
-	})
+		r.vals[k] = rawVal{value: v.Value, file: file, line: line}
+	}
 	routes := propertySyntax.buildRoutes(&es, raws)
 	if len(es) > 0 {
 		return nil, es
@@ -341,10 +382,13 @@ func ParseExtraRoutes(file string, data []byte) ([]ExtraRoute, error) {
 }
 
 // LoadExtraRoutes returns every extra route of a coordinator: those of its
-// envoy.extra_routes and those of its envoy.extra_routes_file, read now, so
-// the coordinator re-reads the file with it when the file changes. A route
-// name or a prefix used in both places is refused, naming both origins.
-func LoadExtraRoutes(c *Coordinator) ([]ExtraRoute, error) {
+// envoy.extra_routes and those of its envoy.extra_routes_file, read now (and
+// its includefiles, relative to it), so the coordinator re-reads the file
+// with it when the file changes. The file is evaluated as the configuration
+// server on this host would see it (ExtraRoutesScope of
+// properties.LocalHosts, bounded by ctx). A route name or a prefix used in
+// both places is refused, naming both origins.
+func LoadExtraRoutes(ctx context.Context, c *Coordinator) ([]ExtraRoute, error) {
 	routes := append([]ExtraRoute(nil), c.Envoy.Routes...)
 	f := c.Envoy.ExtraRoutesFile
 	if f == "" {
@@ -354,7 +398,7 @@ func LoadExtraRoutes(c *Coordinator) ([]ExtraRoute, error) {
 	if err != nil {
 		return nil, Errors{{File: f, Msg: fmt.Sprintf("cannot read the extra routes file (envoy.extra_routes_file): %v", err)}}
 	}
-	fromFile, err := ParseExtraRoutes(f, data)
+	fromFile, err := ParseExtraRoutes(f, data, properties.OpenFile, ExtraRoutesScope(properties.LocalHosts(ctx)))
 	if err != nil {
 		return nil, err
 	}
@@ -429,108 +473,9 @@ func parseYAMLRoutes(es *Errors, file string, n *yaml.Node) []ExtraRoute {
 			if vv.Tag == "!!null" {
 				val = ""
 			}
-			r.vals[c] = rawVal{value: val, line: kk.Line}
+			r.vals[c] = rawVal{value: val, file: file, line: kk.Line}
 		}
 		raws = append(raws, r)
 	}
 	return yamlSyntax.buildRoutes(es, raws)
-}
-
-// forEachProperty calls fn with each key and value of a Java-style
-// properties file, and the line its entry starts on. Deephaven's scope
-// lines and lone braces are skipped (see ParseExtraRoutes).
-func forEachProperty(data []byte, fn func(line int, key, value string)) {
-	lines := strings.Split(string(data), "\n")
-	for i := 0; i < len(lines); i++ {
-		start := i + 1
-		l := strings.TrimLeft(strings.TrimSuffix(lines[i], "\r"), " \t\f")
-		if l == "" || l[0] == '#' || l[0] == '!' {
-			continue // a comment never continues
-		}
-		for continues(l) && i+1 < len(lines) {
-			i++
-			l = l[:len(l)-1] + strings.TrimLeft(strings.TrimSuffix(lines[i], "\r"), " \t\f")
-		}
-		if continues(l) {
-			l = l[:len(l)-1] // a continuation at the end of the file
-		}
-		if l[0] == '[' || strings.Trim(l, "{} \t\f") == "" {
-			continue
-		}
-		key, value := splitProperty(l)
-		fn(start, key, value)
-	}
-}
-
-// continues reports whether a line ends in an odd number of backslashes.
-func continues(l string) bool {
-	n := 0
-	for i := len(l) - 1; i >= 0 && l[i] == '\\'; i-- {
-		n++
-	}
-	return n%2 == 1
-}
-
-// splitProperty splits a logical line as java.util.Properties does: the
-// key ends at the first unescaped '=', ':' or white space; white space and
-// one '=' or ':' after it are separators.
-func splitProperty(l string) (key, value string) {
-	end := len(l)
-	for i := 0; i < len(l); i++ {
-		c := l[i]
-		if c == '\\' {
-			i++
-			continue
-		}
-		if c == '=' || c == ':' || c == ' ' || c == '\t' || c == '\f' {
-			end = i
-			break
-		}
-	}
-	rest := strings.TrimLeft(l[end:], " \t\f")
-	if rest != "" && (rest[0] == '=' || rest[0] == ':') {
-		rest = strings.TrimLeft(rest[1:], " \t\f")
-	}
-	return unescapeProperty(l[:end]), unescapeProperty(rest)
-}
-
-// unescapeProperty undoes Java's properties escapes: \t \n \r \f, \uXXXX,
-// and a backslash before any other character stands for that character.
-func unescapeProperty(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c != '\\' || i+1 == len(s) {
-			b.WriteByte(c)
-			continue
-		}
-		i++
-		switch s[i] {
-		case 't':
-			b.WriteByte('\t')
-		case 'n':
-			b.WriteByte('\n')
-		case 'r':
-			b.WriteByte('\r')
-		case 'f':
-			b.WriteByte('\f')
-		case 'u':
-			if i+4 < len(s) {
-				if r, err := strconv.ParseUint(s[i+1:i+5], 16, 32); err == nil {
-					b.WriteRune(rune(r))
-					i += 4
-					continue
-				}
-			}
-			b.WriteByte('u')
-		default:
-			_, size := utf8.DecodeRuneInString(s[i:])
-			b.WriteString(s[i : i+size])
-			i += size - 1
-		}
-	}
-	return b.String()
 }

@@ -1,17 +1,37 @@
 package config
 
 import (
+	"errors"
+	"io/fs"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/dhvisor/dhvisor/internal/properties"
 )
 
+// memFiles opens included files from a map.
+func memFiles(m map[string]string) properties.Opener {
+	return func(name string) ([]byte, string, error) {
+		s, ok := m[name]
+		if !ok {
+			return nil, "", &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+		}
+		return []byte(s), name, nil
+	}
+}
+
 func TestParseExtraRoutes(t *testing.T) {
-	const file = "/etc/sysconfig/illumon.d/resources/iris-environment.prop"
+	const (
+		dir  = "/etc/sysconfig/illumon.d/resources/"
+		file = dir + "iris-environment.prop"
+	)
 	tests := []struct {
-		name string
-		in   string
-		want []ExtraRoute // when the file is valid
+		name  string
+		in    string
+		files map[string]string // what includefiles reads
+		hosts []string          // the coordinator's host names; infra1 when nil
+		want  []ExtraRoute      // when the file is valid
 		// wantErr: every string must appear in the error, each on its own
 		// line, from its start: "file:line: key: message..."
 		wantErr []string
@@ -28,7 +48,7 @@ envoy.xds.extra.routes.grafana.prefix=/grafana
 			name: "plain port default and every key set",
 			in: `envoy.xds.extra.routes.metrics.prefix = /metrics/
 envoy.xds.extra.routes.metrics.host: prometheus
-envoy.xds.extra.routes.metrics.tls false
+envoy.xds.extra.routes.metrics.tls=false
 envoy.xds.extra.routes.docs.host=docs.internal
 envoy.xds.extra.routes.docs.port=8443
 envoy.xds.extra.routes.docs.prefix=/docs
@@ -42,10 +62,14 @@ envoy.xds.extra.routes.docs.exactPrefix=true
 			},
 		},
 		{
-			name: "other properties, comments, continuations, escapes and the latest definition",
+			name: "other properties, includes, comments, continuations, escapes and the latest definition",
+			files: map[string]string{
+				dir + "iris-defaults.prop":  "envoy.xds.extra.routes.grafana.port=80\nenvoy.xds.extra.routes.grafana.tls=false\n",
+				dir + "iris-endpoints.prop": "RemoteQueryDispatcher.host=query1\n",
+			},
 			in: `includefiles=iris-defaults.prop,iris-endpoints.prop
-! a comment does not continue \
-envoy.xds.extra.routes.later.host=overridden below
+! a comment continues \
+envoy.xds.extra.routes.later.host=swallowed by the comment
 RemoteQueryDispatcher.webserver.enabled=true
 envoy.xds.extra.routes.grafana.host=\
     grafana.\
@@ -57,12 +81,13 @@ envoy.xds.extra.routes.later.prefix=/later
 envoy.xds.extra.routes.later.host=later.example.com
 `,
 			want: []ExtraRoute{
-				{Name: "grafana", Host: "grafana.example.com", Port: 3001, Prefix: "/grafana", PrefixRewrite: "/", TLS: true, Origin: file + ":5"},
-				{Name: "later", Host: "later.example.com", Port: 443, Prefix: "/later", PrefixRewrite: "/", TLS: true, Origin: file + ":3"},
+				// Its first key still in force is the included file's tls=false.
+				{Name: "grafana", Host: "grafana.example.com", Port: 3001, Prefix: "/grafana", PrefixRewrite: "/", Origin: dir + "iris-defaults.prop:2"},
+				{Name: "later", Host: "later.example.com", Port: 443, Prefix: "/later", PrefixRewrite: "/", TLS: true, Origin: file + ":11"},
 			},
 		},
 		{
-			name: "scope blocks are skipped, their keys count",
+			name: "scopes are evaluated as the configuration server on this host",
 			in: `[service.name=configuration_server] {
     envoy.xds.extra.routes.grafana.host=grafana.example.com
     [host=infra1|infra2] {
@@ -75,15 +100,62 @@ envoy.xds.extra.routes.kibana.host=kibana
 envoy.xds.extra.routes.kibana.prefix=/kibana
 }
 `,
+			// kibana is the controller's: the configuration server, which
+			// builds Envoy's routes, never sees it.
 			want: []ExtraRoute{
 				{Name: "grafana", Host: "grafana.example.com", Port: 443, Prefix: "/grafana", PrefixRewrite: "/", TLS: true, Origin: file + ":2"},
-				{Name: "kibana", Host: "kibana", Port: 443, Prefix: "/kibana", PrefixRewrite: "/", TLS: true, Origin: file + ":9"},
 			},
 		},
 		{
-			name: "no routes",
-			in:   "includefiles=iris-defaults.prop\nfoo=bar\n",
-			want: nil,
+			name: "a scope for other hosts",
+			in: `[service.name=configuration_server] {
+    envoy.xds.extra.routes.grafana.host=grafana.example.com
+    [host=infra1|infra2] {
+        envoy.xds.extra.routes.grafana.prefix=/grafana
+    }
+}
+`,
+			hosts:   []string{"infra3.example.com", "infra3", "10.0.0.3"},
+			wantErr: []string{file + `:2: envoy.xds.extra.routes.grafana.prefix: missing`},
+		},
+		{
+			name: "exact for exactPrefix, the later holds",
+			in: `envoy.xds.extra.routes.a.host=h
+envoy.xds.extra.routes.a.prefix=/a
+envoy.xds.extra.routes.a.exactPrefix=false
+envoy.xds.extra.routes.a.exact=true
+`,
+			want: []ExtraRoute{{Name: "a", Host: "h", Port: 443, Prefix: "/a", PrefixRewrite: "/", TLS: true, ExactPrefix: true, Origin: file + ":1"}},
+		},
+		// The old reader split at a blank, as java.util.Properties does;
+		// Deephaven splits only at = or :.
+		{
+			name:    "a blank does not separate a key from its value",
+			in:      "envoy.xds.extra.routes.a.host=h\nenvoy.xds.extra.routes.a.prefix=/a\nenvoy.xds.extra.routes.a.tls false\n",
+			wantErr: []string{file + `:3: envoy.xds.extra.routes.a.tls false: unknown key`},
+		},
+		// The old reader crashed on this (dhctl validate, and a coordinator
+		// reading the file, crash-looping).
+		{
+			name:    "a line holding only a backslash at the end",
+			in:      "envoy.xds.extra.routes.a.host=h\n\\",
+			wantErr: []string{file + `:2:1: the line ends in a continuation \ but the file ends here`},
+		},
+		{
+			name:    "a final key assigned again",
+			in:      "final envoy.xds.extra.routes.a.host=h\nenvoy.xds.extra.routes.a.prefix=/a\nenvoy.xds.extra.routes.a.host=i\n",
+			wantErr: []string{file + `:3:1: "envoy.xds.extra.routes.a.host" is final (made final at ` + file + `:1:7)`},
+		},
+		{
+			name:    "a missing included file",
+			in:      "includefiles=nope.prop\n",
+			wantErr: []string{file + `:1:1: cannot read included file: open ` + dir + `nope.prop: file does not exist`},
+		},
+		{
+			name:  "no routes",
+			in:    "includefiles=iris-defaults.prop\nfoo=bar\n",
+			files: map[string]string{dir + "iris-defaults.prop": "bar=baz\n"},
+			want:  nil,
 		},
 		// The acceptance cases: the key named, at the right line.
 		{
@@ -191,8 +263,8 @@ envoy.xds.extra.routes.b.prefix=/grafana/
 		{
 			name: "name unusable in a cluster name",
 			in:   "envoy.xds.extra.routes.my route.host=h\nenvoy.xds.extra.routes.my route.prefix=/m\n",
-			// "my route.host" is split at the blank by the properties syntax.
-			wantErr: []string{file + `:1: envoy.xds.extra.routes.my: expected envoy.xds.extra.routes.<name>.<key>`},
+			// A blank does not end a key: the name is "my route".
+			wantErr: []string{file + `:1: envoy.xds.extra.routes.my route: route name "my route" cannot be used in an Envoy cluster name`},
 		},
 		{
 			name:    "name with a character Envoy refuses",
@@ -207,7 +279,11 @@ envoy.xds.extra.routes.b.prefix=/grafana/
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseExtraRoutes(file, []byte(tt.in))
+			hosts := tt.hosts
+			if hosts == nil {
+				hosts = []string{"infra1.example.com", "infra1", "10.0.0.1"}
+			}
+			got, err := ParseExtraRoutes(file, []byte(tt.in), memFiles(tt.files), ExtraRoutesScope(hosts))
 			if tt.wantErr == nil {
 				if err != nil {
 					t.Fatalf("error:\n%v", err)
@@ -220,8 +296,10 @@ envoy.xds.extra.routes.b.prefix=/grafana/
 			if err == nil {
 				t.Fatalf("parsed %+v; want an error", got)
 			}
-			if _, ok := err.(Errors); !ok {
-				t.Errorf("error is a %T, want config.Errors", err)
+			var es Errors
+			var ps properties.Errors
+			if !errors.As(err, &es) && !errors.As(err, &ps) {
+				t.Errorf("error is a %T, want config.Errors or properties.Errors", err)
 			}
 			lines := strings.Split(err.Error(), "\n")
 			for _, w := range tt.wantErr {
@@ -240,23 +318,8 @@ envoy.xds.extra.routes.b.prefix=/grafana/
 // An extra route ignored here would be silently missing from Envoy, so
 // the valid ones of an invalid file are not returned either.
 func TestParseExtraRoutesRefusesWholeFile(t *testing.T) {
-	routes, err := ParseExtraRoutes("x.prop", []byte("envoy.xds.extra.routes.a.host=h\nenvoy.xds.extra.routes.a.prefix=/a\nenvoy.xds.extra.routes.b.host=h\n"))
+	routes, err := ParseExtraRoutes("x.prop", []byte("envoy.xds.extra.routes.a.host=h\nenvoy.xds.extra.routes.a.prefix=/a\nenvoy.xds.extra.routes.b.host=h\n"), nil, ExtraRoutesScope(nil))
 	if err == nil || routes != nil {
 		t.Fatalf("routes %v, err %v; want nil and an error", routes, err)
-	}
-}
-
-func TestForEachProperty(t *testing.T) {
-	type kv struct {
-		line       int
-		key, value string
-	}
-	var got []kv
-	forEachProperty([]byte("a=1\r\n  b : 2 \n c\\ d  e\\\\\nf\\:g=h\\\n  i\\\n\n# x\n}\n[a=b] {\nj\nk=\\u00e9\\\n"), func(line int, key, value string) {
-		got = append(got, kv{line, key, value})
-	})
-	want := []kv{{1, "a", "1"}, {2, "b", "2 "}, {3, "c d", `e\`}, {4, "f:g", "hi"}, {10, "j", ""}, {11, "k", "é"}}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got  %+v\nwant %+v", got, want)
 	}
 }

@@ -31,7 +31,7 @@ func validateCmd(o *options) *cobra.Command {
 					}
 					// The extra routes file is read at run time too (and
 					// again when it changes); a bad one is reported here.
-					routes, err := config.LoadExtraRoutes(c)
+					routes, err := config.LoadExtraRoutes(cmd.Context(), c)
 					if err != nil {
 						bad++
 						fmt.Fprintf(o.errOut, "%s: invalid\n%s\n", f, indent(err.Error()))

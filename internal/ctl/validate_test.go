@@ -24,6 +24,11 @@ envoy:
 	if err := os.WriteFile(props, []byte("envoy.xds.extra.routes.grafana.host=grafana\nenvoy.xds.extra.routes.grafana.prefix=/iris\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The old reader panicked on this file: validate crashed.
+	backslash := filepath.Join(dir, "backslash.prop")
+	if err := os.WriteFile(backslash, []byte("envoy.xds.extra.routes.grafana.host=grafana\n\\"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name, data string
 		code       int
@@ -32,6 +37,7 @@ envoy:
 		{"good", good, ExitOK, "ok, coordinator c1, api 10.0.0.5:8125, raft 10.0.0.5:8126, xds 10.0.0.5:8124, 1 initial voters, 0 extra routes"},
 		{"extra route in yaml", good + "  extra_routes: {grafana: {host: grafana, prefix: /grafana}}\n", ExitOK, "1 extra routes"},
 		{"bad extra routes file", good + "  extra_routes_file: " + props + "\n", ExitError, props + `:2: envoy.xds.extra.routes.grafana.prefix: "/iris" is reserved by Deephaven`},
+		{"backslash line in the extra routes file", good + "  extra_routes_file: " + backslash + "\n", ExitError, backslash + `:2:1: the line ends in a continuation \ but the file ends here`},
 		{"bad voter list", strings.Replace(good, "{id: c1,", "{id: c2,", 1), ExitError, "raft.bootstrap: does not list this replica"},
 		{"wildcard without advertise", strings.Replace(good, `listen: "10.0.0.5:8126"`, `listen: "0.0.0.0:8126"`, 1), ExitError, "raft.advertise"},
 		{"unknown field", good + "rafts: 1\n", ExitError, "rafts"},
