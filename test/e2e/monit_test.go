@@ -285,3 +285,63 @@ func TestMonitCommandLineMatchesMonit(t *testing.T) {
 		}
 	}
 }
+
+// TestDhMonitThroughDhctl drives a dh_monit-shaped script (testdata/dh_monit)
+// through dhctl installed as monit (a symlink named monit, as a site puts
+// it in monit's place): down --block stops every service, up --block starts
+// configuration_server, waits for it, then authentication_server, then the
+// rest, reading monit's summary by column.
+func TestDhMonitThroughDhctl(t *testing.T) {
+	m := newMonitNode(t)
+	m.startAgent()
+	m.eventually(30*time.Second, "the agent to start every service", m.allOK(len(monitServices)))
+
+	bin := t.TempDir()
+	if err := os.Symlink(filepath.Join(binDir, "dhctl"), filepath.Join(bin, "monit")); err != nil {
+		t.Fatal(err)
+	}
+	script, err := filepath.Abs(filepath.Join("testdata", "dh_monit"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PATH=" + bin + string(os.PathListSeparator) + os.Getenv("PATH"), "DHVISOR_SOCKET=" + m.socket, "DH_MONIT_TIMEOUT=60"}
+
+	out, errOut, code := run(t, env, script, "down", "--block")
+	if code != 0 {
+		t.Fatalf("dh_monit down --block exits %d:\n%s%s", code, out, errOut)
+	}
+	if pids := m.servicePIDs(); len(pids) != 0 {
+		t.Fatalf("dh_monit down --block returned with stand-ins still running: %v", pids)
+	}
+	if stops := count(m.events(), "stop", ""); stops != len(monitServices) {
+		t.Errorf("%d stops recorded, want %d", stops, len(monitServices))
+	}
+
+	startsBefore := len(m.events())
+	out, errOut, code = run(t, env, script, "up", "--block")
+	if code != 0 {
+		t.Fatalf("dh_monit up --block exits %d:\n%s%s", code, out, errOut)
+	}
+	if !m.allOK(len(monitServices))() {
+		t.Fatalf("dh_monit up --block returned before every service was OK:\n%s", out)
+	}
+	var order []string
+	for _, e := range m.events()[startsBefore:] {
+		if e.kind == "start" {
+			order = append(order, e.name)
+		}
+	}
+	if want := "configuration_server authentication_server db_query_server"; strings.Join(order, " ") != want {
+		t.Errorf("dh_monit up started %q, want %q", order, want)
+	}
+	// The script waited where Deephaven's does: each wait's line in turn.
+	waits := []string{"configuration_server: OK", "authentication_server: OK", "all services: OK"}
+	last := -1
+	for _, w := range waits {
+		i := strings.Index(out, w)
+		if i <= last {
+			t.Errorf("dh_monit up --block output lacks %q after the previous wait:\n%s", w, out)
+		}
+		last = i
+	}
+}
