@@ -100,6 +100,9 @@ func (s *Server) Status(_ context.Context, req *pb.StatusRequest) (*pb.StatusRes
 	}
 	for _, st := range sts {
 		ps := ToProto(st)
+		if svc := node.Services[st.Name]; svc != nil {
+			ps.Groups, ps.Mode, ps.OnBoot = svc.Groups, svc.Mode, svc.OnBoot
+		}
 		if svc := node.Services[st.Name]; svc != nil && svc.Envoy != nil {
 			ps.Envoy = &pb.EnvoyUpstream{PortName: svc.Envoy.Port, Port: int32(svc.Ports[svc.Envoy.Port]), Tls: svc.Envoy.TLS, Http2: svc.Envoy.HTTP2,
 				Routes: svc.Envoy.Routes, DefaultRoute: svc.Envoy.Default}

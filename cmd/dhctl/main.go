@@ -1,4 +1,5 @@
-// Command dhctl is the dhvisor operator CLI.
+// Command dhctl is the dhvisor operator CLI; run as monit (a symlink), it
+// is monit's command line.
 package main
 
 import (
@@ -8,5 +9,5 @@ import (
 )
 
 func main() {
-	os.Exit(ctl.Execute(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(ctl.Execute(ctl.Args(os.Args), os.Stdout, os.Stderr))
 }

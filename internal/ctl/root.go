@@ -37,6 +37,8 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
+func (e *exitError) Unwrap() error { return e.err }
+
 func fail(code int, format string, args ...any) error {
 	return &exitError{code: code, err: fmt.Errorf(format, args...)}
 }
@@ -95,6 +97,7 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 		o.routesCmd(),
 		o.workersCmd(),
 		o.envoyCmd(),
+		o.monitCmd(),
 	)
 	return root
 }
@@ -110,8 +113,12 @@ func Execute(args []string, out, errOut io.Writer) int {
 	if err == nil {
 		return ExitOK
 	}
-	fmt.Fprintln(errOut, "dhctl:", err)
 	var ee *exitError
+	if errors.Is(err, errReported) {
+		errors.As(err, &ee)
+		return ee.code
+	}
+	fmt.Fprintln(errOut, "dhctl:", err)
 	if errors.As(err, &ee) {
 		return ee.code
 	}

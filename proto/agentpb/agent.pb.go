@@ -405,7 +405,13 @@ type ServiceStatus struct {
 	Envoy *EnvoyUpstream `protobuf:"bytes,18,opt,name=envoy,proto3" json:"envoy,omitempty"`
 	// The container the service runs in (the Envoy container); unset for a
 	// plain process.
-	Container     *ContainerInfo `protobuf:"bytes,19,opt,name=container,proto3" json:"container,omitempty"`
+	Container *ContainerInfo `protobuf:"bytes,19,opt,name=container,proto3" json:"container,omitempty"`
+	// monit's group, mode and onreboot statements (agent.yaml groups, mode,
+	// on_boot), so `dhctl monit` can select by group and print them as monit
+	// does.
+	Groups        []string `protobuf:"bytes,20,rep,name=groups,proto3" json:"groups,omitempty"`
+	Mode          string   `protobuf:"bytes,21,opt,name=mode,proto3" json:"mode,omitempty"`                   // active, passive or manual
+	OnBoot        string   `protobuf:"bytes,22,opt,name=on_boot,json=onBoot,proto3" json:"on_boot,omitempty"` // start, nostart or laststate
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -571,6 +577,27 @@ func (x *ServiceStatus) GetContainer() *ContainerInfo {
 		return x.Container
 	}
 	return nil
+}
+
+func (x *ServiceStatus) GetGroups() []string {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *ServiceStatus) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *ServiceStatus) GetOnBoot() string {
+	if x != nil {
+		return x.OnBoot
+	}
+	return ""
 }
 
 type ContainerInfo struct {
@@ -2258,7 +2285,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\vconfig_file\x18\x04 \x01(\tR\n" +
 	"configFile\x12\x14\n" +
 	"\x05roles\x18\x05 \x03(\tR\x05roles\x12;\n" +
-	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\xbd\x05\n" +
+	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\x82\x06\n" +
 	"\rServiceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1c\n" +
@@ -2282,7 +2309,10 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\n" +
 	"depends_on\x18\x11 \x03(\tR\tdependsOn\x125\n" +
 	"\x05envoy\x18\x12 \x01(\v2\x1f.dhvisor.agent.v1.EnvoyUpstreamR\x05envoy\x12=\n" +
-	"\tcontainer\x18\x13 \x01(\v2\x1f.dhvisor.agent.v1.ContainerInfoR\tcontainer\"I\n" +
+	"\tcontainer\x18\x13 \x01(\v2\x1f.dhvisor.agent.v1.ContainerInfoR\tcontainer\x12\x16\n" +
+	"\x06groups\x18\x14 \x03(\tR\x06groups\x12\x12\n" +
+	"\x04mode\x18\x15 \x01(\tR\x04mode\x12\x17\n" +
+	"\aon_boot\x18\x16 \x01(\tR\x06onBoot\"I\n" +
 	"\rContainerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
