@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,17 +38,25 @@ var clusterActions = map[pb.Action]string{pb.Action_ACTION_START: "start", pb.Ac
 func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Command {
 	bf := blockFlags{timeout: time.Minute}
 	var of opFlags
+	var groups []string
 	monitorOnly := act == pb.Action_ACTION_MONITOR || act == pb.Action_ACTION_UNMONITOR
 	cmd := &cobra.Command{
-		Use:   name + " SERVICE...|all",
+		Use:   name + " SERVICE...|all|-g GROUP",
 		Short: short,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return fail(ExitError, "%s: name one or more services, or all", name)
+			if len(args) == 0 && len(groups) == 0 {
+				return fail(ExitError, "%s: name one or more services, or all, or a group with -g", name)
 			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(groups) > 0 {
+				members, err := o.groupMembers(cmd.Context(), groups)
+				if err != nil {
+					return err
+				}
+				args = append(args, members...)
+			}
 			if !monitorOnly {
 				if err := bf.validate(); err != nil {
 					return err
@@ -61,11 +70,39 @@ func (o *options) controlCmd(name string, act pb.Action, short string) *cobra.Co
 			})
 		},
 	}
+	cmd.Flags().StringSliceVarP(&groups, "group", "g", nil, "the services of this group (monit's group statement, groups: in agent.yaml); repeatable")
 	if !monitorOnly {
 		bf.add(cmd, "each service is OK (start, restart) or stopped (stop)")
 		of.add(cmd)
 	}
 	return cmd
+}
+
+// groupMembers lists the local node's services in the groups, in its start
+// order; a group no service is in is an error, as monit's is.
+func (o *options) groupMembers(ctx context.Context, groups []string) ([]string, error) {
+	c, closeConn, err := o.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer closeConn()
+	resp, err := c.Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	var out []string
+	for _, g := range groups {
+		members := monitGroup(resp, g)
+		if len(members) == 0 {
+			return nil, fail(ExitError, "group %q: no service of this node is in it", g)
+		}
+		for _, m := range members {
+			if !slices.Contains(out, m) {
+				out = append(out, m)
+			}
+		}
+	}
+	return out, nil
 }
 
 func (o *options) orderCmd(name, short string) *cobra.Command {
