@@ -22,7 +22,7 @@ const insideEnv = "DHVISOR_BENCH_INSIDE"
 
 // In the container, everything lives under boxDir.
 const (
-	boxDir  = "/run/dhv-bench"
+	boxDir  = "/var/lib/dhv-bench" // docker cp cannot write into the tmpfs on /run
 	boxBin  = "/dhv"
 	boxUnit = "dhagent-bench.service"
 )
@@ -79,12 +79,13 @@ func (b *bench) systemdDaemonized(ctx context.Context, ports []int) ([]sample, s
 		out, err := box.ExecEnv([]string{insideEnv + "=1"}, boxBin+"/bench",
 			"--samples", strconv.Itoa(b.o.samples), "--jitter", b.o.jitter.String(),
 			"--seed", strconv.FormatUint(b.rng.Uint64(), 10), "--inside-config", l.config())
-		fmt.Print(indent(strings.TrimSuffix(out, lastLine(out)+"\n")))
+		data, progress := cutSamples(out)
+		fmt.Print(indent(progress))
 		if err != nil {
 			logs, _ := box.Exec("journalctl", "-u", boxUnit, "-n", "30", "--no-pager")
 			return fmt.Errorf("inside %s: %w\n(dhagent journal:)\n%s", box.Name, err, indent(logs))
 		}
-		if err := json.Unmarshal([]byte(lastLine(out)), &samples); err != nil {
+		if err := json.Unmarshal([]byte(data), &samples); err != nil {
 			return fmt.Errorf("inside %s: %v: %s", box.Name, err, out)
 		}
 		v, _ := box.Exec("systemctl", "--version")
@@ -95,9 +96,22 @@ func (b *bench) systemdDaemonized(ctx context.Context, ports []int) ([]sample, s
 	return samples, version, err
 }
 
-func lastLine(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	return lines[len(lines)-1]
+// samplesMark starts the line of samples the harness prints inside: docker
+// exec passes stdout and stderr (progress) on separately, so the line is
+// not necessarily the last.
+const samplesMark = "samples: "
+
+// cutSamples returns the samples line's JSON and the rest of out.
+func cutSamples(out string) (data, rest string) {
+	var others []string
+	for _, l := range strings.Split(out, "\n") {
+		if j, ok := strings.CutPrefix(l, samplesMark); ok {
+			data = j
+		} else if l != "" {
+			others = append(others, l)
+		}
+	}
+	return data, strings.Join(others, "\n")
 }
 
 func indent(s string) string {
@@ -153,6 +167,6 @@ func inside(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	fmt.Println(string(data))
+	fmt.Println(samplesMark + string(data))
 	return 0
 }
