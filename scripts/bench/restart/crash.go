@@ -18,6 +18,7 @@ type target struct {
 	name      string
 	ports     []int // every port it listens on
 	checkPort int   // the port its health check probes; 0 for none (tailer1)
+	daemon    bool  // started through a start program that daemonizes it
 }
 
 // svcStatus is what a supervisor itself says about a service.
@@ -30,11 +31,16 @@ type svcStatus struct {
 	exitAt, startedAt time.Time
 }
 
-// supervisor is what the benchmark needs from dhagent or monit.
-type supervisor interface {
+// statusSource is what the crash loop asks about the services it kills.
+type statusSource interface {
 	status(ctx context.Context, svc string) (svcStatus, error)
 	// statusPoll is how often the crash loop asks status while waiting.
 	statusPoll() time.Duration
+}
+
+// supervisor is what the benchmark needs from dhagent or monit.
+type supervisor interface {
+	statusSource
 	pid() int
 	stop() error
 }
@@ -58,7 +64,7 @@ const sampleTimeout = 30 * time.Second // one kill, from SIGKILL to settled
 
 // settled waits until the supervisor reports svc OK with the pid that
 // serves its port, and returns that pid.
-func settled(ctx context.Context, sup supervisor, t target, timeout time.Duration) (svcStatus, error) {
+func settled(ctx context.Context, sup statusSource, t target, timeout time.Duration) (svcStatus, error) {
 	var st svcStatus
 	err := pollUntil(ctx, max(sup.statusPoll(), 10*time.Millisecond), timeout, func() (bool, error) {
 		var err error
@@ -80,7 +86,7 @@ func settled(ctx context.Context, sup supervisor, t target, timeout time.Duratio
 // cycle, so killing at a fixed delay after the previous restart would always
 // hit the same phase of its cycle and bias its latency; the random wait
 // samples the phase uniformly. dhagent gets the same waits.
-func crashLoop(ctx context.Context, sup supervisor, targets []target, n int, minUptime, jitter time.Duration, rng *rand.Rand, progress func(i int, s sample)) ([]sample, error) {
+func crashLoop(ctx context.Context, sup statusSource, targets []target, n int, minUptime, jitter time.Duration, rng *rand.Rand, progress func(i int, s sample)) ([]sample, error) {
 	var out []sample
 	for i := 0; i < n; i++ {
 		t := targets[i%len(targets)]

@@ -85,7 +85,7 @@ func loadTargets(file string) ([]target, error) {
 	var out []target
 	for _, name := range node.Names() {
 		s := node.Services[name]
-		t := target{name: name, ports: s.PortNumbers()}
+		t := target{name: name, ports: s.PortNumbers(), daemon: s.Daemonizing()}
 		for _, c := range s.Checks {
 			if c.Port != "" {
 				t.checkPort, _ = s.ResolvePort(c.Port)
@@ -102,13 +102,73 @@ func loadTargets(file string) ([]target, error) {
 	return out, nil
 }
 
+// agentAPI is dhagent's local API as the bench uses it: the harness on
+// the host and its copy inside the systemd container (inside.go) both.
+type agentAPI struct {
+	conn *grpc.ClientConn
+	cli  pb.AgentClient
+}
+
+func dialAgent(sock string) (*agentAPI, error) {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return &agentAPI{conn: conn, cli: pb.NewAgentClient(conn)}, nil
+}
+
+// waitReady waits until the API at sock answers; alive says why to stop
+// waiting early (the agent exited).
+func (a *agentAPI) waitReady(ctx context.Context, sock string, alive func() error) error {
+	return pollUntil(ctx, 20*time.Millisecond, 15*time.Second, func() (bool, error) {
+		if err := alive(); err != nil {
+			return false, err
+		}
+		if _, err := os.Stat(sock); err != nil {
+			return false, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := a.cli.Status(cctx, &pb.StatusRequest{})
+		return err == nil, err
+	})
+}
+
+// up is `dhctl up --block`: every service started in dependency order
+// and OK.
+func (a *agentAPI) up(ctx context.Context) error {
+	uctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	stream, err := a.cli.Up(uctx, &pb.OrderRequest{Block: true, TimeoutMs: 60000})
+	if err != nil {
+		return fmt.Errorf("dhagent up: %w", err)
+	}
+	for {
+		p, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("dhagent up: %w", err)
+		}
+		if p.Failed {
+			return fmt.Errorf("dhagent up: %s failed: %s %s", p.Service, p.State, p.Message)
+		}
+	}
+}
+
+func (a *agentAPI) close() {
+	if a != nil && a.conn != nil {
+		a.conn.Close()
+	}
+}
+
 type agentSup struct {
+	*agentAPI
 	b    *bench
 	dir  string
 	sock string
 	proc *child
-	conn *grpc.ClientConn
-	cli  pb.AgentClient
 	// foreign: dhagent adopted a process it did not start, so `dhctl down`
 	// would stop someone else's service and is skipped.
 	foreign bool
@@ -130,54 +190,39 @@ func startAgent(ctx context.Context, b *bench, dir string, targets []target) (*a
 		_ = a.stop()
 		return nil, fmt.Errorf("%w\n(dhagent log %s:)\n%s", err, filepath.Join(dir, "dhagent.log"), tail(filepath.Join(dir, "dhagent.log"), 15))
 	}
-	a.conn, err = grpc.NewClient("unix://"+a.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	if a.agentAPI, err = dialAgent(a.sock); err != nil {
 		return fail(err)
 	}
-	a.cli = pb.NewAgentClient(a.conn)
-	err = pollUntil(ctx, 20*time.Millisecond, 15*time.Second, func() (bool, error) {
+	err = a.waitReady(ctx, a.sock, func() error {
 		if !a.proc.running() {
-			return false, fmt.Errorf("dhagent exited: %s", describe(a.proc.status))
+			return fmt.Errorf("dhagent exited: %s", describe(a.proc.status))
 		}
-		if _, err := os.Stat(a.sock); err != nil {
-			return false, err
-		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := a.cli.Status(cctx, &pb.StatusRequest{})
-		return err == nil, err
+		return nil
 	})
 	if err != nil {
 		return fail(fmt.Errorf("dhagent API did not come up: %w", err))
 	}
-	// As `dhctl up --block`: every service started in dependency order
-	// and OK.
-	uctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	stream, err := a.cli.Up(uctx, &pb.OrderRequest{Block: true, TimeoutMs: 60000})
-	if err != nil {
-		return fail(fmt.Errorf("dhagent up: %w", err))
+	if err := a.up(ctx); err != nil {
+		return fail(err)
 	}
-	for {
-		p, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fail(fmt.Errorf("dhagent up: %w", err))
-		}
-		if p.Failed {
-			return fail(fmt.Errorf("dhagent up: %s failed: %s %s", p.Service, p.State, p.Message))
-		}
+	agent, err := procfs.ReadStat(a.proc.pid)
+	if err != nil {
+		return fail(err)
 	}
 	// Every service must be a process this dhagent started: the kill-to-
-	// restart figures are about its children.
+	// restart figures are about its own starts. A foreground service is
+	// its child; a daemonized one has left it (its launcher exited), so
+	// it must at least have started after the agent did.
 	for _, t := range targets {
 		st, err := a.status(ctx, t.name)
 		if err != nil {
 			return fail(err)
 		}
-		if ps, err := procfs.ReadStat(st.pid); err != nil || ps.PPID != a.proc.pid {
+		ps, err := procfs.ReadStat(st.pid)
+		if err == nil && t.daemon && ps.StartTicks >= agent.StartTicks {
+			continue
+		}
+		if err != nil || ps.PPID != a.proc.pid {
 			a.foreign = true
 			return fail(fmt.Errorf("dhagent runs %s as pid %d, which it did not start (parent %d): it adopted another agent's process", t.name, st.pid, ps.PPID))
 		}
@@ -185,7 +230,7 @@ func startAgent(ctx context.Context, b *bench, dir string, targets []target) (*a
 	return a, nil
 }
 
-func (a *agentSup) status(ctx context.Context, svc string) (svcStatus, error) {
+func (a *agentAPI) status(ctx context.Context, svc string) (svcStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	r, err := a.cli.Status(ctx, &pb.StatusRequest{Services: []string{svc}})
@@ -207,7 +252,7 @@ func (a *agentSup) status(ctx context.Context, svc string) (svcStatus, error) {
 }
 
 // statusPoll: the gRPC Status call costs well under a millisecond.
-func (a *agentSup) statusPoll() time.Duration { return time.Millisecond }
+func (a *agentAPI) statusPoll() time.Duration { return time.Millisecond }
 
 func (a *agentSup) pid() int { return a.proc.pid }
 
@@ -225,9 +270,7 @@ func (a *agentSup) stop() error {
 			}
 		}
 	}
-	if a.conn != nil {
-		a.conn.Close()
-	}
+	a.agentAPI.close()
 	a.proc.terminate(10 * time.Second)
 	if a.proc.status.Signaled() {
 		errs = append(errs, fmt.Errorf("dhagent did not exit on SIGTERM within 10s; killed"))

@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -36,8 +37,8 @@ const (
 	targetCPUPct = 1.0
 
 	// hardLimit bounds a whole run whatever goes wrong; a default run
-	// takes about five minutes.
-	hardLimit = 20 * time.Minute
+	// takes about twelve minutes.
+	hardLimit = 30 * time.Minute
 )
 
 type options struct {
@@ -47,11 +48,24 @@ type options struct {
 	jitter  time.Duration
 	jsonOut string
 	keep    bool
+	phases  map[string]bool
 }
+
+// The parts of a run, for --phases.
+const (
+	phaseCrash      = "crash" // the floor, then dhagent and monit on the single-node role
+	phaseFootprint  = "footprint"
+	phaseDaemonized = "daemonized" // issue 14's pidfile-mode comparison
+)
+
+var allPhases = []string{phaseCrash, phaseFootprint, phaseDaemonized}
 
 func main() { os.Exit(run()) }
 
 func run() int {
+	if os.Getenv(insideEnv) == "1" {
+		return inside(os.Args[1:])
+	}
 	var o options
 	flag.IntVar(&o.samples, "samples", 60, "kills per supervisor (at least 50, so that p99 means something)")
 	flag.DurationVar(&o.idle, "idle", 30*time.Second, "footprint: idle window over which CPU is measured")
@@ -59,7 +73,16 @@ func run() int {
 	flag.DurationVar(&o.jitter, "jitter", time.Second, "random wait in [0, jitter) before each kill, to sample every phase of monit's 1s cycle")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the raw numbers to this `file`")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs and logs) even after a successful run")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "run only these parts, comma-separated: "+strings.Join(allPhases, ", "))
 	flag.Parse()
+	o.phases = map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		if !slices.Contains(allPhases, p) {
+			fmt.Fprintf(os.Stderr, "bench: unknown phase %q in --phases (expected some of %s)\n", p, strings.Join(allPhases, ", "))
+			return 2
+		}
+		o.phases[p] = true
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
 		return 2
@@ -198,14 +221,34 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 		res.Notes = append(res.Notes, "monit is not 5.33 ("+res.Host.Monit+"); the comparison is meant against 5.33")
 	}
 
+	if b.o.phases[phaseCrash] || b.o.phases[phaseFootprint] {
+		if err := b.rolePhases(ctx, res); err != nil {
+			return res, err
+		}
+	}
+	if b.o.phases[phaseDaemonized] {
+		res.Daemonized = newDaemonizedResult()
+		err := b.daemonizedPhase(ctx, res.Daemonized)
+		res.Daemonized.Verdicts = res.Daemonized.verdicts()
+		if err != nil {
+			return res, fmt.Errorf("daemonized: %w", err)
+		}
+	}
+	res.Finished = time.Now().UTC()
+	return res, nil
+}
+
+// rolePhases compare dhagent and monit on the twelve services of the
+// single-node role: crash to restart (beside the floor) and footprint.
+func (b *bench) rolePhases(ctx context.Context, res *results) error {
 	// The twelve services of the single-node role, as dhagent resolves them.
 	crashDir := filepath.Join(b.tmp, "crash-dhagent")
 	if err := writeAgentYAML(b.root, crashDir, false, nil); err != nil {
-		return res, err
+		return err
 	}
 	catalogue, err := loadTargets(filepath.Join(crashDir, "agent.yaml"))
 	if err != nil {
-		return res, err
+		return err
 	}
 	var killable []string
 	var rotation []target
@@ -220,39 +263,52 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 	res.Settings.Services = len(catalogue)
 	res.Settings.Killed = killable
 
+	if !b.o.phases[phaseCrash] {
+		return b.footprints(ctx, res, catalogue)
+	}
+
 	// 0. The floor: a stand-in started with no supervisor.
 	base, err := baseline(ctx, b, rotation[0], b.o.samples)
 	res.Baseline = &baselineResult{Service: rotation[0].name, Stats: summarise(base), SamplesMS: base}
 	if err != nil {
-		return res, fmt.Errorf("baseline: %w", err)
+		return fmt.Errorf("baseline: %w", err)
 	}
 	fmt.Printf("baseline: dh-standin alone, exec to answering on its port: p50 %s over %d starts\n", fmtMS(res.Baseline.Stats.P50), len(base))
 
 	// 1. Crash-to-restart, dhagent then monit.
 	fmt.Printf("crash test: %d kills per supervisor over %d services; dhagent first, then monit (same ports, one at a time)\n", b.o.samples, len(rotation))
-	cr, err := b.crashPhase(ctx, "dhagent", catalogue, rotation, func(ctx context.Context) (supervisor, error) {
+	cr, err := b.crashPhase(ctx, "dhagent", catalogue, rotation, b.o.samples, func(ctx context.Context) (supervisor, error) {
 		return startAgent(ctx, b, crashDir, catalogue)
 	})
 	res.Crash["dhagent"] = cr
 	if err != nil {
-		return res, fmt.Errorf("dhagent crash test: %w", err)
+		return fmt.Errorf("dhagent crash test: %w", err)
 	}
-	cr, err = b.crashPhase(ctx, "monit", catalogue, rotation, func(ctx context.Context) (supervisor, error) {
-		return startMonit(ctx, b, filepath.Join(b.tmp, "crash-monit"), catalogue)
+	cr, err = b.crashPhase(ctx, "monit", catalogue, rotation, b.o.samples, func(ctx context.Context) (supervisor, error) {
+		dir := filepath.Join(b.tmp, "crash-monit")
+		return startMonit(ctx, b, dir, catalogue, daemonizeProgram(b.root, dir))
 	})
 	res.Crash["monit"] = cr
 	if err != nil {
-		return res, fmt.Errorf("monit crash test: %w", err)
+		return fmt.Errorf("monit crash test: %w", err)
 	}
 
-	// 2. Footprint with fifteen services and checks every second.
+	if !b.o.phases[phaseFootprint] {
+		return nil
+	}
+	return b.footprints(ctx, res, catalogue)
+}
+
+// footprints measures dhagent and monit idle with fifteen services and
+// checks every second.
+func (b *bench) footprints(ctx context.Context, res *results, catalogue []target) error {
 	footDir := filepath.Join(b.tmp, "footprint-dhagent")
 	if err := writeAgentYAML(b.root, footDir, true, catalogue); err != nil {
-		return res, err
+		return err
 	}
 	fifteen, err := loadTargets(filepath.Join(footDir, "agent.yaml"))
 	if err != nil {
-		return res, err
+		return err
 	}
 	fmt.Printf("footprint: %d services, checks every 1s, %s settle, %s idle window; dhagent, then monit\n", len(fifteen), b.o.settle, b.o.idle)
 	fp, err := b.footprintPhase(ctx, "dhagent", fifteen, func(ctx context.Context) (supervisor, error) {
@@ -260,17 +316,17 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 	})
 	res.Footprint["dhagent"] = fp
 	if err != nil {
-		return res, fmt.Errorf("dhagent footprint: %w", err)
+		return fmt.Errorf("dhagent footprint: %w", err)
 	}
 	fp, err = b.footprintPhase(ctx, "monit", fifteen, func(ctx context.Context) (supervisor, error) {
-		return startMonit(ctx, b, filepath.Join(b.tmp, "footprint-monit"), fifteen)
+		dir := filepath.Join(b.tmp, "footprint-monit")
+		return startMonit(ctx, b, dir, fifteen, daemonizeProgram(b.root, dir))
 	})
 	res.Footprint["monit"] = fp
 	if err != nil {
-		return res, fmt.Errorf("monit footprint: %w", err)
+		return fmt.Errorf("monit footprint: %w", err)
 	}
-	res.Finished = time.Now().UTC()
-	return res, nil
+	return nil
 }
 
 func writeAgentYAML(root, dir string, fast bool, catalogue []target) error {
@@ -305,13 +361,13 @@ func (b *bench) withSupervisor(ctx context.Context, name string, targets []targe
 	return errors.Join(ferr, serr)
 }
 
-func (b *bench) crashPhase(ctx context.Context, name string, catalogue, rotation []target, start func(context.Context) (supervisor, error)) (*crashResult, error) {
+func (b *bench) crashPhase(ctx context.Context, name string, catalogue, rotation []target, n int, start func(context.Context) (supervisor, error)) (*crashResult, error) {
 	cr := &crashResult{}
 	err := b.withSupervisor(ctx, name, catalogue, start, func(sup supervisor) error {
 		t0 := time.Now()
-		samples, err := crashLoop(ctx, sup, rotation, b.o.samples, benchMinUptime, b.o.jitter, b.rng, func(i int, s sample) {
-			if (i+1)%10 == 0 || i+1 == b.o.samples {
-				fmt.Printf("  %s: %d/%d kills, last %s back in %s (%s)\n", name, i+1, b.o.samples, s.Service, fmtMS(s.ServeMS), time.Since(t0).Round(time.Second))
+		samples, err := crashLoop(ctx, sup, rotation, n, benchMinUptime, b.o.jitter, b.rng, func(i int, s sample) {
+			if (i+1)%10 == 0 || i+1 == n {
+				fmt.Printf("  %s: %d/%d kills, last %s back in %s (%s)\n", name, i+1, n, s.Service, fmtMS(s.ServeMS), time.Since(t0).Round(time.Second))
 			}
 		})
 		cr.set(samples)

@@ -18,10 +18,11 @@ import (
 )
 
 // monitrc returns the configuration a Deephaven node used with monit, at
-// monit's fastest cycle: each stand-in daemonizes and writes a pidfile, and
-// every service with a port gets monit's port test. Control goes through an
-// HTTP interface on a unix socket, which `monit -c rc status` also uses.
-func monitrc(root, dir string, targets []target) string {
+// monit's fastest cycle: each service daemonizes through the start program
+// startProgram gives and writes a pidfile, and every service with a port
+// gets monit's port test. Control goes through an HTTP interface on a
+// unix socket, which `monit -c rc status` also uses.
+func monitrc(dir string, targets []target, startProgram func(t target, pidfile string) string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `set daemon 1
 set logfile %[1]s/monit.log
@@ -32,16 +33,46 @@ set httpd unixsocket %[1]s/monit.sock
     allow bench:bench
 `, dir)
 	for _, t := range targets {
-		pidfile := filepath.Join(dir, "run", t.name+".pid")
+		pidfile := monitPidfile(dir, t)
 		fmt.Fprintf(&b, "\ncheck process %s with pidfile %s\n", t.name, pidfile)
-		fmt.Fprintf(&b, "    start program = \"%s/bin/dh-standin --daemonize --pidfile %s --name %s --ports=%s --log %s/logs/%s.log\"\n",
-			root, pidfile, t.name, joinInts(t.ports), dir, t.name)
-		fmt.Fprintf(&b, "    stop program = \"/bin/sh -c 'kill $(cat %s)'\"\n", pidfile)
+		fmt.Fprintf(&b, "    start program = \"%s\"\n", startProgram(t, pidfile))
+		fmt.Fprintf(&b, "    stop program = \"%s\"\n", shellCommand(killPidfile(pidfile)))
 		if t.checkPort != 0 {
 			fmt.Fprintf(&b, "    if failed port %d then restart\n", t.checkPort)
 		}
 	}
 	return b.String()
+}
+
+func monitPidfile(dir string, t target) string { return filepath.Join(dir, "run", t.name+".pid") }
+
+// killPidfile is the stop program of a daemonized stand-in, for monit and
+// dhagent alike: SIGTERM to the pid its pidfile names.
+func killPidfile(pidfile string) []string {
+	return []string{"/bin/sh", "-c", "kill $(cat " + pidfile + ")"}
+}
+
+// shellCommand joins argv for a monit program string, single-quoting the
+// arguments that need it (monit splits the string on spaces, honouring
+// single quotes).
+func shellCommand(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if strings.ContainsAny(a, " $()") {
+			a = "'" + a + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
+}
+
+// daemonizeProgram starts a role stand-in that forks, writes its pidfile
+// and returns once it listens (--daemonize): the existing role comparison.
+func daemonizeProgram(root, dir string) func(target, string) string {
+	return func(t target, pidfile string) string {
+		return fmt.Sprintf("%s/bin/dh-standin --daemonize --pidfile %s --name %s --ports=%s --log %s/logs/%s.log",
+			root, pidfile, t.name, joinInts(t.ports), dir, t.name)
+	}
 }
 
 func joinInts(v []int) string {
@@ -62,7 +93,7 @@ type monitSup struct {
 
 // startMonit runs monit in the foreground (-I) as a child of the harness
 // and waits until it has started every service.
-func startMonit(ctx context.Context, b *bench, dir string, targets []target) (*monitSup, error) {
+func startMonit(ctx context.Context, b *bench, dir string, targets []target, startProgram func(target, string) string) (*monitSup, error) {
 	if err := portsFree(targets); err != nil {
 		return nil, err
 	}
@@ -74,7 +105,7 @@ func startMonit(ctx context.Context, b *bench, dir string, targets []target) (*m
 	m := &monitSup{b: b, dir: dir, rc: filepath.Join(dir, "monitrc"), targets: targets}
 	// monit refuses a control file that others can read (it may hold
 	// passwords): 0600, owned by the user running it.
-	if err := os.WriteFile(m.rc, []byte(monitrc(b.root, dir, targets)), 0o600); err != nil {
+	if err := os.WriteFile(m.rc, []byte(monitrc(dir, targets, startProgram)), 0o600); err != nil {
 		return nil, err
 	}
 	if err := b.reaper.run("monit -t", filepath.Join(dir, "monit-t.log"), 10*time.Second, b.monit, "-t", "-c", m.rc); err != nil {
@@ -189,7 +220,7 @@ func (m *monitSup) pid() int { return m.proc.pid }
 func (m *monitSup) liveServices() []string {
 	var live []string
 	for _, t := range m.targets {
-		b, err := os.ReadFile(filepath.Join(m.dir, "run", t.name+".pid"))
+		b, err := os.ReadFile(monitPidfile(m.dir, t))
 		if err != nil {
 			continue
 		}

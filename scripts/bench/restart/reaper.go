@@ -230,3 +230,12 @@ func sweep() []string {
 	}
 	return found
 }
+
+// hold stops reaping while f runs, so that f may run processes through
+// os/exec (the docker CLI) and wait for them itself. f must not start
+// children through the reaper.
+func (r *reaper) hold(f func() error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return f()
+}

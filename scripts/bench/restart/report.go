@@ -15,8 +15,10 @@ type results struct {
 	Baseline  *baselineResult         `json:"baseline,omitempty"`
 	Crash     map[string]*crashResult `json:"crash"`     // by supervisor: dhagent, monit
 	Footprint map[string]*footprint   `json:"footprint"` // by supervisor
-	Targets   targets                 `json:"targets"`
-	Notes     []string                `json:"notes,omitempty"`
+	// Daemonized is the pidfile-mode comparison (issue 14).
+	Daemonized *daemonizedResult `json:"daemonized,omitempty"`
+	Targets    targets           `json:"targets"`
+	Notes      []string          `json:"notes,omitempty"`
 }
 
 type hostInfo struct {
@@ -109,8 +111,7 @@ func report(w io.Writer, r *results) {
 		fmt.Fprintf(w, "  percentiles are nearest-rank (each one a measured kill); with fewer than 100 kills p99 is the max\n")
 		table(w, r.Host.Monit, a.Serve, statsOrNil(m, false))
 		if r.Baseline != nil && r.Baseline.Stats.N > 0 {
-			fmt.Fprintf(w, "  %-16s %4d %10s %10s %10s %10s %10s   <- floor: dh-standin alone, fork/exec to answering, no supervisor\n", "stand-in alone",
-				r.Baseline.Stats.N, fmtMS(r.Baseline.Stats.P50), fmtMS(r.Baseline.Stats.P90), fmtMS(r.Baseline.Stats.P99), fmtMS(r.Baseline.Stats.Max), fmtMS(r.Baseline.Stats.Mean))
+			statsRow(w, "stand-in alone", r.Baseline.Stats, "   <- floor: dh-standin alone, fork/exec to answering, no supervisor")
 		}
 		if e, st, ok := a.breakdown(); ok {
 			fmt.Fprintf(w, "  dhagent medians from the kill: exit seen %s, new process started %s (dhagent's own timestamps, 1ms resolution),\n", fmtMS(e), fmtMS(st))
@@ -154,6 +155,9 @@ func report(w io.Writer, r *results) {
 	if r.Settings.OrphansReaped > 0 {
 		fmt.Fprintf(w, "\nThe harness (a child subreaper) reaped %d orphaned stand-ins, the ones monit daemonized, as an init would.\n", r.Settings.OrphansReaped)
 	}
+	if r.Daemonized != nil {
+		reportDaemonized(w, r.Daemonized, r.Settings)
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
@@ -171,22 +175,27 @@ func statsOrNil(c *crashResult, status bool) *stats {
 
 // table prints dhagent, monit and their ratio side by side.
 func table(w io.Writer, monit string, a stats, m *stats) {
-	fmt.Fprintf(w, "  %-16s %4s %10s %10s %10s %10s %10s\n", "", "n", "p50", "p90", "p99", "max", "mean")
-	row := func(name string, s stats) {
-		fmt.Fprintf(w, "  %-16s %4d %10s %10s %10s %10s %10s\n", name, s.N, fmtMS(s.P50), fmtMS(s.P90), fmtMS(s.P99), fmtMS(s.Max), fmtMS(s.Mean))
-	}
-	row("dhagent", a)
+	statsHeader(w)
+	statsRow(w, "dhagent", a, "")
 	if m == nil {
 		return
 	}
-	row(monit, *m)
+	statsRow(w, monit, *m, "")
 	ratio := func(x, y float64) string {
 		if y <= 0 {
 			return "-"
 		}
 		return fmt.Sprintf("%.0fx", x/y)
 	}
-	fmt.Fprintf(w, "  %-16s %4s %10s %10s %10s %10s %10s\n", "monit/dhagent", "", ratio(m.P50, a.P50), ratio(m.P90, a.P90), ratio(m.P99, a.P99), ratio(m.Max, a.Max), ratio(m.Mean, a.Mean))
+	fmt.Fprintf(w, "  %-20s %4s %10s %10s %10s %10s %10s\n", "monit/dhagent", "", ratio(m.P50, a.P50), ratio(m.P90, a.P90), ratio(m.P99, a.P99), ratio(m.Max, a.Max), ratio(m.Mean, a.Mean))
+}
+
+func statsHeader(w io.Writer) {
+	fmt.Fprintf(w, "  %-20s %4s %10s %10s %10s %10s %10s\n", "", "n", "p50", "p90", "p99", "max", "mean")
+}
+
+func statsRow(w io.Writer, name string, s stats, note string) {
+	fmt.Fprintf(w, "  %-20s %4d %10s %10s %10s %10s %10s%s\n", name, s.N, fmtMS(s.P50), fmtMS(s.P90), fmtMS(s.P99), fmtMS(s.Max), fmtMS(s.Mean), note)
 }
 
 func mb(b uint64) string { return fmt.Sprintf("%.1f MB", float64(b)/1e6) }
