@@ -95,6 +95,7 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 		o.routesCmd(),
 		o.workersCmd(),
 		o.envoyCmd(),
+		o.monitCmd(),
 	)
 	return root
 }
