@@ -32,6 +32,7 @@ var strictness = map[string]string{
 	"second-start.conf":           "monit keeps one of two start programs without a word",
 	"http-status-999.conf":        "999 is not an HTTP status",
 	"unix-udp.conf":               "dhvisor's unix check connects to stream sockets",
+	"not-utf8.conf":               "agent.yaml and status output are text",
 	"unterminated-program.conf":   "monit ends an unclosed program string at the end of the file",
 }
 
