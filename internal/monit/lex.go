@@ -540,11 +540,8 @@ func (lx *lexer) check(start, line, col int) bool {
 		return true
 	}
 	if q := d[lx.pos]; q == '"' || q == '\'' {
-		k := lx.pos + 1
-		for k < len(d) && d[k] >= 0x20 && d[k] != '"' && d[k] != q {
-			k++
-		}
-		if k >= len(d) || d[k] != q || k == lx.pos+1 {
+		k := quotedName(d, lx.pos)
+		if k < 0 {
 			lx.errAt(nl, ns, "unbalanced quotes in the service name")
 			lx.pos = len(d)
 			return true
@@ -629,11 +626,8 @@ func (lx *lexer) depends(start, line, col int) bool {
 			continue
 		}
 		if c == '"' || c == '\'' {
-			k := lx.pos + 1
-			for k < len(d) && d[k] >= 0x20 && d[k] != '"' && d[k] != c {
-				k++
-			}
-			if k >= len(d) || d[k] != c || k == lx.pos+1 {
+			k := quotedName(d, lx.pos)
+			if k < 0 {
 				lx.errAt(lx.line, lx.pos, "unbalanced quotes in the dependency list")
 				lx.pos = len(d)
 				return true
@@ -741,15 +735,15 @@ func (lx *lexer) every(start, line, col int) {
 	}
 }
 
-// cronLike is monit's minimal check of a cron string: five fields of
-// [0-9,*/-].
+// cronLike is monit 5.33's minimal check of a cron string: five fields
+// of [0-9,*-] (its lexer refuses a step such as */5).
 func cronLike(s string) bool {
 	f := strings.Fields(s)
 	if len(f) != 5 {
 		return false
 	}
 	for _, x := range f {
-		if strings.Trim(x, "0123456789,*/-") != "" {
+		if strings.Trim(x, "0123456789,*-") != "" {
 			return false
 		}
 	}
@@ -794,4 +788,32 @@ func (lx *lexer) includeStmt(start, line, col int) {
 	if lx.include != nil {
 		lx.include(glob, t)
 	}
+}
+
+// quotedName finds the closing quote of a quoted service name at i, as
+// monit's "[^\000-\037"\n]+" and '[^\000-\037"\n]+' rules do: a
+// double-quoted name ends at the next ", a single-quoted one at the last
+// ' before a control character or " (flex takes the longest match, so
+// 'a' with pidfile '/x' is one name). -1 when there is none.
+func quotedName(d []byte, i int) int {
+	q := d[i]
+	end := -1
+	for k := i + 1; k < len(d) && d[k] >= 0x20 && d[k] != '"'; k++ {
+		if d[k] == q {
+			end = k
+		}
+	}
+	if q == '"' && i+1 < len(d) {
+		end = -1
+		for k := i + 1; k < len(d) && d[k] >= 0x20; k++ {
+			if d[k] == '"' {
+				end = k
+				break
+			}
+		}
+	}
+	if end <= i+1 {
+		return -1
+	}
+	return end
 }

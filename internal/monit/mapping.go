@@ -3,7 +3,10 @@ package monit
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -292,10 +295,10 @@ func (im *Import) YAML() ([]byte, error) {
 			head += "\n  " + s.String()
 		}
 	}
-	key.HeadComment = head
+	key.HeadComment = printable(head)
 	root.Content = append(root.Content, key, svcs)
 	for _, s := range im.Services {
-		k := &yaml.Node{Kind: yaml.ScalarNode, Tag: tagStr, Value: s.Name, LineComment: fmt.Sprintf("%s:%d", s.File, s.Line)}
+		k := &yaml.Node{Kind: yaml.ScalarNode, Tag: tagStr, Value: s.Name, LineComment: printable(fmt.Sprintf("%s:%d", s.File, s.Line))}
 		svcs.Content = append(svcs.Content, k, commented(s.Node, s.Origins))
 	}
 	doc := &yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{root}}
@@ -314,10 +317,10 @@ func commented(n *yaml.Node, origins map[*yaml.Node]string) *yaml.Node {
 		for i := 0; i+1 < len(c.Content); i += 2 {
 			v := n.Content[i+1]
 			if v.Kind == yaml.ScalarNode {
-				c.Content[i+1].LineComment = fmt.Sprintf("%s:%d", origins[v], v.Line)
+				c.Content[i+1].LineComment = printable(fmt.Sprintf("%s:%d", origins[v], v.Line))
 			} else if v.Kind == yaml.SequenceNode && allScalars(v) {
 				c.Content[i+1].Style = yaml.FlowStyle
-				c.Content[i+1].LineComment = fmt.Sprintf("%s:%d", origins[v], v.Line)
+				c.Content[i+1].LineComment = printable(fmt.Sprintf("%s:%d", origins[v], v.Line))
 			}
 		}
 	}
@@ -331,4 +334,19 @@ func allScalars(n *yaml.Node) bool {
 		}
 	}
 	return true
+}
+
+// printable escapes what a YAML comment cannot hold (control and
+// non-printing characters), keeping the line breaks of a head comment.
+func printable(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == '\n' || (unicode.IsPrint(r) && r != utf8.RuneError) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -87,6 +88,24 @@ type loader struct {
 
 func (l *loader) lexFile(name string, data []byte) {
 	l.files = append(l.files, name)
+	if !utf8.Valid(data) {
+		// monit takes any bytes, but services named or run with bytes
+		// that are not text cannot be written to agent.yaml or shown.
+		line, col := 1, 1
+		for i := 0; i < len(data); {
+			r, n := utf8.DecodeRune(data[i:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			if data[i] == '\n' {
+				line, col = line+1, 0
+			}
+			i += n
+			col++
+		}
+		l.errs.add(name, line, col, "the file is not UTF-8 text (expected UTF-8; monit takes any bytes, dhvisor refuses them)")
+		return
+	}
 	l.stack = append(l.stack, name)
 	lx := &lexer{f: &srcFile{name: name, data: data}, d: data, line: 1, out: &l.toks, errs: &l.errs}
 	lx.include = func(glob string, at token) { l.include(glob, at, name) }

@@ -390,6 +390,8 @@ func (p *parser) processOption(s *service, decl *declared) {
 		*slot = prog
 	case isWord(t, kwIf):
 		p.ifTest(s)
+	case isWord(t, kwStart) || isWord(t, kwStop) || isWord(t, kwRestart):
+		p.fail(t, "expected a double-quoted program after %s (%s program = \"/path/to/program args\")", t.raw, t.text)
 	case t.kind == tDepends:
 		p.next()
 		if len(t.args) == 0 {
