@@ -224,7 +224,7 @@ Exit status: 0, or 1 on any error, as monit's.
 `
 
 func (o *options) monitCmd() *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "monit [OPTIONS] ACTION [NAME|all]",
 		Short: "monit's command line (summary, status, start/stop/restart/monitor/unmonitor NAME|all, -g GROUP, reload, validate, -t) over the local agent",
 		Long: `dhctl monit answers monit 5.33's command line from the local dhagent, with
@@ -233,6 +233,8 @@ Deephaven's scripts and runbooks keep working. Linked or installed as
 /usr/bin/monit (update-alternatives or a symlink), dhctl acts as this
 command. The agent socket is DHVISOR_SOCKET's, or --socket.` + "\n\n" + monitUsage,
 		DisableFlagParsing: true,
+		// monit's own words come as arguments; only "import" is dhctl's.
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if code := o.runMonit(cmd.Context(), args); code != monitExitOK {
 				return &exitError{code: code, err: errReported}
@@ -240,6 +242,8 @@ command. The agent socket is DHVISOR_SOCKET's, or --socket.` + "\n\n" + monitUsa
 			return nil
 		},
 	}
+	c.AddCommand(o.monitImportCmd())
+	return c
 }
 
 // runMonit runs one monit command line and returns monit's exit code.

@@ -6,16 +6,6 @@ import (
 	"github.com/dhvisor/dhvisor/internal/monit"
 )
 
-// monitCmd groups what dhctl does with monit's own files and words.
-func (o *options) monitCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "monit",
-		Short: "Work with monit control files",
-	}
-	c.AddCommand(o.monitImportCmd())
-	return c
-}
-
 func (o *options) monitImportCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "import FILE|DIR|GLOB...",
