@@ -38,6 +38,9 @@ type Agent struct {
 	TLS         tlsutil.Files     `yaml:"tls"`
 	Envoy       EnvoyContainer    `yaml:"envoy"`
 	Vars        map[string]string `yaml:"vars"`
+	// Monit names monit control files whose check process entries are
+	// services of the node, as monit reads them.
+	Monit MonitSource `yaml:"monit"`
 	// Defaults are applied to every service of the node before its own
 	// entry in Services; both may set any service field.
 	Defaults yaml.Node            `yaml:"defaults"`
@@ -80,6 +83,9 @@ type Node struct {
 	// Levels is the node-local start order: each level depends only on
 	// earlier ones. Stop order is the reverse.
 	Levels [][]string
+	// NotApplied are the monit statements read but with no bearing on
+	// supervision, for dhctl validate to list.
+	NotApplied []NotApplied
 }
 
 // Names returns the node's services in start order.
@@ -164,6 +170,11 @@ func (a *Agent) applyDefaults(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	for i, g := range a.Monit.Include {
+		if !filepath.IsAbs(g) {
+			a.Monit.Include[i] = filepath.Join(dir, g)
+		}
+	}
 	a.Packages.applyDefaults(a.StateDir, dir)
 	if a.Alert.Timeout == 0 {
 		a.Alert.Timeout = Duration(30 * time.Second)
@@ -174,12 +185,12 @@ func (a *Agent) applyDefaults(dir string) {
 func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 	file := src.file
 	rolesNode, rolesKey := mapValue(src.root, "roles")
-	if len(n.Agent.Roles) == 0 && len(n.Agent.Services) == 0 {
+	if len(n.Agent.Roles) == 0 && len(n.Agent.Services) == 0 && len(n.Agent.Monit.Include) == 0 {
 		line := 0
 		if rolesKey != nil {
 			line = rolesKey.Line
 		}
-		es.add(file, line, "roles", "the node has no roles and no services (expected e.g. roles: [single-node]; known roles: %s)", strings.Join(cat.RoleNames(), ", "))
+		es.add(file, line, "roles", "the node has no roles, no services and no monit files (expected e.g. roles: [single-node]; known roles: %s)", strings.Join(cat.RoleNames(), ", "))
 	}
 	n.Agent.Gossip.validate(es, src, org)
 	n.validateAPI(es, src, org)
@@ -198,6 +209,13 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 				seen[s] = true
 				names = append(names, s)
 			}
+		}
+	}
+	imported, importedNames := n.importMonit(es, file, org)
+	for _, name := range importedNames {
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
 		}
 	}
 	servicesNode, _ := mapValue(src.root, "services")
@@ -227,12 +245,22 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 	}
 	for _, name := range names {
 		over, _ := mapValue(servicesNode, name)
-		merged := merge(merge(cat.services[name], defaultsNode), over)
+		base := cat.services[name]
+		if def := imported[name]; def != nil {
+			// The monit file says how the service runs; the catalogue
+			// only how Envoy reaches it.
+			base = merge(merge(routingOnly(base), defaultsNode), def)
+		} else {
+			base = merge(base, defaultsNode)
+		}
+		merged := merge(base, over)
 		if merged == nil {
 			merged = &yaml.Node{Kind: yaml.MappingNode}
 		}
 		origin := file
-		if k := cat.svcKey[name]; k != nil {
+		if def := imported[name]; def != nil {
+			origin = fmt.Sprintf("%s:%d", org[def], def.Line)
+		} else if k := cat.svcKey[name]; k != nil {
 			origin = fmt.Sprintf("%s:%d", org[k], k.Line)
 		}
 		loc := func(path ...string) (string, int) { return locate(org, merged, file, path...) }
@@ -257,7 +285,11 @@ func (n *Node) resolve(es *Errors, cat *Catalogue, src *source, org origins) {
 			return locate(org, src.root, file, EnvoyService)
 		}
 		over, _ := mapValue(servicesNode, name)
-		return locate(org, merge(cat.services[name], over), file, path...)
+		base := cat.services[name]
+		if def := imported[name]; def != nil {
+			base = merge(routingOnly(base), def)
+		}
+		return locate(org, merge(base, over), file, path...)
 	})
 }
 

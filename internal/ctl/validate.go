@@ -48,6 +48,14 @@ func validateCmd(o *options) *cobra.Command {
 					continue
 				}
 				fmt.Fprintf(o.out, "%s: ok, node %s, roles %s, %d services\nstart order:\n%s", f, node.Agent.Node, strings.Join(node.Agent.Roles, ", "), len(node.Services), indent(graph.FormatLevels(node.Levels)))
+				if len(node.NotApplied) > 0 {
+					// Read and accepted, as monit would, but nothing the
+					// agent supervises: the operator should know.
+					fmt.Fprintf(o.out, "monit statements not applied (no bearing on supervision):\n")
+					for _, na := range node.NotApplied {
+						fmt.Fprintf(o.out, "  %s:%d: %s\n", na.File, na.Line, na.Text)
+					}
+				}
 			}
 			if bad > 0 {
 				return fail(ExitError, "%d of %d files invalid", bad, len(files))

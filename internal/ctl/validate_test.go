@@ -59,3 +59,41 @@ envoy:
 		})
 	}
 }
+
+func TestValidateAgentWithMonitFiles(t *testing.T) {
+	dir := t.TempDir()
+	monitDir := filepath.Join(dir, "monit")
+	if err := os.Mkdir(monitDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := "set httpd port 2812 allow localhost\ncheck process a with pidfile /run/a.pid\n    start program = \"/bin/a start\"\n"
+	if err := os.WriteFile(filepath.Join(monitDir, "a.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(monitDir, "typo.conf.off"), []byte("chek process b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, include string
+		code          int
+		want          string
+	}{
+		{"accepted, with what is not applied", monitDir + "/*.conf", ExitOK, filepath.Join(monitDir, "a.conf") + ":1: set httpd"},
+		{"a file monit refuses", monitDir + "/*.off", ExitError, filepath.Join(monitDir, "typo.conf.off") + ":1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(dir, "agent.yaml")
+			if err := os.WriteFile(f, []byte("node: n\nroles_dir: none\nmonit: {include: ['"+tc.include+"']}\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var out, errOut bytes.Buffer
+			if code := Execute([]string{"validate", f}, &out, &errOut); code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, out.String(), errOut.String())
+			}
+			if got := out.String() + errOut.String(); !strings.Contains(got, tc.want) {
+				t.Errorf("output lacks %q:\n%s", tc.want, got)
+			}
+		})
+	}
+}

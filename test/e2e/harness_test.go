@@ -30,6 +30,11 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv("DHV_E2E_BIN"); dir != "" {
+		// Inside a systemd container: the binaries were copied in.
+		binDir = dir
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "dhvisor-e2e-bin")
 	if err != nil {
 		panic(err)

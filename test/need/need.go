@@ -35,3 +35,11 @@ func Docker(t testing.TB) {
 		Missing(t, "a Docker engine (docker version: "+err.Error()+": "+strings.TrimSpace(string(out))+")")
 	}
 }
+
+// Monit is Missing unless monit (Debian's 5.33 here) runs.
+func Monit(t testing.TB) {
+	t.Helper()
+	if out, err := exec.Command("monit", "-V").CombinedOutput(); err != nil {
+		Missing(t, "monit (monit -V: "+err.Error()+": "+strings.TrimSpace(string(out))+")")
+	}
+}
