@@ -49,13 +49,7 @@ envoy:
 			if err := os.WriteFile(f, []byte(tc.data), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			var out, errOut bytes.Buffer
-			if code := Execute([]string{"validate", f}, &out, &errOut); code != tc.code {
-				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, out.String(), errOut.String())
-			}
-			if got := out.String() + errOut.String(); !strings.Contains(got, tc.want) {
-				t.Errorf("output lacks %q:\n%s", tc.want, got)
-			}
+			expectValidate(t, f, tc.code, tc.want)
 		})
 	}
 }
@@ -87,13 +81,20 @@ func TestValidateAgentWithMonitFiles(t *testing.T) {
 			if err := os.WriteFile(f, []byte("node: n\nroles_dir: none\nmonit: {include: ['"+tc.include+"']}\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			var out, errOut bytes.Buffer
-			if code := Execute([]string{"validate", f}, &out, &errOut); code != tc.code {
-				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, out.String(), errOut.String())
-			}
-			if got := out.String() + errOut.String(); !strings.Contains(got, tc.want) {
-				t.Errorf("output lacks %q:\n%s", tc.want, got)
-			}
+			expectValidate(t, f, tc.code, tc.want)
 		})
+	}
+}
+
+// expectValidate runs dhctl validate on file and wants its exit code and
+// a line of its output.
+func expectValidate(t *testing.T, file string, code int, want string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if got := Execute([]string{"validate", file}, &out, &errOut); got != code {
+		t.Fatalf("exit %d, want %d\n%s%s", got, code, out.String(), errOut.String())
+	}
+	if got := out.String() + errOut.String(); !strings.Contains(got, want) {
+		t.Errorf("output lacks %q:\n%s", want, got)
 	}
 }

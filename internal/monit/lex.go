@@ -502,14 +502,20 @@ var checkTypes = map[string]string{
 	"host": "host", "system": "system", "fifo": "fifo", "network": "network", ckProgram: ckProgram,
 }
 
+// blanksFrom returns the index of the first byte at or after j that is
+// not a space or a tab: monit's {wws}*.
+func (lx *lexer) blanksFrom(j int) int {
+	for j < len(lx.d) && (lx.d[j] == ' ' || lx.d[j] == '\t') {
+		j++
+	}
+	return j
+}
+
 // check lexes "check [TYPE] NAME" (monit's SERVICE_COND). A "check" not
 // followed by a blank is an ordinary word, as in monit.
 func (lx *lexer) check(start, line, col int) bool {
 	d := lx.d
-	j := lx.pos
-	for j < len(d) && (d[j] == ' ' || d[j] == '\t') {
-		j++
-	}
+	j := lx.blanksFrom(lx.pos)
 	if j == lx.pos {
 		return false
 	}
@@ -562,18 +568,13 @@ func (lx *lexer) check(start, line, col int) bool {
 // as monit's longest-match rules end it: "depends on a b" names only a.
 func (lx *lexer) depends(start, line, col int) bool {
 	d := lx.d
-	j := lx.pos
-	for j < len(d) && (d[j] == ' ' || d[j] == '\t') {
-		j++
-	}
+	j := lx.blanksFrom(lx.pos)
 	if j == lx.pos {
 		return false
 	}
 	if hasFoldPrefix(d[j:], "on") && (j+2 == len(d) || !isStr(d[j+2])) {
 		j += 2
-		for j < len(d) && (d[j] == ' ' || d[j] == '\t') {
-			j++
-		}
+		j = lx.blanksFrom(j)
 	}
 	lx.pos = j
 	t := lx.tok(tDepends, "depends", start, line, col)
@@ -654,10 +655,7 @@ func (lx *lexer) depends(start, line, col int) bool {
 // blanks directly, bare or quoted).
 func (lx *lexer) group(start, line, col int) bool {
 	d := lx.d
-	j := lx.pos
-	for j < len(d) && (d[j] == ' ' || d[j] == '\t') {
-		j++
-	}
+	j := lx.blanksFrom(lx.pos)
 	if j == lx.pos {
 		return false
 	}
@@ -753,9 +751,7 @@ func cronLike(s string) bool {
 // includeStmt lexes "include GLOB" (bare or quoted) and hands it over.
 func (lx *lexer) includeStmt(start, line, col int) {
 	d := lx.d
-	for lx.pos < len(d) && (d[lx.pos] == ' ' || d[lx.pos] == '\t') {
-		lx.pos++
-	}
+	lx.pos = lx.blanksFrom(lx.pos)
 	var glob string
 	switch {
 	case lx.pos < len(d) && (d[lx.pos] == '"' || d[lx.pos] == '\''):

@@ -157,6 +157,15 @@ func (p *parser) expectWord(kw, what string) token {
 	return t
 }
 
+// nextOneOf takes the word after keyword, which must be one of three.
+func (p *parser) nextOneOf(keyword, a, b, c string) token {
+	t := p.next()
+	if !isWord(t, a) && !isWord(t, b) && !isWord(t, c) {
+		p.fail(t, "expected %s, %s or %s after %s, found %s", a, b, c, keyword, describe(t))
+	}
+	return t
+}
+
 func (p *parser) number(what string) (int, token) {
 	t := p.next()
 	if t.kind != tNumber {
@@ -409,10 +418,7 @@ func (p *parser) processOption(s *service, decl *declared) {
 		s.groupToks = append(s.groupToks, t)
 	case isWord(t, kwMode):
 		p.next()
-		m := p.next()
-		if !isWord(m, kwActive) && !isWord(m, kwPassive) && !isWord(m, kwManual) {
-			p.fail(m, "expected active, passive or manual after mode, found %s", describe(m))
-		}
+		m := p.nextOneOf(kwMode, kwActive, kwPassive, kwManual)
 		s.mode, s.modeTok = m.text, t
 	case t.kind == tEvery:
 		p.next()
@@ -431,10 +437,7 @@ func (p *parser) processOption(s *service, decl *declared) {
 		}
 	case isWord(t, kwOnreboot):
 		p.next()
-		m := p.next()
-		if !isWord(m, kwStart) && !isWord(m, kwNostart) && !isWord(m, kwLaststate) {
-			p.fail(m, "expected start, nostart or laststate after onreboot, found %s", describe(m))
-		}
+		m := p.nextOneOf(kwOnreboot, kwStart, kwNostart, kwLaststate)
 		s.onBoot, s.onBootTok = m.text, t
 	case isWord(t, kwAlert) || isWord(t, kwNoAlert):
 		p.next()
