@@ -97,7 +97,8 @@ type logProbe struct {
 	dev, ino uint64
 	off      int64
 	opened   bool   // a file has been positioned (the first one by Before or Since)
-	line     []byte // the line read so far, at most maxLogLine bytes
+	line     []byte // the line read so far, at most maxLine bytes
+	maxLine  int    // maxLogLine; smaller in the fuzz test, to keep its inputs small
 	overlong bool   // skipping the rest of a line longer than maxLogLine
 	buf      []byte
 	matched  bool
@@ -123,6 +124,7 @@ func NewLog(opts LogOptions) (Probe, error) {
 		name:    filepath.Base(opts.Path),
 		target:  "log " + opts.Path,
 		buf:     make([]byte, logChunk),
+		maxLine: maxLogLine,
 		matched: opts.Seen,
 	}, nil
 }
@@ -314,7 +316,7 @@ func (p *logProbe) scan(b []byte) {
 			part = b[:i]
 		}
 		if !p.overlong {
-			if room := maxLogLine - len(p.line); len(part) > room {
+			if room := p.maxLine - len(p.line); len(part) > room {
 				p.line = append(p.line, part[:room]...)
 				p.overlong = true
 			} else {
