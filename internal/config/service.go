@@ -205,6 +205,17 @@ const (
 // IsEnabled reports whether the node should run the service.
 func (s *Service) IsEnabled() bool { return s.Enabled == nil || *s.Enabled }
 
+// LogCheckNames returns the names of the service's log checks.
+func (s *Service) LogCheckNames() []string {
+	var out []string
+	for _, c := range s.Checks {
+		if c.Type == CheckLog {
+			out = append(out, c.Name)
+		}
+	}
+	return out
+}
+
 // PortNumbers returns the service's ports sorted by number.
 func (s *Service) PortNumbers() []int {
 	out := make([]int, 0, len(s.Ports))
