@@ -198,7 +198,7 @@ const RuntimeSystemd = "systemd"
 
 // Outputs: where a service's stdout and stderr go.
 const (
-	OutputFile    = "file"    // <log_dir>/<name>.stdout.log
+	OutputFile    = "file"    // <log_dir>/<name>.log.YYYY-MM-DD, the start date
 	OutputJournal = "journal" // the systemd journal (runtime systemd)
 )
 
