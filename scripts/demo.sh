@@ -38,7 +38,7 @@ vars:
   standin: $root/bin/dh-standin
 defaults:
   user: ""
-  command: ['{{var "standin"}}', '--name={{.Name}}', '--ports={{.Ports}}', '--record={{.LogRoot}}/starts.log']
+  command: ['{{var "standin"}}', '--name={{.Name}}', '--ports={{.Ports}}', '--app-log={{.LogDir}}', '--record={{.LogRoot}}/starts.log']
 # The stand-ins speak plain HTTP where Deephaven's services speak TLS, so
 # Envoy reaches every routed service without it.
 services:

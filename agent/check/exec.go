@@ -189,15 +189,21 @@ func (h *headBuffer) firstLine() string {
 		if s == "" {
 			continue
 		}
-		s = strings.ToValidUTF8(s, "?")
-		if len(s) > maxLine {
-			cut := maxLine
-			for cut > 0 && !utf8.RuneStart(s[cut]) {
-				cut--
-			}
-			s = s[:cut] + "…"
-		}
-		return s
+		return shorten(s)
 	}
 	return ""
+}
+
+// shorten makes s fit one line of a status message: valid UTF-8, at most
+// maxLine bytes.
+func shorten(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > maxLine {
+		cut := maxLine
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "…"
+	}
+	return s
 }

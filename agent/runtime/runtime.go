@@ -34,7 +34,7 @@ type Spec struct {
 	Dir     string
 	User    string // empty: the agent's own user
 	Group   string // empty: the user's primary group
-	LogDir  string // with config.OutputFile, stdout and stderr go to LogDir/<Name>.stdout.log
+	LogDir  string // with config.OutputFile, stdout and stderr go to LogDir/<Name>.log.YYYY-MM-DD
 	Output  string // config.OutputFile (also when empty) or config.OutputJournal
 	// StopTimeout is how long a stop waits after SIGTERM before SIGKILL;
 	// a runtime that stops through someone else (systemd) tells it.

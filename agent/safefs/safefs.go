@@ -191,6 +191,13 @@ func (d *Dir) ReadFile(name string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
+// Open opens the regular file name in d for reading. The descriptor
+// stays valid whatever happens to the name afterwards, so a caller that
+// follows a file (a log) keeps reading what it opened.
+func (d *Dir) Open(name string) (*os.File, error) {
+	return d.openRegular(name, unix.O_RDONLY, 0)
+}
+
 // Stat describes name in d without following it.
 func (d *Dir) Stat(name string) (unix.Stat_t, error) {
 	var st unix.Stat_t

@@ -37,6 +37,10 @@ type Service struct {
 	// effect on the service: a coordinator leader that died mid-step is
 	// replaced, and the new one re-sends the step, which must not act twice.
 	LastOpToken string `json:"last_op_token,omitempty"`
+	// LogsSeen names the log checks whose line the process PID has
+	// written: Deephaven's logger moves to a new file every 15 minutes, so
+	// an agent restarted later would not find the line again.
+	LogsSeen []string `json:"logs_seen,omitempty"`
 }
 
 type file struct {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/check"
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/internal/config"
 )
 
@@ -30,7 +34,14 @@ type checkRunner struct {
 	probes  []check.Probe
 }
 
-func newProbe(spec *config.Service, c config.Check) (check.Probe, error) {
+// logFacts are what a log check needs to know of the process it watches.
+type logFacts struct {
+	since time.Time                // the process's start
+	marks map[string]check.LogMark // the files before this agent started it
+	seen  []string                 // log checks it already passed
+}
+
+func newProbe(spec *config.Service, c config.Check, lf logFacts) (check.Probe, error) {
 	addr := func() string {
 		port, _ := spec.ResolvePort(c.Port) // validated with the config
 		return net.JoinHostPort(c.Host, strconv.Itoa(port))
@@ -60,8 +71,65 @@ func newProbe(spec *config.Service, c config.Check) (check.Probe, error) {
 			opts.Uid, opts.Gid = &cred.Uid, &cred.Gid
 		}
 		return check.NewExec(opts), nil
+	case config.CheckLog:
+		return newLogProbe(spec, c, lf)
 	}
 	return nil, nil // process checks are the exit event itself
+}
+
+func newLogProbe(spec *config.Service, c config.Check, lf logFacts) (check.Probe, error) {
+	opts := check.LogOptions{Path: c.Path, Since: lf.since, Seen: slices.Contains(lf.seen, c.Name)}
+	var err error
+	if opts.Pattern, err = regexp.Compile(c.Pattern); err != nil {
+		return nil, err // validated with the config
+	}
+	if c.FatalPattern != "" {
+		if opts.Fatal, err = regexp.Compile(c.FatalPattern); err != nil {
+			return nil, err
+		}
+	}
+	if m, ok := lf.marks[c.Name]; ok {
+		opts.Before = &m
+	}
+	// The service writes its log as its user; root and the agent may have
+	// created it. A file of anyone else's is a link the user made to it.
+	cred, _, err := runtime.Credential(spec.User, spec.Group)
+	if err != nil {
+		return nil, err
+	}
+	opts.Owners = []uint32{0, uint32(os.Geteuid())}
+	if cred != nil {
+		opts.Owners = append(opts.Owners, cred.Uid)
+	}
+	return check.NewLog(opts)
+}
+
+// assumeLogsSeen takes a process found running, not started by this
+// agent, as past its log checks' lines: whoever ran it judged its
+// readiness, and the line may be in a file its logger left long ago.
+func (s *Supervisor) assumeLogsSeen() {
+	s.logMarks = nil
+	if names := s.spec.LogCheckNames(); len(names) > 0 {
+		s.remember(func(m *state.Service) { m.LogsSeen = names })
+	}
+}
+
+// markLogs records the log checks' files before the process starts, so
+// that their checks skip exactly what an earlier run wrote.
+func (s *Supervisor) markLogs() {
+	s.logMarks = nil
+	if len(s.remembered().LogsSeen) > 0 {
+		s.remember(func(m *state.Service) { m.LogsSeen = nil }) // a new process: its lines are still to come
+	}
+	for _, c := range s.spec.Checks {
+		if c.Type != config.CheckLog {
+			continue
+		}
+		if s.logMarks == nil {
+			s.logMarks = map[string]check.LogMark{}
+		}
+		s.logMarks[c.Name] = check.MarkLog(c.Path)
+	}
 }
 
 // failingProbe stands for a check whose probe could not be built.
@@ -75,9 +143,12 @@ func (s *Supervisor) startChecks() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &checkRunner{results: make(chan probeResult), cancel: cancel}
 	s.hyst = make([]*check.Hysteresis, len(s.spec.Checks))
+	s.mu.Lock()
+	lf := logFacts{since: s.status.StartedAt, marks: s.logMarks, seen: s.mem.LogsSeen}
+	s.mu.Unlock()
 	for i, c := range s.spec.Checks {
 		s.hyst[i] = &check.Hysteresis{FailuresToBad: c.Failures, SuccessesToGood: c.Successes}
-		p, err := newProbe(s.spec, c)
+		p, err := newProbe(s.spec, c, lf)
 		if err != nil {
 			// A check that cannot run fails, so the service is not
 			// reported OK on checks that never ran.
@@ -172,6 +243,9 @@ func (s *Supervisor) onCheck(ctx context.Context, r probeResult) {
 	}
 	c := s.spec.Checks[r.index]
 	s.hyst[r.index].Observe(r.err)
+	if c.Type == config.CheckLog && r.err == nil && !slices.Contains(s.remembered().LogsSeen, c.Name) {
+		s.remember(func(m *state.Service) { m.LogsSeen = append(m.LogsSeen, c.Name) })
+	}
 	res := CheckResult{Name: c.Name, OK: r.err == nil, At: r.at, Duration: r.took, Message: "ok"}
 	if r.err != nil {
 		res.Message = r.err.Error()

@@ -770,7 +770,7 @@ func (m *Manager) Logs(ctx context.Context, name string, tail int, follow bool, 
 	}
 	lr, ok := m.rts.named(spec.Runtime).(runtime.LogReader)
 	if !ok {
-		return fmt.Errorf("%s writes its output to %s, not to its runtime", name, filepath.Join(spec.LogDir, name+".stdout.log"))
+		return fmt.Errorf("%s writes its output to %s, not to its runtime", name, filepath.Join(spec.LogDir, name+".log.YYYY-MM-DD"))
 	}
 	return lr.Logs(ctx, runtimeSpec(node.Agent.StateDir, spec), tail, follow, w)
 }

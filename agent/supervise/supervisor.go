@@ -97,6 +97,10 @@ type Supervisor struct {
 	memLimit  check.Threshold
 	cpuLimit  check.Threshold
 	jitter    func() float64
+	// logMarks are the log checks' files as they were just before this
+	// agent started the process (by check name); nil for a process it
+	// adopted.
+	logMarks map[string]check.LogMark
 }
 
 // newSupervisor prepares the loop of one service; owner is the agent's
@@ -175,6 +179,7 @@ func (s *Supervisor) adopt(ctx context.Context) {
 		// would fight it for its ports.
 		id, rtName = found, name
 		s.log.Warn("found running process without a state record; adopting it", "pid", id.PID, "runtime", name)
+		s.assumeLogsSeen()
 	} else {
 		return
 	}
@@ -214,6 +219,7 @@ func (s *Supervisor) adoptFound(ctx context.Context) bool {
 	}
 	s.log.Info("adopted the service's running process instead of starting another", "pid", id.PID, "runtime", name)
 	s.setState(Initializing, "found running; adopted, waiting for checks")
+	s.assumeLogsSeen()
 	s.attach(p, name, processStart(id, time.Now()))
 	return true
 }
@@ -492,6 +498,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
+	s.markLogs()
 	rtName := s.spec.Runtime
 	p, err := s.rts.named(rtName).Start(sctx, s.runtimeSpec())
 	if errors.Is(err, runtime.ErrUnavailable) {

@@ -417,6 +417,9 @@ func (n *Node) expand(es *Errors, s *Service, loc func(path ...string) (string, 
 		for j := range c.Command {
 			c.Command[j] = exp(c.Command[j], "checks", strconv.Itoa(i), "command", strconv.Itoa(j))
 		}
+		c.Path = exp(c.Path, "checks", strconv.Itoa(i), "path")
+		c.Pattern = exp(c.Pattern, "checks", strconv.Itoa(i), "pattern")
+		c.FatalPattern = exp(c.FatalPattern, "checks", strconv.Itoa(i), "fatal_pattern")
 	}
 }
 

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -83,7 +85,8 @@ type EnvoyUpstream struct {
 	Default bool `yaml:"default"`
 }
 
-// Check is one health check. Type is process, tcp, http, https, grpc or exec.
+// Check is one health check. Type is process, tcp, udp, unix, http, https,
+// grpc, exec or log.
 type Check struct {
 	Name          string   `yaml:"name"`
 	Type          string   `yaml:"type"`
@@ -112,6 +115,11 @@ type Check struct {
 	ExpectStatusOp string `yaml:"expect_status_op"`
 	// Action is what a bad check does: restart (the default) or alert.
 	Action string `yaml:"action"`
+	// Pattern is the regular expression (RE2) of the line a log check
+	// waits for in the file at Path, written since the service started;
+	// FatalPattern, when set, is a line that fails it.
+	Pattern      string `yaml:"pattern"`
+	FatalPattern string `yaml:"fatal_pattern"`
 }
 
 // RestartPolicy follows the design: restart at once after a run longer than
@@ -158,6 +166,7 @@ const (
 	CheckExec    = "exec"
 	CheckUDP     = "udp"  // a datagram sent, an answer or no ICMP refusal
 	CheckUnix    = "unix" // a connection to the unix socket at path
+	CheckLog     = "log"  // a line matching pattern in the file at path
 )
 
 // Actions: what a bad check, a resource limit or a missing process does.
@@ -189,12 +198,23 @@ const RuntimeSystemd = "systemd"
 
 // Outputs: where a service's stdout and stderr go.
 const (
-	OutputFile    = "file"    // <log_dir>/<name>.stdout.log
+	OutputFile    = "file"    // <log_dir>/<name>.log.YYYY-MM-DD, the start date
 	OutputJournal = "journal" // the systemd journal (runtime systemd)
 )
 
 // IsEnabled reports whether the node should run the service.
 func (s *Service) IsEnabled() bool { return s.Enabled == nil || *s.Enabled }
+
+// LogCheckNames returns the names of the service's log checks.
+func (s *Service) LogCheckNames() []string {
+	var out []string
+	for _, c := range s.Checks {
+		if c.Type == CheckLog {
+			out = append(out, c.Name)
+		}
+	}
+	return out
+}
 
 // PortNumbers returns the service's ports sorted by number.
 func (s *Service) PortNumbers() []int {
@@ -255,8 +275,11 @@ func (s *Service) applyDefaults() {
 		c := &s.Checks[i]
 		if c.Name == "" {
 			c.Name = c.Type
-			if c.Port != "" {
+			switch {
+			case c.Port != "":
 				c.Name += ":" + c.Port
+			case c.Type == CheckLog && c.Path != "":
+				c.Name += ":" + filepath.Base(c.Path)
 			}
 		}
 		if c.Host == "" {
@@ -393,10 +416,19 @@ func (c *Check) validate(s *Service, es *Errors, loc func(path ...string) (strin
 		if !strings.HasPrefix(c.Path, "/") {
 			bad("a unix check needs the socket's absolute path (path: /run/x.sock)", nil, "path")
 		}
+	case CheckLog:
+		c.validateLog(bad)
 	case "":
 		bad("type is required (one of %s)", []any{checkTypeList}, "type")
 	default:
 		bad("unknown check type %q (expected one of %s)", []any{c.Type, checkTypeList}, "type")
+	}
+	if c.Type != CheckLog {
+		for _, f := range []struct{ key, val string }{{"pattern", c.Pattern}, {"fatal_pattern", c.FatalPattern}} {
+			if f.val != "" {
+				bad("%s is for log checks only (this is a %s check)", []any{f.key, c.Type}, f.key)
+			}
+		}
 	}
 	c.validateOptions(bad)
 	if needPort {
@@ -414,7 +446,25 @@ func (c *Check) validate(s *Service, es *Errors, loc func(path ...string) (strin
 	}
 }
 
-const checkTypeList = "process, tcp, udp, unix, http, https, grpc, exec"
+const checkTypeList = "process, tcp, udp, unix, http, https, grpc, exec, log"
+
+// validateLog checks a log check's file and its patterns.
+func (c *Check) validateLog(bad func(format string, args []any, path ...string)) {
+	if !filepath.IsAbs(c.Path) {
+		bad("a log check needs the log file's absolute path (path: \"{{.LogDir}}/Prefix.log.current\"), got %q", []any{c.Path}, "path")
+	}
+	if c.Pattern == "" {
+		bad("a log check needs pattern: the regular expression of the line it waits for", nil, "pattern")
+	}
+	for _, f := range []struct{ key, val string }{{"pattern", c.Pattern}, {"fatal_pattern", c.FatalPattern}} {
+		if f.val == "" {
+			continue
+		}
+		if _, err := regexp.Compile(f.val); err != nil {
+			bad("%s %q is not a regular expression: %v", []any{f.key, f.val, err}, f.key)
+		}
+	}
+}
 
 func dotted(path []string) string {
 	s := ""

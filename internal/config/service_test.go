@@ -110,3 +110,46 @@ func TestServiceRuntimeInvalid(t *testing.T) {
 		})
 	}
 }
+
+func TestServiceLogCheck(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + `services:
+  tailer1:
+    checks:
+      - {type: log, path: "{{.LogDir}}/LogtailerMain.log.current", pattern: "{{.Name}} RUNNING$", fatal_pattern: '\] FATAL '}
+`})
+	n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := n.Services["tailer1"].Checks[0]
+	want := Check{Name: "log:LogtailerMain.log.current", Type: CheckLog, Path: "/var/log/deephaven/tailer/LogtailerMain.log.current",
+		Pattern: "tailer1 RUNNING$", FatalPattern: `\] FATAL `}
+	if c.Name != want.Name || c.Type != want.Type || c.Path != want.Path || c.Pattern != want.Pattern || c.FatalPattern != want.FatalPattern {
+		t.Fatalf("check %+v\nwant %+v", c, want)
+	}
+}
+
+func TestServiceLogCheckInvalid(t *testing.T) {
+	for _, tt := range []struct{ name, check, want string }{
+		{"relative path", `{type: log, path: x.log, pattern: RUNNING}`,
+			`agent.yaml:7: services.tailer1.checks.0.path: a log check needs the log file's absolute path (path: "{{.LogDir}}/Prefix.log.current"), got "x.log"`},
+		{"no path", `{type: log, pattern: RUNNING}`, `services.tailer1.checks.0.path: a log check needs the log file's absolute path`},
+		{"no pattern", `{type: log, path: /var/log/x.log}`,
+			`agent.yaml:7: services.tailer1.checks.0.pattern: a log check needs pattern: the regular expression of the line it waits for`},
+		{"bad pattern", `{type: log, path: /var/log/x.log, pattern: "RUN(NING"}`,
+			"agent.yaml:7: services.tailer1.checks.0.pattern: pattern \"RUN(NING\" is not a regular expression: error parsing regexp: missing closing ): `RUN(NING`"},
+		{"bad fatal pattern", `{type: log, path: /var/log/x.log, pattern: RUNNING, fatal_pattern: "*FATAL"}`,
+			"services.tailer1.checks.0.fatal_pattern: fatal_pattern \"*FATAL\" is not a regular expression: error parsing regexp: missing argument to repetition operator: `*`"},
+		{"pattern on a tcp check", `{type: tcp, port: "22000", pattern: RUNNING}`,
+			`agent.yaml:7: services.tailer1.checks.0.pattern: pattern is for log checks only (this is a tcp check)`},
+		{"bad template", `{type: log, path: "{{.Nope}}/x.log", pattern: RUNNING}`, `services.tailer1.checks.0.path: template "{{.Nope}}/x.log"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + "services:\n  tailer1: {checks: [" + tt.check + "]}\n"})
+			_, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -188,7 +188,7 @@ func (c *Cluster) writeAgent(i int, n NodeSpec, gossipAddr, apiAddr string, seed
 	if c.Opt.Program != "" {
 		program = c.Opt.Program
 	}
-	cmd := []string{program, "--name=" + n.Name + "/{{.Name}}", "--ports={{.Ports}}", "--record=" + c.Record}
+	cmd := []string{program, "--name=" + n.Name + "/{{.Name}}", "--ports={{.Ports}}", "--app-log={{.LogDir}}", "--record=" + c.Record}
 	cmd = append(cmd, c.Opt.Standin...)
 	quoted := make([]string, len(cmd))
 	for j, a := range cmd {

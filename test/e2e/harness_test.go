@@ -87,7 +87,7 @@ alert:
   command: [/bin/sh, -c, 'echo "$MONIT_SERVICE $MONIT_EVENT $MONIT_DESCRIPTION" >> %s']
 defaults:
   user: ""
-  command: ['%s', '--name={{.Name}}', '--ports={{.Ports}}', '--record=%s']
+  command: ['%s', '--name={{.Name}}', '--ports={{.Ports}}', '--app-log={{.LogDir}}', '--record=%s']
 `, filepath.Join(dir, "alerts.log"), filepath.Join(binDir, "dh-standin"), filepath.Join(dir, "record.log"))
 }
 

@@ -52,7 +52,7 @@ defaults:
   runtime: systemd
   user: ""
   log_dir: /var/log/dhvisor-test
-  command: [/usr/local/bin/dh-standin, "--name={{.Name}}", "--ports={{.Ports}}"]
+  command: [/usr/local/bin/dh-standin, "--name={{.Name}}", "--ports={{.Ports}}", "--app-log={{.LogDir}}"]
   start_grace: 10s
   checks: [{type: tcp, port: main, interval: 1s}]
 services:

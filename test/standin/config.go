@@ -231,6 +231,7 @@ type config struct {
 	exitAtStart int     // negative: don't
 	faults      []fault // applied in order once the ports are open
 	record      string
+	appLog      string // directory of the Deephaven-style application log
 	release     string // the package release the binary came from, for upgrade tests
 	pidfile     string
 	logFile     string
@@ -343,6 +344,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&growMax, "grow-max", "", "stop --grow at this `size`, e.g. 200MiB")
 	fs.DurationVar(&cfg.termDelay, "term-delay", 0, "on SIGTERM wait this `duration` before closing the ports and exiting")
 	fs.StringVar(&cfg.record, "record", "", "append start/stop lines to this `file`")
+	fs.StringVar(&cfg.appLog, "app-log", "", "write Deephaven's lifecycle lines (NAME INITIALIZING, NAME RUNNING once listening) to <Prefix>.log.current in this `directory`, as the JVM does")
 	fs.StringVar(&cfg.release, "release", "", "the package `release` this binary came from: shown by GET / and added to record lines as a fifth field")
 	fs.StringVar(&cfg.pidfile, "pidfile", "", "write the service's pid to this `file`")
 	fs.StringVar(&cfg.logFile, "log", "", "append logs to this `file` instead of stderr")

@@ -73,6 +73,7 @@ func (s *service) run() int {
 		}
 	}
 	s.record("start")
+	s.lifecycle(lifecycleInitializing)
 	if s.cfg.pidfile != "" && s.readyFD == "" { // a daemon parent wrote it already
 		if err := writePidfile(s.cfg.pidfile, s.pid); err != nil {
 			s.log.Printf("pidfile: %v", err)
@@ -134,6 +135,7 @@ func (s *service) run() int {
 		s.log.Printf("gRPC on every port: any method answers as %s", s.cfg.name)
 	}
 	s.log.Printf("listening on %s", addrList(addrs))
+	s.lifecycle(lifecycleRunning)
 	if s.readyFD != "" && s.readyFD != launchedFD {
 		if err := notifyReady(s.readyFD, addrs); err != nil {
 			s.log.Printf("daemonize: %v", err)

@@ -466,6 +466,25 @@ func TestStandin(t *testing.T) {
 			},
 		},
 		{
+			name: "application log as Deephaven's JVM writes it",
+			args: []string{"--name", "n1/authentication_server", "--port", "0", "--app-log", "{dir}/logs"},
+			check: func(ctx context.Context, t *testing.T, p *proc, dir string) {
+				p.listening(ctx)
+				b, err := os.ReadFile(filepath.Join(dir, "logs", "AuthenticationServer.log.current"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+				if len(lines) != 2 || !strings.HasSuffix(lines[0], " n1/authentication_server INITIALIZING") || !strings.HasSuffix(lines[1], " n1/authentication_server RUNNING") {
+					t.Fatalf("application log %q", b)
+				}
+				dated, _ := filepath.Glob(filepath.Join(dir, "logs", "AuthenticationServer.log.20*"))
+				if len(dated) != 1 {
+					t.Fatalf("dated files %v, want the one .current links to", dated)
+				}
+			},
+		},
+		{
 			name: "ports list and addr",
 			check: func(ctx context.Context, t *testing.T, _ *proc, _ string) {
 				ports := freePorts(t, 2)

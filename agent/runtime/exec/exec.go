@@ -38,7 +38,7 @@ func (r Runtime) logger() *slog.Logger {
 }
 
 // Start launches spec's command in a new process group, as spec's user,
-// with stdout and stderr appended to LogDir/<name>.stdout.log; a
+// with stdout and stderr appended to LogDir/<name>.log.YYYY-MM-DD; a
 // daemonizing service through its start program.
 func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
 	if spec.Daemon != nil {

@@ -176,7 +176,7 @@ func TestRunsAsServiceUser(t *testing.T) {
 	if !strings.Contains(string(status), "\nUid:\t65534\t65534\t65534\t65534\n") {
 		t.Fatalf("not running as nobody:\n%s", status)
 	}
-	st, err := os.Stat(filepath.Join(logDir, "svc.stdout.log"))
+	st, err := os.Stat(filepath.Join(logDir, runtime.LogName("svc", time.Now())))
 	if err != nil {
 		t.Fatal(err)
 	}

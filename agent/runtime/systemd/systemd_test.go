@@ -176,7 +176,7 @@ func TestSystemdRuntime(t *testing.T) {
 		p := start(t, runtime.Spec{Name: "env", Dir: dir, Env: map[string]string{"FOO": "bar"},
 			Command: []string{"/bin/sh", "-c", `echo "$FOO $DHVISOR_SERVICE $DHVISOR_AGENT $(pwd)"; exec sleep 30`}})
 		want := "bar env " + owner + " " + dir + "\n"
-		waitFile(t, filepath.Join(logs, "env.stdout.log"), want)
+		waitFile(t, filepath.Join(logs, runtime.LogName("env", time.Now())), want)
 		cg, err := os.ReadFile("/proc/" + strconv.Itoa(p.Identity().PID) + "/cgroup")
 		if err != nil {
 			t.Fatal(err)
@@ -295,7 +295,7 @@ func TestSystemdRuntime(t *testing.T) {
 
 	t.Run("runs as the service user", func(t *testing.T) {
 		start(t, runtime.Spec{Name: "user", User: "nobody", Command: []string{"/bin/sh", "-c", "id -un; exec sleep 30"}})
-		waitFile(t, filepath.Join(logs, "user.stdout.log"), "nobody\n")
+		waitFile(t, filepath.Join(logs, runtime.LogName("user", time.Now())), "nobody\n")
 	})
 
 	t.Run("output to the journal", func(t *testing.T) {

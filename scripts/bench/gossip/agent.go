@@ -80,7 +80,7 @@ gossip:
   key_file: %[7]s
 defaults:
   user: ""
-  command: [%[8]q, '--name={{.Name}}', '--ports={{.Ports}}']
+  command: [%[8]q, '--name={{.Name}}', '--ports={{.Ports}}', '--app-log={{.LogDir}}']
 services:
   %[9]s:
     ports: {http: %[10]d}

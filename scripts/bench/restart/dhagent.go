@@ -52,7 +52,7 @@ vars:
   standin: %[2]s/bin/dh-standin
 defaults:
   user: ""
-  command: ['{{var "standin"}}', '--name={{.Name}}', '--ports={{.Ports}}']
+  command: ['{{var "standin"}}', '--name={{.Name}}', '--ports={{.Ports}}', '--app-log={{.LogDir}}']
   %[3]s
 `, dir, root, benchRestartYAML)
 	if !fast {

@@ -123,7 +123,7 @@ log_root: /var/log/dhv-bench
 defaults:
   user: ""
   log_dir: /var/log/dhv-bench
-  command: [/dhv/dh-standin, "--name={{.Name}}", "--ports={{.Ports}}"]
+  command: [/dhv/dh-standin, "--name={{.Name}}", "--ports={{.Ports}}", "--app-log={{.LogDir}}"]
   checks: [{type: tcp, port: main, interval: 1s}]
   restart: {min_uptime: 50ms, limit: 0}
 services:

@@ -1,0 +1,85 @@
+package runtime
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dhvisor/dhvisor/agent/safefs"
+	"github.com/dhvisor/dhvisor/test/need"
+)
+
+func TestLogName(t *testing.T) {
+	at := time.Date(2025, 3, 9, 23, 59, 59, 0, time.Local)
+	if got, want := LogName("db_query_server", at), "db_query_server.log.2025-03-09"; got != want {
+		t.Fatalf("LogName = %q, want %q", got, want)
+	}
+}
+
+func TestOpenLog(t *testing.T) {
+	need.Root(t, "files given to another user, links owned by one")
+	tests := []struct {
+		name    string
+		plant   func(t *testing.T, dir, secret string) // what the service user left in its log directory
+		wantErr error
+	}{
+		{name: "new file"},
+		{name: "appends to today's file", plant: func(t *testing.T, dir, _ string) {
+			if err := os.WriteFile(filepath.Join(dir, LogName("svc", time.Now())), []byte("earlier\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "today's file is a planted link", wantErr: safefs.ErrUnsafe, plant: func(t *testing.T, dir, secret string) {
+			link := filepath.Join(dir, LogName("svc", time.Now()))
+			if err := os.Symlink(secret, link); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Lchown(link, 1234, 1234); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir, secret := filepath.Join(root, "logs"), filepath.Join(root, "shadow")
+			if err := os.WriteFile(secret, []byte("root only\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if tc.plant != nil {
+				tc.plant(t, dir, secret)
+			}
+			f, err := OpenLog(Spec{Name: "svc", LogDir: dir}, &syscall.Credential{Uid: 1234, Gid: 1235})
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+				var st syscall.Stat_t
+				if err := syscall.Stat(secret, &st); err != nil || st.Uid != 0 || st.Size != int64(len("root only\n")) {
+					t.Fatalf("the link's target changed: %+v %v", st, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString("out\n"); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join(dir, LogName("svc", time.Now())), &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Uid != 1234 || st.Gid != 1235 {
+				t.Fatalf("log file owned by %d:%d, want the service's 1234:1235", st.Uid, st.Gid)
+			}
+		})
+	}
+}
