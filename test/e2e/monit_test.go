@@ -41,7 +41,9 @@ func (m *monitNode) pidfile(name string) string { return filepath.Join(m.runDir,
 
 func (m *monitNode) startProgram(name string, port int) []string {
 	return []string{filepath.Join(binDir, "dh-standin"), "--name=" + name, "--ports=" + strconv.Itoa(port),
-		"--record=" + m.record, "--launcher", "--pidfile=" + m.pidfile(name)}
+		"--record=" + m.record, "--launcher", "--pidfile=" + m.pidfile(name),
+		// Where the catalogue's log check looks for the RUNNING line.
+		"--app-log=" + filepath.Join(m.dir, "logs", name)}
 }
 
 func newMonitNode(t *testing.T) *monitNode {

@@ -335,6 +335,11 @@ func FindMatch(w Want) (Proc, error) {
 // or group p leads counts, so that a daemon sharing its group with
 // something else never takes that along.
 func Members(p Proc, uid uint32) []Proc {
+	// The session or group it leads now: a launcher may write the pid of
+	// its child before that child has called setsid.
+	if st, err := procfs.ReadStat(p.ID.PID); err == nil && st.StartTicks == p.ID.StartTicks {
+		p.SID, p.PGID = st.SID, st.PGID
+	}
 	if p.SID != p.ID.PID && p.PGID != p.ID.PID {
 		return nil
 	}

@@ -187,3 +187,48 @@ func FuzzParsePid(f *testing.F) {
 		}
 	})
 }
+
+// A launcher may write its child's pid before the child calls setsid: the
+// members are those of the session the process leads when asked.
+func TestMembersOfASessionLedLater(t *testing.T) {
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready")
+	// The shell is a plain child of the test (no session of its own)
+	// until the file "go" appears; then it becomes a session leader
+	// and puts a helper in it.
+	cmd := exec.Command("/bin/sh", "-c", `while [ ! -e "$0/go" ]; do sleep 0.01; done
+exec setsid -w /bin/sh -c 'sleep 30 & touch "$0"; wait' "$1"`, dir, ready)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	before, err := Inspect(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.SID == before.ID.PID {
+		t.Fatal("the shell leads a session before it called setsid")
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the helper never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ms := Members(before, uint32(os.Getuid()))
+	t.Cleanup(func() {
+		for _, m := range ms {
+			_ = Signal(m.ID, 9)
+		}
+	})
+	if len(ms) != 1 || ms[0].Cmdline[0] != "sleep" {
+		t.Fatalf("members %v, want the session's sleep", ms)
+	}
+}
