@@ -6,28 +6,82 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/runtime/logwriter"
 	"github.com/dhvisor/dhvisor/agent/safefs"
 )
 
-// startupLogLayout dates a service's output file, as Deephaven's launcher
-// names its "startup script log": <name>.log.YYYY-MM-DD.
-const startupLogLayout = "2006-01-02"
-
-// LogName is the file in the log directory that a service started at t
-// writes its stdout and stderr to: <name>.log.YYYY-MM-DD, local time.
-func LogName(name string, t time.Time) string {
-	return name + ".log." + t.Format(startupLogLayout)
-}
-
-// OpenLog opens the file a service's stdout and stderr are appended to,
-// LogDir/LogName(Name, now), owned by the service's user so that the
-// service may reopen or rotate it; /dev/null without a LogDir. The
-// directory is the user's to write, so the file is opened through it
-// without following a link the user may have planted there.
+// OpenLog opens the file a start, stop or restart program's stdout and
+// stderr are appended to, LogDir/logwriter.FileName(Name, now), owned by
+// the service's user; /dev/null without a LogDir. The program is short
+// lived, so the file is handed to it directly and read back for the
+// status of a program that failed. The directory is the user's to write,
+// so the file is opened through it without following a link the user may
+// have planted there.
 func OpenLog(spec Spec, cred *syscall.Credential) (*os.File, error) {
 	if spec.LogDir == "" {
 		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	}
+	d, err := openLogDir(spec, cred)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	uid, gid := owner(cred)
+	f, err := d.OpenAppend(logwriter.FileName(spec.Name, time.Now()), 0o644, uid, gid)
+	if err != nil {
+		return nil, fmt.Errorf("log file: %w", err)
+	}
+	return f, nil
+}
+
+// Output is where a foreground service's stdout and stderr go.
+type Output struct {
+	// File is for the service.
+	File *os.File
+	pipe *logwriter.Output
+}
+
+// OpenOutput prepares a foreground service's output: a pipe to a
+// logwriter that appends to the same dated file as OpenLog, and to the
+// next day's from local midnight; /dev/null without a LogDir. The caller
+// starts the service with File, then calls Started, and Close in any case.
+func OpenOutput(spec Spec, cred *syscall.Credential) (*Output, error) {
+	if spec.LogDir == "" {
+		f, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		return &Output{File: f}, err
+	}
+	d, err := openLogDir(spec, cred)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	p, err := logwriter.Pipe(d, spec.Name, cred)
+	if err != nil {
+		return nil, err
+	}
+	return &Output{File: p.File, pipe: p}, nil
+}
+
+// Started starts the writer, once the service runs.
+func (o *Output) Started() error {
+	if o.pipe == nil {
+		return nil
+	}
+	return o.pipe.Start()
+}
+
+// Close releases the agent's copies.
+func (o *Output) Close() {
+	if o.pipe != nil {
+		o.pipe.Close()
+		return
+	}
+	o.File.Close()
+}
+
+// openLogDir creates the service's log directory if need be, gives it to
+// the service's user, and opens it without following a user's link.
+func openLogDir(spec Spec, cred *syscall.Credential) (*safefs.Dir, error) {
 	if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
 		return nil, fmt.Errorf("log directory: %w", err)
 	}
@@ -35,19 +89,21 @@ func OpenLog(spec Spec, cred *syscall.Credential) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("log directory: %w", err)
 	}
-	defer d.Close()
-	uid, gid := -1, -1
 	if cred != nil {
-		uid, gid = int(cred.Uid), int(cred.Gid)
+		// Through the descriptor just opened, never by path: the path
+		// may have been changed to a user's link since.
+		uid, gid := owner(cred)
+		if err := d.Chown(uid, gid); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("log directory: %w", err)
+		}
 	}
-	f, err := d.OpenAppend(LogName(spec.Name, time.Now()), 0o644, uid, gid)
-	if err != nil {
-		return nil, fmt.Errorf("log file: %w", err)
+	return d, nil
+}
+
+func owner(cred *syscall.Credential) (uid, gid int) {
+	if cred == nil {
+		return -1, -1
 	}
-	if cred != nil {
-		// The directory itself is root's to create: only its owner
-		// changes, and only when the path has no user's link in it.
-		_ = os.Lchown(spec.LogDir, uid, gid)
-	}
-	return f, nil
+	return int(cred.Uid), int(cred.Gid)
 }

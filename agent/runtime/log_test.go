@@ -8,16 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/runtime/logwriter"
 	"github.com/dhvisor/dhvisor/agent/safefs"
 	"github.com/dhvisor/dhvisor/test/need"
 )
-
-func TestLogName(t *testing.T) {
-	at := time.Date(2025, 3, 9, 23, 59, 59, 0, time.Local)
-	if got, want := LogName("db_query_server", at), "db_query_server.log.2025-03-09"; got != want {
-		t.Fatalf("LogName = %q, want %q", got, want)
-	}
-}
 
 func TestOpenLog(t *testing.T) {
 	need.Root(t, "files given to another user, links owned by one")
@@ -28,12 +22,12 @@ func TestOpenLog(t *testing.T) {
 	}{
 		{name: "new file"},
 		{name: "appends to today's file", plant: func(t *testing.T, dir, _ string) {
-			if err := os.WriteFile(filepath.Join(dir, LogName("svc", time.Now())), []byte("earlier\n"), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, logwriter.FileName("svc", time.Now())), []byte("earlier\n"), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{name: "today's file is a planted link", wantErr: safefs.ErrUnsafe, plant: func(t *testing.T, dir, secret string) {
-			link := filepath.Join(dir, LogName("svc", time.Now()))
+			link := filepath.Join(dir, logwriter.FileName("svc", time.Now()))
 			if err := os.Symlink(secret, link); err != nil {
 				t.Fatal(err)
 			}
@@ -74,7 +68,7 @@ func TestOpenLog(t *testing.T) {
 			}
 			f.Close()
 			var st syscall.Stat_t
-			if err := syscall.Stat(filepath.Join(dir, LogName("svc", time.Now())), &st); err != nil {
+			if err := syscall.Stat(filepath.Join(dir, logwriter.FileName("svc", time.Now())), &st); err != nil {
 				t.Fatal(err)
 			}
 			if st.Uid != 1234 || st.Gid != 1235 {

@@ -41,6 +41,42 @@ func (d *Dir) Path() string { return d.path }
 // Close releases the directory.
 func (d *Dir) Close() error { return unix.Close(d.fd) }
 
+// File returns a duplicate of the directory's descriptor, for a child
+// process that is to open names in it (safefs.FromFile in that child).
+func (d *Dir) File() (*os.File, error) {
+	fd, err := unix.Dup(d.fd)
+	if err != nil {
+		return nil, &os.PathError{Op: "dup", Path: d.path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), d.path), nil
+}
+
+// Chown gives the directory itself to uid:gid, through its descriptor.
+func (d *Dir) Chown(uid, gid int) error {
+	if err := unix.Fchownat(d.fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
+		return &os.PathError{Op: "chown", Path: d.path, Err: err}
+	}
+	return nil
+}
+
+// FromFile takes over a directory descriptor that a parent opened with
+// OpenDir and passed on; path only names it in errors.
+func FromFile(f *os.File, path string) (*Dir, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, &os.PathError{Op: "open", Path: path, Err: unix.ENOTDIR}
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, &os.PathError{Op: "dup", Path: path, Err: err}
+	}
+	f.Close()
+	return &Dir{fd: fd, path: filepath.Clean(path)}, nil
+}
+
 // OpenDir opens the directory at the absolute path dir, following only
 // root-owned links on the way.
 func OpenDir(dir string) (*Dir, error) {

@@ -38,7 +38,8 @@ func (r Runtime) logger() *slog.Logger {
 }
 
 // Start launches spec's command in a new process group, as spec's user,
-// with stdout and stderr appended to LogDir/<name>.log.YYYY-MM-DD; a
+// with stdout and stderr appended to LogDir/<name>.log.YYYY-MM-DD (the
+// next day's file from local midnight, through a logwriter); a
 // daemonizing service through its start program.
 func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
 	if spec.Daemon != nil {
@@ -51,7 +52,7 @@ func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	if err != nil {
 		return nil, err
 	}
-	out, err := runtime.OpenLog(spec, cred)
+	out, err := runtime.OpenOutput(spec, cred)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +61,7 @@ func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	cmd := osexec.Command(spec.Command[0], spec.Command[1:]...)
 	cmd.Env = runtime.Environment(spec, home)
 	cmd.Dir = runtime.WorkDir(spec)
-	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Stdout, cmd.Stderr = out.File, out.File
 	// No Pdeathsig: services must outlive an agent that is killed or upgraded.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	if err := cmd.Start(); err != nil {
@@ -72,6 +73,13 @@ func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	p, err := watch(pid, true, nil)
 	// Reaping is ours from here: os/exec must not wait on it too.
 	_ = cmd.Process.Release()
+	if err == nil {
+		// A service whose output nobody reads would hang once the
+		// pipe is full: better not started.
+		if err = out.Started(); err != nil {
+			p.Release()
+		}
+	}
 	if err != nil {
 		_ = unix.Kill(-pid, unix.SIGKILL)
 		var ws unix.WaitStatus

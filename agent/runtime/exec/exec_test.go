@@ -14,7 +14,9 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/runtime/logwriter"
 	"github.com/dhvisor/dhvisor/test/need"
+	"github.com/dhvisor/dhvisor/test/waitfor"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -176,7 +178,10 @@ func TestRunsAsServiceUser(t *testing.T) {
 	if !strings.Contains(string(status), "\nUid:\t65534\t65534\t65534\t65534\n") {
 		t.Fatalf("not running as nobody:\n%s", status)
 	}
-	st, err := os.Stat(filepath.Join(logDir, runtime.LogName("svc", time.Now())))
+	// The logwriter, a process of its own, creates the day's file.
+	file := filepath.Join(logDir, logwriter.FileName("svc", time.Now()))
+	waitfor.File(t, file, "", 20*time.Second)
+	st, err := os.Stat(file)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/dbus"
@@ -497,13 +498,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 			sd.Property{Name: "StandardOutput", Value: dbus.MakeVariant("journal")},
 			sd.Property{Name: "StandardError", Value: dbus.MakeVariant("journal")})
 	} else {
-		// The agent opens the file, as for the exec runtime, and hands
-		// systemd the descriptor (systemd < 240 has no append: output).
-		out, err := runtime.OpenLog(spec, cred)
+		// systemd gets a descriptor (systemd < 240 has no append:
+		// output).
+		out, release, err := output(spec, cred)
 		if err != nil {
 			return nil, err
 		}
-		defer out.Close()
+		defer release()
 		fd := dbus.MakeVariant(dbus.UnixFD(out.Fd()))
 		props = append(props,
 			sd.Property{Name: "StandardOutputFileDescriptor", Value: fd},
@@ -974,4 +975,29 @@ func (r *Runtime) trustMain(ctx context.Context, conn *sd.Conn, unit string, id 
 		return true, fmt.Errorf("unit %s: its pidfile names %w", unit, err)
 	}
 	return true, nil
+}
+
+// output is what a unit's stdout and stderr are, as for the exec runtime:
+// a daemon's start program writes to the day's file, a foreground
+// service into a logwriter's pipe (a new file each day); release closes
+// the agent's copies once systemd has its own. The writer starts here,
+// before the unit: systemd's own job takes tens of ms more, and a writer
+// that cannot start then leaves no unit behind.
+func output(spec runtime.Spec, cred *syscall.Credential) (out *os.File, release func(), err error) {
+	if spec.Daemon != nil {
+		f, err := runtime.OpenLog(spec, cred)
+		if err != nil {
+			return nil, nil, err
+		}
+		return f, func() { f.Close() }, nil
+	}
+	o, err := runtime.OpenOutput(spec, cred)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := o.Started(); err != nil {
+		o.Close()
+		return nil, nil, err
+	}
+	return o.File, o.Close, nil
 }

@@ -18,8 +18,10 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
+	"github.com/dhvisor/dhvisor/agent/runtime/logwriter"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/test/sysdbox"
+	"github.com/dhvisor/dhvisor/test/waitfor"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -176,7 +178,7 @@ func TestSystemdRuntime(t *testing.T) {
 		p := start(t, runtime.Spec{Name: "env", Dir: dir, Env: map[string]string{"FOO": "bar"},
 			Command: []string{"/bin/sh", "-c", `echo "$FOO $DHVISOR_SERVICE $DHVISOR_AGENT $(pwd)"; exec sleep 30`}})
 		want := "bar env " + owner + " " + dir + "\n"
-		waitFile(t, filepath.Join(logs, runtime.LogName("env", time.Now())), want)
+		waitfor.File(t, filepath.Join(logs, logwriter.FileName("env", time.Now())), want, 5*time.Second)
 		cg, err := os.ReadFile("/proc/" + strconv.Itoa(p.Identity().PID) + "/cgroup")
 		if err != nil {
 			t.Fatal(err)
@@ -295,7 +297,7 @@ func TestSystemdRuntime(t *testing.T) {
 
 	t.Run("runs as the service user", func(t *testing.T) {
 		start(t, runtime.Spec{Name: "user", User: "nobody", Command: []string{"/bin/sh", "-c", "id -un; exec sleep 30"}})
-		waitFile(t, filepath.Join(logs, runtime.LogName("user", time.Now())), "nobody\n")
+		waitfor.File(t, filepath.Join(logs, logwriter.FileName("user", time.Now())), "nobody\n", 5*time.Second)
 	})
 
 	t.Run("output to the journal", func(t *testing.T) {
@@ -426,21 +428,6 @@ func waitDone(t *testing.T, p runtime.Process) runtime.Exit {
 		t.Fatal("unit did not end")
 	}
 	return runtime.Exit{}
-}
-
-func waitFile(t *testing.T, file, want string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		b, _ := os.ReadFile(file)
-		if string(b) == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s holds %q, want %q", file, b, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func waitPID(t *testing.T, file string) procfs.Identity {
