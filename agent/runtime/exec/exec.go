@@ -4,6 +4,7 @@
 package exec
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -120,6 +121,21 @@ func (Runtime) Find(spec runtime.Spec) (procfs.Identity, bool) {
 		p, err := daemon.Locate(spec.Daemon.Pidfile, want)
 		return p.ID, err == nil
 	}
+	// The marks are environment variables, which anyone can set: they
+	// only pick among processes that could be the agent's own start,
+	// those of the service's user (the agent's for a service without
+	// one) in the agent's own cgroup (dhagent.service's, which an exec
+	// service stays in across agent restarts; a user's session is not).
+	uid := uint32(os.Geteuid())
+	if cred, _, err := runtime.Credential(spec.User, spec.Group); err != nil {
+		return procfs.Identity{}, false
+	} else if cred != nil {
+		uid = cred.Uid
+	}
+	ownCgroup, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return procfs.Identity{}, false
+	}
 	want, wantOwner := runtime.ServiceEnv+"="+spec.Name, runtime.OwnerEnv+"="+spec.Owner
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -136,6 +152,17 @@ func (Runtime) Find(spec runtime.Spec) (procfs.Identity, bool) {
 		}
 		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
 		if err != nil || !hasEnv(env, want) || !hasEnv(env, wantOwner) {
+			continue
+		}
+		if owner, err := procfs.ReadOwner(pid); err != nil || owner.UID != uid || owner.EUID != uid {
+			continue
+		}
+		if cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup")); err != nil || !bytes.Equal(cg, ownCgroup) {
+			continue
+		}
+		// Read again: the pid must still be the process whose marks,
+		// owner and cgroup were read.
+		if now, err := procfs.IdentityOf(pid); err != nil || now.StartTicks != st.StartTicks {
 			continue
 		}
 		return procfs.Identity{PID: pid, StartTicks: st.StartTicks}, true

@@ -3,6 +3,7 @@ package exec
 import (
 	"context"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -187,5 +188,37 @@ func TestRunsAsServiceUser(t *testing.T) {
 	}
 	if st.Sys().(*syscall.Stat_t).Uid != 65534 {
 		t.Error("log file not owned by the service user")
+	}
+}
+
+// TestFindRefusesImpostors: the service marks are environment variables
+// anyone can set. A process of another user carrying them is never the
+// service's, so a lost state file cannot make the agent adopt (and
+// gossip as OK, and route to) a service user's impostor of a root
+// service.
+func TestFindRefusesImpostors(t *testing.T) {
+	need.Root(t, "to run the impostor as another user")
+	const owner = "/var/lib/test-agent"
+	impostor := osexec.Command("/bin/sleep", "30")
+	impostor.Env = []string{runtime.ServiceEnv + "=configuration_server", runtime.OwnerEnv + "=" + owner}
+	impostor.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := impostor.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = impostor.Process.Kill(); _ = impostor.Wait() }()
+	if id, ok := (Runtime{}).Find(runtime.Spec{Owner: owner, Name: "configuration_server"}); ok {
+		t.Fatalf("adopted pid %d, nobody's process, for a root service", id.PID)
+	}
+	// The same marks on a process of the service's own user are found.
+	p, err := Runtime{}.Start(context.Background(), runtime.Spec{Name: "as_nobody", Owner: owner, User: "nobody", Command: []string{"/bin/sleep", "30"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Kill(); <-p.Done() }()
+	if id, ok := (Runtime{}).Find(runtime.Spec{Owner: owner, Name: "as_nobody", User: "nobody"}); !ok || id != p.Identity() {
+		t.Fatalf("Find = %v %v, want the service's own %v", id, ok, p.Identity())
+	}
+	if _, ok := (Runtime{}).Find(runtime.Spec{Owner: owner, Name: "as_nobody"}); ok {
+		t.Fatal("a root service's Find took nobody's process")
 	}
 }
