@@ -86,6 +86,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.rts = rts
 	a.mgr = supervise.NewManager(a.node, rts, state.New(filepath.Join(cfg.StateDir, "agent-state.json")), a.log)
+	a.mgr.OnStateError = func(err error) {
+		if err != nil {
+			sdnotify.Status("starting no service: " + err.Error())
+			return
+		}
+		sdnotify.Status("state saved; supervising")
+	}
 	a.mgr.Load(ctx)
 	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
 	if err != nil {

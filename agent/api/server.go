@@ -98,6 +98,9 @@ func (s *Server) Status(_ context.Context, req *pb.StatusRequest) (*pb.StatusRes
 		ConfigFile:         node.File,
 		Roles:              node.Agent.Roles,
 	}
+	if err := s.mgr.StateError(); err != nil {
+		resp.StateError = err.Error()
+	}
 	for _, st := range sts {
 		ps := ToProto(st)
 		if svc := node.Services[st.Name]; svc != nil {

@@ -73,6 +73,13 @@ type Manager struct {
 	ready  bool          // every supervisor loaded: a save is complete
 	dirty  chan struct{} // a save is wanted (capacity 1: requests coalesce)
 	saveMu sync.Mutex
+	// saveErr is why the last save failed, nil once one succeeds;
+	// guarded by saveMu. While it is set no service is started.
+	saveErr error
+	// OnStateError, when set before Run, hears every change of the
+	// state file's health (nil: it persists again); the agent tells
+	// systemd.
+	OnStateError func(error)
 
 	ctx     context.Context // the Run context: owns supervisors and background work
 	wg      sync.WaitGroup
@@ -173,7 +180,7 @@ func (m *Manager) background(f func(ctx context.Context)) {
 }
 
 func (m *Manager) hooks() hooks {
-	return hooks{changed: m.broadcast, persist: m.persist, alert: m.alertHook}
+	return hooks{changed: m.broadcast, persist: m.persist, durable: m.durable, alert: m.alertHook}
 }
 
 func (m *Manager) broadcast() {
@@ -199,34 +206,76 @@ func (m *Manager) persist(now bool) {
 }
 
 func (m *Manager) saver(ctx context.Context) {
+	retry := time.NewTicker(saveRetry)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-m.dirty:
 			m.save()
+		case <-retry.C:
+			if m.StateError() != nil {
+				m.save()
+			}
 		}
 	}
 }
 
+// saveRetry paces saves while the state file cannot be written.
+const saveRetry = time.Second
+
 // save writes the remembered state of every service.
-func (m *Manager) save() {
+func (m *Manager) save() error {
 	m.saveMu.Lock()
 	defer m.saveMu.Unlock()
 	m.mu.Lock()
 	if !m.ready {
 		// Until every service is loaded, a save would drop the others.
 		m.mu.Unlock()
-		return
+		return nil
 	}
 	recs := make(map[string]state.Service, len(m.sups))
 	for name, s := range m.sups {
 		recs[name] = s.remembered()
 	}
 	m.mu.Unlock()
-	if err := m.store.Save(recs); err != nil {
-		m.log.Error("cannot save state; will retry on the next change", "file", m.store.Path(), "err", err)
+	err := m.store.Save(recs)
+	if err != nil {
+		err = fmt.Errorf("the state file %s cannot be written: %w", m.store.Path(), err)
 	}
+	switch {
+	case err != nil && m.saveErr == nil:
+		m.log.Error("cannot save state: no service is started until it can be; retrying", "err", err, "every", saveRetry)
+	case err == nil && m.saveErr != nil:
+		m.log.Info("state saved again; starts resume", "file", m.store.Path())
+	}
+	changed := (err == nil) != (m.saveErr == nil)
+	m.saveErr = err
+	if changed {
+		if m.OnStateError != nil {
+			m.OnStateError(err)
+		}
+		m.broadcast()
+	}
+	return err
+}
+
+// StateError is why the state file cannot be written, nil while it can.
+func (m *Manager) StateError() error {
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	return m.saveErr
+}
+
+// durable reports whether what the agent remembers is on disk, saving
+// again first if the last save failed. A process started while it is not
+// would be unknown to the next agent, which would start a second copy.
+func (m *Manager) durable() error {
+	if m.StateError() == nil {
+		return nil
+	}
+	return m.save()
 }
 
 // Ping proves the supervisor works, for systemd's watchdog: the manager's

@@ -534,3 +534,35 @@ func TestUnmonitoredAdoptedAsNotMonitored(t *testing.T) {
 		t.Fatalf("started %v, want the one first start", got)
 	}
 }
+
+// TestNoStartWhileStateCannotBeWritten: a process the state file does
+// not record would be started again by the next agent, so while the file
+// cannot be written (a full disk; here its directory is a file) nothing
+// starts, the status says why, and starts resume once a save succeeds.
+func TestNoStartWhileStateCannotBeWritten(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.WriteFile(dir, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt := newFakeRuntime()
+	m, _, stop := runManager(testNode(t, "  s: {}\n"), rt, filepath.Join(dir, "state.json"))
+	defer stop()
+	st := waitState(t, m, "s", ExecFailed)
+	if !strings.Contains(st.Message, "cannot be written") || m.StateError() == nil {
+		t.Fatalf("status %q, state error %v; want the state file named as the reason", st.Message, m.StateError())
+	}
+	if n := len(rt.startLog()); n != 0 {
+		t.Fatalf("%d starts while the state could not be saved", n)
+	}
+	// The disk is freed: the next retry saves, and s starts.
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m, "s", OK)
+	if err := m.StateError(); err != nil {
+		t.Fatalf("state error %v after a save succeeded", err)
+	}
+}

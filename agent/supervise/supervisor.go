@@ -54,6 +54,7 @@ var errAlreadyDone = errors.New("already done by this operation step")
 type hooks struct {
 	changed func()                                     // status changed: wake waiters
 	persist func(now bool)                             // remembered state changed; now: before going on
+	durable func() error                               // nil when the remembered state is on disk
 	alert   func(st Status, event, description string) // the service failed for good
 }
 
@@ -496,6 +497,13 @@ func (s *Supervisor) start(ctx context.Context) error {
 		s.missing("cannot start it")
 		return errors.New("the service has no start program: the agent only watches it (it starts when its pidfile names a running process)")
 	}
+	if err := s.hooks.durable(); err != nil {
+		// Not the service failing either, and not counted: the agent
+		// cannot record a process, so it starts none.
+		s.log.Error("not starting", "err", err)
+		s.retryStart(ExecFailed, fmt.Sprintf("not started: %v; retrying every %s", err, unavailableRetry))
+		return err
+	}
 	sctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	s.markLogs()
@@ -505,10 +513,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 		// Not the service failing: what runs it is out of reach (a
 		// container engine restarting). Retry without counting.
 		s.log.Warn("cannot start yet", "err", err)
-		s.setState(ConnFailed, fmt.Sprintf("cannot start: %v; retrying every %s", err, unavailableRetry))
-		s.cancelRestart()
-		s.restartT = time.NewTimer(unavailableRetry)
-		s.restartC = s.restartT.C
+		s.retryStart(ConnFailed, fmt.Sprintf("cannot start: %v; retrying every %s", err, unavailableRetry))
 		return err
 	}
 	if err != nil {
@@ -530,6 +535,14 @@ func (s *Supervisor) start(ctx context.Context) error {
 
 // unavailableRetry paces starts while the runtime is out of reach.
 const unavailableRetry = time.Second
+
+// retryStart tries the start again after unavailableRetry, uncounted.
+func (s *Supervisor) retryStart(st State, msg string) {
+	s.setState(st, msg)
+	s.cancelRestart()
+	s.restartT = time.NewTimer(unavailableRetry)
+	s.restartC = s.restartT.C
+}
 
 func (s *Supervisor) runtimeSpec() runtime.Spec { return runtimeSpec(s.owner, s.spec) }
 

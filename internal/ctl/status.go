@@ -41,8 +41,11 @@ func (o *options) statusCmd() *cobra.Command {
 				if err != nil {
 					return rpcError(err)
 				}
-				return o.show(resp, asJSON, func(w io.Writer, color bool) { renderStatus(w, resp, time.Now(), color) },
-					notOK(resp), fmt.Sprintf("of %d services not OK", len(resp.Services)))
+				bad, what := notOK(resp), fmt.Sprintf("of %d services not OK", len(resp.Services))
+				if resp.StateError != "" {
+					bad, what = bad+1, what+", and the agent starts none: "+resp.StateError
+				}
+				return o.show(resp, asJSON, func(w io.Writer, color bool) { renderStatus(w, resp, time.Now(), color) }, bad, what)
 			})
 		},
 	}
@@ -99,7 +102,11 @@ func stateColor(state string) string {
 
 func renderStatus(w io.Writer, resp *pb.StatusResponse, now time.Time, color bool) {
 	ok := len(resp.Services) - notOK(resp)
-	fmt.Fprintf(w, "Node %s (%s), dhagent %s: %d/%d services OK\n\n", resp.Node, strings.Join(resp.Roles, ", "), resp.AgentVersion, ok, len(resp.Services))
+	fmt.Fprintf(w, "Node %s (%s), dhagent %s: %d/%d services OK\n", resp.Node, strings.Join(resp.Roles, ", "), resp.AgentVersion, ok, len(resp.Services))
+	if resp.StateError != "" {
+		fmt.Fprintf(w, "NOT READY: no service is started until the agent can record it: %s\n", resp.StateError)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY\tLAST CHECK")
 	for _, s := range resp.Services {

@@ -34,6 +34,15 @@ func TestRenderStatus(t *testing.T) {
 	}
 }
 
+func TestRenderStatusNotReady(t *testing.T) {
+	resp := &pb.StatusResponse{Node: "n1", StateError: "the state file /var/lib/dhvisor/agent-state.json cannot be written: no space left on device"}
+	var b bytes.Buffer
+	renderStatus(&b, resp, time.Unix(10_000, 0), false)
+	if want := "NOT READY: no service is started until the agent can record it: the state file /var/lib/dhvisor/agent-state.json cannot be written: no space left on device\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, b.String())
+	}
+}
+
 func TestRenderEnvoy(t *testing.T) {
 	now := time.Unix(10_000, 0)
 	id := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

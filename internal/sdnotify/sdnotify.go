@@ -19,6 +19,9 @@ func Ready() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) }
 // Stopping tells systemd the daemon is shutting down (STOPPING=1).
 func Stopping() { _, _ = daemon.SdNotify(false, daemon.SdNotifyStopping) }
 
+// Status sets the one-line status systemctl status shows (STATUS=...).
+func Status(line string) { _, _ = daemon.SdNotify(false, "STATUS="+line) }
+
 // Watchdog pings systemd's watchdog until ctx ends, each time probe
 // succeeds within a third of the watchdog interval, three times an
 // interval. A probe that fails or hangs sends nothing: after WatchdogSec

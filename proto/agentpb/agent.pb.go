@@ -298,8 +298,12 @@ type StatusResponse struct {
 	ConfigFile         string                 `protobuf:"bytes,4,opt,name=config_file,json=configFile,proto3" json:"config_file,omitempty"`
 	Roles              []string               `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
 	Services           []*ServiceStatus       `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"` // in start order
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Why the agent starts no service: its state file cannot be written
+	// (a full disk), so a process it started would be unknown to the next
+	// agent. Empty while the state persists.
+	StateError    string `protobuf:"bytes,7,opt,name=state_error,json=stateError,proto3" json:"state_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -372,6 +376,13 @@ func (x *StatusResponse) GetServices() []*ServiceStatus {
 		return x.Services
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetStateError() string {
+	if x != nil {
+		return x.StateError
+	}
+	return ""
 }
 
 type ServiceStatus struct {
@@ -2277,7 +2288,7 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\bLogChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"+\n" +
 	"\rStatusRequest\x12\x1a\n" +
-	"\bservices\x18\x01 \x03(\tR\bservices\"\xf0\x01\n" +
+	"\bservices\x18\x01 \x03(\tR\bservices\"\x91\x02\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x121\n" +
@@ -2285,7 +2296,9 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\vconfig_file\x18\x04 \x01(\tR\n" +
 	"configFile\x12\x14\n" +
 	"\x05roles\x18\x05 \x03(\tR\x05roles\x12;\n" +
-	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\"\x82\x06\n" +
+	"\bservices\x18\x06 \x03(\v2\x1f.dhvisor.agent.v1.ServiceStatusR\bservices\x12\x1f\n" +
+	"\vstate_error\x18\a \x01(\tR\n" +
+	"stateError\"\x82\x06\n" +
 	"\rServiceStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1c\n" +
