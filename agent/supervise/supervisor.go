@@ -190,11 +190,10 @@ func (s *Supervisor) adopt(ctx context.Context) {
 		s.mu.Lock()
 		s.mem.PID, s.mem.StartTicks = 0, 0
 		s.mu.Unlock()
-		if s.spec.Daemonizing() {
-			// The recorded process is gone; the pidfile may name the one
-			// that replaced it (monit ran the service meanwhile).
-			s.adoptFound(ctx)
-		}
+		// The recorded process is gone, but the service may run all the
+		// same: a later start the state could not record (a full disk),
+		// or for a daemonizing one, monit's start that its pidfile names.
+		s.adoptFound(ctx)
 		return
 	}
 	started := processStart(id, s.mem.StartedAt)
