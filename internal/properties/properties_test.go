@@ -314,6 +314,10 @@ func TestLine(t *testing.T) {
 		{"k", `ends in \`, `k=ends in \\`},
 		{"k", "tab\tnl\ncr\rff\fbs\bnul\x00", `k=tab\tnl\ncr\rff\fbs\bnul\u0000`},
 		{"\u2003k", "é\xff", `\u2003k=é` + "\xff"},
+		{"!", "", `\u0000!=`},
+		{"[a", "b]", `\u0000[a=b]`},
+		{"Final x", "1", `\u0000Final x=1`},
+		{"finalize.x", "1", `finalize.x=1`},
 	}
 	for _, tt := range tests {
 		got := Line(tt.key, tt.value)

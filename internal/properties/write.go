@@ -11,10 +11,16 @@ import (
 // a line and is itself a properties file. Backslashes and control
 // characters are escaped (a value that ends in a backslash would otherwise
 // continue onto the next line, a newline would end it); a blank that the
-// reader would trim off the front of the key is written as \uXXXX. Every
-// other byte, invalid UTF-8 included, is written as it is.
+// reader would trim off the front of the key is written as \uXXXX. A key
+// that would read as a comment, a scope or final (from a file where a
+// control character, which keys are trimmed of, came first) is written
+// after an escaped NUL, for the same reason. Every other byte, invalid
+// UTF-8 included, is written as it is.
 func Line(key, value string) string {
 	var b strings.Builder
+	if key != "" && strings.ContainsRune("#![{}", rune(key[0])) || hasPrefixFold(key, prefixFinal) || hasPrefixFold(key, prefixFinalize) {
+		b.WriteString(`\u0000`)
+	}
 	if r, size := utf8.DecodeRuneInString(key); size > 0 && javaSpace(r) {
 		fmt.Fprintf(&b, `\u%04x`, r)
 		key = key[size:]
