@@ -3,6 +3,7 @@ package config
 import (
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,4 +71,41 @@ func TestExternalDependenciesInvalid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseAgentExternal: whatever a node's services say under external:
+// and dependency_wait, the configuration is accepted or refused, never a
+// panic, and an accepted one has only well-formed entries.
+func FuzzParseAgentExternal(f *testing.F) {
+	for _, seed := range []string{
+		"{name: etcd, systemd: dh-etcd.service, if_installed: true}",
+		"{name: e, tcp: '10.0.0.5:2379'}",
+		"{name: e, http: 'https://x:2379/health', expect: 200, tls_skip_verify: true}",
+		"{name: e, http: 'http://[::1]:80/', expect: 599}",
+		"{name: '', tcp: ':'}",
+		"{name: e, systemd: 'a@b.service', tcp: 'x:1'}",
+		"[]",
+		"{name: e, http: '%zz'}",
+	} {
+		f.Add(seed, "5m")
+	}
+	f.Fuzz(func(t *testing.T, entry, wait string) {
+		doc := "node: f\nroles_dir: none\ndefaults: {command: [x]}\nservices:\n  svc:\n    dependency_wait: " + strconv.Quote(wait) + "\n    external: [" + entry + "]\n"
+		n, err := ParseAgent("agent.yaml", []byte(doc))
+		if err != nil {
+			return
+		}
+		s := n.Services["svc"]
+		if s == nil {
+			return
+		}
+		if s.DependencyWaitOr() > maxDependencyWait {
+			t.Errorf("accepted dependency_wait %s", s.DependencyWaitOr())
+		}
+		for _, e := range s.External {
+			if e.Name == "" || e.Kind() == "" || (e.Kind() == ExternalHTTP && (e.Expect < 100 || e.Expect > 599)) {
+				t.Errorf("accepted %+v from %q", e, entry)
+			}
+		}
+	})
 }
