@@ -127,10 +127,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	xdsAddr := cfg.Envoy.XDS.Addr(xdsLis.Addr().String())
 	xdsSrv := xds.NewServer(ctx, c.log.With("component", "xds"))
 	xdsSrv.Register(xgs)
-	feed, err := newRouteFeed(ctx, cfg, state, g, xdsSrv, c.log)
-	if err != nil {
-		return err
+	file := &routesFile{
+		cfg: cfg, fsm: state, self: cfg.Node, isLeader: rn.IsLeader, hosts: srv.LocalHosts, log: c.log.With("component", "extra-routes"),
+		commit: func(ctx context.Context, who string, doc *pb.ExtraRoutes) error {
+			_, err := srv.CommitExtraRoutes(ctx, who, doc)
+			return err
+		},
 	}
+	feed := newRouteFeed(state, g, xdsSrv, file, c.log)
 	srv.RouteTable = func() *pb.RoutesResponse { return feed.table(xdsAddr) }
 
 	pool := agents.NewPool(agentTLS, func(node string) (string, error) { return agentAddr(g, state, node) })
@@ -146,10 +150,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(6)
+	wg.Add(7)
 	go func() {
 		defer wg.Done()
 		prunePackages(ctx, state, store, c.log)
+	}()
+	go func() {
+		defer wg.Done()
+		file.run(ctx)
 	}()
 	go func() {
 		defer wg.Done()

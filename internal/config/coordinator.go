@@ -42,8 +42,10 @@ type Coordinator struct {
 type Envoy struct {
 	XDS XDS `yaml:"xds"`
 	// ExtraRoutesFile is a Deephaven properties file read for
-	// envoy.xds.extra.routes.* keys; re-read when it changes (see
-	// LoadExtraRoutes). Relative to the configuration file's directory.
+	// envoy.xds.extra.routes.* keys, by the raft leader only, which loads
+	// it into raft when it starts to lead and when the file changes (see
+	// package extraroutes and LoadExtraRoutes). Relative to the
+	// configuration file's directory.
 	ExtraRoutesFile string `yaml:"extra_routes_file"`
 	// ExtraRoutes are site routes written here: a mapping of route name to
 	// the keys host, port, prefix, prefix_rewrite, tls and exact_prefix,
