@@ -16,12 +16,6 @@ import (
 	"github.com/dhvisor/dhvisor/internal/properties"
 )
 
-// Output formats of -o.
-const (
-	outputText = "text"
-	outputJSON = "json"
-)
-
 // hostLookupTimeout bounds the DNS lookups that give a host its names, so
 // a dead resolver delays dhctl, not hangs it.
 const hostLookupTimeout = 5 * time.Second
@@ -47,8 +41,8 @@ func (f *propsFlags) add(cmd *cobra.Command) {
 // context is the evaluating process: its host's names and its own
 // properties. Every flag is checked before any is used.
 func (f *propsFlags) context(ctx context.Context) (properties.Context, error) {
-	if f.output != outputText && f.output != outputJSON {
-		return properties.Context{}, fail(ExitError, "-o %q: expected %s or %s", f.output, outputText, outputJSON)
+	if err := checkOutput(f.output); err != nil {
+		return properties.Context{}, err
 	}
 	props := map[string]string{}
 	if f.process != "" {

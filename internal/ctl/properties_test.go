@@ -133,7 +133,7 @@ func TestPropertiesGet(t *testing.T) {
 		{"--set twice", []string{"get", sampleRoot, "a", "--set", "a=1", "--set", "a=2"}, ExitError, "", `--set "a=2": a is already set by --set "a=1"`},
 		{"--set contradicting --process", []string{"get", sampleRoot, "a", "--process", "x", "--set", "process.name=y"}, ExitError, "", `--set "process.name=y" contradicts --process x`},
 		{"bad --host", []string{"get", sampleRoot, "a", "--host", "a b"}, ExitError, "", `--host "a b": expected a host name`},
-		{"bad -o", []string{"get", sampleRoot, "a", "-o", "yaml"}, ExitError, "", `-o "yaml": expected text or json`},
+		{"bad -o", []string{"get", sampleRoot, "a", "-o", "yaml"}, ExitError, "", `-o yaml: expected text or json`},
 		{"no key", []string{"get", sampleRoot}, ExitError, "", "requires at least 2 arg(s)"},
 	}
 	for _, tt := range tests {
