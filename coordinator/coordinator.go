@@ -30,6 +30,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	"github.com/dhvisor/dhvisor/internal/version"
@@ -69,7 +70,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	lis, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
-		return fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
+		return fmt.Errorf("api.listen: %w", portowner.Explain(err, cfg.API.Listen))
 	}
 	defer lis.Close()
 	apiAddr := cfg.API.Addr(lis.Addr().String())
@@ -384,7 +385,7 @@ func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
 	}
 	l, err := net.Listen("tcp", cfg.Envoy.XDS.Listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("envoy.xds.listen %s: %w", cfg.Envoy.XDS.Listen, err)
+		return nil, nil, fmt.Errorf("envoy.xds.listen: %w", portowner.Explain(err, cfg.Envoy.XDS.Listen))
 	}
 	return l, grpc.NewServer(opts...), nil
 }

@@ -308,10 +308,7 @@ const ExtraRoutesProcess = "configuration_server"
 // these names (see properties.LocalHosts): the service.name and
 // process.name Deephaven's launcher gives it.
 func ExtraRoutesScope(hosts []string) properties.Context {
-	return properties.Context{Hosts: hosts, Props: map[string]string{
-		"service.name": ExtraRoutesProcess,
-		"process.name": ExtraRoutesProcess,
-	}}
+	return properties.Context{Hosts: hosts, Props: properties.ProcessProps(ExtraRoutesProcess)}
 }
 
 // exactAlias is accepted for exactPrefix in properties files.
