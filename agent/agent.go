@@ -190,6 +190,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	instDone := make(chan struct{})
 	go func() { defer close(instDone); inst.Run(ctx) }()
+	if g != nil {
+		a.mgr.SetClusterView(gossipView{g: g, seeds: cfg.Gossip.Seeds})
+	}
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(ctx) }()
 	pubDone := make(chan struct{})

@@ -77,7 +77,7 @@ func (f *routeFeed) run(ctx context.Context, restored func(context.Context, time
 // dispatcherGone lists the states in which a dispatcher's workers are gone
 // with it (Deephaven's workers die with their dispatcher).
 var dispatcherGone = map[string]bool{
-	"Stopped": true, "Failed": true, "Does not exist": true, "Execution failed": true, "Restarting": true, gossip.ServiceUnknown: true,
+	"Stopped": true, "Failed": true, "Does not exist": true, "Execution failed": true, "Restarting": true, "Waiting": true, gossip.ServiceUnknown: true,
 }
 
 // build is the model as this replica sees it now, and when the next worker

@@ -17,19 +17,6 @@ import (
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
-// Output formats of -o.
-const (
-	outputText = "text"
-	outputJSON = "json"
-)
-
-func checkOutput(v string) error {
-	if v != outputText && v != outputJSON {
-		return fail(ExitError, "-o %s: expected %s or %s", v, outputText, outputJSON)
-	}
-	return nil
-}
-
 func (o *options) extraRoutesCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "extra",
