@@ -206,3 +206,28 @@ func TestRoutesFileOnLeadership(t *testing.T) {
 		})
 	}
 }
+
+// A file the leader refuses (here a line of only a backslash) changes
+// nothing and says why at its file:line; once fixed, it is loaded.
+func TestRoutesFileRefused(t *testing.T) {
+	props := filepath.Join(t.TempDir(), "routes.prop")
+	if err := os.WriteFile(props, []byte("envoy.xds.extra.routes.grafana.host=g\n\\\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Coordinator{}
+	cfg.Envoy.ExtraRoutesFile = props
+	state := fsm.New()
+	r := testRoutesFile(t, cfg, state)
+	var st pollState
+	r.poll(context.Background(), &st)
+	if state.ExtraRoutes() != nil || !strings.Contains(r.Err(), props+":2:1: the line ends in a continuation") {
+		t.Fatalf("loaded %v; error %q", state.ExtraRoutes(), r.Err())
+	}
+	if err := os.WriteFile(props, []byte("envoy.xds.extra.routes.grafana.host=g\nenvoy.xds.extra.routes.grafana.prefix=/grafana\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.poll(context.Background(), &st)
+	if cur := state.ExtraRoutes(); cur == nil || len(cur.Routes) != 1 || cur.ConfigOf != "c1" || r.Err() != "" {
+		t.Fatalf("fixed file: loaded %v; error %q", cur, r.Err())
+	}
+}

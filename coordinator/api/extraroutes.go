@@ -2,6 +2,9 @@ package api
 
 import (
 	"context"
+	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -49,6 +52,7 @@ func (s *Server) LoadExtraRoutes(ctx context.Context, req *pb.LoadExtraRoutesReq
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "refused, nothing changed: %v", err)
 	}
+	doc.Warnings = extraroutes.Elsewhere(req.Files, doc.Routes, s.peerHosts())
 	if req.DryRun {
 		return &pb.ExtraRoutesResponse{AnsweredBy: s.Raft.ID(), ExtraRoutes: doc}, nil
 	}
@@ -79,4 +83,33 @@ func (s *Server) ExtraRoutes(_ context.Context, req *pb.ExtraRoutesRequest) (*pb
 		}
 	}
 	return resp, nil
+}
+
+// peerHosts are the other coordinators' hosts by id, with the names this
+// replica knows them by: the id (the node name, normally the hostname) and
+// the hosts of their raft and API addresses.
+func (s *Server) peerHosts() map[string][]string {
+	servers, err := s.Raft.Servers()
+	if err != nil {
+		return nil
+	}
+	out := map[string][]string{}
+	for _, srv := range servers {
+		id := string(srv.ID)
+		if id == s.Raft.ID() {
+			continue
+		}
+		addrs := []string{string(srv.Address)}
+		if p := s.FSM.Peer(id); p != nil {
+			addrs = append(addrs, p.ApiAddr)
+		}
+		names := []string{strings.ToLower(id)}
+		for _, a := range addrs {
+			if h, _, err := net.SplitHostPort(a); err == nil && !slices.Contains(names, strings.ToLower(h)) {
+				names = append(names, strings.ToLower(h))
+			}
+		}
+		out[id] = names
+	}
+	return out
 }

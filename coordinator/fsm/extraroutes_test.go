@@ -101,18 +101,7 @@ func TestExtraRoutesLoad(t *testing.T) {
 		})
 	}
 
-	snap, err := a.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	restored := New()
-	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	restored := snapshotRestored(t, a.f)
 	if got := restored.ExtraRoutes(); !proto.Equal(got, cur) {
 		t.Errorf("restored %v, want %v", got, cur)
 	}
@@ -121,4 +110,22 @@ func TestExtraRoutesLoad(t *testing.T) {
 	if res := b.apply(loadCmd(first)); res.(*pb.ExtraRoutes).Version != 3 {
 		t.Errorf("load after restore: %v", res)
 	}
+}
+
+// snapshotRestored is a new state restored from a snapshot of f.
+func snapshotRestored(t *testing.T, f *FSM) *FSM {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	g := New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	return g
 }

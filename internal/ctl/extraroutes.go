@@ -137,6 +137,9 @@ func (o *options) printExtraRoutes(er *pb.ExtraRoutes) {
 		fmt.Fprintf(o.out, "files: %s (sha256 %s)\n", strings.Join(names, ", "), sum)
 	}
 	fmt.Fprintf(o.out, "evaluated as configuration_server on %s (host names: %s)\n", dash(er.EvaluatedOn), dash(strings.Join(er.Hosts, ", ")))
+	for _, w := range er.Warnings {
+		fmt.Fprintf(o.out, "warning: %s\n", w)
+	}
 	if len(er.Routes) == 0 {
 		fmt.Fprintln(o.out, "no routes")
 		return

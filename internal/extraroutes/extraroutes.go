@@ -15,9 +15,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/properties"
@@ -203,4 +206,68 @@ func New(source string, files []*pb.PropertiesFile, evaluatedOn string, hosts []
 		Source: source, Files: files, EvaluatedOn: evaluatedOn, Hosts: hosts,
 		Routes: ToProto(routes), Sha256: Sum(files),
 	}, nil
+}
+
+// Elsewhere says on which of these other hosts (name → its names) files
+// would give routes other than served: the routes are evaluated once, on
+// the leader, and a file whose [host=...] scopes pick other routes on
+// another coordinator's host is worth a warning. Sorted by host.
+func Elsewhere(files []*pb.PropertiesFile, served []*pb.ExtraRoute, hosts map[string][]string) []string {
+	var out []string
+	for _, host := range slices.Sorted(maps.Keys(hosts)) {
+		names := hosts[host]
+		at := fmt.Sprintf("on %s (known here as %s)", host, strings.Join(names, ", "))
+		routes, err := Evaluate(files, names)
+		if err != nil {
+			first, _, _ := strings.Cut(err.Error(), "\n")
+			out = append(out, fmt.Sprintf("%s the file would be refused: %s", at, first))
+			continue
+		}
+		if d := diff(served, ToProto(routes)); d != "" {
+			out = append(out, fmt.Sprintf("%s the file gives other routes: %s", at, d))
+		}
+	}
+	return out
+}
+
+// diff says how the routes there differ from those here, or "".
+func diff(here, there []*pb.ExtraRoute) string {
+	byName := func(rs []*pb.ExtraRoute) map[string]*pb.ExtraRoute {
+		m := make(map[string]*pb.ExtraRoute, len(rs))
+		for _, r := range rs {
+			m[r.Name] = r
+		}
+		return m
+	}
+	h, th := byName(here), byName(there)
+	var changed, onlyThere, onlyHere []string
+	for _, name := range slices.Sorted(maps.Keys(th)) {
+		if r, ok := h[name]; !ok {
+			onlyThere = append(onlyThere, name)
+		} else if !sameServed(r, th[name]) {
+			changed = append(changed, name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(h)) {
+		if _, ok := th[name]; !ok {
+			onlyHere = append(onlyHere, name)
+		}
+	}
+	var parts []string
+	for _, p := range []struct {
+		what  string
+		names []string
+	}{{"differs", changed}, {"only there", onlyThere}, {"only here", onlyHere}} {
+		if len(p.names) > 0 {
+			parts = append(parts, strings.Join(p.names, ", ")+" "+p.what)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// sameServed: Envoy would get the same route (where it was written aside).
+func sameServed(a, b *pb.ExtraRoute) bool {
+	a, b = proto.Clone(a).(*pb.ExtraRoute), proto.Clone(b).(*pb.ExtraRoute)
+	a.Origin, b.Origin = "", ""
+	return proto.Equal(a, b)
 }

@@ -121,3 +121,39 @@ func TestRefused(t *testing.T) {
 		})
 	}
 }
+
+// Elsewhere names the coordinators on whose hosts the file would give
+// other routes, or would be refused.
+func TestElsewhere(t *testing.T) {
+	files := []*pb.PropertiesFile{{Name: "r.prop", Content: []byte(`envoy.xds.extra.routes.g.host=g
+envoy.xds.extra.routes.g.prefix=/g
+[host=infra-2] {
+  envoy.xds.extra.routes.k.host=k
+  envoy.xds.extra.routes.k.prefix=/k
+}
+[host=infra-3] {
+  envoy.xds.extra.routes.g.prefix=/iris
+}
+`)}}
+	served, err := Evaluate(files, []string{"infra-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := Elsewhere(files, ToProto(served), map[string][]string{
+		"c1b": {"infra-1", "10.0.0.1"}, // the same host's names: the same routes
+		"c2":  {"infra-2", "10.0.0.2"},
+		"c3":  {"infra-3"},
+	})
+	want := []string{
+		"on c2 (known here as infra-2, 10.0.0.2) the file gives other routes: k only there",
+		`on c3 (known here as infra-3) the file would be refused: r.prop:8: envoy.xds.extra.routes.g.prefix: "/iris" is reserved by Deephaven`,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("got %q\nwant %q", got[i], want[i])
+		}
+	}
+}

@@ -6,9 +6,9 @@ import (
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
-// FuzzEvaluate: no file set panics the leader's evaluation, and whatever
-// it accepts a replica's Check accepts too (or every follower would refuse
-// what the leader committed).
+// FuzzEvaluate: no file set panics the leader's evaluation (nor its look
+// at other hosts), and whatever it accepts a replica's Check accepts too
+// (or every follower would refuse what the leader committed).
 func FuzzEvaluate(f *testing.F) {
 	f.Add([]byte("envoy.xds.extra.routes.a.host=h\nenvoy.xds.extra.routes.a.prefix=/a\n"), []byte(""), "infra-1")
 	f.Add([]byte("includefiles = inc.prop\n[host=infra-1] {\nenvoy.xds.extra.routes.a.prefix=/a/\n}\n"), []byte("envoy.xds.extra.routes.a.host=h\nenvoy.xds.extra.routes.a.exact=true\n"), "infra-1")
@@ -23,5 +23,6 @@ func FuzzEvaluate(f *testing.F) {
 		if err := Check(doc); err != nil {
 			t.Fatalf("evaluated %q / %q to routes a replica refuses: %v", main, inc, err)
 		}
+		Elsewhere(files, doc.Routes, map[string][]string{"c2": {host + "-2"}, "c3": nil})
 	})
 }

@@ -199,7 +199,10 @@ type ExtraRoutes struct {
 	RaftIndex   uint64        `protobuf:"varint,10,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
 	// The coordinator whose coordinator.yaml (envoy.extra_routes_file,
 	// envoy.extra_routes) gave the routes; empty for a load through the API.
-	ConfigOf      string `protobuf:"bytes,11,opt,name=config_of,json=configOf,proto3" json:"config_of,omitempty"`
+	ConfigOf string `protobuf:"bytes,11,opt,name=config_of,json=configOf,proto3" json:"config_of,omitempty"`
+	// Where the files would give other routes: evaluated on each other
+	// coordinator's host with the names the leader knows it by.
+	Warnings      []string `protobuf:"bytes,12,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +312,13 @@ func (x *ExtraRoutes) GetConfigOf() string {
 		return x.ConfigOf
 	}
 	return ""
+}
+
+func (x *ExtraRoutes) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 type LoadExtraRoutesRequest struct {
@@ -484,7 +494,7 @@ const file_coordpb_extraroutes_proto_rawDesc = "" +
 	"\x0eprefix_rewrite\x18\x05 \x01(\tR\rprefixRewrite\x12\x10\n" +
 	"\x03tls\x18\x06 \x01(\bR\x03tls\x12!\n" +
 	"\fexact_prefix\x18\a \x01(\bR\vexactPrefix\x12\x16\n" +
-	"\x06origin\x18\b \x01(\tR\x06origin\"\x89\x03\n" +
+	"\x06origin\x18\b \x01(\tR\x06origin\"\xa5\x03\n" +
 	"\vExtraRoutes\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1b\n" +
 	"\tloaded_by\x18\x02 \x01(\tR\bloadedBy\x12$\n" +
@@ -498,7 +508,8 @@ const file_coordpb_extraroutes_proto_rawDesc = "" +
 	"\n" +
 	"raft_index\x18\n" +
 	" \x01(\x04R\traftIndex\x12\x1b\n" +
-	"\tconfig_of\x18\v \x01(\tR\bconfigOf\"\x87\x01\n" +
+	"\tconfig_of\x18\v \x01(\tR\bconfigOf\x12\x1a\n" +
+	"\bwarnings\x18\f \x03(\tR\bwarnings\"\x87\x01\n" +
 	"\x16LoadExtraRoutesRequest\x12<\n" +
 	"\x05files\x18\x01 \x03(\v2&.dhvisor.coordinator.v1.PropertiesFileR\x05files\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x16\n" +

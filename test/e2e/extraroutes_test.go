@@ -110,8 +110,22 @@ envoy.xds.extra.routes.grafana.prefix=/grafana
 	}
 	waitExtraRDS(t, c, want)
 
-	// A second load replaces the routes whole, everywhere.
+	// A second load replaces the routes whole, everywhere; a dry run of it
+	// changes nothing.
 	next := write("next.prop", "envoy.xds.extra.routes.kibana.host=kibana\nenvoy.xds.extra.routes.kibana.prefix=/kibana\n")
+	if out, err := c.Ctl(ctx, "routes", "extra", "load", "--dry-run", next); err != nil || !strings.Contains(out, "would load 1 extra routes (dry run, nothing changed)") || !strings.Contains(out, "https://kibana:443") {
+		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	// A file whose scopes pick other routes on another coordinator's host
+	// says so: the leader evaluated it on its own.
+	other := c.Coords[(leader+1)%3].Name
+	scoped := write("scoped.prop", "envoy.xds.extra.routes.kibana.host=kibana\nenvoy.xds.extra.routes.kibana.prefix=/kibana\n[host="+other+"] {\n  envoy.xds.extra.routes.kibana.port=5601\n}\n")
+	if out, err := c.Ctl(ctx, "routes", "extra", "load", "--dry-run", scoped); err != nil || !strings.Contains(out, "warning: on "+other+" (known here as "+other+", 127.0.0.1) the file gives other routes: kibana differs") {
+		t.Fatalf("dry run of a host-scoped file: %v\n%s", err, out)
+	}
+	if out, err := c.Ctl(ctx, "routes", "extra", "show"); err != nil || !strings.Contains(out, "version 1,") {
+		t.Fatalf("after the dry run: %v\n%s", err, out)
+	}
 	if out, err := c.Ctl(ctx, "routes", "extra", "load", next); err != nil || !strings.Contains(out, "version 2") {
 		t.Fatalf("second load: %v\n%s", err, out)
 	}
