@@ -238,3 +238,19 @@ func TestExternalDependency(t *testing.T) {
 	there.Store(true)
 	waitState(t, m, "cfg", OK)
 }
+
+// TestReloadAddedServiceWaits: a service a reload adds is the agent's own
+// start too, so it waits like one at boot.
+func TestReloadAddedServiceWaits(t *testing.T) {
+	rt := newFakeRuntime()
+	view := newFakeView()
+	m := startManagerWith(t, testNode(t, "  tailer: {}\n"), rt, view, nil)
+	waitState(t, m, "tailer", OK)
+	res, err := m.Reload(context.Background(), testNode(t, "  tailer: {}\n  auth: {depends_on: [configuration_server]}\n"))
+	if err != nil || !slices.Equal(res.Added, []string{"auth"}) {
+		t.Fatalf("reload: %+v, %v", res, err)
+	}
+	waitMessage(t, m, "auth", "Waiting for configuration_server (no node yet)")
+	view.set("configuration_server", "infra-1", true)
+	waitState(t, m, "auth", OK)
+}
