@@ -137,7 +137,9 @@ func (m *Manager) awaitExternal(ctx context.Context, e config.External, expired 
 			m.log.Info("external dependency not installed on this host; not waiting for it", "dependency", e.Describe(), "why", err)
 			return "", nil
 		}
-		what := fmt.Sprintf("%s: %v", e.Describe(), err)
+		// The probe's error names the target: "etcd (tcp 10.0.0.5:2379:
+		// connection refused)", as a remote one is "name (node)".
+		what := fmt.Sprintf("%s (%v)", e.Name, err)
 		waiting("Waiting for " + what)
 		select {
 		case <-ctx.Done():

@@ -3,6 +3,7 @@ package supervise
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -213,9 +214,9 @@ func TestExternalDependency(t *testing.T) {
 	var there atomic.Bool
 	probe := func(e config.External) (check.Probe, error) {
 		if e.Systemd == "absent.service" {
-			return fakeProbe{there: new(atomic.Bool), err: check.ErrUnitNotFound}, nil
+			return fakeProbe{there: new(atomic.Bool), err: fmt.Errorf("systemd absent.service: %w", check.ErrUnitNotFound)}, nil
 		}
-		return fakeProbe{there: &there, err: errors.New("connection refused")}, nil
+		return fakeProbe{there: &there, err: errors.New("tcp 127.0.0.1:2379: connection refused")}, nil
 	}
 	rt := newFakeRuntime()
 	m := startManagerWith(t, testNode(t, `
@@ -225,10 +226,10 @@ func TestExternalDependency(t *testing.T) {
       - {name: etcd, tcp: "127.0.0.1:2379"}
   other: {external: [{name: db, systemd: absent.service}], dependency_wait: 200ms}
 `), rt, nil, probe)
-	waitMessage(t, m, "cfg", "Waiting for etcd (tcp 127.0.0.1:2379): connection refused")
+	waitMessage(t, m, "cfg", "Waiting for etcd (tcp 127.0.0.1:2379: connection refused)")
 	// Without if_installed a unit that is not there is waited for too.
 	st := waitState(t, m, "other", OK)
-	if want := "started without db (systemd absent.service): unit not installed: not there within dependency_wait 200ms"; st.Message != want {
+	if want := "started without db (systemd absent.service: unit not installed): not there within dependency_wait 200ms"; st.Message != want {
 		t.Errorf("other: message %q, want %q", st.Message, want)
 	}
 	if got := rt.startLog(); !slices.Equal(got, []string{"other"}) {
@@ -236,4 +237,20 @@ func TestExternalDependency(t *testing.T) {
 	}
 	there.Store(true)
 	waitState(t, m, "cfg", OK)
+}
+
+// TestReloadAddedServiceWaits: a service a reload adds is the agent's own
+// start too, so it waits like one at boot.
+func TestReloadAddedServiceWaits(t *testing.T) {
+	rt := newFakeRuntime()
+	view := newFakeView()
+	m := startManagerWith(t, testNode(t, "  tailer: {}\n"), rt, view, nil)
+	waitState(t, m, "tailer", OK)
+	res, err := m.Reload(context.Background(), testNode(t, "  tailer: {}\n  auth: {depends_on: [configuration_server]}\n"))
+	if err != nil || !slices.Equal(res.Added, []string{"auth"}) {
+		t.Fatalf("reload: %+v, %v", res, err)
+	}
+	waitMessage(t, m, "auth", "Waiting for configuration_server (no node yet)")
+	view.set("configuration_server", "infra-1", true)
+	waitState(t, m, "auth", OK)
 }

@@ -16,7 +16,8 @@ import (
 
 // TestColdBootInOrder: three hosts, each in its own network namespace, power
 // on at the same moment with no coordinator anywhere: configuration_server on
-// host1 (a slow start: 3 s), authentication_server on host2, the two
+// host1 (a slow start: 3 s, after etcd, which dhvisor does not run: 2 s),
+// authentication_server on host2, the two
 // dispatchers and their log aggregator on host3. Each agent holds what
 // depends on another node until gossip shows it OK there, so
 // authentication_server starts only after host1's configuration_server is
@@ -25,8 +26,9 @@ func TestColdBootInOrder(t *testing.T) {
 	lab := newNetLab(t, 3)
 	seeds := fmt.Sprintf("[%s:7946, %s:7946, %s:7946]", lab.addr(1), lab.addr(2), lab.addr(3))
 	hosts := []struct{ services string }{
-		// The stand-in's --start-delay plays a slow JVM start.
-		{"  configuration_server: {command: [%s, --start-delay=3s]}\n"},
+		// The stand-in's --start-delay plays a slow JVM start; etcd, which
+		// dhvisor does not run, is an external dependency.
+		{"  configuration_server:\n    command: [%s, --start-delay=3s]\n    external: [{name: etcd, tcp: \"127.0.0.1:2379\"}]\n"},
 		{"  authentication_server: {}\n"},
 		{"  log_aggregator_service: {}\n  db_query_server: {}\n  db_merge_server: {}\n"},
 	}
@@ -41,7 +43,15 @@ func TestColdBootInOrder(t *testing.T) {
 		n.writeConfig(fmt.Sprintf("gossip: {bind: %s:7946, seeds: %s}\nservices:\n", lab.addr(i+1), seeds) + services)
 		nodes = append(nodes, n)
 	}
-	// Power on: every agent at once, then wait for each to answer.
+	// Power on: etcd (a stand-in, slow too) and every agent at once, then
+	// wait for each agent to answer.
+	etcd := exec.Command("ip", "netns", "exec", lab.hosts[0], filepath.Join(binDir, "dh-standin"), "--name=etcd", "--ports=2379", "--start-delay=2s",
+		"--app-log="+filepath.Join(nodes[0].dir, "logs", "etcd"), "--record="+nodes[0].record)
+	etcd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := etcd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-etcd.Process.Pid, syscall.SIGKILL); _ = etcd.Wait() })
 	for i, n := range nodes {
 		n.log = &syncbuf.Buffer{}
 		cmd := exec.Command("ip", "netns", "exec", lab.hosts[i], filepath.Join(binDir, "dhagent"), "--config", n.config)
@@ -113,6 +123,9 @@ func TestColdBootInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		return at
+	}
+	if at, etcdReady := started(host1, "configuration_server"), ready(host1, "etcd", "etcd"); !at.After(etcdReady) {
+		t.Errorf("host1/configuration_server started at %s, before etcd listened at %s", at.Format(time.StampMicro), etcdReady.Format(time.StampMicro))
 	}
 	cfgReady := ready(host1, "configuration_server", "ConfigurationServer")
 	authStart, authReady := started(host2, "authentication_server"), ready(host2, "authentication_server", "AuthenticationServer")

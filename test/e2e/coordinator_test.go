@@ -215,8 +215,8 @@ func instanceDeps(t *testing.T, c *devcluster.Cluster, i int) map[string][]strin
 			}
 		}
 	}
-	if len(deps) != 20 {
-		t.Fatalf("the coordinator knows %d service instances, want 20", len(deps))
+	if len(deps) != 22 {
+		t.Fatalf("the coordinator knows %d service instances, want 22", len(deps))
 	}
 	return deps
 }
