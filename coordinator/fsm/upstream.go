@@ -7,18 +7,6 @@ import (
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
-// States of the configuration server import (UpstreamImport.state).
-const (
-	// UpstreamLive: the stream is up and the set is the upstream's last.
-	UpstreamLive = "live"
-	// UpstreamStale: the stream is down; the last set is still routed
-	// until withdraw_unix_ms.
-	UpstreamStale = "stale"
-	// UpstreamWithdrawn: the stream stayed down for the grace; the set is
-	// gone.
-	UpstreamWithdrawn = "withdrawn"
-)
-
 // UpstreamDispatcher is the dispatcher name of the imported set: the
 // workers come from Deephaven's configuration server, not from a
 // dispatcher dhvisor sees.
@@ -62,16 +50,16 @@ func (f *FSM) recordUpstream(u *pb.UpstreamImport) (any, string) {
 		return rejected("an upstream import record needs the configuration server's address"), "upstream import"
 	}
 	switch u.State {
-	case UpstreamLive, UpstreamStale, UpstreamWithdrawn:
+	case pb.UpstreamLive, pb.UpstreamStale, pb.UpstreamWithdrawn:
 	default:
-		return rejected("upstream import state %q: want %s, %s or %s", u.State, UpstreamLive, UpstreamStale, UpstreamWithdrawn), what
+		return rejected("upstream import state %q: want %s, %s or %s", u.State, pb.UpstreamLive, pb.UpstreamStale, pb.UpstreamWithdrawn), what
 	}
 	prev := f.st.Upstream
 	f.st.Upstream = u // decoded by Apply: ours to keep
 	for k, ws := range f.st.Workers {
 		switch {
 		case ws.Upstream != u.Address:
-		case u.State == UpstreamWithdrawn:
+		case u.State == pb.UpstreamWithdrawn:
 			f.store(k, nil)
 		case ws.LeaseExpiresUnixMs != u.WithdrawUnixMs:
 			f.st.Workers[k] = withLease(ws, u.WithdrawUnixMs)
