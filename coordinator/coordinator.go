@@ -41,6 +41,9 @@ import (
 type Coordinator struct {
 	cfg *config.Coordinator
 	log *slog.Logger
+	// leaderLoops run beside the leader's own loops, for as long as it
+	// leads.
+	leaderLoops []func(context.Context)
 }
 
 // New returns a replica for a validated configuration.
@@ -147,6 +150,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		},
 	}
 	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: apiAddr, XdsAddr: xdsAddr}
+	if run := importWorkers(cfg, state, srv, engine, c.log); run != nil {
+		c.leaderLoops = append(c.leaderLoops, run)
+	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
@@ -259,20 +265,23 @@ func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.E
 			if err != nil {
 				c.log.Warn("recording this leader's addresses", "err", err)
 			}
-			stop = startLeading(ctx, engine, inv)
+			stop = startLeading(ctx, engine, inv, c.leaderLoops...)
 		}
 	}
 }
 
-// startLeading starts the leader-only loops; the returned function stops
-// them and waits until they have.
-func startLeading(ctx context.Context, engine *ops.Engine, inv *inventory) func() {
+// startLeading starts the leader-only loops, and also; the returned
+// function stops them and waits until they have.
+func startLeading(ctx context.Context, engine *ops.Engine, inv *inventory, also ...func(context.Context)) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); engine.Lead(ctx) }()
 	go func() { defer wg.Done(); inv.run(ctx) }()
 	go func() { defer wg.Done(); reapWorkers(ctx, engine.FSM, engine.Propose, engine.Self, inv.log) }()
+	for _, run := range also {
+		wg.Go(func() { run(ctx) })
+	}
 	return func() {
 		cancel()
 		wg.Wait()

@@ -127,10 +127,12 @@ func (f *routeFeed) build(now time.Time) (xds.Model, time.Time) {
 	var next time.Time
 	for _, ws := range f.fsm.WorkerSets() {
 		expires := time.UnixMilli(ws.LeaseExpiresUnixMs)
-		if !now.Before(expires) || !alive[ws.Node] {
+		if !now.Before(expires) {
 			continue
 		}
-		if d, ok := health[ws.Node][ws.Dispatcher]; f.gossip != nil && (!ok || dispatcherGone[d.State] || (ws.DispatcherPid != 0 && d.PID != 0 && d.PID != ws.DispatcherPid)) {
+		// An imported set has no node or dispatcher here to follow: its
+		// lease, the upstream grace, is all that ends it.
+		if ws.Upstream == "" && !registeredAlive(ws, alive, health, f.gossip != nil) {
 			continue
 		}
 		if next.IsZero() || expires.Before(next) {
@@ -150,6 +152,17 @@ func (f *routeFeed) build(now time.Time) (xds.Model, time.Time) {
 	}
 	m.ExtraRoutes = extraroutes.FromProto(f.fsm.ExtraRoutes().GetRoutes())
 	return m, next
+}
+
+// registeredAlive says whether a registered set's node is alive and its
+// dispatcher the process that registered it (with gossip: without, the
+// lease alone says).
+func registeredAlive(ws *pb.WorkerSet, alive map[string]bool, health map[string]map[string]gossip.ServiceHealth, gossiping bool) bool {
+	if !alive[ws.Node] {
+		return false
+	}
+	d, ok := health[ws.Node][ws.Dispatcher]
+	return !gossiping || (ok && !dispatcherGone[d.State] && (ws.DispatcherPid == 0 || d.PID == 0 || d.PID == ws.DispatcherPid))
 }
 
 // nodeHost is the address Envoy reaches a node's services at: its gossip

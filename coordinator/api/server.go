@@ -103,7 +103,7 @@ func (s *Server) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusR
 	if err != nil {
 		return nil, err
 	}
-	resp := &pb.StatusResponse{Cluster: cl, Coordinators: peers}
+	resp := &pb.StatusResponse{Cluster: cl, Coordinators: peers, Upstream: s.FSM.Upstream()}
 	if op, ok := s.FSM.Active(); ok {
 		resp.Active = op
 	}

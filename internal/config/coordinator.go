@@ -66,6 +66,12 @@ type XDS struct {
 	// Plaintext serves xDS without TLS, for Envoy on Deephaven's stock
 	// bootstrap; false (the default) is mutual TLS with the cluster CA.
 	Plaintext bool `yaml:"plaintext"`
+	// Upstream is the configuration server's xDS, whose workers the
+	// leader imports; nil: none.
+	Upstream *XDSUpstream `yaml:"upstream"`
+	// UpstreamGrace is how long the imported workers stay while the
+	// upstream stream is down; default 10m.
+	UpstreamGrace Duration `yaml:"upstream_grace"`
 }
 
 // Raft configures the replica's consensus.
@@ -150,6 +156,7 @@ func (c *Coordinator) applyDefaults(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	c.applyUpstreamDefaults(dir)
 	o := &c.Operations
 	for _, d := range []struct {
 		v   *Duration
@@ -209,6 +216,7 @@ func (c *Coordinator) validate(es *Errors, src *source, org origins) {
 func (c *Coordinator) validateEnvoy(es *Errors, src *source, org origins) {
 	envoy, _ := mapValue(src.root, "envoy")
 	c.Envoy.XDS.Endpoint.validate(es, nested(src, org, "envoy.xds", envoy, "xds"), org, "envoy.xds", "10.0.0.5:"+strconv.Itoa(DefaultXDSPort))
+	c.validateUpstream(es, src, org)
 	if f := c.Envoy.ExtraRoutesFile; f != "" {
 		_, line := locate(org, src.root, src.file, "envoy", "extra_routes_file")
 		if st, err := os.Stat(f); err != nil {

@@ -142,7 +142,7 @@ func TestInvalidCoordinatorConfigs(t *testing.T) {
 		{
 			name:  "unknown envoy field",
 			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127, plaintxt: true}\n  extra_route_file: x\n",
-			want:  []string{"coordinator.yaml:10: envoy.xds.plaintxt: unknown field (expected one of advertise, listen, plaintext)", "coordinator.yaml:11: envoy.extra_route_file: unknown field"},
+			want:  []string{"coordinator.yaml:10: envoy.xds.plaintxt: unknown field (expected one of advertise, listen, plaintext, upstream, upstream_grace)", "coordinator.yaml:11: envoy.extra_route_file: unknown field"},
 		},
 		{
 			name:  "missing extra routes file",

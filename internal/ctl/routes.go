@@ -74,7 +74,7 @@ func (o *options) workersCmd() *cobra.Command {
 	var node string
 	cmd := &cobra.Command{
 		Use:   "workers",
-		Short: "The query workers the dispatchers registered, with their Envoy prefixes and leases",
+		Short: "The query workers the dispatchers registered or the configuration server serves, with their Envoy prefixes and leases",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.callCoord(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.CoordinatorClient) error {
@@ -91,8 +91,11 @@ func (o *options) workersCmd() *cobra.Command {
 				n := 0
 				for _, ws := range resp.Sets {
 					lease := "ends in " + humanDuration(time.UnixMilli(ws.LeaseExpiresUnixMs).Sub(now))
-					if now.UnixMilli() >= ws.LeaseExpiresUnixMs {
+					switch {
+					case now.UnixMilli() >= ws.LeaseExpiresUnixMs:
 						lease = "ended (not routed)"
+					case ws.Upstream != "" && resp.Upstream.GetAddress() == ws.Upstream:
+						lease = importedLease(resp.Upstream, now)
 					}
 					for _, w := range ws.Workers {
 						host := w.Host
@@ -105,6 +108,12 @@ func (o *options) workersCmd() *cobra.Command {
 				}
 				tw.Flush()
 				fmt.Fprintf(o.out, "%d workers from %d dispatchers (answered by %s)\n", n, len(resp.Sets), resp.AnsweredBy)
+				if u := resp.Upstream; u != nil {
+					fmt.Fprintln(o.out, upstreamSummary(u, now))
+					for _, s := range u.Skipped {
+						fmt.Fprintln(o.out, "  not imported: "+s)
+					}
+				}
 				return nil
 			})
 		},
