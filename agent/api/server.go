@@ -25,6 +25,8 @@ import (
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/peercred"
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	"github.com/dhvisor/dhvisor/internal/version"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -356,6 +358,17 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *pb.RegisterWorkersReq
 	}
 	if req.Node != "" && req.Node != s.mgr.Node().Agent.Node {
 		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not this node (%s)", req.Node, s.mgr.Node().Agent.Node)
+	}
+	// Over TCP the certificate's role was checked; on the unix socket only
+	// the dispatcher's own processes, or root, may register its workers.
+	if _, viaTLS := tlsutil.PeerIdentity(ctx); !viaTLS {
+		cred, err := peercred.FromContext(ctx)
+		if err != nil {
+			return nil, status.Errorf(codes.PermissionDenied, "%v: registering workers needs a caller the kernel names", err)
+		}
+		if err := s.Workers.Authorize(cred, req.Dispatcher); err != nil {
+			return nil, err
+		}
 	}
 	return s.Workers.Register(ctx, req)
 }

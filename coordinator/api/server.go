@@ -60,6 +60,8 @@ type Server struct {
 	RouteTable func() *pb.RoutesResponse
 	// Store holds this replica's copies of upgrade packages.
 	Store *pkgstore.Store
+	// WorkerPolicy is where registered workers may be.
+	WorkerPolicy WorkerPolicy
 
 	connsOnce sync.Once
 	conns     *conncache.Cache

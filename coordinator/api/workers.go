@@ -3,7 +3,11 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +52,10 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 			return c.RegisterWorkers(ctx, req)
 		})
 	}
+	// The leader checks, from the state it writes to.
+	if err := s.WorkerPolicy.Check(req.Node, s.FSM.Node(req.Node), req.Workers); err != nil {
+		return nil, err
+	}
 	unlock := s.registering.lock(fsm.WorkerKey(req.Node, req.Dispatcher))
 	defer unlock()
 	expires := time.Now().Add(time.Duration(req.LeaseTtlMs) * time.Millisecond).UnixMilli()
@@ -83,6 +91,10 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 	}
 	if resp.Changed {
 		s.Raft.Announce()
+	}
+	shared := s.FSM.SharedPrefixes(req.Node, req.Dispatcher, req.Workers)
+	for _, p := range slices.Sorted(maps.Keys(shared)) {
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("envoy prefix %q is claimed by %s too: no request is routed by it until only one claims it", p, strings.Join(shared[p], ", ")))
 	}
 	return resp, nil
 }
