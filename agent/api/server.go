@@ -6,11 +6,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -61,20 +59,8 @@ func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAdd
 // that the Deephaven admins can run dhctl without sudo and nobody else can.
 // A socket that still answers means another agent runs: refuse.
 func ListenUnix(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("another agent is answering on %s", path)
-	}
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
+	l, err := peercred.Listen(path, 0o660)
 	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
 		return nil, err
 	}
 	if group != "" && os.Geteuid() == 0 {

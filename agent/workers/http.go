@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -180,25 +178,7 @@ func writeError(w http.ResponseWriter, code int, err error) {
 
 // ListenUnix opens the workers socket at path: mode 0666, since any
 // dispatcher's user must reach it; each call is authorized on its own.
-func ListenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("another agent is answering on %s", path)
-	}
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
-}
+func ListenUnix(path string) (net.Listener, error) { return peercred.Listen(path, 0o666) }
 
 // Serve serves the HTTP endpoint on l until ctx ends.
 func (r *Registry) Serve(ctx context.Context, l net.Listener, log *slog.Logger) error {
