@@ -173,15 +173,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "api", apiAddr, "config", a.file)
 
-	workersDone := make(chan struct{})
-	go func() {
-		defer close(workersDone)
-		if workersLis != nil {
-			if err := reg.Serve(ctx, workersLis, a.log); err != nil {
-				a.log.Error("workers endpoint", "err", err)
+	var workersWG sync.WaitGroup
+	for _, l := range workersLis {
+		workersWG.Go(func() {
+			if err := reg.Serve(ctx, l, a.log); err != nil {
+				a.log.Error("workers endpoint", "addr", l.Addr().String(), "err", err)
 			}
-		}
-	}()
+		})
+	}
 	bootDone := make(chan struct{})
 	go func() {
 		defer close(bootDone)
@@ -247,7 +246,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-instDone
 	<-watchdogDone
 	<-pubDone
-	<-workersDone
+	workersWG.Wait()
 	<-bootDone
 	if g != nil {
 		if lerr := g.Leave(leaveTimeout); lerr != nil {
@@ -344,7 +343,8 @@ func (a *Agent) workerRegistry(g *gossip.Gossip) (*workers.Registry, error) {
 		}
 		return sts[0].PID, true
 	}
-	return workers.New(credentials.NewTLS(tc), dispatcher, coordinators(g)), nil
+	local := workers.Local{Node: cfg.Node, Dispatcher: dispatcher, OwnerOf: a.mgr.OwnerOf, Addrs: workers.InterfaceAddrs}
+	return workers.New(credentials.NewTLS(tc), local, coordinators(g)), nil
 }
 
 // coordinators lists the coordinators gossip knows alive, by server id: their
@@ -379,22 +379,38 @@ func (a *Agent) envoyBootstrap(g *gossip.Gossip) (*envoy.Bootstrapper, func(), e
 	return b, func() { unsubscribe(); conns.Close() }, nil
 }
 
-// listenWorkers opens the loopback HTTP endpoint of the worker registry
-// (nil when it is off or there is no registry).
-func (a *Agent) listenWorkers(reg *workers.Registry) (net.Listener, error) {
-	addr := a.node.Agent.Workers.Listen
-	if reg == nil || addr == "off" {
-		if reg == nil && addr != "off" {
+// listenWorkers opens the worker registry's HTTP endpoints: its unix
+// socket, and the loopback TCP port when workers.insecure_tcp asks for it
+// (none when there is no registry).
+func (a *Agent) listenWorkers(reg *workers.Registry) ([]net.Listener, error) {
+	cfg := a.node.Agent.Workers
+	if reg == nil {
+		if cfg.Socket != config.WorkersOff || cfg.InsecureTCP {
 			a.log.Info("no worker registry: it needs gossip and the tls files to reach the coordinators")
 		}
 		return nil, nil
 	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("workers.listen: %w", portowner.Explain(err, addr))
+	var out []net.Listener
+	if cfg.Socket != config.WorkersOff {
+		l, err := workers.ListenUnix(cfg.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("workers.socket: %w", portowner.Explain(err, cfg.Socket))
+		}
+		a.log.Info("worker registry listening", "socket", cfg.Socket)
+		out = append(out, l)
 	}
-	a.log.Info("worker registry listening", "addr", l.Addr().String())
-	return l, nil
+	if cfg.InsecureTCP {
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, fmt.Errorf("workers.listen: %w", portowner.Explain(err, cfg.Listen))
+		}
+		a.log.Warn("workers.insecure_tcp: any local process can register and remove workers on this port, and point Envoy at them", "addr", l.Addr().String())
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 // openSystemd connects the systemd runtime when systemd is the host's init

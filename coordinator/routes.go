@@ -13,6 +13,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/extraroutes"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
@@ -145,11 +146,12 @@ func (f *routeFeed) build(now time.Time) (xds.Model, time.Time) {
 				h = host
 			}
 			m.Workers = append(m.Workers, xds.Worker{
-				Name: w.Name, Prefix: w.EnvoyPrefix, Host: h, Port: uint32(w.Port), Kind: w.Kind, Nonce: w.Nonce,
+				Name: agentpb.WorkerID(w.Name, ws.Dispatcher, ws.Node), Prefix: w.EnvoyPrefix, Host: h, Port: uint32(w.Port), Kind: w.Kind, Nonce: w.Nonce,
 				Node: ws.Node, Dispatcher: ws.Dispatcher, TLS: w.Tls, HTTP2: w.Protocol != "http1",
 			})
 		}
 	}
+	unshared(m.Workers)
 	m.ExtraRoutes = extraroutes.FromProto(f.fsm.ExtraRoutes().GetRoutes())
 	return m, next
 }
@@ -163,6 +165,23 @@ func registeredAlive(ws *pb.WorkerSet, alive map[string]bool, health map[string]
 	}
 	d, ok := health[ws.Node][ws.Dispatcher]
 	return !gossiping || (ok && !dispatcherGone[d.State] && (ws.DispatcherPid == 0 || d.PID == 0 || d.PID == ws.DispatcherPid))
+}
+
+// unshared takes the envoy-prefix header route from workers whose prefix
+// another routed worker claims too: sending the header's requests, and the
+// credentials they carry, to either would be a guess, and to the one that
+// registered first would let a dispatcher take another's workers by
+// claiming their prefixes in advance. Both stay routed by their paths.
+func unshared(ws []xds.Worker) {
+	claims := make(map[string]int, len(ws))
+	for _, w := range ws {
+		claims[w.Prefix]++
+	}
+	for i := range ws {
+		if claims[ws[i].Prefix] > 1 {
+			ws[i].Prefix = ""
+		}
+	}
 }
 
 // nodeHost is the address Envoy reaches a node's services at: its gossip

@@ -87,6 +87,12 @@ func TestRouteFeed(t *testing.T) {
 		Node: "query-1", Dispatcher: "db_query_server", LeaseExpiresUnixMs: lease,
 		Workers: []*agentpb.Worker{{Name: "w1", EnvoyPrefix: "/worker/w1", Port: 24001, Protocol: "http2"}},
 	}}})
+	// Another dispatcher names a worker w1 too and claims w1's prefix: each
+	// w1 keeps its own cluster and path, the shared header routes neither.
+	apply(t, state, 3, &pb.Command{AtUnixMs: 3, Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{
+		Node: "query-1", Dispatcher: "db_merge_server", LeaseExpiresUnixMs: lease,
+		Workers: []*agentpb.Worker{{Name: "w1", EnvoyPrefix: "/worker/w1", Port: 25001, Protocol: "http2"}, {Name: "w9", EnvoyPrefix: "/worker/w9", Port: 25009, Protocol: "http2"}},
+	}}})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -112,10 +118,15 @@ func TestRouteFeed(t *testing.T) {
 			return true
 		}
 	}
-	waitRoutes(t, srv, "initial", has("header envoy-prefix=/worker/w1 -> worker_w1", "/grafana -> extra_grafana"))
+	const w1 = "worker_w1:db_query_server:query-1"
+	waitRoutes(t, srv, "initial", has("/worker/w1:db_query_server:query-1/ -> "+w1, "/worker/w1:db_merge_server:query-1/ -> worker_w1:db_merge_server:query-1",
+		"header envoy-prefix=/worker/w9 -> worker_w9:db_merge_server:query-1", "/grafana -> extra_grafana"))
 	for _, r := range srv.Routes() {
-		if r.Cluster == "worker_w1" && (len(r.Endpoints) != 1 || r.Endpoints[0] != "10.0.0.7:24001") {
+		if r.Cluster == w1 && (len(r.Endpoints) != 1 || r.Endpoints[0] != "10.0.0.7:24001") {
 			t.Errorf("worker w1 endpoints %v, want the node's address", r.Endpoints)
+		}
+		if strings.Contains(r.Match(), "envoy-prefix=/worker/w1") {
+			t.Errorf("a prefix two dispatchers claim is routed: %s -> %s", r.Match(), r.Cluster)
 		}
 	}
 

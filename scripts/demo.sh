@@ -62,6 +62,8 @@ tls: {ca: tls/ca.pem, cert: tls/coordinator-coord.pem, key: tls/coordinator-coor
 operations: {min_healthy_time: 2s}
 envoy:
   xds: {listen: 127.0.0.1:8127}
+# The demo's one node is at 127.0.0.1, so its workers are on loopback.
+workers: {allow_loopback: true}
 YAML
   cat >"$demo/dhctl.yaml" <<YAML
 coordinators: [127.0.0.1:8125]

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +23,9 @@ import (
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/peercred"
 	"github.com/dhvisor/dhvisor/internal/portowner"
+	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	"github.com/dhvisor/dhvisor/internal/version"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -60,21 +61,9 @@ func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAdd
 // A socket that still answers means another process (an agent, most
 // likely) serves it: refuse, naming it.
 func ListenUnix(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, portowner.InUse(path)
-	}
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
+	l, err := peercred.Listen(path, 0o660)
 	if err != nil {
 		return nil, portowner.Explain(err, path)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, err
 	}
 	if group != "" && os.Geteuid() == 0 {
 		if g, err := user.LookupGroup(group); err == nil {
@@ -357,6 +346,17 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *pb.RegisterWorkersReq
 	}
 	if req.Node != "" && req.Node != s.mgr.Node().Agent.Node {
 		return nil, status.Errorf(codes.InvalidArgument, "node: %q is not this node (%s)", req.Node, s.mgr.Node().Agent.Node)
+	}
+	// Over TCP the certificate's role was checked; on the unix socket only
+	// the dispatcher's own processes, or root, may register its workers.
+	if _, viaTLS := tlsutil.PeerIdentity(ctx); !viaTLS {
+		cred, err := peercred.FromContext(ctx)
+		if err != nil {
+			return nil, status.Errorf(codes.PermissionDenied, "%v: registering workers needs a caller the kernel names", err)
+		}
+		if err := s.Workers.Authorize(cred, req.Dispatcher); err != nil {
+			return nil, err
+		}
 	}
 	return s.Workers.Register(ctx, req)
 }

@@ -211,6 +211,13 @@ func readMembership(file string) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cgroup: %w", err)
 	}
+	return ParseMembership(b), nil
+}
+
+// ParseMembership is readMembership on the file's contents. Malformed lines
+// are skipped: the kernel writes the file, but a caller may hand it
+// anything.
+func ParseMembership(b []byte) map[string]string {
 	out := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		parts := strings.SplitN(line, ":", 3)
@@ -225,7 +232,37 @@ func readMembership(file string) (map[string]string, error) {
 			out[c] = parts[2]
 		}
 	}
-	return out, nil
+	return out
+}
+
+// UnitOf is the group pid is in, in the hierarchy systemd tracks units in
+// (the unified one, else its named v1 one): "/system.slice/x.service" for
+// a unit's process.
+func UnitOf(pid int) (string, error) {
+	memb, err := readMembership(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		return "", err
+	}
+	return unitPath(memb)
+}
+
+func unitPath(memb map[string]string) (string, error) {
+	if p, ok := memb[""]; ok && strings.HasPrefix(p, "/") {
+		return p, nil
+	}
+	if p, ok := memb["name=systemd"]; ok && strings.HasPrefix(p, "/") {
+		return p, nil
+	}
+	return "", fmt.Errorf("cgroup: no unified or name=systemd hierarchy in the membership")
+}
+
+// Within reports whether group is unit or one of its descendants. The
+// root group holds every process, so nothing is within it.
+func Within(group, unit string) bool {
+	if unit == "" || unit == "/" {
+		return false
+	}
+	return group == unit || strings.HasPrefix(group, strings.TrimSuffix(unit, "/")+"/")
 }
 
 func readPIDs(file string) ([]int, error) {

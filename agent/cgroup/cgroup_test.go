@@ -167,3 +167,57 @@ func TestOwnGroup(t *testing.T) {
 		t.Fatalf("own group usage %+v", u)
 	}
 }
+
+func TestUnitPathAndWithin(t *testing.T) {
+	tests := []struct {
+		name, file, want string
+		ok               bool
+	}{
+		{"unified", "0::/system.slice/dh-db_query_server.service\n", "/system.slice/dh-db_query_server.service", true},
+		{"hybrid prefers the unified hierarchy", "12:name=systemd:/system.slice/a.service\n0::/system.slice/a.service\n", "/system.slice/a.service", true},
+		{"v1 only", "5:memory:/x\n1:name=systemd:/system.slice/b.service\n", "/system.slice/b.service", true},
+		{"a path with colons", "0::/a:b:c\n", "/a:b:c", true},
+		{"no tracked hierarchy", "5:memory:/x\n", "", false},
+		{"garbage", "not a cgroup file", "", false},
+		{"relative path", "0::relative\n", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := unitPath(ParseMembership([]byte(tt.file)))
+			if (err == nil) != tt.ok || got != tt.want {
+				t.Fatalf("unitPath = %q, %v; want %q ok=%v", got, err, tt.want, tt.ok)
+			}
+		})
+	}
+	within := []struct {
+		group, unit string
+		want        bool
+	}{
+		{"/system.slice/a.service", "/system.slice/a.service", true},
+		{"/system.slice/a.service/worker", "/system.slice/a.service", true},
+		{"/system.slice/a.service2", "/system.slice/a.service", false},
+		{"/system.slice/b.service", "/system.slice/a.service", false},
+		{"/system.slice/a.service", "/", false},
+		{"/x", "", false},
+	}
+	for _, w := range within {
+		if got := Within(w.group, w.unit); got != w.want {
+			t.Errorf("Within(%q, %q) = %v", w.group, w.unit, got)
+		}
+	}
+}
+
+// FuzzParseMembership: whatever the file holds, parsing neither panics nor
+// yields a tracked group that is not an absolute path.
+func FuzzParseMembership(f *testing.F) {
+	for _, s := range []string{"0::/system.slice/a.service\n", "12:name=systemd:/x\n0::/y\n", "5:cpu,cpuacct:/z\n", "::", "\n\n:", "0::"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := unitPath(ParseMembership(b))
+		if err == nil && !strings.HasPrefix(p, "/") {
+			t.Fatalf("unit path %q from %q", p, b)
+		}
+		_ = Within(p, p)
+	})
+}

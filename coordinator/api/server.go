@@ -63,6 +63,8 @@ type Server struct {
 	// Hosts are this host's names for [host=...] scopes; nil:
 	// properties.LocalHosts (tests name other hosts).
 	Hosts func(context.Context) []string
+	// WorkerPolicy is where registered workers may be.
+	WorkerPolicy WorkerPolicy
 
 	connsOnce sync.Once
 	conns     *conncache.Cache

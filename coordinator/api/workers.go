@@ -3,7 +3,11 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,12 +52,21 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 			return c.RegisterWorkers(ctx, req)
 		})
 	}
+	// The leader checks, from the state it writes to.
+	if err := s.WorkerPolicy.Check(req.Node, s.FSM.Node(req.Node), req.Workers); err != nil {
+		return nil, err
+	}
 	expires := time.Now().Add(time.Duration(req.LeaseTtlMs) * time.Millisecond).UnixMilli()
 	changed, err := s.StoreWorkers(ctx, principal(ctx), &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid})
 	if err != nil {
 		return nil, refusal(err)
 	}
-	return &agentpb.RegisterWorkersResponse{Workers: int32(len(req.Workers)), LeaseExpiresUnixMs: expires, Coordinator: s.Raft.ID(), Changed: changed}, nil
+	resp := &agentpb.RegisterWorkersResponse{Workers: int32(len(req.Workers)), LeaseExpiresUnixMs: expires, Coordinator: s.Raft.ID(), Changed: changed}
+	shared := s.FSM.SharedPrefixes(req.Node, req.Dispatcher, req.Workers)
+	for _, p := range slices.Sorted(maps.Keys(shared)) {
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("envoy prefix %q is claimed by %s too: no request is routed by it until only one claims it", p, strings.Join(shared[p], ", ")))
+	}
+	return resp, nil
 }
 
 // StoreWorkers makes ws (workers sorted by name) the set of its dispatcher

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"strings"
 
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
@@ -20,12 +21,16 @@ func (f *FSM) Upstream() *pb.UpstreamImport {
 	return cloneOrNil(f.st.Upstream)
 }
 
-// WorkerConflict says why w cannot join the set of dispatcher on node: its
-// name or envoy prefix is another set's.
+// WorkerConflict says why w should not join the set of dispatcher on node:
+// its envoy prefix is another set's. (Names are scoped to their set.) A
+// registration that shares a prefix is stored and routed by path only; an
+// import leaves the worker out, so the configuration server cannot take a
+// registered worker's header route.
 func (f *FSM) WorkerConflict(node, dispatcher string, w *agentpb.Worker) error {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.conflict(WorkerKey(node, dispatcher), w)
+	if by := f.SharedPrefixes(node, dispatcher, []*agentpb.Worker{w})[w.EnvoyPrefix]; len(by) > 0 {
+		return rejected("envoy prefix %q is already used by %s", w.EnvoyPrefix, strings.Join(by, ", "))
+	}
+	return nil
 }
 
 // sameSource refuses a change of a stored set from the other source: an

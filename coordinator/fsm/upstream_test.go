@@ -44,8 +44,8 @@ func TestUpstreamImport(t *testing.T) {
 			[]*pb.Command{importedSet(5000, "w1"), workerSet(upstreamAddr, UpstreamDispatcher, 9000, "w2")}, "imported from the configuration server at " + upstreamAddr, 5000, 1},
 		{"an import cannot replace a registered set",
 			[]*pb.Command{workerSet(upstreamAddr, UpstreamDispatcher, 9000, "w2"), importedSet(5000, "w1")}, "registered by a dispatcher", 9000, 1},
-		{"an imported worker's name is unique in the cluster",
-			[]*pb.Command{workerSet("q1", "db_query_server", 9000, "w1"), importedSet(5000, "w1")}, `worker "w1" is already registered by db_query_server on q1`, 0, 1},
+		{"worker names are scoped to their set",
+			[]*pb.Command{workerSet("q1", "db_query_server", 9000, "w1"), importedSet(5000, "w1")}, "", 5000, 0},
 		{"unknown state refused",
 			[]*pb.Command{upstreamRecord("dead", 1, "")}, `state "dead"`, 0, 1},
 	}

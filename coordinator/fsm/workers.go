@@ -40,60 +40,95 @@ func (f *FSM) WorkerSet(node, dispatcher string) *pb.WorkerSet {
 	return f.st.Workers[WorkerKey(node, dispatcher)]
 }
 
-// workerIndex finds the set that routes a worker name or an envoy prefix,
-// which are unique in the cluster, without looking through every set.
+// workerIndex knows which sets claim each envoy prefix, and how many
+// workers each node's sets hold, without looking through every set. Names
+// need no index: a worker is routed by its name scoped to its dispatcher
+// and node (agentpb.WorkerID), which no other set can take. A prefix is the
+// header value clients send, chosen by the dispatcher: two sets may claim
+// one, and then neither is routed by it (a set is never refused for it, so
+// a dispatcher cannot make another's set refused by claiming its prefixes
+// in advance).
 type workerIndex struct {
-	names, prefixes map[string]string // → set key
+	prefixes map[string][]string // → the keys of the sets that claim it
+	perNode  map[string]int      // node → workers of all its sets
 }
 
 func indexWorkers(sets map[string]*pb.WorkerSet) workerIndex {
-	ix := workerIndex{names: map[string]string{}, prefixes: map[string]string{}}
+	ix := workerIndex{prefixes: map[string][]string{}, perNode: map[string]int{}}
 	for k, ws := range sets {
-		ix.add(k, ws.Workers)
+		ix.add(k, ws)
 	}
 	return ix
 }
 
-func (ix workerIndex) add(key string, ws []*agentpb.Worker) {
-	for _, w := range ws {
-		ix.names[w.Name] = key
-		ix.prefixes[w.EnvoyPrefix] = key
+func (ix workerIndex) add(key string, ws *pb.WorkerSet) {
+	for _, w := range ws.Workers {
+		ix.prefixes[w.EnvoyPrefix] = append(ix.prefixes[w.EnvoyPrefix], key)
+	}
+	ix.perNode[ws.Node] += len(ws.Workers)
+}
+
+func (ix workerIndex) remove(key string, ws *pb.WorkerSet) {
+	for _, w := range ws.Workers {
+		keys := slices.DeleteFunc(ix.prefixes[w.EnvoyPrefix], func(k string) bool { return k == key })
+		if len(keys) == 0 {
+			delete(ix.prefixes, w.EnvoyPrefix)
+			continue
+		}
+		ix.prefixes[w.EnvoyPrefix] = keys
+	}
+	if ix.perNode[ws.Node] -= len(ws.Workers); ix.perNode[ws.Node] <= 0 {
+		delete(ix.perNode, ws.Node)
 	}
 }
 
-func (ix workerIndex) remove(ws []*agentpb.Worker) {
-	for _, w := range ws {
-		delete(ix.names, w.Name)
-		delete(ix.prefixes, w.EnvoyPrefix)
+// fits refuses a set that would take its node past
+// agentpb.MaxWorkersPerNode with the node's other sets.
+func (f *FSM) fits(key, node string, workers int) error {
+	others := f.workers.perNode[node]
+	if cur := f.st.Workers[key]; cur != nil {
+		others -= len(cur.Workers)
 	}
-}
-
-// conflict says why a worker of set key cannot be routed, if another set
-// routes its name or prefix.
-func (f *FSM) conflict(key string, w *agentpb.Worker) error {
-	if other, ok := f.workers.names[w.Name]; ok && other != key {
-		ws := f.st.Workers[other]
-		return rejected("worker %q is already registered by %s on %s", w.Name, ws.Dispatcher, ws.Node)
-	}
-	if other, ok := f.workers.prefixes[w.EnvoyPrefix]; ok && other != key {
-		ws := f.st.Workers[other]
-		i := slices.IndexFunc(ws.Workers, func(o *agentpb.Worker) bool { return o.EnvoyPrefix == w.EnvoyPrefix })
-		return rejected("envoy prefix %q is already used by worker %s of %s on %s", w.EnvoyPrefix, ws.Workers[i].Name, ws.Dispatcher, ws.Node)
+	if others+workers > agentpb.MaxWorkersPerNode {
+		return rejected("%d workers for node %s: its other dispatchers have %d, and a node may route at most %d", workers, node, others, agentpb.MaxWorkersPerNode)
 	}
 	return nil
+}
+
+// SharedPrefixes says which of ws's envoy prefixes (ws being the set of
+// dispatcher on node) other sets claim too, by prefix, the other claimants
+// as "dispatcher on node".
+func (f *FSM) SharedPrefixes(node, dispatcher string, ws []*agentpb.Worker) map[string][]string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	key := WorkerKey(node, dispatcher)
+	var out map[string][]string
+	for _, w := range ws {
+		for _, other := range f.workers.prefixes[w.EnvoyPrefix] {
+			if other == key {
+				continue
+			}
+			if out == nil {
+				out = map[string][]string{}
+			}
+			o := f.st.Workers[other]
+			out[w.EnvoyPrefix] = append(out[w.EnvoyPrefix], o.Dispatcher+" on "+o.Node)
+		}
+	}
+	return out
 }
 
 // store makes next the set under key (nil removes it).
 func (f *FSM) store(key string, next *pb.WorkerSet) {
 	if cur := f.st.Workers[key]; cur != nil {
-		f.workers.remove(cur.Workers)
+		f.workers.remove(key, cur)
 	}
 	if next == nil {
 		delete(f.st.Workers, key)
 		return
 	}
 	f.st.Workers[key] = next
-	f.workers.add(key, next.Workers)
+	f.workers.add(key, next)
 }
 
 // Worker commands are not audited: dispatchers re-send their sets every few
@@ -113,10 +148,8 @@ func (f *FSM) setWorkers(at int64, ws *pb.WorkerSet) (any, string) {
 		f.store(key, nil)
 		return nil, ""
 	}
-	for _, w := range ws.Workers {
-		if err := f.conflict(key, w); err != nil {
-			return err, what
-		}
+	if err := f.fits(key, ws.Node, len(ws.Workers)); err != nil {
+		return err, what
 	}
 	// The set is the command Apply just decoded, no one else's: the state
 	// keeps it, where a copy of thousands of workers on every replica
@@ -151,11 +184,6 @@ func (f *FSM) diffWorkers(at int64, d *pb.WorkerDiff) (any, string) {
 	if err := sameSource(cur, d.Upstream, what); err != nil {
 		return err, what
 	}
-	for _, w := range d.Upsert {
-		if err := f.conflict(key, w); err != nil {
-			return err, what
-		}
-	}
 	gone := make(map[string]bool, len(d.Remove)+len(d.Upsert))
 	for _, name := range d.Remove {
 		gone[name] = true
@@ -170,6 +198,9 @@ func (f *FSM) diffWorkers(at int64, d *pb.WorkerDiff) (any, string) {
 		}
 	}
 	workers = append(workers, d.Upsert...) // decoded by Apply: ours to keep
+	if err := f.fits(key, d.Node, len(workers)); err != nil {
+		return err, what
+	}
 	if len(workers) == 0 {
 		f.store(key, nil)
 		return nil, ""

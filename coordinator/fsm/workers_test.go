@@ -23,6 +23,14 @@ func workerSet(node, disp string, expires int64, names ...string) *pb.Command {
 	return &pb.Command{AtUnixMs: 500, Cmd: &pb.Command_WorkerSet{WorkerSet: ws}}
 }
 
+func manyWorkers(node, disp string, n int) *pb.Command {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("w%05d", i)
+	}
+	return workerSet(node, disp, 1000, names...)
+}
+
 func lease(kind, node, disp string, expires int64) *pb.Command {
 	l := &pb.WorkerLease{Node: node, Dispatcher: disp, LeaseExpiresUnixMs: expires}
 	if kind == "renew" {
@@ -44,9 +52,22 @@ func TestWorkerSets(t *testing.T) {
 		{"set then replace sorts by name",
 			[]*pb.Command{workerSet("q1", "db_query_server", 1000, "w2", "w1"), workerSet("q1", "db_query_server", 2000, "w3")},
 			[]want{{sets: map[string]int64{"q1/db_query_server": 1000}}, {sets: map[string]int64{"q1/db_query_server": 2000}}}},
-		{"a name is unique in the cluster",
-			[]*pb.Command{workerSet("q1", "db_query_server", 1000, "w1"), workerSet("q2", "db_query_server", 1000, "w1")},
-			[]want{{sets: map[string]int64{"q1/db_query_server": 1000}}, {refused: `worker "w1" is already registered by db_query_server on q1`, sets: map[string]int64{"q1/db_query_server": 1000}}}},
+		// Squatting: names are scoped to their dispatcher, and a prefix
+		// claimed by another set is routed by neither; the set is taken.
+		{"a name another dispatcher registered first does not refuse the set",
+			[]*pb.Command{workerSet("q1", "db_merge_server", 1000, "w1"), workerSet("q1", "db_query_server", 1000, "w1")},
+			[]want{{sets: map[string]int64{"q1/db_merge_server": 1000}}, {sets: map[string]int64{"q1/db_merge_server": 1000, "q1/db_query_server": 1000}}}},
+		{"a name another node registered first does not refuse the set",
+			[]*pb.Command{workerSet("q2", "db_query_server", 1000, "w1"), workerSet("q1", "db_query_server", 1000, "w1")},
+			[]want{{sets: map[string]int64{"q2/db_query_server": 1000}}, {sets: map[string]int64{"q1/db_query_server": 1000, "q2/db_query_server": 1000}}}},
+		{"a node's dispatchers together stay under the node's cap",
+			[]*pb.Command{manyWorkers("q1", "a", agentpb.MaxWorkersPerSet), manyWorkers("q1", "b", agentpb.MaxWorkersPerNode-agentpb.MaxWorkersPerSet), manyWorkers("q1", "c", 1), manyWorkers("q2", "c", 1)},
+			[]want{{sets: map[string]int64{"q1/a": 1000}}, {sets: map[string]int64{"q1/a": 1000, "q1/b": 1000}},
+				{refused: "1 workers for node q1: its other dispatchers have 40000, and a node may route at most 40000", sets: map[string]int64{"q1/a": 1000, "q1/b": 1000}},
+				{sets: map[string]int64{"q1/a": 1000, "q1/b": 1000, "q2/c": 1000}}}},
+		{"a set replaced within the node's cap",
+			[]*pb.Command{manyWorkers("q1", "a", agentpb.MaxWorkersPerSet), manyWorkers("q1", "b", agentpb.MaxWorkersPerNode-agentpb.MaxWorkersPerSet), manyWorkers("q1", "b", 10)},
+			[]want{{sets: map[string]int64{"q1/a": 1000}}, {sets: map[string]int64{"q1/a": 1000, "q1/b": 1000}}, {sets: map[string]int64{"q1/a": 1000, "q1/b": 1000}}}},
 		{"an empty set removes",
 			[]*pb.Command{workerSet("q1", "db_query_server", 1000, "w1"), workerSet("q1", "db_query_server", 1000)},
 			[]want{{sets: map[string]int64{"q1/db_query_server": 1000}}, {sets: map[string]int64{}}}},
@@ -110,13 +131,14 @@ func TestWorkersSurviveSnapshotAndAreNotAudited(t *testing.T) {
 		t.Fatalf("restored set: %v", ws)
 	}
 	// The restored state takes new sets (its map is not nil), and knows
-	// the names the restored ones route (the index came back).
+	// the prefixes the restored ones claim (the index came back).
 	b := &applier{t: t, f: g, index: 10}
-	if err, _ := b.apply(workerSet("q2", "db_query_server", 1000, "w1")).(error); err == nil || !strings.Contains(err.Error(), "already registered") {
-		t.Fatalf("a restored set's name taken by another: %v", err)
-	}
-	if err, ok := b.apply(workerSet("q2", "db_query_server", 1000, "w3")).(error); ok {
+	if err, ok := b.apply(workerSet("q2", "db_query_server", 1000, "w1", "w3")).(error); ok {
 		t.Fatal(err)
+	}
+	shared := g.SharedPrefixes("q2", "db_query_server", g.WorkerSet("q2", "db_query_server").Workers)
+	if len(shared) != 1 || len(shared["/worker/w1"]) != 1 || shared["/worker/w1"][0] != "db_query_server on q1" {
+		t.Fatalf("shared prefixes after a restore: %v", shared)
 	}
 }
 
@@ -164,10 +186,10 @@ func TestWorkerDiffs(t *testing.T) {
 		{"of a set that is gone", []*pb.Command{diff("q1", "d", 0, workers("a"))},
 			"no longer at revision 0", "gone", 0},
 		{"a name another set routes", []*pb.Command{workerSet("q2", "d", 1, "x"), workerSet("q1", "d", 1, "a"), diff("q1", "d", 1, workers("x"))},
-			`worker "x" is already registered by d on q2`, "a:30000", 1},
+			"", "a:30000,x:30000", 2},
 		{"a prefix another set routes", []*pb.Command{workerSet("q2", "d", 1, "x"), workerSet("q1", "d", 1, "a"),
 			diff("q1", "d", 1, []*agentpb.Worker{{Name: "y", EnvoyPrefix: "/worker/x", Port: 2}})},
-			`envoy prefix "/worker/x" is already used by worker x of d on q2`, "a:30000", 1},
+			"", "a:30000,y:2", 2},
 		{"a name its old set let go", []*pb.Command{workerSet("q2", "d", 1, "x", "z"), workerSet("q2", "d", 1, "z"), workerSet("q1", "d", 1, "a"), diff("q1", "d", 1, workers("x"))},
 			"", "a:30000,x:30000", 2},
 		{"a name of an expired set", []*pb.Command{workerSet("q2", "d", 1, "x"), lease("expire", "q2", "d", 1), workerSet("q1", "d", 1, "x")},

@@ -35,7 +35,7 @@ type Endpoint struct {
 
 // Worker is a query worker a dispatcher registered.
 type Worker struct {
-	Name       string // unique in the cluster; routed by /worker/<name>/
+	Name       string // unique in the cluster (a dispatcher's are scoped: agentpb.WorkerID); routed by /worker/<name>/
 	Prefix     string // the envoy-prefix header value clients send for it
 	Host       string
 	Port       uint32

@@ -54,14 +54,26 @@ type Alert struct {
 	Timeout Duration `yaml:"timeout"`
 }
 
-// WorkerRegistry is the loopback HTTP endpoint where the node's dispatchers
+// WorkerRegistry is the HTTP endpoint where the node's dispatchers
 // register their query workers for Envoy (the agent API takes them too).
 type WorkerRegistry struct {
-	// Listen is a loopback host:port, default 127.0.0.1:8131; "off"
-	// disables the endpoint. Anyone who reaches it can route workers, so
-	// it never listens beyond the node.
+	// Socket is the unix socket it serves on, default workers.sock beside
+	// socket (/run/dhvisor/workers.sock); "off" disables it. Anyone may
+	// connect (mode 0666); each call is allowed by who the kernel says
+	// calls: root, or a process of the dispatcher service named in the
+	// URL (its process tree, or its unit's cgroup).
+	Socket string `yaml:"socket"`
+	// InsecureTCP serves the endpoint on Listen as well, where the kernel
+	// cannot say who calls: any local process can route workers there.
+	// Only for a site whose dispatcher hooks cannot reach a unix socket.
+	InsecureTCP bool `yaml:"insecure_tcp"`
+	// Listen is the loopback host:port of insecure_tcp, default
+	// 127.0.0.1:8131.
 	Listen string `yaml:"listen"`
 }
+
+// WorkersOff disables the workers socket.
+const WorkersOff = "off"
 
 // Gossip configures cluster membership. Without bind, the agent runs alone
 // and `dhctl status` shows only its node.
@@ -159,9 +171,17 @@ func (a *Agent) applyDefaults(dir string) {
 	def(&a.Socket, "/run/dhvisor/agent.sock")
 	def(&a.SocketGroup, "irisadmin")
 	def(&a.RolesDir, "/etc/dhvisor/roles.d")
-	def(&a.Workers.Listen, "127.0.0.1:8131")
+	if a.Workers.InsecureTCP {
+		def(&a.Workers.Listen, "127.0.0.1:8131")
+	}
+	if a.Workers.Socket == "" {
+		a.Workers.Socket = filepath.Join(filepath.Dir(a.Socket), "workers.sock")
+	}
 	// Relative paths are relative to the config file, so a self-contained
 	// directory (the demo, a test) works wherever it is.
+	if a.Workers.Socket != WorkersOff && a.Workers.Socket != "" && !filepath.IsAbs(a.Workers.Socket) {
+		a.Workers.Socket = filepath.Join(dir, a.Workers.Socket)
+	}
 	for _, p := range []*string{&a.LogRoot, &a.StateDir, &a.Socket, &a.RolesDir, &a.LauncherDir, &a.Gossip.KeyFile, &a.TLS.CA, &a.TLS.Cert, &a.TLS.Key} {
 		if *p == "" {
 			continue
@@ -456,20 +476,27 @@ func (n *Node) validateAPI(es *Errors, src *source, org origins) {
 	}
 }
 
-// validateWorkers checks workers.listen.
+// validateWorkers checks workers.listen and insecure_tcp.
 func (n *Node) validateWorkers(es *Errors, src *source, org origins) {
-	v := n.Agent.Workers.Listen
-	if v == "off" {
+	w := n.Agent.Workers
+	_, line := locate(org, src.root, src.file, "workers", "listen")
+	if !w.InsecureTCP {
+		if w.Listen != "" && w.Listen != WorkersOff {
+			es.add(src.file, line, "workers.listen", "%q: the TCP endpoint cannot tell who calls, so any local process could route workers; register over workers.socket, or set workers.insecure_tcp: true to keep it knowingly", w.Listen)
+		}
 		return
 	}
-	_, line := locate(org, src.root, src.file, "workers", "listen")
-	host, _, err := SplitHostPort(v)
+	if w.Listen == WorkersOff {
+		es.add(src.file, line, "workers.listen", "off, but workers.insecure_tcp is true: give it a loopback host:port (e.g. 127.0.0.1:8131)")
+		return
+	}
+	host, _, err := SplitHostPort(w.Listen)
 	if err != nil {
-		es.add(src.file, line, "workers.listen", "%q is not host:port (e.g. 127.0.0.1:8131) or off", v)
+		es.add(src.file, line, "workers.listen", "%q is not host:port (e.g. 127.0.0.1:8131)", w.Listen)
 		return
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		es.add(src.file, line, "workers.listen", "%q is not a loopback address: anyone who reaches it can route workers in Envoy (use 127.0.0.1:PORT, or off)", v)
+		es.add(src.file, line, "workers.listen", "%q is not a loopback address: anyone who reaches it can route workers in Envoy (use 127.0.0.1:PORT)", w.Listen)
 	}
 }
 

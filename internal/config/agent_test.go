@@ -130,6 +130,26 @@ func TestInvalidConfigs(t *testing.T) {
 			want:  []string{"roles.d/svc.yaml:3", "services.x.comand", "unknown field"},
 		},
 		{
+			name:  "a workers TCP endpoint without insecure_tcp",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "workers:\n  listen: 127.0.0.1:8131\n"},
+			want:  []string{"agent.yaml:7", "workers.listen", "cannot tell who calls", "insecure_tcp: true"},
+		},
+		{
+			name:  "insecure_tcp beyond loopback",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "workers: {insecure_tcp: true, listen: 0.0.0.0:8131}\n"},
+			want:  []string{"agent.yaml:6", "workers.listen", "not a loopback address"},
+		},
+		{
+			name:  "insecure_tcp with listen off",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "workers: {insecure_tcp: true, listen: \"off\"}\n"},
+			want:  []string{"agent.yaml:6", "workers.listen", "off, but workers.insecure_tcp is true"},
+		},
+		{
+			name:  "insecure_tcp not a bool",
+			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "workers: {insecure_tcp: yes please}\n"},
+			want:  []string{"agent.yaml:6", "insecure_tcp"},
+		},
+		{
 			name:  "dependency cycle",
 			files: map[string]string{"agent.yaml": "roles: [query]\n" + standinDefaults + "services:\n  configuration_server:\n    depends_on: [db_query_server]\n  db_query_server: {}\n  extra: {command: [x], depends_on: [configuration_server]}\n"},
 			want:  []string{"dependency cycle", "configuration_server"},

@@ -36,6 +36,16 @@ type Coordinator struct {
 	Operations Operations `yaml:"operations"`
 	// Envoy is the xDS server every replica runs for the nodes' Envoys.
 	Envoy Envoy `yaml:"envoy"`
+	// Workers is what the replicas take of the dispatchers' workers.
+	Workers CoordinatorWorkers `yaml:"workers"`
+}
+
+// CoordinatorWorkers limits where registered workers may be.
+type CoordinatorWorkers struct {
+	// AllowLoopback takes workers at a loopback address (on nodes that are
+	// at one): only for a cluster on one host, such as make demo. Envoy
+	// would otherwise be sent to its own host's loopback services.
+	AllowLoopback bool `yaml:"allow_loopback"`
 }
 
 // Envoy configures what the coordinator tells Envoy.

@@ -108,6 +108,9 @@ func TestCoordinatorXDSDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c.Workers.AllowLoopback {
+		t.Error("workers.allow_loopback on by default")
+	}
 	if x := c.Envoy.XDS; x.Addr(x.Listen) != "10.0.0.5:9124" || !x.Plaintext {
 		t.Errorf("xds %+v", x)
 	}
@@ -143,6 +146,11 @@ func TestInvalidCoordinatorConfigs(t *testing.T) {
 			name:  "unknown envoy field",
 			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127, plaintxt: true}\n  extra_route_file: x\n",
 			want:  []string{"coordinator.yaml:10: envoy.xds.plaintxt: unknown field (expected one of advertise, listen, plaintext, upstream, upstream_grace)", "coordinator.yaml:11: envoy.extra_route_file: unknown field"},
+		},
+		{
+			name:  "workers.allow_loopback not a bool",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\nworkers: {allow_loopback: maybe, allow_lopback: true}\n",
+			want:  []string{`coordinator.yaml:11: "maybe" is a str, expected true or false`, "coordinator.yaml:11: workers.allow_lopback: unknown field"},
 		},
 		{
 			name:  "missing extra routes file",

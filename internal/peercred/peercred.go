@@ -9,11 +9,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/dhvisor/dhvisor/internal/portowner"
 )
 
 // Cred is the kernel's account of a peer process, taken when it connected.
@@ -109,3 +114,26 @@ func (transport) Info() credentials.ProtocolInfo {
 func (t transport) Clone() credentials.TransportCredentials { return t }
 
 func (transport) OverrideServerName(string) error { return nil }
+
+// Listen opens a unix socket at path with mode (its directory made 0755
+// if missing). A socket there that still answers means another daemon
+// serves it: refused, naming that process; a stale one is replaced.
+func Listen(path string, mode os.FileMode) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return nil, portowner.InUse(path)
+	}
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}

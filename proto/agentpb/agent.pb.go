@@ -1681,7 +1681,7 @@ func (x *GossipKeysResponse) GetKeyIds() []string {
 // Worker is one query worker a dispatcher runs.
 type Worker struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                  // unique in the cluster; routed by /worker/<name>/
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                  // unique among its dispatcher's; routed by /worker/<name>:<dispatcher>:<node>/
 	EnvoyPrefix   string                 `protobuf:"bytes,2,opt,name=envoy_prefix,json=envoyPrefix,proto3" json:"envoy_prefix,omitempty"` // the envoy-prefix header value clients send for it
 	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`                                  // empty: the node's address
 	Port          int32                  `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
@@ -1868,8 +1868,11 @@ type RegisterWorkersResponse struct {
 	LeaseExpiresUnixMs int64                  `protobuf:"varint,2,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
 	Changed            bool                   `protobuf:"varint,3,opt,name=changed,proto3" json:"changed,omitempty"`        // false: the same set, only the lease renewed
 	Coordinator        string                 `protobuf:"bytes,4,opt,name=coordinator,proto3" json:"coordinator,omitempty"` // the replica that answered
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Problems that did not refuse the set, e.g. an envoy prefix that another
+	// dispatcher's worker claims too: neither is routed by that header.
+	Warnings      []string `protobuf:"bytes,80,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterWorkersResponse) Reset() {
@@ -1928,6 +1931,13 @@ func (x *RegisterWorkersResponse) GetCoordinator() string {
 		return x.Coordinator
 	}
 	return ""
+}
+
+func (x *RegisterWorkersResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 // PackageRef says where an agent gets a package: from the coordinators that
@@ -2436,12 +2446,13 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\flease_ttl_ms\x18\x03 \x01(\x03R\n" +
 	"leaseTtlMs\x12\x12\n" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12%\n" +
-	"\x0edispatcher_pid\x18\x05 \x01(\x05R\rdispatcherPid\"\xa2\x01\n" +
+	"\x0edispatcher_pid\x18\x05 \x01(\x05R\rdispatcherPid\"\xbe\x01\n" +
 	"\x17RegisterWorkersResponse\x12\x18\n" +
 	"\aworkers\x18\x01 \x01(\x05R\aworkers\x121\n" +
 	"\x15lease_expires_unix_ms\x18\x02 \x01(\x03R\x12leaseExpiresUnixMs\x12\x18\n" +
 	"\achanged\x18\x03 \x01(\bR\achanged\x12 \n" +
-	"\vcoordinator\x18\x04 \x01(\tR\vcoordinator\"\x83\x01\n" +
+	"\vcoordinator\x18\x04 \x01(\tR\vcoordinator\x12\x1a\n" +
+	"\bwarnings\x18P \x03(\tR\bwarnings\"\x83\x01\n" +
 	"\n" +
 	"PackageRef\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +

@@ -15,18 +15,32 @@ const (
 	MinWorkerLease     = time.Second
 	MaxWorkerLease     = 10 * time.Minute
 	MaxWorkersPerSet   = 20000
+	// MaxWorkersPerNode bounds the sets of all a node's dispatchers
+	// together: what one node can make every Envoy route.
+	MaxWorkersPerNode = 40000
 )
+
+// WorkerID is how the coordinators name a dispatcher's worker in Envoy
+// (its cluster, its /worker/<id>/ path): the name is the dispatcher's
+// choice, so it is scoped to that dispatcher and node, and no dispatcher
+// can take a name another one uses. Neither part can hold a ':'.
+func WorkerID(name, dispatcher, node string) string {
+	return name + ":" + dispatcher + ":" + node
+}
 
 // A worker or dispatcher name ends up in Envoy cluster names and URL paths.
 var workerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 // Normalize checks a registration, fills in its defaults (lease, envoy
-// prefix /worker/<name>, protocol http2) and sorts the workers by name, the
-// order the coordinators store them in. Errors name the field as sent, e.g.
-// "workers[2].port: 0 is not a port (1-65535)".
+// prefix /worker/<WorkerID>, protocol http2) and sorts the workers by name,
+// the order the coordinators store them in. It needs the node. Errors name
+// the field as sent, e.g. "workers[2].port: 0 is not a port (1-65535)".
 func (r *RegisterWorkersRequest) Normalize() error {
 	if !workerName.MatchString(r.Dispatcher) {
 		return fmt.Errorf("dispatcher: %q is not a service name (e.g. db_query_server)", r.Dispatcher)
+	}
+	if !workerName.MatchString(r.Node) {
+		return fmt.Errorf("node: %q is not a node name (letters, digits, _ . -)", r.Node)
 	}
 	switch ttl := time.Duration(r.LeaseTtlMs) * time.Millisecond; {
 	case r.LeaseTtlMs == 0:
@@ -55,7 +69,7 @@ func (r *RegisterWorkersRequest) Normalize() error {
 			return fmt.Errorf("%s.host: %q is neither an IP address nor a host name", field, w.Host)
 		}
 		if w.EnvoyPrefix == "" {
-			w.EnvoyPrefix = "/worker/" + w.Name
+			w.EnvoyPrefix = "/worker/" + WorkerID(w.Name, r.Dispatcher, r.Node)
 		}
 		if !strings.HasPrefix(w.EnvoyPrefix, "/") || strings.ContainsAny(w.EnvoyPrefix, " \t\r\n") {
 			return fmt.Errorf("%s.envoy_prefix: %q must start with / and hold no spaces", field, w.EnvoyPrefix)

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,9 +90,10 @@ type Cluster struct {
 	APIAddrs  []string // coordinators' cluster API addresses
 	RaftAddrs []string
 	XDSAddrs  []string // coordinators' xDS addresses (mutual TLS, the default)
-	// WorkerAddrs are the agents' worker registry endpoints (loopback HTTP).
-	WorkerAddrs []string
-	TLS         string // the tls directory
+	// WorkerSockets are the agents' worker registry sockets (HTTP on a
+	// unix socket; the tests, as root, may register any dispatcher's).
+	WorkerSockets []string
+	TLS           string // the tls directory
 }
 
 // Start creates the certificates and configurations and starts every
@@ -101,7 +103,7 @@ func Start(opt Options) (*Cluster, error) {
 	if err := c.certificates(); err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(4*opt.Coordinators + 3*len(opt.Nodes))
+	ports, err := FreePorts(4*opt.Coordinators + 2*len(opt.Nodes))
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +113,7 @@ func Start(opt Options) (*Cluster, error) {
 	agentAPI := make([]string, len(opt.Nodes))
 	for i := range opt.Nodes {
 		agentGossip[i], agentAPI[i] = next(), next()
-		c.WorkerAddrs = append(c.WorkerAddrs, next())
+		c.WorkerSockets = append(c.WorkerSockets, filepath.Join(opt.Dir, opt.Nodes[i].Name, "workers.sock"))
 		if i < 2 {
 			gossipSeeds = append(gossipSeeds, agentGossip[i])
 		}
@@ -203,13 +205,13 @@ state_dir: state
 socket: agent.sock
 log_root: logs
 api: {listen: "%s"}
-workers: {listen: "%s"}
+workers: {socket: workers.sock}
 tls: %s
 gossip: {bind: "%s", seeds: ["%s"]}
 defaults:
   user: ""
   command: [%s]
-`, n.Name, strings.Join(n.Roles, ", "), apiAddr, c.WorkerAddrs[i], c.tlsYAML("agent", n.Name), gossipAddr, strings.Join(seeds, `", "`), strings.Join(quoted, ", ")) + n.Extra
+`, n.Name, strings.Join(n.Roles, ", "), apiAddr, c.tlsYAML("agent", n.Name), gossipAddr, strings.Join(seeds, `", "`), strings.Join(quoted, ", ")) + n.Extra
 	file := filepath.Join(dir, "agent.yaml")
 	overrides, err := serviceOverrides(file, base, c.Opt.PortOffset+i*1000)
 	if err != nil {
@@ -283,6 +285,8 @@ operations: {min_healthy_time: %s, healthy_deadline: 60s, progress_deadline: 120
 envoy:
   xds:
     listen: "%s"
+# The nodes share the loopback address: their workers are there too.
+workers: {allow_loopback: true}
 `, name, c.APIAddrs[i], c.RaftAddrs[i], strings.Join(boot, ", "), gossipAddr, strings.Join(seeds, `", "`), c.tlsYAML("coordinator", name), mht, c.XDSAddrs[i])
 	for _, l := range strings.Split(strings.TrimSpace(c.Opt.XDS), "\n") {
 		if l != "" {
@@ -294,6 +298,15 @@ envoy:
 		return nil, err
 	}
 	return &Proc{Name: name, Dir: dir, Config: file, bin: filepath.Join(c.Opt.Bin, "dhcoord")}, nil
+}
+
+// WorkersClient is an HTTP client of node i's worker registry socket:
+// requests go to http://workers/v1/workers/..., whatever the host.
+func (c *Cluster) WorkersClient(i int) *http.Client {
+	sock := c.WorkerSockets[i]
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
 }
 
 // Start starts the daemon, appending its output to <dir>/daemon.log.

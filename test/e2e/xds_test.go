@@ -38,15 +38,15 @@ func startWorker(t *testing.T, name string) int {
 	return port
 }
 
-// register PUTs a dispatcher's worker set to an agent's HTTP endpoint, as
-// a dispatcher's hook (or curl) does, retrying while no coordinator can take
+// register PUTs a dispatcher's worker set to an agent's workers socket, as
+// a dispatcher's hook (or curl --unix-socket) does, retrying while no coordinator can take
 // it (during an election) or the dispatcher is not running.
-func register(t *testing.T, agentAddr, dispatcher, body string) string {
+func register(t *testing.T, agent *http.Client, dispatcher, body string) string {
 	t.Helper()
 	var last string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		req, _ := http.NewRequest("PUT", "http://"+agentAddr+"/v1/workers/"+dispatcher, strings.NewReader(body))
-		resp, err := http.DefaultClient.Do(req)
+		req, _ := http.NewRequest("PUT", "http://workers/v1/workers/"+dispatcher, strings.NewReader(body))
+		resp, err := agent.Do(req)
 		if err != nil {
 			last = err.Error()
 			continue
@@ -67,7 +67,8 @@ func register(t *testing.T, agentAddr, dispatcher, body string) string {
 }
 
 func workerJSON(name string, port int, lease time.Duration) string {
-	return fmt.Sprintf(`{"leaseTtlMs": %d, "workers": [{"name": %q, "port": %d, "kind": "DeephavenCommunity", "nonce": "n-%s"}]}`, lease.Milliseconds(), name, port, name)
+	// An envoy prefix of the dispatcher's own, as Deephaven's send.
+	return fmt.Sprintf(`{"leaseTtlMs": %d, "workers": [{"name": %q, "port": %d, "kind": "DeephavenCommunity", "nonce": "n-%s", "envoyPrefix": "/worker/%s"}]}`, lease.Milliseconds(), name, port, name, name)
 }
 
 func xdsClient(t *testing.T, c *devcluster.Cluster, xdsAddr string) *grpc.ClientConn {
@@ -128,7 +129,7 @@ func TestXDSWorkerRoutes(t *testing.T) {
 	ctx := context.Background()
 	leader := c.Leader(ctx)
 	follower, other := (leader+1)%3, (leader+2)%3
-	queryAgent := c.WorkerAddrs[1]
+	queryAgent := c.WorkersClient(1)
 
 	w1a, w1b := startWorker(t, "w1-first"), startWorker(t, "w1-second")
 	register(t, queryAgent, "db_query_server", workerJSON("w1", w1a, 30*time.Second))
@@ -242,7 +243,7 @@ func edsFirstResponse(t *testing.T, c *devcluster.Cluster, addr, have string) ed
 				return eds{}, err
 			}
 			meta, _ := structpb.NewStruct(map[string]any{"dhvisor_xds_flavour": "ads"})
-			if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "e2e-envoy", Metadata: meta}, TypeUrl: resource.EndpointType, ResourceNames: []string{"worker_w1"}, VersionInfo: have}); err != nil {
+			if err := stream.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: "e2e-envoy", Metadata: meta}, TypeUrl: resource.EndpointType, ResourceNames: []string{"worker_w1:db_query_server:query-1"}, VersionInfo: have}); err != nil {
 				return eds{}, err
 			}
 			resp, err := stream.Recv()

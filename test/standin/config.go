@@ -242,6 +242,12 @@ type config struct {
 	launcher bool
 	grpc     bool   // every port also answers any gRPC method (h2c)
 	worker   string // plays this query worker: implies grpc
+	// registerSocket is the agent's workers socket the stand-in registers
+	// its fake workers on, as a dispatcher registerAs; registerWorkers of
+	// them, at its first port.
+	registerSocket  string
+	registerAs      string
+	registerWorkers int
 }
 
 type portsFlag struct{ ports *[]int }
@@ -354,6 +360,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.BoolVar(&cfg.grpc, "grpc", false, "every port also answers any gRPC method (HTTP/2 without TLS) with an empty message and response headers "+
 		headerName+" (--name), "+headerPort+", "+headerMethod+" and, with --worker, "+headerWorker)
 	fs.StringVar(&cfg.worker, "worker", "", "play the query worker `NAME` a dispatcher started: --grpc on --listen; --name defaults to NAME")
+	fs.StringVar(&cfg.registerSocket, "register-socket", "", "register fake query workers as a dispatcher on the agent's workers socket at `PATH` once listening, and again every 10 s")
+	fs.StringVar(&cfg.registerAs, "register-as", getenv("DHVISOR_SERVICE"), "the dispatcher `NAME` --register-socket registers as (default: $DHVISOR_SERVICE, the service the agent runs)")
+	fs.IntVar(&cfg.registerWorkers, "register-workers", 2, "how many fake workers --register-socket registers (`N`), named <dispatcher>-w<i>, at the first port")
 	var listen string
 	fs.StringVar(&listen, "listen", "", "`HOST:PORT` to listen on, instead of --addr and --port")
 	if err := fs.Parse(args); err != nil {
@@ -382,6 +391,17 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		cfg.grpc = true
 		if !set["name"] {
 			cfg.name = cfg.worker
+		}
+	}
+	if cfg.registerSocket != "" {
+		if cfg.registerAs == "" || strings.ContainsAny(cfg.registerAs, " /:") {
+			return nil, fmt.Errorf("--register-as %q: a dispatcher service name (or $DHVISOR_SERVICE) is needed with --register-socket", cfg.registerAs)
+		}
+		if cfg.registerWorkers < 0 || cfg.registerWorkers > 20000 {
+			return nil, fmt.Errorf("--register-workers %d: want 0-20000", cfg.registerWorkers)
+		}
+		if len(cfg.ports) == 0 {
+			return nil, errors.New("--register-socket needs a --port for the workers to be at")
 		}
 	}
 	if cfg.launcher && (cfg.daemonize || cfg.pidfile == "") {

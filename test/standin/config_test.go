@@ -172,6 +172,16 @@ func TestParseConfig(t *testing.T) {
 			args:  []string{"--name", "n1/db_query_server/w1", "--worker", "w1", "--listen", "127.0.0.1:1"},
 			check: func(c *config) bool { return c.name == "n1/db_query_server/w1" && c.worker == "w1" },
 		},
+		{
+			name: "register as a dispatcher",
+			args: []string{"--port", "22052", "--register-socket", "/run/dhvisor/workers.sock", "--register-as", "db_query_server", "--register-workers", "3"},
+			check: func(c *config) bool {
+				return c.registerSocket == "/run/dhvisor/workers.sock" && c.registerAs == "db_query_server" && c.registerWorkers == 3
+			},
+		},
+		{name: "register with no dispatcher", args: []string{"--port", "1", "--register-socket", "/s"}, err: "--register-as"},
+		{name: "register with no port", args: []string{"--register-socket", "/s", "--register-as", "d"}, err: "needs a --port"},
+		{name: "register too many", args: []string{"--port", "1", "--register-socket", "/s", "--register-as", "d", "--register-workers", "20001"}, err: "want 0-20000"},
 		{name: "worker without listen", args: []string{"--worker", "w1"}, err: "--worker needs --listen"},
 		{name: "listen with port", args: []string{"--listen", "127.0.0.1:1", "--port", "2"}, err: "--listen replaces"},
 		{name: "bad listen", args: []string{"--listen", "1234"}, err: "want HOST:PORT"},

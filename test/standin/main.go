@@ -24,7 +24,10 @@
 // x-standin (the --name), x-standin-port, x-standin-method, so a test can
 // prove where a call routed through Envoy arrived; grpc.health.v1 tells the
 // stand-in's health. --worker NAME --listen HOST:PORT plays a query worker
-// a dispatcher started: the same, plus x-standin-worker: NAME.
+// a dispatcher started: the same, plus x-standin-worker: NAME. With
+// --register-socket PATH it plays a dispatcher's hook: it registers
+// --register-workers fake workers at its first port on the agent's workers
+// socket, as --register-as (default $DHVISOR_SERVICE), every 10 s.
 //
 // SIGTERM or SIGINT closes the ports and exits 0, after --term-delay, unless
 // the process hangs. It is built to start in milliseconds, because the

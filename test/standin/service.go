@@ -136,6 +136,11 @@ func (s *service) run() int {
 	}
 	s.log.Printf("listening on %s", addrList(addrs))
 	s.lifecycle(lifecycleRunning)
+	if s.cfg.registerSocket != "" {
+		rctx, stopRegistering := context.WithCancel(context.Background())
+		defer stopRegistering()
+		go s.register(rctx)
+	}
 	if s.readyFD != "" && s.readyFD != launchedFD {
 		if err := notifyReady(s.readyFD, addrs); err != nil {
 			s.log.Printf("daemonize: %v", err)

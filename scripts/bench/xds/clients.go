@@ -30,7 +30,7 @@ import (
 
 // seenLog keeps the route configurations a client received, raw, with
 // when each arrived. Clients look for a worker's route in the bytes
-// ("/worker/NAME/" occurs only in its path route) instead of decoding
+// ("/worker/NAME:" occurs only in its path route) instead of decoding
 // thousands of routes per change: the measuring clients share the
 // coordinators' two cores, and real Envoys would not.
 type seenLog struct {
@@ -73,7 +73,7 @@ func (l *seenLog) forget() {
 
 // wait returns when a route configuration with worker's route arrived.
 func (l *seenLog) wait(ctx context.Context, worker string) (time.Time, error) {
-	pattern := []byte("/worker/" + worker + "/")
+	pattern := []byte("/worker/" + worker + ":")
 	next := 0
 	for {
 		l.mu.Lock()

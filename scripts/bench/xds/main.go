@@ -35,6 +35,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -139,6 +140,8 @@ type bench struct {
 	dlt  *deltaSubscriber
 	// worker is the stand-in every registered worker points at.
 	worker *exec.Cmd
+	// workers reaches the query node's worker registry socket.
+	workers *http.Client
 }
 
 func (b *bench) close() {
@@ -168,6 +171,7 @@ func (b *bench) runAll(ctx context.Context) (*results, error) {
 		return res, fmt.Errorf("start cluster: %w", err)
 	}
 	b.cl = cl
+	b.workers = cl.WorkersClient(1)
 	if err := cl.WaitReady(ctx, 90*time.Second); err != nil {
 		return res, err
 	}

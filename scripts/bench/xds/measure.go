@@ -85,7 +85,7 @@ func workersJSON(names []string, port int) string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		fmt.Fprintf(&b, `{"name": %q, "port": %d, "kind": "DeephavenCommunity", "nonce": "%s"}`, n, port, n)
+		fmt.Fprintf(&b, `{"name": %q, "port": %d, "kind": "DeephavenCommunity", "nonce": "%s", "envoyPrefix": "/worker/%s"}`, n, port, n, n)
 	}
 	b.WriteString("]}")
 	return b.String()
@@ -93,11 +93,11 @@ func workersJSON(names []string, port int) string {
 
 // register PUTs a set to the query node's agent and waits for its answer.
 func (b *bench) register(ctx context.Context, names []string, port int) error {
-	req, err := http.NewRequestWithContext(ctx, "PUT", "http://"+b.cl.WorkerAddrs[1]+"/v1/workers/db_query_server", strings.NewReader(workersJSON(names, port)))
+	req, err := http.NewRequestWithContext(ctx, "PUT", "http://workers/v1/workers/db_query_server", strings.NewReader(workersJSON(names, port)))
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := b.workers.Do(req)
 	if err != nil {
 		return err
 	}
