@@ -488,8 +488,10 @@ type walk struct {
 	waiting   string                                      // progress text while waiting, after the prerequisite's name
 	ready     func(dep string) func(Status) (bool, error) // when a prerequisite is satisfied
 	step      func(ctx context.Context, s *Supervisor, progress func(Progress)) error
-	// onWait, when set, hears that a service waits for a prerequisite.
+	// onWait, when set, hears that a service waits for a prerequisite,
+	// and onHeld that the wait failed (the step will not be taken).
 	onWait func(ctx context.Context, s *Supervisor, dep string)
+	onHeld func(ctx context.Context, s *Supervisor, err error)
 	// token is the operation step the walk belongs to: a service it
 	// already took goes straight to its step, which only waits for the
 	// goal, as its prerequisites may never be met again (a dependant
@@ -574,6 +576,9 @@ func (m *Manager) startWalk(ctx context.Context, svc []string, block bool, token
 	if own {
 		w.onWait = func(ctx context.Context, s *Supervisor, dep string) {
 			_ = s.do(ctx, command{act: actWait, note: "Waiting for " + dep + " (this node)"})
+		}
+		w.onHeld = func(ctx context.Context, s *Supervisor, err error) {
+			_ = s.do(ctx, command{act: actHeld, note: "not started: " + err.Error()})
 		}
 	}
 	return m.ordered(ctx, svc, block, progress, w)
@@ -683,6 +688,9 @@ func (m *Manager) runWalk(ctx context.Context, svc []string, progress func(Progr
 					w.onWait(ctx, s, d)
 				}
 				if _, err := m.waitFor(ctx, d, w.ready(d)); err != nil {
+					if w.onHeld != nil {
+						w.onHeld(ctx, s, err)
+					}
 					failed(s, fmt.Errorf("not done: %w", err))
 					return
 				}

@@ -32,6 +32,7 @@ const (
 	actUpdate
 	actPing // answered at once: the loop is alive (the watchdog's probe)
 	actWait // show that the start waits for a dependency (note says which)
+	actHeld // the waited-for start will not happen (note says why)
 )
 
 type command struct {
@@ -408,6 +409,11 @@ func (s *Supervisor) apply(ctx context.Context, c command) error {
 	case actWait:
 		if st := s.Status().State; s.proc == nil && (st == Stopped || st == Waiting) {
 			s.setState(Waiting, c.note)
+		}
+		return nil
+	case actHeld:
+		if s.proc == nil && s.Status().State == Waiting {
+			s.setState(Stopped, c.note)
 		}
 		return nil
 	case actStart:

@@ -254,3 +254,18 @@ func TestReloadAddedServiceWaits(t *testing.T) {
 	view.set("configuration_server", "infra-1", true)
 	waitState(t, m, "auth", OK)
 }
+
+// TestHeldWhenALocalDependencyFails: a local dependency that fails ends the
+// wait of its dependant, which says so instead of waiting on.
+func TestHeldWhenALocalDependencyFails(t *testing.T) {
+	rt := newFakeRuntime()
+	rt.failing["cfg"] = errors.New("exec: iris: not found")
+	m := startManagerWith(t, testNode(t, `
+  cfg: {restart: {limit: 1, backoff_initial: 10ms, backoff_max: 10ms}}
+  auth: {depends_on: [cfg]}
+`), rt, newFakeView(), nil)
+	waitState(t, m, "cfg", Failed)
+	if st := waitMessage(t, m, "auth", "not started: dependency cfg failed: "); st.State != Stopped {
+		t.Errorf("auth %s (%s), want Stopped", st.State, st.Message)
+	}
+}
