@@ -83,18 +83,7 @@ func run() int {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
-	root, err := benchkit.RepoRoot()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		return 1
-	}
-	for _, name := range []string{"dhagent", "dhcoord", "dhctl", "dh-standin"} {
-		if _, err := os.Stat(filepath.Join(root, "bin", name)); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: bin/%s missing: run `make build` first (`make bench` does)\n", name)
-			return 1
-		}
-	}
-	tmp, err := os.MkdirTemp("/tmp", "dhbench-upstream-")
+	root, tmp, err := benchkit.ClusterDirs("upstream")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		return 1
