@@ -48,6 +48,7 @@ bench: build
 	$(GO) run ./scripts/bench/gossip
 	$(GO) run ./scripts/bench/coord
 	$(GO) run ./scripts/bench/xds
+	$(GO) run ./scripts/bench/upstream --samples 200
 	$(GO) run ./scripts/bench/envoy
 	$(GO) run ./scripts/bench/upgrade
 

@@ -59,7 +59,11 @@ type Importer struct {
 	// addresses); nil: net.DefaultResolver.
 	Resolver *net.Resolver
 
-	rec     *pb.UpstreamImport // what this term recorded last, or found
+	rec *pb.UpstreamImport // what this term recorded last, or found
+	// latest is what the last update gave (version, workers, skipped):
+	// recorded at once when it matters to an operator, else with the
+	// next renewal, so that an update costs one raft entry, its set's.
+	latest  pb.UpstreamImport
 	live    bool
 	heard   time.Time // live: the last time the stream was known up
 	pending *Event    // an update not stored yet (a proposal failed)
@@ -93,6 +97,9 @@ func (im *Importer) Run(ctx context.Context) {
 	im.rec = im.FSM.Upstream()
 	if im.rec != nil && im.rec.Address != addr {
 		im.rec = nil // another configuration server's: ours replaces it
+	}
+	if im.rec != nil {
+		im.latest.Version, im.latest.Workers, im.latest.Skipped = im.rec.Version, im.rec.Workers, im.rec.Skipped
 	}
 	if im.rec != nil && im.rec.State == pb.UpstreamLive {
 		// Live under the leader before: known up until its last renewal.
@@ -220,25 +227,34 @@ func (im *Importer) update(ctx context.Context, ev Event) bool {
 	if !im.live {
 		im.dropForeign(ctx)
 	}
-	ws := &pb.WorkerSet{Node: addr, Dispatcher: fsm.UpstreamDispatcher, Workers: kept, LeaseExpiresUnixMs: now.Add(im.Grace).UnixMilli(), Upstream: addr}
-	changed, err := im.Store(ctx, im.Self, ws)
-	if err != nil {
-		if ctx.Err() == nil {
-			im.Log.Warn("storing the configuration server's workers; will retry", "upstream", addr, "err", err)
+	// CDS and RDS come one after the other: most responses change no
+	// worker, and the lease is the renewals' business.
+	cur := im.FSM.WorkerSet(addr, fsm.UpstreamDispatcher)
+	upsert, remove := fsm.DiffWorkers(cur.GetWorkers(), kept)
+	if !im.live || len(upsert) > 0 || len(remove) > 0 {
+		ws := &pb.WorkerSet{Node: addr, Dispatcher: fsm.UpstreamDispatcher, Workers: kept, LeaseExpiresUnixMs: now.Add(im.Grace).UnixMilli(), Upstream: addr}
+		if _, err := im.Store(ctx, im.Self, ws); err != nil {
+			if ctx.Err() == nil {
+				im.Log.Warn("storing the configuration server's workers; will retry", "upstream", addr, "err", err)
+			}
+			return true
 		}
-		return true
+		im.Log.Debug("configuration server workers stored", "workers", len(kept), "versions", ev.Versions)
 	}
 	im.pending = nil
-	if !im.live {
+	wasLive := im.live
+	if !wasLive {
 		im.Log.Info("configuration server xDS live: its workers are imported", "upstream", addr, "workers", len(kept), "versions", ev.Versions)
-	} else if changed {
-		im.Log.Debug("configuration server workers changed", "workers", len(kept), "versions", ev.Versions)
 	}
-	if len(skipped) > 0 && (im.rec == nil || !slices.Equal(skipped, im.rec.Skipped)) {
+	newSkips := !slices.Equal(skipped, im.latest.Skipped)
+	if len(skipped) > 0 && newSkips {
 		im.Log.Warn("routes on the envoy-prefix header not imported", "upstream", addr, "skipped", skipped)
 	}
+	im.latest = pb.UpstreamImport{Version: ev.Versions, Workers: int32(len(kept)), Skipped: skipped}
 	im.live, im.heard = true, now
-	im.recordAs(ctx, &pb.UpstreamImport{State: pb.UpstreamLive, Version: ev.Versions, Workers: int32(len(kept)), Skipped: skipped})
+	if !wasLive || newSkips || im.rec.GetError() != "" {
+		im.record(ctx, pb.UpstreamLive, "")
+	}
 	return true
 }
 
@@ -281,19 +297,13 @@ func (im *Importer) lost(ctx context.Context, err error, withdraw *time.Timer) {
 	withdraw.Reset(time.Until(im.heard.Add(im.Grace)))
 }
 
+// record proposes the import's state, with the latest update's figures and
+// the lease: the grace from when the stream was last known up.
 func (im *Importer) record(ctx context.Context, state, errText string) {
-	u := &pb.UpstreamImport{State: state, Error: errText}
-	if im.rec != nil {
-		u.Version, u.Workers, u.Skipped = im.rec.Version, im.rec.Workers, im.rec.Skipped
-	}
+	u := &pb.UpstreamImport{State: state, Error: errText, Version: im.latest.Version, Workers: im.latest.Workers, Skipped: im.latest.Skipped}
 	if state == pb.UpstreamWithdrawn {
 		u.Workers = 0
 	}
-	im.recordAs(ctx, u)
-}
-
-// recordAs proposes u, completed with the address, times and lease.
-func (im *Importer) recordAs(ctx context.Context, u *pb.UpstreamImport) {
 	now := time.Now()
 	u.Address = im.Upstream.Address
 	u.SinceUnixMs = now.UnixMilli()

@@ -207,3 +207,20 @@ func Finish(ctx context.Context, report func(w io.Writer), res any, jsonOut stri
 	}
 	return 0
 }
+
+// ClusterDirs finds the checkout whose bin/ holds the daemons a
+// devcluster runs (`make build`) and makes a temporary directory for the
+// cluster, named for the harness.
+func ClusterDirs(harness string) (root, tmp string, err error) {
+	if root, err = RepoRoot(); err != nil {
+		return "", "", err
+	}
+	for _, name := range []string{"dhagent", "dhcoord", "dhctl", "dh-standin"} {
+		if _, err := os.Stat(filepath.Join(root, "bin", name)); err != nil {
+			return "", "", fmt.Errorf("bin/%s missing: run `make build` first (`make bench` does)", name)
+		}
+	}
+	// Under /tmp whatever TMPDIR says: the agents' socket paths must stay short.
+	tmp, err = os.MkdirTemp("/tmp", "dhbench-"+harness+"-")
+	return root, tmp, err
+}

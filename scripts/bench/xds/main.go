@@ -105,19 +105,7 @@ func run() int {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 	defer cancel()
 
-	root, err := benchkit.RepoRoot()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		return 1
-	}
-	for _, name := range []string{"dhagent", "dhcoord", "dhctl", "dh-standin"} {
-		if _, err := os.Stat(filepath.Join(root, "bin", name)); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: bin/%s missing: run `make build` first (`make bench` does)\n", name)
-			return 1
-		}
-	}
-	// Under /tmp whatever TMPDIR says: the agents' socket paths must stay short.
-	tmp, err := os.MkdirTemp("/tmp", "dhbench-xds-")
+	root, tmp, err := benchkit.ClusterDirs("xds")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		return 1
