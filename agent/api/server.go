@@ -56,32 +56,45 @@ func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAdd
 }
 
 // ListenUnix opens the local socket: mode 0660, owned by root and group so
-// that the Deephaven admins can run dhctl without sudo and nobody else can.
+// that the Deephaven admins can run dhctl without sudo and nobody else can
+// connect. The Access it returns is what each call is then held to: the
+// group reads and controls services, root does the rest. A group that
+// does not exist leaves the socket root's (note says so, for the log).
 // A socket that still answers means another agent runs: refuse.
-func ListenUnix(path, group string) (net.Listener, error) {
+func ListenUnix(path, group string) (l net.Listener, access *Access, note string, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
-		return nil, fmt.Errorf("another agent is answering on %s", path)
+		return nil, nil, "", fmt.Errorf("another agent is answering on %s", path)
 	}
 	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
+	l, err = net.Listen("unix", path)
 	if err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		l.Close()
-		return nil, err
+		return nil, nil, "", err
 	}
-	if group != "" && os.Geteuid() == 0 {
-		if g, err := user.LookupGroup(group); err == nil {
-			gid, _ := strconv.Atoi(g.Gid)
-			_ = os.Chown(path, 0, gid)
-		}
+	if group == "" {
+		return l, NewAccess("", 0), "", nil
 	}
-	return l, nil
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return l, NewAccess("", 0), fmt.Sprintf("socket_group: %v; only root may use %s", err, path), nil
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return l, NewAccess("", 0), fmt.Sprintf("socket_group: %s has gid %q; only root may use %s", group, g.Gid, path), nil
+	}
+	// A non-root agent (a developer's) can give the socket only a group it
+	// is in; without the group's file access its members could not connect.
+	if err := os.Chown(path, -1, int(gid)); err != nil {
+		return l, NewAccess("", 0), fmt.Sprintf("socket_group %s: %v; only the agent's user may use %s", group, err, path), nil
+	}
+	return l, NewAccess(group, uint32(gid)), "", nil
 }
 
 // Status implements pb.AgentServer.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -13,6 +14,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -104,5 +107,78 @@ func TestFromContextInGRPC(t *testing.T) {
 	}
 	if _, err := FromContext(peer.NewContext(context.Background(), &peer.Peer{})); err != ErrNoCred {
 		t.Fatalf("FromContext without AuthInfo = %v", err)
+	}
+}
+
+// The kernel reports the peer's supplementary groups, all of them however
+// many (the buffer grows past its first size).
+func TestGroupsOf(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan []uint32, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(got)
+			return
+		}
+		defer c.Close()
+		gs, err := GroupsOf(c)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- gs
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	want, err := syscall.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := <-got
+	if len(gs) != len(want) {
+		t.Fatalf("GroupsOf = %v, want %v", gs, want)
+	}
+	for i := range want {
+		if gs[i] != uint32(want[i]) {
+			t.Fatalf("GroupsOf = %v, want %v", gs, want)
+		}
+	}
+}
+
+func TestPeerGroupsGrowsItsBuffer(t *testing.T) {
+	need.Root(t, "to take 100 groups")
+	// A socketpair's peer credentials are its creator's at creation:
+	// create one holding more groups than the first buffer has room for.
+	orig, err := syscall.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := make([]int, 100)
+	for i := range many {
+		many[i] = 1000 + i
+	}
+	if err := syscall.Setgroups(many); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if rerr := syscall.Setgroups(orig); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(pair[0])
+	defer syscall.Close(pair[1])
+	gs, err := peerGroups(pair[0])
+	if err != nil || len(gs) != 100 || gs[0] != 1000 || gs[99] != 1099 {
+		t.Fatalf("peerGroups = %v, %v; want 1000..1099", gs, err)
 	}
 }
