@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/internal/peercred"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
+	"github.com/dhvisor/dhvisor/test/asuser"
 	"github.com/dhvisor/dhvisor/test/need"
 )
 
@@ -223,35 +223,6 @@ func dialOrFail(t *testing.T, path string, c caller) net.Conn {
 	return conn
 }
 
-// credMu serializes dialAs: it changes the whole test process's ids.
-var credMu sync.Mutex
-
-// dialAs connects to the unix socket at path as c: the kernel takes the
-// peer's credentials (effective ids and groups) at connect, so the test
-// process takes c's effective ids for that one call and then its own back
-// (the saved uid stays root throughout).
-func dialAs(path string, c caller) (conn net.Conn, err error) {
-	credMu.Lock()
-	defer credMu.Unlock()
-	groups, err := syscall.Getgroups()
-	if err != nil {
-		return nil, err
-	}
-	gs := make([]int, len(c.groups))
-	for i, g := range c.groups {
-		gs[i] = int(g)
-	}
-	if err := syscall.Setgroups(gs); err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, syscall.Setgroups(groups)) }()
-	if err := syscall.Setegid(int(c.gid)); err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, syscall.Setegid(0)) }()
-	if err := syscall.Seteuid(int(c.uid)); err != nil {
-		return nil, err
-	}
-	defer func() { err = errors.Join(err, syscall.Seteuid(0)) }()
-	return net.Dial("unix", path)
+func dialAs(path string, c caller) (net.Conn, error) {
+	return asuser.Dial(path, c.uid, c.gid, c.groups)
 }

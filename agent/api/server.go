@@ -333,33 +333,81 @@ func Compact(sts []supervise.Status) []gossip.ServiceHealth {
 }
 
 // GossipKeys implements pb.AgentServer. Changes reach every node: the key
-// manager gossips them.
+// manager gossips them. The answer names keys by fingerprint only: a key
+// in an answer would be in whatever logs or terminal the caller has.
 func (s *Server) GossipKeys(_ context.Context, req *pb.GossipKeysRequest) (*pb.GossipKeysResponse, error) {
 	if s.gossip == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this node does not gossip (no gossip.bind in its agent.yaml)")
 	}
 	k := s.gossip.Keys()
-	var err error
+	key, err := requestedKey(req, k.List())
+	if err != nil {
+		return nil, err
+	}
 	switch req.Op {
 	case pb.GossipKeysRequest_OP_LIST:
 	case pb.GossipKeysRequest_OP_INSTALL:
-		err = k.Install(req.Key)
+		err = k.Install(key)
 	case pb.GossipKeysRequest_OP_USE:
-		err = k.Use(req.Key)
+		err = k.Use(key)
 	case pb.GossipKeysRequest_OP_REMOVE:
-		err = k.Remove(req.Key)
-	default:
-		return nil, status.Errorf(codes.InvalidArgument, "op: %v is not list, install, use or remove", req.Op)
+		err = k.Remove(key)
 	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	resp := &pb.GossipKeysResponse{Keys: k.List()}
-	for _, key := range resp.Keys {
+	resp := &pb.GossipKeysResponse{}
+	for _, key := range k.List() {
 		id, _ := gossip.KeyID(key)
 		resp.KeyIds = append(resp.KeyIds, id)
 	}
 	return resp, nil
+}
+
+// requestedKey is the key req acts on: the one it carries, or the
+// installed key (of installed) its key_id names. Errors never hold a key.
+func requestedKey(req *pb.GossipKeysRequest, installed []string) (string, error) {
+	switch {
+	case req.Op == pb.GossipKeysRequest_OP_LIST:
+		if req.Key != "" || req.KeyId != "" {
+			return "", status.Error(codes.InvalidArgument, "list takes no key or key_id")
+		}
+		return "", nil
+	case req.Op != pb.GossipKeysRequest_OP_INSTALL && req.Op != pb.GossipKeysRequest_OP_USE && req.Op != pb.GossipKeysRequest_OP_REMOVE:
+		return "", status.Errorf(codes.InvalidArgument, "op: %v is not list, install, use or remove", req.Op)
+	case req.Key != "" && req.KeyId != "":
+		return "", status.Error(codes.InvalidArgument, "give key or key_id, not both")
+	case req.Key != "":
+		return req.Key, nil
+	case req.Op == pb.GossipKeysRequest_OP_INSTALL:
+		return "", status.Error(codes.InvalidArgument, "key: install needs the key itself (a key_id names only installed keys)")
+	case !validKeyID(req.KeyId):
+		// Not echoed: it may be a key given in the wrong field.
+		return "", status.Errorf(codes.InvalidArgument, "key_id: %d characters, not a key fingerprint (8 hex digits, as dhctl gossip keys list shows them)", len(req.KeyId))
+	}
+	var ids []string
+	for _, key := range installed {
+		id, _ := gossip.KeyID(key)
+		if id == strings.ToLower(req.KeyId) {
+			return key, nil
+		}
+		ids = append(ids, id)
+	}
+	return "", status.Errorf(codes.NotFound, "key_id: no installed key has fingerprint %s (installed: %s); to remove a key this node does not hold, give the key itself", req.KeyId, strings.Join(ids, ", "))
+}
+
+// validKeyID reports whether id is a fingerprint as gossip.KeyID prints
+// one (either case).
+func validKeyID(id string) bool {
+	if len(id) != 8 {
+		return false
+	}
+	for _, c := range strings.ToLower(id) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // RegisterWorkers implements pb.AgentServer.
