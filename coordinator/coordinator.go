@@ -30,6 +30,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	"github.com/dhvisor/dhvisor/internal/version"
@@ -69,7 +70,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	lis, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
-		return fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
+		return fmt.Errorf("api.listen: %w", portowner.Explain(err, cfg.API.Listen))
 	}
 	defer lis.Close()
 	apiAddr := cfg.API.Addr(lis.Addr().String())
@@ -126,10 +127,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	xdsAddr := cfg.Envoy.XDS.Addr(xdsLis.Addr().String())
 	xdsSrv := xds.NewServer(ctx, c.log.With("component", "xds"))
 	xdsSrv.Register(xgs)
-	feed, err := newRouteFeed(ctx, cfg, state, g, xdsSrv, c.log)
-	if err != nil {
-		return err
+	file := &routesFile{
+		cfg: cfg, fsm: state, self: cfg.Node, isLeader: rn.IsLeader, hosts: srv.LocalHosts, log: c.log.With("component", "extra-routes"),
+		commit: func(ctx context.Context, who string, doc *pb.ExtraRoutes) error {
+			_, err := srv.CommitExtraRoutes(ctx, who, doc)
+			return err
+		},
 	}
+	feed := newRouteFeed(state, g, xdsSrv, file, c.log)
 	srv.RouteTable = func() *pb.RoutesResponse { return feed.table(xdsAddr) }
 
 	pool := agents.NewPool(agentTLS, func(node string) (string, error) { return agentAddr(g, state, node) })
@@ -145,10 +150,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(6)
+	wg.Add(7)
 	go func() {
 		defer wg.Done()
 		prunePackages(ctx, state, store, c.log)
+	}()
+	go func() {
+		defer wg.Done()
+		file.run(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -376,7 +385,7 @@ func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
 	}
 	l, err := net.Listen("tcp", cfg.Envoy.XDS.Listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("envoy.xds.listen %s: %w", cfg.Envoy.XDS.Listen, err)
+		return nil, nil, fmt.Errorf("envoy.xds.listen: %w", portowner.Explain(err, cfg.Envoy.XDS.Listen))
 	}
 	return l, grpc.NewServer(opts...), nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/version"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -60,19 +61,20 @@ func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAdd
 // connect. The Access it returns is what each call is then held to: the
 // group reads and controls services, root does the rest. A group that
 // does not exist leaves the socket root's (note says so, for the log).
-// A socket that still answers means another agent runs: refuse.
+// A socket that still answers means another process (an agent, most
+// likely) serves it: refuse, naming it.
 func ListenUnix(path, group string) (l net.Listener, access *Access, note string, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, nil, "", err
 	}
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
-		return nil, nil, "", fmt.Errorf("another agent is answering on %s", path)
+		return nil, nil, "", portowner.InUse(path)
 	}
 	_ = os.Remove(path)
 	l, err = net.Listen("unix", path)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, nil, "", portowner.Explain(err, path)
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		l.Close()

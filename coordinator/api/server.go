@@ -60,6 +60,9 @@ type Server struct {
 	RouteTable func() *pb.RoutesResponse
 	// Store holds this replica's copies of upgrade packages.
 	Store *pkgstore.Store
+	// Hosts are this host's names for [host=...] scopes; nil:
+	// properties.LocalHosts (tests name other hosts).
+	Hosts func(context.Context) []string
 
 	connsOnce sync.Once
 	conns     *conncache.Cache

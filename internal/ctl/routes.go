@@ -57,7 +57,7 @@ func (o *options) routesCmd() *cobra.Command {
 				fmt.Fprintf(o.out, "served by %s on %s; versions: %s; built in %s (building every worker anew: %s), handed to the clients in %s\n", resp.AnsweredBy, dash(resp.XdsAddr), strings.Join(vs, ", "),
 					time.Duration(resp.BuildUs)*time.Microsecond, time.Duration(resp.FullBuildUs)*time.Microsecond, time.Duration(resp.ServeUs)*time.Microsecond)
 				if resp.ExtraRoutesError != "" {
-					fmt.Fprintf(o.out, "extra routes file refused, the previous extra routes stay:\n%s\n", resp.ExtraRoutesError)
+					fmt.Fprintf(o.out, "the leader refused coordinator.yaml's extra routes; the loaded ones stay:\n%s\n", resp.ExtraRoutesError)
 					return fail(ExitNotOK, "extra routes refused")
 				}
 				return nil
@@ -65,6 +65,7 @@ func (o *options) routesCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's RoutesResponse as JSON")
+	cmd.AddCommand(o.extraRoutesCmd())
 	return cmd
 }
 

@@ -2089,7 +2089,9 @@ type State struct {
 	Packages map[string]*Package    `protobuf:"bytes,20,rep,name=packages,proto3" json:"packages,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key sha256
 	// The raft index of the last command applied, so a snapshot carries it:
 	// a follower waits on it to read its caller's own write.
-	AppliedIndex  uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The extra routes every replica serves (see extraroutes.proto).
+	ExtraRoutes   *ExtraRoutes `protobuf:"bytes,60,opt,name=extra_routes,json=extraRoutes,proto3" json:"extra_routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2178,6 +2180,13 @@ func (x *State) GetAppliedIndex() uint64 {
 		return x.AppliedIndex
 	}
 	return 0
+}
+
+func (x *State) GetExtraRoutes() *ExtraRoutes {
+	if x != nil {
+		return x.ExtraRoutes
+	}
+	return nil
 }
 
 type Node struct {
@@ -2899,6 +2908,7 @@ type Command struct {
 	//	*Command_PackageAdd
 	//	*Command_UpgradeRevert
 	//	*Command_PackageRemove
+	//	*Command_ExtraRoutesLoad
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3072,6 +3082,15 @@ func (x *Command) GetPackageRemove() string {
 	return ""
 }
 
+func (x *Command) GetExtraRoutesLoad() *ExtraRoutes {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ExtraRoutesLoad); ok {
+			return x.ExtraRoutesLoad
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -3132,6 +3151,11 @@ type Command_PackageRemove struct {
 	PackageRemove string `protobuf:"bytes,42,opt,name=package_remove,json=packageRemove,proto3,oneof"` // sha256
 }
 
+type Command_ExtraRoutesLoad struct {
+	// Replaces the extra routes whole; Apply numbers the version.
+	ExtraRoutesLoad *ExtraRoutes `protobuf:"bytes,60,opt,name=extra_routes_load,json=extraRoutesLoad,proto3,oneof"`
+}
+
 func (*Command_NodeUpsert) isCommand_Cmd() {}
 
 func (*Command_PeerUpsert) isCommand_Cmd() {}
@@ -3157,6 +3181,8 @@ func (*Command_PackageAdd) isCommand_Cmd() {}
 func (*Command_UpgradeRevert) isCommand_Cmd() {}
 
 func (*Command_PackageRemove) isCommand_Cmd() {}
+
+func (*Command_ExtraRoutesLoad) isCommand_Cmd() {}
 
 type StepUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3282,7 +3308,7 @@ var File_coordpb_coord_proto protoreflect.FileDescriptor
 
 const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
-	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\"[\n" +
+	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\x1a\x19coordpb/extraroutes.proto\"[\n" +
 	"\fPackageChunk\x127\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.dhvisor.coordinator.v1.PackageR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\xe7\x01\n" +
@@ -3440,7 +3466,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x0eversion_before\x18\f \x01(\tR\rversionBefore\x12#\n" +
 	"\rversion_after\x18\r \x01(\tR\fversionAfter\x12\x16\n" +
 	"\x06output\x18\x0e \x01(\tR\x06output\x12%\n" +
-	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\xba\a\n" +
+	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\x82\b\n" +
 	"\x05State\x12>\n" +
 	"\x05nodes\x18\x01 \x03(\v2(.dhvisor.coordinator.v1.State.NodesEntryR\x05nodes\x12>\n" +
 	"\x05peers\x18\x02 \x03(\v2(.dhvisor.coordinator.v1.State.PeersEntryR\x05peers\x123\n" +
@@ -3449,7 +3475,8 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05audit\x18\x05 \x03(\v2\".dhvisor.coordinator.v1.AuditEntryR\x05audit\x12D\n" +
 	"\aworkers\x18\x06 \x03(\v2*.dhvisor.coordinator.v1.State.WorkersEntryR\aworkers\x12G\n" +
 	"\bpackages\x18\x14 \x03(\v2+.dhvisor.coordinator.v1.State.PackagesEntryR\bpackages\x12#\n" +
-	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x1aV\n" +
+	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x12F\n" +
+	"\fextra_routes\x18< \x01(\v2#.dhvisor.coordinator.v1.ExtraRoutesR\vextraRoutes\x1aV\n" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
@@ -3534,7 +3561,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\aStepRef\x12\x13\n" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\x05R\x05stage\x12\x12\n" +
-	"\x04step\x18\x03 \x01(\x05R\x04step\"\x8d\a\n" +
+	"\x04step\x18\x03 \x01(\x05R\x04step\"\xe0\a\n" +
 	"\aCommand\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x01 \x01(\x03R\batUnixMs\x12\x10\n" +
@@ -3559,7 +3586,8 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\vpackage_add\x18( \x01(\v2\x1f.dhvisor.coordinator.v1.PackageH\x00R\n" +
 	"packageAdd\x12N\n" +
 	"\x0eupgrade_revert\x18) \x01(\v2%.dhvisor.coordinator.v1.UpgradeRevertH\x00R\rupgradeRevert\x12'\n" +
-	"\x0epackage_remove\x18* \x01(\tH\x00R\rpackageRemoveB\x05\n" +
+	"\x0epackage_remove\x18* \x01(\tH\x00R\rpackageRemove\x12Q\n" +
+	"\x11extra_routes_load\x18< \x01(\v2#.dhvisor.coordinator.v1.ExtraRoutesH\x00R\x0fextraRoutesLoadB\x05\n" +
 	"\x03cmd\"q\n" +
 	"\n" +
 	"StepUpdate\x121\n" +
@@ -3569,7 +3597,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12!\n" +
-	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\xd8\x0e\n" +
+	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\xb0\x10\n" +
 	"\vCoordinator\x12W\n" +
 	"\x06Status\x12%.dhvisor.coordinator.v1.StatusRequest\x1a&.dhvisor.coordinator.v1.StatusResponse\x12T\n" +
 	"\x05Nodes\x12$.dhvisor.coordinator.v1.NodesRequest\x1a%.dhvisor.coordinator.v1.NodesResponse\x12T\n" +
@@ -3586,7 +3614,9 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\bTransfer\x12'.dhvisor.coordinator.v1.TransferRequest\x1a%.dhvisor.coordinator.v1.PeersResponse\x12f\n" +
 	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12Z\n" +
 	"\aWorkers\x12&.dhvisor.coordinator.v1.WorkersRequest\x1a'.dhvisor.coordinator.v1.WorkersResponse\x12W\n" +
-	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponse\x12X\n" +
+	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponse\x12n\n" +
+	"\x0fLoadExtraRoutes\x12..dhvisor.coordinator.v1.LoadExtraRoutesRequest\x1a+.dhvisor.coordinator.v1.ExtraRoutesResponse\x12f\n" +
+	"\vExtraRoutes\x12*.dhvisor.coordinator.v1.ExtraRoutesRequest\x1a+.dhvisor.coordinator.v1.ExtraRoutesResponse\x12X\n" +
 	"\rUploadPackage\x12$.dhvisor.coordinator.v1.PackageChunk\x1a\x1f.dhvisor.coordinator.v1.Package(\x01\x12[\n" +
 	"\x10ReplicatePackage\x12$.dhvisor.coordinator.v1.PackageChunk\x1a\x1f.dhvisor.coordinator.v1.Package(\x01\x12c\n" +
 	"\fFetchPackage\x12+.dhvisor.coordinator.v1.FetchPackageRequest\x1a$.dhvisor.coordinator.v1.PackageChunk0\x01\x12]\n" +
@@ -3661,10 +3691,14 @@ var file_coordpb_coord_proto_goTypes = []any{
 	nil,                                     // 50: dhvisor.coordinator.v1.State.WorkersEntry
 	nil,                                     // 51: dhvisor.coordinator.v1.State.PackagesEntry
 	(*agentpb.ClusterResponse)(nil),         // 52: dhvisor.agent.v1.ClusterResponse
-	(*agentpb.EnvoyUpstream)(nil),           // 53: dhvisor.agent.v1.EnvoyUpstream
-	(*agentpb.Worker)(nil),                  // 54: dhvisor.agent.v1.Worker
-	(*agentpb.RegisterWorkersRequest)(nil),  // 55: dhvisor.agent.v1.RegisterWorkersRequest
-	(*agentpb.RegisterWorkersResponse)(nil), // 56: dhvisor.agent.v1.RegisterWorkersResponse
+	(*ExtraRoutes)(nil),                     // 53: dhvisor.coordinator.v1.ExtraRoutes
+	(*agentpb.EnvoyUpstream)(nil),           // 54: dhvisor.agent.v1.EnvoyUpstream
+	(*agentpb.Worker)(nil),                  // 55: dhvisor.agent.v1.Worker
+	(*agentpb.RegisterWorkersRequest)(nil),  // 56: dhvisor.agent.v1.RegisterWorkersRequest
+	(*LoadExtraRoutesRequest)(nil),          // 57: dhvisor.coordinator.v1.LoadExtraRoutesRequest
+	(*ExtraRoutesRequest)(nil),              // 58: dhvisor.coordinator.v1.ExtraRoutesRequest
+	(*agentpb.RegisterWorkersResponse)(nil), // 59: dhvisor.agent.v1.RegisterWorkersResponse
+	(*ExtraRoutesResponse)(nil),             // 60: dhvisor.coordinator.v1.ExtraRoutesResponse
 }
 var file_coordpb_coord_proto_depIdxs = []int32{
 	2,  // 0: dhvisor.coordinator.v1.PackageChunk.header:type_name -> dhvisor.coordinator.v1.Package
@@ -3693,75 +3727,81 @@ var file_coordpb_coord_proto_depIdxs = []int32{
 	41, // 23: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
 	50, // 24: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
 	51, // 25: dhvisor.coordinator.v1.State.packages:type_name -> dhvisor.coordinator.v1.State.PackagesEntry
-	35, // 26: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
-	53, // 27: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
-	54, // 28: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
-	54, // 29: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
-	34, // 30: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
-	36, // 31: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
-	30, // 32: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
-	44, // 33: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
-	45, // 34: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
-	37, // 35: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
-	39, // 36: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
-	39, // 37: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
-	38, // 38: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
-	2,  // 39: dhvisor.coordinator.v1.Command.package_add:type_name -> dhvisor.coordinator.v1.Package
-	7,  // 40: dhvisor.coordinator.v1.Command.upgrade_revert:type_name -> dhvisor.coordinator.v1.UpgradeRevert
-	42, // 41: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
-	32, // 42: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
-	34, // 43: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
-	36, // 44: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
-	40, // 45: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
-	37, // 46: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
-	2,  // 47: dhvisor.coordinator.v1.State.PackagesEntry.value:type_name -> dhvisor.coordinator.v1.Package
-	13, // 48: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
-	15, // 49: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
-	17, // 50: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
-	23, // 51: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
-	25, // 52: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	25, // 53: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	26, // 54: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
-	29, // 55: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
-	29, // 56: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
-	28, // 57: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
-	20, // 58: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
-	21, // 59: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
-	22, // 60: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
-	55, // 61: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	8,  // 62: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
-	10, // 63: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
-	1,  // 64: dhvisor.coordinator.v1.Coordinator.UploadPackage:input_type -> dhvisor.coordinator.v1.PackageChunk
-	1,  // 65: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:input_type -> dhvisor.coordinator.v1.PackageChunk
-	3,  // 66: dhvisor.coordinator.v1.Coordinator.FetchPackage:input_type -> dhvisor.coordinator.v1.FetchPackageRequest
-	4,  // 67: dhvisor.coordinator.v1.Coordinator.Packages:input_type -> dhvisor.coordinator.v1.PackagesRequest
-	2,  // 68: dhvisor.coordinator.v1.Coordinator.RecordPackage:input_type -> dhvisor.coordinator.v1.Package
-	14, // 69: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
-	16, // 70: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
-	18, // 71: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
-	24, // 72: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
-	30, // 73: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
-	30, // 74: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
-	27, // 75: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
-	30, // 76: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
-	30, // 77: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
-	30, // 78: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
-	18, // 79: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
-	18, // 80: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
-	18, // 81: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
-	56, // 82: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	9,  // 83: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
-	11, // 84: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
-	2,  // 85: dhvisor.coordinator.v1.Coordinator.UploadPackage:output_type -> dhvisor.coordinator.v1.Package
-	2,  // 86: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:output_type -> dhvisor.coordinator.v1.Package
-	1,  // 87: dhvisor.coordinator.v1.Coordinator.FetchPackage:output_type -> dhvisor.coordinator.v1.PackageChunk
-	5,  // 88: dhvisor.coordinator.v1.Coordinator.Packages:output_type -> dhvisor.coordinator.v1.PackagesResponse
-	2,  // 89: dhvisor.coordinator.v1.Coordinator.RecordPackage:output_type -> dhvisor.coordinator.v1.Package
-	69, // [69:90] is the sub-list for method output_type
-	48, // [48:69] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	53, // 26: dhvisor.coordinator.v1.State.extra_routes:type_name -> dhvisor.coordinator.v1.ExtraRoutes
+	35, // 27: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
+	54, // 28: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	55, // 29: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
+	55, // 30: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
+	34, // 31: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
+	36, // 32: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
+	30, // 33: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
+	44, // 34: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
+	45, // 35: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
+	37, // 36: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
+	39, // 37: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
+	39, // 38: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
+	38, // 39: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
+	2,  // 40: dhvisor.coordinator.v1.Command.package_add:type_name -> dhvisor.coordinator.v1.Package
+	7,  // 41: dhvisor.coordinator.v1.Command.upgrade_revert:type_name -> dhvisor.coordinator.v1.UpgradeRevert
+	53, // 42: dhvisor.coordinator.v1.Command.extra_routes_load:type_name -> dhvisor.coordinator.v1.ExtraRoutes
+	42, // 43: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
+	32, // 44: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
+	34, // 45: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
+	36, // 46: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
+	40, // 47: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
+	37, // 48: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
+	2,  // 49: dhvisor.coordinator.v1.State.PackagesEntry.value:type_name -> dhvisor.coordinator.v1.Package
+	13, // 50: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
+	15, // 51: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
+	17, // 52: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
+	23, // 53: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
+	25, // 54: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	25, // 55: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	26, // 56: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
+	29, // 57: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
+	29, // 58: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
+	28, // 59: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
+	20, // 60: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
+	21, // 61: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
+	22, // 62: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
+	56, // 63: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	8,  // 64: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
+	10, // 65: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
+	57, // 66: dhvisor.coordinator.v1.Coordinator.LoadExtraRoutes:input_type -> dhvisor.coordinator.v1.LoadExtraRoutesRequest
+	58, // 67: dhvisor.coordinator.v1.Coordinator.ExtraRoutes:input_type -> dhvisor.coordinator.v1.ExtraRoutesRequest
+	1,  // 68: dhvisor.coordinator.v1.Coordinator.UploadPackage:input_type -> dhvisor.coordinator.v1.PackageChunk
+	1,  // 69: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:input_type -> dhvisor.coordinator.v1.PackageChunk
+	3,  // 70: dhvisor.coordinator.v1.Coordinator.FetchPackage:input_type -> dhvisor.coordinator.v1.FetchPackageRequest
+	4,  // 71: dhvisor.coordinator.v1.Coordinator.Packages:input_type -> dhvisor.coordinator.v1.PackagesRequest
+	2,  // 72: dhvisor.coordinator.v1.Coordinator.RecordPackage:input_type -> dhvisor.coordinator.v1.Package
+	14, // 73: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
+	16, // 74: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
+	18, // 75: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
+	24, // 76: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
+	30, // 77: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 78: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
+	27, // 79: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
+	30, // 80: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 81: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 82: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
+	18, // 83: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
+	18, // 84: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
+	18, // 85: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
+	59, // 86: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	9,  // 87: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
+	11, // 88: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
+	60, // 89: dhvisor.coordinator.v1.Coordinator.LoadExtraRoutes:output_type -> dhvisor.coordinator.v1.ExtraRoutesResponse
+	60, // 90: dhvisor.coordinator.v1.Coordinator.ExtraRoutes:output_type -> dhvisor.coordinator.v1.ExtraRoutesResponse
+	2,  // 91: dhvisor.coordinator.v1.Coordinator.UploadPackage:output_type -> dhvisor.coordinator.v1.Package
+	2,  // 92: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:output_type -> dhvisor.coordinator.v1.Package
+	1,  // 93: dhvisor.coordinator.v1.Coordinator.FetchPackage:output_type -> dhvisor.coordinator.v1.PackageChunk
+	5,  // 94: dhvisor.coordinator.v1.Coordinator.Packages:output_type -> dhvisor.coordinator.v1.PackagesResponse
+	2,  // 95: dhvisor.coordinator.v1.Coordinator.RecordPackage:output_type -> dhvisor.coordinator.v1.Package
+	73, // [73:96] is the sub-list for method output_type
+	50, // [50:73] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_coordpb_coord_proto_init() }
@@ -3769,6 +3809,7 @@ func file_coordpb_coord_proto_init() {
 	if File_coordpb_coord_proto != nil {
 		return
 	}
+	file_coordpb_extraroutes_proto_init()
 	file_coordpb_coord_proto_msgTypes[42].OneofWrappers = []any{
 		(*Command_NodeUpsert)(nil),
 		(*Command_PeerUpsert)(nil),
@@ -3783,6 +3824,7 @@ func file_coordpb_coord_proto_init() {
 		(*Command_PackageAdd)(nil),
 		(*Command_UpgradeRevert)(nil),
 		(*Command_PackageRemove)(nil),
+		(*Command_ExtraRoutesLoad)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

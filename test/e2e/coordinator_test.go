@@ -78,7 +78,7 @@ func TestClusterRestartAllSurvivesLeaderKill(t *testing.T) {
 
 	// A follower answers reads.
 	out, err := c.Ctl(ctx, "--coordinator", c.APIAddrs[follower], "status")
-	if err != nil || !strings.Contains(out, "answered by c") || !strings.Contains(out, "20/20 services OK") {
+	if err != nil || !strings.Contains(out, "answered by c") || !strings.Contains(out, "22/22 services OK") {
 		t.Fatalf("status from a follower: %v\n%s", err, out)
 	}
 	if out, err := c.Ctl(ctx, "--coordinator", c.APIAddrs[follower], "ops", "list"); err != nil || !strings.Contains(out, "ID") {
