@@ -29,6 +29,7 @@ import (
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/conncache"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/peercred"
 	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
@@ -95,9 +96,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		sdnotify.Status("state saved; supervising")
 	}
 	a.mgr.Load(ctx)
-	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
+	lis, access, note, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
 	if err != nil {
 		return fmt.Errorf("socket (the local API): %w", err)
+	}
+	if note != "" {
+		a.log.Warn("local API socket", "why", note)
 	}
 	// The TCP listener comes before gossip: the address it got is what the
 	// node publishes.
@@ -135,8 +139,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("gossip: %w", err)
 	}
-	// One API, two doors: the unix socket for dhctl on the node, TCP with
-	// mutual TLS for coordinators and remote operators.
+	// One API, two doors: the unix socket for dhctl on the node, each call
+	// held to what the kernel says of its caller; TCP with mutual TLS for
+	// coordinators and remote operators, whose certificates the handshake
+	// checks.
 	apiSrv := api.NewServer(a.mgr, a.Reload, g, apiAddr)
 	apiSrv.Installer = inst
 	apiSrv.PackageVersion = func() string { return *a.pkgVersion.Load() }
@@ -162,7 +168,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		srv *grpc.Server
 		lis net.Listener
 	}
-	doors := []door{{grpc.NewServer(), lis}}
+	doors := []door{{grpc.NewServer(grpc.Creds(peercred.TransportCredentials()),
+		grpc.ChainUnaryInterceptor(access.Unary), grpc.ChainStreamInterceptor(access.Stream)), lis}}
 	if tcpLis != nil {
 		doors = append(doors, door{grpc.NewServer(grpc.Creds(creds)), tcpLis})
 	}
@@ -171,7 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		pb.RegisterAgentServer(d.srv, apiSrv)
 		go func() { errc <- d.srv.Serve(d.lis) }()
 	}
-	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "api", apiAddr, "config", a.file)
+	a.log.Info("agent running", "node", cfg.Node, "roles", cfg.Roles, "services", len(a.node.Services), "socket", cfg.Socket, "socket_group", access.Group(), "api", apiAddr, "config", a.file)
 
 	var workersWG sync.WaitGroup
 	for _, l := range workersLis {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/user"
@@ -57,21 +58,34 @@ func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAdd
 }
 
 // ListenUnix opens the local socket: mode 0660, owned by root and group so
-// that the Deephaven admins can run dhctl without sudo and nobody else can.
+// that the Deephaven admins can run dhctl without sudo and nobody else can
+// connect. The Access it returns is what each call is then held to: the
+// group reads and controls services, root does the rest. A group that
+// does not exist leaves the socket root's (note says so, for the log).
 // A socket that still answers means another process (an agent, most
 // likely) serves it: refuse, naming it.
-func ListenUnix(path, group string) (net.Listener, error) {
-	l, err := peercred.Listen(path, 0o660)
+func ListenUnix(path, group string) (l net.Listener, access *Access, note string, err error) {
+	l, err = peercred.Listen(path, 0o660)
 	if err != nil {
-		return nil, portowner.Explain(err, path)
+		return nil, nil, "", portowner.Explain(err, path)
 	}
-	if group != "" && os.Geteuid() == 0 {
-		if g, err := user.LookupGroup(group); err == nil {
-			gid, _ := strconv.Atoi(g.Gid)
-			_ = os.Chown(path, 0, gid)
-		}
+	if group == "" {
+		return l, NewAccess("", 0), "", nil
 	}
-	return l, nil
+	g, err := user.LookupGroup(group)
+	if err != nil {
+		return l, NewAccess("", 0), fmt.Sprintf("socket_group: %v; only root may use %s", err, path), nil
+	}
+	gid, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return l, NewAccess("", 0), fmt.Sprintf("socket_group: %s has gid %q; only root may use %s", group, g.Gid, path), nil
+	}
+	// A non-root agent (a developer's) can give the socket only a group it
+	// is in; without the group's file access its members could not connect.
+	if err := os.Chown(path, -1, int(gid)); err != nil {
+		return l, NewAccess("", 0), fmt.Sprintf("socket_group %s: %v; only the agent's user may use %s", group, err, path), nil
+	}
+	return l, NewAccess(group, uint32(gid)), "", nil
 }
 
 // Status implements pb.AgentServer.
@@ -310,33 +324,81 @@ func Compact(sts []supervise.Status) []gossip.ServiceHealth {
 }
 
 // GossipKeys implements pb.AgentServer. Changes reach every node: the key
-// manager gossips them.
+// manager gossips them. The answer names keys by fingerprint only: a key
+// in an answer would be in whatever logs or terminal the caller has.
 func (s *Server) GossipKeys(_ context.Context, req *pb.GossipKeysRequest) (*pb.GossipKeysResponse, error) {
 	if s.gossip == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this node does not gossip (no gossip.bind in its agent.yaml)")
 	}
 	k := s.gossip.Keys()
-	var err error
+	key, err := requestedKey(req, k.List())
+	if err != nil {
+		return nil, err
+	}
 	switch req.Op {
 	case pb.GossipKeysRequest_OP_LIST:
 	case pb.GossipKeysRequest_OP_INSTALL:
-		err = k.Install(req.Key)
+		err = k.Install(key)
 	case pb.GossipKeysRequest_OP_USE:
-		err = k.Use(req.Key)
+		err = k.Use(key)
 	case pb.GossipKeysRequest_OP_REMOVE:
-		err = k.Remove(req.Key)
-	default:
-		return nil, status.Errorf(codes.InvalidArgument, "op: %v is not list, install, use or remove", req.Op)
+		err = k.Remove(key)
 	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	resp := &pb.GossipKeysResponse{Keys: k.List()}
-	for _, key := range resp.Keys {
+	resp := &pb.GossipKeysResponse{}
+	for _, key := range k.List() {
 		id, _ := gossip.KeyID(key)
 		resp.KeyIds = append(resp.KeyIds, id)
 	}
 	return resp, nil
+}
+
+// requestedKey is the key req acts on: the one it carries, or the
+// installed key (of installed) its key_id names. Errors never hold a key.
+func requestedKey(req *pb.GossipKeysRequest, installed []string) (string, error) {
+	switch {
+	case req.Op == pb.GossipKeysRequest_OP_LIST:
+		if req.Key != "" || req.KeyId != "" {
+			return "", status.Error(codes.InvalidArgument, "list takes no key or key_id")
+		}
+		return "", nil
+	case req.Op != pb.GossipKeysRequest_OP_INSTALL && req.Op != pb.GossipKeysRequest_OP_USE && req.Op != pb.GossipKeysRequest_OP_REMOVE:
+		return "", status.Errorf(codes.InvalidArgument, "op: %v is not list, install, use or remove", req.Op)
+	case req.Key != "" && req.KeyId != "":
+		return "", status.Error(codes.InvalidArgument, "give key or key_id, not both")
+	case req.Key != "":
+		return req.Key, nil
+	case req.Op == pb.GossipKeysRequest_OP_INSTALL:
+		return "", status.Error(codes.InvalidArgument, "key: install needs the key itself (a key_id names only installed keys)")
+	case !validKeyID(req.KeyId):
+		// Not echoed: it may be a key given in the wrong field.
+		return "", status.Errorf(codes.InvalidArgument, "key_id: %d characters, not a key fingerprint (8 hex digits, as dhctl gossip keys list shows them)", len(req.KeyId))
+	}
+	var ids []string
+	for _, key := range installed {
+		id, _ := gossip.KeyID(key)
+		if id == strings.ToLower(req.KeyId) {
+			return key, nil
+		}
+		ids = append(ids, id)
+	}
+	return "", status.Errorf(codes.NotFound, "key_id: no installed key has fingerprint %s (installed: %s); to remove a key this node does not hold, give the key itself", req.KeyId, strings.Join(ids, ", "))
+}
+
+// validKeyID reports whether id is a fingerprint as gossip.KeyID prints
+// one (either case).
+func validKeyID(id string) bool {
+	if len(id) != 8 {
+		return false
+	}
+	for _, c := range strings.ToLower(id) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // RegisterWorkers implements pb.AgentServer.

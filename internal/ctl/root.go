@@ -165,6 +165,9 @@ func rpcError(err error) error {
 	if strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such file") {
 		return fail(ExitError, "cannot reach the agent: %s", msg)
 	}
+	if strings.Contains(msg, "connect: permission denied") {
+		return fail(ExitError, "cannot reach the agent: %s (the socket is root's and its socket_group's: run dhctl as root, or as a member of that group)", msg)
+	}
 	return fail(ExitNotOK, "%s", msg)
 }
 

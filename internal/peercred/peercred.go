@@ -1,7 +1,7 @@
 // Package peercred identifies the process at the other end of a unix
 // socket by what the kernel says about it (SO_PEERCRED), never by anything
-// the caller sends. It gives gRPC servers the caller's pid, uid and gid
-// on every call, and a plain net.Conn's for other protocols.
+// the caller sends. It gives gRPC servers the caller's pid, uid, gid and
+// supplementary groups on every call, and a plain net.Conn's for other protocols.
 package peercred
 
 import (
@@ -67,6 +67,9 @@ func Of(c net.Conn) (Cred, error) {
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	Cred Cred
+	// Groups are the peer's supplementary groups (nil on a kernel
+	// before 4.13, which does not tell them).
+	Groups []uint32
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -102,9 +105,13 @@ func (transport) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, er
 	if err != nil {
 		return nil, nil, err
 	}
+	groups, err := GroupsOf(c)
+	if err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
+		return nil, nil, err
+	}
 	// A local socket cannot be read on the wire: as private as TLS for
 	// grpc's checks of per-call credentials.
-	return c, AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, Cred: cred}, nil
+	return c, AuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, Cred: cred, Groups: groups}, nil
 }
 
 func (transport) Info() credentials.ProtocolInfo {

@@ -2,9 +2,11 @@ package peercred
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -13,6 +15,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
+
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -25,6 +29,7 @@ func TestOfUnixSocket(t *testing.T) {
 	}
 	defer l.Close()
 	done := make(chan Cred, 1)
+	var groups []uint32
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
@@ -34,6 +39,9 @@ func TestOfUnixSocket(t *testing.T) {
 		defer c.Close()
 		cred, err := Of(c)
 		if err != nil {
+			t.Error(err)
+		}
+		if groups, err = GroupsOf(c); err != nil {
 			t.Error(err)
 		}
 		done <- cred
@@ -47,6 +55,13 @@ func TestOfUnixSocket(t *testing.T) {
 	want := Cred{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
 	if got != want {
 		t.Fatalf("Of = %v, want %v", got, want)
+	}
+	mine, err := syscall.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(groups) != fmt.Sprint(mine) {
+		t.Fatalf("GroupsOf = %v, want %v", groups, mine)
 	}
 }
 
@@ -104,5 +119,37 @@ func TestFromContextInGRPC(t *testing.T) {
 	}
 	if _, err := FromContext(peer.NewContext(context.Background(), &peer.Peer{})); err != ErrNoCred {
 		t.Fatalf("FromContext without AuthInfo = %v", err)
+	}
+}
+
+// The kernel reports the peer's supplementary groups, all of them however
+// many (the buffer grows past its first size).
+func TestPeerGroupsGrowsItsBuffer(t *testing.T) {
+	need.Root(t, "to take 100 groups")
+	// A socketpair's peer credentials are its creator's at creation:
+	// create one holding more groups than the first buffer has room for.
+	orig, err := syscall.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := make([]int, 100)
+	for i := range many {
+		many[i] = 1000 + i
+	}
+	if err := syscall.Setgroups(many); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if rerr := syscall.Setgroups(orig); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(pair[0])
+	defer syscall.Close(pair[1])
+	gs, err := peerGroups(pair[0])
+	if err != nil || len(gs) != 100 || gs[0] != 1000 || gs[99] != 1099 {
+		t.Fatalf("peerGroups = %v, %v; want 1000..1099", gs, err)
 	}
 }

@@ -1575,9 +1575,14 @@ func (x *NodeService) GetContainer() string {
 }
 
 type GossipKeysRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Op            GossipKeysRequest_Op   `protobuf:"varint,1,opt,name=op,proto3,enum=dhvisor.agent.v1.GossipKeysRequest_Op" json:"op,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"` // base64 AES-256 key, for install, use and remove
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Op    GossipKeysRequest_Op   `protobuf:"varint,1,opt,name=op,proto3,enum=dhvisor.agent.v1.GossipKeysRequest_Op" json:"op,omitempty"`
+	// base64 AES-256 key: for install, and for use and remove unless key_id
+	// names the key. dhctl reads it from stdin or a file, never from argv.
+	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// For use and remove: an installed key by its fingerprint, as list and
+	// node views show it.
+	KeyId         string `protobuf:"bytes,85,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1626,10 +1631,16 @@ func (x *GossipKeysRequest) GetKey() string {
 	return ""
 }
 
+func (x *GossipKeysRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
 type GossipKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`                   // primary first
-	KeyIds        []string               `protobuf:"bytes,2,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"` // fingerprints, as node views show them
+	KeyIds        []string               `protobuf:"bytes,2,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"` // fingerprints, primary first
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1662,13 +1673,6 @@ func (x *GossipKeysResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GossipKeysResponse.ProtoReflect.Descriptor instead.
 func (*GossipKeysResponse) Descriptor() ([]byte, []int) {
 	return file_agentpb_agent_proto_rawDescGZIP(), []int{19}
-}
-
-func (x *GossipKeysResponse) GetKeys() []string {
-	if x != nil {
-		return x.Keys
-	}
-	return nil
 }
 
 func (x *GossipKeysResponse) GetKeyIds() []string {
@@ -2415,20 +2419,20 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\amessage\x18\x06 \x01(\tR\amessage\x12(\n" +
 	"\x10last_known_state\x18\a \x01(\tR\x0elastKnownState\x12&\n" +
 	"\x0fstarted_unix_ms\x18\b \x01(\x03R\rstartedUnixMs\x12\x1c\n" +
-	"\tcontainer\x18\t \x01(\tR\tcontainer\"\x9b\x01\n" +
+	"\tcontainer\x18\t \x01(\tR\tcontainer\"\xb2\x01\n" +
 	"\x11GossipKeysRequest\x126\n" +
 	"\x02op\x18\x01 \x01(\x0e2&.dhvisor.agent.v1.GossipKeysRequest.OpR\x02op\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\tR\x03key\"<\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x15\n" +
+	"\x06key_id\x18U \x01(\tR\x05keyId\"<\n" +
 	"\x02Op\x12\v\n" +
 	"\aOP_LIST\x10\x00\x12\x0e\n" +
 	"\n" +
 	"OP_INSTALL\x10\x01\x12\n" +
 	"\n" +
 	"\x06OP_USE\x10\x02\x12\r\n" +
-	"\tOP_REMOVE\x10\x03\"A\n" +
-	"\x12GossipKeysResponse\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys\x12\x17\n" +
-	"\akey_ids\x18\x02 \x03(\tR\x06keyIds\"\xbf\x01\n" +
+	"\tOP_REMOVE\x10\x03\"9\n" +
+	"\x12GossipKeysResponse\x12\x17\n" +
+	"\akey_ids\x18\x02 \x03(\tR\x06keyIdsJ\x04\b\x01\x10\x02R\x04keys\"\xbf\x01\n" +
 	"\x06Worker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fenvoy_prefix\x18\x02 \x01(\tR\venvoyPrefix\x12\x12\n" +

@@ -51,7 +51,8 @@ type AgentClient interface {
 	Reload(ctx context.Context, in *ReloadRequest, opts ...grpc.CallOption) (*ReloadResponse, error)
 	// Cluster is this agent's view of every node, learned over gossip.
 	Cluster(ctx context.Context, in *ClusterRequest, opts ...grpc.CallOption) (*ClusterResponse, error)
-	// GossipKeys lists or changes the gossip keyring, cluster-wide.
+	// GossipKeys lists (by fingerprint) or changes the gossip keyring,
+	// cluster-wide. Root only on the local socket.
 	GossipKeys(ctx context.Context, in *GossipKeysRequest, opts ...grpc.CallOption) (*GossipKeysResponse, error)
 	// RegisterWorkers takes a dispatcher's complete set of query workers and
 	// passes it to the coordinators, which route them in Envoy. The set is
@@ -237,7 +238,8 @@ type AgentServer interface {
 	Reload(context.Context, *ReloadRequest) (*ReloadResponse, error)
 	// Cluster is this agent's view of every node, learned over gossip.
 	Cluster(context.Context, *ClusterRequest) (*ClusterResponse, error)
-	// GossipKeys lists or changes the gossip keyring, cluster-wide.
+	// GossipKeys lists (by fingerprint) or changes the gossip keyring,
+	// cluster-wide. Root only on the local socket.
 	GossipKeys(context.Context, *GossipKeysRequest) (*GossipKeysResponse, error)
 	// RegisterWorkers takes a dispatcher's complete set of query workers and
 	// passes it to the coordinators, which route them in Envoy. The set is

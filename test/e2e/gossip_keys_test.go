@@ -1,16 +1,22 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
 // TestGossipKeyRotationWithDhctl: two agents on loopback share an encrypted
@@ -51,46 +57,85 @@ services:
 	}
 	nodes[0].eventually(10*time.Second, "both nodes see each other", bothAlive)
 
-	newKey, code := nodes[0].dhctl("gossip", "keys", "generate")
-	newKey = strings.TrimSpace(newKey)
-	if code != 0 || len(newKey) != 44 {
-		t.Fatalf("generate: %q exit %d", newKey, code)
+	newFile := filepath.Join(nodes[0].dir, "new.key")
+	if out, code := nodes[0].dhctl("gossip", "keys", "generate", "--key-file", newFile); code != 0 {
+		t.Fatalf("generate: exit %d\n%s", code, out)
 	}
+	b, _ := os.ReadFile(newFile)
+	newKey := strings.TrimSpace(string(b))
+	oldFile := filepath.Join(nodes[0].dir, "old.key")
+	if err := os.WriteFile(oldFile, []byte(oldKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id := func(key string) string {
+		raw, _ := base64.StdEncoding.DecodeString(key)
+		sum := sha256.Sum256(raw)
+		return hex.EncodeToString(sum[:4])
+	}
+	oldID, newID := id(oldKey), id(newKey)
 	keyFile := func(n *node) string {
 		b, _ := os.ReadFile(filepath.Join(n.dir, "gossip.key"))
 		return string(b)
 	}
+	// A key goes in on stdin or in a file; use and remove name it by id
+	// too. No output ever shows a key.
+	withStdin := func(cmd *exec.Cmd, in string) *exec.Cmd { cmd.Stdin = strings.NewReader(in); return cmd }
 	steps := []struct {
-		args []string
+		what string
+		cmd  *exec.Cmd
 		want string // key file content on every node afterwards
 	}{
-		{[]string{"install", newKey}, oldKey + "\n" + newKey + "\n"},
-		{[]string{"use", newKey}, newKey + "\n" + oldKey + "\n"},
-		{[]string{"remove", oldKey}, newKey + "\n"},
+		{"install from stdin", withStdin(nodes[0].dhctlCmd("gossip", "keys", "install"), newKey+"\n"), oldKey + "\n" + newKey + "\n"},
+		{"use by id", nodes[0].dhctlCmd("gossip", "keys", "use", newID), newKey + "\n" + oldKey + "\n"},
+		{"remove from a key file", nodes[0].dhctlCmd("gossip", "keys", "remove", "--key-file", oldFile), newKey + "\n"},
 	}
 	for _, st := range steps {
-		out, code := nodes[0].dhctl(append([]string{"gossip", "keys"}, st.args...)...)
+		out, code := nodes[0].run(st.cmd)
 		if code != 0 {
-			t.Fatalf("gossip keys %s: exit %d\n%s", st.args[0], code, out)
+			t.Fatalf("gossip keys %s: exit %d\n%s", st.what, code, out)
+		}
+		if strings.Contains(out, newKey) || strings.Contains(out, oldKey) {
+			t.Errorf("gossip keys %s printed a key:\n%s", st.what, out)
 		}
 		for _, n := range nodes {
-			n.eventually(10*time.Second, "key file after "+st.args[0]+" on "+n.nodeName, func() bool { return keyFile(n) == st.want })
+			n.eventually(10*time.Second, "key file after "+st.what+" on "+n.nodeName, func() bool { return keyFile(n) == st.want })
 		}
 		if !bothAlive() {
-			t.Fatalf("cluster split after %s", st.args[0])
+			t.Fatalf("cluster split after %s", st.what)
 		}
 	}
 	// Every node reports holding only the new key, as `dhctl nodes` shows.
-	raw2, _ := base64.StdEncoding.DecodeString(newKey)
-	sum := sha256.Sum256(raw2)
-	newID := hex.EncodeToString(sum[:4])
 	nodes[0].eventually(10*time.Second, "dhctl nodes shows only the new key on both nodes", func() bool {
 		out, _ := nodes[0].dhctl("nodes")
 		return strings.Count(out, newID) == 2 && !strings.Contains(out, ",")
 	})
 	out, code := nodes[1].dhctl("gossip", "keys", "list")
-	if code != 0 || !strings.Contains(out, newKey) || strings.Contains(out, oldKey) || !strings.Contains(out, "(primary)") {
+	if code != 0 || out != newID+"  (primary)\n" || strings.Contains(out, oldID) {
 		t.Errorf("list on k2: exit %d\n%s", code, out)
+	}
+	// Nothing the agent answers holds a key, old or new.
+	c, done := nodes[1].client()
+	defer done()
+	var answers [][]byte
+	for _, call := range []func() (proto.Message, error){
+		func() (proto.Message, error) { return c.GossipKeys(nodes[1].ctx(), &pb.GossipKeysRequest{}) },
+		func() (proto.Message, error) { return c.Cluster(nodes[1].ctx(), &pb.ClusterRequest{}) },
+		func() (proto.Message, error) { return c.Status(nodes[1].ctx(), &pb.StatusRequest{}) },
+	} {
+		m, err := call()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := proto.Marshal(m)
+		answers = append(answers, b)
+	}
+	for i, b := range answers {
+		for _, k := range []string{oldKey, newKey} {
+			raw, _ := base64.StdEncoding.DecodeString(k)
+			if bytes.Contains(b, []byte(k)) || bytes.Contains(b, raw) {
+				t.Errorf("answer %d holds a gossip key", i)
+			}
+		}
 	}
 	// The cluster still carries news after the rotation.
 	if out, code := nodes[0].dhctl("stop", "svc", "--block"); code != 0 {

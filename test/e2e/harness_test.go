@@ -222,7 +222,18 @@ func (n *node) mustStatus() map[string]*pb.ServiceStatus {
 // dhctl runs the real CLI against this node and returns its output and exit code.
 func (n *node) dhctl(args ...string) (string, int) {
 	n.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "dhctl"), append([]string{"--socket", n.socket}, args...)...)
+	return n.run(n.dhctlCmd(args...))
+}
+
+// dhctlCmd is dhctl on this node's socket, for a test to give stdin or
+// another user before n.run.
+func (n *node) dhctlCmd(args ...string) *exec.Cmd {
+	return exec.Command(filepath.Join(binDir, "dhctl"), append([]string{"--socket", n.socket}, args...)...)
+}
+
+// run runs cmd and returns its output and exit code.
+func (n *node) run(cmd *exec.Cmd) (string, int) {
+	n.t.Helper()
 	out, err := cmd.CombinedOutput()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {

@@ -5,8 +5,10 @@
 // untrusted: a pid is the service's only if that process runs as the
 // service's user (root only for a root service) and started when it should
 // have (after the start program was launched, or as an earlier agent
-// recorded it). A pidfile naming anyone else's process never makes the
-// agent adopt, signal or kill that process.
+// recorded it), and, where the runtime says so, only if it runs in the
+// control group it should (the agent's, where its start program leaves
+// it, or monit's on a take-over). A pidfile naming anyone else's process
+// never makes the agent adopt, signal or kill that process.
 package daemon
 
 import (
@@ -15,8 +17,10 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +40,8 @@ type Proc struct {
 	SID     int
 	PPID    int
 	Cmdline []string
+	// Cgroup is its control group (see CgroupOf); "" when unreadable.
+	Cgroup string
 }
 
 // String names the process for an operator: pid, user and command.
@@ -78,11 +84,12 @@ func Inspect(pid int) (Proc, error) {
 	if err != nil {
 		return Proc{}, err
 	}
+	cg, _ := CgroupOf(pid)
 	again, err := procfs.ReadStat(pid)
 	if err != nil || again.StartTicks != st.StartTicks {
 		return Proc{}, fmt.Errorf("pid %d: %w (changed while read)", pid, fs.ErrNotExist)
 	}
-	return Proc{ID: procfs.Identity{PID: pid, StartTicks: st.StartTicks}, Owner: owner, PGID: st.PGID, SID: st.SID, PPID: st.PPID, Cmdline: cmd}, nil
+	return Proc{ID: procfs.Identity{PID: pid, StartTicks: st.StartTicks}, Owner: owner, PGID: st.PGID, SID: st.SID, PPID: st.PPID, Cmdline: cmd, Cgroup: cg}, nil
 }
 
 // kthreadd is the parent of every kernel thread.
@@ -101,6 +108,14 @@ type Want struct {
 	// Match, when set, must match the process's command line (its
 	// arguments joined by spaces, as monit matches it).
 	Match *regexp.Regexp
+	// Cgroups, when set, are the control groups the process may be in,
+	// besides monit's unit (a take-over from monit adopts what it
+	// started). A process elsewhere was started by someone else: a user
+	// in a login session, another system service. Users can start
+	// processes in a session or a process group of their choosing, but
+	// not in a control group of root's. As systemd accepts for PIDFile=,
+	// a pidfile owned by root vouches for a process anywhere.
+	Cgroups []string
 }
 
 // UntrustedError says why a process is not the service's.
@@ -128,8 +143,57 @@ func (w Want) Trust(p Proc) error {
 		return &UntrustedError{p, "started before the start program was launched"}
 	case w.Match != nil && !w.Match.MatchString(strings.Join(p.Cmdline, " ")):
 		return &UntrustedError{p, fmt.Sprintf("has a command line that does not match %q", w.Match.String())}
+	case w.Cgroups != nil && !slices.Contains(w.Cgroups, p.Cgroup) && path.Base(p.Cgroup) != monitUnit:
+		return &UntrustedError{p, fmt.Sprintf("runs in control group %q, neither the agent's (%s) nor monit's: started by someone else (stop it and start the service with dhctl)", p.Cgroup, strings.Join(w.Cgroups, ", "))}
 	}
 	return nil
+}
+
+// monitUnit is the unit monit runs in; only root makes control groups
+// by that name.
+const monitUnit = "monit.service"
+
+// CgroupOf is the control group pid is in as systemd placed it: its path
+// in the name=systemd hierarchy on a cgroup v1 (or hybrid) host, in the
+// unified one otherwise.
+func CgroupOf(pid int) (string, error) { return readCgroup(strconv.Itoa(pid)) }
+
+// OwnCgroup is the agent's own control group, where the processes its
+// start programs leave stay across agent restarts.
+func OwnCgroup() (string, error) { return readCgroup("self") }
+
+func readCgroup(pid string) (string, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/cgroup")
+	if err != nil {
+		return "", err
+	}
+	return parseCgroup(b)
+}
+
+// parseCgroup reads /proc/<pid>/cgroup: lines of ID:CONTROLLERS:PATH.
+func parseCgroup(b []byte) (string, error) {
+	unified, named := "", ""
+	for _, line := range strings.Split(string(b), "\n") {
+		id, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		ctrl, p, ok := strings.Cut(rest, ":")
+		switch {
+		case !ok:
+		case id == "0" && ctrl == "":
+			unified = p
+		case ctrl == "name=systemd":
+			named = p
+		}
+	}
+	switch {
+	case named != "":
+		return named, nil
+	case unified != "":
+		return unified, nil
+	}
+	return "", errors.New("no systemd or unified control group")
 }
 
 // pidfileLimit bounds what is read of a pidfile: a pid and a newline, with
@@ -140,6 +204,7 @@ const pidfileLimit = 4096
 type Pidfile struct {
 	PID      int
 	Modified time.Time
+	UID      uint32 // its owner
 }
 
 // ReadPidfile reads the pid in path (the first word of its first line),
@@ -164,7 +229,7 @@ func ReadPidfile(path string) (Pidfile, error) {
 		return Pidfile{}, fmt.Errorf("%s: %w", path, err)
 	}
 	sec, nsec := st.Mtim.Unix()
-	return Pidfile{PID: pid, Modified: time.Unix(sec, nsec)}, nil
+	return Pidfile{PID: pid, Modified: time.Unix(sec, nsec), UID: st.Uid}, nil
 }
 
 var errNotAPid = errors.New("does not hold a process id")
@@ -246,7 +311,7 @@ func Clear(path string, w Want) (removed string, err error) {
 	if reused(p, pf) {
 		return fmt.Sprintf("pidfile %s named pid %d, now reused by %s", path, pf.PID, p), removePidfile(path)
 	}
-	trust := Want{UID: w.UID, Match: w.Match}.Trust(p)
+	trust := Want{UID: w.UID, Match: w.Match, Cgroups: vouched(w, pf)}.Trust(p)
 	if trust == nil {
 		return "", &RunningError{Proc: p}
 	}
@@ -292,10 +357,20 @@ func Locate(pidfile string, w Want) (Proc, error) {
 	if w.After == 0 && reused(p, pf) {
 		return Proc{}, fmt.Errorf("pidfile %s names pid %d, reused since by %s", pidfile, pf.PID, p)
 	}
+	w.Cgroups = vouched(w, pf)
 	if err := w.Trust(p); err != nil {
 		return Proc{}, fmt.Errorf("pidfile %s names %w", pidfile, err)
 	}
 	return p, nil
+}
+
+// vouched is the control groups w allows for what pf names: anywhere
+// when root wrote pf.
+func vouched(w Want, pf Pidfile) []string {
+	if pf.UID == 0 {
+		return nil
+	}
+	return w.Cgroups
 }
 
 // FindMatch scans every process for the oldest one that w trusts (its

@@ -227,3 +227,30 @@ exec setsid -w /bin/sh -c 'sleep 30 & wait'`, dir)
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestParseCgroup(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"unified", "0::/system.slice/dhagent.service\n", "/system.slice/dhagent.service"},
+		{"hybrid: systemd's named hierarchy wins", "12:memory:/x\n1:name=systemd:/system.slice/monit.service\n0::/\n", "/system.slice/monit.service"},
+		{"v1 only", "4:pids:/a\n1:name=systemd:/user.slice/user-1000.slice/session-3.scope\n", "/user.slice/user-1000.slice/session-3.scope"},
+		{"a path with colons", "0::/a:b\n", "/a:b"},
+		{"none", "4:pids:/a\n", ""},
+		{"empty", "", ""},
+	} {
+		got, err := parseCgroup([]byte(tc.in))
+		if got != tc.want || (err != nil) != (tc.want == "") {
+			t.Errorf("%s: parseCgroup = %q, %v; want %q", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+func FuzzParseCgroup(f *testing.F) {
+	f.Add([]byte("0::/system.slice/dhagent.service\n"))
+	f.Add([]byte("1:name=systemd:/x\n0::/\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := parseCgroup(b)
+		if err == nil && !strings.Contains(string(b), got) {
+			t.Fatalf("parseCgroup(%q) = %q, not in its input", b, got)
+		}
+	})
+}

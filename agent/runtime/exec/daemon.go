@@ -24,7 +24,7 @@ import (
 // followed through a pidfd like a child of the agent's own.
 func (r Runtime) startDaemon(ctx context.Context, spec runtime.Spec) (runtime.Process, error) {
 	d := spec.Daemon
-	want, err := daemon.WantOf(spec)
+	want, err := wantOf(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +45,23 @@ func (r Runtime) startDaemon(ctx context.Context, spec runtime.Spec) (runtime.Pr
 		return nil, err
 	}
 	return followDaemon(r.logger(), p, spec, want)
+}
+
+// wantOf is what a process its pidfile names (or its pattern matches)
+// must be to be spec's: its user's, and in the agent's control group,
+// where the agent's start programs leave it (or monit's, on a take-over).
+// Only an identity the agent recorded itself is adopted from elsewhere.
+func wantOf(spec runtime.Spec) (daemon.Want, error) {
+	want, err := daemon.WantOf(spec)
+	if err != nil {
+		return daemon.Want{}, err
+	}
+	own, err := daemon.OwnCgroup()
+	if err != nil {
+		return daemon.Want{}, fmt.Errorf("the agent's control group: %w", err)
+	}
+	want.Cgroups = []string{own}
+	return want, nil
 }
 
 // followDaemon watches p, the service's trusted process.
@@ -109,7 +126,7 @@ func (c *daemonControl) restart(ctx context.Context, p *process) (runtime.Proces
 	if prog == nil {
 		return nil, runtime.ErrNoRestartProgram
 	}
-	want, err := daemon.WantOf(c.spec)
+	want, err := wantOf(c.spec)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package exec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
 	"github.com/dhvisor/dhvisor/agent/runtime/daemon"
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 // daemonScript is a start program that puts `sleep` in the background in
@@ -352,4 +354,82 @@ func TestDaemonFindAndAdopt(t *testing.T) {
 	if _, err := p.Stop(context.Background(), time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A pidfile the service's user wrote is believed only for a process in
+// the agent's control group (or monit's): one the user started elsewhere,
+// in a login session say, is not adopted nor started over; a pidfile
+// root wrote vouches for a process anywhere.
+func TestDaemonPidfileOutsideTheAgentsCgroup(t *testing.T) {
+	need.Root(t, "to make control groups and run as nobody")
+	mount, own := cgroupMount(t)
+	for _, tc := range []struct {
+		name, group string
+		rootFile    bool
+		adopted     bool
+	}{
+		{name: "a user's own cgroup", group: "session-9.scope"},
+		{name: "monit's unit", group: "monit.service", adopted: true},
+		{name: "a pidfile root wrote", group: "session-9.scope", rootFile: true, adopted: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(mount, own, fmt.Sprintf("dhvtest-%d", os.Getpid()), tc.group)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.Remove(dir); _ = os.Remove(filepath.Dir(dir)) })
+			p := osexec.Command("/bin/sleep", "30")
+			p.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			if err := p.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = p.Process.Kill(); _ = p.Wait() })
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(p.Process.Pid)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := newDaemonCase(t, "exec sleep 30")
+			c.spec.User = "nobody"
+			time.Sleep(1100 * time.Millisecond) // the pidfile is newer than the process: not a reused pid
+			c.writePidfile(t, p.Process.Pid)
+			if !tc.rootFile {
+				if err := os.Chown(c.pidfile, 65534, 65534); err != nil {
+					t.Fatal(err)
+				}
+			}
+			id, found := Runtime{}.Find(c.spec)
+			if found != tc.adopted || found && id.PID != p.Process.Pid {
+				t.Fatalf("Find = %v %v, want found %v", id, found, tc.adopted)
+			}
+			_, err := Runtime{}.Start(context.Background(), c.spec)
+			if tc.adopted {
+				var re *daemon.RunningError
+				if !errors.As(err, &re) || re.Proc.ID.PID != p.Process.Pid {
+					t.Fatalf("Start = %v, want it running already", err)
+				}
+				return
+			}
+			var fe *daemon.ForeignError
+			if !errors.As(err, &fe) || !strings.Contains(err.Error(), `runs in control group "`+strings.TrimPrefix(dir, mount)) {
+				t.Fatalf("Start = %v, want a refusal naming the control group", err)
+			}
+			if err := syscall.Kill(p.Process.Pid, 0); err != nil {
+				t.Fatalf("the process was signalled: %v", err)
+			}
+		})
+	}
+}
+
+// cgroupMount is where the hierarchy daemon.CgroupOf reads is mounted,
+// and the test's own place in it.
+func cgroupMount(t *testing.T) (mount, own string) {
+	t.Helper()
+	own, err := daemon.OwnCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile("/proc/self/cgroup")
+	if strings.Contains(string(b), ":name=systemd:") {
+		return "/sys/fs/cgroup/systemd", own
+	}
+	return "/sys/fs/cgroup", own
 }

@@ -111,10 +111,11 @@ func (r Runtime) Adopt(_ context.Context, spec runtime.Spec, id procfs.Identity)
 
 // Find scans /proc for the process group leader carrying the service's
 // mark; for a daemonizing service, it is the trusted process its pidfile
-// names (or its pattern matches), whoever started it: monit, an operator.
+// names (or its pattern matches), started by an earlier agent or by monit
+// (or anyone, if root wrote the pidfile).
 func (Runtime) Find(spec runtime.Spec) (procfs.Identity, bool) {
 	if spec.Daemon != nil {
-		want, err := daemon.WantOf(spec)
+		want, err := wantOf(spec)
 		if err != nil {
 			return procfs.Identity{}, false
 		}
