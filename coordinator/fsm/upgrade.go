@@ -62,6 +62,10 @@ func (f *FSM) Package(sha string) *pb.Package {
 	return cloneOrNil(f.st.Packages[sha])
 }
 
+// ValidSHA256 says whether s is a sha256 as packages are named: 64
+// lowercase hex digits.
+func ValidSHA256(s string) bool { return shaRE.MatchString(s) }
+
 // ShortSHA is the first 12 hex digits, as operators see a package.
 func ShortSHA(sha string) string { return sha[:min(12, len(sha))] }
 

@@ -33,7 +33,18 @@ type Packages struct {
 	CacheDir string `yaml:"cache_dir"`
 	// Timeout bounds one install (default 30m).
 	Timeout Duration `yaml:"timeout"`
+	// Reserve is the free space a package fetch must leave on the cache's
+	// file system (default 256MiB): the agent's state file shares it.
+	Reserve ByteSize `yaml:"reserve"`
 }
+
+// Bounds of packages.reserve: below the minimum a full disk could stop
+// the agent's state writes; above the maximum it refuses every fetch.
+const (
+	DefaultPackageReserve = 256 << 20
+	minPackageReserve     = 1 << 20
+	maxPackageReserve     = 1 << 40
+)
 
 // PackageTools are the tools packages.tool may name, with the programs each
 // needs on the node.
@@ -80,6 +91,9 @@ func (p *Packages) applyDefaults(stateDir, dir string) {
 	if p.Timeout == 0 {
 		p.Timeout = Duration(30 * time.Minute)
 	}
+	if p.Reserve == 0 {
+		p.Reserve = DefaultPackageReserve
+	}
 }
 
 // validatePackages checks packages: its tool exists on this node, its
@@ -101,6 +115,13 @@ func (n *Node) validatePackages(es *Errors, src *source, org origins) {
 					es.add(src.file, loc("tool"), "packages.tool", "%s needs %s, which is not on this node's PATH", p.Tool, prog)
 				}
 			}
+		}
+	}
+	section, _ := mapValue(src.root, "packages")
+	// The value as written: an explicit 0 must not pass as the default.
+	if v, _ := mapValue(section, "reserve"); v != nil {
+		if b, err := ParseByteSize(v.Value); err == nil && (b < minPackageReserve || b > maxPackageReserve) {
+			es.add(src.file, loc("reserve"), "packages.reserve", "%s: expected %s to %s of free space to keep", v.Value, ByteSize(minPackageReserve), ByteSize(maxPackageReserve))
 		}
 	}
 	sample := PackageCommand{File: "/tmp/x.rpm", Package: "illumon-db", Version: "1.0", Downgrade: true}

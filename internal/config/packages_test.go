@@ -23,6 +23,10 @@ func TestPackages(t *testing.T) {
 		{"empty program", "packages:\n  install: ['', x]\n", `agent.yaml:10: packages.install.0: the program to run is empty`},
 		{"negative timeout", "packages:\n  timeout: -1s\n", `agent.yaml:10: duration "-1s" must not be negative`},
 		{"unknown field", "packages:\n  tools: dpkg\n", `agent.yaml:10: packages.tools: unknown field`},
+		{"reserve", "packages:\n  reserve: 2GiB\n", ""},
+		{"reserve zero", "packages:\n  reserve: 0\n", `agent.yaml:10: packages.reserve: 0: expected 1.0MiB to 1024.0GiB of free space to keep`},
+		{"reserve too small", "packages:\n  reserve: 4KiB\n", `agent.yaml:10: packages.reserve: 4KiB: expected 1.0MiB`},
+		{"reserve not a size", "packages:\n  reserve: lots\n", `agent.yaml:10: "lots" is not a size`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -33,7 +37,7 @@ func TestPackages(t *testing.T) {
 					t.Fatal(err)
 				}
 				p := n.Agent.Packages
-				if p.Name != "illumon-db" || p.Tool != "auto" || p.CacheDir != "/var/lib/dhv/packages" || p.Timeout.D() != 30*time.Minute {
+				if p.Name != "illumon-db" || p.Tool != "auto" || p.CacheDir != "/var/lib/dhv/packages" || p.Timeout.D() != 30*time.Minute || (p.Reserve != DefaultPackageReserve && p.Reserve != 2<<30) {
 					t.Errorf("defaults: %+v", p)
 				}
 				return
