@@ -19,6 +19,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/agent/safefs"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
@@ -30,17 +31,13 @@ type Source interface {
 
 var shaRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// maxSignature bounds a detached signature: a few hundred bytes, a few
-// KiB with several signers.
-const maxSignature = 64 << 10
-
 // validateRef checks a package reference from the coordinator.
 func validateRef(ref *pb.PackageRef) error {
 	switch {
 	case ref == nil:
 		return errors.New("package: missing")
-	case len(ref.Signature) > maxSignature:
-		return fmt.Errorf("package.signature: %d bytes, at most %d", len(ref.Signature), maxSignature)
+	case len(ref.Signature) > pkgsig.MaxSignature:
+		return fmt.Errorf("package.signature: %d bytes, at most %d", len(ref.Signature), pkgsig.MaxSignature)
 	case ref.Path != "":
 		if !filepath.IsAbs(ref.Path) {
 			return fmt.Errorf("package.path %q: must be absolute", ref.Path)

@@ -298,6 +298,14 @@ func (in *Installer) step(req *pb.InstallRequest, prev *record, progress func(*p
 	if err != nil {
 		return fail("%v", err)
 	}
+	signed, err := in.checkSignature(ctx, req.Package, file, format)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if signed != "" {
+		progress(&pb.InstallProgress{Phase: "verified", Message: signed})
+		in.log.Info("package signature verified", "file", file, "signer", signed, "step", req.OpToken)
+	}
 	rec.Package, rec.Version, err = inspect(ctx, file, format)
 	if err != nil {
 		return fail("%v", err)

@@ -134,6 +134,16 @@ func OpenRootOnly(p string) (*os.File, error) {
 	return f, nil
 }
 
+// ReadRootOnly reads the file at p, opened as OpenRootOnly does, and at
+// most limit bytes of it.
+func ReadRootOnly(p string, limit int64) ([]byte, error) {
+	f, err := OpenRootOnly(p)
+	if err != nil {
+		return nil, err
+	}
+	return readAll(f, limit)
+}
+
 // walk opens dir one component at a time; check, when set, is asked about
 // every directory the walk enters, / included.
 func walk(dir string, check func(fd int, name string) error) (int, error) {
@@ -284,6 +294,12 @@ func (d *Dir) ReadFile(name string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readAll(f, limit)
+}
+
+// readAll reads f to its end and closes it; more than limit bytes is an
+// error.
+func readAll(f *os.File, limit int64) ([]byte, error) {
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {

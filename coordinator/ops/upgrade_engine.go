@@ -115,7 +115,7 @@ func (e *Engine) packageRef(s *pb.Step) (*agentpb.PackageRef, error) {
 	if p == nil {
 		return nil, fmt.Errorf("package %s is no longer recorded (removed?)", fsm.ShortSHA(s.Package))
 	}
-	ref := &agentpb.PackageRef{Sha256: p.Sha256, Size: p.Size, FileName: p.FileName}
+	ref := &agentpb.PackageRef{Sha256: p.Sha256, Size: p.Size, FileName: p.FileName, Signature: p.Signature}
 	for _, id := range p.Replicas {
 		if peer := e.FSM.Peer(id); peer != nil && peer.ApiAddr != "" {
 			ref.Sources = append(ref.Sources, peer.ApiAddr)

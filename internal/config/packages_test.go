@@ -1,11 +1,18 @@
 package config
 
 import (
+	"bytes"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 func TestPackages(t *testing.T) {
@@ -65,4 +72,57 @@ func TestPackages(t *testing.T) {
 func have(prog string) bool {
 	_, err := exec.LookPath(prog)
 	return err == nil
+}
+
+// packages.keyring must be OpenPGP keys in a file only root can change.
+func TestPackagesKeyring(t *testing.T) {
+	need.Root(t, "files owned by root and by another user")
+	e, err := openpgp.NewEntity("signer", "", "signer@example.com", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys bytes.Buffer
+	w, _ := armor.Encode(&keys, openpgp.PublicKeyType, nil)
+	if err := e.Serialize(w); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	base := "node: n1\nroles: [query]\nroles_dir: roles.d\nstate_dir: /var/lib/dhv\n" + standinDefaults
+	for _, tt := range []struct {
+		name, extra string
+		mod         func(file string) error
+		want        string
+	}{
+		{"good", "packages:\n  require_signature: true\n  keyring: keys.asc\n", nil, ""},
+		{"no keyring", "packages:\n  require_signature: true\n", nil, "agent.yaml:10: packages.keyring: required with require_signature"},
+		{"keyring alone", "packages:\n  keyring: keys.asc\n", nil, "agent.yaml:10: packages.keyring: set, but require_signature is false"},
+		{"missing", "packages:\n  require_signature: true\n  keyring: nope.asc\n", nil, "agent.yaml:11: packages.keyring: cannot read"},
+		{"group-writable", "packages:\n  require_signature: true\n  keyring: keys.asc\n", func(f string) error { return os.Chmod(f, 0o664) }, "writable by its group or others (mode 0664)"},
+		{"a user's", "packages:\n  require_signature: true\n  keyring: keys.asc\n", func(f string) error { return os.Chown(f, 1234, 1234) }, "is owned by uid 1234"},
+		{"a link", "packages:\n  require_signature: true\n  keyring: link.asc\n", nil, "link.asc is not a regular file"},
+		{"not keys", "packages:\n  require_signature: true\n  keyring: keys.asc\n", func(f string) error { return os.WriteFile(f, []byte("keys"), 0o644) }, "not an OpenPGP keyring"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"agent.yaml": base + tt.extra, "keys.asc": keys.String()})
+			keyring := filepath.Join(dir, "keys.asc")
+			if err := os.Symlink(keyring, filepath.Join(dir, "link.asc")); err != nil {
+				t.Fatal(err)
+			}
+			if tt.mod != nil {
+				if err := tt.mod(keyring); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+			if tt.want == "" {
+				if err != nil || n.Agent.Packages.Keyring != keyring || !n.Agent.Packages.RequireSignature {
+					t.Fatalf("%v %+v", err, n)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
 }
