@@ -111,7 +111,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		return err
 	}
 	defaults := ops.Defaults{MinHealthyTime: cfg.Operations.MinHealthyTime.D(), HealthyDeadline: cfg.Operations.HealthyDeadline.D(), ProgressDeadline: cfg.Operations.ProgressDeadline.D()}
-	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS), Store: store}
+	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS), Store: store,
+		RequireSignature: cfg.Packages.RequireSignature}
 	defer srv.Close()
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)), grpc.ChainUnaryInterceptor(api.Authorize), grpc.ChainStreamInterceptor(api.AuthorizeStream))
 	pb.RegisterCoordinatorServer(gs, srv)

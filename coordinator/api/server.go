@@ -60,6 +60,9 @@ type Server struct {
 	RouteTable func() *pb.RoutesResponse
 	// Store holds this replica's copies of upgrade packages.
 	Store *pkgstore.Store
+	// RequireSignature refuses uploads that carry no OpenPGP signature
+	// (coordinator.yaml packages.require_signature).
+	RequireSignature bool
 
 	connsOnce sync.Once
 	conns     *conncache.Cache

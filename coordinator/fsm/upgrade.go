@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
@@ -82,6 +83,8 @@ func (f *FSM) addPackage(at int64, who string, p *pb.Package) (any, string) {
 		return rejected("file_name %q: expected a plain file name", p.FileName), what
 	case len(p.Replicas) == 0:
 		return rejected("no coordinator holds the package"), what
+	case len(p.Signature) > pkgsig.MaxSignature:
+		return rejected("signature: %d bytes, at most %d", len(p.Signature), pkgsig.MaxSignature), what
 	}
 	if cur := f.st.Packages[p.Sha256]; cur != nil {
 		if cur.Size != p.Size {
@@ -94,6 +97,11 @@ func (f *FSM) addPackage(at int64, who string, p *pb.Package) (any, string) {
 			}
 		}
 		slices.Sort(cur.Replicas)
+		if len(cur.Signature) == 0 && len(p.Signature) > 0 {
+			// Uploaded again with the signature it lacked.
+			cur.Signature = p.Signature
+			return proto.Clone(cur), what + " now has a signature"
+		}
 		if cur.Name == "" && p.Name != "" {
 			cur.Name, cur.Version = p.Name, p.Version
 			return proto.Clone(cur), fmt.Sprintf("%s is %s %s", what, p.Name, p.Version)

@@ -30,6 +30,18 @@ type Coordinator struct {
 	Operations Operations `yaml:"operations"`
 	// Envoy is the xDS server every replica runs for the nodes' Envoys.
 	Envoy Envoy `yaml:"envoy"`
+	// Packages is what the coordinators accept as upgrade packages.
+	Packages CoordinatorPackages `yaml:"packages"`
+}
+
+// CoordinatorPackages is coordinator.yaml packages:.
+type CoordinatorPackages struct {
+	// RequireSignature refuses an upload that carries no OpenPGP
+	// signature (an .rpm without one in its signature header, a .deb
+	// without PACKAGE.sig or .asc beside it), early: the agents, whose
+	// agent.yaml packages.require_signature verifies each against their
+	// keyring, are the check that counts.
+	RequireSignature bool `yaml:"require_signature"`
 }
 
 // Envoy configures what the coordinator tells Envoy.

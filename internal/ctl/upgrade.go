@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
@@ -269,8 +270,12 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	if err != nil {
 		return "", rpcError(err)
 	}
+	sig, err := signatureBeside(file)
+	if err != nil {
+		return "", err
+	}
 	for _, p := range resp.Packages {
-		if p.Sha256 == sha {
+		if p.Sha256 == sha && (len(sig) == 0 || len(p.Signature) > 0) {
 			fmt.Fprintf(o.out, "%s (%s) is already held by %s\n", name, sha[:12], strings.Join(p.Replicas, ", "))
 			return sha, nil
 		}
@@ -285,7 +290,7 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	var sendErr error
 	send := func(m *pb.PackageChunk) error { sendErr = stream.Send(m); return sendErr }
 	progress := &uploadProgress{r: fh, name: name, size: size, out: o.errOut, last: time.Now()}
-	if err := pb.SendPackage(send, progress, &pb.Package{Sha256: sha, Size: size, FileName: name}); err != nil {
+	if err := pb.SendPackage(send, progress, &pb.Package{Sha256: sha, Size: size, FileName: name, Signature: sig}); err != nil {
 		if sendErr != nil {
 			_, err = stream.CloseAndRecv() // the server's reason
 			return "", rpcError(err)
@@ -298,6 +303,29 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	}
 	fmt.Fprintf(o.out, "uploaded %s (%s, %s), held by %s\n", name, sha[:12], humanBytes(uint64(size)), strings.Join(p.Replicas, ", "))
 	return sha, nil
+}
+
+// signatureBeside reads a .deb's detached signature, FILE.sig or
+// FILE.asc, to upload with it (nil when there is none, and for an .rpm,
+// which carries its own).
+func signatureBeside(file string) ([]byte, error) {
+	if !strings.HasSuffix(file, ".deb") {
+		return nil, nil
+	}
+	for _, suffix := range pkgsig.Beside {
+		b, err := os.ReadFile(file + suffix)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fail(ExitError, "%v", err)
+		}
+		if err := pkgsig.CheckSignature(b); err != nil {
+			return nil, fail(ExitError, "%s%s: %v", file, suffix, err)
+		}
+		return b, nil
+	}
+	return nil, nil
 }
 
 // uploadProgress tells, once a second, how much of the package was read
