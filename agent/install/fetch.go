@@ -15,6 +15,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/dhvisor/dhvisor/agent/safefs"
+	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
 
@@ -31,12 +36,14 @@ func validateRef(ref *pb.PackageRef) error {
 	switch {
 	case ref == nil:
 		return errors.New("package: missing")
+	case len(ref.Signature) > pkgsig.MaxSignature:
+		return fmt.Errorf("package.signature: %d bytes, at most %d", len(ref.Signature), pkgsig.MaxSignature)
 	case ref.Path != "":
 		if !filepath.IsAbs(ref.Path) {
 			return fmt.Errorf("package.path %q: must be absolute", ref.Path)
 		}
-		if ref.Sha256 != "" && !shaRE.MatchString(ref.Sha256) {
-			return fmt.Errorf("package.sha256 %q: expected 64 lowercase hex digits", ref.Sha256)
+		if !shaRE.MatchString(ref.Sha256) {
+			return fmt.Errorf("package.sha256 %q: expected the 64 lowercase hex digits dhctl hashed the file at package.path to", ref.Sha256)
 		}
 	case !shaRE.MatchString(ref.Sha256):
 		return fmt.Errorf("package.sha256 %q: expected 64 lowercase hex digits", ref.Sha256)
@@ -50,24 +57,15 @@ func validateRef(ref *pb.PackageRef) error {
 	return nil
 }
 
-// fetch returns the package as a verified local file: the path given, or a
-// copy in the cache, fetched from the sources and resumed from what an
-// earlier, interrupted fetch left.
+// fetch returns the package as a verified file in the cache: copied from
+// the path given, or fetched from the sources and resumed from what an
+// earlier, interrupted fetch left. Every later read of the package (its
+// version, its signature, the install) is of that copy, which only root
+// can write.
 func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress func(*pb.InstallProgress)) (string, error) {
+	name := ref.FileName
 	if ref.Path != "" {
-		st, err := os.Stat(ref.Path)
-		if err != nil {
-			return "", fmt.Errorf("package %s: %w", ref.Path, err)
-		}
-		if !st.Mode().IsRegular() {
-			return "", fmt.Errorf("package %s: not a regular file", ref.Path)
-		}
-		if ref.Sha256 != "" {
-			if err := verify(ref.Path, ref.Sha256); err != nil {
-				return "", err
-			}
-		}
-		return ref.Path, nil
+		name = filepath.Base(ref.Path)
 	}
 	// One fetch of a package at a time: an install step waits for the
 	// prefetch of its package and then finds it in the cache.
@@ -75,7 +73,7 @@ func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress fun
 	lock.Lock()
 	defer lock.Unlock()
 	dir := filepath.Join(in.cfg.CacheDir, ref.Sha256)
-	file := filepath.Join(dir, ref.FileName)
+	file := filepath.Join(dir, name)
 	if st, err := os.Stat(file); err == nil {
 		// Verified when this agent fetched it and unchanged since, or
 		// checked now (a file from before a restart: a disk can rot, and
@@ -92,31 +90,86 @@ func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress fun
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", err
 	}
-	part := file + ".part"
-	f, err := os.OpenFile(part, os.O_CREATE|os.O_RDWR, 0o640)
+	if progress == nil {
+		progress = func(*pb.InstallProgress) {}
+	}
+	var err error
+	if ref.Path != "" {
+		err = in.copyPath(ref, file+".part", progress)
+	} else {
+		err = in.fetchRemote(ctx, ref, file+".part", progress)
+	}
 	if err != nil {
 		return "", err
+	}
+	if err := os.Rename(file+".part", file); err != nil {
+		return "", err
+	}
+	in.markVerified(ref.Sha256, file)
+	return file, nil
+}
+
+// copyPath copies the package at ref.Path, read once through a descriptor
+// only root could have filled (safefs.OpenRootOnly), into part, and
+// refuses bytes other than those dhctl hashed.
+func (in *Installer) copyPath(ref *pb.PackageRef, part string, progress func(*pb.InstallProgress)) error {
+	src, err := safefs.OpenRootOnly(ref.Path)
+	if err != nil {
+		return fmt.Errorf("package %s: %w (a package installed as root must be a root-owned file that no group or other user can write, in directories the same)", ref.Path, err)
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	if err := in.reserve(st.Size()); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	w := &progressWriter{f: f, h: h, total: st.Size(), progress: progress, phase: "copying"}
+	if _, err := io.Copy(w, io.LimitReader(src, st.Size())); err != nil {
+		os.Remove(part)
+		return fmt.Errorf("copying %s into the package cache: %w", ref.Path, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != ref.Sha256 {
+		os.Remove(part)
+		return fmt.Errorf("package %s changed after dhctl hashed it: its sha256 is %s now, the upgrade was started with %s: not installed", ref.Path, got, ref.Sha256)
+	}
+	return f.Sync()
+}
+
+// fetchRemote fetches the package from ref.Sources into part, resuming
+// from what part holds.
+func (in *Installer) fetchRemote(ctx context.Context, ref *pb.PackageRef, part string, progress func(*pb.InstallProgress)) error {
+	f, err := os.OpenFile(part, os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return err
 	}
 	defer f.Close()
 	h := sha256.New()
 	have, err := io.Copy(h, f) // what an interrupted fetch left
 	if err != nil {
-		return "", err
+		return err
 	}
 	if have > ref.Size {
 		if err := f.Truncate(0); err != nil {
-			return "", err
+			return err
 		}
 		h.Reset()
 		have = 0
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return "", err
+			return err
 		}
 	}
-	if progress == nil {
-		progress = func(*pb.InstallProgress) {}
+	if err := in.reserve(ref.Size - have); err != nil {
+		return err
 	}
-	w := &progressWriter{f: f, h: h, n: have, total: ref.Size, progress: progress}
+	w := &progressWriter{f: f, h: h, n: have, total: ref.Size, progress: progress, phase: "fetching"}
 	var errs []error
 	for _, addr := range ref.Sources {
 		if w.n >= ref.Size {
@@ -138,20 +191,41 @@ func (in *Installer) fetch(ctx context.Context, ref *pb.PackageRef, progress fun
 		}
 	}
 	if w.n != ref.Size {
-		return "", fmt.Errorf("fetching the package (%d of %d bytes so far, kept to resume): %w", w.n, ref.Size, errors.Join(errs...))
+		return fmt.Errorf("fetching the package (%d of %d bytes so far, kept to resume): %w", w.n, ref.Size, errors.Join(errs...))
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != ref.Sha256 {
 		os.Remove(part)
-		return "", fmt.Errorf("fetched package has sha256 %s, expected %s: discarded", got, ref.Sha256)
+		return fmt.Errorf("fetched package has sha256 %s, expected %s: discarded", got, ref.Sha256)
 	}
-	if err := f.Sync(); err != nil {
-		return "", err
+	return f.Sync()
+}
+
+// reserve refuses to put need more bytes in the cache when its file
+// system would then have less than packages.reserve free: the state file
+// and the install journal share that disk, and an agent that cannot write
+// its state refuses to start services.
+func (in *Installer) reserve(need int64) error {
+	free, err := in.freeSpace(in.cfg.CacheDir)
+	if err != nil {
+		return fmt.Errorf("free space in %s: %w", in.cfg.CacheDir, err)
 	}
-	if err := os.Rename(part, file); err != nil {
-		return "", err
+	keep := int64(in.cfg.Reserve)
+	if free-need < keep {
+		return fmt.Errorf("not enough space in %s for the package (%s more): %s free, and packages.reserve keeps %s free for the agent's state; free some space or lower packages.reserve",
+			in.cfg.CacheDir, config.ByteSize(need), config.ByteSize(max(free, 0)), config.ByteSize(keep))
 	}
-	in.markVerified(ref.Sha256, file)
-	return file, nil
+	return nil
+}
+
+// statfsFree is the space an unprivileged write may use on dir's file
+// system (root may use the blocks reserved for it too, but those are the
+// system's last resort).
+func statfsFree(dir string) (int64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	return int64(fs.Bavail) * fs.Bsize, nil
 }
 
 func (in *Installer) fetchLock(sha string) *sync.Mutex {
@@ -189,6 +263,7 @@ type progressWriter struct {
 	n, total int64
 	last     int64
 	progress func(*pb.InstallProgress)
+	phase    string
 }
 
 func (w *progressWriter) Write(p []byte) (int, error) {
@@ -201,7 +276,7 @@ func (w *progressWriter) Write(p []byte) (int, error) {
 	// Progress every 5% is enough to show and cheap to send.
 	if w.n-w.last >= w.total/20 || w.n == w.total {
 		w.last = w.n
-		w.progress(&pb.InstallProgress{Phase: "fetching", Bytes: w.n, Total: w.total})
+		w.progress(&pb.InstallProgress{Phase: w.phase, Bytes: w.n, Total: w.total})
 	}
 	return n, err
 }

@@ -1,6 +1,7 @@
 // Package install installs the Deephaven package on the node for an
 // upgrade step: it fetches the package from the coordinators (resumable,
-// sha256-verified) or takes it from a path, installs it with the node's
+// sha256-verified) or copies it once from a root-only path on the node (the
+// sha256 dhctl read), installs that copy with the node's
 // package tool (dnf, yum, rpm, apt-get, dpkg, or the command template in
 // agent.yaml) and records the installed version before and after.
 //
@@ -90,15 +91,18 @@ type Installer struct {
 	inflight map[string]chan struct{} // steps running now, by token
 	fetching map[string]*sync.Mutex   // one fetch of a package at a time, by sha256
 	verified map[string]time.Time     // cached packages verified since the agent started: their mtime then
-	ctx      context.Context
-	ready    chan struct{}
-	wg       sync.WaitGroup
+	// freeSpace says how many bytes may still be written on dir's file
+	// system (statfs; tests fake a full disk).
+	freeSpace func(dir string) (int64, error)
+	ctx       context.Context
+	ready     chan struct{}
+	wg        sync.WaitGroup
 }
 
 // New returns an installer keeping its journal in journalPath.
 func New(cfg config.Packages, src Source, journalPath string, log *slog.Logger) *Installer {
 	in := &Installer{cfg: cfg, src: src, log: log, path: journalPath, inflight: map[string]chan struct{}{}, ready: make(chan struct{}),
-		fetching: map[string]*sync.Mutex{}, verified: map[string]time.Time{}}
+		fetching: map[string]*sync.Mutex{}, verified: map[string]time.Time{}, freeSpace: statfsFree}
 	in.j.Package = cfg.Name
 	if b, err := os.ReadFile(journalPath); err == nil {
 		if err := json.Unmarshal(b, &in.j); err != nil {
@@ -229,9 +233,6 @@ var ErrShuttingDown = errors.New("the agent is shutting down; an install under w
 // prefetch fetches and verifies a package into the cache, installing
 // nothing.
 func (in *Installer) prefetch(ctx context.Context, req *pb.InstallRequest) (*pb.InstallResult, error) {
-	if req.Package.Path != "" {
-		return nil, &RequestError{errors.New("fetch_only: the package is a path on the node; there is nothing to fetch")}
-	}
 	select {
 	case <-in.ready:
 	case <-ctx.Done():
@@ -296,6 +297,14 @@ func (in *Installer) step(req *pb.InstallRequest, prev *record, progress func(*p
 	format, err := fileFormat(file)
 	if err != nil {
 		return fail("%v", err)
+	}
+	signed, err := in.checkSignature(ctx, req.Package, file, format)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if signed != "" {
+		progress(&pb.InstallProgress{Phase: "verified", Message: signed})
+		in.log.Info("package signature verified", "file", file, "signer", signed, "step", req.OpToken)
 	}
 	rec.Package, rec.Version, err = inspect(ctx, file, format)
 	if err != nil {

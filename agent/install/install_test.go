@@ -113,7 +113,7 @@ func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:
 // cfg counts every run of the install command, then runs dpkg into root.
 func (f *fixture) cfg() config.Packages {
 	install := append([]string{"/bin/sh", "-c", `echo "$0" >> ` + f.count + `; exec "$@"`, "{{.Version}}"}, debpkg.InstallCommand(f.root)...)
-	return config.Packages{Name: "illumon-db", Tool: "auto", Install: install, Query: debpkg.QueryCommand(f.root), CacheDir: filepath.Join(f.dir, "cache"), Timeout: config.Duration(time.Minute)}
+	return config.Packages{Name: "illumon-db", Tool: "auto", Install: install, Query: debpkg.QueryCommand(f.root), CacheDir: filepath.Join(f.dir, "cache"), Timeout: config.Duration(time.Minute), Reserve: config.DefaultPackageReserve}
 }
 
 // start runs a new installer on the same journal, as a restarted agent.
@@ -314,7 +314,9 @@ func TestRequestValidation(t *testing.T) {
 		{"bad sha", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: "abc", Size: 1, FileName: "x.deb", Sources: []string{"c"}}}, "package.sha256"},
 		{"no sources", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: good.Sha256, Size: 1, FileName: "x.deb"}}, "package.sources"},
 		{"path in name", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: good.Sha256, Size: 1, FileName: "../x.deb", Sources: []string{"c"}}}, "package.file_name"},
-		{"relative path", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Path: "x.deb"}}, "must be absolute"},
+		{"relative path", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Path: "x.deb", Sha256: good.Sha256}}, "must be absolute"},
+		{"path without its hash", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Path: "/srv/x.deb"}}, "package.sha256 \"\": expected the 64 lowercase hex digits dhctl hashed"},
+		{"huge signature", &pb.InstallRequest{OpToken: "t", Package: &pb.PackageRef{Sha256: good.Sha256, Size: 1, FileName: "x.deb", Sources: []string{"c"}, Signature: make([]byte, 65<<10)}}, "package.signature: 66560 bytes"},
 		{"negative timeout", &pb.InstallRequest{OpToken: "t", Package: good, TimeoutMs: -1}, "timeout_ms"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -324,11 +326,6 @@ func TestRequestValidation(t *testing.T) {
 				t.Fatalf("got %v, want a RequestError with %q", err, tt.want)
 			}
 		})
-	}
-	// A path on the node is used as it is.
-	res := f.install("op-1/0/0", &pb.PackageRef{Path: f.debs["1.0"], Sha256: good.Sha256}, "")
-	if res.Failed || res.After != "1.0" {
-		t.Fatalf("install from a path: %+v", res)
 	}
 }
 
@@ -368,9 +365,6 @@ func TestPrefetch(t *testing.T) {
 	if len(f.src.offsets) != 1 {
 		t.Errorf("fetches %v: the install fetched again", f.src.offsets)
 	}
-	if _, err := f.in.Install(context.Background(), &pb.InstallRequest{Package: &pb.PackageRef{Path: "/x.deb"}, FetchOnly: true}, nil); err == nil {
-		t.Error("a prefetch of a path was accepted")
-	}
 }
 
 // packages.timeout bounds an install even when the coordinator allows the
@@ -388,7 +382,7 @@ func TestInstallTimeoutKillsTool(t *testing.T) {
 	go func() { in.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	res, err := in.Install(ctx, &pb.InstallRequest{OpToken: "op-1/1/0", Package: &pb.PackageRef{Path: f.debs["2.0"]}, TimeoutMs: time.Minute.Milliseconds()}, nil)
+	res, err := in.Install(ctx, &pb.InstallRequest{OpToken: "op-1/1/0", Package: f.ref("2.0"), TimeoutMs: time.Minute.Milliseconds()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,5 +400,142 @@ func TestInstallTimeoutKillsTool(t *testing.T) {
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("the tool (pid %d) outlived its timeout: %v", pid, err)
 		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// onNode puts version's package at a path only root can write, as an
+// operator does for dhctl upgrade start --path, and returns that path.
+func (f *fixture) onNode(version string) string {
+	f.t.Helper()
+	p := filepath.Join(need.RootOnlyDir(f.t), filepath.Base(f.debs[version]))
+	copyFile(f.t, f.debs[version], p)
+	return p
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Through a new file renamed into place: an attacker's swap, and a
+	// descriptor already open on the old file keeps reading the old bytes.
+	tmp := to + ".new"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// upgrade --path: the agent copies the file once into its cache, installs
+// only a copy with the sha256 dhctl hashed, and reads nothing from the path
+// after that copy, so a file swapped before the step or while it runs is
+// never installed; a path someone other than root could write is refused.
+func TestInstallFromPath(t *testing.T) {
+	f := newFixture(t)
+	want := f.ref("2.0").Sha256
+
+	t.Run("swapped before the agent copied it", func(t *testing.T) {
+		p := f.onNode("2.0")
+		copyFile(t, f.debs["3.0"], p)
+		res := f.install("op-1/1/0", &pb.PackageRef{Path: p, Sha256: want}, "")
+		if !res.Failed || !strings.Contains(res.Message, "changed after dhctl hashed it: its sha256 is "+f.ref("3.0").Sha256+" now, the upgrade was started with "+want) {
+			t.Fatalf("swapped package: %+v", res)
+		}
+		if got := f.installs(); len(got) != 0 {
+			t.Fatalf("install command ran for %v", got)
+		}
+	})
+
+	t.Run("swapped while the step runs", func(t *testing.T) {
+		p := f.onNode("2.0")
+		cfg := f.cfg()
+		// The install command swaps the file at the path first: whatever
+		// the agent reads from the path from then on is 3.0.
+		cfg.Install = append([]string{"/bin/sh", "-c", `cp ` + f.debs["3.0"] + ` ` + p + `.new && mv ` + p + `.new ` + p + `; echo "$0 $1" >> ` + f.count + `; shift; exec "$@"`, "{{.Version}}", "{{.File}}"}, debpkg.InstallCommand(f.root)...)
+		in := New(cfg, f.src, filepath.Join(f.dir, "swap-journal.json"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { in.Run(ctx); close(done) }()
+		defer func() { cancel(); <-done }()
+		res, err := in.Install(ctx, &pb.InstallRequest{OpToken: "op-2/1/0", Package: &pb.PackageRef{Path: p, Sha256: want}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Failed || res.Version != "2.0" || res.After != "2.0" {
+			t.Fatalf("install: %+v", res)
+		}
+		if got := f.installed(); got != "ii 2.0" {
+			t.Fatalf("dpkg says %q: the swapped file was installed", got)
+		}
+		runs := f.installs()
+		if len(runs) != 2 || runs[0] != "2.0" || runs[1] != filepath.Join(f.dir, "cache", want, filepath.Base(p)) {
+			t.Fatalf("install command ran as %v, want once on the cache's copy", runs)
+		}
+	})
+
+	t.Run("paths others could write", func(t *testing.T) {
+		// A verified copy in the cache has the bytes dhctl hashed, whatever
+		// the path holds now: start without one.
+		if err := os.RemoveAll(filepath.Join(f.dir, "cache")); err != nil {
+			t.Fatal(err)
+		}
+		group := f.onNode("2.0")
+		if err := os.Chmod(group, 0o664); err != nil {
+			t.Fatal(err)
+		}
+		user := f.onNode("2.0")
+		if err := os.Chown(user, 1234, 1234); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(filepath.Dir(user), "link.deb")
+		if err := os.Symlink(user, link); err != nil {
+			t.Fatal(err)
+		}
+		for _, tt := range []struct{ path, want string }{
+			{f.debs["2.0"], "writable by its group or others (mode 1777)"}, // in t.TempDir, under /tmp
+			{group, "writable by its group or others (mode 0664)"},
+			{user, "is owned by uid 1234, not root"},
+			{link, "symbolic link"},
+			{"/nonexistent/x.deb", "no such file or directory"},
+		} {
+			res := f.install("op-3/"+tt.path, &pb.PackageRef{Path: tt.path, Sha256: want}, "")
+			if !res.Failed || !strings.Contains(res.Message, tt.want) {
+				t.Errorf("%s: %+v, want a failure with %q", tt.path, res, tt.want)
+			}
+		}
+	})
+}
+
+// A fetch or a copy into the cache that would leave less than
+// packages.reserve free is refused before a byte is written.
+func TestFetchKeepsReserve(t *testing.T) {
+	f := newFixture(t)
+	ref := f.ref("2.0")
+	reserve := int64(f.in.cfg.Reserve)
+	var free int64
+	f.in.freeSpace = func(dir string) (int64, error) {
+		if dir != filepath.Join(f.dir, "cache") {
+			t.Errorf("free space asked of %s", dir)
+		}
+		return free, nil
+	}
+	free = reserve + ref.Size - 1
+	res := f.install("op-1/1/0", ref, "")
+	if !res.Failed || !strings.Contains(res.Message, "not enough space in "+filepath.Join(f.dir, "cache")) || !strings.Contains(res.Message, "packages.reserve keeps 256.0MiB free") {
+		t.Fatalf("fetch onto a full disk: %+v", res)
+	}
+	if len(f.src.offsets) != 0 {
+		t.Fatalf("fetched %v", f.src.offsets)
+	}
+	p := f.onNode("2.0")
+	if res := f.install("op-1/2/0", &pb.PackageRef{Path: p, Sha256: ref.Sha256}, ""); !res.Failed || !strings.Contains(res.Message, "not enough space") {
+		t.Fatalf("copy onto a full disk: %+v", res)
+	}
+	free = reserve + ref.Size
+	if res := f.install("op-1/3/0", ref, ""); res.Failed || res.After != "2.0" {
+		t.Fatalf("with room for the package: %+v", res)
 	}
 }

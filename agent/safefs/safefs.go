@@ -83,7 +83,7 @@ func OpenDir(dir string) (*Dir, error) {
 	if !filepath.IsAbs(dir) {
 		return nil, fmt.Errorf("%s: not an absolute path", dir)
 	}
-	fd, err := walk(dir, 0)
+	fd, err := walk(dir, 0, nil)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
@@ -101,18 +101,86 @@ func MkdirAll(dir string, perm uint32) (*Dir, error) {
 	if perm == 0 {
 		return nil, fmt.Errorf("%s: no permission bits for the directories to create", dir)
 	}
-	fd, err := walk(dir, perm)
+	fd, err := walk(dir, perm, nil)
 	if err != nil {
 		return nil, &os.PathError{Op: "mkdir", Path: dir, Err: err}
 	}
 	return &Dir{fd: fd, path: filepath.Clean(dir)}, nil
 }
 
-// walk opens dir one component at a time; with create != 0 it makes the
-// components that do not exist, with that mode.
-func walk(dir string, create uint32) (int, error) {
+// rootOnly refuses a file or directory that anyone but root could have
+// changed: owned by another user, or writable by its group or others. A
+// POSIX ACL granting a user write shows in the group bits (its mask).
+func rootOnly(fd int, name string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Uid != 0 {
+		return fmt.Errorf("%w: %s is owned by uid %d, not root", ErrUnsafe, name, st.Uid)
+	}
+	if st.Mode&0o022 != 0 {
+		return fmt.Errorf("%w: %s is writable by its group or others (mode %04o)", ErrUnsafe, name, st.Mode&0o7777)
+	}
+	return nil
+}
+
+// OpenRootOnly opens the regular file at the absolute path p for reading
+// only if nobody but root could have put its bytes there: the file and
+// every directory walked to it (from /, and through any root-owned link)
+// belong to root and are writable by no group or other user. What is read
+// from the descriptor is then root's, whatever happens to the name.
+func OpenRootOnly(p string) (*os.File, error) {
+	if !filepath.IsAbs(p) {
+		return nil, fmt.Errorf("%s: not an absolute path", p)
+	}
+	dir := filepath.Dir(p)
+	fd, err := walk(dir, 0, rootOnly)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	d := &Dir{fd: fd, path: filepath.Clean(dir)}
+	defer d.Close()
+	f, err := d.Open(filepath.Base(p))
+	if err != nil {
+		return nil, err
+	}
+	if err := rootOnly(int(f.Fd()), f.Name()); err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "open", Path: f.Name(), Err: err}
+	}
+	return f, nil
+}
+
+// ReadRootOnly reads the file at p, opened as OpenRootOnly does, and at
+// most limit bytes of it.
+func ReadRootOnly(p string, limit int64) ([]byte, error) {
+	f, err := OpenRootOnly(p)
+	if err != nil {
+		return nil, err
+	}
+	return readAll(f, limit)
+}
+
+// walk opens dir one component at a time. With create != 0 it makes the
+// components that do not exist, with that mode; check, when set, is asked
+// about every directory the walk enters, / included.
+func walk(dir string, create uint32, check func(fd int, name string) error) (int, error) {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return -1, err
+	}
+	enter := func(name string) error {
+		if check == nil {
+			return nil
+		}
+		if err := check(fd, name); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		return nil
+	}
+	if err := enter("/"); err != nil {
 		return -1, err
 	}
 	pending := components(dir)
@@ -129,6 +197,9 @@ func walk(dir string, create uint32) (int, error) {
 				return -1, err
 			}
 			fd = next
+			if err := enter(".."); err != nil {
+				return -1, err
+			}
 			continue
 		}
 		var st unix.Stat_t
@@ -163,6 +234,9 @@ func walk(dir string, create uint32) (int, error) {
 				if fd, err = unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
 					return -1, err
 				}
+				if err := enter("/"); err != nil {
+					return -1, err
+				}
 			}
 			pending = append(components(target), pending...)
 			continue
@@ -175,6 +249,9 @@ func walk(dir string, create uint32) (int, error) {
 			return -1, err
 		}
 		fd = next
+		if err := enter(name); err != nil {
+			return -1, err
+		}
 	}
 	return fd, nil
 }
@@ -244,6 +321,12 @@ func (d *Dir) ReadFile(name string, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readAll(f, limit)
+}
+
+// readAll reads f to its end and closes it; more than limit bytes is an
+// error.
+func readAll(f *os.File, limit int64) ([]byte, error) {
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {

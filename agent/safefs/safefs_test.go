@@ -2,12 +2,16 @@ package safefs
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dhvisor/dhvisor/test/need"
 )
 
 func requireRoot(t *testing.T) {
@@ -128,6 +132,68 @@ func TestOpenAppendChownsTheOpenedFile(t *testing.T) {
 func TestOpenDirRefusesRelative(t *testing.T) {
 	if _, err := OpenDir("relative/dir"); err == nil {
 		t.Fatal("a relative path was accepted")
+	}
+}
+
+// A file is trusted only when root alone could have written it and every
+// directory on its way; a link in the last component is never followed.
+func TestOpenRootOnly(t *testing.T) {
+	base := need.RootOnlyDir(t)
+	must(t, os.WriteFile(filepath.Join(base, "pkg.deb"), []byte("package"), 0o644))
+	must(t, os.Mkdir(filepath.Join(base, "real"), 0o755))
+	must(t, os.WriteFile(filepath.Join(base, "real", "pkg.deb"), []byte("via link"), 0o644))
+	must(t, os.Symlink(filepath.Join(base, "real"), filepath.Join(base, "rootlink")))
+	must(t, os.Symlink(filepath.Join(base, "pkg.deb"), filepath.Join(base, "last.deb")))
+	must(t, os.WriteFile(filepath.Join(base, "groupw.deb"), nil, 0o664))
+	must(t, os.Chmod(filepath.Join(base, "groupw.deb"), 0o664))
+	must(t, os.WriteFile(filepath.Join(base, "user.deb"), nil, 0o644))
+	must(t, os.Chown(filepath.Join(base, "user.deb"), 1234, 1234))
+	must(t, os.Mkdir(filepath.Join(base, "userdir"), 0o755))
+	must(t, os.Chown(filepath.Join(base, "userdir"), 1234, 1234))
+	must(t, os.WriteFile(filepath.Join(base, "userdir", "pkg.deb"), nil, 0o644))
+	must(t, os.Mkdir(filepath.Join(base, "openw"), 0o755))
+	must(t, os.Chmod(filepath.Join(base, "openw"), os.ModeSticky|0o777))
+	must(t, os.WriteFile(filepath.Join(base, "openw", "pkg.deb"), nil, 0o644))
+	must(t, unix.Mkfifo(filepath.Join(base, "fifo.deb"), 0o644))
+	tmp := filepath.Join(t.TempDir(), "pkg.deb") // under /tmp: anyone may write there
+	must(t, os.WriteFile(tmp, nil, 0o644))
+	for _, tt := range []struct {
+		name, path, want, err string
+	}{
+		{"plain", "pkg.deb", "package", ""},
+		{"through a root-owned link", "rootlink/pkg.deb", "via link", ""},
+		{"last component a link", "last.deb", "", "symbolic link"},
+		{"group-writable file", "groupw.deb", "", "writable by its group or others (mode 0664)"},
+		{"a user's file", "user.deb", "", "owned by uid 1234"},
+		{"in a user's directory", "userdir/pkg.deb", "", "userdir is owned by uid 1234"},
+		{"in a sticky world-writable directory", "openw/pkg.deb", "", "openw is writable by its group or others (mode 1777)"},
+		{"a fifo", "fifo.deb", "", "not a regular file"},
+		{"under /tmp", tmp, "", "writable by its group or others"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.path
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(base, p)
+			}
+			f, err := OpenRootOnly(p)
+			if tt.err != "" {
+				if !errors.Is(err, ErrUnsafe) || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("got %v, want ErrUnsafe with %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			b, _ := io.ReadAll(f)
+			if string(b) != tt.want {
+				t.Fatalf("read %q, want %q", b, tt.want)
+			}
+		})
+	}
+	if _, err := OpenRootOnly("pkg.deb"); err == nil {
+		t.Error("a relative path was opened")
 	}
 }
 

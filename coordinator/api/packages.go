@@ -16,6 +16,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/pkgstore"
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
@@ -27,6 +28,9 @@ import (
 func (s *Server) UploadPackage(stream grpc.ClientStreamingServer[pb.PackageChunk, pb.Package]) error {
 	hdr, err := s.receive(stream)
 	if err != nil {
+		return err
+	}
+	if err := s.checkSigned(hdr); err != nil {
 		return err
 	}
 	ctx := stream.Context()
@@ -41,7 +45,7 @@ func (s *Server) UploadPackage(stream grpc.ClientStreamingServer[pb.PackageChunk
 		return status.Errorf(codes.Unavailable, "the package reached %d of %d coordinators (%s), a majority (%d) must hold it: %s",
 			len(holders), len(servers), strings.Join(holders, ", "), need, strings.Join(failures, "; "))
 	}
-	rec := &pb.Package{Sha256: hdr.Sha256, Size: hdr.Size, FileName: hdr.FileName, Replicas: holders}
+	rec := &pb.Package{Sha256: hdr.Sha256, Size: hdr.Size, FileName: hdr.FileName, Replicas: holders, Signature: hdr.Signature}
 	got, err := s.recordPackage(ctx, rec)
 	if err != nil {
 		return err
@@ -88,6 +92,50 @@ func (s *Server) receive(stream grpc.ClientStreamingServer[pb.PackageChunk, pb.P
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	return hdr, nil
+}
+
+// checkSigned refuses, when the cluster requires signed packages, an
+// upload that carries no OpenPGP signature: an .rpm without one in its
+// signature header, a .deb without a detached one. Whether the signature
+// is good is for the agents to say, against their keyrings; this refuses
+// early what none of them would install. A refused package leaves the
+// store at once, unless a recorded upload holds the same bytes.
+func (s *Server) checkSigned(hdr *pb.Package) error {
+	if !s.RequireSignature {
+		return nil
+	}
+	refuse := func(format string, args ...any) error {
+		// Unrecorded, it would go with the store's next prune anyway.
+		if s.FSM.Package(hdr.Sha256) == nil {
+			_ = s.Store.Remove(hdr.Sha256)
+		}
+		return status.Errorf(codes.FailedPrecondition, "%s: "+format+"; the cluster requires signed packages (coordinator.yaml packages.require_signature)", append([]any{hdr.FileName}, args...)...)
+	}
+	if strings.HasSuffix(hdr.FileName, ".deb") {
+		if len(hdr.Signature) == 0 {
+			return refuse("no detached signature was uploaded with it (dhctl sends %s.sig or %s.asc from beside the file)", hdr.FileName, hdr.FileName)
+		}
+		if err := pkgsig.CheckSignature(hdr.Signature); err != nil {
+			return refuse("signature: %v", err)
+		}
+		return nil
+	}
+	if len(hdr.Signature) > 0 {
+		return refuse("an .rpm carries its own signature; a detached one is not used")
+	}
+	f, err := s.Store.Open(hdr.Sha256)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	signed, err := pkgsig.RPMSigned(f)
+	f.Close()
+	switch {
+	case err != nil:
+		return refuse("%v", err)
+	case !signed:
+		return refuse("the .rpm is not signed (rpmsign --addsign)")
+	}
+	return nil
 }
 
 func validFileName(name string) error {

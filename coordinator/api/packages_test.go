@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ProtonMail/go-crypto/openpgp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -130,5 +132,72 @@ func TestUploadAndFetch(t *testing.T) {
 	_ = stream.Send(&pb.PackageChunk{Header: hdr})
 	if _, err := stream.CloseAndRecv(); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("an operator replicated a package: %v", err)
+	}
+}
+
+// rpmHead is the start of an .rpm whose signature header lists tags.
+func rpmHead(tags ...uint32) []byte {
+	b := make([]byte, 96)
+	copy(b, []byte{0xed, 0xab, 0xee, 0xdb})
+	b = append(b, 0x8e, 0xad, 0xe8, 0x01, 0, 0, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(tags)))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	for _, tag := range tags {
+		b = binary.BigEndian.AppendUint32(b, tag)
+		b = append(b, make([]byte, 12)...)
+	}
+	return append(b, "payload"...)
+}
+
+// With packages.require_signature, an upload carrying no signature is
+// refused and its bytes leave the store; signed ones are recorded, a
+// .deb's signature with it.
+func TestUploadRequiresSignature(t *testing.T) {
+	state := fsm.New()
+	dir := t.TempDir()
+	store, err := pkgstore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := serve(t, &Server{FSM: state, Raft: singleReplica(t, state), Store: store, RequireSignature: true})
+	key, err := openpgp.NewEntity("signer", "", "signer@example.com", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deb := []byte("!<arch>\ndebian-binary")
+	var sig bytes.Buffer
+	if err := openpgp.ArmoredDetachSign(&sig, key, bytes.NewReader(deb), nil); err != nil {
+		t.Fatal(err)
+	}
+	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+	unsignedRPM, signedRPM := rpmHead(269, 1004), rpmHead(269, 268, 1004)
+	for _, tt := range []struct {
+		name string
+		hdr  *pb.Package
+		data []byte
+		want string // "" recorded
+	}{
+		{"unsigned .deb", &pb.Package{FileName: "illumon-db_2.0.deb"}, deb, "no detached signature was uploaded with it"},
+		{"junk signature", &pb.Package{FileName: "illumon-db_2.0.deb", Signature: []byte("trust me")}, deb, "signature: not an OpenPGP signature"},
+		{"unsigned .rpm", &pb.Package{FileName: "illumon-db-2.0-1.noarch.rpm"}, unsignedRPM, "the .rpm is not signed (rpmsign --addsign)"},
+		{"not an .rpm", &pb.Package{FileName: "illumon-db-2.0-1.noarch.rpm"}, deb, "too short to be an .rpm"},
+		{"signed .deb", &pb.Package{FileName: "illumon-db_2.0.deb", Signature: sig.Bytes()}, deb, ""},
+		{"signed .rpm", &pb.Package{FileName: "illumon-db-2.0-1.noarch.rpm"}, signedRPM, ""},
+	} {
+		hdr := tt.hdr
+		hdr.Sha256, hdr.Size = sum(tt.data), int64(len(tt.data))
+		got, err := upload(c, hdr, tt.data)
+		if tt.want != "" {
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "packages.require_signature") {
+				t.Errorf("%s: %v, want a refusal with %q", tt.name, err, tt.want)
+			}
+			if state.Package(hdr.Sha256) != nil || store.Has(hdr.Sha256, hdr.Size) {
+				t.Errorf("%s: a refused upload is kept", tt.name)
+			}
+			continue
+		}
+		if err != nil || !bytes.Equal(got.Signature, hdr.Signature) || !bytes.Equal(state.Package(hdr.Sha256).GetSignature(), hdr.Signature) {
+			t.Errorf("%s: %v %v", tt.name, got, err)
+		}
 	}
 }

@@ -65,6 +65,9 @@ type Server struct {
 	Hosts func(context.Context) []string
 	// WorkerPolicy is where registered workers may be.
 	WorkerPolicy WorkerPolicy
+	// RequireSignature refuses uploads that carry no OpenPGP signature
+	// (coordinator.yaml packages.require_signature).
+	RequireSignature bool
 
 	connsOnce sync.Once
 	conns     *conncache.Cache

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
@@ -62,6 +63,10 @@ func (f *FSM) Package(sha string) *pb.Package {
 	return cloneOrNil(f.st.Packages[sha])
 }
 
+// ValidSHA256 says whether s is a sha256 as packages are named: 64
+// lowercase hex digits.
+func ValidSHA256(s string) bool { return shaRE.MatchString(s) }
+
 // ShortSHA is the first 12 hex digits, as operators see a package.
 func ShortSHA(sha string) string { return sha[:min(12, len(sha))] }
 
@@ -78,6 +83,8 @@ func (f *FSM) addPackage(at int64, who string, p *pb.Package) (any, string) {
 		return rejected("file_name %q: expected a plain file name", p.FileName), what
 	case len(p.Replicas) == 0:
 		return rejected("no coordinator holds the package"), what
+	case len(p.Signature) > pkgsig.MaxSignature:
+		return rejected("signature: %d bytes, at most %d", len(p.Signature), pkgsig.MaxSignature), what
 	}
 	if cur := f.st.Packages[p.Sha256]; cur != nil {
 		if cur.Size != p.Size {
@@ -90,6 +97,11 @@ func (f *FSM) addPackage(at int64, who string, p *pb.Package) (any, string) {
 			}
 		}
 		slices.Sort(cur.Replicas)
+		if len(cur.Signature) == 0 && len(p.Signature) > 0 {
+			// Uploaded again with the signature it lacked.
+			cur.Signature = p.Signature
+			return proto.Clone(cur), what + " now has a signature"
+		}
 		if cur.Name == "" && p.Name != "" {
 			cur.Name, cur.Version = p.Name, p.Version
 			return proto.Clone(cur), fmt.Sprintf("%s is %s %s", what, p.Name, p.Version)

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"path/filepath"
@@ -95,7 +96,7 @@ func PlanUpgrade(req *pb.OpRequest, in UpgradeInput, def Defaults) (*pb.Operatio
 	install := func(nodes []string) *pb.Stage {
 		st := &pb.Stage{}
 		for _, n := range nodes {
-			st.Steps = append(st.Steps, &pb.Step{Node: n, Action: ActInstall, Package: u.PackageSha256, PackagePath: u.Path})
+			st.Steps = append(st.Steps, &pb.Step{Node: n, Action: ActInstall, Package: cmp.Or(u.PackageSha256, u.PathSha256), PackagePath: u.Path})
 		}
 		return st
 	}
@@ -136,7 +137,7 @@ func validateUpgrade(req *pb.OpRequest, in UpgradeInput) error {
 	for _, p := range in.Packages {
 		known[p.Sha256] = p
 	}
-	checkPkg := func(field, sha, pathField, path string) {
+	checkPkg := func(field, sha, pathField, path, pathSha string) {
 		switch {
 		case sha != "" && path != "":
 			add("%s and %s: give one, not both", field, pathField)
@@ -144,6 +145,11 @@ func validateUpgrade(req *pb.OpRequest, in UpgradeInput) error {
 			if !filepath.IsAbs(path) || (!strings.HasSuffix(path, ".rpm") && !strings.HasSuffix(path, ".deb")) {
 				add("%s %q: expected the absolute path of a .rpm or .deb on every node", pathField, path)
 			}
+			if !fsm.ValidSHA256(pathSha) {
+				add("%s_sha256 %q: expected the 64 lowercase hex digits of the file's sha256, which the agents check their copy against (dhctl hashes the file; give --sha256 when it is not on the machine dhctl runs on)", pathField, pathSha)
+			}
+		case pathSha != "":
+			add("%s_sha256: only used with %s", pathField, pathField)
 		case sha != "" && known[sha] == nil:
 			add("%s %s: no such package is uploaded (see `dhctl upgrade packages`)", field, sha)
 		}
@@ -151,12 +157,12 @@ func validateUpgrade(req *pb.OpRequest, in UpgradeInput) error {
 	if u.PackageSha256 == "" && u.Path == "" {
 		add("upgrade.package_sha256: the package to install is required (upload it, or give its path on the nodes)")
 	}
-	checkPkg("upgrade.package_sha256", u.PackageSha256, "upgrade.path", u.Path)
+	checkPkg("upgrade.package_sha256", u.PackageSha256, "upgrade.path", u.Path, u.PathSha256)
 	if u.AutoRevert {
 		if u.PreviousSha256 == "" && u.PreviousPath == "" {
 			add("upgrade.auto_revert: needs the package the nodes run now, to put it back: pass it with --previous (no earlier upgrade's package is stored)")
 		}
-		checkPkg("upgrade.previous_sha256", u.PreviousSha256, "upgrade.previous_path", u.PreviousPath)
+		checkPkg("upgrade.previous_sha256", u.PreviousSha256, "upgrade.previous_path", u.PreviousPath, u.PreviousPathSha256)
 		if (u.PreviousSha256 != "" && u.PreviousSha256 == u.PackageSha256) || (u.PreviousPath != "" && u.PreviousPath == u.Path) {
 			add("upgrade.previous: is the package being installed; a revert needs the one the nodes run now")
 		}
@@ -168,7 +174,7 @@ func validateUpgrade(req *pb.OpRequest, in UpgradeInput) error {
 				}
 			}
 		}
-	} else if u.PreviousSha256 != "" || u.PreviousPath != "" {
+	} else if u.PreviousSha256 != "" || u.PreviousPath != "" || u.PreviousPathSha256 != "" {
 		add("upgrade.previous: only used with auto_revert")
 	}
 	if u.Strategy != StrategyFull && u.Strategy != StrategyRolling {
@@ -287,7 +293,7 @@ func RevertStages(op *pb.Operation) []*pb.Stage {
 		st := &pb.Stage{}
 		for _, n := range nodes {
 			if v, ok := touched[n]; ok {
-				st.Steps = append(st.Steps, &pb.Step{Node: n, Action: ActRevert, Package: u.PreviousSha256, PackagePath: u.PreviousPath, ExpectVersion: v})
+				st.Steps = append(st.Steps, &pb.Step{Node: n, Action: ActRevert, Package: cmp.Or(u.PreviousSha256, u.PreviousPathSha256), PackagePath: u.PreviousPath, ExpectVersion: v})
 			}
 		}
 		return st

@@ -48,8 +48,9 @@ func (e *Engine) watchNode(ctx context.Context, node string, cancel context.Canc
 }
 
 // prefetch has every node whose install is still to come fetch the package
-// now, while its services run, so the install steps (in a full upgrade, the
-// cluster's downtime) do not wait for the transfer. It is best effort: an
+// (or copy it from the path on the node) into its cache now, while its
+// services run, so the install steps (in a full upgrade, the cluster's
+// downtime) do not wait for the transfer. It is best effort: an
 // install step fetches whatever is missing. The returned function stops it.
 func (e *Engine) prefetch(ctx context.Context, op *pb.Operation) func() {
 	ctx, cancel := context.WithCancel(ctx)
@@ -57,7 +58,7 @@ func (e *Engine) prefetch(ctx context.Context, op *pb.Operation) func() {
 	seen := map[string]bool{}
 	for _, st := range op.Stages[:revertEnd(op)] {
 		for _, s := range st.Steps {
-			if s.Action != ActInstall || fsm.StepFinished(s.State) || s.PackagePath != "" || seen[s.Node] {
+			if s.Action != ActInstall || fsm.StepFinished(s.State) || seen[s.Node] {
 				continue
 			}
 			seen[s.Node] = true
@@ -108,13 +109,13 @@ func (e *Engine) install(ctx context.Context, s *pb.Step, token string) (*agentp
 // node, or the coordinators that hold it.
 func (e *Engine) packageRef(s *pb.Step) (*agentpb.PackageRef, error) {
 	if s.PackagePath != "" {
-		return &agentpb.PackageRef{Path: s.PackagePath}, nil
+		return &agentpb.PackageRef{Path: s.PackagePath, Sha256: s.Package}, nil
 	}
 	p := e.FSM.Package(s.Package)
 	if p == nil {
 		return nil, fmt.Errorf("package %s is no longer recorded (removed?)", fsm.ShortSHA(s.Package))
 	}
-	ref := &agentpb.PackageRef{Sha256: p.Sha256, Size: p.Size, FileName: p.FileName}
+	ref := &agentpb.PackageRef{Sha256: p.Sha256, Size: p.Size, FileName: p.FileName, Signature: p.Signature}
 	for _, id := range p.Replicas {
 		if peer := e.FSM.Peer(id); peer != nil && peer.ApiAddr != "" {
 			ref.Sources = append(ref.Sources, peer.ApiAddr)

@@ -86,7 +86,7 @@ func TestPlanUpgradeFull(t *testing.T) {
 
 func TestPlanUpgradeRolling(t *testing.T) {
 	in := upgradeInput(t)
-	op, err := PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: &pb.UpgradeSpec{Path: "/srv/illumon-db_2.0.deb", Strategy: StrategyRolling}}, in, testDefaults)
+	op, err := PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: &pb.UpgradeSpec{Path: "/srv/illumon-db_2.0.deb", PathSha256: shaV2, Strategy: StrategyRolling}}, in, testDefaults)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestPlanUpgradeRolling(t *testing.T) {
 	if !strings.HasPrefix(lines[2], "start infra:configuration_server,authentication_server") || !strings.HasSuffix(lines[0], "authentication_server,configuration_server") {
 		t.Errorf("a node's services start in dependency order and stop in reverse:\n%s", got)
 	}
-	if op.Stages[1].Steps[0].PackagePath != "/srv/illumon-db_2.0.deb" {
+	if s := op.Stages[1].Steps[0]; s.PackagePath != "/srv/illumon-db_2.0.deb" || s.Package != shaV2 {
 		t.Errorf("install step: %v", op.Stages[1].Steps[0])
 	}
 	two, err := PlanUpgrade(&pb.OpRequest{Action: ActUpgrade, Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, Strategy: StrategyRolling, MaxParallel: 2}}, in, testDefaults)
@@ -128,7 +128,10 @@ func TestPlanUpgradeRefuses(t *testing.T) {
 		{"no package", &pb.OpRequest{}, nil, "upgrade.package_sha256: the package to install is required"},
 		{"unknown package", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{PackageSha256: strings.Repeat("3", 64)}}, nil, "no such package is uploaded"},
 		{"both", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, Path: "/x.rpm"}}, nil, "give one, not both"},
-		{"relative path", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{Path: "x.rpm"}}, nil, "absolute path of a .rpm or .deb"},
+		{"relative path", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{Path: "x.rpm", PathSha256: shaV2}}, nil, "absolute path of a .rpm or .deb"},
+		{"path without its hash", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{Path: "/srv/x.rpm"}}, nil, `upgrade.path_sha256 "": expected the 64 lowercase hex digits`},
+		{"hash without a path", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, PathSha256: shaV1}}, nil, "upgrade.path_sha256: only used with upgrade.path"},
+		{"previous path without its hash", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{Path: "/srv/b.rpm", PathSha256: shaV2, AutoRevert: true, PreviousPath: "/srv/a.rpm"}}, nil, `upgrade.previous_path_sha256 "": expected`},
 		{"strategy", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, Strategy: "canary"}}, nil, `"canary" is not full or rolling`},
 		{"auto-revert without previous", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, AutoRevert: true}}, nil, "needs the package the nodes run now"},
 		{"previous is the new one", &pb.OpRequest{Upgrade: &pb.UpgradeSpec{PackageSha256: shaV2, AutoRevert: true, PreviousSha256: shaV2}}, nil, "is the package being installed"},

@@ -69,6 +69,17 @@ func (s *Store) Open(sha string) (*os.File, error) {
 	return os.Open(s.path(sha))
 }
 
+// Remove drops a held package (one refused after it was written).
+func (s *Store) Remove(sha string) error {
+	if !shaRE.MatchString(sha) {
+		return fmt.Errorf("sha256 %q: expected 64 lowercase hex digits", sha)
+	}
+	if err := os.Remove(s.path(sha)); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
 // ErrMismatch is a package whose bytes do not match its stated size or
 // sha256; nothing is kept.
 var ErrMismatch = errors.New("the package's bytes do not match")

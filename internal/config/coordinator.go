@@ -38,6 +38,8 @@ type Coordinator struct {
 	Envoy Envoy `yaml:"envoy"`
 	// Workers is what the replicas take of the dispatchers' workers.
 	Workers CoordinatorWorkers `yaml:"workers"`
+	// Packages is what the coordinators accept as upgrade packages.
+	Packages CoordinatorPackages `yaml:"packages"`
 }
 
 // CoordinatorWorkers limits where registered workers may be.
@@ -46,6 +48,16 @@ type CoordinatorWorkers struct {
 	// at one): only for a cluster on one host, such as make demo. Envoy
 	// would otherwise be sent to its own host's loopback services.
 	AllowLoopback bool `yaml:"allow_loopback"`
+}
+
+// CoordinatorPackages is coordinator.yaml packages:.
+type CoordinatorPackages struct {
+	// RequireSignature refuses an upload that carries no OpenPGP
+	// signature (an .rpm without one in its signature header, a .deb
+	// without PACKAGE.sig or .asc beside it), early: the agents, whose
+	// agent.yaml packages.require_signature verifies each against their
+	// keyring, are the check that counts.
+	RequireSignature bool `yaml:"require_signature"`
 }
 
 // Envoy configures what the coordinator tells Envoy.

@@ -2,14 +2,20 @@ package config
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"maps"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/template"
 	"time"
+
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 )
 
 // Packages is how the agent installs the Deephaven package in an upgrade
@@ -33,7 +39,25 @@ type Packages struct {
 	CacheDir string `yaml:"cache_dir"`
 	// Timeout bounds one install (default 30m).
 	Timeout Duration `yaml:"timeout"`
+	// Reserve is the free space a package fetch must leave on the cache's
+	// file system (default 256MiB): the agent's state file shares it.
+	Reserve ByteSize `yaml:"reserve"`
+	// RequireSignature installs only packages signed by a key of Keyring:
+	// an .rpm's own signature (rpm -K), a .deb's detached OpenPGP
+	// signature (uploaded with it, or PACKAGE.sig or .asc beside a path).
+	RequireSignature bool `yaml:"require_signature"`
+	// Keyring is the OpenPGP public keys (armored or binary) that sign
+	// packages; a root-owned file no group or other user can write.
+	Keyring string `yaml:"keyring"`
 }
+
+// Bounds of packages.reserve: below the minimum a full disk could stop
+// the agent's state writes; above the maximum it refuses every fetch.
+const (
+	DefaultPackageReserve = 256 << 20
+	minPackageReserve     = 1 << 20
+	maxPackageReserve     = 1 << 40
+)
 
 // PackageTools are the tools packages.tool may name, with the programs each
 // needs on the node.
@@ -80,6 +104,41 @@ func (p *Packages) applyDefaults(stateDir, dir string) {
 	if p.Timeout == 0 {
 		p.Timeout = Duration(30 * time.Minute)
 	}
+	if p.Reserve == 0 {
+		p.Reserve = DefaultPackageReserve
+	}
+	if p.Keyring != "" && !filepath.IsAbs(p.Keyring) {
+		p.Keyring = filepath.Join(dir, p.Keyring)
+	}
+}
+
+// checkKeyring says what is wrong with a keyring file root is to trust:
+// it must be a regular file of root's that no group or other user can
+// write, holding OpenPGP public keys.
+func checkKeyring(file string) string {
+	st, err := os.Lstat(file)
+	if err != nil {
+		return fmt.Sprintf("cannot read %s: %v", file, errors.Unwrap(err))
+	}
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	switch {
+	case !st.Mode().IsRegular():
+		return fmt.Sprintf("%s is not a regular file (a link or a directory): name the keyring file itself", file)
+	case sys != nil && sys.Uid != 0:
+		return fmt.Sprintf("%s is owned by uid %d: the keys that decide what root installs must be root's (chown root %s)", file, sys.Uid, file)
+	case st.Mode().Perm()&0o022 != 0:
+		return fmt.Sprintf("%s is writable by its group or others (mode %04o): chmod 0644 %s", file, st.Mode().Perm(), file)
+	case st.Size() > pkgsig.MaxKeyring:
+		return fmt.Sprintf("%s is %d bytes: larger than any keyring (at most %d)", file, st.Size(), pkgsig.MaxKeyring)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Sprintf("cannot read %s: %v", file, errors.Unwrap(err))
+	}
+	if _, err := pkgsig.ReadKeyring(b); err != nil {
+		return fmt.Sprintf("%s: %v (expected OpenPGP public keys, e.g. gpg --armor --export KEYID)", file, err)
+	}
+	return ""
 }
 
 // validatePackages checks packages: its tool exists on this node, its
@@ -101,6 +160,23 @@ func (n *Node) validatePackages(es *Errors, src *source, org origins) {
 					es.add(src.file, loc("tool"), "packages.tool", "%s needs %s, which is not on this node's PATH", p.Tool, prog)
 				}
 			}
+		}
+	}
+	section, _ := mapValue(src.root, "packages")
+	// The value as written: an explicit 0 must not pass as the default.
+	if v, _ := mapValue(section, "reserve"); v != nil {
+		if b, err := ParseByteSize(v.Value); err == nil && (b < minPackageReserve || b > maxPackageReserve) {
+			es.add(src.file, loc("reserve"), "packages.reserve", "%s: expected %s to %s of free space to keep", v.Value, ByteSize(minPackageReserve), ByteSize(maxPackageReserve))
+		}
+	}
+	switch {
+	case p.RequireSignature && p.Keyring == "":
+		es.add(src.file, loc("require_signature"), "packages.keyring", "required with require_signature: the OpenPGP public keys packages must be signed with")
+	case p.Keyring != "" && !p.RequireSignature:
+		es.add(src.file, loc("keyring"), "packages.keyring", "set, but require_signature is false: nothing would be checked against it")
+	case p.Keyring != "":
+		if msg := checkKeyring(p.Keyring); msg != "" {
+			es.add(src.file, loc("keyring"), "packages.keyring", "%s", msg)
 		}
 	}
 	sample := PackageCommand{File: "/tmp/x.rpm", Package: "illumon-db", Version: "1.0", Downgrade: true}

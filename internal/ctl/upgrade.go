@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dhvisor/dhvisor/internal/pkgsig"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
@@ -23,6 +26,8 @@ type upgradeFlags struct {
 	maxParallel int
 	autoRevert  bool
 	previous    string
+	// With --path: the files' sha256 when they are not on this machine.
+	sha256, previousSha256 string
 }
 
 func (o *options) upgradeCmd() *cobra.Command {
@@ -33,6 +38,11 @@ func (o *options) upgradeCmd() *cobra.Command {
 		Short: "Upload the package to the coordinators and upgrade the cluster with it",
 		Long: `Upload the package once to the coordinators (or, with --path, use the file
 already at that path on every node) and upgrade every node.
+
+With --path, dhctl hashes the file (or takes --sha256 when the file is not
+on this machine) and each agent copies the file once into its package cache
+and installs that copy only if it has the same sha256. The file and every
+directory above it must be root's and writable by no group or other user.
 
 Strategy full (Deephaven's documented procedure): stop every service in
 reverse dependency order, install on every node at once, start
@@ -55,6 +65,8 @@ or by default the package of the last upgrade that completed.`,
 	fl.IntVar(&f.maxParallel, "max-parallel", 0, "nodes at once: rolling batches (default 1), full installs (default all)")
 	fl.BoolVar(&f.autoRevert, "auto-revert", false, "on failure, reinstall the previous package on the nodes done and restart them")
 	fl.StringVar(&f.previous, "previous", "", "with --auto-revert: the package the nodes run now (default: the last completed upgrade's)")
+	fl.StringVar(&f.sha256, "sha256", "", "with --path: the package's sha256 (`sha256sum` on a node), needed when the file is not on this machine; checked against it when it is")
+	fl.StringVar(&f.previousSha256, "previous-sha256", "", "with --path: --previous's sha256, as --sha256")
 	f.op.addGate(start)
 
 	var followFlag bool
@@ -142,12 +154,26 @@ func (o *options) upgradeStart(cmd *cobra.Command, f *upgradeFlags, file string)
 	if f.previous != "" && !f.autoRevert {
 		return fail(ExitError, "--previous is the package --auto-revert puts back; add --auto-revert")
 	}
+	var pathSha, previousSha string
 	if f.path {
 		for _, p := range []string{file, f.previous} {
 			if p != "" && !filepath.IsAbs(p) {
 				return fail(ExitError, "--path: %q must be the absolute path of the package on every node", p)
 			}
 		}
+		var err error
+		if pathSha, err = pathSHA256(file, f.sha256, "--sha256"); err != nil {
+			return err
+		}
+		if f.previous != "" {
+			if previousSha, err = pathSHA256(f.previous, f.previousSha256, "--previous-sha256"); err != nil {
+				return err
+			}
+		} else if f.previousSha256 != "" {
+			return fail(ExitError, "--previous-sha256 is the sha256 of --previous; add --previous")
+		}
+	} else if f.sha256 != "" || f.previousSha256 != "" {
+		return fail(ExitError, "--sha256 and --previous-sha256 go with --path: an uploaded package is hashed as it is read")
 	}
 	label := "upgrade " + filepath.Base(file)
 	req, err := f.op.request("upgrade", nil, label)
@@ -159,6 +185,7 @@ func (o *options) upgradeStart(cmd *cobra.Command, f *upgradeFlags, file string)
 	return o.withCoord(cmd.Context(), func(ctx context.Context, c pb.CoordinatorClient) error {
 		if f.path {
 			u.Path, u.PreviousPath = file, f.previous
+			u.PathSha256, u.PreviousPathSha256 = pathSha, previousSha
 		} else {
 			sha, err := o.upload(ctx, c, file)
 			if err != nil {
@@ -173,6 +200,51 @@ func (o *options) upgradeStart(cmd *cobra.Command, f *upgradeFlags, file string)
 		}
 		return o.startOp(ctx, c, &f.op, req)
 	})
+}
+
+// pathSHA256 is the sha256 the agents must find in their copy of the
+// package at path: the file's here, or the flag's when the file is not on
+// this machine; both must agree when both are there.
+func pathSHA256(path, flagValue, flagName string) (string, error) {
+	var given string
+	if flagValue != "" {
+		var err error
+		if given, err = parseSHA256(flagValue); err != nil {
+			return "", fail(ExitError, "%s: %v", flagName, err)
+		}
+	}
+	fh, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) && given != "" {
+		return given, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fail(ExitError, "--path: %s is not on this machine, so dhctl cannot hash it: give its sha256 with %s (sha256sum %s on a node)", path, flagName, path)
+	}
+	if err != nil {
+		return "", fail(ExitError, "--path: %v", err)
+	}
+	defer fh.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, fh); err != nil {
+		return "", fail(ExitError, "--path: %s: %v", path, err)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if given != "" && given != got {
+		return "", fail(ExitError, "%s %s, but %s here has sha256 %s: not started", flagName, given, path, got)
+	}
+	return got, nil
+}
+
+// parseSHA256 reads a sha256 as sha256sum prints it (either case).
+func parseSHA256(s string) (string, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if len(s) != sha256.Size*2 {
+		return "", fmt.Errorf("%q: expected 64 hex digits", s)
+	}
+	if _, err := hex.DecodeString(s); err != nil {
+		return "", fmt.Errorf("%q: expected 64 hex digits", s)
+	}
+	return s, nil
 }
 
 // upload sends the package to the coordinators unless they hold it, and
@@ -198,8 +270,12 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	if err != nil {
 		return "", rpcError(err)
 	}
+	sig, err := signatureBeside(file)
+	if err != nil {
+		return "", err
+	}
 	for _, p := range resp.Packages {
-		if p.Sha256 == sha {
+		if p.Sha256 == sha && (len(sig) == 0 || len(p.Signature) > 0) {
 			fmt.Fprintf(o.out, "%s (%s) is already held by %s\n", name, sha[:12], strings.Join(p.Replicas, ", "))
 			return sha, nil
 		}
@@ -214,7 +290,7 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	var sendErr error
 	send := func(m *pb.PackageChunk) error { sendErr = stream.Send(m); return sendErr }
 	progress := &uploadProgress{r: fh, name: name, size: size, out: o.errOut, last: time.Now()}
-	if err := pb.SendPackage(send, progress, &pb.Package{Sha256: sha, Size: size, FileName: name}); err != nil {
+	if err := pb.SendPackage(send, progress, &pb.Package{Sha256: sha, Size: size, FileName: name, Signature: sig}); err != nil {
 		if sendErr != nil {
 			_, err = stream.CloseAndRecv() // the server's reason
 			return "", rpcError(err)
@@ -227,6 +303,29 @@ func (o *options) upload(ctx context.Context, c pb.CoordinatorClient, file strin
 	}
 	fmt.Fprintf(o.out, "uploaded %s (%s, %s), held by %s\n", name, sha[:12], humanBytes(uint64(size)), strings.Join(p.Replicas, ", "))
 	return sha, nil
+}
+
+// signatureBeside reads a .deb's detached signature, FILE.sig or
+// FILE.asc, to upload with it (nil when there is none, and for an .rpm,
+// which carries its own).
+func signatureBeside(file string) ([]byte, error) {
+	if !strings.HasSuffix(file, ".deb") {
+		return nil, nil
+	}
+	for _, suffix := range pkgsig.Beside {
+		b, err := os.ReadFile(file + suffix)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fail(ExitError, "%v", err)
+		}
+		if err := pkgsig.CheckSignature(b); err != nil {
+			return nil, fail(ExitError, "%s%s: %v", file, suffix, err)
+		}
+		return b, nil
+	}
+	return nil, nil
 }
 
 // uploadProgress tells, once a second, how much of the package was read
@@ -254,7 +353,9 @@ func (u *uploadProgress) Read(p []byte) (int, error) {
 func renderUpgrade(w io.Writer, op *pb.Operation, now time.Time, color bool) {
 	u := op.Request.Upgrade
 	what := u.Path
-	if what == "" {
+	if what != "" {
+		what += " (" + u.PathSha256[:min(12, len(u.PathSha256))] + ")"
+	} else {
 		what = "package " + u.PackageSha256[:min(12, len(u.PackageSha256))]
 	}
 	line := fmt.Sprintf("  %s, strategy %s", what, u.Strategy)

@@ -1947,12 +1947,17 @@ func (x *RegisterWorkersResponse) GetWarnings() []string {
 // PackageRef says where an agent gets a package: from the coordinators that
 // hold it (by sha256), or from a path on the node.
 type PackageRef struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	FileName      string                 `protobuf:"bytes,3,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"` // as uploaded: tools such as apt and dnf want the extension
-	Sources       []string               `protobuf:"bytes,4,rep,name=sources,proto3" json:"sources,omitempty"`                   // coordinator API addresses holding it, tried in turn
-	Path          string                 `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`                         // instead of sources: the file is on the node here
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Sha256   string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Size     int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	FileName string                 `protobuf:"bytes,3,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"` // as uploaded: tools such as apt and dnf want the extension
+	Sources  []string               `protobuf:"bytes,4,rep,name=sources,proto3" json:"sources,omitempty"`                   // coordinator API addresses holding it, tried in turn
+	// Instead of sources: the file is on the node here; sha256 is then what
+	// dhctl hashed, and the agent installs its own copy only if it matches.
+	Path string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	// A .deb's detached OpenPGP signature, as uploaded (for a path, the
+	// agent reads PATH.sig or PATH.asc beside it).
+	Signature     []byte `protobuf:"bytes,90,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2020,6 +2025,13 @@ func (x *PackageRef) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *PackageRef) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
 }
 
 type InstallRequest struct {
@@ -2456,14 +2468,15 @@ const file_agentpb_agent_proto_rawDesc = "" +
 	"\x15lease_expires_unix_ms\x18\x02 \x01(\x03R\x12leaseExpiresUnixMs\x12\x18\n" +
 	"\achanged\x18\x03 \x01(\bR\achanged\x12 \n" +
 	"\vcoordinator\x18\x04 \x01(\tR\vcoordinator\x12\x1a\n" +
-	"\bwarnings\x18P \x03(\tR\bwarnings\"\x83\x01\n" +
+	"\bwarnings\x18P \x03(\tR\bwarnings\"\xa1\x01\n" +
 	"\n" +
 	"PackageRef\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1b\n" +
 	"\tfile_name\x18\x03 \x01(\tR\bfileName\x12\x18\n" +
 	"\asources\x18\x04 \x03(\tR\asources\x12\x12\n" +
-	"\x04path\x18\x05 \x01(\tR\x04path\"\xc8\x01\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12\x1c\n" +
+	"\tsignature\x18Z \x01(\fR\tsignature\"\xc8\x01\n" +
 	"\x0eInstallRequest\x12\x19\n" +
 	"\bop_token\x18\x01 \x01(\tR\aopToken\x126\n" +
 	"\apackage\x18\x02 \x01(\v2\x1c.dhvisor.agent.v1.PackageRefR\apackage\x12\x1d\n" +

@@ -142,8 +142,11 @@ type Package struct {
 	UploadedBy     string                 `protobuf:"bytes,5,opt,name=uploaded_by,json=uploadedBy,proto3" json:"uploaded_by,omitempty"`
 	UploadedUnixMs int64                  `protobuf:"varint,6,opt,name=uploaded_unix_ms,json=uploadedUnixMs,proto3" json:"uploaded_unix_ms,omitempty"`
 	// Learned from the first install: the package's name and version.
-	Name          string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
-	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Name    string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	Version string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	// A .deb's detached OpenPGP signature (armored or binary), uploaded
+	// with it from PACKAGE.sig or PACKAGE.asc; an .rpm carries its own.
+	Signature     []byte `protobuf:"bytes,90,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -232,6 +235,13 @@ func (x *Package) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Package) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
 }
 
 type FetchPackageRequest struct {
@@ -376,8 +386,12 @@ type UpgradeSpec struct {
 	AutoRevert     bool                   `protobuf:"varint,5,opt,name=auto_revert,json=autoRevert,proto3" json:"auto_revert,omitempty"`            // on failure, reinstall the previous package on the nodes done and restart them
 	PreviousSha256 string                 `protobuf:"bytes,6,opt,name=previous_sha256,json=previousSha256,proto3" json:"previous_sha256,omitempty"` // the package to revert to (default: the last upgrade's that completed)
 	PreviousPath   string                 `protobuf:"bytes,7,opt,name=previous_path,json=previousPath,proto3" json:"previous_path,omitempty"`       // or its path on every node
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The sha256 of the file at path (and previous_path), as dhctl read it:
+	// an agent installs the file only if its copy has these bytes.
+	PathSha256         string `protobuf:"bytes,90,opt,name=path_sha256,json=pathSha256,proto3" json:"path_sha256,omitempty"`
+	PreviousPathSha256 string `protobuf:"bytes,91,opt,name=previous_path_sha256,json=previousPathSha256,proto3" json:"previous_path_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *UpgradeSpec) Reset() {
@@ -455,6 +469,20 @@ func (x *UpgradeSpec) GetPreviousSha256() string {
 func (x *UpgradeSpec) GetPreviousPath() string {
 	if x != nil {
 		return x.PreviousPath
+	}
+	return ""
+}
+
+func (x *UpgradeSpec) GetPathSha256() string {
+	if x != nil {
+		return x.PathSha256
+	}
+	return ""
+}
+
+func (x *UpgradeSpec) GetPreviousPathSha256() string {
+	if x != nil {
+		return x.PreviousPathSha256
 	}
 	return ""
 }
@@ -1947,8 +1975,9 @@ type Step struct {
 	OkUnixMs      int64  `protobuf:"varint,7,opt,name=ok_unix_ms,json=okUnixMs,proto3" json:"ok_unix_ms,omitempty"` // every service reached its goal; the health hold starts
 	EndedUnixMs   int64  `protobuf:"varint,8,opt,name=ended_unix_ms,json=endedUnixMs,proto3" json:"ended_unix_ms,omitempty"`
 	Attempts      int32  `protobuf:"varint,9,opt,name=attempts,proto3" json:"attempts,omitempty"` // > 1 when a new leader resumed the step
-	// Install and revert steps (upgrades): the package (sha256 of an
-	// uploaded one, or a path on the node) and what the node's tool did.
+	// Install and revert steps (upgrades): the package's sha256 (of an
+	// uploaded one, or of the file at package_path on the node) and what the
+	// node's tool did.
 	Package       string `protobuf:"bytes,10,opt,name=package,proto3" json:"package,omitempty"`
 	PackagePath   string `protobuf:"bytes,11,opt,name=package_path,json=packagePath,proto3" json:"package_path,omitempty"`
 	VersionBefore string `protobuf:"bytes,12,opt,name=version_before,json=versionBefore,proto3" json:"version_before,omitempty"`
@@ -3490,7 +3519,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\x1a\x19coordpb/extraroutes.proto\"[\n" +
 	"\fPackageChunk\x127\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.dhvisor.coordinator.v1.PackageR\x06header\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xe7\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x85\x02\n" +
 	"\aPackage\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x1b\n" +
@@ -3500,13 +3529,14 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"uploadedBy\x12(\n" +
 	"\x10uploaded_unix_ms\x18\x06 \x01(\x03R\x0euploadedUnixMs\x12\x12\n" +
 	"\x04name\x18\a \x01(\tR\x04name\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion\"E\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12\x1c\n" +
+	"\tsignature\x18Z \x01(\fR\tsignature\"E\n" +
 	"\x13FetchPackageRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\"\x11\n" +
 	"\x0fPackagesRequest\"O\n" +
 	"\x10PackagesResponse\x12;\n" +
-	"\bpackages\x18\x01 \x03(\v2\x1f.dhvisor.coordinator.v1.PackageR\bpackages\"\xf6\x01\n" +
+	"\bpackages\x18\x01 \x03(\v2\x1f.dhvisor.coordinator.v1.PackageR\bpackages\"\xc9\x02\n" +
 	"\vUpgradeSpec\x12%\n" +
 	"\x0epackage_sha256\x18\x01 \x01(\tR\rpackageSha256\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1a\n" +
@@ -3515,7 +3545,10 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\vauto_revert\x18\x05 \x01(\bR\n" +
 	"autoRevert\x12'\n" +
 	"\x0fprevious_sha256\x18\x06 \x01(\tR\x0epreviousSha256\x12#\n" +
-	"\rprevious_path\x18\a \x01(\tR\fpreviousPath\"s\n" +
+	"\rprevious_path\x18\a \x01(\tR\fpreviousPath\x12\x1f\n" +
+	"\vpath_sha256\x18Z \x01(\tR\n" +
+	"pathSha256\x120\n" +
+	"\x14previous_path_sha256\x18[ \x01(\tR\x12previousPathSha256\"s\n" +
 	"\rUpgradeRevert\x12\x13\n" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x125\n" +

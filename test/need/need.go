@@ -43,3 +43,21 @@ func Monit(t testing.TB) {
 		Missing(t, "monit (monit -V: "+err.Error()+": "+strings.TrimSpace(string(out))+")")
 	}
 }
+
+// RootOnlyDir returns a new directory that nobody but root can write, on
+// a path nobody but root can write (t.TempDir is under the world-writable
+// /tmp), for files the agent must trust; it is removed when the test ends.
+// Missing unless the test runs as root.
+func RootOnlyDir(t testing.TB) string {
+	t.Helper()
+	Root(t, "files only root can write")
+	dir, err := os.MkdirTemp("/run", "dhvisor-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
