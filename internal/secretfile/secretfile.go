@@ -37,6 +37,12 @@ func Read(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return ReadOpened(path, f)
+}
+
+// ReadOpened is Read of a file the caller opened (through a directory
+// descriptor, say), path naming it in errors. It does not close f.
+func ReadOpened(path string, f *os.File) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
