@@ -31,10 +31,15 @@ func Read(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("%s: %w", path, pe.Err)
+		if !errors.As(err, &pe) {
+			return nil, err
 		}
-		return nil, err
+		if errors.Is(pe.Err, fs.ErrPermission) && os.Geteuid() != 0 {
+			// A daemon that no longer runs as root (dhcoord, as
+			// dhvisor) on a key root kept to itself.
+			return nil, fmt.Errorf("%s: %w (this daemon runs as uid %d, gid %d: give it the file's group, mode 0640, e.g. chgrp %d %s; chmod 640 %s)", path, pe.Err, os.Geteuid(), os.Getegid(), os.Getegid(), path, path)
+		}
+		return nil, fmt.Errorf("%s: %w", path, pe.Err)
 	}
 	defer f.Close()
 	return ReadOpened(path, f)
