@@ -14,13 +14,19 @@ if [[ -S $demo/agent.sock ]] && bin/dhctl --socket "$demo/agent.sock" status --l
   echo "demo already running; showing status (make demo-stop to end it)"
 else
   # Every TCP port speaks mutual TLS: a cluster CA, and a certificate each
-  # for the agent, the coordinator and you (the operator).
-  if [[ ! -f $demo/tls/ca.pem ]]; then
-    rm -rf "$demo/tls"
-    bin/dhctl tls ca create --dir "$demo/tls" --name "dhvisor demo CA" >/dev/null
-    bin/dhctl tls cert create --agent --name demo --dir "$demo/tls" >/dev/null
-    bin/dhctl tls cert create --coordinator --name coord --dir "$demo/tls" >/dev/null
-    bin/dhctl tls cert create --operator --name operator --dir "$demo/tls" >/dev/null
+  # for the agent, the coordinator and you (the operator). The CA key stays
+  # in .demo/ca (0700), apart from what the daemons are configured with
+  # (.demo/tls, where only the CA's certificate goes), as it would stay off
+  # a real cluster's nodes.
+  if [[ ! -f $demo/tls/ca.pem || ! -f $demo/ca/ca-key.pem ]]; then
+    rm -rf "$demo/tls" "$demo/ca"
+    mkdir -m 0700 "$demo/ca"
+    bin/dhctl tls ca create --dir "$demo/ca" --name "dhvisor demo CA" >/dev/null
+    mkdir -m 0750 "$demo/tls"
+    cp -p "$demo/ca/ca.pem" "$demo/tls/ca.pem"
+    bin/dhctl tls cert create --agent --name demo --ca-dir "$demo/ca" --dir "$demo/tls" >/dev/null
+    bin/dhctl tls cert create --coordinator --name coord --ca-dir "$demo/ca" --dir "$demo/tls" >/dev/null
+    bin/dhctl tls cert create --operator --name operator --ca-dir "$demo/ca" --dir "$demo/tls" >/dev/null
   fi
   # The stand-ins play the JVMs: each listens on its service's ports from
   # roles/services.yaml. Services run as the demo user instead of irisadmin,

@@ -21,8 +21,8 @@ import (
 // again even if the agent lost its state file, and never taken for another
 // agent's.
 const (
-	ServiceEnv = "DHVISOR_SERVICE"
-	OwnerEnv   = "DHVISOR_AGENT"
+	ServiceEnv = config.ServiceEnv
+	OwnerEnv   = config.OwnerEnv
 )
 
 // Spec is what a runtime needs to start one service.
@@ -31,11 +31,17 @@ type Spec struct {
 	Owner   string // the agent the process belongs to (its state directory)
 	Command []string
 	Env     map[string]string
-	Dir     string
-	User    string // empty: the agent's own user
-	Group   string // empty: the user's primary group
-	LogDir  string // with config.OutputFile, stdout and stderr go to LogDir/<Name>.log.YYYY-MM-DD
-	Output  string // config.OutputFile (also when empty) or config.OutputJournal
+	// EnvFiles are read at each start (ServiceVars), later files winning
+	// over earlier ones and over Env.
+	EnvFiles []string
+	// Credentials are systemd's LoadCredential=, name to file; only the
+	// systemd runtime has them.
+	Credentials map[string]string
+	Dir         string
+	User        string // empty: the agent's own user
+	Group       string // empty: the user's primary group
+	LogDir      string // with config.OutputFile, stdout and stderr go to LogDir/<Name>.log.YYYY-MM-DD
+	Output      string // config.OutputFile (also when empty) or config.OutputJournal
 	// StopTimeout is how long a stop waits after SIGTERM before SIGKILL;
 	// a runtime that stops through someone else (systemd) tells it.
 	StopTimeout time.Duration
@@ -204,10 +210,25 @@ type Runtime interface {
 	Find(spec Spec) (procfs.Identity, bool)
 }
 
-// Environment is a service's environment as the exec and systemd runtimes
-// give it: a minimal base, the agent's marks, then the service's own
-// variables.
-func Environment(spec Spec, home string) []string {
+// Environment is a service's environment as the exec runtime gives it:
+// BaseEnvironment, then the service's own variables (ServiceVars).
+func Environment(spec Spec, home string) ([]string, error) {
+	vars, err := ServiceVars(spec)
+	if err != nil {
+		return nil, err
+	}
+	env := BaseEnvironment(spec, home)
+	for _, v := range vars {
+		env = append(env, v.Name+"="+v.Value)
+	}
+	return env, nil
+}
+
+// BaseEnvironment is what every service gets whatever its configuration:
+// a minimal base and the agent's marks. None of it is secret, so the
+// systemd runtime may put it where every local user can read it (a unit's
+// Environment=).
+func BaseEnvironment(spec Spec, home string) []string {
 	env := map[string]string{
 		"PATH":     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME":     home,
@@ -216,9 +237,6 @@ func Environment(spec Spec, home string) []string {
 	}
 	if spec.User != "" {
 		env["USER"], env["LOGNAME"] = spec.User, spec.User
-	}
-	for k, v := range spec.Env {
-		env[k] = v
 	}
 	out := make([]string, 0, len(env))
 	for k, v := range env {

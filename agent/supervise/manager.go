@@ -782,7 +782,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 			n := node.Services[name]
 			// A container's runtime applies such changes itself (it
 			// recreates the container once).
-			if n.Container == nil && (!reflect.DeepEqual(prev.Command, n.Command) || !reflect.DeepEqual(prev.Env, n.Env) || prev.User != n.User || prev.Group != n.Group || prev.WorkDir != n.WorkDir) {
+			if n.Container == nil && (!reflect.DeepEqual(prev.Command, n.Command) || !reflect.DeepEqual(prev.Env, n.Env) || !reflect.DeepEqual(prev.EnvFiles, n.EnvFiles) || !reflect.DeepEqual(prev.Credentials, n.Credentials) || prev.User != n.User || prev.Group != n.Group || prev.WorkDir != n.WorkDir) {
 				res.RestartNeeded = append(res.RestartNeeded, name)
 			}
 		}

@@ -566,7 +566,7 @@ func (s *Supervisor) runtimeSpec() runtime.Spec { return runtimeSpec(s.owner, s.
 
 // runtimeSpec is what a runtime needs of a service to run it for owner.
 func runtimeSpec(owner string, spec *config.Service) runtime.Spec {
-	return runtime.Spec{Name: spec.Name, Owner: owner, Command: spec.Command, Env: spec.Env, Dir: spec.WorkDir, User: spec.User, Group: spec.Group,
+	return runtime.Spec{Name: spec.Name, Owner: owner, Command: spec.Command, Env: spec.Env, EnvFiles: spec.EnvFiles, Credentials: spec.Credentials, Dir: spec.WorkDir, User: spec.User, Group: spec.Group,
 		LogDir: spec.LogDir, Output: spec.Output, StopTimeout: spec.StopTimeout.D(), Container: spec.Container, Daemon: daemonSpec(spec)}
 }
 

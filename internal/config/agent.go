@@ -432,6 +432,12 @@ func (n *Node) expand(es *Errors, s *Service, loc func(path ...string) (string, 
 	for _, k := range sortedKeys(s.Env) {
 		s.Env[k] = exp(s.Env[k], "env", k)
 	}
+	for i := range s.EnvFiles {
+		s.EnvFiles[i] = exp(s.EnvFiles[i], "env_files", strconv.Itoa(i))
+	}
+	for _, k := range sortedKeys(s.Credentials) {
+		s.Credentials[k] = exp(s.Credentials[k], "credentials", k)
+	}
 	for i := range s.Checks {
 		c := &s.Checks[i]
 		for j := range c.Command {

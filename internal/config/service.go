@@ -8,21 +8,35 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dhvisor/dhvisor/internal/envfile"
 )
 
 // Service is one supervised Deephaven service as the agent runs it: the
 // shipped definition with the node's defaults and overrides applied and its
 // templates expanded.
 type Service struct {
-	Name        string            `yaml:"-"`
-	Description string            `yaml:"description"`
-	Enabled     *bool             `yaml:"enabled"`
-	Runtime     string            `yaml:"runtime"`
-	Output      string            `yaml:"output"`
-	User        string            `yaml:"user"`
-	Group       string            `yaml:"group"`
-	Command     []string          `yaml:"command"`
-	Env         map[string]string `yaml:"env"`
+	Name        string   `yaml:"-"`
+	Description string   `yaml:"description"`
+	Enabled     *bool    `yaml:"enabled"`
+	Runtime     string   `yaml:"runtime"`
+	Output      string   `yaml:"output"`
+	User        string   `yaml:"user"`
+	Group       string   `yaml:"group"`
+	Command     []string `yaml:"command"`
+	// Env is the service's own environment. It is written in agent.yaml,
+	// which every local user may read: secrets go in EnvFiles or
+	// Credentials.
+	Env map[string]string `yaml:"env"`
+	// EnvFiles are files of KEY=VALUE lines (systemd's EnvironmentFile=
+	// syntax) that the agent reads as root at each start and hands to the
+	// process, later files winning over earlier ones and over Env. Each
+	// must be a secret file: root's, 0600 or 0640 of group root.
+	EnvFiles []string `yaml:"env_files"`
+	// Credentials (runtime systemd) are systemd's LoadCredential=: by
+	// name, a root-only file systemd copies into the unit's
+	// $CREDENTIALS_DIRECTORY, readable by the service alone.
+	Credentials map[string]string `yaml:"credentials"`
 	WorkDir     string            `yaml:"workdir"`
 	LogDir      string            `yaml:"log_dir"`
 	Ports       map[string]int    `yaml:"ports"`
@@ -336,6 +350,7 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 	if s.Container == nil && !s.Daemonizing() && !(s.IsPassive() && s.Followed()) && (len(s.Command) == 0 || s.Command[0] == "") {
 		bad("a command is required (the program and its arguments, e.g. [/usr/illumon/latest/bin/iris, run, %s])", []any{s.Name}, "command")
 	}
+	s.validateSecrets(bad)
 	for name, p := range s.Ports {
 		if p < 1 || p > 65535 {
 			bad("port %d is out of range (expected 1-65535)", []any{p}, "ports", name)
@@ -473,6 +488,52 @@ func (c *Check) validateLog(bad func(format string, args []any, path ...string))
 		}
 	}
 }
+
+// validateSecrets checks env:, env_files: and credentials:. The files are
+// read at each start, as root: whoever validates may not be able to.
+func (s *Service) validateSecrets(bad func(format string, args []any, path ...string)) {
+	for _, k := range sortedKeys(s.Env) {
+		if err := envfile.CheckName(k); err != nil {
+			bad("%v", []any{err}, "env", k)
+		} else if err := envfile.CheckValue(s.Env[k]); err != nil {
+			bad("%v", []any{err}, "env", k)
+		}
+		if k == ServiceEnv || k == OwnerEnv {
+			bad("%s is dhvisor's own mark of the processes it starts", []any{k}, "env", k)
+		}
+	}
+	seen := map[string]bool{}
+	for i, f := range s.EnvFiles {
+		at := []string{"env_files", strconv.Itoa(i)}
+		switch {
+		case !filepath.IsAbs(f):
+			bad("%q is not an absolute path (expected e.g. /etc/dhvisor/secrets/%s.env)", []any{f, s.Name}, at...)
+		case seen[f]:
+			bad("%s is listed twice", []any{f}, at...)
+		}
+		seen[f] = true
+	}
+	if len(s.Credentials) > 0 && s.Runtime != RuntimeSystemd {
+		bad("credentials are systemd's LoadCredential= and need runtime systemd (this service's runtime is %s): use env_files", []any{s.Runtime}, "credentials")
+	}
+	for _, name := range sortedKeys(s.Credentials) {
+		p := s.Credentials[name]
+		switch {
+		case name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || len(name) > 255:
+			bad("%q is not a credential name (a file name in $CREDENTIALS_DIRECTORY: no /, not . or ..)", []any{name}, "credentials", name)
+		case !filepath.IsAbs(p):
+			bad("%q is not an absolute path", []any{p}, "credentials", name)
+		}
+	}
+}
+
+// ServiceEnv and OwnerEnv mark every process the agent starts, whatever
+// the runtime, with its service name and its agent; a service's own
+// variables cannot set them.
+const (
+	ServiceEnv = "DHVISOR_SERVICE"
+	OwnerEnv   = "DHVISOR_AGENT"
+)
 
 func dotted(path []string) string {
 	s := ""

@@ -153,3 +153,45 @@ func TestServiceLogCheckInvalid(t *testing.T) {
 		})
 	}
 }
+
+func TestServiceSecretsInvalid(t *testing.T) {
+	for _, tt := range []struct{ name, services, want string }{
+		{"relative env file", "  mine: {command: [x], env_files: [secrets.env]}\n", `agent.yaml:7: services.mine.env_files.0: "secrets.env" is not an absolute path`},
+		{"env file twice", "  mine: {command: [x], env_files: [/s.env, /s.env]}\n", `services.mine.env_files.1: /s.env is listed twice`},
+		{"bad env name", "  mine: {command: [x], env: {A-B: x}}\n", `services.mine.env.A-B: "A-B" is not a variable name`},
+		{"control character", "  mine: {command: [x], env: {A: \"x\\ry\"}}\n", `services.mine.env.A: the value holds the control character U+000D`},
+		{"a mark", "  mine: {command: [x], env: {DHVISOR_AGENT: /x}}\n", `services.mine.env.DHVISOR_AGENT: DHVISOR_AGENT is dhvisor's own mark`},
+		{"credentials on exec", "  mine: {command: [x], runtime: exec, credentials: {db: /etc/db.pw}}\n", `services.mine.credentials: credentials are systemd's LoadCredential= and need runtime systemd (this service's runtime is exec): use env_files`},
+		{"credential name", "  mine: {command: [x], runtime: systemd, credentials: {a/b: /etc/db.pw}}\n", `services.mine.credentials.a/b: "a/b" is not a credential name`},
+		{"credential path", "  mine: {command: [x], runtime: systemd, credentials: {db: db.pw}}\n", `services.mine.credentials.db: "db.pw" is not an absolute path`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + "services:\n" + tt.services})
+			_, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v\nwant it to contain %q", err, tt.want)
+			}
+		})
+	}
+	dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + "services:\n  mine: {command: [x], runtime: systemd, env: {A: b}, env_files: [/etc/dhvisor/secrets/mine.env], credentials: {db: /etc/db.pw}}\n"})
+	n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := n.Services["mine"]; !reflect.DeepEqual(s.EnvFiles, []string{"/etc/dhvisor/secrets/mine.env"}) || s.Credentials["db"] != "/etc/db.pw" {
+		t.Fatalf("secrets not kept: %+v %+v", s.EnvFiles, s.Credentials)
+	}
+}
+
+func TestServiceEnvFilesTemplate(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"agent.yaml": "roles: [single-node]\n" + standinDefaults + "  env_files: [\"/etc/dhvisor/secrets/{{.Name}}.env\"]\n"})
+	n, err := LoadAgent(filepath.Join(dir, "agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"configuration_server", "db_query_server"} {
+		if got := n.Services[name].EnvFiles; !reflect.DeepEqual(got, []string{"/etc/dhvisor/secrets/" + name + ".env"}) {
+			t.Errorf("%s: env_files %q", name, got)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,13 +21,17 @@ func (o *options) tlsCmd() *cobra.Command {
 		Use:   "tls",
 		Short: "Create the cluster CA and the certificates for mutual TLS",
 		Long: `Every TCP API of dhvisor (agent API, coordinator cluster API, raft
-transport) speaks mutual TLS with a cluster CA. Set up a cluster with:
-  dhctl tls ca create --dir /etc/dhvisor/tls
-  dhctl tls cert create --coordinator --name c1 --dir /etc/dhvisor/tls   # one per coordinator
-  dhctl tls cert create --agent --name n1 --dir /etc/dhvisor/tls         # one per node
-  dhctl tls cert create --operator --name alice --dir ~/.dhvisor         # one per operator
-and copy ca.pem plus each certificate and key to its host. Keep ca-key.pem
-offline. Certificates are checked by role and by the names agent.dhvisor and
+transport) speaks mutual TLS with a cluster CA. On an operator's machine,
+not on a node, set up a cluster with:
+  dhctl tls ca create --dir ~/dhvisor-ca
+  dhctl tls cert create --coordinator --name c1 --ca-dir ~/dhvisor-ca --dir c1 --key-group dhvisor  # one per coordinator
+  dhctl tls cert create --agent --name n1 --ca-dir ~/dhvisor-ca --dir n1          # one per node
+  dhctl tls cert create --operator --name alice --ca-dir ~/dhvisor-ca --dir ~/.dhvisor  # one per operator
+and copy ca.pem plus each certificate and key to /etc/dhvisor/tls on its host,
+keeping their owners and modes (cp -p). ca-key.pem signs every certificate of
+the cluster: it never goes to a node. Certificates are written 0644, keys 0600
+(0640 of --key-group); the daemons refuse a key that others can read.
+Certificates are checked by role and by the names agent.dhvisor and
 coordinator.dhvisor, not by host name or IP, so they need no addresses.
 Replaced certificate, key and CA files are picked up without a restart.`,
 	}
@@ -36,7 +41,12 @@ Replaced certificate, key and CA files are picked up without a restart.`,
 	caCreate := &cobra.Command{
 		Use:   "create",
 		Short: "Create the cluster CA: ca.pem and ca-key.pem in --dir",
-		Args:  cobra.NoArgs,
+		Long: `Create the cluster CA: <dir>/ca.pem (mode 0644), which every node and
+operator needs, and <dir>/ca-key.pem (mode 0600), which signs certificates.
+Whoever holds ca-key.pem can make a certificate of any role, admin included:
+create the CA on an operator's machine, keep ca-key.pem off the nodes (offline
+or in a vault), and copy only ca.pem to /etc/dhvisor/tls on each node.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if caDays <= 0 {
 				return fail(ExitError, "--days %d: must be positive", caDays)
@@ -47,6 +57,7 @@ Replaced certificate, key and CA files are picked up without a restart.`,
 			}
 			fmt.Fprintln(o.out, cert)
 			fmt.Fprintln(o.out, key)
+			fmt.Fprintf(o.errOut, "%s signs every certificate of the cluster: keep it off the nodes (offline or in a vault); nodes need only %s.\n", key, cert)
 			return nil
 		},
 	}
@@ -59,6 +70,7 @@ Replaced certificate, key and CA files are picked up without a restart.`,
 	var (
 		agent, coordinator, operator bool
 		name, caFile, caKey, dir     string
+		signDir, keyGroup            string
 		dns, ips                     []string
 		days                         int
 	)
@@ -66,7 +78,9 @@ Replaced certificate, key and CA files are picked up without a restart.`,
 		Use:   "create --agent|--coordinator|--operator [--name NAME]",
 		Short: "Create a certificate and key signed by the cluster CA: <role>-<name>.pem and <role>-<name>-key.pem in --dir",
 		Long: `Create a certificate and key signed by the cluster CA, written to
-<dir>/<role>-<name>.pem and <dir>/<role>-<name>-key.pem (mode 0600).
+<dir>/<role>-<name>.pem (mode 0644) and <dir>/<role>-<name>-key.pem (mode 0600;
+0640 of group --key-group when given: --key-group dhvisor for a coordinator's
+key, which dhcoord reads as the dhvisor user).
 
 Agent and coordinator certificates serve and connect: they carry the DNS names
 agent.dhvisor or coordinator.dhvisor and localhost, the IP 127.0.0.1, and any
@@ -104,11 +118,25 @@ for --operator. Existing files are never overwritten.`,
 				}
 				req.IPs = append(req.IPs, ip)
 			}
+			if keyGroup != "" {
+				g, err := user.LookupGroup(keyGroup)
+				if err != nil {
+					return fail(ExitError, "--key-group %q: %v", keyGroup, err)
+				}
+				gid, err := strconv.Atoi(g.Gid)
+				if err != nil {
+					return fail(ExitError, "--key-group %q: gid %q is not a number", keyGroup, g.Gid)
+				}
+				req.KeyGroup = &gid
+			}
+			if signDir == "" {
+				signDir = dir
+			}
 			if caFile == "" {
-				caFile = filepath.Join(dir, "ca.pem")
+				caFile = filepath.Join(signDir, "ca.pem")
 			}
 			if caKey == "" {
-				caKey = filepath.Join(dir, "ca-key.pem")
+				caKey = filepath.Join(signDir, "ca-key.pem")
 			}
 			cert, key, err := tlsutil.CreateCert(caFile, caKey, dir, req)
 			if err != nil {
@@ -126,8 +154,10 @@ for --operator. Existing files are never overwritten.`,
 	f.StringVar(&name, "name", "", "common name: the node name or user name (default: host name, or $USER for --operator)")
 	f.StringSliceVar(&dns, "dns", nil, "extra DNS name (repeatable)")
 	f.StringSliceVar(&ips, "ip", nil, "extra IP address (repeatable)")
-	f.StringVar(&caFile, "ca", "", "CA certificate (default <dir>/ca.pem)")
-	f.StringVar(&caKey, "ca-key", "", "CA key (default <dir>/ca-key.pem)")
+	f.StringVar(&signDir, "ca-dir", "", "directory of the CA's ca.pem and ca-key.pem (default --dir)")
+	f.StringVar(&caFile, "ca", "", "CA certificate (default <ca-dir>/ca.pem)")
+	f.StringVar(&caKey, "ca-key", "", "CA key (default <ca-dir>/ca-key.pem)")
+	f.StringVar(&keyGroup, "key-group", "", "give the key to this group, mode 0640 (dhvisor for a coordinator's key)")
 	f.StringVar(&dir, "dir", ".", "directory to write the certificate and key to")
 	f.IntVar(&days, "days", 0, "validity in days (default 1825 for agent and coordinator, 365 for operator; never past the CA's expiry)")
 	cert := &cobra.Command{Use: "cert", Short: "Certificates signed by the cluster CA"}

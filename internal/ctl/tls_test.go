@@ -8,8 +8,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,9 +31,12 @@ func run(t *testing.T, wantCode int, args ...string) ([]string, string) {
 
 func TestTLSCommands(t *testing.T) {
 	dir := t.TempDir()
-	caOut, _ := run(t, ExitOK, "tls", "ca", "create", "--dir", dir, "--days", "30")
+	caOut, caErr := run(t, ExitOK, "tls", "ca", "create", "--dir", dir, "--days", "30")
 	if want := []string{filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")}; strings.Join(caOut, " ") != strings.Join(want, " ") {
 		t.Fatalf("ca create printed %q, want %q", caOut, want)
+	}
+	if !strings.Contains(caErr, "keep it off the nodes") {
+		t.Errorf("ca create does not say where the CA key belongs: %q", caErr)
 	}
 	agentOut, _ := run(t, ExitOK, "tls", "cert", "create", "--agent", "--name", "n1", "--dir", dir, "--ip", "10.0.0.1", "--dns", "n1.example.com")
 	if want := []string{filepath.Join(dir, "agent-n1.pem"), filepath.Join(dir, "agent-n1-key.pem")}; strings.Join(agentOut, " ") != strings.Join(want, " ") {
@@ -49,6 +55,39 @@ func TestTLSCommands(t *testing.T) {
 		if want := filepath.Join(dir, "coordinator-"+host+".pem"); len(out) != 2 || out[0] != want {
 			t.Errorf("coordinator cert create printed %q, want %s first", out, want)
 		}
+	}
+
+	// What the help promises: certificates 0644, keys 0600.
+	for _, f := range append(append([]string{}, caOut...), append(agentOut, opOut...)...) {
+		want := os.FileMode(0o644)
+		if strings.HasSuffix(f, "-key.pem") {
+			want = 0o600
+		}
+		if st, err := os.Stat(f); err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: mode %v (%v), want %04o", f, st.Mode().Perm(), err, want)
+		}
+	}
+	// The CA from a directory of its own (off the node), the key given to
+	// the group a non-root daemon runs as.
+	nodeDir := t.TempDir()
+	gid := os.Getegid()
+	grp, err := user.LookupGroupId(strconv.Itoa(gid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	coordOut, _ := run(t, ExitOK, "tls", "cert", "create", "--coordinator", "--name", "c1", "--ca-dir", dir, "--dir", nodeDir, "--key-group", grp.Name)
+	st, err := os.Stat(coordOut[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o640 || st.Sys().(*syscall.Stat_t).Gid != uint32(gid) {
+		t.Errorf("--key-group %s: key mode %v gid %d, want 0640 gid %d", grp.Name, st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Gid, gid)
+	}
+	if _, err := tlsutil.ServerConfig(tlsutil.Files{CA: caOut[0], Cert: coordOut[0], Key: coordOut[1]}, tlsutil.RoleOperator); err != nil {
+		t.Errorf("a key of the daemon's group is refused: %v", err)
+	}
+	if _, msg := run(t, ExitError, "tls", "cert", "create", "--agent", "--name", "n9", "--ca-dir", dir, "--dir", nodeDir, "--key-group", "no-such-group-dhv"); !strings.Contains(msg, `--key-group "no-such-group-dhv"`) {
+		t.Errorf("unknown --key-group: %q", msg)
 	}
 
 	scfg, err := tlsutil.ServerConfig(tlsutil.Files{CA: caOut[0], Cert: agentOut[0], Key: agentOut[1]}, tlsutil.RoleOperator)

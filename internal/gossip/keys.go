@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/dhvisor/dhvisor/internal/atomicfile"
+	"github.com/dhvisor/dhvisor/internal/secretfile"
 )
 
 // Gossip encryption keys.
@@ -69,19 +69,9 @@ func LoadKeyring(path string) (*memberlist.Keyring, error) {
 }
 
 func readKeyFile(path string) ([][]byte, error) {
-	fi, err := os.Stat(path)
+	data, err := secretfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("gossip key file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("gossip key file %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("gossip key file %s has mode %04o: it must not be accessible by group or others (chmod 600 %s)", path, perm, path)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("gossip key file: %w", err)
+		return nil, fmt.Errorf("gossip key file %w", err)
 	}
 	var keys [][]byte
 	seen := map[string]int{}

@@ -25,8 +25,10 @@ func TestLoadKeyring(t *testing.T) {
 	}{
 		{"one key", 0o600, []string{b64(k1)}, "", [][]byte{k1}},
 		{"primary first, comments and blanks", 0o400, []string{"# rotated 2024-05", "", b64(k2), "  " + b64(k1) + "  "}, "", [][]byte{k2, k1}},
-		{"world readable", 0o644, []string{b64(k1)}, "has mode 0644: it must not be accessible by group or others (chmod 600", nil},
-		{"group readable", 0o640, []string{b64(k1)}, "mode 0640", nil},
+		{"world readable", 0o644, []string{b64(k1)}, "has mode 0644 (group 0): a secret must be 0600, or 0640 with group root", nil},
+		{"group writable", 0o660, []string{b64(k1)}, "mode 0660", nil},
+		// The file's group is the test's own: root's, or the daemon's.
+		{"group readable, own group", 0o640, []string{b64(k1)}, "", [][]byte{k1}},
 		{"bad base64", 0o600, []string{b64(k1), "not*base64"}, "gossip.key:2: gossip key is not valid base64", nil},
 		{"wrong length", 0o600, []string{"", b64(k1[:16])}, "gossip.key:2: gossip key is 16 bytes, want 32", nil},
 		{"duplicate", 0o600, []string{b64(k1), b64(k1)}, "gossip.key:2: duplicate key (same as line 1)", nil},

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dhvisor/dhvisor/internal/secretfile"
 )
 
 // checkInterval is how often, at most, the files are checked for changes.
@@ -308,11 +310,13 @@ func readCerts(path string) ([]*x509.Certificate, error) {
 }
 
 // readKey returns the first private key in a PEM file (PKCS#8, SEC 1 or
-// PKCS#1); errors start with the path.
+// PKCS#1); errors start with the path. A key file others may read or
+// replace is refused (secretfile's rule), so a daemon never starts on a
+// key that has already leaked.
 func readKey(path string) (crypto.Signer, error) {
-	data, err := os.ReadFile(path)
+	data, err := secretfile.Read(path)
 	if err != nil {
-		return nil, readError(path, err)
+		return nil, err
 	}
 	for {
 		var b *pem.Block

@@ -94,10 +94,15 @@ type CertRequest struct {
 	// coordinator, DefaultOperatorValidity (1 year) for operator. The
 	// certificate never outlives the CA: NotAfter is capped at the CA's.
 	Validity time.Duration
+	// KeyGroup, when not nil, gives the key to that group (mode 0640):
+	// how a daemon that does not run as root (dhcoord, as dhvisor) reads
+	// a key that stays root's.
+	KeyGroup *int
 }
 
 // CreateCert signs a certificate for req with the CA in caCert/caKey and writes
-// <dir>/<role>-<name>.pem (0644) and <dir>/<role>-<name>-key.pem (0600). Refuses to overwrite.
+// <dir>/<role>-<name>.pem (0644) and <dir>/<role>-<name>-key.pem (0600, or
+// 0640 of group req.KeyGroup). Refuses to overwrite.
 // The role goes in Subject.OrganizationalUnit (exactly one OU = the role); agent and
 // coordinator certs carry ServerName(role) as DNS SAN plus "localhost", 127.0.0.1 and
 // the extra SANs, and ExtKeyUsage ServerAuth+ClientAuth; operator certs ClientAuth only
@@ -182,6 +187,19 @@ func CreateCert(caCert, caKey, dir string, req CertRequest) (certPath, keyPath s
 	}
 	if err := writePair(certPath, keyPath, der, key); err != nil {
 		return "", "", err
+	}
+	if req.KeyGroup != nil {
+		// The key is born 0600 root's and only then opened to the group:
+		// it is never readable by more than intended.
+		err := os.Chown(keyPath, -1, *req.KeyGroup)
+		if err == nil {
+			err = os.Chmod(keyPath, 0o640)
+		}
+		if err != nil {
+			os.Remove(keyPath)
+			os.Remove(certPath)
+			return "", "", fmt.Errorf("give %s to group %d: %w", keyPath, *req.KeyGroup, err)
+		}
 	}
 	return certPath, keyPath, nil
 }

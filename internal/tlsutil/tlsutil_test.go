@@ -332,7 +332,18 @@ func TestConfigErrors(t *testing.T) {
 	foreign := b.issue(t, RoleAgent, "n2")
 	expired := a.issueReq(t, CertRequest{Role: RoleAgent, Name: "old", Validity: time.Nanosecond})
 	empty := filepath.Join(t.TempDir(), "empty.pem")
-	os.WriteFile(empty, nil, 0o644)
+	os.WriteFile(empty, nil, 0o600)
+	// A certificate where the key should be, private so that what is
+	// refused is its content.
+	certAsKey := filepath.Join(t.TempDir(), "cert.pem")
+	os.WriteFile(certAsKey, mustRead(t, alice.Cert), 0o600)
+	// A key others may read: refused, naming the file and its mode.
+	leaked := filepath.Join(t.TempDir(), "leaked-key.pem")
+	os.WriteFile(leaked, mustRead(t, agent.Key), 0o600)
+	os.Chmod(leaked, 0o644)
+	groupWritable := filepath.Join(t.TempDir(), "gw-key.pem")
+	os.WriteFile(groupWritable, mustRead(t, agent.Key), 0o600)
+	os.Chmod(groupWritable, 0o660)
 
 	with := func(f Files, change func(*Files)) Files { change(&f); return f }
 	for _, tc := range []struct {
@@ -346,7 +357,9 @@ func TestConfigErrors(t *testing.T) {
 		{"key not set", true, with(alice, func(f *Files) { f.Key = "" }), "tls.key is not set"},
 		{"cert empty", false, with(agent, func(f *Files) { f.Cert = empty }), "tls.cert " + empty + ": no certificate found"},
 		{"cert is a key", false, with(agent, func(f *Files) { f.Cert = agent.Key }), "tls.cert " + agent.Key + ": holds a private key"},
-		{"key is a cert", true, with(alice, func(f *Files) { f.Key = alice.Cert }), "tls.key " + alice.Cert + ": holds a certificate"},
+		{"key is a cert", true, with(alice, func(f *Files) { f.Key = certAsKey }), "tls.key " + certAsKey + ": holds a certificate"},
+		{"key world readable", false, with(agent, func(f *Files) { f.Key = leaked }), "tls.key " + leaked + " has mode 0644"},
+		{"key group writable", false, with(agent, func(f *Files) { f.Key = groupWritable }), "tls.key " + groupWritable + " has mode 0660"},
 		{"key empty", true, with(alice, func(f *Files) { f.Key = empty }), "tls.key " + empty + ": no private key found"},
 		{"key mismatch", false, with(agent, func(f *Files) { f.Key = alice.Key }), "tls.key " + alice.Key + ": does not match the certificate in " + agent.Cert},
 		{"ca is a leaf", false, with(agent, func(f *Files) { f.CA = agent.Cert }), "tls.ca " + agent.Cert + `: certificate 1 ("n1") is not a CA certificate`},

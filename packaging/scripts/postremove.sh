@@ -5,6 +5,8 @@ set -e
 case "$1" in
   purge)
     rm -rf /etc/dhvisor /var/lib/dhvisor /run/dhvisor
+    # Debian policy leaves a system user behind (its uid may still own
+    # files, in backups say); nothing runs as it once the package is gone.
     ;;
 esac
 if [ -d /run/systemd/system ]; then

@@ -32,7 +32,8 @@ func TestPackageInstallsAWorkingNode(t *testing.T) {
 	rpm := one(t, filepath.Join(root, "dist/dhvisor-*.x86_64.rpm"))
 	checkRPM(t, rpm)
 
-	box := sysdbox.Start(t)
+	// With CAP_SYS_ADMIN, so that dhcoord's sandbox is real.
+	box := sysdbox.Start(t, sysdbox.Sandboxing...)
 	box.Copy(deb, "/tmp/dhvisor.deb")
 	box.Copy(filepath.Join(binDir, "dh-standin"), "/usr/local/bin/dh-standin")
 	box.Must("dpkg", "-i", "/tmp/dhvisor.deb")
@@ -134,9 +135,11 @@ services:
 	box.Must("systemctl", "daemon-reload")
 
 	// dhcoord is a Type=notify unit too: systemctl start returns once the
-	// replica has its state and serves.
-	box.Must("dhctl", "tls", "ca", "create", "--dir", "/etc/dhvisor/tls")
-	box.Must("dhctl", "tls", "cert", "create", "--coordinator", "--name", "c1", "--dir", "/etc/dhvisor/tls")
+	// replica has its state and serves. It runs as dhvisor, so its key is
+	// root:dhvisor 0640; the CA key stays off the node's directory.
+	box.Must("dhctl", "tls", "ca", "create", "--dir", "/root/dhvisor-ca")
+	box.Must("cp", "-p", "/root/dhvisor-ca/ca.pem", "/etc/dhvisor/tls/ca.pem")
+	box.Must("dhctl", "tls", "cert", "create", "--coordinator", "--name", "c1", "--ca-dir", "/root/dhvisor-ca", "--dir", "/etc/dhvisor/tls", "--key-group", "dhvisor")
 	cp := freePorts(t, 4)
 	writeIn(t, box, "/etc/dhvisor/coordinator.yaml", fmt.Sprintf(`node: c1
 api: {listen: 127.0.0.1:%d}
@@ -151,6 +154,7 @@ envoy: {xds: {listen: 127.0.0.1:%d}}
 	if out := box.Must("systemctl", "show", "dhcoord.service", "-p", "ActiveState", "-p", "WatchdogUSec"); !strings.Contains(out, "ActiveState=active") || !strings.Contains(out, "WatchdogUSec=30s") {
 		t.Fatalf("dhcoord after start:\n%s", out)
 	}
+	checkCoordinatorUnprivileged(t, box)
 
 	// Reinstalling (an upgrade path) keeps the edited config and restarts
 	// the running agent; the services keep running.
@@ -179,6 +183,49 @@ envoy: {xds: {listen: 127.0.0.1:%d}}
 	box.Must("dpkg", "-P", "dhvisor")
 	if _, err := box.Exec("test", "-e", "/etc/dhvisor"); err == nil {
 		t.Error("dpkg -P left /etc/dhvisor")
+	}
+}
+
+// checkCoordinatorUnprivileged: the package made the dhvisor user, and
+// dhcoord runs as it, in its sandbox, writing its data directory only.
+func checkCoordinatorUnprivileged(t *testing.T, box *sysdbox.Box) {
+	t.Helper()
+	uid := strings.TrimSpace(box.Must("id", "-u", "dhvisor"))
+	if uid == "0" || uid == "" {
+		t.Fatalf("dhvisor user: uid %q", uid)
+	}
+	pid := mainPID(t, box, "dhcoord.service")
+	status := box.Must("cat", "/proc/"+strconv.Itoa(pid)+"/status")
+	for _, line := range strings.Split(status, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 5 && f[0] == "Uid:" {
+			if f[1] != uid || f[2] != uid || f[3] != uid || f[4] != uid {
+				t.Fatalf("dhcoord (pid %d) runs as %s, want dhvisor (uid %s) throughout", pid, line, uid)
+			}
+		}
+		if len(f) == 2 && f[0] == "NoNewPrivs:" && f[1] != "1" {
+			t.Errorf("dhcoord: %s, want 1", line)
+		}
+		if len(f) == 2 && f[0] == "CapBnd:" && f[1] != "0000000000000000" {
+			t.Errorf("dhcoord: %s, want no capabilities", line)
+		}
+	}
+	if owner := strings.TrimSpace(box.Must("stat", "-c", "%U %a", "/var/lib/dhvisor/coordinator")); owner != "dhvisor 750" {
+		t.Errorf("/var/lib/dhvisor/coordinator: %s, want dhvisor 750", owner)
+	}
+	if files := box.Must("find", "/var/lib/dhvisor/coordinator", "-type", "f", "!", "-user", "dhvisor"); strings.TrimSpace(files) != "" {
+		t.Errorf("files of the data directory not dhvisor's:\n%s", files)
+	}
+	// ProtectSystem=strict, for real: nothing outside the data directory
+	// is writable, even where dhvisor's permissions would allow it.
+	box.Must("install", "-d", "-o", "dhvisor", "-m", "0755", "/opt/dhvisor-owned")
+	if out, err := box.Exec("nsenter", "-t", strconv.Itoa(pid), "-m", "-S", uid, "-G", uid, "touch", "/opt/dhvisor-owned/x"); err == nil {
+		t.Errorf("dhcoord's mount namespace lets it write /opt: %s", out)
+	}
+	for _, u := range []string{"dhcoord.service", "dhagent.service"} {
+		out, _ := box.Exec("systemd-analyze", "security", "--no-pager", u)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		t.Logf("systemd-analyze security %s: %s", u, lines[len(lines)-1])
 	}
 }
 

@@ -42,18 +42,25 @@ func EnsureImage(root string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// Launch runs a new container of image and waits until its systemd has
-// booted. Close removes it.
-func Launch(image string) (*Box, error) {
+// Sandboxing is the docker run argument a test of a unit's sandboxing
+// options (ProtectSystem=, PrivateTmp=, ...) launches its box with: without
+// CAP_SYS_ADMIN the box's systemd cannot make a unit's mount namespace and
+// silently runs the unit without one, so nothing of it would be tested.
+var Sandboxing = []string{"--cap-add", "SYS_ADMIN"}
+
+// Launch runs a new container of image, with extra docker run arguments,
+// and waits until its systemd has booted. Close removes it.
+func Launch(image string, extra ...string) (*Box, error) {
 	var suffix [4]byte
 	_, _ = rand.Read(suffix[:])
 	b := &Box{Name: "dhv-sysd-" + hex.EncodeToString(suffix[:])}
-	out, err := exec.Command("docker", "run", "-d", "--name", b.Name, "--hostname", b.Name,
+	args := []string{"run", "-d", "--name", b.Name, "--hostname", b.Name,
 		"--network", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
 		"--tmpfs", "/run", "--tmpfs", "/run/lock", "-e", "container=docker",
 		// systemd halts on SIGRTMIN+3; SIGTERM would only make it re-execute.
-		"--stop-signal", "SIGRTMIN+3",
-		image, "/lib/systemd/systemd").CombinedOutput()
+		"--stop-signal", "SIGRTMIN+3"}
+	args = append(append(args, extra...), image, "/lib/systemd/systemd")
+	out, err := exec.Command("docker", args...).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("docker run: %v: %s", err, out)
 	}
@@ -119,16 +126,17 @@ func Need(t testing.TB) {
 	need.Docker(t)
 }
 
-// Start runs a new container for the test, removed when it ends (after
-// logging the container's journal if the test failed).
-func Start(t testing.TB) *Box {
+// Start runs a new container for the test (with extra docker run
+// arguments), removed when it ends (after logging the container's journal
+// if the test failed).
+func Start(t testing.TB, extra ...string) *Box {
 	t.Helper()
 	Need(t)
 	image, err := EnsureImage(RepoRoot(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Launch(image)
+	b, err := Launch(image, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}

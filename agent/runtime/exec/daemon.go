@@ -211,6 +211,10 @@ func runProgram(ctx context.Context, spec runtime.Spec, prog runtime.Program, wh
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", what, err)
 	}
+	env, err := runtime.Environment(spec, home)
+	if err != nil {
+		return 0, err
+	}
 	out, err := runtime.OpenLog(spec, cred)
 	if err != nil {
 		return 0, err
@@ -219,7 +223,7 @@ func runProgram(ctx context.Context, spec runtime.Spec, prog runtime.Program, wh
 	start, _ := out.Seek(0, io.SeekEnd)
 
 	cmd := osexec.Command(prog.Command[0], prog.Command[1:]...)
-	cmd.Env = runtime.Environment(spec, home)
+	cmd.Env = env
 	cmd.Dir = runtime.WorkDir(spec)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}

@@ -53,6 +53,12 @@ func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	if err != nil {
 		return nil, err
 	}
+	// The service's secrets (env_files) go straight into its environment,
+	// which only its user and root can read (/proc/<pid>/environ).
+	env, err := runtime.Environment(spec, home)
+	if err != nil {
+		return nil, err
+	}
 	out, err := runtime.OpenOutput(spec, cred)
 	if err != nil {
 		return nil, err
@@ -60,7 +66,7 @@ func (r Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process,
 	defer out.Close()
 
 	cmd := osexec.Command(spec.Command[0], spec.Command[1:]...)
-	cmd.Env = runtime.Environment(spec, home)
+	cmd.Env = env
 	cmd.Dir = runtime.WorkDir(spec)
 	cmd.Stdout, cmd.Stderr = out.File, out.File
 	// No Pdeathsig: services must outlive an agent that is killed or upgraded.

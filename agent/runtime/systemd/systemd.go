@@ -11,8 +11,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +31,9 @@ import (
 	"github.com/dhvisor/dhvisor/agent/procfs"
 	"github.com/dhvisor/dhvisor/agent/runtime"
 	"github.com/dhvisor/dhvisor/agent/runtime/daemon"
+	"github.com/dhvisor/dhvisor/internal/atomicfile"
 	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/envfile"
 )
 
 // Slice holds every unit dhvisor starts: `systemctl status dhvisor.slice`
@@ -78,9 +84,17 @@ type Runtime struct {
 	// retired is, by unit, the invocation id of its run that ended last:
 	// that run's last signals may still wait to be read when the next run
 	// under the same name is watched, and must not end it.
-	retired  map[dbus.ObjectPath]string
-	execType bool // systemd ≥ 240: Type=exec, so a failed exec fails the start
+	retired     map[dbus.ObjectPath]string
+	execType    bool // systemd ≥ 240: Type=exec, so a failed exec fails the start
+	credentials bool // systemd ≥ 247: LoadCredential=
+	// envDir holds the services' environment files (EnvDir; tests use
+	// their own).
+	envDir string
 }
+
+// EnvDir is where the runtime writes each unit's environment file: on
+// /run (memory, gone at reboot), root's alone.
+const EnvDir = "/run/dhvisor/env"
 
 var _ runtime.Runtime = (*Runtime)(nil)
 
@@ -88,7 +102,7 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // bus) and starts following unit state changes until Close. owner is the
 // agent's identity (its state directory), which its units carry.
 func New(ctx context.Context, log *slog.Logger, owner string) (*Runtime, error) {
-	r := &Runtime{log: log.With("runtime", "systemd"), owner: owner, watched: map[dbus.ObjectPath]*process{}, retired: map[dbus.ObjectPath]string{}, done: make(chan struct{})}
+	r := &Runtime{log: log.With("runtime", "systemd"), owner: owner, watched: map[dbus.ObjectPath]*process{}, retired: map[dbus.ObjectPath]string{}, done: make(chan struct{}), envDir: EnvDir}
 	if err := r.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -133,6 +147,7 @@ func (r *Runtime) connect(ctx context.Context) error {
 	r.disconnect()
 	r.conn, r.sig, r.signals = conn, sig, signals
 	r.execType = versionAtLeast(v, 240)
+	r.credentials = versionAtLeast(v, 247)
 	r.mu.Unlock()
 	return nil
 }
@@ -462,11 +477,19 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	if err != nil {
 		return nil, err
 	}
+	unit := UnitName(spec.Name)
+	secrets, err := r.secretProps(spec, unit)
+	if err != nil {
+		return nil, err
+	}
 	props := []sd.Property{
 		sd.PropDescription("dhvisor: " + spec.Name),
 		sd.PropSlice(Slice),
 		sd.PropExecStart(literal(command), false),
-		{Name: "Environment", Value: dbus.MakeVariant(runtime.Environment(spec, home))},
+		// Environment= is every local user's to read (systemctl show,
+		// D-Bus): only the base and the marks go there; the service's
+		// own variables in secretProps' file.
+		{Name: "Environment", Value: dbus.MakeVariant(runtime.BaseEnvironment(spec, home))},
 		{Name: "WorkingDirectory", Value: dbus.MakeVariant(runtime.WorkDir(spec))},
 		// dhvisor decides about restarts. A unit that ended cleanly is
 		// collected at once; a failed one stays until the runtime has read
@@ -481,6 +504,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 		{Name: "TasksAccounting", Value: dbus.MakeVariant(true)},
 		{Name: "SyslogIdentifier", Value: dbus.MakeVariant(spec.Name)},
 	}
+	props = append(props, secrets...)
 	switch {
 	case spec.Daemon != nil:
 		props = append(props, daemonProps(spec.Daemon)...)
@@ -511,7 +535,6 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 			sd.Property{Name: "StandardErrorFileDescriptor", Value: fd})
 	}
 
-	unit := UnitName(spec.Name)
 	p := r.newProcess(unit)
 	r.watch(p)
 	result, err := r.startUnit(ctx, conn, unit, props)
@@ -567,6 +590,56 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Process
 	}
 	p.arm(id, st.invocation, g)
 	return p, nil
+}
+
+// secretProps hands the service's variables (env: and env_files:) and
+// credentials to systemd without showing them to anyone: the variables in
+// a file of unit's, 0600 in a 0700 directory of root's, that systemd reads
+// at each exec (EnvironmentFile=); the credentials as LoadCredential=,
+// which only names the files. The file is rewritten at every start, so a
+// secret changed in an env file takes effect with the next start.
+func (r *Runtime) secretProps(spec runtime.Spec, unit string) ([]sd.Property, error) {
+	var props []sd.Property
+	if len(spec.Credentials) > 0 {
+		if !r.credentials {
+			return nil, errors.New("credentials need systemd 247 or later (LoadCredential=); this host's is older: use env_files")
+		}
+		if err := runtime.CheckCredentials(spec); err != nil {
+			return nil, err
+		}
+		type cred struct{ ID, Path string }
+		var creds []cred
+		for _, name := range slices.Sorted(maps.Keys(spec.Credentials)) {
+			creds = append(creds, cred{name, spec.Credentials[name]})
+		}
+		props = append(props, sd.Property{Name: "LoadCredential", Value: dbus.MakeVariant(creds)})
+	}
+	vars, err := runtime.ServiceVars(spec)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(r.envDir, unit+".env")
+	if len(vars) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("environment file: %w", err)
+		}
+		return props, nil
+	}
+	if err := os.MkdirAll(r.envDir, 0o700); err != nil {
+		return nil, fmt.Errorf("environment file: %w", err)
+	}
+	// Made by an earlier agent, or by hand: root's alone all the same.
+	if err := os.Chmod(r.envDir, 0o700); err != nil {
+		return nil, fmt.Errorf("environment file: %w", err)
+	}
+	if err := atomicfile.Write(path, envfile.Format(vars), 0o600); err != nil {
+		return nil, fmt.Errorf("environment file: %w", err)
+	}
+	type envFile struct {
+		Path   string
+		Ignore bool // systemd's "-" prefix: a missing file is not an error
+	}
+	return append(props, sd.Property{Name: "EnvironmentFiles", Value: dbus.MakeVariant([]envFile{{Path: path}})}), nil
 }
 
 // literal keeps systemd from expanding $VARIABLES in the command, which the

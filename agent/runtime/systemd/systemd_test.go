@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -198,6 +199,59 @@ func TestSystemdRuntime(t *testing.T) {
 			if !strings.Contains(string(show), w) {
 				t.Errorf("systemctl show lacks %s:\n%s", w, show)
 			}
+		}
+	})
+
+	t.Run("the service's variables reach it, not systemctl show", func(t *testing.T) {
+		secrets := filepath.Join(t.TempDir(), "secret.env")
+		if err := os.WriteFile(secrets, []byte("DB_PASSWORD='pa$$ \"w\\ord\"'\nMULTI=\"one\ntwo\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := start(t, runtime.Spec{Name: "secret", Env: map[string]string{"PLAIN_SETTING": "env-value-123"}, EnvFiles: []string{secrets},
+			Command: []string{"/bin/sleep", "30"}})
+		environ, err := os.ReadFile("/proc/" + strconv.Itoa(p.Identity().PID) + "/environ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vars := strings.Split(string(environ), "\x00")
+		for _, w := range []string{`DB_PASSWORD=pa$$ "w\ord"`, "MULTI=one\ntwo", "PLAIN_SETTING=env-value-123", "DHVISOR_SERVICE=secret"} {
+			if !slices.Contains(vars, w) {
+				t.Errorf("the service's environment lacks %q: %q", w, vars)
+			}
+		}
+		// What any local user sees of the unit: the marks, nothing of the
+		// service's own.
+		show, err := exec.Command("runuser", "-u", "nobody", "--", "systemctl", "show", "dhvisor-secret.service", "-p", "Environment", "-p", "EnvironmentFiles").CombinedOutput()
+		if err != nil {
+			t.Fatalf("systemctl show as nobody: %v: %s", err, show)
+		}
+		if !strings.Contains(string(show), "DHVISOR_SERVICE=secret") {
+			t.Fatalf("systemctl show as nobody does not show the unit's environment at all:\n%s", show)
+		}
+		for _, leak := range []string{"pa$$", "env-value-123", "MULTI"} {
+			if strings.Contains(string(show), leak) {
+				t.Errorf("systemctl show as nobody shows %q:\n%s", leak, show)
+			}
+		}
+		file := filepath.Join(EnvDir, "dhvisor-secret.service.env")
+		for path, want := range map[string]os.FileMode{EnvDir: os.ModeDir | 0o700, file: 0o600} {
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode() != want || st.Sys().(*syscall.Stat_t).Uid != 0 {
+				t.Errorf("%s: mode %v uid %d, want %v root's", path, st.Mode(), st.Sys().(*syscall.Stat_t).Uid, want)
+			}
+		}
+		if out, err := exec.Command("runuser", "-u", "nobody", "--", "cat", file).CombinedOutput(); err == nil {
+			t.Errorf("nobody reads the environment file: %s", out)
+		}
+		// A secrets file that others may read is refused, and no unit starts.
+		if err := os.Chmod(secrets, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Start(ctx, runtime.Spec{Name: "secret-loose", Owner: owner, LogDir: logs, StopTimeout: time.Second, EnvFiles: []string{secrets}, Command: []string{"/bin/sleep", "30"}}); err == nil || !strings.Contains(err.Error(), "has mode 0644") {
+			t.Fatalf("start with a world-readable env file: %v", err)
 		}
 	})
 
