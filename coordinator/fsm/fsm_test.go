@@ -29,6 +29,23 @@ func (a *applier) apply(cmd *pb.Command) any {
 	return a.f.Apply(&raft.Log{Index: a.index, Type: raft.LogCommand, Data: data})
 }
 
+// applyAll applies cmds to a new FSM and fails t unless the last one is
+// refused with an error containing refused ("": applied). It returns that
+// refusal.
+func applyAll(t *testing.T, cmds []*pb.Command, refused string) (*applier, error) {
+	t.Helper()
+	a := &applier{t: t, f: New()}
+	var res any
+	for _, cmd := range cmds {
+		res = a.apply(cmd)
+	}
+	err, _ := res.(error)
+	if (err != nil) != (refused != "") || (err != nil && !strings.Contains(err.Error(), refused)) {
+		t.Fatalf("last command: %v, want refusal %q", res, refused)
+	}
+	return a, err
+}
+
 func newOp() *pb.Operation {
 	return &pb.Operation{
 		Request: &pb.OpRequest{Action: "restart", Label: "restart all"},

@@ -51,15 +51,7 @@ func TestUpstreamImport(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := &applier{t: t, f: New()}
-			var res any
-			for _, cmd := range tt.cmds {
-				res = a.apply(cmd)
-			}
-			err, _ := res.(error)
-			if (err != nil) != (tt.refused != "") || (err != nil && !strings.Contains(err.Error(), tt.refused)) {
-				t.Fatalf("last command: %v, want refusal %q", res, tt.refused)
-			}
+			a, _ := applyAll(t, tt.cmds, tt.refused)
 			ws := a.f.WorkerSet(upstreamAddr, UpstreamDispatcher)
 			switch {
 			case tt.lease == 0 && ws != nil:

@@ -199,15 +199,7 @@ func TestWorkerDiffs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := &applier{t: t, f: New()}
-			var res any
-			for _, cmd := range tt.cmds {
-				res = a.apply(cmd)
-			}
-			err, _ := res.(error)
-			if (err != nil) != (tt.refused != "") || (err != nil && !strings.Contains(err.Error(), tt.refused)) {
-				t.Fatalf("got %v, want refusal %q", res, tt.refused)
-			}
+			a, err := applyAll(t, tt.cmds, tt.refused)
 			if stale := strings.Contains(tt.refused, "no longer at revision"); stale != errors.Is(err, ErrStaleDiff) {
 				t.Fatalf("%v: a stale diff's refusal must be ErrStaleDiff (the leader sends the whole set)", err)
 			}
