@@ -116,7 +116,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	defaults := ops.Defaults{MinHealthyTime: cfg.Operations.MinHealthyTime.D(), HealthyDeadline: cfg.Operations.HealthyDeadline.D(), ProgressDeadline: cfg.Operations.ProgressDeadline.D()}
 	srv := &api.Server{FSM: state, Raft: rn, Gossip: g, Defaults: defaults, LeaderCreds: credentials.NewTLS(peerTLS), Store: store,
-		WorkerPolicy: api.WorkerPolicy{AllowLoopback: cfg.Workers.AllowLoopback},
+		WorkerPolicy:     api.WorkerPolicy{AllowLoopback: cfg.Workers.AllowLoopback},
 		RequireSignature: cfg.Packages.RequireSignature}
 	if cfg.Workers.AllowLoopback {
 		c.log.Warn("workers.allow_loopback: workers at loopback addresses are routed; Envoy can be sent to its own host's services (a cluster on one host only)")
