@@ -81,7 +81,7 @@ func TestGossipKeyArguments(t *testing.T) {
 		{[]string{"remove", testKey}, "that is a key, not a key id"},
 		{[]string{"use", "xyz"}, "3 characters: not a key id"},
 		{[]string{"use", "0123abcd", "--key-file", open}, "not both"},
-		{[]string{"install", "--key-file", open}, "must not be accessible by group or others"},
+		{[]string{"install", "--key-file", open}, "a secret must be 0600"},
 		{[]string{"use", "0123abcd"}, "cannot reach the agent"},
 	} {
 		var out, errOut bytes.Buffer
