@@ -282,11 +282,11 @@ raft:
 gossip: {bind: "%s", seeds: ["%s"]}
 tls: %s
 operations: {min_healthy_time: %s, healthy_deadline: 60s, progress_deadline: 120s}
+# The nodes share the loopback address: their workers are there too.
+workers: {allow_loopback: true}
 envoy:
   xds:
     listen: "%s"
-# The nodes share the loopback address: their workers are there too.
-workers: {allow_loopback: true}
 `, name, c.APIAddrs[i], c.RaftAddrs[i], strings.Join(boot, ", "), gossipAddr, strings.Join(seeds, `", "`), c.tlsYAML("coordinator", name), mht, c.XDSAddrs[i])
 	for _, l := range strings.Split(strings.TrimSpace(c.Opt.XDS), "\n") {
 		if l != "" {

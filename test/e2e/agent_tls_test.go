@@ -225,7 +225,7 @@ func TestAgentTCPAPIListenError(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "dhagent"), "--config", n.config).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "api.listen 192.0.2.1:") {
+	if err == nil || !strings.Contains(string(out), "api.listen: listen tcp 192.0.2.1:") {
 		t.Fatalf("dhagent with an address it cannot bind: %v\n%s", err, out)
 	}
 	if got := n.servicePIDs(); len(got) != 0 {
