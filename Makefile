@@ -65,7 +65,7 @@ packages:
 
 proto:
 	PATH="$$PATH:$$(go env GOPATH)/bin" protoc -I proto --go_out=proto --go_opt=paths=source_relative \
-	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/agentpb/agent.proto proto/coordpb/coord.proto
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/agentpb/agent.proto proto/coordpb/coord.proto proto/coordpb/extraroutes.proto
 
 clean:
 	rm -rf bin dist

@@ -29,6 +29,7 @@ import (
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/conncache"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
@@ -96,7 +97,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mgr.Load(ctx)
 	lis, err := api.ListenUnix(cfg.Socket, cfg.SocketGroup)
 	if err != nil {
-		return fmt.Errorf("local API socket %s: %w", cfg.Socket, err)
+		return fmt.Errorf("socket (the local API): %w", err)
 	}
 	// The TCP listener comes before gossip: the address it got is what the
 	// node publishes.
@@ -190,6 +191,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	instDone := make(chan struct{})
 	go func() { defer close(instDone); inst.Run(ctx) }()
+	if g != nil {
+		a.mgr.SetClusterView(gossipView{g: g, seeds: cfg.Gossip.Seeds})
+	}
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- a.mgr.Run(ctx) }()
 	pubDone := make(chan struct{})
@@ -302,7 +306,7 @@ func listenTCP(cfg config.Agent) (net.Listener, credentials.TransportCredentials
 	}
 	l, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
+		return nil, nil, fmt.Errorf("api.listen: %w", portowner.Explain(err, cfg.API.Listen))
 	}
 	return l, credentials.NewTLS(tc), nil
 }
@@ -387,7 +391,7 @@ func (a *Agent) listenWorkers(reg *workers.Registry) (net.Listener, error) {
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("workers.listen %s: %w", addr, err)
+		return nil, fmt.Errorf("workers.listen: %w", portowner.Explain(err, addr))
 	}
 	a.log.Info("worker registry listening", "addr", l.Addr().String())
 	return l, nil

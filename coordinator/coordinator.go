@@ -30,6 +30,7 @@ import (
 	"github.com/dhvisor/dhvisor/coordinator/xds"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/sdnotify"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 	"github.com/dhvisor/dhvisor/internal/version"
@@ -40,6 +41,9 @@ import (
 type Coordinator struct {
 	cfg *config.Coordinator
 	log *slog.Logger
+	// leaderLoops run beside the leader's own loops, for as long as it
+	// leads.
+	leaderLoops []func(context.Context)
 }
 
 // New returns a replica for a validated configuration.
@@ -69,7 +73,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	lis, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
-		return fmt.Errorf("api.listen %s: %w", cfg.API.Listen, err)
+		return fmt.Errorf("api.listen: %w", portowner.Explain(err, cfg.API.Listen))
 	}
 	defer lis.Close()
 	apiAddr := cfg.API.Addr(lis.Addr().String())
@@ -126,10 +130,14 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	xdsAddr := cfg.Envoy.XDS.Addr(xdsLis.Addr().String())
 	xdsSrv := xds.NewServer(ctx, c.log.With("component", "xds"))
 	xdsSrv.Register(xgs)
-	feed, err := newRouteFeed(ctx, cfg, state, g, xdsSrv, c.log)
-	if err != nil {
-		return err
+	file := &routesFile{
+		cfg: cfg, fsm: state, self: cfg.Node, isLeader: rn.IsLeader, hosts: srv.LocalHosts, log: c.log.With("component", "extra-routes"),
+		commit: func(ctx context.Context, who string, doc *pb.ExtraRoutes) error {
+			_, err := srv.CommitExtraRoutes(ctx, who, doc)
+			return err
+		},
 	}
+	feed := newRouteFeed(state, g, xdsSrv, file, c.log)
 	srv.RouteTable = func() *pb.RoutesResponse { return feed.table(xdsAddr) }
 
 	pool := agents.NewPool(agentTLS, func(node string) (string, error) { return agentAddr(g, state, node) })
@@ -142,13 +150,20 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		},
 	}
 	self := &pb.Peer{Id: cfg.Node, RaftAddr: rn.Addr(), ApiAddr: apiAddr, XdsAddr: xdsAddr}
+	if run := importWorkers(cfg, state, srv, engine, c.log); run != nil {
+		c.leaderLoops = append(c.leaderLoops, run)
+	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(6)
+	wg.Add(7)
 	go func() {
 		defer wg.Done()
 		prunePackages(ctx, state, store, c.log)
+	}()
+	go func() {
+		defer wg.Done()
+		file.run(ctx)
 	}()
 	go func() {
 		defer wg.Done()
@@ -250,20 +265,23 @@ func (c *Coordinator) lead(ctx context.Context, rn *raftnode.Node, engine *ops.E
 			if err != nil {
 				c.log.Warn("recording this leader's addresses", "err", err)
 			}
-			stop = startLeading(ctx, engine, inv)
+			stop = startLeading(ctx, engine, inv, c.leaderLoops...)
 		}
 	}
 }
 
-// startLeading starts the leader-only loops; the returned function stops
-// them and waits until they have.
-func startLeading(ctx context.Context, engine *ops.Engine, inv *inventory) func() {
+// startLeading starts the leader-only loops, and also; the returned
+// function stops them and waits until they have.
+func startLeading(ctx context.Context, engine *ops.Engine, inv *inventory, also ...func(context.Context)) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); engine.Lead(ctx) }()
 	go func() { defer wg.Done(); inv.run(ctx) }()
 	go func() { defer wg.Done(); reapWorkers(ctx, engine.FSM, engine.Propose, engine.Self, inv.log) }()
+	for _, run := range also {
+		wg.Go(func() { run(ctx) })
+	}
 	return func() {
 		cancel()
 		wg.Wait()
@@ -376,7 +394,7 @@ func listenXDS(cfg *config.Coordinator) (net.Listener, *grpc.Server, error) {
 	}
 	l, err := net.Listen("tcp", cfg.Envoy.XDS.Listen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("envoy.xds.listen %s: %w", cfg.Envoy.XDS.Listen, err)
+		return nil, nil, fmt.Errorf("envoy.xds.listen: %w", portowner.Explain(err, cfg.Envoy.XDS.Listen))
 	}
 	return l, grpc.NewServer(opts...), nil
 }

@@ -5,48 +5,33 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/xds"
-	"github.com/dhvisor/dhvisor/internal/config"
+	"github.com/dhvisor/dhvisor/internal/extraroutes"
 	"github.com/dhvisor/dhvisor/internal/gossip"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
 
-// extraRoutesPoll is how often the extra routes file is checked for changes.
-const extraRoutesPoll = 2 * time.Second
-
 // routeFeed keeps this replica's xDS resources in step with the replicated
-// state (nodes, their services, the workers), gossip health and the extra
-// routes file. Every replica runs one: Envoy keeps its routes whichever
+// state (nodes, their services, the workers, the extra routes) and gossip
+// health. Every replica runs one: Envoy keeps its routes whichever
 // coordinator it talks to.
 type routeFeed struct {
 	fsm    *fsm.FSM
 	gossip *gossip.Gossip
 	xds    *xds.Server
-	cfg    *config.Coordinator
 	log    *slog.Logger
-
-	mu       sync.Mutex
-	extra    []config.ExtraRoute
-	extraErr string
-	stamp    fileStamp
+	// file is coordinator.yaml's extra routes, for the refusal of the
+	// last one the leader read; nil when there are none.
+	file *routesFile
 }
 
-func newRouteFeed(ctx context.Context, cfg *config.Coordinator, state *fsm.FSM, g *gossip.Gossip, srv *xds.Server, log *slog.Logger) (*routeFeed, error) {
-	f := &routeFeed{fsm: state, gossip: g, xds: srv, cfg: cfg, log: log.With("component", "xds")}
-	f.stamp = stampOf(cfg.Envoy.ExtraRoutesFile)
-	extra, err := config.LoadExtraRoutes(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	f.extra = extra
-	return f, nil
+func newRouteFeed(state *fsm.FSM, g *gossip.Gossip, srv *xds.Server, file *routesFile, log *slog.Logger) *routeFeed {
+	return &routeFeed{fsm: state, gossip: g, xds: srv, file: file, log: log.With("component", "xds")}
 }
 
 // restoreWait bounds how long a restarted replica withholds xDS until its
@@ -67,8 +52,6 @@ func (f *routeFeed) run(ctx context.Context, restored func(context.Context, time
 		defer unsubscribe()
 		gossipChanged = ch
 	}
-	poll := time.NewTicker(extraRoutesPoll)
-	defer poll.Stop()
 	expiry := time.NewTimer(time.Hour)
 	defer expiry.Stop()
 	for {
@@ -87,63 +70,14 @@ func (f *routeFeed) run(ctx context.Context, restored func(context.Context, time
 		case <-changed:
 		case <-gossipChanged:
 		case <-expiry.C:
-		case <-poll.C:
-			if !f.reloadExtra(ctx) {
-				continue
-			}
 		}
 	}
-}
-
-// reloadExtra re-reads the extra routes when their file changed, and says
-// whether they did. A refused file leaves the routes as they were.
-func (f *routeFeed) reloadExtra(ctx context.Context) bool {
-	st := stampOf(f.cfg.Envoy.ExtraRoutesFile)
-	if st == f.stamp {
-		return false
-	}
-	f.stamp = st
-	extra, err := config.LoadExtraRoutes(ctx, f.cfg)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err != nil {
-		f.extraErr = err.Error()
-		f.log.Error("extra routes refused; the previous ones stay", "file", f.cfg.Envoy.ExtraRoutesFile, "err", err)
-		return false
-	}
-	f.extraErr = ""
-	f.extra = extra
-	f.log.Info("extra routes reloaded", "file", f.cfg.Envoy.ExtraRoutesFile, "routes", len(extra))
-	return true
-}
-
-// fileStamp tells a changed file from an unchanged one without reading it.
-type fileStamp struct {
-	mod  time.Time
-	size int64
-	ino  uint64
-	err  bool
-}
-
-func stampOf(path string) fileStamp {
-	if path == "" {
-		return fileStamp{}
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{err: true}
-	}
-	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
-	if sys, ok := fi.Sys().(interface{ Ino() uint64 }); ok {
-		st.ino = sys.Ino()
-	}
-	return st
 }
 
 // dispatcherGone lists the states in which a dispatcher's workers are gone
 // with it (Deephaven's workers die with their dispatcher).
 var dispatcherGone = map[string]bool{
-	"Stopped": true, "Failed": true, "Does not exist": true, "Execution failed": true, "Restarting": true, gossip.ServiceUnknown: true,
+	"Stopped": true, "Failed": true, "Does not exist": true, "Execution failed": true, "Restarting": true, "Waiting": true, gossip.ServiceUnknown: true,
 }
 
 // build is the model as this replica sees it now, and when the next worker
@@ -193,10 +127,12 @@ func (f *routeFeed) build(now time.Time) (xds.Model, time.Time) {
 	var next time.Time
 	for _, ws := range f.fsm.WorkerSets() {
 		expires := time.UnixMilli(ws.LeaseExpiresUnixMs)
-		if !now.Before(expires) || !alive[ws.Node] {
+		if !now.Before(expires) {
 			continue
 		}
-		if d, ok := health[ws.Node][ws.Dispatcher]; f.gossip != nil && (!ok || dispatcherGone[d.State] || (ws.DispatcherPid != 0 && d.PID != 0 && d.PID != ws.DispatcherPid)) {
+		// An imported set has no node or dispatcher here to follow: its
+		// lease, the upstream grace, is all that ends it.
+		if ws.Upstream == "" && !registeredAlive(ws, alive, health, f.gossip != nil) {
 			continue
 		}
 		if next.IsZero() || expires.Before(next) {
@@ -214,10 +150,19 @@ func (f *routeFeed) build(now time.Time) (xds.Model, time.Time) {
 			})
 		}
 	}
-	f.mu.Lock()
-	m.ExtraRoutes = f.extra
-	f.mu.Unlock()
+	m.ExtraRoutes = extraroutes.FromProto(f.fsm.ExtraRoutes().GetRoutes())
 	return m, next
+}
+
+// registeredAlive says whether a registered set's node is alive and its
+// dispatcher the process that registered it (with gossip: without, the
+// lease alone says).
+func registeredAlive(ws *pb.WorkerSet, alive map[string]bool, health map[string]map[string]gossip.ServiceHealth, gossiping bool) bool {
+	if !alive[ws.Node] {
+		return false
+	}
+	d, ok := health[ws.Node][ws.Dispatcher]
+	return !gossiping || (ok && !dispatcherGone[d.State] && (ws.DispatcherPid == 0 || d.PID == 0 || d.PID == ws.DispatcherPid))
 }
 
 // nodeHost is the address Envoy reaches a node's services at: its gossip
@@ -245,8 +190,8 @@ func (f *routeFeed) table(xdsAddr string) *pb.RoutesResponse {
 	for _, r := range f.xds.Routes() {
 		resp.Routes = append(resp.Routes, &pb.Route{Match: r.Match(), Rewrite: r.PrefixRewrite, Cluster: r.Cluster, Endpoints: r.Endpoints})
 	}
-	f.mu.Lock()
-	resp.ExtraRoutesError = f.extraErr
-	f.mu.Unlock()
+	if f.file != nil {
+		resp.ExtraRoutesError = f.file.Err()
+	}
 	return resp
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/coordinator/xds"
-	"github.com/dhvisor/dhvisor/internal/config"
 	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 )
@@ -39,10 +38,7 @@ func BenchmarkRouteFeedChange(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srv := xds.NewServer(ctx, slog.New(slog.DiscardHandler))
-	f, err := newRouteFeed(context.Background(), &config.Coordinator{}, state, nil, srv, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
+	f := newRouteFeed(state, nil, srv, nil, slog.New(slog.DiscardHandler))
 	m, _ := f.build(time.Now())
 	if err := srv.Update(m); err != nil {
 		b.Fatal(err)

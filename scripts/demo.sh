@@ -67,7 +67,7 @@ gossip: {bind: 127.0.0.1:7947, seeds: ["127.0.0.1:7946"]}
 tls: {ca: tls/ca.pem, cert: tls/coordinator-coord.pem, key: tls/coordinator-coord-key.pem}
 operations: {min_healthy_time: 2s}
 envoy:
-  xds: {listen: 127.0.0.1:8124}
+  xds: {listen: 127.0.0.1:8127}
 YAML
   cat >"$demo/dhctl.yaml" <<YAML
 coordinators: [127.0.0.1:8125]

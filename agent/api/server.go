@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/user"
@@ -25,6 +24,7 @@ import (
 	"github.com/dhvisor/dhvisor/agent/workers"
 	"github.com/dhvisor/dhvisor/internal/config"
 	"github.com/dhvisor/dhvisor/internal/gossip"
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/version"
 	pb "github.com/dhvisor/dhvisor/proto/agentpb"
 )
@@ -57,19 +57,20 @@ func NewServer(mgr *supervise.Manager, reload Reloader, g *gossip.Gossip, apiAdd
 
 // ListenUnix opens the local socket: mode 0660, owned by root and group so
 // that the Deephaven admins can run dhctl without sudo and nobody else can.
-// A socket that still answers means another agent runs: refuse.
+// A socket that still answers means another process (an agent, most
+// likely) serves it: refuse, naming it.
 func ListenUnix(path, group string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
 	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
 		c.Close()
-		return nil, fmt.Errorf("another agent is answering on %s", path)
+		return nil, portowner.InUse(path)
 	}
 	_ = os.Remove(path)
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, err
+		return nil, portowner.Explain(err, path)
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		l.Close()

@@ -77,7 +77,7 @@ func TestBootstrapperUpdate(t *testing.T) {
 		t.Fatalf("a file without coordinators: %v", err)
 	}
 
-	c.set(&pb.Peer{Id: "c2", XdsAddr: "10.0.0.7:8124"}, &pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8124"})
+	c.set(&pb.Peer{Id: "c2", XdsAddr: "10.0.0.7:8127"}, &pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8127"})
 	if err := b.Update(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestBootstrapperUpdate(t *testing.T) {
 	st, _ := os.Stat(file)
 
 	// The same peers in another order: the same file, not rewritten.
-	c.set(&pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8124"}, &pb.Peer{Id: "c2", XdsAddr: "10.0.0.7:8124"})
+	c.set(&pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8127"}, &pb.Peer{Id: "c2", XdsAddr: "10.0.0.7:8127"})
 	if err := b.Update(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestBootstrapperUpdate(t *testing.T) {
 	}
 
 	// A peer that does not say its xDS address: the file stays.
-	c.set(&pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8124"}, &pb.Peer{Id: "c3"})
+	c.set(&pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8127"}, &pb.Peer{Id: "c3"})
 	if err := b.Update(ctx); err == nil || !strings.Contains(err.Error(), "c3 has not published its xDS address") {
 		t.Fatalf("err %v", err)
 	}
@@ -116,7 +116,7 @@ func TestBootstrapperUpdate(t *testing.T) {
 	}
 	// A coordinator added: rendered again with it.
 	coords = map[string]string{"c1": addr}
-	c.set(&pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8124"}, &pb.Peer{Id: "c2", XdsAddr: "10.0.0.7:8124"}, &pb.Peer{Id: "c3", XdsAddr: "10.0.0.8:8124"})
+	c.set(&pb.Peer{Id: "c1", XdsAddr: "10.0.0.6:8127"}, &pb.Peer{Id: "c2", XdsAddr: "10.0.0.7:8127"}, &pb.Peer{Id: "c3", XdsAddr: "10.0.0.8:8127"})
 	if err := b.Update(ctx); err != nil {
 		t.Fatal(err)
 	}

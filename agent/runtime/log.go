@@ -82,10 +82,7 @@ func (o *Output) Close() {
 // openLogDir creates the service's log directory if need be, gives it to
 // the service's user, and opens it without following a user's link.
 func openLogDir(spec Spec, cred *syscall.Credential) (*safefs.Dir, error) {
-	if err := os.MkdirAll(spec.LogDir, 0o755); err != nil {
-		return nil, fmt.Errorf("log directory: %w", err)
-	}
-	d, err := safefs.OpenDir(spec.LogDir)
+	d, err := safefs.MkdirAll(spec.LogDir, 0o755)
 	if err != nil {
 		return nil, fmt.Errorf("log directory: %w", err)
 	}

@@ -18,6 +18,7 @@ func TestOpenLog(t *testing.T) {
 	tests := []struct {
 		name    string
 		plant   func(t *testing.T, dir, secret string) // what the service user left in its log directory
+		sub     string                                 // the service's log directory below dir, created by the agent
 		wantErr error
 	}{
 		{name: "new file"},
@@ -35,6 +36,28 @@ func TestOpenLog(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		// The user can write the parent of a log directory the agent is to
+		// create: it puts a link there to a root directory (/etc).
+		{name: "log directory through a planted link", sub: "deeper", wantErr: safefs.ErrUnsafe, plant: func(t *testing.T, dir, secret string) {
+			etc := filepath.Join(filepath.Dir(secret), "etc")
+			if err := os.Mkdir(etc, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(etc, dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Lchown(dir, 1234, 1234); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if _, err := os.Lstat(filepath.Join(etc, "deeper")); err == nil {
+					t.Error("the agent created a directory through the user's link")
+				}
+			})
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,7 +72,7 @@ func TestOpenLog(t *testing.T) {
 			if tc.plant != nil {
 				tc.plant(t, dir, secret)
 			}
-			f, err := OpenLog(Spec{Name: "svc", LogDir: dir}, &syscall.Credential{Uid: 1234, Gid: 1235})
+			f, err := OpenLog(Spec{Name: "svc", LogDir: filepath.Join(dir, tc.sub)}, &syscall.Credential{Uid: 1234, Gid: 1235})
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tc.wantErr)

@@ -83,14 +83,34 @@ func OpenDir(dir string) (*Dir, error) {
 	if !filepath.IsAbs(dir) {
 		return nil, fmt.Errorf("%s: not an absolute path", dir)
 	}
-	fd, err := walk(dir)
+	fd, err := walk(dir, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	return &Dir{fd: fd, path: filepath.Clean(dir)}, nil
 }
 
-func walk(dir string) (int, error) {
+// MkdirAll opens the directory at the absolute path dir as OpenDir does,
+// creating each missing component with perm on the way. os.MkdirAll
+// would follow a link a service user put in place of a component and
+// create root's directories wherever it points.
+func MkdirAll(dir string, perm uint32) (*Dir, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("%s: not an absolute path", dir)
+	}
+	if perm == 0 {
+		return nil, fmt.Errorf("%s: no permission bits for the directories to create", dir)
+	}
+	fd, err := walk(dir, perm)
+	if err != nil {
+		return nil, &os.PathError{Op: "mkdir", Path: dir, Err: err}
+	}
+	return &Dir{fd: fd, path: filepath.Clean(dir)}, nil
+}
+
+// walk opens dir one component at a time; with create != 0 it makes the
+// components that do not exist, with that mode.
+func walk(dir string, create uint32) (int, error) {
 	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
@@ -112,7 +132,15 @@ func walk(dir string) (int, error) {
 			continue
 		}
 		var st unix.Stat_t
-		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if errors.Is(err, unix.ENOENT) && create != 0 {
+			// EEXIST: made by someone else since the stat; the open
+			// below takes whatever is there now, and refuses a link.
+			if err = unix.Mkdirat(fd, name, create); err == nil || errors.Is(err, unix.EEXIST) {
+				err = unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+			}
+		}
+		if err != nil {
 			unix.Close(fd)
 			return -1, err
 		}

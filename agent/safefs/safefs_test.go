@@ -130,3 +130,44 @@ func TestOpenDirRefusesRelative(t *testing.T) {
 		t.Fatal("a relative path was accepted")
 	}
 }
+
+func TestMkdirAll(t *testing.T) {
+	requireRoot(t)
+	root := tree(t)
+	for _, tc := range []struct {
+		name    string
+		dir     string
+		created string // a directory that must exist afterwards
+		unsafe  bool
+	}{
+		{name: "new components", dir: "a/b/c", created: "a/b/c"},
+		{name: "existing", dir: "real", created: "real"},
+		{name: "through a root link", dir: "rootlink/sub", created: "real/sub"},
+		// A service user swaps its log directory for a link to /etc:
+		// nothing may be created where the link points.
+		{name: "through a user's link", dir: "userlink/other", unsafe: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := MkdirAll(filepath.Join(root, tc.dir), 0o755)
+			if tc.unsafe {
+				if !errors.Is(err, ErrUnsafe) {
+					t.Fatalf("MkdirAll = %v, want ErrUnsafe", err)
+				}
+				if _, err := os.Stat(filepath.Join(root, "real", "other")); err == nil {
+					t.Fatal("a directory was created through the user's link")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if st, err := os.Lstat(filepath.Join(root, tc.created)); err != nil || !st.IsDir() {
+				t.Fatalf("%s: %v", tc.created, err)
+			}
+		})
+	}
+	if _, err := MkdirAll("relative", 0o755); err == nil {
+		t.Fatal("a relative path was accepted")
+	}
+}

@@ -295,7 +295,7 @@ func (s *Supervisor) evaluate(ctx context.Context) {
 	case known:
 		s.graceOver = true
 		if st := s.Status().State; st != OK {
-			s.setState(OK, "")
+			s.setState(OK, s.runNote)
 		}
 	}
 }

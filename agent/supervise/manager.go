@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dhvisor/dhvisor/agent/check"
 	"github.com/dhvisor/dhvisor/agent/runtime"
 	"github.com/dhvisor/dhvisor/agent/state"
 	"github.com/dhvisor/dhvisor/internal/config"
@@ -89,6 +90,11 @@ type Manager struct {
 
 	// alertHook runs when a service fails for good; tests replace it.
 	alertHook func(st Status, event, description string)
+	// view is the cluster's services (nil: the node does not gossip);
+	// set before Run.
+	view ClusterView
+	// externalProbe probes an external dependency; tests replace it.
+	externalProbe func(config.External) (check.Probe, error)
 }
 
 // NewManager prepares supervisors for node; nothing runs before Run.
@@ -96,6 +102,7 @@ func NewManager(node *config.Node, rts Runtimes, store *state.Store, log *slog.L
 	m := &Manager{rts: rts, log: log, store: store, node: node, sups: map[string]*Supervisor{}, wake: make(chan struct{}), dirty: make(chan struct{}, 1),
 		running: make(chan struct{}), steps: map[string]chan struct{}{}}
 	m.alertHook = m.alert
+	m.externalProbe = newExternalProbe
 	return m
 }
 
@@ -151,7 +158,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	if len(pending) > 0 {
 		m.log.Info("starting services", "services", pending)
-		_ = m.startOrdered(ctx, pending, false, "", nil)
+		m.startOwn(ctx, pending)
 	}
 	<-ctx.Done()
 	m.wg.Wait()
@@ -481,6 +488,8 @@ type walk struct {
 	waiting   string                                      // progress text while waiting, after the prerequisite's name
 	ready     func(dep string) func(Status) (bool, error) // when a prerequisite is satisfied
 	step      func(ctx context.Context, s *Supervisor, progress func(Progress)) error
+	// onWait, when set, hears that a service waits for a prerequisite.
+	onWait func(ctx context.Context, s *Supervisor, dep string)
 	// token is the operation step the walk belongs to: a service it
 	// already took goes straight to its step, which only waits for the
 	// goal, as its prerequisites may never be met again (a dependant
@@ -493,9 +502,22 @@ type walk struct {
 // configuration_server first and waited for, then authentication_server,
 // then the rest).
 func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, token string, progress func(Progress)) error {
+	return m.startWalk(ctx, svc, block, token, false, progress)
+}
+
+// startOwn starts, in the background, services the agent starts on its own
+// (at its start, or added by a reload) rather than for an operator or a
+// coordinator: each waits first for its dependencies on other nodes and its
+// external ones, within its dependency_wait, so that a cluster booting all
+// at once comes up in order. An operator's start in the meantime wins.
+func (m *Manager) startOwn(ctx context.Context, svc []string) {
+	_ = m.startWalk(ctx, svc, false, "", true, nil)
+}
+
+func (m *Manager) startWalk(ctx context.Context, svc []string, block bool, token string, own bool, progress func(Progress)) error {
 	g := m.Node().Graph()
 	inSet := setOf(svc)
-	return m.ordered(ctx, svc, block, progress, walk{
+	w := walk{
 		token:     token,
 		scheduled: "start scheduled in dependency order",
 		prereqs: func(name string) []string {
@@ -520,7 +542,25 @@ func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, to
 			}
 		},
 		step: func(ctx context.Context, s *Supervisor, progress func(Progress)) error {
-			switch err := s.do(ctx, command{act: actStart, token: token}); {
+			note := ""
+			if own {
+				spec := m.Node().Services[s.name]
+				if spec == nil || !s.needsStart() {
+					return nil // removed by a reload, or started or stopped by an operator meanwhile
+				}
+				why, err := m.awaitOutside(ctx, spec, func(msg string) {
+					progress(Progress{Service: s.name, State: Waiting, Message: msg})
+					_ = s.do(ctx, command{act: actWait, note: msg})
+				})
+				if err != nil {
+					return err
+				}
+				if !s.needsStart() {
+					return nil
+				}
+				note = why
+			}
+			switch err := s.do(ctx, command{act: actStart, token: token, note: note}); {
 			case errors.Is(err, errAlreadyDone):
 				progress(Progress{Service: s.name, State: s.Status().State, Message: err.Error()})
 			case err != nil:
@@ -530,7 +570,13 @@ func (m *Manager) startOrdered(ctx context.Context, svc []string, block bool, to
 			}
 			return m.waitHealthy(ctx, s, progress)
 		},
-	})
+	}
+	if own {
+		w.onWait = func(ctx context.Context, s *Supervisor, dep string) {
+			_ = s.do(ctx, command{act: actWait, note: "Waiting for " + dep + " (this node)"})
+		}
+	}
+	return m.ordered(ctx, svc, block, progress, w)
 }
 
 // stopOrdered stops each service once every local service depending on it
@@ -633,6 +679,9 @@ func (m *Manager) runWalk(ctx context.Context, svc []string, progress func(Progr
 			}
 			for _, d := range w.prereqs(name) {
 				progress(Progress{Service: name, State: s.Status().State, Message: "waiting for " + d + w.waiting})
+				if w.onWait != nil {
+					w.onWait(ctx, s, d)
+				}
 				if _, err := m.waitFor(ctx, d, w.ready(d)); err != nil {
 					failed(s, fmt.Errorf("not done: %w", err))
 					return
@@ -766,7 +815,7 @@ func (m *Manager) Reload(ctx context.Context, node *config.Node) (ReloadResult, 
 				pending = append(pending, n)
 			}
 		}
-		_ = m.startOrdered(ctx, pending, false, "", nil)
+		m.startOwn(ctx, pending)
 	}
 	sort.Strings(res.RestartNeeded)
 	return res, nil

@@ -535,6 +535,30 @@ func TestUnmonitoredAdoptedAsNotMonitored(t *testing.T) {
 	}
 }
 
+// TestStaleRecordFallsBackToSearch: the state file names a process that is
+// gone (a later start could not be recorded: a full disk), while the
+// service's current process runs. The next agent adopts that one, found by
+// the runtime's search, instead of starting a second copy beside it.
+func TestStaleRecordFallsBackToSearch(t *testing.T) {
+	rt := newFakeRuntime()
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	node := testNode(t, "  a: {}\n")
+	m, _, stop := runManager(node, rt, stateFile)
+	waitState(t, m, "a", OK)
+	stop()
+	rt.proc("a").end(0)
+	current := rt.external("a")
+
+	m, _, stop = runManager(node, rt, stateFile)
+	defer stop()
+	if st := waitState(t, m, "a", OK); st.PID != current.id.PID {
+		t.Fatalf("pid %d, want the running process %d adopted", st.PID, current.id.PID)
+	}
+	if got := rt.startLog(); len(got) != 1 {
+		t.Fatalf("started %v, want only the first agent's start", got)
+	}
+}
+
 // TestNoStartWhileStateCannotBeWritten: a process the state file does
 // not record would be started again by the next agent, so while the file
 // cannot be written (a full disk; here its directory is a file) nothing

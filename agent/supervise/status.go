@@ -21,6 +21,10 @@ const (
 	Stopped       State = "Stopped"
 	Restarting    State = "Restarting"
 	Failed        State = "Failed"
+	// Waiting is a service the agent is about to start once what it
+	// depends on elsewhere is there (a cold boot): monit has no such
+	// state, and shows it as Initializing.
+	Waiting State = "Waiting"
 )
 
 // CheckResult is the latest outcome of one health check.

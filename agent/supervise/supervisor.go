@@ -31,6 +31,7 @@ const (
 	actUnmonitor
 	actUpdate
 	actPing // answered at once: the loop is alive (the watchdog's probe)
+	actWait // show that the start waits for a dependency (note says which)
 )
 
 type command struct {
@@ -43,7 +44,10 @@ type command struct {
 	// which the step is not done yet).
 	token    string
 	noRecord bool
-	reply    chan error
+	// note is actWait's status message, and for actStart why the start
+	// happens without a dependency (status keeps it while the process runs).
+	note  string
+	reply chan error
 }
 
 // errAlreadyDone refuses a command whose operation step already took
@@ -87,6 +91,8 @@ type Supervisor struct {
 	checks    *checkRunner
 	hyst      []*check.Hysteresis
 	stepToken string // the token of the command being handled, recorded with a new pid
+	startNote string // why the next start goes without a dependency (actStart's note)
+	runNote   string // startNote of the running process, its status message when OK
 	staleWhy  string // the process must be replaced to take a change (held while unmonitored)
 	restartC  <-chan time.Time
 	restartT  *time.Timer
@@ -190,11 +196,10 @@ func (s *Supervisor) adopt(ctx context.Context) {
 		s.mu.Lock()
 		s.mem.PID, s.mem.StartTicks = 0, 0
 		s.mu.Unlock()
-		if s.spec.Daemonizing() {
-			// The recorded process is gone; the pidfile may name the one
-			// that replaced it (monit ran the service meanwhile).
-			s.adoptFound(ctx)
-		}
+		// The recorded process is gone, but the service may run all the
+		// same: a later start the state could not record (a full disk),
+		// or for a daemonizing one, monit's start that its pidfile names.
+		s.adoptFound(ctx)
 		return
 	}
 	started := processStart(id, s.mem.StartedAt)
@@ -400,7 +405,13 @@ func (s *Supervisor) handle(ctx context.Context, c command) error {
 // apply carries out an operator's command.
 func (s *Supervisor) apply(ctx context.Context, c command) error {
 	switch c.act {
+	case actWait:
+		if st := s.Status().State; s.proc == nil && (st == Stopped || st == Waiting) {
+			s.setState(Waiting, c.note)
+		}
+		return nil
 	case actStart:
+		s.startNote = c.note
 		s.remember(func(m *state.Service) {
 			m.DesiredRunning, m.Monitored, m.Failed, m.FailedReason = true, true, false, ""
 			// An operator's start after a failure is a fresh start, as
@@ -522,9 +533,10 @@ func (s *Supervisor) start(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("started", "pid", p.Identity().PID)
+	s.runNote, s.startNote = s.startNote, ""
 	// Initializing first: attach evaluates the checks, and a service with
 	// only a process check is OK at once.
-	s.setState(Initializing, "started; waiting for checks")
+	s.setState(Initializing, joinNote(s.runNote, "started; waiting for checks"))
 	started := time.Now()
 	if w, ok := p.(runtime.Watched); ok && !w.Container().StartedAt.IsZero() {
 		started = w.Container().StartedAt // a running container taken over
@@ -663,6 +675,7 @@ func (s *Supervisor) attach(p runtime.Process, rtName string, started time.Time)
 
 func (s *Supervisor) detach() {
 	s.proc = nil
+	s.runNote = ""
 	s.stopChecks()
 	s.stopSampling()
 	s.remember(func(m *state.Service) { m.PID, m.StartTicks = 0, 0 })
@@ -906,6 +919,14 @@ func (s *Supervisor) resumeMonitoring(ctx context.Context) {
 }
 
 func (s *Supervisor) changed() { s.hooks.changed() }
+
+// joinNote puts a start's note before msg.
+func joinNote(note, msg string) string {
+	if note == "" {
+		return msg
+	}
+	return note + "; " + msg
+}
 
 func exitText(e runtime.Exit) string {
 	switch {

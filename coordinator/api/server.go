@@ -60,6 +60,9 @@ type Server struct {
 	RouteTable func() *pb.RoutesResponse
 	// Store holds this replica's copies of upgrade packages.
 	Store *pkgstore.Store
+	// Hosts are this host's names for [host=...] scopes; nil:
+	// properties.LocalHosts (tests name other hosts).
+	Hosts func(context.Context) []string
 
 	connsOnce sync.Once
 	conns     *conncache.Cache
@@ -100,7 +103,7 @@ func (s *Server) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusR
 	if err != nil {
 		return nil, err
 	}
-	resp := &pb.StatusResponse{Cluster: cl, Coordinators: peers}
+	resp := &pb.StatusResponse{Cluster: cl, Coordinators: peers, Upstream: s.FSM.Upstream()}
 	if op, ok := s.FSM.Active(); ok {
 		resp.Active = op
 	}

@@ -48,48 +48,61 @@ func (s *Server) RegisterWorkers(ctx context.Context, req *agentpb.RegisterWorke
 			return c.RegisterWorkers(ctx, req)
 		})
 	}
-	unlock := s.registering.lock(fsm.WorkerKey(req.Node, req.Dispatcher))
-	defer unlock()
 	expires := time.Now().Add(time.Duration(req.LeaseTtlMs) * time.Millisecond).UnixMilli()
-	resp := &agentpb.RegisterWorkersResponse{Workers: int32(len(req.Workers)), LeaseExpiresUnixMs: expires, Coordinator: s.Raft.ID()}
-	who := principal(ctx)
-	whole := &pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid}}}
-	cur := s.FSM.WorkerSet(req.Node, req.Dispatcher)
+	changed, err := s.StoreWorkers(ctx, principal(ctx), &pb.WorkerSet{Node: req.Node, Dispatcher: req.Dispatcher, Workers: req.Workers, LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid})
+	if err != nil {
+		return nil, refusal(err)
+	}
+	return &agentpb.RegisterWorkersResponse{Workers: int32(len(req.Workers)), LeaseExpiresUnixMs: expires, Coordinator: s.Raft.ID(), Changed: changed}, nil
+}
+
+// StoreWorkers makes ws (workers sorted by name) the set of its dispatcher
+// on its node, on the leader, as who: a changed set whole or as the diff
+// from the stored one, an unchanged one as a renewal of its lease, which
+// is a small raft entry however many workers the set holds. It says
+// whether the workers changed. Registrations and the configuration server
+// import (coordinator/upstream) both store their sets here.
+func (s *Server) StoreWorkers(ctx context.Context, who string, ws *pb.WorkerSet) (changed bool, err error) {
+	unlock := s.registering.lock(fsm.WorkerKey(ws.Node, ws.Dispatcher))
+	defer unlock()
+	whole := &pb.Command{Cmd: &pb.Command_WorkerSet{WorkerSet: ws}}
+	cur := s.FSM.WorkerSet(ws.Node, ws.Dispatcher)
 	var cmd *pb.Command
-	if cur == nil || len(req.Workers) == 0 {
+	if cur == nil || len(ws.Workers) == 0 || cur.Upstream != ws.Upstream {
+		// (a set of the other source is refused whole, with why)
 		cmd = whole
 	} else {
 		// Most registrations change a worker or two of a set that may
 		// hold thousands, or none: the raft entry carries only those.
-		upsert, remove := fsm.DiffWorkers(cur.Workers, req.Workers)
-		if len(upsert) == 0 && len(remove) == 0 && cur.DispatcherPid == req.DispatcherPid {
-			cmd = &pb.Command{Cmd: &pb.Command_WorkerRenew{WorkerRenew: &pb.WorkerLease{Node: req.Node, Dispatcher: req.Dispatcher, LeaseExpiresUnixMs: expires}}}
+		upsert, remove := fsm.DiffWorkers(cur.Workers, ws.Workers)
+		if len(upsert) == 0 && len(remove) == 0 && cur.DispatcherPid == ws.DispatcherPid {
+			cmd = &pb.Command{Cmd: &pb.Command_WorkerRenew{WorkerRenew: &pb.WorkerLease{Node: ws.Node, Dispatcher: ws.Dispatcher, LeaseExpiresUnixMs: ws.LeaseExpiresUnixMs}}}
 		} else {
 			cmd = &pb.Command{Cmd: &pb.Command_WorkerDiff{WorkerDiff: &pb.WorkerDiff{
-				Node: req.Node, Dispatcher: req.Dispatcher, BaseRevision: cur.Revision, Upsert: upsert, Remove: remove,
-				LeaseExpiresUnixMs: expires, DispatcherPid: req.DispatcherPid,
+				Node: ws.Node, Dispatcher: ws.Dispatcher, BaseRevision: cur.Revision, Upsert: upsert, Remove: remove,
+				LeaseExpiresUnixMs: ws.LeaseExpiresUnixMs, DispatcherPid: ws.DispatcherPid, Upstream: ws.Upstream,
 			}}}
 		}
 	}
-	resp.Changed = cmd.GetWorkerRenew() == nil
-	_, err := s.propose(ctx, who, cmd)
+	changed = cmd.GetWorkerRenew() == nil
+	_, err = s.propose(ctx, who, cmd)
 	if errors.Is(err, fsm.ErrStaleDiff) {
 		// Changed by a leader before this one: the whole set is right
 		// whatever the set holds now.
 		_, err = s.propose(ctx, who, whole)
 	}
 	if err != nil {
-		return nil, refusal(err)
+		return false, err
 	}
-	if resp.Changed {
+	if changed {
 		s.Raft.Announce()
 	}
-	return resp, nil
+	return changed, nil
 }
 
 // Workers implements pb.CoordinatorServer.
 func (s *Server) Workers(_ context.Context, req *pb.WorkersRequest) (*pb.WorkersResponse, error) {
-	resp := &pb.WorkersResponse{AnsweredBy: s.Raft.ID()}
+	resp := &pb.WorkersResponse{AnsweredBy: s.Raft.ID(), Upstream: s.FSM.Upstream()}
 	for _, ws := range s.FSM.WorkerSets() {
 		if req.Node != "" && req.Node != ws.Node {
 			continue

@@ -306,6 +306,10 @@ func (f *FSM) apply(index uint64, cmd *pb.Command) (any, string) {
 		return f.removePackage(c.PackageRemove)
 	case *pb.Command_UpgradeRevert:
 		return f.revertUpgrade(at, c.UpgradeRevert)
+	case *pb.Command_ExtraRoutesLoad:
+		return f.loadExtraRoutes(index, cmd, c.ExtraRoutesLoad)
+	case *pb.Command_UpstreamImport:
+		return f.recordUpstream(c.UpstreamImport)
 	}
 	return rejected("unknown command"), "unknown command"
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 
@@ -61,18 +60,7 @@ func TestPackages(t *testing.T) {
 		t.Error("removed the package of an upgrade in progress")
 	}
 	// Packages survive a snapshot.
-	snap, err := a.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	g := New()
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := snapshotRestored(t, a.f)
 	if len(g.Packages()) != MaxPackages || g.Package(sha(1)).Name != "illumon-db" {
 		t.Errorf("restored packages: %v", g.Packages())
 	}

@@ -106,6 +106,9 @@ func (f *FSM) setWorkers(at int64, ws *pb.WorkerSet) (any, string) {
 		return rejected("a worker set needs a node and a dispatcher"), what
 	}
 	key := WorkerKey(ws.Node, ws.Dispatcher)
+	if err := sameSource(f.st.Workers[key], ws.Upstream, what); err != nil {
+		return err, what
+	}
 	if len(ws.Workers) == 0 {
 		f.store(key, nil)
 		return nil, ""
@@ -145,6 +148,9 @@ func (f *FSM) diffWorkers(at int64, d *pb.WorkerDiff) (any, string) {
 	if cur == nil || cur.Revision != d.BaseRevision {
 		return fmt.Errorf("%w: %w: the set is no longer at revision %d; send the whole set", ErrRejected, ErrStaleDiff, d.BaseRevision), what
 	}
+	if err := sameSource(cur, d.Upstream, what); err != nil {
+		return err, what
+	}
 	for _, w := range d.Upsert {
 		if err := f.conflict(key, w); err != nil {
 			return err, what
@@ -172,7 +178,7 @@ func (f *FSM) diffWorkers(at int64, d *pb.WorkerDiff) (any, string) {
 	f.store(key, &pb.WorkerSet{
 		Node: d.Node, Dispatcher: d.Dispatcher, Workers: workers,
 		LeaseExpiresUnixMs: d.LeaseExpiresUnixMs, UpdatedUnixMs: at,
-		DispatcherPid: d.DispatcherPid, Revision: cur.Revision + 1,
+		DispatcherPid: d.DispatcherPid, Revision: cur.Revision + 1, Upstream: cur.Upstream,
 	})
 	return nil, ""
 }
@@ -182,7 +188,7 @@ func withLease(ws *pb.WorkerSet, ms int64) *pb.WorkerSet {
 	return &pb.WorkerSet{
 		Node: ws.Node, Dispatcher: ws.Dispatcher, Workers: ws.Workers,
 		LeaseExpiresUnixMs: ms, UpdatedUnixMs: ws.UpdatedUnixMs,
-		DispatcherPid: ws.DispatcherPid, Revision: ws.Revision,
+		DispatcherPid: ws.DispatcherPid, Revision: ws.Revision, Upstream: ws.Upstream,
 	}
 }
 

@@ -250,8 +250,8 @@ func TestEngineRestartAllInOrder(t *testing.T) {
 	}
 	acted := h.agents.actedOn()
 	checkActedInPlanOrder(t, op, acted)
-	if len(acted) != 20 {
-		t.Errorf("acted on %d instances, want 20: %v", len(acted), acted)
+	if len(acted) != 22 {
+		t.Errorf("acted on %d instances, want 22: %v", len(acted), acted)
 	}
 }
 

@@ -57,9 +57,11 @@ func render(op *pb.Operation) string {
 func TestPlanClassicCluster(t *testing.T) {
 	nodes := classicCluster(t)
 	infraRest := "infra:db_acl_write_server,db_tdcp,log_aggregator_service,tailer1,iris_controller,web_api_service"
-	queryNodes := "merge-1:db_merge_server,db_tdcp,log_aggregator_service,tailer1 " +
-		"query-1:db_query_server,db_tdcp,log_aggregator_service,tailer1 " +
-		"query-2:db_query_server,db_tdcp,log_aggregator_service,tailer1"
+	// The dispatchers need their node's log aggregator; a query node runs
+	// both dispatchers.
+	queryNodes := "merge-1:db_tdcp,log_aggregator_service,tailer1,db_merge_server " +
+		"query-1:db_tdcp,log_aggregator_service,tailer1,db_merge_server,db_query_server " +
+		"query-2:db_tdcp,log_aggregator_service,tailer1,db_merge_server,db_query_server"
 	cases := []struct {
 		name string
 		req  *pb.OpRequest
@@ -75,9 +77,9 @@ func TestPlanClassicCluster(t *testing.T) {
 			name: "down: the same walk backwards",
 			req:  &pb.OpRequest{Action: ActStop},
 			want: "infra:web_api_service,iris_controller,tailer1,log_aggregator_service,db_tdcp,db_acl_write_server\n" +
-				"merge-1:tailer1,log_aggregator_service,db_tdcp,db_merge_server " +
-				"query-1:tailer1,log_aggregator_service,db_tdcp,db_query_server " +
-				"query-2:tailer1,log_aggregator_service,db_tdcp,db_query_server\n" +
+				"merge-1:db_merge_server,tailer1,log_aggregator_service,db_tdcp " +
+				"query-1:db_query_server,db_merge_server,tailer1,log_aggregator_service,db_tdcp " +
+				"query-2:db_query_server,db_merge_server,tailer1,log_aggregator_service,db_tdcp\n" +
 				"infra:authentication_server\ninfra:configuration_server",
 		},
 		{
@@ -95,7 +97,7 @@ func TestPlanClassicCluster(t *testing.T) {
 		{
 			name: "one node",
 			req:  &pb.OpRequest{Action: ActRestart, Nodes: []string{"query-2"}},
-			want: "query-2:db_query_server,db_tdcp,log_aggregator_service,tailer1",
+			want: "query-2:db_tdcp,log_aggregator_service,tailer1,db_merge_server,db_query_server",
 		},
 	}
 	for _, tc := range cases {

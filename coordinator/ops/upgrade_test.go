@@ -184,7 +184,7 @@ func TestRevertStagesRolling(t *testing.T) {
 		}
 	}
 	want := "revert bare-2\nrevert bare-1\n" +
-		"stop query-2:tailer1,log_aggregator_service,db_tdcp,db_query_server\nrevert query-2\nstart query-2:db_query_server,db_tdcp,log_aggregator_service,tailer1"
+		"stop query-2:db_query_server,db_merge_server,tailer1,log_aggregator_service,db_tdcp\nrevert query-2\nstart query-2:db_tdcp,log_aggregator_service,tailer1,db_merge_server,db_query_server"
 	if got := renderActions(&pb.Operation{Stages: RevertStages(op)}); !strings.HasPrefix(got, want) || strings.Count(got, "revert ") != 6 {
 		t.Errorf("revert plan:\n%s\nwant 6 reverts, starting:\n%s", got, want)
 	}
@@ -234,8 +234,8 @@ func TestEngineUpgradeFull(t *testing.T) {
 		t.Errorf("prefetched on %v, want every node once", prefetched)
 	}
 	// Every instance stopped once and started once.
-	if got := len(h.agents.actedOn()); got != 40 {
-		t.Errorf("acted %d times, want 40 (20 stops, 20 starts)", got)
+	if got := len(h.agents.actedOn()); got != 44 {
+		t.Errorf("acted %d times, want 44 (22 stops, 22 starts)", got)
 	}
 	if p := h.fsm.Package(shaV2); p.Name != "illumon-db" || p.Version != "2.0" {
 		t.Errorf("the package's name and version were not learned: %v", p)

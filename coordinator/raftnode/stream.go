@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/dhvisor/dhvisor/internal/portowner"
 	"github.com/dhvisor/dhvisor/internal/tlsutil"
 )
 
@@ -74,7 +75,7 @@ func listenTLS(bind, advertise string, files tlsutil.Files) (*tlsStream, error) 
 	}
 	lis, err := net.Listen("tcp", bind)
 	if err != nil {
-		return nil, fmt.Errorf("raft.bind %s: %w", bind, err)
+		return nil, fmt.Errorf("raft.listen: %w", portowner.Explain(err, bind))
 	}
 	adv, err := net.ResolveTCPAddr("tcp", advertise)
 	if err != nil || adv.IP == nil || adv.IP.IsUnspecified() {

@@ -271,7 +271,7 @@ func TestEndpoints(t *testing.T) {
 }
 
 func TestSnapshotsValidAndConsistent(t *testing.T) {
-	for name, m := range map[string]Model{"empty": {}, "cluster": clusterModel(), "scale": scaleModel(300)} {
+	for name, m := range map[string]Model{"empty": {}, "cluster": clusterModel(), "imported": importedModel(), "scale": scaleModel(300)} {
 		for _, f := range flavours {
 			snap := mustBuild(t, m, f)
 			if err := consistent(snap, f); err != nil {

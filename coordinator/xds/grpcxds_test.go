@@ -106,8 +106,11 @@ const tableMethod = "/io.deephaven.proto.backplane.grpc.TableService/ExportedTab
 
 func TestGRPCGoRoutes(t *testing.T) {
 	s, addr := startServer(t)
-	web, authSI, w1, w2, w1b, extra := startStandIn(t, "web"), startStandIn(t, "auth"), startStandIn(t, "w1"),
-		startStandIn(t, "w2"), startStandIn(t, "w1b"), startStandIn(t, "extra")
+	web, authSI, w1, w2, w1b, extra, imported := startStandIn(t, "web"), startStandIn(t, "auth"), startStandIn(t, "w1"),
+		startStandIn(t, "w2"), startStandIn(t, "w1b"), startStandIn(t, "extra"), startStandIn(t, "imported")
+	// A worker imported from Deephaven's configuration server, its prefix
+	// as Deephaven made it.
+	const importedPrefix = "/worker/Core+ q1:24011 a3f9"
 	worker := func(name string, si standIn) Worker {
 		return Worker{Name: name, Prefix: "/worker/" + name, Host: "127.0.0.1", Port: si.port, Node: "query1", Dispatcher: "db_query_server", HTTP2: true}
 	}
@@ -116,7 +119,8 @@ func TestGRPCGoRoutes(t *testing.T) {
 			{Name: webAPI, Default: true, Endpoints: []Endpoint{{Node: "infra", Host: "127.0.0.1", Port: web.port}}},
 			{Name: auth, HTTP2: true, Routes: []string{"/io.deephaven.proto.auth.grpc.AuthApi/"}, Endpoints: []Endpoint{{Node: "infra", Host: "127.0.0.1", Port: authSI.port}}},
 		},
-		Workers: []Worker{worker("w1", w1), worker("w2", w2)},
+		Workers: []Worker{worker("w1", w1), worker("w2", w2),
+			{Name: "x-a3f9", Prefix: importedPrefix, Host: "127.0.0.1", Port: imported.port, Node: "10.0.0.5:8124", Dispatcher: "configuration_server", HTTP2: true}},
 		ExtraRoutes: []config.ExtraRoute{
 			// LOGICAL_DNS, which grpc-go resolves itself.
 			{Name: "plain", Host: "localhost", Port: int(extra.port), Prefix: "/plain", PrefixRewrite: "/"},
@@ -132,6 +136,7 @@ func TestGRPCGoRoutes(t *testing.T) {
 
 	eventually(t, conn, tableMethod, "/worker/w1", "w1")
 	eventually(t, conn, tableMethod, "/worker/w2", "w2")
+	eventually(t, conn, tableMethod, importedPrefix, "imported")
 	eventually(t, conn, "/io.deephaven.proto.auth.grpc.AuthApi/AuthenticateByPassword", "", "auth")
 	eventually(t, conn, tableMethod, "", "web")
 	eventually(t, conn, "/plain/Call", "", "extra")
@@ -169,6 +174,7 @@ func TestGRPCGoRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, conn, tableMethod, "/worker/w1", "web")
+	eventually(t, conn, tableMethod, importedPrefix, "imported")
 
 	// With no web_api_service instance either, they fail.
 	m.Services = m.Services[1:]

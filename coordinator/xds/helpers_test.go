@@ -2,6 +2,8 @@ package xds
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -46,6 +48,20 @@ func clusterModel() Model {
 			{Name: "docs", Host: "10.0.0.9", Port: 80, Prefix: "/docs/api/", PrefixRewrite: "/api/", ExactPrefix: true, Origin: "a:2"},
 		},
 	}
+}
+
+// importedModel is clusterModel with the workers a coordinator imported
+// from Deephaven's configuration server (coordinator/upstream): its
+// prefixes as Deephaven makes them, byte for byte, under the set named by
+// the upstream's address and dispatcher configuration_server.
+func importedModel() Model {
+	m := clusterModel()
+	m.Workers = append(m.Workers,
+		Worker{Name: "q1-a3f9", Prefix: "/worker/Core+ q1:24011 a3f9", Host: "10.0.0.2", Port: 24011, Node: "10.0.0.5:8124", Dispatcher: "configuration_server", HTTP2: true},
+		Worker{Name: "dh_77e0c1", Prefix: "77e0c1", Host: "10.0.0.3", Port: 24012, Node: "10.0.0.5:8124", Dispatcher: "configuration_server", TLS: true},
+	)
+	slices.SortFunc(m.Workers, func(a, b Worker) int { return strings.Compare(a.Name, b.Name) })
+	return m
 }
 
 // scaleModel has n workers behind ten dispatchers, with the usual services.

@@ -115,7 +115,7 @@ func onlyResources(snap *cache.Snapshot, typ string, names ...string) *cache.Sna
 
 func TestADSClientsGetTheirFlavour(t *testing.T) {
 	s, addr := startServer(t)
-	m := clusterModel()
+	m := importedModel()
 	if err := s.Update(m); err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func TestADSClientsGetTheirFlavour(t *testing.T) {
 			}
 
 			// A new worker: new cluster, endpoints and routes, the same listener.
-			m2 := clusterModel()
+			m2 := importedModel()
 			m2.Workers = append(m2.Workers, Worker{Name: "worker_3", Prefix: "/worker/q3", Host: "10.0.0.4", Port: 24003, Node: "query3", HTTP2: true})
 			if err := s.Update(m2); err != nil {
 				t.Fatal(err)
@@ -183,12 +183,12 @@ func TestADSClientsGetTheirFlavour(t *testing.T) {
 // by name, each from the api_config_source the clusters and listener name.
 func TestClassicStreamsPerType(t *testing.T) {
 	s, addr := startServer(t)
-	if err := s.Update(clusterModel()); err != nil {
+	if err := s.Update(importedModel()); err != nil {
 		t.Fatal(err)
 	}
 	conn := dial(t, addr)
 	ctx := testCtx(t)
-	want := mustBuild(t, clusterModel(), Classic)
+	want := mustBuild(t, importedModel(), Classic)
 
 	cds, err := clusterservice.NewClusterDiscoveryServiceClient(conn).StreamClusters(ctx)
 	if err != nil {
@@ -266,7 +266,7 @@ func TestClassicStreamsPerType(t *testing.T) {
 
 	// An endpoint change reaches the EDS stream only.
 	before := s.Status()
-	m := clusterModel()
+	m := importedModel()
 	m.Services[0].Endpoints[0].Port = 8124
 	if err := s.Update(m); err != nil {
 		t.Fatal(err)

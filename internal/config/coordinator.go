@@ -17,6 +17,12 @@ import (
 // configuration.
 const DefaultCoordinatorPath = "/etc/dhvisor/coordinator.yaml"
 
+// DefaultXDSPort is where a coordinator serves xDS unless envoy.xds.listen
+// says otherwise: next to its API (8125) and raft (8126) ports, and not
+// 8124, Deephaven's envoy.xds.port, where the configuration server serves
+// its own xDS on the same infrastructure node.
+const DefaultXDSPort = 8127
+
 // Coordinator is a coordinator replica's /etc/dhvisor/coordinator.yaml.
 type Coordinator struct {
 	// Node is the replica's raft server id; the hostname by default.
@@ -36,8 +42,10 @@ type Coordinator struct {
 type Envoy struct {
 	XDS XDS `yaml:"xds"`
 	// ExtraRoutesFile is a Deephaven properties file read for
-	// envoy.xds.extra.routes.* keys; re-read when it changes (see
-	// LoadExtraRoutes). Relative to the configuration file's directory.
+	// envoy.xds.extra.routes.* keys, by the raft leader only, which loads
+	// it into raft when it starts to lead and when the file changes (see
+	// package extraroutes and LoadExtraRoutes). Relative to the
+	// configuration file's directory.
 	ExtraRoutesFile string `yaml:"extra_routes_file"`
 	// ExtraRoutes are site routes written here: a mapping of route name to
 	// the keys host, port, prefix, prefix_rewrite, tls and exact_prefix,
@@ -52,13 +60,18 @@ type Envoy struct {
 
 // XDS is the xDS server's endpoint: Envoy's bootstrap lists every replica's.
 type XDS struct {
-	// Endpoint: listen defaults to 0.0.0.0:8124 (Deephaven's envoy.xds.port
-	// default); advertise is what Envoys dial, required when listen is on
-	// every address.
+	// Endpoint: listen defaults to 0.0.0.0:8127 (DefaultXDSPort); advertise
+	// is what Envoys dial, required when listen is on every address.
 	Endpoint `yaml:",inline"`
 	// Plaintext serves xDS without TLS, for Envoy on Deephaven's stock
 	// bootstrap; false (the default) is mutual TLS with the cluster CA.
 	Plaintext bool `yaml:"plaintext"`
+	// Upstream is the configuration server's xDS, whose workers the
+	// leader imports; nil: none.
+	Upstream *XDSUpstream `yaml:"upstream"`
+	// UpstreamGrace is how long the imported workers stay while the
+	// upstream stream is down; default 10m.
+	UpstreamGrace Duration `yaml:"upstream_grace"`
 }
 
 // Raft configures the replica's consensus.
@@ -136,13 +149,14 @@ func (c *Coordinator) applyDefaults(dir string) {
 		c.Raft.Listen = "0.0.0.0:8126"
 	}
 	if c.Envoy.XDS.Listen == "" {
-		c.Envoy.XDS.Listen = "0.0.0.0:8124"
+		c.Envoy.XDS.Listen = "0.0.0.0:" + strconv.Itoa(DefaultXDSPort)
 	}
 	for _, p := range []*string{&c.DataDir, &c.TLS.CA, &c.TLS.Cert, &c.TLS.Key, &c.Gossip.KeyFile, &c.Envoy.ExtraRoutesFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	c.applyUpstreamDefaults(dir)
 	o := &c.Operations
 	for _, d := range []struct {
 		v   *Duration
@@ -201,7 +215,8 @@ func (c *Coordinator) validate(es *Errors, src *source, org origins) {
 // changes), and the routes written in coordinator.yaml.
 func (c *Coordinator) validateEnvoy(es *Errors, src *source, org origins) {
 	envoy, _ := mapValue(src.root, "envoy")
-	c.Envoy.XDS.Endpoint.validate(es, nested(src, org, "envoy.xds", envoy, "xds"), org, "envoy.xds", "10.0.0.5:8124")
+	c.Envoy.XDS.Endpoint.validate(es, nested(src, org, "envoy.xds", envoy, "xds"), org, "envoy.xds", "10.0.0.5:"+strconv.Itoa(DefaultXDSPort))
+	c.validateUpstream(es, src, org)
 	if f := c.Envoy.ExtraRoutesFile; f != "" {
 		_, line := locate(org, src.root, src.file, "envoy", "extra_routes_file")
 		if st, err := os.Stat(f); err != nil {

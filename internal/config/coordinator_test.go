@@ -24,8 +24,8 @@ func TestCoordinatorEnvoy(t *testing.T) {
 	dir := writeFiles(t, map[string]string{
 		"coordinator.yaml": coordBase + `envoy:
   xds:
-    listen: 0.0.0.0:8124
-    advertise: 10.0.0.5:8124
+    listen: 0.0.0.0:8127
+    advertise: 10.0.0.5:8127
   extra_routes_file: routes.prop
   extra_routes:
     grafana: {host: grafana.example.com, prefix: /grafana}
@@ -45,7 +45,7 @@ func TestCoordinatorEnvoy(t *testing.T) {
 		t.Fatal(err)
 	}
 	x := c.Envoy.XDS
-	if x.Listen != "0.0.0.0:8124" || x.Addr(x.Listen) != "10.0.0.5:8124" || x.Plaintext {
+	if x.Listen != "0.0.0.0:8127" || x.Addr(x.Listen) != "10.0.0.5:8127" || x.Plaintext {
 		t.Errorf("xds %+v", x)
 	}
 	if want := filepath.Join(dir, "routes.prop"); c.Envoy.ExtraRoutesFile != want {
@@ -127,47 +127,47 @@ func TestInvalidCoordinatorConfigs(t *testing.T) {
 			// replica must say which address Envoys dial.
 			name:  "xds listen defaulted to a wildcard",
 			envoy: "",
-			want:  []string{`coordinator.yaml:1: envoy.xds.advertise: required when envoy.xds.listen ("0.0.0.0:8124") is on every address`},
+			want:  []string{`coordinator.yaml:1: envoy.xds.advertise: required when envoy.xds.listen ("0.0.0.0:8127") is on every address`},
 		},
 		{
 			name:  "xds listen on a wildcard without advertise",
-			envoy: "envoy:\n  xds:\n    listen: :8124\n",
-			want:  []string{`coordinator.yaml:11: envoy.xds.advertise: required when envoy.xds.listen (":8124")`},
+			envoy: "envoy:\n  xds:\n    listen: :8127\n",
+			want:  []string{`coordinator.yaml:11: envoy.xds.advertise: required when envoy.xds.listen (":8127")`},
 		},
 		{
 			name:  "xds addresses malformed",
-			envoy: "envoy:\n  xds: {listen: 8124, advertise: 0.0.0.0:8124}\n",
-			want:  []string{`coordinator.yaml:10: envoy.xds.listen: "8124" is not host:port`, `coordinator.yaml:10: envoy.xds.advertise: "0.0.0.0:8124": peers dial it`},
+			envoy: "envoy:\n  xds: {listen: 8127, advertise: 0.0.0.0:8127}\n",
+			want:  []string{`coordinator.yaml:10: envoy.xds.listen: "8127" is not host:port`, `coordinator.yaml:10: envoy.xds.advertise: "0.0.0.0:8127": peers dial it`},
 		},
 		{
 			name:  "unknown envoy field",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124, plaintxt: true}\n  extra_route_file: x\n",
-			want:  []string{"coordinator.yaml:10: envoy.xds.plaintxt: unknown field (expected one of advertise, listen, plaintext)", "coordinator.yaml:11: envoy.extra_route_file: unknown field"},
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127, plaintxt: true}\n  extra_route_file: x\n",
+			want:  []string{"coordinator.yaml:10: envoy.xds.plaintxt: unknown field (expected one of advertise, listen, plaintext, upstream, upstream_grace)", "coordinator.yaml:11: envoy.extra_route_file: unknown field"},
 		},
 		{
 			name:  "missing extra routes file",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes_file: nope.prop\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes_file: nope.prop\n",
 			want:  []string{"coordinator.yaml:11: envoy.extra_routes_file: cannot read ", "nope.prop: no such file or directory"},
 		},
 		// The acceptance cases in YAML: the same rules, the key named as written here.
 		{
 			name:  "extra route on /iris",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes:\n    grafana:\n      host: grafana.example.com\n      prefix: /iris\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes:\n    grafana:\n      host: grafana.example.com\n      prefix: /iris\n",
 			want:  []string{`coordinator.yaml:14: envoy.extra_routes.grafana.prefix: "/iris" is reserved by Deephaven`},
 		},
 		{
 			name:  "extra route without a host",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes:\n    grafana: {prefix: /grafana}\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes:\n    grafana: {prefix: /grafana}\n",
 			want:  []string{`coordinator.yaml:12: envoy.extra_routes.grafana.host: missing`},
 		},
 		{
 			name:  "extra route with a non-numeric port",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes:\n    grafana:\n      host: g\n      prefix: /grafana\n      port: http\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes:\n    grafana:\n      host: g\n      prefix: /grafana\n      port: http\n",
 			want:  []string{`coordinator.yaml:15: envoy.extra_routes.grafana.port: "http" is not a port number (expected 1-65535)`},
 		},
 		{
 			name:  "extra route keys",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes:\n    a: {host: h, prefix: /a, prefixRewrite: /x, tls: [true]}\n    b: /b\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes:\n    a: {host: h, prefix: /a, prefixRewrite: /x, tls: [true]}\n    b: /b\n",
 			want: []string{
 				"coordinator.yaml:12: envoy.extra_routes.a.prefixRewrite: unknown key (expected one of host, port, prefix, prefix_rewrite, tls, exact_prefix); did you mean prefix_rewrite?",
 				"coordinator.yaml:12: envoy.extra_routes.a.tls: expected a single value",
@@ -176,12 +176,12 @@ func TestInvalidCoordinatorConfigs(t *testing.T) {
 		},
 		{
 			name:  "extra routes sharing a prefix",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes:\n    a: {host: h, prefix: /a/}\n    b: {host: h, prefix: /a}\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes:\n    a: {host: h, prefix: /a/}\n    b: {host: h, prefix: /a}\n",
 			want:  []string{`coordinator.yaml:13: envoy.extra_routes.b.prefix: "/a" is already the prefix of route "a" (`},
 		},
 		{
 			name:  "extra routes not a mapping",
-			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8124}\n  extra_routes: [a, b]\n",
+			envoy: "envoy:\n  xds: {listen: 10.0.0.5:8127}\n  extra_routes: [a, b]\n",
 			want:  []string{`coordinator.yaml:11: envoy.extra_routes: expected a mapping of route names to their keys`},
 		},
 	}

@@ -308,10 +308,7 @@ const ExtraRoutesProcess = "configuration_server"
 // these names (see properties.LocalHosts): the service.name and
 // process.name Deephaven's launcher gives it.
 func ExtraRoutesScope(hosts []string) properties.Context {
-	return properties.Context{Hosts: hosts, Props: map[string]string{
-		"service.name": ExtraRoutesProcess,
-		"process.name": ExtraRoutesProcess,
-	}}
+	return properties.Context{Hosts: hosts, Props: properties.ProcessProps(ExtraRoutesProcess)}
 }
 
 // exactAlias is accepted for exactPrefix in properties files.
@@ -381,18 +378,15 @@ func ParseExtraRoutes(file string, data []byte, open properties.Opener, scope pr
 	return routes, nil
 }
 
-// LoadExtraRoutes returns every extra route of a coordinator: those of its
-// envoy.extra_routes and those of its envoy.extra_routes_file, read now (and
-// its includefiles, relative to it), so the coordinator re-reads the file
-// with it when the file changes. The file is evaluated as the configuration
-// server on this host would see it (ExtraRoutesScope of
-// properties.LocalHosts, bounded by ctx). A route name or a prefix used in
-// both places is refused, naming both origins.
+// LoadExtraRoutes returns every extra route of a coordinator.yaml: those of
+// its envoy.extra_routes and those of its envoy.extra_routes_file, read now
+// (and its includefiles, relative to it), evaluated as the configuration
+// server on this host would see them (ExtraRoutesScope of
+// properties.LocalHosts, bounded by ctx). See MergeExtraRoutes.
 func LoadExtraRoutes(ctx context.Context, c *Coordinator) ([]ExtraRoute, error) {
-	routes := append([]ExtraRoute(nil), c.Envoy.Routes...)
 	f := c.Envoy.ExtraRoutesFile
 	if f == "" {
-		return routes, nil
+		return MergeExtraRoutes(c.Envoy.Routes, nil)
 	}
 	data, err := os.ReadFile(f)
 	if err != nil {
@@ -402,6 +396,14 @@ func LoadExtraRoutes(ctx context.Context, c *Coordinator) ([]ExtraRoute, error) 
 	if err != nil {
 		return nil, err
 	}
+	return MergeExtraRoutes(c.Envoy.Routes, fromFile)
+}
+
+// MergeExtraRoutes joins coordinator.yaml's envoy.extra_routes and the
+// routes of its envoy.extra_routes_file: a route name or a prefix used in
+// both places is refused, naming both origins. Sorted by name.
+func MergeExtraRoutes(inYAML, fromFile []ExtraRoute) ([]ExtraRoute, error) {
+	routes := append([]ExtraRoute(nil), inYAML...)
 	var es Errors
 	byName := map[string]ExtraRoute{}
 	byPrefix := map[string]ExtraRoute{}
@@ -425,6 +427,40 @@ func LoadExtraRoutes(ctx context.Context, c *Coordinator) ([]ExtraRoute, error) 
 	}
 	sort.Slice(routes, func(i, j int) bool { return routes[i].Name < routes[j].Name })
 	return routes, nil
+}
+
+// CheckExtraRoutes applies the rules a parsed route already passed to
+// routes that come from elsewhere (the raft log): every route complete,
+// its prefix not reserved, no name or prefix twice. It names the first
+// problem.
+func CheckExtraRoutes(routes []ExtraRoute) error {
+	names := map[string]bool{}
+	prefixes := map[string]string{}
+	for _, r := range routes {
+		switch {
+		case !routeNameOK(r.Name):
+			return fmt.Errorf("route name %q cannot be used in an Envoy cluster name", r.Name)
+		case names[r.Name]:
+			return fmt.Errorf("route %q twice", r.Name)
+		case r.Host == "" || strings.ContainsAny(r.Host, "/ \t"):
+			return fmt.Errorf("route %q: host %q is not a host name or address", r.Name, r.Host)
+		case r.Port < 1 || r.Port > 65535:
+			return fmt.Errorf("route %q: port %d is not 1-65535", r.Name, r.Port)
+		case r.Prefix == "" || r.Prefix[0] != '/':
+			return fmt.Errorf("route %q: prefix %q must start with /", r.Name, r.Prefix)
+		case r.PrefixRewrite == "" || r.PrefixRewrite[0] != '/':
+			return fmt.Errorf("route %q: prefixRewrite %q must start with /", r.Name, r.PrefixRewrite)
+		}
+		if msg := reservedPrefix(r.Prefix); msg != "" {
+			return fmt.Errorf("route %q: %s", r.Name, msg)
+		}
+		if prev, dup := prefixes[prefixKey(r.Prefix)]; dup {
+			return fmt.Errorf("route %q: %q is already the prefix of route %q", r.Name, r.Prefix, prev)
+		}
+		names[r.Name] = true
+		prefixes[prefixKey(r.Prefix)] = r.Name
+	}
+	return nil
 }
 
 func splitOrigin(origin string) (string, int) {

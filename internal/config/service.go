@@ -41,11 +41,18 @@ type Service struct {
 	LogDir      string            `yaml:"log_dir"`
 	Ports       map[string]int    `yaml:"ports"`
 	DependsOn   []string          `yaml:"depends_on"`
-	Checks      []Check           `yaml:"checks"`
-	StartGrace  Duration          `yaml:"start_grace"`
-	StopTimeout Duration          `yaml:"stop_timeout"`
-	Restart     RestartPolicy     `yaml:"restart"`
-	Limits      Limits            `yaml:"limits"`
+	// External are what the service needs that dhvisor does not run.
+	External []External `yaml:"external"`
+	// DependencyWait bounds how long the agent, starting the service on
+	// its own (its start, a reload), waits for a dependency configured on
+	// another node or an external one; then it starts the service anyway.
+	// nil: DefaultDependencyWait; 0: no wait.
+	DependencyWait *Duration     `yaml:"dependency_wait"`
+	Checks         []Check       `yaml:"checks"`
+	StartGrace     Duration      `yaml:"start_grace"`
+	StopTimeout    Duration      `yaml:"stop_timeout"`
+	Restart        RestartPolicy `yaml:"restart"`
+	Limits         Limits        `yaml:"limits"`
 
 	// A daemonizing service (monit's process model) gives Start: a
 	// program that returns once the service runs in the background. The
@@ -339,6 +346,7 @@ func (s *Service) validate(es *Errors, loc func(path ...string) (string, int)) {
 		bad("output journal needs runtime systemd (this service's runtime is %s)", []any{s.Runtime}, "output")
 	}
 	s.validateDaemon(bad)
+	s.validateExternal(bad)
 	if s.Container == nil && !s.Daemonizing() && !(s.IsPassive() && s.Followed()) && (len(s.Command) == 0 || s.Command[0] == "") {
 		bad("a command is required (the program and its arguments, e.g. [/usr/illumon/latest/bin/iris, run, %s])", []any{s.Name}, "command")
 	}

@@ -53,6 +53,9 @@ func (o *options) coordinatorStatus(ctx context.Context, node string, asJSON boo
 			leader = " (no leader: an election is under way)"
 		}
 		fmt.Fprintf(w, "Coordinators: %s%s; answered by %s\n", strings.Join(reps, ", "), leader, resp.Coordinators.GetAnsweredBy())
+		if resp.Upstream != nil {
+			fmt.Fprintln(w, upstreamSummary(resp.Upstream, time.Now()))
+		}
 		if op := resp.Active; op != nil {
 			done, all := stepCounts(op)
 			fmt.Fprintf(w, "Operation %s (%s): %s, %d/%d steps; `dhctl ops show %s`\n", op.Id, op.Title(), op.State, done, all, op.Id)

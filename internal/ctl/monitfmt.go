@@ -84,7 +84,8 @@ type monitProc struct {
 // monitStatusWord maps a dhvisor state to the word monit shows in the same
 // situation. Stopped is monit's unmonitored stop; Restarting is a process
 // gone and about to be started again, which monit shows as does-not-exist;
-// Failed is the restart limit, which monit meets with unmonitor. dhctl status
+// Failed is the restart limit, which monit meets with unmonitor; Waiting (a
+// cold boot's start held for a dependency) is Initializing. dhctl status
 // keeps dhvisor's own words.
 func monitStatusWord(s *pb.ServiceStatus) string {
 	switch s.State {
@@ -92,7 +93,9 @@ func monitStatusWord(s *pb.ServiceStatus) string {
 		return monitNotMonitored
 	case "Restarting":
 		return monitDoesNotExist
-	case "":
+	case "", "Waiting":
+		// Waiting is a start held for a dependency elsewhere: monit's
+		// word for a service not yet up is Initializing.
 		return monitInitializing
 	}
 	if !s.Monitored {

@@ -155,6 +155,7 @@ func TestMonitStatusWord(t *testing.T) {
 		{"Does not exist", true, monitDoesNotExist},
 		{"Resource limit matched", true, "Resource limit matched"},
 		{"", true, monitInitializing},
+		{"Waiting", true, monitInitializing},
 	} {
 		if got := monitStatusWord(&pb.ServiceStatus{State: tc.state, Monitored: tc.monitored}); got != tc.want {
 			t.Errorf("state %q monitored %v: got %q, want %q", tc.state, tc.monitored, got, tc.want)

@@ -98,6 +98,7 @@ Deephaven's own dhctl (/usr/illumon/latest/bin/dhctl) when it is installed.`,
 		o.workersCmd(),
 		o.envoyCmd(),
 		o.monitCmd(),
+		o.propertiesCmd(),
 	)
 	return root
 }

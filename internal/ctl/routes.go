@@ -57,7 +57,7 @@ func (o *options) routesCmd() *cobra.Command {
 				fmt.Fprintf(o.out, "served by %s on %s; versions: %s; built in %s (building every worker anew: %s), handed to the clients in %s\n", resp.AnsweredBy, dash(resp.XdsAddr), strings.Join(vs, ", "),
 					time.Duration(resp.BuildUs)*time.Microsecond, time.Duration(resp.FullBuildUs)*time.Microsecond, time.Duration(resp.ServeUs)*time.Microsecond)
 				if resp.ExtraRoutesError != "" {
-					fmt.Fprintf(o.out, "extra routes file refused, the previous extra routes stay:\n%s\n", resp.ExtraRoutesError)
+					fmt.Fprintf(o.out, "the leader refused coordinator.yaml's extra routes; the loaded ones stay:\n%s\n", resp.ExtraRoutesError)
 					return fail(ExitNotOK, "extra routes refused")
 				}
 				return nil
@@ -65,6 +65,7 @@ func (o *options) routesCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's RoutesResponse as JSON")
+	cmd.AddCommand(o.extraRoutesCmd())
 	return cmd
 }
 
@@ -73,7 +74,7 @@ func (o *options) workersCmd() *cobra.Command {
 	var node string
 	cmd := &cobra.Command{
 		Use:   "workers",
-		Short: "The query workers the dispatchers registered, with their Envoy prefixes and leases",
+		Short: "The query workers the dispatchers registered or the configuration server serves, with their Envoy prefixes and leases",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.callCoord(cmd.Context(), 10*time.Second, func(ctx context.Context, c pb.CoordinatorClient) error {
@@ -90,8 +91,11 @@ func (o *options) workersCmd() *cobra.Command {
 				n := 0
 				for _, ws := range resp.Sets {
 					lease := "ends in " + humanDuration(time.UnixMilli(ws.LeaseExpiresUnixMs).Sub(now))
-					if now.UnixMilli() >= ws.LeaseExpiresUnixMs {
+					switch {
+					case now.UnixMilli() >= ws.LeaseExpiresUnixMs:
 						lease = "ended (not routed)"
+					case ws.Upstream != "" && resp.Upstream.GetAddress() == ws.Upstream:
+						lease = importedLease(resp.Upstream, now)
 					}
 					for _, w := range ws.Workers {
 						host := w.Host
@@ -104,6 +108,12 @@ func (o *options) workersCmd() *cobra.Command {
 				}
 				tw.Flush()
 				fmt.Fprintf(o.out, "%d workers from %d dispatchers (answered by %s)\n", n, len(resp.Sets), resp.AnsweredBy)
+				if u := resp.Upstream; u != nil {
+					fmt.Fprintln(o.out, upstreamSummary(u, now))
+					for _, s := range u.Skipped {
+						fmt.Fprintln(o.out, "  not imported: "+s)
+					}
+				}
 				return nil
 			})
 		},

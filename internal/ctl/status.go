@@ -94,7 +94,7 @@ func stateColor(state string) string {
 	switch state {
 	case "OK":
 		return "\x1b[32m"
-	case "Initializing", "Restarting", "Stopped", "Not monitored":
+	case "Initializing", "Restarting", "Stopped", "Not monitored", "Waiting":
 		return "\x1b[33m"
 	}
 	return "\x1b[31m"

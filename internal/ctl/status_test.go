@@ -15,21 +15,24 @@ func TestRenderStatus(t *testing.T) {
 		{Name: "configuration_server", State: "OK", Pid: 42, StartedUnixMs: now.Add(-90 * time.Second).UnixMilli(), Restarts: 2, CpuPercent: 1.5, MemoryBytes: 300 << 20,
 			LastCheck: &pb.CheckResult{Name: "tcp:websocket", Ok: true, Message: "ok", AtUnixMs: now.Add(-time.Second).UnixMilli()}},
 		{Name: "authentication_server", State: "Failed", Message: "exited with code 3; 5 restarts within 5m0s"},
+		{Name: "db_query_server", State: "Waiting", Message: "Waiting for configuration_server (infra-1)"},
 	}}
 	var b bytes.Buffer
 	renderStatus(&b, resp, now, false)
 	out := b.String()
 	for _, want := range []string{
-		"Node n1 (infra), dhagent 1.0: 1/2 services OK",
-		"configuration_server   OK      42   1m30s   2         1.5%  300.0 MiB  tcp:websocket ok (1s ago)",
-		"authentication_server  Failed  -    -       0         -     -          -",
+		"Node n1 (infra), dhagent 1.0: 1/3 services OK",
+		"configuration_server   OK       42   1m30s   2         1.5%  300.0 MiB  tcp:websocket ok (1s ago)",
+		"authentication_server  Failed   -    -       0         -     -          -",
 		"authentication_server: exited with code 3; 5 restarts within 5m0s",
+		"db_query_server        Waiting  -",
+		"  db_query_server: Waiting for configuration_server (infra-1)\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if notOK(resp) != 1 {
+	if notOK(resp) != 2 {
 		t.Error("notOK miscounted")
 	}
 }

@@ -18,7 +18,7 @@ raft:
 gossip: {bind: "10.0.0.5:7947"}
 tls: {ca: ca.pem, cert: c.pem, key: k.pem}
 envoy:
-  xds: {listen: "10.0.0.5:8124"}
+  xds: {listen: "10.0.0.5:8127"}
 `
 	props := filepath.Join(dir, "routes.prop")
 	if err := os.WriteFile(props, []byte("envoy.xds.extra.routes.grafana.host=grafana\nenvoy.xds.extra.routes.grafana.prefix=/iris\n"), 0o644); err != nil {
@@ -34,7 +34,7 @@ envoy:
 		code       int
 		want       string
 	}{
-		{"good", good, ExitOK, "ok, coordinator c1, api 10.0.0.5:8125, raft 10.0.0.5:8126, xds 10.0.0.5:8124, 1 initial voters, 0 extra routes"},
+		{"good", good, ExitOK, "ok, coordinator c1, api 10.0.0.5:8125, raft 10.0.0.5:8126, xds 10.0.0.5:8127, 1 initial voters, 0 extra routes"},
 		{"extra route in yaml", good + "  extra_routes: {grafana: {host: grafana, prefix: /grafana}}\n", ExitOK, "1 extra routes"},
 		{"bad extra routes file", good + "  extra_routes_file: " + props + "\n", ExitError, props + `:2: envoy.xds.extra.routes.grafana.prefix: "/iris" is reserved by Deephaven`},
 		{"backslash line in the extra routes file", good + "  extra_routes_file: " + backslash + "\n", ExitError, backslash + `:2:1: the line ends in a continuation \ but the file ends here`},

@@ -41,7 +41,7 @@ func parseBootstrap(t *testing.T, out []byte) *bootstrapv3.Bootstrap {
 }
 
 func TestRenderBootstrap(t *testing.T) {
-	coords := []string{"infra1.example.com:8124", "10.0.0.6:8124", "infra3:9124"}
+	coords := []string{"infra1.example.com:8127", "10.0.0.6:8127", "infra3:9124"}
 	opts := Options{
 		NodeID:       "envoy-infra1",
 		Coordinators: coords,
@@ -157,7 +157,7 @@ func TestRenderBootstrap(t *testing.T) {
 func TestRenderBootstrapPlaintext(t *testing.T) {
 	out, err := Render(Options{
 		NodeCluster: "site", Admin: "127.0.0.1:9901", Listen: "0.0.0.0:8443",
-		Coordinators: []string{"127.0.0.1:8124"}, Plaintext: true, ListenerPlaintext: true,
+		Coordinators: []string{"127.0.0.1:8127"}, Plaintext: true, ListenerPlaintext: true,
 	})
 	if err != nil {
 		t.Fatal(err)

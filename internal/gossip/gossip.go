@@ -18,6 +18,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/dhvisor/dhvisor/internal/portowner"
 )
 
 // Node liveness states reported in NodeView.State.
@@ -310,7 +312,7 @@ func (g *Gossip) Start(ctx context.Context) error {
 			Logger:    c.Logger,
 		})
 		if err != nil {
-			return fmt.Errorf("gossip: listen: %w", err)
+			return bindError(err, c.BindAddr, c.BindPort)
 		}
 		if c.BindPort == 0 {
 			c.BindPort = nt.GetAutoBindPort()
@@ -326,7 +328,7 @@ func (g *Gossip) Start(ctx context.Context) error {
 		if c.Transport != nil {
 			_ = c.Transport.Shutdown()
 		}
-		return fmt.Errorf("gossip: start memberlist on %s:%d: %w", c.BindAddr, c.BindPort, err)
+		return bindError(err, c.BindAddr, c.BindPort)
 	}
 	g.ml.Store(ml)
 	g.started = true
@@ -1173,4 +1175,14 @@ func (g *Gossip) markSuspect(name string) {
 	}
 	rec.suspectUntil = now.Add(g.timing.maxSuspicion(int(g.alive.Load())))
 	g.notifyLocked()
+}
+
+// bindError says why memberlist could not start on host:port, naming the
+// process that holds the port when that is why.
+func bindError(err error, host string, port int) error {
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	if explained := portowner.Explain(err, addr); explained != err {
+		return fmt.Errorf("gossip.bind: %w", explained)
+	}
+	return fmt.Errorf("gossip: start memberlist on %s: %w", addr, err)
 }

@@ -178,3 +178,14 @@ func wildcard(pattern, key string) bool {
 	}
 	return len(key) >= len(last) && strings.HasSuffix(key, last)
 }
+
+// serviceNameProp is the property Deephaven's launcher sets beside
+// process.name; scopes select services by it.
+const serviceNameProp = "service.name"
+
+// ProcessProps are the properties a Deephaven server process started as
+// name has before any file is read: process.name and service.name, both
+// name, as the launcher sets them (-Dprocess.name, -Dservice.name).
+func ProcessProps(name string) map[string]string {
+	return map[string]string{processNameProp: name, serviceNameProp: name}
+}

@@ -21,7 +21,8 @@ func LocalHosts(ctx context.Context) []string {
 	return HostNames(ctx, net.DefaultResolver, name)
 }
 
-// HostNames is LocalHosts for the host called name, resolved through r.
+// HostNames is LocalHosts for the host called name, resolved through r;
+// with r nil, only name and its short name.
 func HostNames(ctx context.Context, r *net.Resolver, name string) []string {
 	var out []string
 	add := func(n string) {
@@ -33,6 +34,9 @@ func HostNames(ctx context.Context, r *net.Resolver, name string) []string {
 	add(name)
 	if i := strings.IndexByte(name, '.'); i > 0 && net.ParseIP(name) == nil {
 		add(name[:i])
+	}
+	if r == nil {
+		return out
 	}
 	addrs, err := r.LookupHost(ctx, name)
 	if err != nil {

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"io/fs"
 	"maps"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -35,144 +37,56 @@ var (
 	queryServer  = Context{Hosts: []string{"query-1.example.com", "query-1", "10.0.0.7"}, Props: map[string]string{"service.name": "db_query_server", "process.name": "db_query_server"}}
 )
 
-// The acceptance sample: one file set, two processes on two hosts, each
-// value stated with the rule that gives it.
+// The acceptance sample (testdata/sample; every value of it, with its rule,
+// is stated by dhctl's TestPropertiesShow): where each value was assigned
+// and which are final, for two processes on two hosts.
 func TestSample(t *testing.T) {
-	const root = "/etc/props/iris-common.prop"
-	fsys := map[string]string{
-		root: `# the root only includes
-includefiles = iris-defaults.prop, iris-environment.prop
-`,
-		"/etc/props/iris-defaults.prop": `
-defaulted=from defaults
-overridden=from defaults
-final locked=yes
-finalize secret.*, exact
-[service.name=configuration_server]
-{
-    role=config
-}
-`,
-		"/etc/props/iris-environment.prop": `overridden = from environment
-trailing=kept   
-spaced   :   left trimmed only
-no.separator
-a b=whitespace alone does not separate
-escaped=tab\tnewline\nunicode\u00e9 colon\: equals\= backslash\\ space\ end
-split\=key=the escape is undone before the split
-continued=one \
-    two \
-    three
-comment.swallowed=before
-# a comment that ends in a backslash \
-comment.swallowed=after
-[service.name=configuration_server|authentication_server, host=infra-1] {
-    scoped=config on infra-1
-    [host=10.0.0.5] { nested=both hold
-    }
-}
-[process=db_query_server] {
-    scoped=query
-    [host=infra-1] {
-        nested=never on query-1
-    }
-}
-[host=INFRA-1] {
-    upper=a host written in capitals never matches
-}
-[service.name=db_query_server] {
-    final query.only=the final is honoured only in scope
-}
-query.only=assigned again outside the query server's scope
-`,
+	dir := filepath.Join("testdata", "sample")
+	load := func(name string) (*File, error) {
+		name = filepath.Join(dir, name)
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Parse(name, data, OpenFile)
 	}
-	tests := []struct {
-		name string
-		ctx  Context
-		want map[string]string
-	}{
-		{"configuration_server on infra-1", configServer, map[string]string{
-			"defaulted":         "from defaults",     // included files are read first
-			"overridden":        "from environment",  // the later assignment wins
-			"locked":            "yes",               // final key=value
-			"role":              "config",            // { on the line after the scope
-			"trailing":          "kept   ",           // trailing blanks stay
-			"spaced":            "left trimmed only", // key trimmed, value left-trimmed
-			"no.separator":      "",                  // no = or : is an empty value
-			"a b":               "whitespace alone does not separate",
-			"escaped":           "tab\tnewline\nunicodeé colon: equals= backslash\\ space end",
-			"split":             "key=the escape is undone before the split",
-			"continued":         "one two three", // continuation lines left-trimmed
-			"comment.swallowed": "before",        // the comment continued onto the next line
-			"scoped":            "config on infra-1",
-			"nested":            "both hold",
-			"query.only":        "assigned again outside the query server's scope",
-		}},
-		{"db_query_server on query-1", queryServer, map[string]string{
-			"defaulted":         "from defaults",
-			"overridden":        "from environment",
-			"locked":            "yes",
-			"trailing":          "kept   ",
-			"spaced":            "left trimmed only",
-			"no.separator":      "",
-			"a b":               "whitespace alone does not separate",
-			"escaped":           "tab\tnewline\nunicodeé colon: equals= backslash\\ space end",
-			"split":             "key=the escape is undone before the split",
-			"continued":         "one two three",
-			"comment.swallowed": "before",
-			"scoped":            "query", // process means process.name
-		}},
-	}
-	f, err := Parse(root, []byte(fsys[root]), files(fsys))
+	f, err := load("iris-common.prop")
 	if err != nil {
 		t.Fatal(err)
 	}
+	env, defaults := filepath.Join(dir, "iris-environment.prop"), filepath.Join(dir, "iris-defaults.prop")
+	tests := []struct {
+		ctx   Context
+		key   string
+		pos   Pos
+		final bool
+	}{
+		{configServer, "overridden", Pos{env, 1, 1}, false},
+		{configServer, "locked", Pos{defaults, 5, 7}, true},       // final key=value
+		{configServer, "secret.token", Pos{defaults, 6, 1}, true}, // finalize secret.* after it
+		{configServer, "continued", Pos{env, 8, 1}, false},        // its first line
+		{configServer, "nested", Pos{env, 16, 23}, false},         // after the { on its line
+		{configServer, "query.only", Pos{env, 32, 5}, false},      // finalize query.* is the query server's
+		{queryServer, "locked", Pos{defaults, 5, 7}, true},
+		{queryServer, "scoped", Pos{env, 20, 5}, false},
+	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := f.Eval(tt.ctx)
-			if tt.ctx.Props["process.name"] == "db_query_server" {
-				// query.only is final in its scope: assigning it later is refused.
-				want := `/etc/props/iris-environment.prop:31:1: "query.only" is final (made final at /etc/props/iris-environment.prop:29:11) and cannot be assigned again`
-				if err == nil || err.Error() != want {
-					t.Fatalf("error\n%v\nwant\n%s", err, want)
-				}
-				f2, err := Parse(root, []byte(fsys[root]), files(map[string]string{
-					root:                               fsys[root],
-					"/etc/props/iris-defaults.prop":    fsys["/etc/props/iris-defaults.prop"],
-					"/etc/props/iris-environment.prop": strings.TrimSuffix(fsys["/etc/props/iris-environment.prop"], "query.only=assigned again outside the query server's scope\n"),
-				}))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got, err = f2.Eval(tt.ctx); err != nil {
-					t.Fatal(err)
-				}
-				tt.want["query.only"] = "the final is honoured only in scope"
-			} else if err != nil {
-				t.Fatal(err)
-			}
-			if g := values(got); !maps.Equal(g, tt.want) {
-				for _, k := range slices.Sorted(maps.Keys(g)) {
-					if g[k] != tt.want[k] {
-						t.Errorf("%s = %q, want %q", k, g[k], tt.want[k])
-					}
-				}
-				for k, w := range tt.want {
-					if _, ok := g[k]; !ok {
-						t.Errorf("%s missing, want %q", k, w)
-					}
-				}
-			}
-			if v := got["overridden"]; v.Pos != (Pos{"/etc/props/iris-environment.prop", 1, 1}) || v.Final {
-				t.Errorf("overridden at %v final %v, want the environment file's line 1, not final", v.Pos, v.Final)
-			}
-			if v := got["locked"]; v.Pos != (Pos{"/etc/props/iris-defaults.prop", 4, 7}) || !v.Final {
-				t.Errorf("locked at %v final %v, want defaults:4:7, final", v.Pos, v.Final)
-			}
-			if v := got["continued"]; v.Pos.Line != 8 {
-				t.Errorf("continued at %v, want its first line, 8", v.Pos)
-			}
-		})
+		got, err := f.Eval(tt.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := got[tt.key]; v.Pos != tt.pos || v.Final != tt.final {
+			t.Errorf("%s for %s: at %v final %v, want at %v final %v", tt.key, tt.ctx.Props["process.name"], v.Pos, v.Final, tt.pos, tt.final)
+		}
+	}
+	// A final key assigned again, in a file that includes the sample.
+	f, err = load("final-again.prop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := filepath.Join(dir, "final-again.prop") + `:2:1: "locked" is final (made final at ` + defaults + `:5:7) and cannot be assigned again`
+	if _, err := f.Eval(queryServer); err == nil || err.Error() != want {
+		t.Errorf("error\n%v\nwant\n%s", err, want)
 	}
 }
 
@@ -390,4 +304,33 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestLine(t *testing.T) {
+	tests := []struct{ key, value, want string }{
+		{"a", "b", "a=b"},
+		{"a b", "trailing  ", "a b=trailing  "},
+		{"", "x", "=x"},
+		{"k", `ends in \`, `k=ends in \\`},
+		{"k", "tab\tnl\ncr\rff\fbs\bnul\x00", `k=tab\tnl\ncr\rff\fbs\bnul\u0000`},
+		{"\u2003k", "é\xff", `\u2003k=é` + "\xff"},
+		{"!", "", `\u0000!=`},
+		{"[a", "b]", `\u0000[a=b]`},
+		{"Final x", "1", `\u0000Final x=1`},
+		{"finalize.x", "1", `finalize.x=1`},
+	}
+	for _, tt := range tests {
+		got := Line(tt.key, tt.value)
+		if got != tt.want {
+			t.Errorf("Line(%q, %q) = %q, want %q", tt.key, tt.value, got, tt.want)
+		}
+		f, err := Parse("x", []byte(got), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := f.Eval(Context{})
+		if v, ok := m[tt.key]; err != nil || !ok || v.Value != tt.value || len(m) != 1 {
+			t.Errorf("%q reads back as %q, %v", got, values(m), err)
+		}
+	}
 }

@@ -567,6 +567,7 @@ type WorkersResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AnsweredBy    string                 `protobuf:"bytes,1,opt,name=answered_by,json=answeredBy,proto3" json:"answered_by,omitempty"`
 	Sets          []*WorkerSet           `protobuf:"bytes,2,rep,name=sets,proto3" json:"sets,omitempty"`
+	Upstream      *UpstreamImport        `protobuf:"bytes,65,opt,name=upstream,proto3" json:"upstream,omitempty"` // the configuration server import, if one ran
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -611,6 +612,13 @@ func (x *WorkersResponse) GetAnsweredBy() string {
 func (x *WorkersResponse) GetSets() []*WorkerSet {
 	if x != nil {
 		return x.Sets
+	}
+	return nil
+}
+
+func (x *WorkersResponse) GetUpstream() *UpstreamImport {
+	if x != nil {
+		return x.Upstream
 	}
 	return nil
 }
@@ -867,7 +875,8 @@ type StatusResponse struct {
 	state         protoimpl.MessageState   `protogen:"open.v1"`
 	Cluster       *agentpb.ClusterResponse `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"` // this replica's gossip view
 	Coordinators  *PeersResponse           `protobuf:"bytes,2,opt,name=coordinators,proto3" json:"coordinators,omitempty"`
-	Active        *Operation               `protobuf:"bytes,3,opt,name=active,proto3" json:"active,omitempty"` // the operation running or paused, if any
+	Active        *Operation               `protobuf:"bytes,3,opt,name=active,proto3" json:"active,omitempty"`      // the operation running or paused, if any
+	Upstream      *UpstreamImport          `protobuf:"bytes,65,opt,name=upstream,proto3" json:"upstream,omitempty"` // the configuration server import, if one ran
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +928,13 @@ func (x *StatusResponse) GetCoordinators() *PeersResponse {
 func (x *StatusResponse) GetActive() *Operation {
 	if x != nil {
 		return x.Active
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetUpstream() *UpstreamImport {
+	if x != nil {
+		return x.Upstream
 	}
 	return nil
 }
@@ -2089,7 +2105,12 @@ type State struct {
 	Packages map[string]*Package    `protobuf:"bytes,20,rep,name=packages,proto3" json:"packages,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // key sha256
 	// The raft index of the last command applied, so a snapshot carries it:
 	// a follower waits on it to read its caller's own write.
-	AppliedIndex  uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,21,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The extra routes every replica serves (see extraroutes.proto).
+	ExtraRoutes *ExtraRoutes `protobuf:"bytes,60,opt,name=extra_routes,json=extraRoutes,proto3" json:"extra_routes,omitempty"`
+	// The import of the workers Deephaven's configuration server serves on
+	// its own xDS, as the leader last recorded it; unset when none ran.
+	Upstream      *UpstreamImport `protobuf:"bytes,65,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2178,6 +2199,20 @@ func (x *State) GetAppliedIndex() uint64 {
 		return x.AppliedIndex
 	}
 	return 0
+}
+
+func (x *State) GetExtraRoutes() *ExtraRoutes {
+	if x != nil {
+		return x.ExtraRoutes
+	}
+	return nil
+}
+
+func (x *State) GetUpstream() *UpstreamImport {
+	if x != nil {
+		return x.Upstream
+	}
+	return nil
 }
 
 type Node struct {
@@ -2435,7 +2470,12 @@ type WorkerSet struct {
 	DispatcherPid      int32                  `protobuf:"varint,6,opt,name=dispatcher_pid,json=dispatcherPid,proto3" json:"dispatcher_pid,omitempty"`   // 0: not known (registered by an operator)
 	// revision counts the set's changes of workers; a diff names the
 	// revision it was made from.
-	Revision      uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The configuration server's xDS address (envoy.xds.upstream) the set
+	// was imported from; empty for a set a dispatcher registered. An
+	// imported set has no dispatcher process or node to follow: its lease
+	// is the upstream grace, renewed while the upstream stream is live.
+	Upstream      string `protobuf:"bytes,65,opt,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2519,6 +2559,13 @@ func (x *WorkerSet) GetRevision() uint64 {
 	return 0
 }
 
+func (x *WorkerSet) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
 // WorkerDiff changes a stored set into a dispatcher's new one: a small raft
 // entry where the whole set of thousands of workers would be a large one.
 type WorkerDiff struct {
@@ -2531,6 +2578,7 @@ type WorkerDiff struct {
 	Remove             []string          `protobuf:"bytes,5,rep,name=remove,proto3" json:"remove,omitempty"` // names
 	LeaseExpiresUnixMs int64             `protobuf:"varint,6,opt,name=lease_expires_unix_ms,json=leaseExpiresUnixMs,proto3" json:"lease_expires_unix_ms,omitempty"`
 	DispatcherPid      int32             `protobuf:"varint,7,opt,name=dispatcher_pid,json=dispatcherPid,proto3" json:"dispatcher_pid,omitempty"`
+	Upstream           string            `protobuf:"bytes,65,opt,name=upstream,proto3" json:"upstream,omitempty"` // as WorkerSet.upstream
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -2614,6 +2662,127 @@ func (x *WorkerDiff) GetDispatcherPid() int32 {
 	return 0
 }
 
+func (x *WorkerDiff) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
+// UpstreamImport is the state of the leader's xDS subscription to
+// Deephaven's configuration server, whose workers it imports. Field
+// numbers from 65 leave the low ones to other messages' growth.
+type UpstreamImport struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Address     string                 `protobuf:"bytes,65,opt,name=address,proto3" json:"address,omitempty"`                               // the configuration server's xDS host:port
+	State       string                 `protobuf:"bytes,66,opt,name=state,proto3" json:"state,omitempty"`                                   // live, stale or withdrawn
+	SinceUnixMs int64                  `protobuf:"varint,67,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"` // when it became so
+	// Live: the last time the stream was known up; stale: when it was lost.
+	HeardUnixMs int64 `protobuf:"varint,68,opt,name=heard_unix_ms,json=heardUnixMs,proto3" json:"heard_unix_ms,omitempty"`
+	// When the imported set goes unless the stream is live again:
+	// heard_unix_ms + upstream_grace.
+	WithdrawUnixMs int64    `protobuf:"varint,69,opt,name=withdraw_unix_ms,json=withdrawUnixMs,proto3" json:"withdraw_unix_ms,omitempty"`
+	Version        string   `protobuf:"bytes,70,opt,name=version,proto3" json:"version,omitempty"`  // the clusters' and routes' version_info last taken
+	Error          string   `protobuf:"bytes,71,opt,name=error,proto3" json:"error,omitempty"`      // why the stream is down, or why a response was refused (NACK)
+	Workers        int32    `protobuf:"varint,72,opt,name=workers,proto3" json:"workers,omitempty"` // imported
+	Skipped        []string `protobuf:"bytes,73,rep,name=skipped,proto3" json:"skipped,omitempty"`  // routes on envoy-prefix not imported, with why
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UpstreamImport) Reset() {
+	*x = UpstreamImport{}
+	mi := &file_coordpb_coord_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamImport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamImport) ProtoMessage() {}
+
+func (x *UpstreamImport) ProtoReflect() protoreflect.Message {
+	mi := &file_coordpb_coord_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamImport.ProtoReflect.Descriptor instead.
+func (*UpstreamImport) Descriptor() ([]byte, []int) {
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *UpstreamImport) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *UpstreamImport) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *UpstreamImport) GetSinceUnixMs() int64 {
+	if x != nil {
+		return x.SinceUnixMs
+	}
+	return 0
+}
+
+func (x *UpstreamImport) GetHeardUnixMs() int64 {
+	if x != nil {
+		return x.HeardUnixMs
+	}
+	return 0
+}
+
+func (x *UpstreamImport) GetWithdrawUnixMs() int64 {
+	if x != nil {
+		return x.WithdrawUnixMs
+	}
+	return 0
+}
+
+func (x *UpstreamImport) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *UpstreamImport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *UpstreamImport) GetWorkers() int32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *UpstreamImport) GetSkipped() []string {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
 type WorkerLease struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Node               string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -2625,7 +2794,7 @@ type WorkerLease struct {
 
 func (x *WorkerLease) Reset() {
 	*x = WorkerLease{}
-	mi := &file_coordpb_coord_proto_msgTypes[38]
+	mi := &file_coordpb_coord_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2637,7 +2806,7 @@ func (x *WorkerLease) String() string {
 func (*WorkerLease) ProtoMessage() {}
 
 func (x *WorkerLease) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[38]
+	mi := &file_coordpb_coord_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2650,7 +2819,7 @@ func (x *WorkerLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerLease.ProtoReflect.Descriptor instead.
 func (*WorkerLease) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{38}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WorkerLease) GetNode() string {
@@ -2688,7 +2857,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_coordpb_coord_proto_msgTypes[39]
+	mi := &file_coordpb_coord_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2869,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[39]
+	mi := &file_coordpb_coord_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2882,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{39}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Desired) GetNode() string {
@@ -2763,7 +2932,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_coordpb_coord_proto_msgTypes[40]
+	mi := &file_coordpb_coord_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2944,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[40]
+	mi := &file_coordpb_coord_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2957,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{40}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AuditEntry) GetIndex() uint64 {
@@ -2830,7 +2999,7 @@ type StepRef struct {
 
 func (x *StepRef) Reset() {
 	*x = StepRef{}
-	mi := &file_coordpb_coord_proto_msgTypes[41]
+	mi := &file_coordpb_coord_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2842,7 +3011,7 @@ func (x *StepRef) String() string {
 func (*StepRef) ProtoMessage() {}
 
 func (x *StepRef) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[41]
+	mi := &file_coordpb_coord_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2855,7 +3024,7 @@ func (x *StepRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRef.ProtoReflect.Descriptor instead.
 func (*StepRef) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{41}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *StepRef) GetOpId() string {
@@ -2899,6 +3068,8 @@ type Command struct {
 	//	*Command_PackageAdd
 	//	*Command_UpgradeRevert
 	//	*Command_PackageRemove
+	//	*Command_ExtraRoutesLoad
+	//	*Command_UpstreamImport
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2906,7 +3077,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_coordpb_coord_proto_msgTypes[42]
+	mi := &file_coordpb_coord_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2918,7 +3089,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[42]
+	mi := &file_coordpb_coord_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2931,7 +3102,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{42}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Command) GetAtUnixMs() int64 {
@@ -3072,6 +3243,24 @@ func (x *Command) GetPackageRemove() string {
 	return ""
 }
 
+func (x *Command) GetExtraRoutesLoad() *ExtraRoutes {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ExtraRoutesLoad); ok {
+			return x.ExtraRoutesLoad
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUpstreamImport() *UpstreamImport {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_UpstreamImport); ok {
+			return x.UpstreamImport
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -3132,6 +3321,18 @@ type Command_PackageRemove struct {
 	PackageRemove string `protobuf:"bytes,42,opt,name=package_remove,json=packageRemove,proto3,oneof"` // sha256
 }
 
+type Command_ExtraRoutesLoad struct {
+	// Replaces the extra routes whole; Apply numbers the version.
+	ExtraRoutesLoad *ExtraRoutes `protobuf:"bytes,60,opt,name=extra_routes_load,json=extraRoutesLoad,proto3,oneof"`
+}
+
+type Command_UpstreamImport struct {
+	// The leader's record of the configuration server import; it also
+	// moves the imported set's lease to withdraw_unix_ms, and removes the
+	// set once the import is withdrawn.
+	UpstreamImport *UpstreamImport `protobuf:"bytes,65,opt,name=upstream_import,json=upstreamImport,proto3,oneof"`
+}
+
 func (*Command_NodeUpsert) isCommand_Cmd() {}
 
 func (*Command_PeerUpsert) isCommand_Cmd() {}
@@ -3158,6 +3359,10 @@ func (*Command_UpgradeRevert) isCommand_Cmd() {}
 
 func (*Command_PackageRemove) isCommand_Cmd() {}
 
+func (*Command_ExtraRoutesLoad) isCommand_Cmd() {}
+
+func (*Command_UpstreamImport) isCommand_Cmd() {}
+
 type StepUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *StepRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -3168,7 +3373,7 @@ type StepUpdate struct {
 
 func (x *StepUpdate) Reset() {
 	*x = StepUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[43]
+	mi := &file_coordpb_coord_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3180,7 +3385,7 @@ func (x *StepUpdate) String() string {
 func (*StepUpdate) ProtoMessage() {}
 
 func (x *StepUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[43]
+	mi := &file_coordpb_coord_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3193,7 +3398,7 @@ func (x *StepUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepUpdate.ProtoReflect.Descriptor instead.
 func (*StepUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{43}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StepUpdate) GetRef() *StepRef {
@@ -3222,7 +3427,7 @@ type OpUpdate struct {
 
 func (x *OpUpdate) Reset() {
 	*x = OpUpdate{}
-	mi := &file_coordpb_coord_proto_msgTypes[44]
+	mi := &file_coordpb_coord_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3234,7 +3439,7 @@ func (x *OpUpdate) String() string {
 func (*OpUpdate) ProtoMessage() {}
 
 func (x *OpUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_coordpb_coord_proto_msgTypes[44]
+	mi := &file_coordpb_coord_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3247,7 +3452,7 @@ func (x *OpUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpUpdate.ProtoReflect.Descriptor instead.
 func (*OpUpdate) Descriptor() ([]byte, []int) {
-	return file_coordpb_coord_proto_rawDescGZIP(), []int{44}
+	return file_coordpb_coord_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *OpUpdate) GetOpId() string {
@@ -3282,7 +3487,7 @@ var File_coordpb_coord_proto protoreflect.FileDescriptor
 
 const file_coordpb_coord_proto_rawDesc = "" +
 	"\n" +
-	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\"[\n" +
+	"\x13coordpb/coord.proto\x12\x16dhvisor.coordinator.v1\x1a\x13agentpb/agent.proto\x1a\x19coordpb/extraroutes.proto\"[\n" +
 	"\fPackageChunk\x127\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.dhvisor.coordinator.v1.PackageR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\xe7\x01\n" +
@@ -3316,11 +3521,12 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x125\n" +
 	"\x06stages\x18\x03 \x03(\v2\x1d.dhvisor.coordinator.v1.StageR\x06stages\"$\n" +
 	"\x0eWorkersRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"i\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\xad\x01\n" +
 	"\x0fWorkersResponse\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
 	"answeredBy\x125\n" +
-	"\x04sets\x18\x02 \x03(\v2!.dhvisor.coordinator.v1.WorkerSetR\x04sets\"\x0f\n" +
+	"\x04sets\x18\x02 \x03(\v2!.dhvisor.coordinator.v1.WorkerSetR\x04sets\x12B\n" +
+	"\bupstream\x18A \x01(\v2&.dhvisor.coordinator.v1.UpstreamImportR\bupstream\"\x0f\n" +
 	"\rRoutesRequest\"\x9a\x03\n" +
 	"\x0eRoutesResponse\x12\x1f\n" +
 	"\vanswered_by\x18\x01 \x01(\tR\n" +
@@ -3341,11 +3547,12 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\acluster\x18\x03 \x01(\tR\acluster\x12\x1c\n" +
 	"\tendpoints\x18\x04 \x03(\tR\tendpoints\"#\n" +
 	"\rStatusRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"\xd3\x01\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x97\x02\n" +
 	"\x0eStatusResponse\x12;\n" +
 	"\acluster\x18\x01 \x01(\v2!.dhvisor.agent.v1.ClusterResponseR\acluster\x12I\n" +
 	"\fcoordinators\x18\x02 \x01(\v2%.dhvisor.coordinator.v1.PeersResponseR\fcoordinators\x129\n" +
-	"\x06active\x18\x03 \x01(\v2!.dhvisor.coordinator.v1.OperationR\x06active\"\x0e\n" +
+	"\x06active\x18\x03 \x01(\v2!.dhvisor.coordinator.v1.OperationR\x06active\x12B\n" +
+	"\bupstream\x18A \x01(\v2&.dhvisor.coordinator.v1.UpstreamImportR\bupstream\"\x0e\n" +
 	"\fNodesRequest\"C\n" +
 	"\rNodesResponse\x122\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x1c.dhvisor.coordinator.v1.NodeR\x05nodes\"\x0e\n" +
@@ -3440,7 +3647,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x0eversion_before\x18\f \x01(\tR\rversionBefore\x12#\n" +
 	"\rversion_after\x18\r \x01(\tR\fversionAfter\x12\x16\n" +
 	"\x06output\x18\x0e \x01(\tR\x06output\x12%\n" +
-	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\xba\a\n" +
+	"\x0eexpect_version\x18\x0f \x01(\tR\rexpectVersion\"\xc6\b\n" +
 	"\x05State\x12>\n" +
 	"\x05nodes\x18\x01 \x03(\v2(.dhvisor.coordinator.v1.State.NodesEntryR\x05nodes\x12>\n" +
 	"\x05peers\x18\x02 \x03(\v2(.dhvisor.coordinator.v1.State.PeersEntryR\x05peers\x123\n" +
@@ -3449,7 +3656,9 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05audit\x18\x05 \x03(\v2\".dhvisor.coordinator.v1.AuditEntryR\x05audit\x12D\n" +
 	"\aworkers\x18\x06 \x03(\v2*.dhvisor.coordinator.v1.State.WorkersEntryR\aworkers\x12G\n" +
 	"\bpackages\x18\x14 \x03(\v2+.dhvisor.coordinator.v1.State.PackagesEntryR\bpackages\x12#\n" +
-	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x1aV\n" +
+	"\rapplied_index\x18\x15 \x01(\x04R\fappliedIndex\x12F\n" +
+	"\fextra_routes\x18< \x01(\v2#.dhvisor.coordinator.v1.ExtraRoutesR\vextraRoutes\x12B\n" +
+	"\bupstream\x18A \x01(\v2&.dhvisor.coordinator.v1.UpstreamImportR\bupstream\x1aV\n" +
 	"\n" +
 	"NodesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
@@ -3489,7 +3698,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x19\n" +
 	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\x12\x19\n" +
-	"\bxds_addr\x18\x04 \x01(\tR\axdsAddr\"\x91\x02\n" +
+	"\bxds_addr\x18\x04 \x01(\tR\axdsAddr\"\xad\x02\n" +
 	"\tWorkerSet\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
@@ -3499,7 +3708,8 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x15lease_expires_unix_ms\x18\x04 \x01(\x03R\x12leaseExpiresUnixMs\x12&\n" +
 	"\x0fupdated_unix_ms\x18\x05 \x01(\x03R\rupdatedUnixMs\x12%\n" +
 	"\x0edispatcher_pid\x18\x06 \x01(\x05R\rdispatcherPid\x12\x1a\n" +
-	"\brevision\x18\a \x01(\x04R\brevision\"\x89\x02\n" +
+	"\brevision\x18\a \x01(\x04R\brevision\x12\x1a\n" +
+	"\bupstream\x18A \x01(\tR\bupstream\"\xa5\x02\n" +
 	"\n" +
 	"WorkerDiff\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
@@ -3510,7 +3720,18 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x06upsert\x18\x04 \x03(\v2\x18.dhvisor.agent.v1.WorkerR\x06upsert\x12\x16\n" +
 	"\x06remove\x18\x05 \x03(\tR\x06remove\x121\n" +
 	"\x15lease_expires_unix_ms\x18\x06 \x01(\x03R\x12leaseExpiresUnixMs\x12%\n" +
-	"\x0edispatcher_pid\x18\a \x01(\x05R\rdispatcherPid\"t\n" +
+	"\x0edispatcher_pid\x18\a \x01(\x05R\rdispatcherPid\x12\x1a\n" +
+	"\bupstream\x18A \x01(\tR\bupstream\"\x96\x02\n" +
+	"\x0eUpstreamImport\x12\x18\n" +
+	"\aaddress\x18A \x01(\tR\aaddress\x12\x14\n" +
+	"\x05state\x18B \x01(\tR\x05state\x12\"\n" +
+	"\rsince_unix_ms\x18C \x01(\x03R\vsinceUnixMs\x12\"\n" +
+	"\rheard_unix_ms\x18D \x01(\x03R\vheardUnixMs\x12(\n" +
+	"\x10withdraw_unix_ms\x18E \x01(\x03R\x0ewithdrawUnixMs\x12\x18\n" +
+	"\aversion\x18F \x01(\tR\aversion\x12\x14\n" +
+	"\x05error\x18G \x01(\tR\x05error\x12\x18\n" +
+	"\aworkers\x18H \x01(\x05R\aworkers\x12\x18\n" +
+	"\askipped\x18I \x03(\tR\askipped\"t\n" +
 	"\vWorkerLease\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1e\n" +
 	"\n" +
@@ -3534,7 +3755,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\aStepRef\x12\x13\n" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05stage\x18\x02 \x01(\x05R\x05stage\x12\x12\n" +
-	"\x04step\x18\x03 \x01(\x05R\x04step\"\x8d\a\n" +
+	"\x04step\x18\x03 \x01(\x05R\x04step\"\xb3\b\n" +
 	"\aCommand\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x01 \x01(\x03R\batUnixMs\x12\x10\n" +
@@ -3559,7 +3780,9 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\vpackage_add\x18( \x01(\v2\x1f.dhvisor.coordinator.v1.PackageH\x00R\n" +
 	"packageAdd\x12N\n" +
 	"\x0eupgrade_revert\x18) \x01(\v2%.dhvisor.coordinator.v1.UpgradeRevertH\x00R\rupgradeRevert\x12'\n" +
-	"\x0epackage_remove\x18* \x01(\tH\x00R\rpackageRemoveB\x05\n" +
+	"\x0epackage_remove\x18* \x01(\tH\x00R\rpackageRemove\x12Q\n" +
+	"\x11extra_routes_load\x18< \x01(\v2#.dhvisor.coordinator.v1.ExtraRoutesH\x00R\x0fextraRoutesLoad\x12Q\n" +
+	"\x0fupstream_import\x18A \x01(\v2&.dhvisor.coordinator.v1.UpstreamImportH\x00R\x0eupstreamImportB\x05\n" +
 	"\x03cmd\"q\n" +
 	"\n" +
 	"StepUpdate\x121\n" +
@@ -3569,7 +3792,7 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\x05op_id\x18\x01 \x01(\tR\x04opId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12!\n" +
-	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\xd8\x0e\n" +
+	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed2\xb0\x10\n" +
 	"\vCoordinator\x12W\n" +
 	"\x06Status\x12%.dhvisor.coordinator.v1.StatusRequest\x1a&.dhvisor.coordinator.v1.StatusResponse\x12T\n" +
 	"\x05Nodes\x12$.dhvisor.coordinator.v1.NodesRequest\x1a%.dhvisor.coordinator.v1.NodesResponse\x12T\n" +
@@ -3586,7 +3809,9 @@ const file_coordpb_coord_proto_rawDesc = "" +
 	"\bTransfer\x12'.dhvisor.coordinator.v1.TransferRequest\x1a%.dhvisor.coordinator.v1.PeersResponse\x12f\n" +
 	"\x0fRegisterWorkers\x12(.dhvisor.agent.v1.RegisterWorkersRequest\x1a).dhvisor.agent.v1.RegisterWorkersResponse\x12Z\n" +
 	"\aWorkers\x12&.dhvisor.coordinator.v1.WorkersRequest\x1a'.dhvisor.coordinator.v1.WorkersResponse\x12W\n" +
-	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponse\x12X\n" +
+	"\x06Routes\x12%.dhvisor.coordinator.v1.RoutesRequest\x1a&.dhvisor.coordinator.v1.RoutesResponse\x12n\n" +
+	"\x0fLoadExtraRoutes\x12..dhvisor.coordinator.v1.LoadExtraRoutesRequest\x1a+.dhvisor.coordinator.v1.ExtraRoutesResponse\x12f\n" +
+	"\vExtraRoutes\x12*.dhvisor.coordinator.v1.ExtraRoutesRequest\x1a+.dhvisor.coordinator.v1.ExtraRoutesResponse\x12X\n" +
 	"\rUploadPackage\x12$.dhvisor.coordinator.v1.PackageChunk\x1a\x1f.dhvisor.coordinator.v1.Package(\x01\x12[\n" +
 	"\x10ReplicatePackage\x12$.dhvisor.coordinator.v1.PackageChunk\x1a\x1f.dhvisor.coordinator.v1.Package(\x01\x12c\n" +
 	"\fFetchPackage\x12+.dhvisor.coordinator.v1.FetchPackageRequest\x1a$.dhvisor.coordinator.v1.PackageChunk0\x01\x12]\n" +
@@ -3606,7 +3831,7 @@ func file_coordpb_coord_proto_rawDescGZIP() []byte {
 }
 
 var file_coordpb_coord_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_coordpb_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_coordpb_coord_proto_goTypes = []any{
 	(ControlOpRequest_Op)(0),                // 0: dhvisor.coordinator.v1.ControlOpRequest.Op
 	(*PackageChunk)(nil),                    // 1: dhvisor.coordinator.v1.PackageChunk
@@ -3647,121 +3872,136 @@ var file_coordpb_coord_proto_goTypes = []any{
 	(*Peer)(nil),                            // 36: dhvisor.coordinator.v1.Peer
 	(*WorkerSet)(nil),                       // 37: dhvisor.coordinator.v1.WorkerSet
 	(*WorkerDiff)(nil),                      // 38: dhvisor.coordinator.v1.WorkerDiff
-	(*WorkerLease)(nil),                     // 39: dhvisor.coordinator.v1.WorkerLease
-	(*Desired)(nil),                         // 40: dhvisor.coordinator.v1.Desired
-	(*AuditEntry)(nil),                      // 41: dhvisor.coordinator.v1.AuditEntry
-	(*StepRef)(nil),                         // 42: dhvisor.coordinator.v1.StepRef
-	(*Command)(nil),                         // 43: dhvisor.coordinator.v1.Command
-	(*StepUpdate)(nil),                      // 44: dhvisor.coordinator.v1.StepUpdate
-	(*OpUpdate)(nil),                        // 45: dhvisor.coordinator.v1.OpUpdate
-	nil,                                     // 46: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
-	nil,                                     // 47: dhvisor.coordinator.v1.State.NodesEntry
-	nil,                                     // 48: dhvisor.coordinator.v1.State.PeersEntry
-	nil,                                     // 49: dhvisor.coordinator.v1.State.DesiredEntry
-	nil,                                     // 50: dhvisor.coordinator.v1.State.WorkersEntry
-	nil,                                     // 51: dhvisor.coordinator.v1.State.PackagesEntry
-	(*agentpb.ClusterResponse)(nil),         // 52: dhvisor.agent.v1.ClusterResponse
-	(*agentpb.EnvoyUpstream)(nil),           // 53: dhvisor.agent.v1.EnvoyUpstream
-	(*agentpb.Worker)(nil),                  // 54: dhvisor.agent.v1.Worker
-	(*agentpb.RegisterWorkersRequest)(nil),  // 55: dhvisor.agent.v1.RegisterWorkersRequest
-	(*agentpb.RegisterWorkersResponse)(nil), // 56: dhvisor.agent.v1.RegisterWorkersResponse
+	(*UpstreamImport)(nil),                  // 39: dhvisor.coordinator.v1.UpstreamImport
+	(*WorkerLease)(nil),                     // 40: dhvisor.coordinator.v1.WorkerLease
+	(*Desired)(nil),                         // 41: dhvisor.coordinator.v1.Desired
+	(*AuditEntry)(nil),                      // 42: dhvisor.coordinator.v1.AuditEntry
+	(*StepRef)(nil),                         // 43: dhvisor.coordinator.v1.StepRef
+	(*Command)(nil),                         // 44: dhvisor.coordinator.v1.Command
+	(*StepUpdate)(nil),                      // 45: dhvisor.coordinator.v1.StepUpdate
+	(*OpUpdate)(nil),                        // 46: dhvisor.coordinator.v1.OpUpdate
+	nil,                                     // 47: dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	nil,                                     // 48: dhvisor.coordinator.v1.State.NodesEntry
+	nil,                                     // 49: dhvisor.coordinator.v1.State.PeersEntry
+	nil,                                     // 50: dhvisor.coordinator.v1.State.DesiredEntry
+	nil,                                     // 51: dhvisor.coordinator.v1.State.WorkersEntry
+	nil,                                     // 52: dhvisor.coordinator.v1.State.PackagesEntry
+	(*agentpb.ClusterResponse)(nil),         // 53: dhvisor.agent.v1.ClusterResponse
+	(*ExtraRoutes)(nil),                     // 54: dhvisor.coordinator.v1.ExtraRoutes
+	(*agentpb.EnvoyUpstream)(nil),           // 55: dhvisor.agent.v1.EnvoyUpstream
+	(*agentpb.Worker)(nil),                  // 56: dhvisor.agent.v1.Worker
+	(*agentpb.RegisterWorkersRequest)(nil),  // 57: dhvisor.agent.v1.RegisterWorkersRequest
+	(*LoadExtraRoutesRequest)(nil),          // 58: dhvisor.coordinator.v1.LoadExtraRoutesRequest
+	(*ExtraRoutesRequest)(nil),              // 59: dhvisor.coordinator.v1.ExtraRoutesRequest
+	(*agentpb.RegisterWorkersResponse)(nil), // 60: dhvisor.agent.v1.RegisterWorkersResponse
+	(*ExtraRoutesResponse)(nil),             // 61: dhvisor.coordinator.v1.ExtraRoutesResponse
 }
 var file_coordpb_coord_proto_depIdxs = []int32{
 	2,  // 0: dhvisor.coordinator.v1.PackageChunk.header:type_name -> dhvisor.coordinator.v1.Package
 	2,  // 1: dhvisor.coordinator.v1.PackagesResponse.packages:type_name -> dhvisor.coordinator.v1.Package
 	31, // 2: dhvisor.coordinator.v1.UpgradeRevert.stages:type_name -> dhvisor.coordinator.v1.Stage
 	37, // 3: dhvisor.coordinator.v1.WorkersResponse.sets:type_name -> dhvisor.coordinator.v1.WorkerSet
-	12, // 4: dhvisor.coordinator.v1.RoutesResponse.routes:type_name -> dhvisor.coordinator.v1.Route
-	46, // 5: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
-	52, // 6: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
-	18, // 7: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
-	30, // 8: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
-	34, // 9: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
-	19, // 10: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
-	36, // 11: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
-	30, // 12: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
-	41, // 13: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
-	0,  // 14: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
-	6,  // 15: dhvisor.coordinator.v1.OpRequest.upgrade:type_name -> dhvisor.coordinator.v1.UpgradeSpec
-	29, // 16: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
-	31, // 17: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
-	32, // 18: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
-	47, // 19: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
-	48, // 20: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
-	30, // 21: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
-	49, // 22: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
-	41, // 23: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
-	50, // 24: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
-	51, // 25: dhvisor.coordinator.v1.State.packages:type_name -> dhvisor.coordinator.v1.State.PackagesEntry
-	35, // 26: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
-	53, // 27: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
-	54, // 28: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
-	54, // 29: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
-	34, // 30: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
-	36, // 31: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
-	30, // 32: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
-	44, // 33: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
-	45, // 34: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
-	37, // 35: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
-	39, // 36: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
-	39, // 37: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
-	38, // 38: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
-	2,  // 39: dhvisor.coordinator.v1.Command.package_add:type_name -> dhvisor.coordinator.v1.Package
-	7,  // 40: dhvisor.coordinator.v1.Command.upgrade_revert:type_name -> dhvisor.coordinator.v1.UpgradeRevert
-	42, // 41: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
-	32, // 42: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
-	34, // 43: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
-	36, // 44: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
-	40, // 45: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
-	37, // 46: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
-	2,  // 47: dhvisor.coordinator.v1.State.PackagesEntry.value:type_name -> dhvisor.coordinator.v1.Package
-	13, // 48: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
-	15, // 49: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
-	17, // 50: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
-	23, // 51: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
-	25, // 52: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	25, // 53: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
-	26, // 54: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
-	29, // 55: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
-	29, // 56: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
-	28, // 57: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
-	20, // 58: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
-	21, // 59: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
-	22, // 60: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
-	55, // 61: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
-	8,  // 62: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
-	10, // 63: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
-	1,  // 64: dhvisor.coordinator.v1.Coordinator.UploadPackage:input_type -> dhvisor.coordinator.v1.PackageChunk
-	1,  // 65: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:input_type -> dhvisor.coordinator.v1.PackageChunk
-	3,  // 66: dhvisor.coordinator.v1.Coordinator.FetchPackage:input_type -> dhvisor.coordinator.v1.FetchPackageRequest
-	4,  // 67: dhvisor.coordinator.v1.Coordinator.Packages:input_type -> dhvisor.coordinator.v1.PackagesRequest
-	2,  // 68: dhvisor.coordinator.v1.Coordinator.RecordPackage:input_type -> dhvisor.coordinator.v1.Package
-	14, // 69: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
-	16, // 70: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
-	18, // 71: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
-	24, // 72: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
-	30, // 73: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
-	30, // 74: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
-	27, // 75: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
-	30, // 76: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
-	30, // 77: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
-	30, // 78: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
-	18, // 79: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
-	18, // 80: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
-	18, // 81: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
-	56, // 82: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
-	9,  // 83: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
-	11, // 84: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
-	2,  // 85: dhvisor.coordinator.v1.Coordinator.UploadPackage:output_type -> dhvisor.coordinator.v1.Package
-	2,  // 86: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:output_type -> dhvisor.coordinator.v1.Package
-	1,  // 87: dhvisor.coordinator.v1.Coordinator.FetchPackage:output_type -> dhvisor.coordinator.v1.PackageChunk
-	5,  // 88: dhvisor.coordinator.v1.Coordinator.Packages:output_type -> dhvisor.coordinator.v1.PackagesResponse
-	2,  // 89: dhvisor.coordinator.v1.Coordinator.RecordPackage:output_type -> dhvisor.coordinator.v1.Package
-	69, // [69:90] is the sub-list for method output_type
-	48, // [48:69] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	39, // 4: dhvisor.coordinator.v1.WorkersResponse.upstream:type_name -> dhvisor.coordinator.v1.UpstreamImport
+	12, // 5: dhvisor.coordinator.v1.RoutesResponse.routes:type_name -> dhvisor.coordinator.v1.Route
+	47, // 6: dhvisor.coordinator.v1.RoutesResponse.versions:type_name -> dhvisor.coordinator.v1.RoutesResponse.VersionsEntry
+	53, // 7: dhvisor.coordinator.v1.StatusResponse.cluster:type_name -> dhvisor.agent.v1.ClusterResponse
+	18, // 8: dhvisor.coordinator.v1.StatusResponse.coordinators:type_name -> dhvisor.coordinator.v1.PeersResponse
+	30, // 9: dhvisor.coordinator.v1.StatusResponse.active:type_name -> dhvisor.coordinator.v1.Operation
+	39, // 10: dhvisor.coordinator.v1.StatusResponse.upstream:type_name -> dhvisor.coordinator.v1.UpstreamImport
+	34, // 11: dhvisor.coordinator.v1.NodesResponse.nodes:type_name -> dhvisor.coordinator.v1.Node
+	19, // 12: dhvisor.coordinator.v1.PeersResponse.peers:type_name -> dhvisor.coordinator.v1.PeerStatus
+	36, // 13: dhvisor.coordinator.v1.PeerStatus.peer:type_name -> dhvisor.coordinator.v1.Peer
+	30, // 14: dhvisor.coordinator.v1.ListOpsResponse.ops:type_name -> dhvisor.coordinator.v1.Operation
+	42, // 15: dhvisor.coordinator.v1.AuditResponse.entries:type_name -> dhvisor.coordinator.v1.AuditEntry
+	0,  // 16: dhvisor.coordinator.v1.ControlOpRequest.op:type_name -> dhvisor.coordinator.v1.ControlOpRequest.Op
+	6,  // 17: dhvisor.coordinator.v1.OpRequest.upgrade:type_name -> dhvisor.coordinator.v1.UpgradeSpec
+	29, // 18: dhvisor.coordinator.v1.Operation.request:type_name -> dhvisor.coordinator.v1.OpRequest
+	31, // 19: dhvisor.coordinator.v1.Operation.stages:type_name -> dhvisor.coordinator.v1.Stage
+	32, // 20: dhvisor.coordinator.v1.Stage.steps:type_name -> dhvisor.coordinator.v1.Step
+	48, // 21: dhvisor.coordinator.v1.State.nodes:type_name -> dhvisor.coordinator.v1.State.NodesEntry
+	49, // 22: dhvisor.coordinator.v1.State.peers:type_name -> dhvisor.coordinator.v1.State.PeersEntry
+	30, // 23: dhvisor.coordinator.v1.State.ops:type_name -> dhvisor.coordinator.v1.Operation
+	50, // 24: dhvisor.coordinator.v1.State.desired:type_name -> dhvisor.coordinator.v1.State.DesiredEntry
+	42, // 25: dhvisor.coordinator.v1.State.audit:type_name -> dhvisor.coordinator.v1.AuditEntry
+	51, // 26: dhvisor.coordinator.v1.State.workers:type_name -> dhvisor.coordinator.v1.State.WorkersEntry
+	52, // 27: dhvisor.coordinator.v1.State.packages:type_name -> dhvisor.coordinator.v1.State.PackagesEntry
+	54, // 28: dhvisor.coordinator.v1.State.extra_routes:type_name -> dhvisor.coordinator.v1.ExtraRoutes
+	39, // 29: dhvisor.coordinator.v1.State.upstream:type_name -> dhvisor.coordinator.v1.UpstreamImport
+	35, // 30: dhvisor.coordinator.v1.Node.services:type_name -> dhvisor.coordinator.v1.ServiceDef
+	55, // 31: dhvisor.coordinator.v1.ServiceDef.envoy:type_name -> dhvisor.agent.v1.EnvoyUpstream
+	56, // 32: dhvisor.coordinator.v1.WorkerSet.workers:type_name -> dhvisor.agent.v1.Worker
+	56, // 33: dhvisor.coordinator.v1.WorkerDiff.upsert:type_name -> dhvisor.agent.v1.Worker
+	34, // 34: dhvisor.coordinator.v1.Command.node_upsert:type_name -> dhvisor.coordinator.v1.Node
+	36, // 35: dhvisor.coordinator.v1.Command.peer_upsert:type_name -> dhvisor.coordinator.v1.Peer
+	30, // 36: dhvisor.coordinator.v1.Command.op_create:type_name -> dhvisor.coordinator.v1.Operation
+	45, // 37: dhvisor.coordinator.v1.Command.step_update:type_name -> dhvisor.coordinator.v1.StepUpdate
+	46, // 38: dhvisor.coordinator.v1.Command.op_update:type_name -> dhvisor.coordinator.v1.OpUpdate
+	37, // 39: dhvisor.coordinator.v1.Command.worker_set:type_name -> dhvisor.coordinator.v1.WorkerSet
+	40, // 40: dhvisor.coordinator.v1.Command.worker_renew:type_name -> dhvisor.coordinator.v1.WorkerLease
+	40, // 41: dhvisor.coordinator.v1.Command.worker_expire:type_name -> dhvisor.coordinator.v1.WorkerLease
+	38, // 42: dhvisor.coordinator.v1.Command.worker_diff:type_name -> dhvisor.coordinator.v1.WorkerDiff
+	2,  // 43: dhvisor.coordinator.v1.Command.package_add:type_name -> dhvisor.coordinator.v1.Package
+	7,  // 44: dhvisor.coordinator.v1.Command.upgrade_revert:type_name -> dhvisor.coordinator.v1.UpgradeRevert
+	54, // 45: dhvisor.coordinator.v1.Command.extra_routes_load:type_name -> dhvisor.coordinator.v1.ExtraRoutes
+	39, // 46: dhvisor.coordinator.v1.Command.upstream_import:type_name -> dhvisor.coordinator.v1.UpstreamImport
+	43, // 47: dhvisor.coordinator.v1.StepUpdate.ref:type_name -> dhvisor.coordinator.v1.StepRef
+	32, // 48: dhvisor.coordinator.v1.StepUpdate.step:type_name -> dhvisor.coordinator.v1.Step
+	34, // 49: dhvisor.coordinator.v1.State.NodesEntry.value:type_name -> dhvisor.coordinator.v1.Node
+	36, // 50: dhvisor.coordinator.v1.State.PeersEntry.value:type_name -> dhvisor.coordinator.v1.Peer
+	41, // 51: dhvisor.coordinator.v1.State.DesiredEntry.value:type_name -> dhvisor.coordinator.v1.Desired
+	37, // 52: dhvisor.coordinator.v1.State.WorkersEntry.value:type_name -> dhvisor.coordinator.v1.WorkerSet
+	2,  // 53: dhvisor.coordinator.v1.State.PackagesEntry.value:type_name -> dhvisor.coordinator.v1.Package
+	13, // 54: dhvisor.coordinator.v1.Coordinator.Status:input_type -> dhvisor.coordinator.v1.StatusRequest
+	15, // 55: dhvisor.coordinator.v1.Coordinator.Nodes:input_type -> dhvisor.coordinator.v1.NodesRequest
+	17, // 56: dhvisor.coordinator.v1.Coordinator.Peers:input_type -> dhvisor.coordinator.v1.PeersRequest
+	23, // 57: dhvisor.coordinator.v1.Coordinator.ListOps:input_type -> dhvisor.coordinator.v1.ListOpsRequest
+	25, // 58: dhvisor.coordinator.v1.Coordinator.GetOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	25, // 59: dhvisor.coordinator.v1.Coordinator.WatchOp:input_type -> dhvisor.coordinator.v1.GetOpRequest
+	26, // 60: dhvisor.coordinator.v1.Coordinator.Audit:input_type -> dhvisor.coordinator.v1.AuditRequest
+	29, // 61: dhvisor.coordinator.v1.Coordinator.Plan:input_type -> dhvisor.coordinator.v1.OpRequest
+	29, // 62: dhvisor.coordinator.v1.Coordinator.StartOp:input_type -> dhvisor.coordinator.v1.OpRequest
+	28, // 63: dhvisor.coordinator.v1.Coordinator.ControlOp:input_type -> dhvisor.coordinator.v1.ControlOpRequest
+	20, // 64: dhvisor.coordinator.v1.Coordinator.Join:input_type -> dhvisor.coordinator.v1.JoinRequest
+	21, // 65: dhvisor.coordinator.v1.Coordinator.Remove:input_type -> dhvisor.coordinator.v1.RemoveRequest
+	22, // 66: dhvisor.coordinator.v1.Coordinator.Transfer:input_type -> dhvisor.coordinator.v1.TransferRequest
+	57, // 67: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:input_type -> dhvisor.agent.v1.RegisterWorkersRequest
+	8,  // 68: dhvisor.coordinator.v1.Coordinator.Workers:input_type -> dhvisor.coordinator.v1.WorkersRequest
+	10, // 69: dhvisor.coordinator.v1.Coordinator.Routes:input_type -> dhvisor.coordinator.v1.RoutesRequest
+	58, // 70: dhvisor.coordinator.v1.Coordinator.LoadExtraRoutes:input_type -> dhvisor.coordinator.v1.LoadExtraRoutesRequest
+	59, // 71: dhvisor.coordinator.v1.Coordinator.ExtraRoutes:input_type -> dhvisor.coordinator.v1.ExtraRoutesRequest
+	1,  // 72: dhvisor.coordinator.v1.Coordinator.UploadPackage:input_type -> dhvisor.coordinator.v1.PackageChunk
+	1,  // 73: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:input_type -> dhvisor.coordinator.v1.PackageChunk
+	3,  // 74: dhvisor.coordinator.v1.Coordinator.FetchPackage:input_type -> dhvisor.coordinator.v1.FetchPackageRequest
+	4,  // 75: dhvisor.coordinator.v1.Coordinator.Packages:input_type -> dhvisor.coordinator.v1.PackagesRequest
+	2,  // 76: dhvisor.coordinator.v1.Coordinator.RecordPackage:input_type -> dhvisor.coordinator.v1.Package
+	14, // 77: dhvisor.coordinator.v1.Coordinator.Status:output_type -> dhvisor.coordinator.v1.StatusResponse
+	16, // 78: dhvisor.coordinator.v1.Coordinator.Nodes:output_type -> dhvisor.coordinator.v1.NodesResponse
+	18, // 79: dhvisor.coordinator.v1.Coordinator.Peers:output_type -> dhvisor.coordinator.v1.PeersResponse
+	24, // 80: dhvisor.coordinator.v1.Coordinator.ListOps:output_type -> dhvisor.coordinator.v1.ListOpsResponse
+	30, // 81: dhvisor.coordinator.v1.Coordinator.GetOp:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 82: dhvisor.coordinator.v1.Coordinator.WatchOp:output_type -> dhvisor.coordinator.v1.Operation
+	27, // 83: dhvisor.coordinator.v1.Coordinator.Audit:output_type -> dhvisor.coordinator.v1.AuditResponse
+	30, // 84: dhvisor.coordinator.v1.Coordinator.Plan:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 85: dhvisor.coordinator.v1.Coordinator.StartOp:output_type -> dhvisor.coordinator.v1.Operation
+	30, // 86: dhvisor.coordinator.v1.Coordinator.ControlOp:output_type -> dhvisor.coordinator.v1.Operation
+	18, // 87: dhvisor.coordinator.v1.Coordinator.Join:output_type -> dhvisor.coordinator.v1.PeersResponse
+	18, // 88: dhvisor.coordinator.v1.Coordinator.Remove:output_type -> dhvisor.coordinator.v1.PeersResponse
+	18, // 89: dhvisor.coordinator.v1.Coordinator.Transfer:output_type -> dhvisor.coordinator.v1.PeersResponse
+	60, // 90: dhvisor.coordinator.v1.Coordinator.RegisterWorkers:output_type -> dhvisor.agent.v1.RegisterWorkersResponse
+	9,  // 91: dhvisor.coordinator.v1.Coordinator.Workers:output_type -> dhvisor.coordinator.v1.WorkersResponse
+	11, // 92: dhvisor.coordinator.v1.Coordinator.Routes:output_type -> dhvisor.coordinator.v1.RoutesResponse
+	61, // 93: dhvisor.coordinator.v1.Coordinator.LoadExtraRoutes:output_type -> dhvisor.coordinator.v1.ExtraRoutesResponse
+	61, // 94: dhvisor.coordinator.v1.Coordinator.ExtraRoutes:output_type -> dhvisor.coordinator.v1.ExtraRoutesResponse
+	2,  // 95: dhvisor.coordinator.v1.Coordinator.UploadPackage:output_type -> dhvisor.coordinator.v1.Package
+	2,  // 96: dhvisor.coordinator.v1.Coordinator.ReplicatePackage:output_type -> dhvisor.coordinator.v1.Package
+	1,  // 97: dhvisor.coordinator.v1.Coordinator.FetchPackage:output_type -> dhvisor.coordinator.v1.PackageChunk
+	5,  // 98: dhvisor.coordinator.v1.Coordinator.Packages:output_type -> dhvisor.coordinator.v1.PackagesResponse
+	2,  // 99: dhvisor.coordinator.v1.Coordinator.RecordPackage:output_type -> dhvisor.coordinator.v1.Package
+	77, // [77:100] is the sub-list for method output_type
+	54, // [54:77] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_coordpb_coord_proto_init() }
@@ -3769,7 +4009,8 @@ func file_coordpb_coord_proto_init() {
 	if File_coordpb_coord_proto != nil {
 		return
 	}
-	file_coordpb_coord_proto_msgTypes[42].OneofWrappers = []any{
+	file_coordpb_extraroutes_proto_init()
+	file_coordpb_coord_proto_msgTypes[43].OneofWrappers = []any{
 		(*Command_NodeUpsert)(nil),
 		(*Command_PeerUpsert)(nil),
 		(*Command_PeerRemove)(nil),
@@ -3783,6 +4024,8 @@ func file_coordpb_coord_proto_init() {
 		(*Command_PackageAdd)(nil),
 		(*Command_UpgradeRevert)(nil),
 		(*Command_PackageRemove)(nil),
+		(*Command_ExtraRoutesLoad)(nil),
+		(*Command_UpstreamImport)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3790,7 +4033,7 @@ func file_coordpb_coord_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordpb_coord_proto_rawDesc), len(file_coordpb_coord_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   51,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,8 @@ const (
 	Coordinator_RegisterWorkers_FullMethodName  = "/dhvisor.coordinator.v1.Coordinator/RegisterWorkers"
 	Coordinator_Workers_FullMethodName          = "/dhvisor.coordinator.v1.Coordinator/Workers"
 	Coordinator_Routes_FullMethodName           = "/dhvisor.coordinator.v1.Coordinator/Routes"
+	Coordinator_LoadExtraRoutes_FullMethodName  = "/dhvisor.coordinator.v1.Coordinator/LoadExtraRoutes"
+	Coordinator_ExtraRoutes_FullMethodName      = "/dhvisor.coordinator.v1.Coordinator/ExtraRoutes"
 	Coordinator_UploadPackage_FullMethodName    = "/dhvisor.coordinator.v1.Coordinator/UploadPackage"
 	Coordinator_ReplicatePackage_FullMethodName = "/dhvisor.coordinator.v1.Coordinator/ReplicatePackage"
 	Coordinator_FetchPackage_FullMethodName     = "/dhvisor.coordinator.v1.Coordinator/FetchPackage"
@@ -79,6 +81,11 @@ type CoordinatorClient interface {
 	// Routes is the route table this replica serves Envoy: match, cluster,
 	// endpoints, in the order Envoy tries them.
 	Routes(ctx context.Context, in *RoutesRequest, opts ...grpc.CallOption) (*RoutesResponse, error)
+	// LoadExtraRoutes is a write: the leader evaluates the files as
+	// configuration_server on its host and commits the routes whole, or
+	// refuses them (InvalidArgument, every problem at its file:line).
+	LoadExtraRoutes(ctx context.Context, in *LoadExtraRoutesRequest, opts ...grpc.CallOption) (*ExtraRoutesResponse, error)
+	ExtraRoutes(ctx context.Context, in *ExtraRoutesRequest, opts ...grpc.CallOption) (*ExtraRoutesResponse, error)
 	// Packages for upgrades. UploadPackage takes the header, then the bytes
 	// in chunks; the replica that receives it copies it to every other
 	// coordinator and records it (name, size, sha256, holders) in raft once a
@@ -272,6 +279,26 @@ func (c *coordinatorClient) Routes(ctx context.Context, in *RoutesRequest, opts 
 	return out, nil
 }
 
+func (c *coordinatorClient) LoadExtraRoutes(ctx context.Context, in *LoadExtraRoutesRequest, opts ...grpc.CallOption) (*ExtraRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExtraRoutesResponse)
+	err := c.cc.Invoke(ctx, Coordinator_LoadExtraRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) ExtraRoutes(ctx context.Context, in *ExtraRoutesRequest, opts ...grpc.CallOption) (*ExtraRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExtraRoutesResponse)
+	err := c.cc.Invoke(ctx, Coordinator_ExtraRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) UploadPackage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PackageChunk, Package], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[1], Coordinator_UploadPackage_FullMethodName, cOpts...)
@@ -366,6 +393,11 @@ type CoordinatorServer interface {
 	// Routes is the route table this replica serves Envoy: match, cluster,
 	// endpoints, in the order Envoy tries them.
 	Routes(context.Context, *RoutesRequest) (*RoutesResponse, error)
+	// LoadExtraRoutes is a write: the leader evaluates the files as
+	// configuration_server on its host and commits the routes whole, or
+	// refuses them (InvalidArgument, every problem at its file:line).
+	LoadExtraRoutes(context.Context, *LoadExtraRoutesRequest) (*ExtraRoutesResponse, error)
+	ExtraRoutes(context.Context, *ExtraRoutesRequest) (*ExtraRoutesResponse, error)
 	// Packages for upgrades. UploadPackage takes the header, then the bytes
 	// in chunks; the replica that receives it copies it to every other
 	// coordinator and records it (name, size, sha256, holders) in raft once a
@@ -437,6 +469,12 @@ func (UnimplementedCoordinatorServer) Workers(context.Context, *WorkersRequest) 
 }
 func (UnimplementedCoordinatorServer) Routes(context.Context, *RoutesRequest) (*RoutesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Routes not implemented")
+}
+func (UnimplementedCoordinatorServer) LoadExtraRoutes(context.Context, *LoadExtraRoutesRequest) (*ExtraRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LoadExtraRoutes not implemented")
+}
+func (UnimplementedCoordinatorServer) ExtraRoutes(context.Context, *ExtraRoutesRequest) (*ExtraRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExtraRoutes not implemented")
 }
 func (UnimplementedCoordinatorServer) UploadPackage(grpc.ClientStreamingServer[PackageChunk, Package]) error {
 	return status.Error(codes.Unimplemented, "method UploadPackage not implemented")
@@ -755,6 +793,42 @@ func _Coordinator_Routes_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_LoadExtraRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LoadExtraRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).LoadExtraRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_LoadExtraRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).LoadExtraRoutes(ctx, req.(*LoadExtraRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_ExtraRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExtraRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).ExtraRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_ExtraRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).ExtraRoutes(ctx, req.(*ExtraRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_UploadPackage_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(CoordinatorServer).UploadPackage(&grpc.GenericServerStream[PackageChunk, Package]{ServerStream: stream})
 }
@@ -882,6 +956,14 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Routes",
 			Handler:    _Coordinator_Routes_Handler,
+		},
+		{
+			MethodName: "LoadExtraRoutes",
+			Handler:    _Coordinator_LoadExtraRoutes_Handler,
+		},
+		{
+			MethodName: "ExtraRoutes",
+			Handler:    _Coordinator_ExtraRoutes_Handler,
 		},
 		{
 			MethodName: "Packages",

@@ -60,6 +60,9 @@ type Options struct {
 	// template such as {{.LauncherDir}}/launch: the launcher a package
 	// installed).
 	Program string
+	// XDS is added to every coordinator's envoy.xds section, e.g.
+	// "upstream: {address: ..., plaintext: true}\nupstream_grace: 3s".
+	XDS string
 }
 
 // Proc is one running daemon.
@@ -278,8 +281,14 @@ gossip: {bind: "%s", seeds: ["%s"]}
 tls: %s
 operations: {min_healthy_time: %s, healthy_deadline: 60s, progress_deadline: 120s}
 envoy:
-  xds: {listen: "%s"}
+  xds:
+    listen: "%s"
 `, name, c.APIAddrs[i], c.RaftAddrs[i], strings.Join(boot, ", "), gossipAddr, strings.Join(seeds, `", "`), c.tlsYAML("coordinator", name), mht, c.XDSAddrs[i])
+	for _, l := range strings.Split(strings.TrimSpace(c.Opt.XDS), "\n") {
+		if l != "" {
+			cfg += "    " + l + "\n"
+		}
+	}
 	file := filepath.Join(dir, "coordinator.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err

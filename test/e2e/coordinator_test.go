@@ -78,7 +78,7 @@ func TestClusterRestartAllSurvivesLeaderKill(t *testing.T) {
 
 	// A follower answers reads.
 	out, err := c.Ctl(ctx, "--coordinator", c.APIAddrs[follower], "status")
-	if err != nil || !strings.Contains(out, "answered by c") || !strings.Contains(out, "20/20 services OK") {
+	if err != nil || !strings.Contains(out, "answered by c") || !strings.Contains(out, "22/22 services OK") {
 		t.Fatalf("status from a follower: %v\n%s", err, out)
 	}
 	if out, err := c.Ctl(ctx, "--coordinator", c.APIAddrs[follower], "ops", "list"); err != nil || !strings.Contains(out, "ID") {
@@ -215,8 +215,8 @@ func instanceDeps(t *testing.T, c *devcluster.Cluster, i int) map[string][]strin
 			}
 		}
 	}
-	if len(deps) != 20 {
-		t.Fatalf("the coordinator knows %d service instances, want 20", len(deps))
+	if len(deps) != 22 {
+		t.Fatalf("the coordinator knows %d service instances, want 22", len(deps))
 	}
 	return deps
 }

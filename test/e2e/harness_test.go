@@ -30,6 +30,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if hold := os.Getenv(holdEnv); hold != "" {
+		os.Exit(holdAddress(hold))
+	}
 	if dir := os.Getenv("DHV_E2E_BIN"); dir != "" {
 		// Inside a systemd container: the binaries were copied in.
 		binDir = dir

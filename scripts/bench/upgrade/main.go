@@ -324,7 +324,7 @@ func lastInstall(root string) (time.Duration, error) {
 }
 
 func report(w io.Writer, r *results) {
-	fmt.Fprintf(w, "\n== full upgrade of 4 nodes (3 coordinators, 20 stand-ins starting in %s each, real dpkg), %d runs ==\n", r.StartDelay, r.Runs)
+	fmt.Fprintf(w, "\n== full upgrade of 4 nodes (3 coordinators, 22 stand-ins starting in %s each, real dpkg), %d runs ==\n", r.StartDelay, r.Runs)
 	if len(r.Samples) > 0 {
 		fmt.Fprintf(w, "stages of the first run: %s\n", strings.Join(r.Samples[0].Stages, " | "))
 	}
