@@ -22,7 +22,7 @@ func importWorkers(cfg *config.Coordinator, state *fsm.FSM, srv *api.Server, eng
 	return func(ctx context.Context) {
 		im := &upstream.Importer{
 			Upstream: *u, Grace: cfg.Envoy.XDS.UpstreamGrace.D(), FSM: state,
-			Store: srv.StoreWorkers, Propose: engine.Propose, Self: engine.Self,
+			Store: srv.StoreWorkers, Permit: srv.WorkerPolicy.Allowed, Propose: engine.Propose, Self: engine.Self,
 			Log: log.With("component", "upstream"),
 		}
 		im.Run(ctx)

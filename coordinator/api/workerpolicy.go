@@ -57,7 +57,7 @@ func (p WorkerPolicy) Check(node string, n *pb.Node, ws []*agentpb.Worker) error
 	for i, w := range ws {
 		if w.Host == "" {
 			// At the node's address: the first, as routes take it.
-			if err := p.allowed(addrs[0]); err != nil {
+			if err := p.Allowed(addrs[0]); err != nil {
 				return status.Errorf(codes.InvalidArgument, "workers[%d].host: empty, so at %s's address %s, which %v", i, node, addrs[0], err)
 			}
 			continue
@@ -67,7 +67,7 @@ func (p WorkerPolicy) Check(node string, n *pb.Node, ws []*agentpb.Worker) error
 			return status.Errorf(codes.InvalidArgument, "workers[%d].host: %q is not an IP address", i, w.Host)
 		}
 		a = a.Unmap()
-		if err := p.allowed(a); err != nil {
+		if err := p.Allowed(a); err != nil {
 			return status.Errorf(codes.InvalidArgument, "workers[%d].host: %s %v", i, a, err)
 		}
 		if !slices.Contains(addrs, a) {
@@ -77,8 +77,9 @@ func (p WorkerPolicy) Check(node string, n *pb.Node, ws []*agentpb.Worker) error
 	return nil
 }
 
-// allowed says why Envoy must not be sent to a, if it must not.
-func (p WorkerPolicy) allowed(a netip.Addr) error {
+// Allowed says why Envoy must not be sent to a, if it must not: for
+// registered workers and those imported from the configuration server.
+func (p WorkerPolicy) Allowed(a netip.Addr) error {
 	switch {
 	case a.IsUnspecified():
 		return fmt.Errorf("is unspecified: not an address a worker can be reached at")

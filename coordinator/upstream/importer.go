@@ -58,6 +58,10 @@ type Importer struct {
 	// Resolver resolves workers' host names (EDS endpoints must be
 	// addresses); nil: net.DefaultResolver.
 	Resolver *net.Resolver
+	// Permit says why Envoy must not be sent to an address, if it must
+	// not (api.WorkerPolicy.Allowed): a configuration server's route to
+	// loopback or link-local is as dangerous as a registration's.
+	Permit func(netip.Addr) error
 
 	rec *pb.UpstreamImport // what this term recorded last, or found
 	// latest is what the last update gave (version, workers, skipped):
@@ -338,7 +342,11 @@ func (im *Importer) resolve(ctx context.Context, ws []*agentpb.Worker, skipped [
 	cache := map[string]lookup{}
 	out := ws[:0]
 	for _, w := range ws {
-		if _, err := netip.ParseAddr(w.Host); err == nil {
+		if a, err := netip.ParseAddr(w.Host); err == nil {
+			if why := im.permit(a); why != nil {
+				skipped = append(skipped, fmt.Sprintf("worker %s (%s %q): host %s %v", w.Name, PrefixHeader, w.EnvoyPrefix, w.Host, why))
+				continue
+			}
 			out = append(out, w)
 			continue
 		}
@@ -356,7 +364,11 @@ func (im *Importer) resolve(ctx context.Context, ws []*agentpb.Worker, skipped [
 				// IPv4 first when there is one, as most Deephaven hosts
 				// are reached.
 				slices.SortStableFunc(addrs, func(a, b netip.Addr) int { return boolInt(b.Unmap().Is4()) - boolInt(a.Unmap().Is4()) })
-				l.ip = addrs[0].Unmap().String()
+				if why := im.permit(addrs[0].Unmap()); why != nil {
+					l.why = fmt.Sprintf("%s %v", addrs[0].Unmap(), why)
+				} else {
+					l.ip = addrs[0].Unmap().String()
+				}
 			}
 			cache[w.Host] = l
 		}
@@ -368,6 +380,13 @@ func (im *Importer) resolve(ctx context.Context, ws []*agentpb.Worker, skipped [
 		out = append(out, w)
 	}
 	return out, skipped
+}
+
+func (im *Importer) permit(a netip.Addr) error {
+	if im.Permit == nil {
+		return nil
+	}
+	return im.Permit(a.Unmap())
 }
 
 func boolInt(b bool) int {

@@ -2,7 +2,9 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/dhvisor/dhvisor/coordinator/fsm"
 	"github.com/dhvisor/dhvisor/internal/config"
+	agentpb "github.com/dhvisor/dhvisor/proto/agentpb"
 	pb "github.com/dhvisor/dhvisor/proto/coordpb"
 	"github.com/dhvisor/dhvisor/test/cfgserverxds"
 )
@@ -228,4 +231,27 @@ func TestImporter(t *testing.T) {
 		ws := set()
 		return state() == pb.UpstreamLive && len(ws.GetWorkers()) == 1 && ws.Workers[0].Name == "w4"
 	})
+}
+
+// A configuration server's route to a link-local or loopback address is
+// refused as a registration's is; a host name is checked once resolved.
+func TestImporterPermitsOnlyWorkerAddresses(t *testing.T) {
+	im := &Importer{Permit: func(a netip.Addr) error {
+		if a.IsLoopback() || a.IsLinkLocalUnicast() {
+			return errors.New("is not a worker's address")
+		}
+		return nil
+	}}
+	ws := []*agentpb.Worker{
+		{Name: "meta", EnvoyPrefix: "/worker/meta", Host: "169.254.169.254"},
+		{Name: "ok", EnvoyPrefix: "/worker/ok", Host: "10.0.0.7"},
+		{Name: "local", EnvoyPrefix: "/worker/local", Host: "localhost"},
+	}
+	out, skipped := im.resolve(context.Background(), ws, nil)
+	if len(out) != 1 || out[0].Name != "ok" {
+		t.Fatalf("kept %v, want only ok", out)
+	}
+	if len(skipped) != 2 || !strings.Contains(skipped[0], "169.254.169.254 is not a worker's address") || !strings.Contains(skipped[1], "127.0.0.1 is not a worker's address") {
+		t.Fatalf("skipped %q", skipped)
+	}
 }
