@@ -81,7 +81,12 @@ func TestExplainTCP(t *testing.T) {
 	} {
 		l, err := net.Listen("tcp", tc.hold)
 		if err != nil {
-			t.Skipf("%s: %v", tc.hold, err)
+			// A host without IPv6 loopback cannot hold [::1]; CI's can.
+			if os.Getenv("CI") == "true" || !strings.HasPrefix(tc.hold, "[") {
+				t.Fatalf("%s: %v", tc.hold, err)
+			}
+			t.Logf("%s: %v; case left out", tc.hold, err)
+			continue
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		again := strings.Replace(tc.again, "%d", strconv.Itoa(port), 1)
